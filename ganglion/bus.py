@@ -1,0 +1,140 @@
+"""The bus: one durable queue of Inbound work, ordered within a thread, fair across threads.
+
+Every producer (web, Matrix, reminders, heartbeats) calls ``submit``; nothing calls the worker
+directly. A message is stored in SQLite before ``submit`` returns, so acknowledging it after
+that is safe: on the next start, whatever was not answered is run again.
+
+Scheduling: each thread is a lane. A thread with work waits in one FIFO ready-queue; a pool
+of ``max_turns_in_flight`` runners takes threads from it, runs ONE turn, and puts the thread
+back at the end of the queue if more work arrived. So turns are strictly ordered within a
+thread, concurrent across threads, and admitted first-come first-served: a burst of 50 new
+threads starts in arrival order and one busy thread cannot starve the others. (LLM calls
+are capped again per endpoint, FIFO, by the LLM client.)
+
+A message that arrives while its thread's turn runs waits for that turn to end and then
+gets a turn of its own, with the finished turn in its history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Protocol
+
+from ganglion.messages import Inbound, ThreadId
+from ganglion.storage.inbox import Inbox
+
+log = logging.getLogger(__name__)
+
+
+class TurnHandler(Protocol):
+    async def run_turn(self, msg: Inbound) -> None:
+        """Answer ``msg`` and mark it answered. Must not raise but for CancelledError."""
+        ...
+
+    async def turn_stopped(self, msg: Inbound) -> None:
+        """The user stopped the turn: answer ``msg`` with a short notice and mark it answered."""
+        ...
+
+
+class Bus:
+    def __init__(self, inbox: Inbox, handler: TurnHandler, max_in_flight: int) -> None:
+        self.inbox = inbox
+        self.handler = handler
+        self.max_in_flight = max_in_flight
+        self._lanes: dict[ThreadId, deque[Inbound]] = {}
+        self._ready: asyncio.Queue[ThreadId] = asyncio.Queue()
+        self._running: dict[ThreadId, asyncio.Task[None]] = {}
+        self._runners: list[asyncio.Task[None]] = []
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def submit(self, msg: Inbound) -> tuple[Inbound, bool]:
+        """Store ``msg`` durably and queue it. Returns (stored msg, False if it was a resend)."""
+        stored, is_new = await self.inbox.add(msg)
+        if is_new:
+            self._enqueue(stored)
+        return stored, is_new
+
+    def _enqueue(self, msg: Inbound) -> None:
+        lane = self._lanes.get(msg.thread_id)
+        if lane is None:
+            self._lanes[msg.thread_id] = deque([msg])
+            self._ready.put_nowait(msg.thread_id)  # a new lane joins the end of the line
+        else:
+            lane.append(msg)  # the lane is already queued or running
+        self._idle.clear()
+
+    async def start(self) -> int:
+        """Queue what an earlier run accepted but did not answer; start the runners."""
+        pending = await self.inbox.pending()
+        for msg in pending:
+            self._enqueue(msg)
+        if pending:
+            log.info("recovered %d unanswered message(s) from the last run", len(pending))
+        self._runners = [
+            asyncio.create_task(self._runner(), name=f"bus-runner-{i}")
+            for i in range(self.max_in_flight)
+        ]
+        return len(pending)
+
+    async def stop(self) -> None:
+        """Cancel running turns (their input stays unanswered and is run at the next start)."""
+        for task in self._runners:
+            task.cancel()
+        await asyncio.gather(*self._runners, return_exceptions=True)
+        self._runners = []
+
+    def is_busy(self, thread_id: ThreadId) -> bool:
+        return thread_id in self._running
+
+    def queued(self, thread_id: ThreadId) -> int:
+        """Messages of this thread waiting or running."""
+        return len(self._lanes.get(thread_id, ()))
+
+    def cancel_turn(self, thread_id: ThreadId) -> bool:
+        """The user's Stop: cancel this thread's running turn. False if none runs."""
+        task = self._running.get(thread_id)
+        if task is None or task.done():
+            return False
+        task.cancel("stopped by the user")
+        return True
+
+    async def wait_idle(self) -> None:
+        """Until no thread has work (for tests and benchmarks)."""
+        await self._idle.wait()
+
+    async def _runner(self) -> None:
+        while True:
+            thread_id = await self._ready.get()
+            lane = self._lanes[thread_id]
+            msg = lane[0]
+            turn = asyncio.create_task(self.handler.run_turn(msg), name=f"turn-{thread_id}")
+            self._running[thread_id] = turn
+            try:
+                await asyncio.wait({turn})
+            except asyncio.CancelledError:
+                # Shutdown: stop the turn too and leave its input pending for the next start.
+                turn.cancel()
+                await asyncio.gather(turn, return_exceptions=True)
+                raise
+            finally:
+                self._running.pop(thread_id, None)
+            if turn.cancelled():
+                await self._after_user_stop(msg)
+            elif (exc := turn.exception()) is not None:
+                log.error("[%s] turn failed", thread_id, exc_info=exc)
+            lane.popleft()
+            if lane:
+                self._ready.put_nowait(thread_id)  # more work: back to the end of the line
+            else:
+                del self._lanes[thread_id]
+                if not self._lanes:
+                    self._idle.set()
+
+    async def _after_user_stop(self, msg: Inbound) -> None:
+        try:
+            await self.handler.turn_stopped(msg)
+        except Exception:
+            log.exception("[%s] could not record the stopped turn", msg.thread_id)

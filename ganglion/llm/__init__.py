@@ -1,0 +1,1 @@
+"""Talking to models: endpoints and failover (client), prompt assembly (prompt), compaction."""

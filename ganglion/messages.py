@@ -1,0 +1,104 @@
+"""The only types that cross the bus: ThreadId, Inbound (to the worker) and Outbound (to the router)."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import NewType
+
+ThreadId = NewType("ThreadId", str)
+"""One conversation: a Matrix room id (``!abc:server``) or a browser tab (``web_<hex>``).
+
+"Thread" here never means an OS thread nor a Matrix ``m.thread``: it is the unit of
+ordering (turns in one thread run one after another) and of history.
+"""
+
+WEB_THREAD_RE = re.compile(r"^web_[0-9a-f]{16,64}$")
+MATRIX_ROOM_RE = re.compile(r"^![^\s:]+:\S+$")
+
+
+def web_thread_id(hex_part: str | None = None) -> ThreadId:
+    """The thread id of a browser tab; a fresh one when no hex part is given."""
+    tid = f"web_{hex_part if hex_part is not None else secrets.token_hex(16)}"
+    if not WEB_THREAD_RE.match(tid):
+        raise ValueError(f"not a web thread id: {tid!r}")
+    return ThreadId(tid)
+
+
+def matrix_thread_id(room_id: str) -> ThreadId:
+    """The thread id of a Matrix room is the room id itself."""
+    if not MATRIX_ROOM_RE.match(room_id):
+        raise ValueError(f"not a Matrix room id: {room_id!r}")
+    return ThreadId(room_id)
+
+
+def is_web_thread(thread_id: str) -> bool:
+    return bool(WEB_THREAD_RE.match(thread_id))
+
+
+def is_matrix_thread(thread_id: str) -> bool:
+    return bool(MATRIX_ROOM_RE.match(thread_id))
+
+
+class Source(StrEnum):
+    """Who produced an inbound message."""
+
+    WEB = "web"
+    MATRIX = "matrix"
+    REMINDER = "reminder"
+    HEARTBEAT = "heartbeat"
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A unit of work for the worker, already stored durably by the bus.
+
+    ``client_id`` deduplicates: a web client message id, a Matrix event id, a reminder
+    firing id. The same (thread_id, client_id) is accepted once.
+    """
+
+    thread_id: ThreadId
+    text: str
+    sender: str
+    source: Source
+    client_id: str
+    system: bool = False
+    """An autonomous turn (system reminder, global heartbeat): nothing is delivered to chat."""
+    id: int = 0
+    """The inbox row id, assigned when the bus stores the message."""
+    meta: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+
+
+class OutKind(StrEnum):
+    """What an outbound event carries."""
+
+    DELTA = "delta"  # a streamed piece of the answer in progress (ephemeral)
+    RESET = "reset"  # the answer in progress was discarded (retry/failover): clear it
+    MESSAGE = "message"  # a final message: durable, delivered exactly once per interface
+    STATE = "state"  # idle / thinking / streaming / tool (ephemeral)
+    TOOL = "tool"  # a tool call made during the turn (durable, shown collapsed)
+
+
+class Role(StrEnum):
+    """The role shown in the transcript (the web UI's data-role)."""
+
+    USER = "user"
+    ASSISTANT = "assistant"
+    SYSTEM = "system"
+    TOOL = "tool"
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """Something for the interface(s) that own ``thread_id``."""
+
+    thread_id: ThreadId
+    kind: OutKind
+    text: str = ""
+    role: Role = Role.ASSISTANT
+    message_id: int = 0
+    """The durable message id (history row) for MESSAGE and TOOL; 0 for ephemeral events."""
+    reply_to: int = 0
+    """The inbox id this answers, when it answers one."""

@@ -1,0 +1,1 @@
+"""Durable state in SQLite: the inbox (accepted messages), history, outbox; plain SQL behind verbs."""

@@ -1,0 +1,170 @@
+"""The SQLite connection: explicit pragmas, numbered migrations, serialised write transactions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Migration:
+    number: int
+    name: str
+    sql: str
+
+
+MIGRATIONS: list[Migration] = [
+    Migration(
+        1,
+        "foundation",
+        """
+        CREATE TABLE inbox (
+            id INTEGER PRIMARY KEY,
+            thread_id TEXT NOT NULL,
+            client_id TEXT NOT NULL,
+            source TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            text TEXT NOT NULL,
+            system INTEGER NOT NULL DEFAULT 0,
+            meta TEXT NOT NULL DEFAULT '{}',
+            status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'done')),
+            created_at REAL NOT NULL,
+            done_at REAL,
+            UNIQUE (thread_id, client_id)
+        );
+        CREATE INDEX inbox_pending ON inbox (id) WHERE status = 'pending';
+
+        CREATE TABLE messages (
+            id INTEGER PRIMARY KEY,
+            thread_id TEXT NOT NULL,
+            role TEXT NOT NULL
+                CHECK (role IN ('user', 'assistant', 'tool', 'summary', 'notice')),
+            content TEXT NOT NULL,
+            tool_calls TEXT,
+            tool_call_id TEXT,
+            name TEXT,
+            inbox_id INTEGER REFERENCES inbox (id),
+            in_context INTEGER NOT NULL DEFAULT 1,
+            visible INTEGER NOT NULL DEFAULT 1,
+            tokens INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX messages_context ON messages (thread_id, id) WHERE in_context = 1;
+        CREATE INDEX messages_visible ON messages (thread_id, id) WHERE visible = 1;
+        CREATE UNIQUE INDEX messages_user_inbox ON messages (inbox_id) WHERE role = 'user';
+
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            thread_id TEXT NOT NULL,
+            message_id INTEGER NOT NULL REFERENCES messages (id),
+            created_at REAL NOT NULL,
+            delivered_at REAL
+        );
+        CREATE INDEX outbox_pending ON outbox (thread_id, id) WHERE delivered_at IS NULL;
+
+        CREATE TABLE thread_settings (
+            thread_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY (thread_id, key)
+        );
+        """,
+    ),
+]
+
+
+class Database:
+    """One aiosqlite connection per file. Writes go through ``transaction()``, one at a time."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+        self.conn = conn
+        self.path = path
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path, migrations: list[Migration] | None = None) -> Database:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(path)
+        conn = await aiosqlite.connect(path, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        # WAL: readers never block the writer. NORMAL: a process crash (even SIGKILL) loses
+        # nothing committed; only a power cut may lose the last transactions.
+        await conn.execute("PRAGMA journal_mode = WAL")
+        await conn.execute("PRAGMA synchronous = NORMAL")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        await conn.execute("PRAGMA busy_timeout = 5000")
+        db = cls(conn, path)
+        await db._migrate(MIGRATIONS if migrations is None else migrations)
+        for suffix in ("-wal", "-shm"):
+            _chmod_private(path.with_name(path.name + suffix))
+        return db
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._write_lock:
+            await self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                await self.conn.execute("ROLLBACK")
+                raise
+            await self.conn.execute("COMMIT")
+
+    async def fetchall(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        async with self.conn.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def fetchone(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Row | None:
+        async with self.conn.execute(sql, params) as cur:
+            row: sqlite3.Row | None = await cur.fetchone()
+            return row
+
+    async def _migrate(self, migrations: list[Migration]) -> None:
+        await self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS migrations ("
+            " number INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+        )
+        done = {r["number"] for r in await self.fetchall("SELECT number FROM migrations")}
+        for m in sorted(migrations, key=lambda m: m.number):
+            if m.number in done:
+                continue
+            log.info("applying migration %04d_%s to %s", m.number, m.name, self.path.name)
+            async with self.transaction() as conn:
+                for statement in _split_sql(m.sql):
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO migrations (number, name, applied_at) VALUES (?, ?, unixepoch())",
+                    (m.number, m.name),
+                )
+
+
+def _split_sql(sql: str) -> list[str]:
+    return [s.strip() for s in sql.split(";") if s.strip()]
+
+
+def _create_private(path: Path) -> None:
+    """Create the file readable by its owner only before SQLite opens it."""
+    if not path.exists():
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+        os.close(fd)
+    _chmod_private(path)
+
+
+def _chmod_private(path: Path) -> None:
+    try:
+        path.chmod(0o600)
+    except FileNotFoundError:
+        pass

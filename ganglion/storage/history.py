@@ -1,0 +1,176 @@
+"""Per-thread history: the LLM's context, the visible transcript, and the atomic end of a turn."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ganglion.messages import Inbound, ThreadId
+from ganglion.storage.db import Database
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """One row of history. ``role`` is user / assistant / tool / summary / notice."""
+
+    id: int
+    thread_id: ThreadId
+    role: str
+    content: str
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+    tokens: int = 0
+    created_at: float = 0.0
+    inbox_id: int | None = None
+
+
+@dataclass(slots=True)
+class NewMessage:
+    """A message produced by a turn, written when the turn ends."""
+
+    role: str
+    content: str
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+    in_context: bool = True
+    visible: bool = True
+    deliver: bool = False
+    """Queue it in the outbox for the interfaces (final answers, notices)."""
+    tokens: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def estimate_tokens(text: str) -> int:
+    """A cheap, model-independent estimate (about 4 characters a token)."""
+    return len(text) // 4 + 4
+
+
+def row_to_message(r: Any) -> StoredMessage:
+    return StoredMessage(
+        id=r["id"],
+        thread_id=ThreadId(r["thread_id"]),
+        role=r["role"],
+        content=r["content"],
+        tool_calls=json.loads(r["tool_calls"]) if r["tool_calls"] else None,
+        tool_call_id=r["tool_call_id"],
+        name=r["name"],
+        tokens=r["tokens"],
+        created_at=r["created_at"],
+        inbox_id=r["inbox_id"],
+    )
+
+
+class History:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def begin_turn(self, msg: Inbound, content: str) -> None:
+        """Put the inbound's user message into history (once, even when a turn is re-run)."""
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO messages (thread_id, role, content, inbox_id, tokens, created_at)"
+                " VALUES (?, 'user', ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (msg.thread_id, content, msg.id, estimate_tokens(content), time.time()),
+            )
+
+    async def finish_turn(
+        self, thread_id: ThreadId, inbox_id: int | None, new: Sequence[NewMessage]
+    ) -> list[tuple[int, NewMessage]]:
+        """Write the turn's messages, queue deliveries and mark the inbound answered: atomically.
+
+        Returns the stored ids of the messages queued for delivery, in order.
+        """
+        queued: list[tuple[int, NewMessage]] = []
+        now = time.time()
+        async with self.db.transaction() as conn:
+            for m in new:
+                cur = await conn.execute(
+                    "INSERT INTO messages (thread_id, role, content, tool_calls, tool_call_id,"
+                    " name, inbox_id, in_context, visible, tokens, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        thread_id,
+                        m.role,
+                        m.content,
+                        json.dumps(m.tool_calls) if m.tool_calls else None,
+                        m.tool_call_id,
+                        m.name,
+                        inbox_id,
+                        int(m.in_context),
+                        int(m.visible),
+                        m.tokens or estimate_tokens(m.content),
+                        now,
+                    ),
+                )
+                assert cur.lastrowid is not None
+                if m.deliver:
+                    await conn.execute(
+                        "INSERT INTO outbox (thread_id, message_id, created_at) VALUES (?, ?, ?)",
+                        (thread_id, cur.lastrowid, now),
+                    )
+                    queued.append((cur.lastrowid, m))
+            if inbox_id is not None:
+                await conn.execute(
+                    "UPDATE inbox SET status = 'done', done_at = ? WHERE id = ?", (now, inbox_id)
+                )
+        return queued
+
+    async def context(self, thread_id: ThreadId) -> list[StoredMessage]:
+        """The messages the model sees: since the last compaction or /new."""
+        rows = await self.db.fetchall(
+            "SELECT * FROM messages WHERE thread_id = ? AND in_context = 1"
+            " ORDER BY role != 'summary', id",
+            (thread_id,),
+        )
+        return [row_to_message(r) for r in rows]
+
+    async def transcript(self, thread_id: ThreadId, limit: int = 500) -> list[StoredMessage]:
+        """What the user sees of this thread, oldest first (the last ``limit`` messages)."""
+        rows = await self.db.fetchall(
+            "SELECT * FROM (SELECT * FROM messages WHERE thread_id = ? AND visible = 1"
+            " ORDER BY id DESC LIMIT ?) ORDER BY id",
+            (thread_id, limit),
+        )
+        return [row_to_message(r) for r in rows]
+
+    async def get(self, message_id: int) -> StoredMessage | None:
+        r = await self.db.fetchone("SELECT * FROM messages WHERE id = ?", (message_id,))
+        return row_to_message(r) if r else None
+
+    async def forget_context(self, thread_id: ThreadId) -> int:
+        """/new: the model starts over; the transcript is cleared too. Returns rows dropped."""
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE messages SET in_context = 0, visible = 0"
+                " WHERE thread_id = ? AND (in_context = 1 OR visible = 1)",
+                (thread_id,),
+            )
+            return cur.rowcount
+
+    async def replace_with_summary(
+        self, thread_id: ThreadId, up_to_id: int, summary: str
+    ) -> int:
+        """Compaction: messages up to ``up_to_id`` leave the context; the summary takes their place.
+
+        A previous summary leaves the context too (the new one was written from it). The
+        context lists the summary first, whatever its id.
+        """
+        now = time.time()
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE messages SET in_context = 0"
+                " WHERE thread_id = ? AND in_context = 1 AND (id <= ? OR role = 'summary')",
+                (thread_id, up_to_id),
+            )
+            dropped = cur.rowcount
+            await conn.execute(
+                "INSERT INTO messages (thread_id, role, content, in_context, visible, tokens,"
+                " created_at) VALUES (?, 'summary', ?, 1, 0, ?, ?)",
+                (thread_id, summary, estimate_tokens(summary), now),
+            )
+        return dropped

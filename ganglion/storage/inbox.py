@@ -1,0 +1,79 @@
+"""The durable inbox: every accepted message is a row here before it is acknowledged."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+
+from ganglion.messages import Inbound, Source, ThreadId
+from ganglion.storage.db import Database
+
+
+class Inbox:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def add(self, msg: Inbound) -> tuple[Inbound, bool]:
+        """Store ``msg``; returns it with its id, and whether it is new.
+
+        A message whose (thread_id, client_id) is already stored is not stored again: the
+        stored one is returned with ``False`` (a resend after a lost acknowledgement).
+        """
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "INSERT INTO inbox (thread_id, client_id, source, sender, text, system, meta,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (thread_id, client_id) DO NOTHING",
+                (
+                    msg.thread_id,
+                    msg.client_id,
+                    msg.source.value,
+                    msg.sender,
+                    msg.text,
+                    int(msg.system),
+                    json.dumps(msg.meta),
+                    time.time(),
+                ),
+            )
+            if cur.rowcount == 1 and cur.lastrowid is not None:
+                return replace(msg, id=cur.lastrowid), True
+            async with conn.execute(
+                "SELECT id FROM inbox WHERE thread_id = ? AND client_id = ?",
+                (msg.thread_id, msg.client_id),
+            ) as c2:
+                row = await c2.fetchone()
+            assert row is not None
+            return replace(msg, id=row["id"]), False
+
+    async def pending(self) -> list[Inbound]:
+        """Accepted but unanswered messages, oldest first (recovered at start)."""
+        rows = await self.db.fetchall(
+            "SELECT * FROM inbox WHERE status = 'pending' ORDER BY id"
+        )
+        return [
+            Inbound(
+                thread_id=ThreadId(r["thread_id"]),
+                text=r["text"],
+                sender=r["sender"],
+                source=Source(r["source"]),
+                client_id=r["client_id"],
+                system=bool(r["system"]),
+                id=r["id"],
+                meta=json.loads(r["meta"]),
+            )
+            for r in rows
+        ]
+
+    async def pending_for(self, thread_id: ThreadId) -> list[tuple[int, str, str]]:
+        """(id, client_id, text) of this thread's unanswered messages, for a reconnecting tab."""
+        rows = await self.db.fetchall(
+            "SELECT id, client_id, text FROM inbox WHERE status = 'pending' AND thread_id = ?"
+            " ORDER BY id",
+            (thread_id,),
+        )
+        return [(r["id"], r["client_id"], r["text"]) for r in rows]
+
+    async def count_done(self) -> int:
+        row = await self.db.fetchone("SELECT count(*) AS n FROM inbox WHERE status = 'done'")
+        return int(row["n"]) if row else 0

@@ -1,0 +1,45 @@
+"""The outbox: final messages waiting for their interface; delivered in order, marked once sent."""
+
+from __future__ import annotations
+
+import time
+
+from ganglion.messages import ThreadId
+from ganglion.storage.db import Database
+from ganglion.storage.history import StoredMessage, row_to_message
+
+
+class Outbox:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def pending(self, thread_id: ThreadId) -> list[tuple[int, StoredMessage]]:
+        """(outbox id, message) not yet delivered for this thread, oldest first."""
+        rows = await self.db.fetchall(
+            "SELECT o.id AS outbox_id, m.* FROM outbox o JOIN messages m ON m.id = o.message_id"
+            " WHERE o.thread_id = ? AND o.delivered_at IS NULL ORDER BY o.id",
+            (thread_id,),
+        )
+        return [(r["outbox_id"], row_to_message(r)) for r in rows]
+
+    async def threads_with_pending(self) -> list[ThreadId]:
+        rows = await self.db.fetchall(
+            "SELECT DISTINCT thread_id FROM outbox WHERE delivered_at IS NULL"
+        )
+        return [ThreadId(r["thread_id"]) for r in rows]
+
+    async def mark_delivered(self, outbox_ids: list[int]) -> None:
+        if not outbox_ids:
+            return
+        async with self.db.transaction() as conn:
+            await conn.executemany(
+                "UPDATE outbox SET delivered_at = ? WHERE id = ? AND delivered_at IS NULL",
+                [(time.time(), i) for i in outbox_ids],
+            )
+
+    async def mark_thread_delivered(self, thread_id: ThreadId) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE outbox SET delivered_at = ? WHERE thread_id = ? AND delivered_at IS NULL",
+                (time.time(), thread_id),
+            )
