@@ -1,0 +1,107 @@
+"""Entry points: ``ganglion`` (run), ``ganglion check-config``; parses flags, then hands over to App."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import yaml
+
+from ganglion import __version__
+from ganglion.config import LoadedConfig, load_config, masked_dump, secret_values
+from ganglion.errors import ConfigError, StartupError
+from ganglion.logs import SecretMask, setup_logging
+
+log = logging.getLogger("ganglion")
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ganglion", description="Personal AI assistant daemon.")
+    p.add_argument("--version", action="version", version=f"ganglion {__version__}")
+    p.add_argument("--config", metavar="PATH",
+                   help="config file (default: $GANGLION_CONFIG, else ./config.yaml if present)")
+    p.add_argument("--debug", action="store_true",
+                   help="log at DEBUG, including raw LLM traffic (secrets stay masked)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("run", help="run the daemon (the default)")
+    sub.add_parser("check-config", help="validate the config and print it with secrets masked")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        loaded = load_config(args.config)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        print("ganglion: fix the config and start again (see config.yaml.example)",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check-config":
+        return _check_config(loaded)
+    return _run(loaded, debug=args.debug)
+
+
+def _check_config(loaded: LoadedConfig) -> int:
+    where = str(loaded.source) if loaded.source else "built-in defaults (no config file found)"
+    print(f"# config OK: {where}")
+    print(yaml.safe_dump(masked_dump(loaded.config), sort_keys=False), end="")
+    return 0
+
+
+def _run(loaded: LoadedConfig, *, debug: bool) -> int:
+    cfg = loaded.config
+    if debug:
+        cfg = cfg.model_copy(update={
+            "logging": cfg.logging.model_copy(update={"level": "DEBUG", "debug_llm": True})})
+        loaded = LoadedConfig(cfg, loaded.source, loaded.base_dir)
+    mask = SecretMask(secret_values(cfg))
+    setup_logging(loaded.log_dir, cfg.logging.level, mask)
+    try:
+        return asyncio.run(_serve(loaded, mask))
+    except StartupError as err:
+        log.error("%s", err)
+        return 1
+
+
+async def _serve(loaded: LoadedConfig, mask: SecretMask) -> int:
+    from ganglion.app import App  # imported here so `check-config` stays light
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signame: str) -> None:
+        if stop.is_set():
+            log.warning("second %s: exiting at once", signame)
+            os._exit(130)
+        log.info("%s received: stopping", signame)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+
+    app = App(loaded)
+    source = loaded.source or "none (built-in defaults; create config.yaml from config.yaml.example)"
+    log.info("ganglion %s starting; config: %s; data: %s", __version__, source, loaded.data_dir)
+    try:
+        await app.start()
+    except OSError as err:
+        raise StartupError(f"could not start: {err}") from err
+    if app.web is not None:
+        mask.add(app.web_token)
+        log.info("web UI at %s (the login URL with its token is printed on the console; the "
+                 "token is kept in %s)", app.web.url,
+                 "web.token" if loaded.config.web.token else loaded.data_dir / "web_token")
+        # The token goes to the console only, never to the log file.
+        print(f"\n  Open the chat: {app.web.login_url}\n", file=sys.stderr, flush=True)
+    await stop.wait()
+    await app.stop()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,514 @@
+"""The web interface: browser tabs over one WebSocket each, to Inbound on the bus and Outbound back.
+
+Security at this edge: the token travels only in the first WebSocket frame (never in a URL
+the server sees), the ``Origin`` of a WebSocket must be the page's own (cross-site WebSocket
+hijacking), a loopback-bound server answers only loopback ``Host`` names (DNS rebinding),
+repeated wrong tokens from one address are slowed down, and every response carries a strict
+Content-Security-Policy (no inline script, nothing from elsewhere).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import html
+import ipaddress
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from ganglion.bus import Bus
+from ganglion.config import WebConfig
+from ganglion.errors import StartupError
+from ganglion.messages import (
+    Inbound,
+    Outbound,
+    OutKind,
+    Role,
+    Source,
+    ThreadId,
+    is_web_thread,
+    web_thread_id,
+)
+from ganglion.render import MarkdownRenderer
+from ganglion.router import ROLE_OF, Router
+from ganglion.storage.history import History
+from ganglion.storage.inbox import Inbox
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+STATIC_FILES = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "app.css": "text/css; charset=utf-8",
+}
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+HELLO_TIMEOUT = 10.0
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_BAD_THREAD = 4400
+CLIENT_ID_RE = re.compile(r"^[\x21-\x7e]{1,64}$")
+SEND_TIMEOUT = 5.0
+"""A tab that cannot take a frame for this long is treated as gone (it resyncs on reconnect)."""
+
+
+class _Throttle:
+    """Slows down token guessing: after ``free`` failures from one address, each attempt from
+    it waits ``min(2**(n - free), cap)`` seconds, one attempt at a time. A success resets it."""
+
+    def __init__(self, free: int = 3, cap: float = 10.0, max_addresses: int = 10_000) -> None:
+        self.free = free
+        self.cap = cap
+        self.max_addresses = max_addresses
+        self._failures: dict[str, int] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def delay(self, addr: str) -> float:
+        n = self._failures.get(addr, 0)
+        return 0.0 if n < self.free else float(min(2 ** (n - self.free), self.cap))
+
+    @asynccontextmanager
+    async def attempt(self, addr: str) -> AsyncIterator[None]:
+        if self.delay(addr) == 0:
+            yield
+            return
+        # One attempt at a time per address, or parallel sockets would defeat the delay.
+        async with self._locks.setdefault(addr, asyncio.Lock()):
+            await asyncio.sleep(self.delay(addr))
+            yield
+
+    def failed(self, addr: str) -> int:
+        n = self._failures.pop(addr, 0) + 1
+        self._failures[addr] = n  # re-inserted: the dict stays in least-recent order
+        while len(self._failures) > self.max_addresses:
+            oldest = next(iter(self._failures))
+            del self._failures[oldest]
+            self._locks.pop(oldest, None)
+        return n
+
+    def succeeded(self, addr: str) -> None:
+        self._failures.pop(addr, None)
+        lock = self._locks.get(addr)
+        if lock is not None and not lock.locked():
+            del self._locks[addr]
+
+
+class _Tab:
+    """One connected WebSocket of one thread; writes are serialised so frames keep their order."""
+
+    def __init__(self, ws: web.WebSocketResponse, thread_id: ThreadId) -> None:
+        self.ws = ws
+        self.thread_id = thread_id
+        self.lock = asyncio.Lock()
+
+    async def write(self, frame: dict[str, Any]) -> bool:
+        async with self.lock:
+            return await self.write_unlocked(frame)
+
+    async def write_unlocked(self, frame: dict[str, Any]) -> bool:
+        if self.ws.closed:
+            return False
+        try:
+            await asyncio.wait_for(self.ws.send_str(json.dumps(frame)), SEND_TIMEOUT)
+        except (ConnectionError, RuntimeError, TimeoutError):
+            return False
+        return True
+
+
+def _is_loopback_host(host_header: str) -> bool:
+    """True for ``localhost``, ``*.localhost`` and loopback addresses, with or without a port."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        name = host[1 : host.find("]")] if "]" in host else host[1:]
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    name = name.rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class WebInterface:
+    """Serves the chat page and carries each tab's thread over a WebSocket."""
+
+    name = "web"
+
+    def __init__(  # noqa: PLR0917  (the composition root's contract)
+        self,
+        config: WebConfig,
+        token: str,
+        bus: Bus,
+        router: Router,
+        history: History,
+        inbox: Inbox,
+        renderer: MarkdownRenderer,
+    ) -> None:
+        if not token:
+            raise ValueError("the web interface needs a non-empty token")
+        self.config = config
+        self._token = token.encode()
+        self._bus = bus
+        self._router = router
+        self._history = history
+        self._inbox = inbox
+        self._renderer = renderer
+        self._allowed_origins = {o.rstrip("/").lower() for o in config.allowed_origins}
+        self._throttle = _Throttle()
+        self._tabs: dict[ThreadId, set[_Tab]] = {}
+        self._sockets: set[web.WebSocketResponse] = set()
+        self._streaming: dict[ThreadId, list[str]] = {}
+        """The answer in progress per thread, for a tab that (re)connects mid-answer."""
+        self._state: dict[ThreadId, str] = {}
+        self._static: dict[str, bytes] = {}
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    # -- the Interface protocol ------------------------------------------------------------
+
+    def owns(self, thread_id: ThreadId) -> bool:
+        return is_web_thread(thread_id)
+
+    async def start(self) -> None:
+        self._static = {name: (STATIC_DIR / name).read_bytes() for name in STATIC_FILES}
+        app = web.Application(middlewares=[_host_guard])
+        app[WEB_KEY] = self
+        app.on_response_prepare.append(_add_security_headers)
+        app.router.add_get("/", _index)
+        app.router.add_get("/static/{file}", _static_file)
+        app.router.add_get("/healthz", _healthz)
+        app.router.add_get("/ws", _websocket)
+        runner = web.AppRunner(app, shutdown_timeout=0.5)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.config.host, self.config.port).start()
+        except OSError as err:
+            await runner.cleanup()
+            raise StartupError(
+                f"web: cannot listen on {self.config.host}:{self.config.port}: {err.strerror}; "
+                "set web.port to a free port (or 0 for any)"
+            ) from None
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        log.info("web interface listening on %s", self.url)
+
+    async def stop(self) -> None:
+        """Close every socket (1001, so tabs reconnect to the next run), then the server."""
+        closes = [
+            ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+            for ws in list(self._sockets)
+        ]
+        if closes:
+            await asyncio.wait([asyncio.ensure_future(c) for c in closes], timeout=0.5)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def send(self, out: Outbound) -> bool:
+        """One event to every tab of the thread. MESSAGE/TOOL: True if any tab took it."""
+        tid = out.thread_id
+        frame: dict[str, Any]
+        if out.kind is OutKind.DELTA:
+            self._streaming.setdefault(tid, []).append(out.text)
+            frame = {"type": "delta", "text": out.text}
+        elif out.kind is OutKind.RESET:
+            self._streaming.pop(tid, None)
+            frame = {"type": "reset"}
+        elif out.kind is OutKind.STATE:
+            if out.text == "idle":
+                self._streaming.pop(tid, None)
+                self._state.pop(tid, None)
+            else:
+                self._state[tid] = out.text
+            frame = {"type": "state", "state": out.text}
+        else:
+            if out.role is Role.ASSISTANT:
+                self._streaming.pop(tid, None)
+            role = Role.TOOL if out.kind is OutKind.TOOL else out.role
+            frame = self._message_frame(out.message_id, role, out.text, out.reply_to)
+        tabs = list(self._tabs.get(tid, ()))
+        if not tabs:
+            return False
+        results = await asyncio.gather(*(tab.write(frame) for tab in tabs))
+        return any(results)
+
+    # -- addresses -------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        host = self.config.host
+        if host in ("", "0.0.0.0", "::", "localhost"):
+            host = "127.0.0.1"
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def login_url(self) -> str:
+        """Opening this stores the token in the browser; the fragment never reaches a server."""
+        return f"{self.url}/#token={self._token.decode()}"
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    def static_response(self, name: str) -> web.Response:
+        body = self._static.get(name)
+        if body is None:
+            raise web.HTTPNotFound()
+        return web.Response(
+            body=body,
+            headers={"Content-Type": STATIC_FILES[name], "Cache-Control": "no-cache"},
+        )
+
+    def host_refused(self, request: web.Request) -> str | None:
+        """Why a request must be refused for its Host (DNS rebinding), or None."""
+        host = request.headers.get("Host")
+        if self.config.is_loopback and host is not None and not _is_loopback_host(host):
+            return "this server only answers to a loopback Host (127.0.0.1 or localhost)"
+        return None
+
+    def origin_refused(self, request: web.Request) -> str | None:
+        """Why a WebSocket upgrade must be refused for its Origin, or None."""
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return None  # not a browser; the token is still required
+        origin = origin.rstrip("/").lower()
+        host = request.headers.get("Host")
+        if host is not None and origin == f"{request.scheme}://{host}".lower():
+            return None
+        if origin in self._allowed_origins:
+            return None
+        return "cross-origin WebSocket refused (add the origin to web.allowed_origins)"
+
+    # -- WebSocket -------------------------------------------------------------------------
+
+    async def serve_socket(self, request: web.Request) -> web.WebSocketResponse:
+        reason = self.origin_refused(request)
+        if reason is not None:
+            log.warning("web: refused a WebSocket from %s: %s", request.remote, reason)
+            raise web.HTTPForbidden(text=reason)
+        # Large enough for any message within the limit however JSON escapes it (up to 6x).
+        ws = web.WebSocketResponse(
+            max_msg_size=self.config.max_message_bytes * 6 + 4096, heartbeat=20.0, timeout=0.5
+        )
+        await ws.prepare(request)
+        self._sockets.add(ws)
+        tab: _Tab | None = None
+        try:
+            tab = await self._hello(ws, request.remote or "unknown")
+            if tab is None:
+                return ws
+            await self._join(tab)
+            await self._router.deliver(tab.thread_id)
+            async for msg in ws:
+                if msg.type is WSMsgType.TEXT:
+                    await self._on_text(tab, msg.data)
+                elif msg.type is WSMsgType.BINARY:
+                    await self._bad_frame(tab, "binary frames are not accepted; send JSON text")
+                else:  # ERROR: aiohttp has already closed the socket
+                    break
+        finally:
+            self._sockets.discard(ws)
+            if tab is not None:
+                self._leave(tab)
+        return ws
+
+    async def _hello(self, ws: web.WebSocketResponse, remote: str) -> _Tab | None:
+        """The first frame must carry the token; returns the authenticated tab or None."""
+        try:
+            msg = await ws.receive(timeout=HELLO_TIMEOUT)
+        except TimeoutError:
+            await self._refuse(ws, remote, "no hello frame within 10 s")
+            return None
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            return None
+        hello: Any = None
+        if msg.type is WSMsgType.TEXT:
+            with suppress(ValueError):
+                hello = json.loads(msg.data)
+        is_hello = isinstance(hello, dict) and hello.get("type") == "hello"
+        presented = hello.get("token") if is_hello else None
+        async with self._throttle.attempt(remote):
+            ok = isinstance(presented, str) and hmac.compare_digest(
+                presented.encode("utf-8", "replace"), self._token
+            )
+            if ok:
+                self._throttle.succeeded(remote)
+        if not ok:
+            reason = "wrong or missing token" if is_hello else "the first frame was not a hello"
+            await self._refuse(ws, remote, reason)
+            return None
+        raw_tid = hello.get("thread_id")
+        if raw_tid is None:
+            thread_id = web_thread_id()
+        elif isinstance(raw_tid, str) and is_web_thread(raw_tid):
+            thread_id = ThreadId(raw_tid)
+        else:
+            await ws.send_json({
+                "type": "error", "code": "bad_thread_id",
+                "message": "thread_id must be null or web_ followed by 16 to 64 hex digits",
+            })
+            await ws.close(code=CLOSE_BAD_THREAD, message=b"bad thread id")
+            return None
+        return _Tab(ws, thread_id)
+
+    async def _refuse(self, ws: web.WebSocketResponse, remote: str, reason: str) -> None:
+        n = self._throttle.failed(remote)
+        log.warning("web: refused a WebSocket from %s: %s (failure %d in a row)", remote, reason, n)
+        with suppress(ConnectionError, RuntimeError):
+            await ws.send_json({
+                "type": "error", "code": "unauthorized",
+                "message": "Wrong or missing access token: open the login link ganglion printed.",
+            })
+        await ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
+
+    async def _join(self, tab: _Tab) -> None:
+        """Register the tab and send it ``ready``; events arriving meanwhile queue behind it."""
+        tid = tab.thread_id
+        async with tab.lock:
+            self._tabs.setdefault(tid, set()).add(tab)
+            # Taken with the registration, before any await: later deltas follow as frames.
+            streaming = self._streaming.get(tid)
+            state = self._state.get(tid) or ("thinking" if self._bus.queued(tid) else "idle")
+            transcript = [
+                self._message_frame(m.id, ROLE_OF[m.role], m.content, m.inbox_id or 0)
+                for m in await self._history.transcript(tid)
+                if m.role in ROLE_OF and not (m.role == "assistant" and not m.content)
+            ]
+            pending = [{"id": cid, "text": text} for _, cid, text in
+                       await self._inbox.pending_for(tid)]
+            await tab.write_unlocked({
+                "type": "ready",
+                "thread_id": tid,
+                "transcript": [
+                    {k: f[k] for k in ("id", "role", "text", "html")} for f in transcript
+                ],
+                "pending": pending,
+                "streaming": "".join(streaming) if streaming is not None else None,
+                "state": state,
+                "max_message_bytes": self.config.max_message_bytes,
+            })
+
+    def _leave(self, tab: _Tab) -> None:
+        tabs = self._tabs.get(tab.thread_id)
+        if tabs is not None:
+            tabs.discard(tab)
+            if not tabs:
+                del self._tabs[tab.thread_id]
+
+    async def _on_text(self, tab: _Tab, data: str) -> None:
+        try:
+            frame = json.loads(data)
+        except ValueError:
+            await self._bad_frame(tab, "the frame is not valid JSON")
+            return
+        if not isinstance(frame, dict):
+            await self._bad_frame(tab, "a frame must be a JSON object")
+            return
+        kind = frame.get("type")
+        if kind == "send":
+            await self._on_send(tab, frame)
+        elif kind == "stop":
+            self._bus.cancel_turn(tab.thread_id)
+        elif kind == "hello":
+            await self._bad_frame(tab, "already logged in: hello is only the first frame")
+        else:
+            await self._bad_frame(tab, f"unknown frame type {_short(kind)} (send, stop)")
+
+    async def _on_send(self, tab: _Tab, frame: dict[str, Any]) -> None:
+        cid, text = frame.get("id"), frame.get("text")
+        if not isinstance(cid, str) or not CLIENT_ID_RE.match(cid):
+            await self._bad_frame(tab, 'send needs "id": 1 to 64 visible ASCII characters')
+            return
+        if not isinstance(text, str) or not text.strip():
+            await self._bad_frame(tab, 'send needs "text": a non-empty string', cid)
+            return
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            await self._bad_frame(tab, '"text" is not valid Unicode (lone surrogate)', cid)
+            return
+        limit = self.config.max_message_bytes
+        if size > limit:
+            await tab.write({
+                "type": "error", "id": cid, "code": "too_large",
+                "message": f"Message is {size:,} bytes; the limit is {limit:,}"
+                " (web.max_message_bytes).",
+            })
+            return
+        inbound = Inbound(tab.thread_id, text, sender="web", source=Source.WEB, client_id=cid)
+        _, is_new = await self._bus.submit(inbound)  # stored durably: now it may be acked
+        await tab.write({"type": "ack", "id": cid, "duplicate": not is_new})
+        if is_new:  # the thread's other tabs show the question too
+            others = [t for t in self._tabs.get(tab.thread_id, ()) if t is not tab]
+            pending = {"type": "pending", "id": cid, "text": text}
+            await asyncio.gather(*(t.write(pending) for t in others))
+
+    async def _bad_frame(self, tab: _Tab, reason: str, cid: str | None = None) -> None:
+        frame: dict[str, Any] = {"type": "error", "code": "bad_frame", "message": reason}
+        if cid is not None:
+            frame["id"] = cid
+        await tab.write(frame)
+
+    def _message_frame(self, mid: int, role: Role, text: str, reply_to: int) -> dict[str, Any]:
+        rendered = (
+            self._renderer.html(text) if role in (Role.ASSISTANT, Role.SYSTEM)
+            else html.escape(text)
+        )
+        return {"type": "message", "id": mid, "role": role.value, "text": text,
+                "html": rendered, "reply_to": reply_to}
+
+
+WEB_KEY = web.AppKey("ganglion_web", WebInterface)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _host_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    reason = request.app[WEB_KEY].host_refused(request)
+    if reason is not None:
+        log.warning("web: refused %s %s for Host %r", request.method, request.path,
+                    request.headers.get("Host"))
+        raise web.HTTPForbidden(text=reason)
+    return await handler(request)
+
+
+async def _add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+
+
+async def _index(request: web.Request) -> web.Response:
+    return request.app[WEB_KEY].static_response("index.html")
+
+
+async def _static_file(request: web.Request) -> web.Response:
+    return request.app[WEB_KEY].static_response(request.match_info["file"])
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def _websocket(request: web.Request) -> web.WebSocketResponse:
+    return await request.app[WEB_KEY].serve_socket(request)

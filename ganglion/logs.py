@@ -1,0 +1,66 @@
+"""Logging: console and logs/ganglion.log (rotated daily), with every known secret masked."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+class SecretMask(logging.Filter):
+    """Replaces secret values anywhere in a formatted record by ``***``."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._secrets: set[str] = set()
+        self.add(*secrets)
+
+    def add(self, *secrets: str) -> None:
+        self._secrets.update(s for s in secrets if s and len(s) >= 4)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._secrets:
+            return True
+        text = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        masked = text
+        exc_text = record.exc_text or ""
+        for secret in self._secrets:
+            masked = masked.replace(secret, "***")
+            exc_text = exc_text.replace(secret, "***")
+        if masked != text:
+            record.msg, record.args = masked, None
+        if record.exc_text:
+            record.exc_text = exc_text
+        return True
+
+
+def setup_logging(log_dir: Path, level: str, mask: SecretMask) -> None:
+    """Console + daily-rotated file, both behind the same secret mask."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    path = log_dir / "ganglion.log"
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    file_handler = logging.handlers.TimedRotatingFileHandler(
+        path, when="midnight", backupCount=14, encoding="utf-8"
+    )
+    console = logging.StreamHandler(sys.stderr)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    for handler in (console, file_handler):
+        handler.setFormatter(logging.Formatter(FORMAT))
+        handler.addFilter(mask)
+        root.addHandler(handler)
+    root.setLevel(level)
+    # Libraries are loud at DEBUG; our own --debug is about our traffic.
+    for noisy in ("aiosqlite", "httpx", "httpcore", "openai", "asyncio", "nio", "peewee",
+                  "apscheduler"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLevelName(level)))
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

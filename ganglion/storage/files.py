@@ -1,0 +1,104 @@
+"""The plain-text memory in data/: cached reads (re-read only when changed), atomic serialised writes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+BASE_PROMPT = "BASE_PROMPT.txt"
+MEMORIES = "MEMORIES.txt"
+HEARTBEATS = "HEARTBEATS.txt"
+SKILLS_DIR = "skills"
+SCRIPTS_DIR = "scripts"
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    stamp: tuple[int, int]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Skill:
+    """One note in data/skills/: its file name and first line (the index the prompt shows)."""
+
+    name: str
+    summary: str
+
+
+class DataFiles:
+    """Reads data/ files through a stat check; writes atomically under one lock per file."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._cache: dict[Path, _Cached] = {}
+        self._locks: dict[Path, asyncio.Lock] = {}
+
+    def ensure_layout(self) -> None:
+        """Create data/ with its empty templates where missing (never overwrites)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / SKILLS_DIR).mkdir(exist_ok=True)
+        (self.data_dir / SCRIPTS_DIR).mkdir(exist_ok=True)
+        for name in (MEMORIES, HEARTBEATS):
+            (self.data_dir / name).touch(exist_ok=True)
+
+    def read(self, name: str) -> str:
+        """The file's text ("" if missing); from the cache while size and mtime are unchanged."""
+        path = self.data_dir / name
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            self._cache.pop(path, None)
+            return ""
+        stamp = (st.st_mtime_ns, st.st_size)
+        cached = self._cache.get(path)
+        if cached is not None and cached.stamp == stamp:
+            return cached.text
+        text = path.read_text(encoding="utf-8", errors="replace")
+        self._cache[path] = _Cached(stamp, text)
+        return text
+
+    def skills(self) -> list[Skill]:
+        folder = self.data_dir / SKILLS_DIR
+        if not folder.is_dir():
+            return []
+        result = []
+        for path in sorted(folder.glob("*.md")):
+            first = next((ln.strip("# ").strip() for ln in self.read(
+                str(path.relative_to(self.data_dir))).splitlines() if ln.strip()), "")
+            result.append(Skill(path.name, first[:200]))
+        return result
+
+    def lock(self, name: str) -> asyncio.Lock:
+        """The lock that serialises every change to one file."""
+        return self._locks.setdefault(self.data_dir / name, asyncio.Lock())
+
+    async def write(self, name: str, text: str) -> None:
+        """Replace a file atomically: temp file, fsync, rename. Caller holds ``lock(name)``."""
+        path = self.data_dir / name
+        await asyncio.to_thread(atomic_write, path, text)
+        self._cache.pop(path, None)
+
+
+def atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write ``text`` so that readers see the old file or the new one, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,215 @@
+"""The worker: one turn for one Inbound: command or prompt -> model -> tools -> reply, stored atomically."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from ganglion.commands import CommandTable, parse_command
+from ganglion.errors import LLMBadResponse, LLMUnavailable
+from ganglion.llm.client import ChatResult, LLMClient
+from ganglion.llm.compaction import Compactor
+from ganglion.llm.prompt import PromptInputs, build_messages, system_text
+from ganglion.messages import Inbound, OutKind, Outbound, ThreadId, is_matrix_thread
+from ganglion.router import Router
+from ganglion.storage.files import BASE_PROMPT, HEARTBEATS, MEMORIES, DataFiles
+from ganglion.storage.history import History, NewMessage, StoredMessage, estimate_tokens
+from ganglion.tools.registry import ToolContext, ToolRegistry
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def local_now() -> datetime:
+    return datetime.now().astimezone()
+
+
+class Worker:
+    """Runs turns for the bus (it implements the bus's TurnHandler)."""
+
+    def __init__(
+        self,
+        *,
+        llm: LLMClient,
+        history: History,
+        router: Router,
+        files: DataFiles,
+        tools: ToolRegistry,
+        commands: CommandTable,
+        compactor: Compactor,
+        model: str,
+        max_tool_steps: int,
+        clock: Clock = local_now,
+    ) -> None:
+        self.llm = llm
+        self.history = history
+        self.router = router
+        self.files = files
+        self.tools = tools
+        self.commands = commands
+        self.compactor = compactor
+        self.model = model
+        self.max_tool_steps = max_tool_steps
+        self.clock = clock
+        self._partial: dict[ThreadId, list[str]] = {}
+        commands.add("new", "/new", "start a fresh conversation in this thread", self._cmd_new)
+        commands.add("compact", "/compact", "summarise the conversation so far now",
+                     self._cmd_compact)
+
+    # -- the bus's TurnHandler -------------------------------------------------------------
+
+    async def run_turn(self, msg: Inbound) -> None:
+        tid = msg.thread_id
+        started = time.monotonic()
+        await self._state(tid, "thinking")
+        try:
+            new = await self._turn(msg)
+        except (LLMUnavailable, LLMBadResponse) as err:
+            log.warning("[%s] turn failed: %s", tid, err)
+            new = [self._notice(msg, str(err))]
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            log.exception("[%s] turn crashed", tid)
+            new = [self._notice(msg, f"Something went wrong on my side ({type(err).__name__}). "
+                                     "The details are in logs/ganglion.log; please try again.")]
+        self._partial.pop(tid, None)
+        await self._finish(msg, new)
+        log.info("[%s] turn done in %.1f ms", tid, (time.monotonic() - started) * 1000)
+
+    async def turn_stopped(self, msg: Inbound) -> None:
+        partial = "".join(self._partial.pop(msg.thread_id, []))
+        new = []
+        if partial.strip():
+            new.append(NewMessage("assistant", partial + " …", deliver=not msg.system))
+        new.append(self._notice(msg, "Stopped."))
+        await self._finish(msg, new)
+
+    # -- one turn --------------------------------------------------------------------------
+
+    async def _turn(self, msg: Inbound) -> list[NewMessage]:
+        call = parse_command(msg.text)
+        if call is not None:
+            reply = await self.commands.run(call, msg)
+            return [self._notice(msg, reply)]
+        tid = msg.thread_id
+        await self.history.begin_turn(msg, msg.text)
+        context = await self.history.context(tid)
+        new: list[NewMessage] = []
+        inputs = self._inputs(msg, context)
+        overhead = estimate_tokens(system_text(inputs))
+        if self.compactor.needed(context, overhead):
+            notice = await self.compactor.compact(tid, context)
+            if notice is not None:
+                await self._notify_now(msg, notice)
+                context = await self.history.context(tid)
+                inputs = self._inputs(msg, context)
+        messages = build_messages(inputs)
+        schemas = self.tools.schemas() or None
+        ctx = ToolContext(tid, msg.sender)
+        for _step in range(self.max_tool_steps):
+            result = await self._chat(tid, messages, schemas)
+            if not result.tool_calls:
+                new.append(NewMessage("assistant", result.content, deliver=not msg.system,
+                                      tokens=result.usage.completion_tokens))
+                return new
+            calls = [
+                {"id": c.id, "type": "function",
+                 "function": {"name": c.name, "arguments": c.arguments}}
+                for c in result.tool_calls
+            ]
+            new.append(NewMessage("assistant", result.content, tool_calls=calls, visible=False))
+            messages.append({"role": "assistant", "content": result.content or None,
+                             "tool_calls": calls})
+            for c in result.tool_calls:
+                outcome = await self.tools.call(c.name, c.arguments, ctx)
+                log.info("[%s] tool %s %s in %.0f ms", tid, c.name,
+                         "ok" if outcome.ok else "failed", outcome.seconds * 1000)
+                new.append(NewMessage("tool", outcome.text, tool_call_id=c.id, name=c.name))
+                messages.append({"role": "tool", "tool_call_id": c.id, "content": outcome.text})
+        new.append(self._notice(
+            msg, f"I stopped after {self.max_tool_steps} tool steps without a final answer "
+                 "(llm.max_tool_steps). Ask me to continue if you want more."))
+        return new
+
+    def _inputs(self, msg: Inbound, context: list[StoredMessage]) -> PromptInputs:
+        return PromptInputs(
+            base_prompt=self.files.read(BASE_PROMPT),
+            memories=self.files.read(MEMORIES),
+            heartbeats=self.files.read(HEARTBEATS),
+            skills=self.files.skills(),
+            now=self.clock(),
+            history=context,
+            tool_names=self.tools.names(),
+            interface=_interface_of(msg),
+        )
+
+    async def _chat(
+        self, tid: ThreadId, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    ) -> ChatResult:
+        partial = self._partial.setdefault(tid, [])
+        partial.clear()
+        streaming = False
+
+        async def on_delta(text: str) -> None:
+            nonlocal streaming
+            if not streaming:
+                streaming = True
+                await self._state(tid, "streaming")
+            partial.append(text)
+            await self.router.publish(Outbound(tid, OutKind.DELTA, text))
+
+        async def on_reset() -> None:
+            partial.clear()
+            await self.router.publish(Outbound(tid, OutKind.RESET))
+
+        result = await self.llm.chat(messages, model=self.model, tools=tools,
+                                     on_delta=on_delta, on_reset=on_reset)
+        log.debug("[%s] %s answered: %d+%d tokens", tid, result.endpoint,
+                  result.usage.prompt_tokens, result.usage.completion_tokens)
+        return result
+
+    # -- commands --------------------------------------------------------------------------
+
+    async def _cmd_new(self, msg: Inbound, args: str) -> str:
+        dropped = await self.history.forget_context(msg.thread_id)
+        return ("Started a fresh conversation." if dropped else
+                "This conversation was already empty.") + " Memory files are kept."
+
+    async def _cmd_compact(self, msg: Inbound, args: str) -> str:
+        context = await self.history.context(msg.thread_id)
+        notice = await self.compactor.compact(msg.thread_id, context, force=True)
+        return notice or "Nothing to compact yet."
+
+    # -- output ----------------------------------------------------------------------------
+
+    def _notice(self, msg: Inbound, text: str) -> NewMessage:
+        return NewMessage("notice", text, in_context=False, deliver=not msg.system)
+
+    async def _notify_now(self, msg: Inbound, text: str) -> None:
+        """A notice that must not wait for the end of the turn (compaction happened)."""
+        if not msg.system:
+            await self.router.broadcast(text, msg.thread_id)
+
+    async def _finish(self, msg: Inbound, new: list[NewMessage]) -> None:
+        await self.history.finish_turn(msg.thread_id, msg.id, new)
+        await self.router.deliver(msg.thread_id)
+        await self._state(msg.thread_id, "idle")
+
+    async def _state(self, tid: ThreadId, state: str) -> None:
+        await self.router.publish(Outbound(tid, OutKind.STATE, state))
+
+
+def _interface_of(msg: Inbound) -> str:
+    if msg.system:
+        return "an autonomous background task (nothing you write is shown to anyone)"
+    if is_matrix_thread(msg.thread_id):
+        return f"the Matrix room {msg.thread_id}"
+    return "a browser tab of the web UI"
+
+

@@ -1,0 +1,88 @@
+"""Run the real daemon as a child process (for crash, signal and start-up tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Daemon:
+    """``python -m ganglion --config <file>`` with its own data dir; stdout+stderr to a file."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
+        self.workdir = workdir
+        self.config = config
+        self.port: int = config.get("web", {}).get("port") or free_port()
+        config.setdefault("web", {})["port"] = self.port
+        self.config_path = workdir / "config.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.output = workdir / "daemon-output.txt"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *args: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GANGLION_")}
+        out = self.output.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ganglion", "--config", str(self.config_path), *args],
+            cwd=self.workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+        out.close()
+
+    async def wait_ready(self, timeout: float = 20) -> float:
+        """Until /healthz answers; returns the seconds it took."""
+        started = time.monotonic()
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() - started < timeout:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{self.text()}")
+                try:
+                    async with session.get(f"{self.url}/healthz") as resp:
+                        if resp.status == 200:
+                            return time.monotonic() - started
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise TimeoutError(f"daemon not ready after {timeout} s:\n{self.text()}")
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    async def wait_exit(self, timeout: float) -> int:
+        started = time.monotonic()
+        assert self.proc is not None
+        while self.proc.poll() is None:
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"daemon still running after {timeout} s")
+            await asyncio.sleep(0.02)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def text(self) -> str:
+        return self.output.read_text(errors="replace") if self.output.exists() else ""

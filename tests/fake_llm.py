@@ -1,0 +1,414 @@
+"""A fake OpenAI-compatible HTTP server with scripted replies, for the tests and benchmarks.
+
+Place in the flow: it stands where a real model server stands, on the far side of
+``ganglion.llm.client``. Replies are queued with ``script()``; with nothing queued it echoes the
+last user message. Run it standalone for benchmarks: ``python tests/fake_llm.py --port 8089``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest_asyncio
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+ToolCallSpec = tuple[str, "dict[str, Any] | str"]
+
+
+@dataclass
+class Reply:
+    """One scripted answer. Defaults give a quick 200 with ``text`` streamed word by word."""
+
+    text: str = ""
+    tool_calls: list[ToolCallSpec] = field(default_factory=list)
+    """(name, arguments); a str is sent verbatim, so malformed JSON can be tested."""
+    status: int = 200
+    """Anything but 200 answers with an OpenAI-style error body."""
+    retry_after: float | None = None
+    """Sent as a Retry-After header (seconds) with an error status."""
+    delay: float = 0.0
+    """Seconds before the first byte."""
+    chunk_delay: float = 0.0
+    """Seconds between streamed chunks."""
+    cut_after_chunks: int | None = None
+    """Stream this many chunks, then drop the connection mid-stream."""
+    garbage: bool = False
+    """200 with a non-JSON body (or broken SSE data when streaming)."""
+    hang: bool = False
+    """Never answer; the request ends only when the client leaves or the server stops."""
+    usage: tuple[int, int] | None = None
+    """(prompt_tokens, completion_tokens) to report; estimated when None."""
+
+
+ReplyFactory = Callable[[dict[str, Any]], Reply]
+
+
+def _words(text: str) -> list[str]:
+    """Split so that the pieces join back to exactly ``text``."""
+    pieces = re.findall(r"\s*\S+\s*", text)
+    return pieces if pieces else ([text] if text else [])
+
+
+def _halves(text: str) -> list[str]:
+    mid = len(text) // 2
+    return [p for p in (text[:mid], text[mid:]) if p]
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    for message in reversed(body.get("messages") or []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):
+                return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            return str(content or "")
+    return ""
+
+
+class FakeLLM:
+    """An aiohttp server speaking enough of the OpenAI API for Ganglion: chat and models."""
+
+    def __init__(self, models: list[str] | None = None) -> None:
+        self.models: list[str] = list(models) if models is not None else ["fake-model"]
+        self.requests: list[dict[str, Any]] = []
+        """Chat request bodies, in arrival order."""
+        self.request_headers: list[dict[str, str]] = []
+        """Headers of each chat request, parallel to ``requests``."""
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.disconnects = 0
+        """Chat requests whose client went away before the answer was complete."""
+        self._script: deque[Reply | ReplyFactory] = deque()
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self._cutting: set[asyncio.Task[Any]] = set()
+        self._runner: web.AppRunner | None = None
+        self._stopping = False
+        self._ids = 0
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def script(self, *replies: Reply | ReplyFactory) -> None:
+        """Queue replies; each chat request takes the next one (FIFO)."""
+        self._script.extend(replies)
+
+    def reset(self) -> None:
+        """Forget the script, the recorded requests and the counters."""
+        self._script.clear()
+        self.requests.clear()
+        self.request_headers.clear()
+        self.max_in_flight = self.in_flight
+        self.disconnects = 0
+
+    async def start(self, port: int = 0) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        # handler_cancellation: a client hanging up cancels its handler, as with a real server.
+        runner = web.AppRunner(
+            app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", port)
+        await site.start()
+        self._runner = runner
+        self._stopping = False
+        server = site._server
+        assert isinstance(server, asyncio.Server)
+        self.port = server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Stop listening and end every request at once, hanging ones included."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        self._stopping = True
+        handlers = list(self._handlers)
+        for task in handlers:
+            task.cancel()
+        if handlers:
+            await asyncio.wait(handlers, timeout=1.0)
+        await runner.cleanup()
+
+    # --- handlers -------------------------------------------------------------------------
+
+    async def _models(self, request: web.Request) -> web.Response:
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "request body is not JSON", "invalid_request_error")
+        if not isinstance(body, dict):
+            return _error(400, "request body must be an object", "invalid_request_error")
+        self.requests.append(body)
+        self.request_headers.append(dict(request.headers))
+        item = self._script.popleft() if self._script else None
+        if item is None:
+            reply = Reply(text=f"echo: {_last_user_text(body)}")
+        else:
+            reply = item if isinstance(item, Reply) else item(body)
+
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        complete = False
+        try:
+            response = await self._answer(request, body, reply)
+            complete = True
+            return response
+        finally:
+            self.in_flight -= 1
+            self._handlers.discard(task)
+            if not complete and not self._stopping and task not in self._cutting:
+                self.disconnects += 1
+            self._cutting.discard(task)
+
+    async def _answer(
+        self, request: web.Request, body: dict[str, Any], reply: Reply
+    ) -> web.StreamResponse:
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
+        if reply.hang:
+            await asyncio.Event().wait()
+        if reply.status != 200:
+            headers = {}
+            if reply.retry_after is not None:
+                headers["Retry-After"] = f"{reply.retry_after:g}"
+            kind = (
+                "rate_limit_exceeded"
+                if reply.status == 429
+                else ("server_error" if reply.status >= 500 else "invalid_request_error")
+            )
+            return _error(reply.status, f"fake error {reply.status}", kind, headers)
+
+        self._ids += 1
+        meta = {
+            "id": f"chatcmpl-fake{self._ids}",
+            "created": int(time.time()),
+            "model": str(body.get("model") or (self.models[0] if self.models else "fake-model")),
+            "system_fingerprint": "fp_fake",
+        }
+        usage = self._usage(body, reply)
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return await self._stream(request, meta, reply, usage, include_usage)
+
+        if reply.cut_after_chunks is not None:
+            await self._cut(request)
+        if reply.garbage:
+            return web.Response(text="<html>this is not JSON</html>", content_type="text/html")
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": reply.text or None,
+            "refusal": None,
+        }
+        if reply.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": f"call_{meta['id']}_{i}",
+                    "type": "function",
+                    "function": {"name": name, "arguments": _arguments(args)},
+                }
+                for i, (name, args) in enumerate(reply.tool_calls)
+            ]
+        return web.json_response(
+            {
+                "object": "chat.completion",
+                **meta,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": message,
+                        "logprobs": None,
+                        "finish_reason": "tool_calls" if reply.tool_calls else "stop",
+                    }
+                ],
+                "usage": usage,
+            }
+        )
+
+    async def _stream(
+        self,
+        request: web.Request,
+        meta: dict[str, Any],
+        reply: Reply,
+        usage: dict[str, int],
+        include_usage: bool,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        if reply.garbage:
+            await response.write(b"data: {this is not json\n\n")
+            await response.write_eof()
+            return response
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            out = {
+                "object": "chat.completion.chunk",
+                **meta,
+                "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
+            }
+            if include_usage:
+                out["usage"] = None
+            return out
+
+        chunks = [chunk({"role": "assistant", "content": ""})]
+        chunks += [chunk({"content": piece}) for piece in _words(reply.text)]
+        for i, (name, args) in enumerate(reply.tool_calls):
+            chunks.append(
+                chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": i,
+                                "id": f"call_{meta['id']}_{i}",
+                                "type": "function",
+                                "function": {"name": name, "arguments": ""},
+                            }
+                        ]
+                    }
+                )
+            )
+            chunks += [
+                chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]})
+                for piece in _halves(_arguments(args))
+            ]
+        chunks.append(chunk({}, "tool_calls" if reply.tool_calls else "stop"))
+        if include_usage:
+            chunks.append(
+                {"object": "chat.completion.chunk", **meta, "choices": [], "usage": usage}
+            )
+
+        for sent, data in enumerate(chunks):
+            if reply.cut_after_chunks is not None and sent >= reply.cut_after_chunks:
+                await self._cut(request)
+            if sent and reply.chunk_delay:
+                await asyncio.sleep(reply.chunk_delay)
+            await response.write(b"data: " + json.dumps(data).encode() + b"\n\n")
+        if reply.cut_after_chunks is not None:
+            await self._cut(request)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async def _cut(self, request: web.Request) -> None:
+        """Close the connection without finishing the response (chunked body left incomplete)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._cutting.add(task)
+        if request.transport is not None:
+            request.transport.close()
+        # The lost connection makes aiohttp cancel this handler (or stop() does).
+        await asyncio.Event().wait()
+
+    @staticmethod
+    def _usage(body: dict[str, Any], reply: Reply) -> dict[str, int]:
+        if reply.usage is not None:
+            prompt, completion = reply.usage
+        else:
+            prompt = max(1, len(json.dumps(body.get("messages") or [])) // 4)
+            completion = len(_words(reply.text)) + sum(
+                len(_arguments(a)) // 4 + 1 for _, a in reply.tool_calls
+            )
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+
+
+def _arguments(args: dict[str, Any] | str) -> str:
+    return args if isinstance(args, str) else json.dumps(args)
+
+
+def _error(
+    status: int, message: str, kind: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+# --- pytest fixtures ----------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def fake_llm() -> AsyncIterator[FakeLLM]:
+    """A started FakeLLM on a free port, stopped after the test."""
+    fake = FakeLLM()
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+@pytest_asyncio.fixture
+async def fake_llm_factory() -> AsyncIterator[Callable[..., Awaitable[FakeLLM]]]:
+    """``await factory(models=[...])`` gives more started FakeLLMs; all stopped after the test."""
+    started: list[FakeLLM] = []
+
+    async def factory(models: list[str] | None = None) -> FakeLLM:
+        fake = FakeLLM(models=models)
+        await fake.start()
+        started.append(fake)
+        return fake
+
+    try:
+        yield factory
+    finally:
+        for fake in started:
+            await fake.stop()
+
+
+# --- standalone ---------------------------------------------------------------------------
+
+
+async def _serve_forever(port: int, models: list[str]) -> None:
+    fake = FakeLLM(models=models)
+    await fake.start(port)
+    print(f"fake LLM serving echo replies at {fake.base_url}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await fake.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Fake OpenAI-compatible server (echo replies).")
+    parser.add_argument("--port", type=int, default=8089)
+    parser.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        default=None,
+        help="a model id to list (repeatable)",
+    )
+    args = parser.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_forever(args.port, args.models or ["fake-model"]))
+
+
+if __name__ == "__main__":
+    main()

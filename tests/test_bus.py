@@ -1,0 +1,182 @@
+"""The bus: durable admission, order within a thread, concurrency across threads, FIFO fairness."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from ganglion.bus import Bus
+from ganglion.messages import Inbound, Source, ThreadId
+from ganglion.storage.db import Database
+from ganglion.storage.inbox import Inbox
+
+
+class RecordingHandler:
+    """Answers by recording; each turn takes ``delay`` seconds (or waits for ``gate``)."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.started: list[tuple[str, str]] = []
+        self.finished: list[tuple[str, str]] = []
+        self.running = 0
+        self.max_running = 0
+        self.per_thread_running: dict[str, int] = {}
+        self.overlap_in_thread = False
+        self.gate: asyncio.Event | None = None
+        self.inbox: Inbox | None = None
+        self.stopped: list[str] = []
+
+    async def run_turn(self, msg: Inbound) -> None:
+        self.started.append((msg.thread_id, msg.text))
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+        n = self.per_thread_running.get(msg.thread_id, 0) + 1
+        self.per_thread_running[msg.thread_id] = n
+        self.overlap_in_thread |= n > 1
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            await asyncio.sleep(self.delay)
+            assert self.inbox is not None
+            async with self.inbox.db.transaction() as conn:
+                await conn.execute("UPDATE inbox SET status = 'done' WHERE id = ?", (msg.id,))
+            self.finished.append((msg.thread_id, msg.text))
+        finally:
+            self.running -= 1
+            self.per_thread_running[msg.thread_id] -= 1
+
+    async def turn_stopped(self, msg: Inbound) -> None:
+        self.stopped.append(msg.text)
+        assert self.inbox is not None
+        async with self.inbox.db.transaction() as conn:
+            await conn.execute("UPDATE inbox SET status = 'done' WHERE id = ?", (msg.id,))
+
+
+def inbound(thread: str, text: str, cid: str | None = None) -> Inbound:
+    return Inbound(ThreadId(thread), text, "tester", Source.WEB, cid or text)
+
+
+async def make_bus(tmp_path: Path, handler: RecordingHandler, cap: int) -> tuple[Bus, Database]:
+    db = await Database.open(tmp_path / "bus.db")
+    handler.inbox = Inbox(db)
+    bus = Bus(handler.inbox, handler, cap)
+    await bus.start()
+    return bus, db
+
+
+async def test_order_within_a_thread_and_no_overlap(tmp_path: Path) -> None:
+    handler = RecordingHandler(delay=0.005)
+    bus, db = await make_bus(tmp_path, handler, cap=8)
+    for i in range(20):
+        await bus.submit(inbound("web_" + "a" * 16, f"m{i}"))
+    await asyncio.wait_for(bus.wait_idle(), 10)
+    assert [t for _, t in handler.finished] == [f"m{i}" for i in range(20)]
+    assert not handler.overlap_in_thread
+    await bus.stop()
+    await db.close()
+
+
+async def test_threads_run_concurrently_up_to_the_cap(tmp_path: Path) -> None:
+    handler = RecordingHandler(delay=0.05)
+    bus, db = await make_bus(tmp_path, handler, cap=3)
+    for i in range(9):
+        await bus.submit(inbound(f"web_{i:016x}", "hi"))
+    await asyncio.wait_for(bus.wait_idle(), 10)
+    assert handler.max_running == 3
+    assert len(handler.finished) == 9
+    await bus.stop()
+    await db.close()
+
+
+async def test_fifo_admission_across_threads(tmp_path: Path) -> None:
+    """A burst of 50 threads starts in arrival order; a thread with a backlog goes to the back."""
+    handler = RecordingHandler()
+    handler.gate = asyncio.Event()
+    bus, db = await make_bus(tmp_path, handler, cap=4)
+    busy = "web_" + "f" * 16
+    for i in range(5):  # one thread with a backlog, submitted first
+        await bus.submit(inbound(busy, f"busy{i}"))
+    for i in range(50):
+        await bus.submit(inbound(f"web_{i:016x}", f"t{i}"))
+    handler.gate.set()
+    await asyncio.wait_for(bus.wait_idle(), 10)
+    order = [text for _, text in handler.started]
+    burst = [t for t in order if t.startswith("t")]
+    assert burst == [f"t{i}" for i in range(50)]
+    # The busy thread's second turn waited behind the 50 that arrived before it was re-queued.
+    assert order.index("busy1") > order.index("t49") - 4
+    await bus.stop()
+    await db.close()
+
+
+async def test_duplicate_client_id_is_stored_and_run_once(tmp_path: Path) -> None:
+    handler = RecordingHandler()
+    bus, db = await make_bus(tmp_path, handler, cap=2)
+    first, new1 = await bus.submit(inbound("web_" + "b" * 16, "hello", cid="c1"))
+    again, new2 = await bus.submit(inbound("web_" + "b" * 16, "hello", cid="c1"))
+    assert new1 and not new2 and first.id == again.id
+    await asyncio.wait_for(bus.wait_idle(), 10)
+    assert handler.finished == [("web_" + "b" * 16, "hello")]
+    await bus.stop()
+    await db.close()
+
+
+async def test_unanswered_messages_are_recovered_once_at_start(tmp_path: Path) -> None:
+    handler = RecordingHandler()
+    handler.gate = asyncio.Event()  # never opened: the turn is running when we stop
+    bus, db = await make_bus(tmp_path, handler, cap=2)
+    await bus.submit(inbound("web_" + "c" * 16, "before stop"))
+    await asyncio.sleep(0.05)
+    assert handler.started == [("web_" + "c" * 16, "before stop")]
+    await asyncio.wait_for(bus.stop(), 2)  # cancels the running turn
+    await db.close()
+
+    handler2 = RecordingHandler()
+    bus2, db2 = await make_bus(tmp_path, handler2, cap=2)
+    await asyncio.wait_for(bus2.wait_idle(), 10)
+    assert handler2.finished == [("web_" + "c" * 16, "before stop")]
+    await bus2.stop()
+    await db2.close()
+
+    handler3 = RecordingHandler()
+    bus3, db3 = await make_bus(tmp_path, handler3, cap=2)  # answered now: nothing to redo
+    await asyncio.sleep(0.05)
+    assert handler3.started == []
+    await bus3.stop()
+    await db3.close()
+
+
+async def test_user_stop_cancels_only_that_turn(tmp_path: Path) -> None:
+    handler = RecordingHandler()
+    handler.gate = asyncio.Event()
+    bus, db = await make_bus(tmp_path, handler, cap=4)
+    a, b = "web_" + "d" * 16, "web_" + "e" * 16
+    await bus.submit(inbound(a, "long"))
+    await bus.submit(inbound(b, "other"))
+    await bus.submit(inbound(a, "next"))
+    await asyncio.sleep(0.05)
+    assert bus.is_busy(ThreadId(a))
+    assert bus.cancel_turn(ThreadId(a))
+    handler.gate.set()
+    await asyncio.wait_for(bus.wait_idle(), 10)
+    assert handler.stopped == ["long"]
+    assert ("web_" + "e" * 16, "other") in handler.finished and (a, "next") in handler.finished
+    assert not bus.cancel_turn(ThreadId(a))
+    await bus.stop()
+    await db.close()
+
+
+@pytest.mark.parametrize("cap", [1, 5])
+async def test_stop_is_prompt_with_turns_running(tmp_path: Path, cap: int) -> None:
+    handler = RecordingHandler()
+    handler.gate = asyncio.Event()
+    bus, db = await make_bus(tmp_path, handler, cap=cap)
+    for i in range(10):
+        await bus.submit(inbound(f"web_{i:016x}", "wait"))
+    await asyncio.sleep(0.02)
+    await asyncio.wait_for(bus.stop(), 1)
+    rows = await db.fetchall("SELECT status FROM inbox")
+    assert [r["status"] for r in rows] == ["pending"] * 10
+    await db.close()

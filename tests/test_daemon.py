@@ -1,0 +1,200 @@
+"""The real daemon process: start with no config, SIGTERM/SIGINT, SIGKILL mid-turn, restart."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from conftest import LLM_KEY, WEB_TOKEN
+from daemon import Daemon
+from fake_llm import FakeLLM, Reply
+from wsclient import ChatClient
+
+
+def daemon_config(tmp_path: Path, llm: FakeLLM) -> dict[str, Any]:
+    return {
+        "llm": {"endpoints": [{"name": "fake", "base_url": llm.base_url, "api_key": LLM_KEY,
+                               "timeout_seconds": 30}],
+                "model": "fake-model", "retries": 0, "backoff_seconds": 0.01},
+        "web": {"token": WEB_TOKEN},
+        "paths": {"data_dir": "data", "log_dir": "logs"},
+    }
+
+
+async def wait_for(predicate: Any, timeout: float = 10) -> None:
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(0.02)
+
+
+def inbox_rows(data: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(data / "conversation.db") as conn:
+        return list(conn.execute("SELECT text, status FROM inbox ORDER BY id"))
+
+
+def assistant_rows(data: Path, thread: str) -> list[str]:
+    with sqlite3.connect(data / "conversation.db") as conn:
+        return [r[0] for r in conn.execute(
+            "SELECT content FROM messages WHERE thread_id = ? AND role = 'assistant'", (thread,))]
+
+
+async def test_starts_with_no_config_at_all(tmp_path: Path) -> None:
+    """`ganglion` in an empty folder: web UI on 127.0.0.1:8080 and a clear line about the LLM."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GANGLION_")}
+    out = (tmp_path / "out.txt").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "ganglion"], cwd=tmp_path, env=env,
+                            stdout=out, stderr=subprocess.STDOUT)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):
+                try:
+                    async with session.get("http://127.0.0.1:8080/healthz") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.05)
+            else:
+                raise AssertionError((tmp_path / "out.txt").read_text())
+        token = (tmp_path / "data" / "web_token").read_text().strip()
+        assert oct((tmp_path / "data" / "web_token").stat().st_mode & 0o777) == "0o600"
+        await wait_for(lambda: "LLM:" in (tmp_path / "out.txt").read_text() and
+                       "NOT reachable" in (tmp_path / "out.txt").read_text(), 15)
+        text = (tmp_path / "out.txt").read_text()
+        assert f"http://127.0.0.1:8080/#token={token}" in text
+        assert "http://127.0.0.1:11434/v1" in text and "config.yaml" in text
+        log = (tmp_path / "logs" / "ganglion.log").read_text()
+        assert token not in log and "web UI at http://127.0.0.1:8080" in log
+
+        chat = ChatClient("http://127.0.0.1:8080", token)
+        await chat.connect()
+        reply = await chat.ask("hello?", timeout=30)
+        assert reply["role"] == "system"
+        assert "could not reach the language model" in reply["text"].lower()
+        await chat.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(5) == 0
+        out.close()
+
+
+async def test_sigterm_mid_turn_exits_fast_and_keeps_the_message(
+    tmp_path: Path, fake_llm: FakeLLM
+) -> None:
+    fake_llm.script(Reply(hang=True))
+    d = Daemon(tmp_path, daemon_config(tmp_path, fake_llm))
+    d.start()
+    try:
+        await d.wait_ready()
+        chat = ChatClient(d.url, WEB_TOKEN)
+        await chat.connect()
+        assert (await chat.send("answer me after a restart"))["type"] == "ack"
+        await wait_for(lambda: len(fake_llm.requests) == 1)
+        started = time.monotonic()
+        d.signal(signal.SIGTERM)
+        assert await d.wait_exit(5) == 0
+        assert time.monotonic() - started < 5
+        await chat.close()
+        assert inbox_rows(tmp_path / "data") == [("answer me after a restart", "pending")]
+
+        d.start()  # the next start answers it, once
+        await d.wait_ready()
+        chat = ChatClient(d.url, WEB_TOKEN, chat.thread_id)
+        await chat.connect()
+        reply = await chat.reply(timeout=15)
+        assert reply["text"] == "echo: answer me after a restart"
+        assert inbox_rows(tmp_path / "data") == [("answer me after a restart", "done")]
+        await chat.close()
+    finally:
+        d.kill()
+
+
+async def test_second_signal_exits_at_once(tmp_path: Path, fake_llm: FakeLLM) -> None:
+    d = Daemon(tmp_path, daemon_config(tmp_path, fake_llm))
+    d.start()
+    try:
+        await d.wait_ready()
+        d.signal(signal.SIGINT)
+        d.signal(signal.SIGINT)
+        code = await d.wait_exit(5)
+        assert code in (0, 130)
+    finally:
+        d.kill()
+
+
+async def test_sigkill_mid_turn_is_answered_exactly_once_after_restart(
+    tmp_path: Path, fake_llm: FakeLLM
+) -> None:
+    fake_llm.script(Reply(text="partial answer that never finishes", chunk_delay=5.0))
+    d = Daemon(tmp_path, daemon_config(tmp_path, fake_llm))
+    d.start()
+    try:
+        await d.wait_ready()
+        chat = ChatClient(d.url, WEB_TOKEN)
+        await chat.connect()
+        assert (await chat.send("survive a crash"))["type"] == "ack"
+        await wait_for(lambda: len(fake_llm.requests) == 1)
+        d.proc.kill()  # type: ignore[union-attr]  (SIGKILL: no cleanup at all)
+        d.proc.wait(5)  # type: ignore[union-attr]
+        await chat.close()
+
+        d.start()
+        await d.wait_ready()
+        chat = ChatClient(d.url, WEB_TOKEN, chat.thread_id)
+        await chat.connect()
+        reply = await chat.reply(timeout=15)
+        assert reply["text"] == "echo: survive a crash"
+        await asyncio.sleep(0.3)  # time for a wrong second answer to show up
+        assert assistant_rows(tmp_path / "data", chat.thread_id) == ["echo: survive a crash"]
+        assert inbox_rows(tmp_path / "data") == [("survive a crash", "done")]
+        await chat.close()
+        d.signal(signal.SIGTERM)
+        assert await d.wait_exit(5) == 0
+
+        d.start()  # and a third start does not answer it again
+        await d.wait_ready()
+        await asyncio.sleep(0.3)
+        assert assistant_rows(tmp_path / "data", chat.thread_id) == ["echo: survive a crash"]
+        with sqlite3.connect(tmp_path / "data" / "conversation.db") as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        d.kill()
+
+
+async def test_runs_from_any_directory_with_config(tmp_path: Path, fake_llm: FakeLLM) -> None:
+    """Relative paths in the config resolve next to the config file, not the cwd."""
+    home = tmp_path / "home"
+    home.mkdir()
+    d = Daemon(home, daemon_config(home, fake_llm))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    d.workdir = elsewhere
+    d.start()
+    try:
+        await d.wait_ready()
+        assert (home / "data" / "conversation.db").exists()
+        assert (home / "logs" / "ganglion.log").exists()
+        assert not (elsewhere / "data").exists()
+        assert oct((home / "data" / "conversation.db").stat().st_mode & 0o777) == "0o600"
+    finally:
+        d.kill()
+
+
+@pytest.mark.parametrize("bad", ["web:\n  port: eighty\n", "matrix:\n  enabeld: true\n"])
+async def test_daemon_refuses_a_bad_config_with_status_2(tmp_path: Path, bad: str) -> None:
+    (tmp_path / "config.yaml").write_text(bad)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GANGLION_")}
+    result = subprocess.run([sys.executable, "-m", "ganglion"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert ("web.port" if "port" in bad else "matrix.enabeld") in result.stderr

@@ -1,0 +1,283 @@
+"""Turns end to end through the web socket: streaming, tools, errors, failover, compaction, commands."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from conftest import AppFactory
+from fake_llm import FakeLLM, Reply
+from wsclient import ChatClient
+
+from ganglion.app import App
+
+
+async def connect(app: App, thread_id: str | None = None) -> ChatClient:
+    assert app.web is not None
+    chat = ChatClient(app.web.url, app.web_token, thread_id)
+    await chat.connect()
+    return chat
+
+
+def user_texts(body: dict[str, Any]) -> list[str]:
+    return [m["content"] for m in body["messages"] if m["role"] == "user"]
+
+
+async def test_a_turn_streams_deltas_then_the_final_message(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory()
+    fake_llm.script(Reply(text="The answer is **forty-two**, as everyone knows."))
+    chat = await connect(app)
+    assert (await chat.send("what is it?"))["type"] == "ack"
+    deltas: list[str] = []
+    states: list[str] = []
+    while True:
+        event = await chat.next_event()
+        if event["type"] == "delta":
+            deltas.append(event["text"])
+        elif event["type"] == "state":
+            states.append(event["state"])
+        elif event["type"] == "message":
+            break
+    assert len(deltas) > 1 and "".join(deltas) == event["text"]
+    assert "<strong>forty-two</strong>" in event["html"]
+    assert states[:2] == ["thinking", "streaming"]
+    body = fake_llm.requests[-1]
+    assert body["model"] == "fake-model" and body["stream"] is True
+    system = body["messages"][0]
+    assert system["role"] == "system" and "Current local time:" in system["content"]
+    assert "You are Ganglion" in system["content"]  # data/BASE_PROMPT.txt
+    await chat.close()
+
+
+async def test_history_is_kept_per_thread(app_factory: AppFactory, fake_llm: FakeLLM) -> None:
+    app = await app_factory()
+    a, b = await connect(app), await connect(app)
+    await a.ask("my name is Ada")
+    await b.ask("my name is Bob")
+    await a.ask("what is my name?")
+    assert user_texts(fake_llm.requests[-1]) == ["my name is Ada", "what is my name?"]
+    await b.ask("and mine?")
+    assert user_texts(fake_llm.requests[-1]) == ["my name is Bob", "and mine?"]
+    await a.close()
+    await b.close()
+
+
+async def test_prompt_picks_up_memory_files_and_skills(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory()
+    (app.data_dir / "MEMORIES.txt").write_text("The user's cat is called Tiber.\n")
+    (app.data_dir / "HEARTBEATS.txt").write_text("- follow up on the dentist\n")
+    (app.data_dir / "skills" / "backup.md").write_text("# Back up the laptop with restic\n")
+    chat = await connect(app)
+    await chat.ask("hi")
+    system = fake_llm.requests[-1]["messages"][0]["content"]
+    assert "Tiber" in system and "dentist" in system
+    assert "skills/backup.md: Back up the laptop with restic" in system
+    (app.data_dir / "MEMORIES.txt").write_text("The user's cat is called Nero now.\n")
+    await chat.ask("again")
+    system = fake_llm.requests[-1]["messages"][0]["content"]
+    assert "Nero" in system and "Tiber" not in system
+    await chat.close()
+
+
+async def test_tool_calls_loop_until_an_answer(app_factory: AppFactory, fake_llm: FakeLLM) -> None:
+    app = await app_factory()
+    seen: list[tuple[str, str]] = []
+
+    async def lookup(key: str) -> str:
+        """Look a key up.
+
+        Args:
+            key: what to look up
+        """
+        seen.append(("lookup", key))
+        return f"value-of-{key}"
+
+    app.tools.add(lookup)
+    fake_llm.script(
+        Reply(tool_calls=[("lookup", {"key": "a"}), ("lookup", {"key": "b"})]),
+        Reply(tool_calls=[("lookup", '{"key": "c"')]),  # malformed JSON from the model
+        Reply(tool_calls=[("no_such_tool", {})]),
+        Reply(text="a and b found"),
+    )
+    chat = await connect(app)
+    reply = await chat.ask("find a and b")
+    assert reply["text"] == "a and b found"
+    assert seen == [("lookup", "a"), ("lookup", "b")]
+    first = fake_llm.requests[0]
+    assert first["tools"][0]["function"]["name"] == "lookup"
+    assert first["tools"][0]["function"]["parameters"]["required"] == ["key"]
+    tool_results = [m["content"] for m in fake_llm.requests[-1]["messages"] if m["role"] == "tool"]
+    assert tool_results[:2] == ["value-of-a", "value-of-b"]
+    assert tool_results[2].startswith("error: arguments are not valid JSON")
+    assert tool_results[3].startswith("error: no tool named 'no_such_tool'")
+    # The next turn's history holds the tool exchange in the right order.
+    await chat.ask("thanks")
+    roles = [m["role"] for m in fake_llm.requests[-1]["messages"]]
+    assert roles == ["system", "user", "assistant", "tool", "tool", "assistant", "tool",
+                     "assistant", "tool", "assistant", "user"]
+    await chat.close()
+
+
+async def test_tool_step_limit_ends_the_turn_with_a_notice(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory({"llm": {"max_tool_steps": 3}})
+
+    async def ping() -> str:
+        """Ping."""
+        return "pong"
+
+    app.tools.add(ping)
+    fake_llm.script(*[Reply(tool_calls=[("ping", {})]) for _ in range(3)])
+    chat = await connect(app)
+    reply = await chat.ask("loop forever")
+    assert reply["role"] == "system" and "3 tool steps" in reply["text"]
+    assert len(fake_llm.requests) == 3
+    await chat.close()
+
+
+async def test_retry_then_success_after_a_500(app_factory: AppFactory, fake_llm: FakeLLM) -> None:
+    app = await app_factory()
+    fake_llm.script(Reply(status=500), Reply(text="recovered"))
+    chat = await connect(app)
+    assert (await chat.ask("hi"))["text"] == "recovered"
+    await chat.close()
+
+
+async def test_failover_to_a_second_endpoint(
+    app_factory: AppFactory, fake_llm: FakeLLM, fake_llm_factory: Any
+) -> None:
+    second: FakeLLM = await fake_llm_factory()
+    second.script(Reply(text="from the second endpoint"))
+    app = await app_factory({"llm": {"endpoints": [
+        {"name": "first", "base_url": fake_llm.base_url},
+        {"name": "second", "base_url": second.base_url},
+    ]}})
+    await fake_llm.stop()  # the first refuses connections
+    chat = await connect(app)
+    assert (await chat.ask("hi"))["text"] == "from the second endpoint"
+    await chat.close()
+
+
+async def test_all_endpoints_failing_gives_a_clear_message_and_recovers(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory()
+    port = fake_llm.port
+    await fake_llm.stop()
+    chat = await connect(app)
+    reply = await chat.ask("anyone there?")
+    assert reply["role"] == "system"
+    assert "could not reach the language model" in reply["text"].lower()
+    assert "fake" in reply["text"] and "sk-test" not in reply["text"]
+    await fake_llm.start(port)  # the fault clears: the next message works
+    assert (await chat.ask("now?"))["text"] == "echo: now?"
+    await chat.close()
+
+
+async def test_stop_cancels_the_running_turn(app_factory: AppFactory, fake_llm: FakeLLM) -> None:
+    app = await app_factory()
+    fake_llm.script(Reply(text="one two three four five six", chunk_delay=0.3))
+    chat = await connect(app)
+    await chat.send("tell me a long story")
+    while (await chat.next_event())["type"] != "delta":
+        pass
+    await chat.send_raw({"type": "stop"})
+    reply = await chat.reply()
+    while reply["role"] != "system":
+        reply = await chat.reply()
+    assert reply["text"] == "Stopped."
+    assert (await chat.ask("still there?"))["text"] == "echo: still there?"
+    await chat.close()
+
+
+def summarising(summary: str) -> Any:
+    """A scripted LLM that answers compaction requests with ``summary`` and echoes the rest."""
+
+    def reply(body: dict[str, Any]) -> Reply:
+        if body["messages"][0]["content"].startswith("You compress a conversation"):
+            return Reply(text=summary)
+        return Reply(text="echo: " + user_texts(body)[-1][:40])
+
+    return reply
+
+
+async def test_compaction_triggers_and_keeps_the_conversation_coherent(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory({"llm": {"context_tokens": 2048}})
+    fake_llm.script(*[summarising("SUMMARY: the user likes long messages about owls")] * 12)
+    chat = await connect(app)
+    filler = "owls " * 300  # ~375 tokens each
+    notices = []
+    for i in range(6):
+        await chat.send(f"message {i}: {filler}")
+        reply = await chat.reply()
+        while reply["role"] == "system":
+            notices.append(reply["text"])
+            reply = await chat.reply()
+    assert any("Compacted" in n for n in notices)
+    compaction = [b for b in fake_llm.requests
+                  if b["messages"][0]["content"].startswith("You compress a conversation")]
+    assert len(compaction) >= 1
+    assert "message 0:" in compaction[0]["messages"][1]["content"]
+    last = fake_llm.requests[-1]["messages"]
+    assert any(m["role"] == "system" and "SUMMARY: the user likes" in m["content"] for m in last)
+    assert "message 0:" not in str(last)
+    assert user_texts(fake_llm.requests[-1])[-1].startswith("message 5:")  # the newest is kept
+    await chat.close()
+
+
+async def test_new_compact_help_and_unknown_commands(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory()
+    fake_llm.script(*[summarising("SUMMARY: talked about apples")] * 5)
+    chat = await connect(app)
+    await chat.ask("apples are red")
+    await chat.ask("pears are green")
+    calls = len(fake_llm.requests)
+
+    help_text = (await chat.ask("/help"))["text"]
+    for name in ("/help", "/new", "/compact"):
+        assert name in help_text
+    unknown = await chat.ask("!nwe")
+    assert "Unknown command" in unknown["text"] and "/new" in unknown["text"]
+    assert len(fake_llm.requests) == calls  # no LLM call for commands
+
+    compacted = await chat.ask("/compact")
+    assert "Compacted" in compacted["text"]
+    await chat.ask("and bananas?")
+    assert "SUMMARY: talked about apples" in str(fake_llm.requests[-1]["messages"])
+    assert "apples are red" not in str(fake_llm.requests[-1]["messages"])
+
+    assert "fresh conversation" in (await chat.ask("!new"))["text"]
+    await chat.ask("hello again")
+    assert user_texts(fake_llm.requests[-1]) == ["hello again"]
+    assert "SUMMARY" not in str(fake_llm.requests[-1]["messages"])
+    await chat.close()
+
+    again = await connect(app, chat.thread_id)  # /new cleared the transcript too
+    texts = [m["text"] for m in again.ready["transcript"]]
+    assert "apples are red" not in texts and "hello again" in texts
+    await again.close()
+
+
+async def test_a_slash_path_is_not_a_command(app_factory: AppFactory, fake_llm: FakeLLM) -> None:
+    app = await app_factory()
+    chat = await connect(app)
+    assert (await chat.ask("/etc/hosts looks odd"))["text"] == "echo: /etc/hosts looks odd"
+    await chat.close()
+
+
+async def test_many_threads_at_once_all_answered(app_factory: AppFactory, fake_llm: FakeLLM) -> None:
+    app = await app_factory()
+    chats = [await connect(app) for _ in range(20)]
+    replies = await asyncio.gather(*(c.ask(f"hi from {i}") for i, c in enumerate(chats)))
+    assert [r["text"] for r in replies] == [f"echo: hi from {i}" for i in range(20)]
+    for c in chats:
+        await c.close()
