@@ -37,6 +37,11 @@ class TurnHandler(Protocol):
         """The user stopped the turn: answer ``msg`` with a short notice and mark it answered."""
         ...
 
+    def is_immediate(self, msg: Inbound) -> bool:
+        """True for control messages (``/approve``, ``/deny``) that must not wait in their
+        thread's lane behind the turn they control: they run at once, outside the lane."""
+        ...
+
 
 class Bus:
     def __init__(self, inbox: Inbox, handler: TurnHandler, max_in_flight: int) -> None:
@@ -47,6 +52,7 @@ class Bus:
         self._ready: asyncio.Queue[ThreadId] = asyncio.Queue()
         self._running: dict[ThreadId, asyncio.Task[None]] = {}
         self._runners: list[asyncio.Task[None]] = []
+        self._controls: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -54,8 +60,16 @@ class Bus:
         """Store ``msg`` durably and queue it. Returns (stored msg, False if it was a resend)."""
         stored, is_new = await self.inbox.add(msg)
         if is_new:
-            self._enqueue(stored)
+            if self.handler.is_immediate(stored):
+                self._run_immediate(stored)
+            else:
+                self._enqueue(stored)
         return stored, is_new
+
+    def _run_immediate(self, msg: Inbound) -> None:
+        task = asyncio.create_task(self.handler.run_turn(msg), name=f"control-{msg.thread_id}")
+        self._controls.add(task)
+        task.add_done_callback(self._controls.discard)
 
     def _enqueue(self, msg: Inbound) -> None:
         lane = self._lanes.get(msg.thread_id)
@@ -70,7 +84,10 @@ class Bus:
         """Queue what an earlier run accepted but did not answer; start the runners."""
         pending = await self.inbox.pending()
         for msg in pending:
-            self._enqueue(msg)
+            if self.handler.is_immediate(msg):
+                self._run_immediate(msg)
+            else:
+                self._enqueue(msg)
         if pending:
             log.info("recovered %d unanswered message(s) from the last run", len(pending))
         self._runners = [
@@ -81,9 +98,10 @@ class Bus:
 
     async def stop(self) -> None:
         """Cancel running turns (their input stays unanswered and is run at the next start)."""
-        for task in self._runners:
+        tasks = [*self._runners, *self._controls]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._runners, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._runners = []
 
     def is_busy(self, thread_id: ThreadId) -> bool:

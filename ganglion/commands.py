@@ -35,6 +35,8 @@ class Command:
     usage: str
     summary: str
     handler: Handler
+    immediate: bool = False
+    """Runs at once, outside the thread's turn order (``/approve`` while a turn waits)."""
 
 
 class CommandTable:
@@ -44,10 +46,16 @@ class CommandTable:
         self._commands: dict[str, Command] = {}
         self.add("help", "/help", "list every command", self._help)
 
-    def add(self, name: str, usage: str, summary: str, handler: Handler) -> None:
+    def add(
+        self, name: str, usage: str, summary: str, handler: Handler, *, immediate: bool = False
+    ) -> None:
         if name in self._commands:
             raise ValueError(f"command {name} registered twice")
-        self._commands[name] = Command(name, usage, summary, handler)
+        self._commands[name] = Command(name, usage, summary, handler, immediate)
+
+    def is_immediate(self, name: str) -> bool:
+        command = self._commands.get(name)
+        return command is not None and command.immediate
 
     async def run(self, call: CommandCall, msg: Inbound) -> str:
         command = self._commands.get(call.name)

@@ -82,6 +82,10 @@ class Worker:
         await self._finish(msg, new)
         log.info("[%s] turn done in %.1f ms", tid, (time.monotonic() - started) * 1000)
 
+    def is_immediate(self, msg: Inbound) -> bool:
+        call = parse_command(msg.text)
+        return call is not None and self.commands.is_immediate(call.name)
+
     async def turn_stopped(self, msg: Inbound) -> None:
         partial = "".join(self._partial.pop(msg.thread_id, []))
         new = []

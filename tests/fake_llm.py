@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import re
 import time
 from collections import deque
@@ -21,8 +20,6 @@ from typing import Any
 
 import pytest_asyncio
 from aiohttp import web
-
-log = logging.getLogger(__name__)
 
 ToolCallSpec = tuple[str, "dict[str, Any] | str"]
 
@@ -50,6 +47,8 @@ class Reply:
     """Never answer; the request ends only when the client leaves or the server stops."""
     usage: tuple[int, int] | None = None
     """(prompt_tokens, completion_tokens) to report; estimated when None."""
+    usage_chunk: bool = True
+    """False: leave out the usage chunk even when asked (as servers that ignore it do)."""
 
 
 ReplyFactory = Callable[[dict[str, Any]], Reply]
@@ -84,7 +83,7 @@ class FakeLLM:
         self.requests: list[dict[str, Any]] = []
         """Chat request bodies, in arrival order."""
         self.request_headers: list[dict[str, str]] = []
-        """Headers of each chat request, parallel to ``requests``."""
+        """Headers of each chat request (names lowercased), parallel to ``requests``."""
         self.in_flight = 0
         self.max_in_flight = 0
         self.disconnects = 0
@@ -92,6 +91,7 @@ class FakeLLM:
         self._script: deque[Reply | ReplyFactory] = deque()
         self._handlers: set[asyncio.Task[Any]] = set()
         self._cutting: set[asyncio.Task[Any]] = set()
+        self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._stopping = False
         self._ids = 0
@@ -104,6 +104,21 @@ class FakeLLM:
     def script(self, *replies: Reply | ReplyFactory) -> None:
         """Queue replies; each chat request takes the next one (FIFO)."""
         self._script.extend(replies)
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Wait until ``condition()`` holds, re-checked whenever a chat request starts or ends.
+
+        Bound it with ``asyncio.timeout()``.
+        """
+        while True:
+            changed = self._changed
+            if condition():
+                return
+            await changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     def reset(self) -> None:
         """Forget the script, the recorded requests and the counters."""
@@ -126,9 +141,7 @@ class FakeLLM:
         await site.start()
         self._runner = runner
         self._stopping = False
-        server = site._server
-        assert isinstance(server, asyncio.Server)
-        self.port = server.sockets[0].getsockname()[1]
+        self.port = runner.addresses[0][1]
 
     async def stop(self) -> None:
         """Stop listening and end every request at once, hanging ones included."""
@@ -157,7 +170,7 @@ class FakeLLM:
         if not isinstance(body, dict):
             return _error(400, "request body must be an object", "invalid_request_error")
         self.requests.append(body)
-        self.request_headers.append(dict(request.headers))
+        self.request_headers.append({k.lower(): v for k, v in request.headers.items()})
         item = self._script.popleft() if self._script else None
         if item is None:
             reply = Reply(text=f"echo: {_last_user_text(body)}")
@@ -169,6 +182,7 @@ class FakeLLM:
         self._handlers.add(task)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self._notify()
         complete = False
         try:
             response = await self._answer(request, body, reply)
@@ -179,6 +193,7 @@ class FakeLLM:
             self._handlers.discard(task)
             if not complete and not self._stopping and task not in self._cutting:
                 self.disconnects += 1
+            self._notify()
             self._cutting.discard(task)
 
     async def _answer(
@@ -296,7 +311,7 @@ class FakeLLM:
                 for piece in _halves(_arguments(args))
             ]
         chunks.append(chunk({}, "tool_calls" if reply.tool_calls else "stop"))
-        if include_usage:
+        if include_usage and reply.usage_chunk:
             chunks.append(
                 {"object": "chat.completion.chunk", **meta, "choices": [], "usage": usage}
             )

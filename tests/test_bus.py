@@ -47,6 +47,9 @@ class RecordingHandler:
             self.running -= 1
             self.per_thread_running[msg.thread_id] -= 1
 
+    def is_immediate(self, msg: Inbound) -> bool:
+        return msg.text == "/approve"
+
     async def turn_stopped(self, msg: Inbound) -> None:
         self.stopped.append(msg.text)
         assert self.inbox is not None
@@ -179,4 +182,21 @@ async def test_stop_is_prompt_with_turns_running(tmp_path: Path, cap: int) -> No
     await asyncio.wait_for(bus.stop(), 1)
     rows = await db.fetchall("SELECT status FROM inbox")
     assert [r["status"] for r in rows] == ["pending"] * 10
+    await db.close()
+
+
+async def test_control_messages_do_not_wait_behind_the_running_turn(tmp_path: Path) -> None:
+    handler = RecordingHandler()
+    handler.gate = asyncio.Event()
+    bus, db = await make_bus(tmp_path, handler, cap=2)
+    thread = "web_" + "9" * 16
+    await bus.submit(inbound(thread, "needs approval"))
+    await asyncio.sleep(0.02)
+    await bus.submit(inbound(thread, "/approve"))
+    await asyncio.sleep(0.02)
+    # The control message started although its thread's turn is still running.
+    assert [t for _, t in handler.started] == ["needs approval", "/approve"]
+    handler.gate.set()
+    await asyncio.wait_for(bus.wait_idle(), 5)
+    await bus.stop()
     await db.close()

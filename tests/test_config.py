@@ -134,3 +134,9 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
 
     missing = sorted({k for k in keys(dumped) if f"{k}:" not in text})
     assert not missing, f"config.yaml.example does not mention: {missing}"
+
+
+def test_shipped_base_prompt_matches_the_packaged_default() -> None:
+    root = Path(__file__).parent.parent
+    assert (root / "data" / "BASE_PROMPT.txt").read_text() == (
+        root / "ganglion" / "defaults" / "BASE_PROMPT.txt").read_text()

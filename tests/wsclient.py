@@ -37,11 +37,10 @@ class ChatClient:
         cid = client_id or secrets.token_hex(8)
         await self._ws.send_json({"type": "send", "id": cid, "text": text})
         while True:
-            event = await self.next_event()
+            event = await self._receive(10)
             if event.get("type") in ("ack", "error") and event.get("id") == cid:
                 return event
-            await self.events.put(event)  # keep for the caller, in order
-            await asyncio.sleep(0)
+            self.events.put_nowait(event)  # keep for the caller, in order
 
     async def send_raw(self, data: Any) -> None:
         assert self._ws is not None
@@ -50,6 +49,9 @@ class ChatClient:
     async def next_event(self, timeout: float = 10) -> dict[str, Any]:
         if not self.events.empty():
             return self.events.get_nowait()
+        return await self._receive(timeout)
+
+    async def _receive(self, timeout: float) -> dict[str, Any]:
         assert self._ws is not None
         msg = await self._ws.receive(timeout=timeout)
         if msg.type != aiohttp.WSMsgType.TEXT:

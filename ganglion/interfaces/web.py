@@ -389,13 +389,19 @@ class WebInterface:
             # Taken with the registration, before any await: later deltas follow as frames.
             streaming = self._streaming.get(tid)
             state = self._state.get(tid) or ("thinking" if self._bus.queued(tid) else "idle")
+            rows = await self._history.transcript(tid)
             transcript = [
                 self._message_frame(m.id, ROLE_OF[m.role], m.content, m.inbox_id or 0)
-                for m in await self._history.transcript(tid)
+                for m in rows
                 if m.role in ROLE_OF and not (m.role == "assistant" and not m.content)
             ]
-            pending = [{"id": cid, "text": text} for _, cid, text in
-                       await self._inbox.pending_for(tid)]
+            # A question whose turn has begun is in the transcript already.
+            started = {m.inbox_id for m in rows if m.role == "user"}
+            pending = [
+                {"id": cid, "text": text}
+                for inbox_id, cid, text in await self._inbox.pending_for(tid)
+                if inbox_id not in started
+            ]
             await tab.write_unlocked({
                 "type": "ready",
                 "thread_id": tid,

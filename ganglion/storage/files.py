@@ -13,6 +13,8 @@ MEMORIES = "MEMORIES.txt"
 HEARTBEATS = "HEARTBEATS.txt"
 SKILLS_DIR = "skills"
 SCRIPTS_DIR = "scripts"
+DEFAULT_BASE_PROMPT = Path(__file__).resolve().parent.parent / "defaults" / BASE_PROMPT
+"""The shipped base prompt, copied into a data folder that has none (edit the copy)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,9 @@ class DataFiles:
         (self.data_dir / SCRIPTS_DIR).mkdir(exist_ok=True)
         for name in (MEMORIES, HEARTBEATS):
             (self.data_dir / name).touch(exist_ok=True)
+        base = self.data_dir / BASE_PROMPT
+        if not base.exists():
+            atomic_write(base, DEFAULT_BASE_PROMPT.read_text(encoding="utf-8"), mode=0o644)
 
     def read(self, name: str) -> str:
         """The file's text ("" if missing); from the cache while size and mtime are unchanged."""
