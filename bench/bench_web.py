@@ -24,8 +24,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from daemon import Daemon, free_port  # noqa: E402
-from wsclient import ChatClient  # noqa: E402
+from daemon import Daemon, free_port
+from wsclient import ChatClient
 
 TOKEN = "bench-token-0123456789"
 

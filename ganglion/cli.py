@@ -1,4 +1,4 @@
-"""Entry points: ``ganglion`` (run), ``ganglion check-config``; parses flags, then hands over to App."""
+"""Entry points: ``ganglion`` (run) and ``ganglion check-config``; flags in, then App takes over."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def _run(loaded: LoadedConfig, *, debug: bool) -> int:
 
 
 async def _serve(loaded: LoadedConfig, mask: SecretMask) -> int:
-    from ganglion.app import App  # imported here so `check-config` stays light
+    from ganglion.app import App  # noqa: PLC0415  (here so `check-config` stays light)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -88,7 +88,8 @@ async def _serve(loaded: LoadedConfig, mask: SecretMask) -> int:
         loop.add_signal_handler(sig, on_signal, sig.name)
 
     app = App(loaded)
-    source = loaded.source or "none (built-in defaults; create config.yaml from config.yaml.example)"
+    source = loaded.source or (
+        "none (built-in defaults; create config.yaml from config.yaml.example)")
     log.info("ganglion %s starting; config: %s; data: %s", __version__, source, loaded.data_dir)
     try:
         await app.start()

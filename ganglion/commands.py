@@ -1,4 +1,4 @@
-"""Chat commands (``/new`` or ``!new``): parsed before any LLM call, run in the thread's turn order."""
+"""Chat commands (``/new`` or ``!new``): parsed before any LLM call, run in the thread's order."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class CommandCall:
 
 
 def parse_command(text: str) -> CommandCall | None:
-    """``/name args`` or ``!name args`` (Element swallows ``/``). ``/etc/hosts`` is not a command."""
+    """``/name args`` or ``!name args`` (Element swallows ``/``); ``/etc/hosts`` is no command."""
     m = _COMMAND.match(text.strip())
     if m is None:
         return None

@@ -144,7 +144,7 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def expand_env(value: str, env: dict[str, str], where: str) -> str:
-    """Expand ``${VAR}`` and ``${VAR:-default}``; an unset ``${VAR}`` with no default is an error."""
+    """Expand ``${VAR}`` and ``${VAR:-default}``; an unset ``${VAR}`` with no default fails."""
 
     def repl(m: re.Match[str]) -> str:
         name, default = m.group(1), m.group(2)

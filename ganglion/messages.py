@@ -1,4 +1,4 @@
-"""The only types that cross the bus: ThreadId, Inbound (to the worker) and Outbound (to the router)."""
+"""The only types crossing the bus: ThreadId, Inbound (to the worker), Outbound (to the router)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The router: Outbound events to the interface that owns the thread; final messages via the outbox."""
+"""The router: Outbound events to the interface owning the thread; final messages via the outbox."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import Protocol
 
-from ganglion.messages import OutKind, Outbound, Role, ThreadId
+from ganglion.messages import Outbound, OutKind, Role, ThreadId
 from ganglion.storage.history import History, NewMessage, StoredMessage
 from ganglion.storage.outbox import Outbox
 

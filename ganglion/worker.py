@@ -1,4 +1,4 @@
-"""The worker: one turn for one Inbound: command or prompt -> model -> tools -> reply, stored atomically."""
+"""The worker: one Inbound, one turn: a command, or prompt -> model -> tools -> reply."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from typing import Any
 
 from ganglion.commands import CommandTable, parse_command
 from ganglion.errors import LLMBadResponse, LLMUnavailable
-from ganglion.llm.client import ChatResult, LLMClient
+from ganglion.llm.client import LLMClient
 from ganglion.llm.compaction import Compactor
 from ganglion.llm.prompt import PromptInputs, build_messages, system_text
-from ganglion.messages import Inbound, OutKind, Outbound, ThreadId, is_matrix_thread
+from ganglion.llm.results import ChatResult
+from ganglion.messages import Inbound, Outbound, OutKind, ThreadId, is_matrix_thread
 from ganglion.router import Router
 from ganglion.storage.files import BASE_PROMPT, HEARTBEATS, MEMORIES, DataFiles
 from ganglion.storage.history import History, NewMessage, StoredMessage, estimate_tokens
@@ -66,7 +67,9 @@ class Worker:
     async def run_turn(self, msg: Inbound) -> None:
         tid = msg.thread_id
         started = time.monotonic()
-        await self._state(tid, "thinking")
+        control = self.is_immediate(msg)  # runs beside the thread's turn: leave its state be
+        if not control:
+            await self._state(tid, "thinking")
         try:
             new = await self._turn(msg)
         except (LLMUnavailable, LLMBadResponse) as err:
@@ -78,8 +81,9 @@ class Worker:
             log.exception("[%s] turn crashed", tid)
             new = [self._notice(msg, f"Something went wrong on my side ({type(err).__name__}). "
                                      "The details are in logs/ganglion.log; please try again.")]
-        self._partial.pop(tid, None)
-        await self._finish(msg, new)
+        if not control:
+            self._partial.pop(tid, None)
+        await self._finish(msg, new, idle=not control)
         log.info("[%s] turn done in %.1f ms", tid, (time.monotonic() - started) * 1000)
 
     def is_immediate(self, msg: Inbound) -> bool:
@@ -200,10 +204,11 @@ class Worker:
         if not msg.system:
             await self.router.broadcast(text, msg.thread_id)
 
-    async def _finish(self, msg: Inbound, new: list[NewMessage]) -> None:
+    async def _finish(self, msg: Inbound, new: list[NewMessage], idle: bool = True) -> None:
         await self.history.finish_turn(msg.thread_id, msg.id, new)
         await self.router.deliver(msg.thread_id)
-        await self._state(msg.thread_id, "idle")
+        if idle:
+            await self._state(msg.thread_id, "idle")
 
     async def _state(self, tid: ThreadId, state: str) -> None:
         await self.router.publish(Outbound(tid, OutKind.STATE, state))

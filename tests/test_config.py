@@ -12,7 +12,9 @@ import pytest
 from ganglion.config import ConfigError, find_config_path, load_config, parse_config
 
 
-def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("GANGLION_")}
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "ganglion", *args], cwd=cwd, env=full_env,
@@ -48,7 +50,8 @@ def test_env_expansion_with_and_without_default() -> None:
         ({"web": {"port": 70000}}, "web.port"),
         ({"web": {"enabled": "maybe"}}, "web.enabled"),
         ({"llm": {"endpoints": []}}, "llm.endpoints"),
-        ({"llm": {"endpoints": [{"name": "x", "base_url": "ftp://h"}]}}, "llm.endpoints.0.base_url"),
+        ({"llm": {"endpoints": [{"name": "x", "base_url": "ftp://h"}]}},
+         "llm.endpoints.0.base_url"),
         ({"llm": {"endpoints": [{"name": "x", "base_url": "http://h", "max_concurrency": 0}]}},
          "llm.endpoints.0.max_concurrency"),
         ({"llm": {"context_tokens": "lots"}}, "llm.context_tokens"),

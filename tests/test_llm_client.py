@@ -16,7 +16,8 @@ from fake_llm import FakeLLM, Reply
 
 from ganglion.config import EndpointConfig, LLMConfig
 from ganglion.errors import LLMUnavailable
-from ganglion.llm.client import ChatResult, LLMClient, Usage
+from ganglion.llm.client import LLMClient
+from ganglion.llm.results import ChatResult, Usage
 
 Factory = Callable[..., Awaitable[FakeLLM]]
 SECRET = "sk-test-Very-Secret-Key-0123456789"

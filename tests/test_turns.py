@@ -1,4 +1,4 @@
-"""Turns end to end through the web socket: streaming, tools, errors, failover, compaction, commands."""
+"""Turns end to end over the web socket: streaming, tools, errors, failover, compaction."""
 
 from __future__ import annotations
 
@@ -274,7 +274,9 @@ async def test_a_slash_path_is_not_a_command(app_factory: AppFactory, fake_llm: 
     await chat.close()
 
 
-async def test_many_threads_at_once_all_answered(app_factory: AppFactory, fake_llm: FakeLLM) -> None:
+async def test_many_threads_at_once_all_answered(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
     app = await app_factory()
     chats = [await connect(app) for _ in range(20)]
     replies = await asyncio.gather(*(c.ask(f"hi from {i}") for i, c in enumerate(chats)))

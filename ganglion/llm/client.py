@@ -8,16 +8,10 @@ turns messages into one answer, or into an ``LLMUnavailable`` that tells the use
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import logging
-import re
-import socket
-import ssl
-import time
-import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +20,12 @@ from openai import AsyncOpenAI, AsyncStream
 
 from ganglion.config import EndpointConfig, LLMConfig
 from ganglion.errors import LLMBadResponse, LLMUnavailable
+from ganglion.llm.failures import (
+    Failure,
+    classify,
+)
+from ganglion.llm.results import ChatResult, ToolCall, Usage
+from ganglion.llm.text_tools import new_call_id, text_tool_calls, tool_names
 
 log = logging.getLogger(__name__)
 traffic_log = logging.getLogger("ganglion.llm.traffic")
@@ -37,34 +37,6 @@ _CHARS_PER_TOKEN = 4
 # What one attempt may raise that means "this endpoint failed", as opposed to a bug or a
 # failing callback: SDK errors, undecodable SSE data (ValueError), malformed chunks.
 _ATTEMPT_ERRORS = (openai.APIError, LLMBadResponse, ValueError)
-
-
-@dataclass(frozen=True, slots=True)
-class ToolCall:
-    id: str
-    name: str
-    arguments: str
-    """Raw JSON text exactly as the model sent it (may be malformed)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-
-@dataclass(frozen=True, slots=True)
-class ChatResult:
-    content: str
-    tool_calls: list[ToolCall]
-    usage: Usage
-    model: str
-    endpoint: str
-    """Name of the endpoint that answered."""
 
 
 DeltaCallback = Callable[[str], Awaitable[None]]
@@ -112,16 +84,6 @@ class _Endpoint:
     config: EndpointConfig
     client: AsyncOpenAI
     limiter: _FifoLimiter
-
-
-@dataclass(frozen=True, slots=True)
-class _Failure:
-    """Why one attempt failed, in words for the end user."""
-
-    what: str
-    hint: str
-    retryable: bool
-    retry_after: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +233,7 @@ class LLMClient:
             extra["temperature"] = self._config.temperature
         extra.update(params or {})
         request = _Request(model or self._config.model, messages, tools, extra, on_delta, on_reset)
-        failures: list[tuple[_Endpoint, _Failure, int]] = []
+        failures: list[tuple[_Endpoint, Failure, int]] = []
         for index, ep in enumerate(self._endpoints):
             attempt = 0
             while True:
@@ -309,7 +271,7 @@ class LLMClient:
         try:
             await ep.client.models.list(timeout=_CHECK_TIMEOUT_SECONDS)
         except _ATTEMPT_ERRORS as err:
-            failure = _classify(err, _Received(), _CHECK_TIMEOUT_SECONDS)
+            failure = classify(err, False, _CHECK_TIMEOUT_SECONDS)
             return self._scrub(
                 f"Endpoint '{ep.config.name}' ({ep.config.base_url}): {failure.what}. "
                 f"{failure.hint}"
@@ -329,7 +291,7 @@ class LLMClient:
 
     # --- one attempt ----------------------------------------------------------------------
 
-    async def _attempt(self, ep: _Endpoint, request: _Request, got: _Received) -> _Failure | None:
+    async def _attempt(self, ep: _Endpoint, request: _Request, got: _Received) -> Failure | None:
         """One request to one endpoint, holding its concurrency slot only meanwhile."""
         if self._debug:
             body = json.dumps(request.body(), ensure_ascii=False)
@@ -374,7 +336,7 @@ class LLMClient:
             return self._failed(ep, LLMBadResponse("empty stream"), got)
         return None
 
-    def _failed(self, ep: _Endpoint, err: BaseException, got: _Received) -> _Failure:
+    def _failed(self, ep: _Endpoint, err: BaseException, got: _Received) -> Failure:
         if self._debug:
             body = err.body if isinstance(err, openai.APIError) else None
             traffic_log.debug(
@@ -383,16 +345,16 @@ class LLMClient:
                 self._scrub(repr(err)),
                 self._scrub(repr(body)),
             )
-        return _classify(err, got, ep.config.timeout_seconds)
+        return classify(err, bool(got.chunks), ep.config.timeout_seconds)
 
     async def _result(self, ep: _Endpoint, request: _Request, got: _Received) -> ChatResult:
         content = "".join(got.content)
         calls = [
-            ToolCall(id=c.id or _new_call_id(), name=c.name, arguments="".join(c.arguments) or "{}")
+            ToolCall(id=c.id or new_call_id(), name=c.name, arguments="".join(c.arguments) or "{}")
             for _, c in sorted(got.calls.items())
         ]
         if request.tools and not calls:
-            rest, calls = _text_tool_calls(content, _tool_names(request.tools))
+            rest, calls = text_tool_calls(content, tool_names(request.tools))
             if calls:
                 # The UI saw the call as text; show only what remains of the answer.
                 if got.sent_delta and request.on_reset is not None:
@@ -406,12 +368,12 @@ class LLMClient:
         )
         return ChatResult(content, calls, usage, got.model or request.model, ep.config.name)
 
-    def _wait(self, failure: _Failure, attempt: int) -> float:
+    def _wait(self, failure: Failure, attempt: int) -> float:
         if failure.retry_after is not None:
             return min(failure.retry_after, _MAX_WAIT_SECONDS)
         return min(self._config.backoff_seconds * 2.0 ** (attempt - 1), _MAX_WAIT_SECONDS)
 
-    def _unavailable_message(self, failures: list[tuple[_Endpoint, _Failure, int]]) -> str:
+    def _unavailable_message(self, failures: list[tuple[_Endpoint, Failure, int]]) -> str:
         parts = ["I could not get an answer from the language model."]
         hints: list[str] = []
         for ep, failure, attempts in failures:
@@ -433,168 +395,6 @@ class LLMClient:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
-
-
-# --- classifying failures -------------------------------------------------------------------
-
-_HINT_DOWN = "Is the model server running, and is base_url right?"
-_HINT_SLOW = (
-    "The model server may be overloaded or the model slow to load; "
-    "raising the endpoint's timeout_seconds may help."
-)
-_HINT_SERVER = "The model server reported an error; its own log should say why."
-_HINT_BUSY = "The endpoint is limiting requests; wait a little and try again."
-_HINT_KEY = "Check the endpoint's api_key in config.yaml."
-_HINT_NOT_FOUND = "Check llm.model and that the endpoint's base_url ends in /v1."
-_HINT_REJECTED = "Check llm.model and the request settings."
-_HINT_GARBAGE = "Check that base_url points to an OpenAI-compatible API (usually ending in /v1)."
-
-
-def _classify(err: BaseException, got: _Received, timeout: float) -> _Failure:
-    if isinstance(err, openai.APIStatusError):
-        return _status_failure(err.status_code, _server_message(err), err.response.headers)
-    if isinstance(err, openai.APITimeoutError):
-        if any(type(exc).__name__ == "ConnectTimeout" for exc in _causes(err)):
-            return _Failure("could not connect (timed out)", _HINT_DOWN, True)
-        return _Failure(f"timed out (nothing received for {timeout:g} s)", _HINT_SLOW, True)
-    if isinstance(err, openai.APIConnectionError):
-        if got.chunks:
-            return _Failure(
-                "the connection broke off in the middle of the answer", _HINT_SERVER, True
-            )
-        return _Failure(_connection_words(err), _HINT_DOWN, True)
-    if isinstance(err, openai.APIError):  # an error event inside an otherwise good stream
-        return _Failure(
-            f"the server reported an error mid-answer ({err.message[:200]})", _HINT_SERVER, True
-        )
-    return _Failure(
-        "it answered with something that is not a chat completion", _HINT_GARBAGE, False
-    )
-
-
-def _status_failure(status: int, message: str, headers: Mapping[str, str]) -> _Failure:
-    detail = f"HTTP {status}: {message}" if message else f"HTTP {status}"
-    if status == 429:
-        return _Failure(f"too many requests ({detail})", _HINT_BUSY, True, _retry_after(headers))
-    if status >= 500 or status == 408:
-        return _Failure(f"server error ({detail})", _HINT_SERVER, True, _retry_after(headers))
-    if status in (401, 403):
-        return _Failure(f"the API key was refused ({detail})", _HINT_KEY, False)
-    if status == 404:
-        return _Failure(f"not found ({detail})", _HINT_NOT_FOUND, False)
-    return _Failure(f"the request was rejected ({detail})", _HINT_REJECTED, False)
-
-
-def _server_message(err: openai.APIStatusError) -> str:
-    body = err.body
-    message = body.get("message") if isinstance(body, dict) else None
-    return " ".join(message.split())[:200] if isinstance(message, str) else ""
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
-    try:
-        if "retry-after-ms" in headers:
-            return max(0.0, float(headers["retry-after-ms"]) / 1000)
-        value = headers.get("retry-after")
-        if value is None:
-            return None
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            when = email.utils.parsedate_to_datetime(value)
-            return max(0.0, when.timestamp() - time.time())
-    except (ValueError, TypeError, OverflowError):
-        return None
-
-
-def _causes(err: BaseException) -> Iterator[BaseException]:
-    """The error and everything behind it (the SDK only says "Connection error")."""
-    seen: set[int] = set()
-    pending: list[BaseException | None] = [err]
-    while pending:
-        exc = pending.pop()
-        if exc is None or id(exc) in seen:
-            continue
-        seen.add(id(exc))
-        yield exc
-        pending += [exc.__cause__, exc.__context__]
-        if isinstance(exc, BaseExceptionGroup):
-            pending += list(exc.exceptions)
-
-
-def _connection_words(err: BaseException) -> str:
-    names: set[str] = set()
-    for exc in _causes(err):
-        if isinstance(exc, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(exc, socket.gaierror):
-            return "host name not found"
-        if isinstance(exc, ssl.SSLError):
-            return "TLS/SSL error"
-        names.add(type(exc).__name__)
-    if names & {"RemoteProtocolError", "ReadError"}:
-        return "the server closed the connection without answering"
-    return "could not connect"
-
-
-# --- tool calls written as text --------------------------------------------------------------
-
-_TAGGED_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|\Z)", re.DOTALL)
-_FENCED = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL)
-
-
-def _text_tool_calls(content: str, offered: set[str]) -> tuple[str, list[ToolCall]]:
-    """Local models sometimes write tool calls as text; recover them.
-
-    Recognises ``<tool_call>{"name": .., "arguments": ..}</tool_call>`` blocks anywhere, or a
-    whole answer that is one JSON object naming an offered tool. Returns (remaining text, calls).
-    """
-    calls: list[ToolCall] = []
-
-    def take(match: re.Match[str]) -> str:
-        call = _call_from_json(match.group(1), None)
-        if call is None:
-            return match.group(0)
-        calls.append(call)
-        return ""
-
-    rest = _TAGGED_CALL.sub(take, content)
-    if calls:
-        return rest.strip(), calls
-    text = content.strip().removeprefix("<|python_tag|>").strip()
-    fenced = _FENCED.fullmatch(text)
-    call = _call_from_json(fenced.group(1) if fenced else text, offered)
-    return ("", [call]) if call is not None else (content, [])
-
-
-def _call_from_json(text: str, offered: set[str] | None) -> ToolCall | None:
-    if not text.startswith("{"):
-        return None
-    try:
-        obj = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-        return None
-    if offered is not None and obj["name"] not in offered:
-        return None
-    args = obj.get("arguments", obj.get("parameters", {}))
-    raw = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
-    return ToolCall(id=_new_call_id(), name=obj["name"], arguments=raw)
-
-
-def _tool_names(tools: list[dict[str, Any]]) -> set[str]:
-    names = set()
-    for tool in tools:
-        function = tool.get("function")
-        if isinstance(function, dict) and isinstance(function.get("name"), str):
-            names.add(function["name"])
-    return names
-
-
-def _new_call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"
 
 
 def _estimate_tokens(text: str) -> int:

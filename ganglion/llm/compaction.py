@@ -1,4 +1,4 @@
-"""Context compaction: older turns summarised by the compaction model and replaced by the summary."""
+"""Context compaction: older turns summarised by the compaction model, replaced by the summary."""
 
 from __future__ import annotations
 

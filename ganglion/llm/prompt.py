@@ -54,7 +54,8 @@ def history_messages(history: Sequence[StoredMessage]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for m in history:
         if m.role == "summary":
-            out.append({"role": "system", "content": f"Summary of the earlier conversation:\n{m.content}"})
+            summary = f"Summary of the earlier conversation:\n{m.content}"
+            out.append({"role": "system", "content": summary})
         elif m.role == "assistant":
             msg: dict[str, Any] = {"role": "assistant", "content": m.content or None}
             if m.tool_calls:

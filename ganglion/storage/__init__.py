@@ -1,1 +1,1 @@
-"""Durable state in SQLite: the inbox (accepted messages), history, outbox; plain SQL behind verbs."""
+"""Durable state: the inbox (accepted messages), history, outbox; plain SQL behind verbs."""

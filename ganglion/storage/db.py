@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -164,7 +165,5 @@ def _create_private(path: Path) -> None:
 
 
 def _chmod_private(path: Path) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         path.chmod(0o600)
-    except FileNotFoundError:
-        pass

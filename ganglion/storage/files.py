@@ -1,4 +1,4 @@
-"""The plain-text memory in data/: cached reads (re-read only when changed), atomic serialised writes."""
+"""The plain-text memory in data/: cached reads (re-read only when changed), atomic writes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The tool registry: JSON schemas from typed, documented async functions; calls that never crash a turn."""
+"""The tool registry: schemas from typed, documented async functions; calls never crash a turn."""
 
 from __future__ import annotations
 
@@ -77,7 +77,8 @@ def _param_docs(doc: str) -> tuple[str, dict[str, str]]:
     for line in args.splitlines():
         stripped = line.strip()
         name, sep, text = stripped.partition(":")
-        if sep and name.isidentifier() and line.startswith(" " * 4) and not line.startswith(" " * 9):
+        is_param = line.startswith(" " * 4) and not line.startswith(" " * 9)
+        if sep and name.isidentifier() and is_param:
             current = name
             params[current] = text.strip()
         elif current and stripped:
@@ -186,7 +187,8 @@ class ToolRegistry:
     async def _call(self, name: str, arguments: str, ctx: ToolContext) -> str:
         tool = self._tools.get(name)
         if tool is None:
-            raise ToolError(f"no tool named {name!r}; available: {', '.join(self._tools) or 'none'}")
+            available = ", ".join(self._tools) or "none"
+            raise ToolError(f"no tool named {name!r}; available: {available}")
         try:
             args = json.loads(arguments) if arguments.strip() else {}
         except json.JSONDecodeError as err:
