@@ -4,26 +4,47 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from ganglion.access import Access
 from ganglion.bus import Bus
-from ganglion.commands import CommandTable
-from ganglion.config import LoadedConfig
+from ganglion.commands import CommandTable, Rank
+from ganglion.config import LoadedConfig, secret_values
+from ganglion.errors import StartupError
 from ganglion.interfaces.web import WebInterface
 from ganglion.llm.client import LLMClient
 from ganglion.llm.compaction import Compactor
+from ganglion.llm.endpoints import EndpointPool
+from ganglion.logs import SecretMask
+from ganglion.model_commands import ModelCommands
 from ganglion.render import MarkdownRenderer
 from ganglion.router import Router
+from ganglion.storage.catalog import Catalog
 from ganglion.storage.db import Database
-from ganglion.storage.files import DataFiles, atomic_write
+from ganglion.storage.files import SCRIPTS_DIR, DataFiles, atomic_write
 from ganglion.storage.history import History
 from ganglion.storage.inbox import Inbox
 from ganglion.storage.outbox import Outbox
+from ganglion.storage.reminders import HeartbeatLedger, ReminderStore
+from ganglion.storage.usage import UsageLog
+from ganglion.tools.files import FileTools, Workspace
+from ganglion.tools.memory import MemoryFlush, MemoryTools
+from ganglion.tools.policy import Approvals, ToolPolicy, ToolRunner
 from ganglion.tools.registry import ToolRegistry
-from ganglion.worker import Clock, Worker, local_now
+from ganglion.tools.reminders import ReminderTools
+from ganglion.tools.shell import Shell, shell_environment
+from ganglion.triggers import local_zone, new_scheduler, stop_scheduler, zone_clock
+from ganglion.triggers.heartbeat import Heartbeat, HeartbeatReviews
+from ganglion.triggers.reminders import Reminders
+from ganglion.worker import Clock, Worker
+
+if TYPE_CHECKING:
+    from ganglion.interfaces.matrix import MatrixInterface
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +69,24 @@ def web_token(configured: str, data_dir: Path) -> str:
 class App:
     """Ganglion's parts and their lifecycle. Tests build one in-process; the CLI runs one."""
 
-    def __init__(self, loaded: LoadedConfig, *, clock: Clock = local_now) -> None:
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        *,
+        clock: Clock | None = None,
+        secret_mask: SecretMask | None = None,
+    ) -> None:
         self.loaded = loaded
         self.config = loaded.config
-        self.clock = clock
+        self.secret_mask = secret_mask or SecretMask(secret_values(self.config))
+        """The log's mask (from the CLI); keys of endpoints added at run time join it."""
+        self.tz = local_zone(self.config.scheduler.timezone)
+        self.clock = clock if clock is not None else zone_clock(self.tz)
+        """The time the model is told and reminder times are read in: scheduler.timezone."""
         self.data_dir = loaded.data_dir
         self.files = DataFiles(self.data_dir)
         self.web: WebInterface | None = None
+        self.matrix: MatrixInterface | None = None
         self._stops: list[tuple[str, Callable[[], Awaitable[None]]]] = []
 
     async def start(self) -> None:
@@ -74,21 +106,55 @@ class App:
         self.inbox = Inbox(self.db)
         self.history = History(self.db)
         self.outbox = Outbox(self.db)
+        self.reminder_store = ReminderStore(self.db, self.data_dir / "reminders.json", self.tz)
+        self.heartbeat_ledger = HeartbeatLedger(self.db)
+        self.reviews = HeartbeatReviews(cfg.heartbeat, self.heartbeat_ledger, self.clock)
 
-        self.llm = LLMClient(cfg.llm, debug=cfg.logging.debug_llm)
+        self.catalog = Catalog(self.db)
+        self.endpoints = EndpointPool(cfg.llm, self.catalog, on_secret=self.secret_mask.add)
+        await self.endpoints.load()
+        self._stops.append(("endpoints", self.endpoints.close))
+        self.access = Access(cfg, UsageLog(self.db), clock=self.clock)
+        self.llm = LLMClient(cfg.llm, debug=cfg.logging.debug_llm, pool=self.endpoints,
+                             usage_sink=self.access.charge)
         self._stops.append(("llm client", self.llm.close))
         self.router = Router(self.history, self.outbox)
         self.tools = ToolRegistry()
-        self.commands = CommandTable()
+        self.commands = CommandTable(rank_of=self.access.rank_of)
+        self.access.register(self.commands)
+        self.model_commands = ModelCommands(self.endpoints, self.catalog, self.llm, self.access,
+                                            self.inbox)
+        await self.model_commands.load()
+        self.model_commands.register(self.commands)
+        self.approvals = Approvals(
+            lambda msg: self.access.rank_of(msg) >= Rank.TRUSTED,
+            cfg.tools.approval_timeout_seconds,
+            lambda tid, text: self.router.broadcast(text, tid))
+        self.approvals.register(self.commands)
+        self.tool_runner = ToolRunner(self.tools, ToolPolicy(cfg.tools.policy), self.approvals)
+        self._add_tools()
         self.compactor = Compactor(self.llm, self.history,
                                    cfg.llm.compaction_model or cfg.llm.model,
-                                   cfg.llm.context_tokens)
+                                   cfg.llm.context_tokens,
+                                   before=MemoryFlush(self.llm, cfg.llm.model, self.tool_runner,
+                                                      self.files))
         self.worker = Worker(
             llm=self.llm, history=self.history, router=self.router, files=self.files,
-            tools=self.tools, commands=self.commands, compactor=self.compactor,
+            tools=self.tools, runner=self.tool_runner, commands=self.commands,
+            compactor=self.compactor,
             model=cfg.llm.model, max_tool_steps=cfg.llm.max_tool_steps, clock=self.clock,
+            reviews=self.reviews, admit=self.access.admit,
+            model_for=self.model_commands.model_for,
         )
         self.bus = Bus(self.inbox, self.worker, cfg.bus.max_turns_in_flight)
+        self._add_triggers()
+        # Every tool is registered by now: a policy naming no tool is a typo that could leave
+        # a tool switched on.
+        unknown = self.tool_runner.policy.unknown(self.tools.names())
+        if unknown:
+            raise StartupError(
+                f"config error: tools.policy.{unknown[0]}: no such tool; the tools are "
+                f"{', '.join(self.tools.names())}")
 
         # The bus first: it re-queues what the last run left unanswered before any interface
         # can add new work behind it. Replies produced before an interface is up wait in the
@@ -104,14 +170,77 @@ class App:
             await self.web.start()
             self._stops.append(("web", self.web.stop))
 
+        if cfg.matrix.enabled:
+            # Imported here: nio takes about a second to import, paid only when Matrix is on.
+            from ganglion.interfaces.matrix import MatrixInterface  # noqa: PLC0415
+
+            self.matrix = MatrixInterface(cfg.matrix, self.loaded.path(cfg.matrix.store_path),
+                                          self.bus, self.router, MarkdownRenderer())
+            self.router.register(self.matrix)
+            self._stops.append(("matrix", self.matrix.stop))
+            await self.matrix.start()
+
         await self.router.deliver_all()
+
+        # Triggers last: what came due while the daemon was down goes on the bus now, behind
+        # what the last run left unanswered, with every interface up to deliver it.
+        self.scheduler.start()
+        self._stops.append(("scheduler", lambda: stop_scheduler(self.scheduler)))
+        await self.reminders.start()
+        self._stops.append(("reminders", self.reminders.stop))
+        self.heartbeat.start()
+        self._stops.append(("heartbeat", self.heartbeat.stop))
+
         self.ready_seconds = time.monotonic() - started
         log.info("ready in %.2f s; LLM: %s", self.ready_seconds, self.llm.describe())
         probe = asyncio.create_task(self._report_llm(), name="llm-probe")
         self._stops.append(("llm probe", lambda: _cancel(probe)))
 
+    def _add_tools(self) -> None:
+        """Memory, file and shell tools (their policy is applied by the ToolRunner)."""
+        cfg = self.config.tools
+        workspace_dir = self.loaded.path(cfg.workspace) if cfg.workspace else self.data_dir
+        workspace_dir.mkdir(parents=True, exist_ok=True)
+        private = list(cfg.private_files)
+        for own in (self.loaded.path(self.config.matrix.store_path), self.data_dir / "web_token"):
+            for root in (workspace_dir, self.data_dir):
+                if own.resolve().is_relative_to(root.resolve()):
+                    private.append(own.resolve().relative_to(root.resolve()).as_posix())
+        scripts = self.data_dir / SCRIPTS_DIR
+        shell = Shell(scripts, shell_environment(os.environ, cfg.shell_env,
+                                                 secret_values(self.config), scripts),
+                      timeout_seconds=cfg.shell_timeout_seconds,
+                      max_output_bytes=cfg.shell_max_output_bytes)
+        memory = MemoryTools(self.files, Workspace(self.data_dir, private),
+                             max_bytes=cfg.memory_max_bytes)
+        files = FileTools(Workspace(workspace_dir, private), self.files,
+                          max_read_bytes=cfg.max_read_bytes, max_write_bytes=cfg.max_write_bytes)
+        for func in [*memory.tools(), *files.tools(), *shell.tools()]:
+            self.tools.add(func)
+        self.tool_runner.describe_with("shell", shell.describe)
+
+    def _add_triggers(self) -> None:
+        """Reminders and heartbeats: producers on the bus, on one APScheduler in this loop."""
+        cfg = self.config
+        self.scheduler = new_scheduler(self.tz)
+        self.reminders = Reminders(self.reminder_store, self.bus, self.scheduler, self.tz,
+                                   self.clock,
+                                   sees_all=lambda msg: self.commands.rank_of(msg) >= Rank.TRUSTED)
+        self.heartbeat = Heartbeat(cfg.heartbeat, self.reviews, self.heartbeat_ledger,
+                                   self.reminder_store, self.bus, self.router, self.files,
+                                   self.scheduler, self.tz)
+        for func in ReminderTools(self.reminders, cfg.scheduler.min_repeat_minutes).tools():
+            self.tools.add(func)
+        self.commands.add("reminders", "/reminders",
+                          "list reminders: next time, kind, conversation, repeat",
+                          self.reminders.cmd_reminders)
+        self.commands.add("heartbeat", "/heartbeat",
+                          "review this conversation against HEARTBEATS.txt now",
+                          self.heartbeat.cmd_heartbeat)
+
     async def _report_llm(self) -> None:
         """Say plainly, once, whether the configured endpoint answers and how to change it."""
+        await self.endpoints.discover()  # every endpoint's models, for routing and /models
         problem = await self.llm.check()
         how = ("to use another, set llm.endpoints (base_url, api_key) and llm.model in "
                "config.yaml; see config.yaml.example")

@@ -1,4 +1,4 @@
-"""Entry points: ``ganglion`` (run) and ``ganglion check-config``; flags in, then App takes over."""
+"""Entry points: ``ganglion`` (run), ``check-config`` and ``login``; flags in, then hand over."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import yaml
 from ganglion import __version__
 from ganglion.config import LoadedConfig, load_config, masked_dump, secret_values
 from ganglion.errors import ConfigError, StartupError
+from ganglion.interfaces.matrix_login import add_arguments, run_login
 from ganglion.logs import SecretMask, setup_logging
 
 log = logging.getLogger("ganglion")
@@ -32,11 +33,16 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("run", help="run the daemon (the default)")
     sub.add_parser("check-config", help="validate the config and print it with secrets masked")
+    login = sub.add_parser(
+        "login", help="log the Matrix bot in as a new device and write it into the config")
+    add_arguments(login)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "login":  # before the config is validated: it may lack the device yet
+        return run_login(args)
     try:
         loaded = load_config(args.config)
     except ConfigError as err:
@@ -87,7 +93,7 @@ async def _serve(loaded: LoadedConfig, mask: SecretMask) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig.name)
 
-    app = App(loaded)
+    app = App(loaded, secret_mask=mask)
     source = loaded.source or (
         "none (built-in defaults; create config.yaml from config.yaml.example)")
     log.info("ganglion %s starting; config: %s; data: %s", __version__, source, loaded.data_dir)

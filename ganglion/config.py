@@ -7,10 +7,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -18,6 +20,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from ganglion.errors import ConfigError
 
@@ -49,6 +52,8 @@ class LLMConfig(_Section):
     backoff_seconds: Annotated[float, Field(ge=0, le=60)] = 0.5
     """The first retry waits this long; each next one twice as long."""
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    health_cooling_seconds: Annotated[float, Field(ge=0, le=86400)] = 60.0
+    """A failing endpoint is skipped this long while another endpoint offers the model."""
 
     @field_validator("endpoints")
     @classmethod
@@ -80,8 +85,108 @@ class WebConfig(_Section):
             return False
 
 
+_MATRIX_USER = re.compile(r"^@[^:\s]+:\S+$")
+_MATRIX_ROOM = re.compile(r"^![^:\s]+(:\S+)?$")  # no server part from room version 12
+
+
+def _matrix_user(value: str) -> str:
+    if not _MATRIX_USER.match(value):
+        raise PydanticCustomError(
+            "matrix_user_id", 'not a Matrix user id: write the full id in quotes, e.g. '
+            '"@you:example.org"')
+    return value
+
+
+def _optional_matrix_user(value: str) -> str:
+    return value and _matrix_user(value)
+
+
+def _allowed_user(value: str) -> str:
+    return value if value == "*" else _matrix_user(value)
+
+
+def _matrix_room(value: str) -> str:
+    if not _MATRIX_ROOM.match(value):
+        raise PydanticCustomError(
+            "matrix_room_id", 'not a room id: write the internal id in quotes, e.g. '
+            '"!abcdef:example.org" (Element: room settings, Advanced); #aliases are not accepted')
+    return value
+
+
+def _homeserver(value: str) -> str:
+    if value and not re.match(r"^https?://[^\s/]+\S*$", value):
+        raise PydanticCustomError(
+            "matrix_homeserver", "not an http(s) URL: write the homeserver's client API "
+            "address, e.g. https://matrix.example.org")
+    return value.rstrip("/")
+
+
+MatrixUserId = Annotated[str, AfterValidator(_matrix_user)]
+
+
 class MatrixConfig(_Section):
+    """The Matrix interface. ``ganglion login`` writes homeserver, user_id, token and device."""
+
     enabled: bool = False
+    homeserver: Annotated[str, AfterValidator(_homeserver)] = ""
+    user_id: Annotated[str, AfterValidator(_optional_matrix_user)] = ""
+    access_token: str = ""
+    device_id: str = ""
+    allowed_users: list[Annotated[str, AfterValidator(_allowed_user)]] = []
+    """Who the bot answers and whose invites it accepts; ["*"] is everyone, on purpose."""
+    allowed_rooms: list[Annotated[str, AfterValidator(_matrix_room)]] = []
+    """Empty: any room an allowed user invites the bot to."""
+    store_path: Annotated[str, Field(min_length=1)] = "data/matrix-store"
+    """Olm/Megolm keys and the sync token of this device (resolved like other paths)."""
+    owner: MatrixUserId | None = None
+    trusted_users: list[MatrixUserId] = []
+    """May approve tool runs and run trusted commands (with the owner)."""
+    show_tool_calls: bool = False
+
+    @model_validator(mode="after")
+    def _complete_when_enabled(self) -> MatrixConfig:
+        if not self.enabled:
+            return self
+        login = ("run `ganglion login`: it logs the bot in as a new device and writes "
+                 "matrix.access_token and matrix.device_id into the config file")
+        if not self.homeserver:
+            problem = ("matrix.homeserver is required when matrix.enabled is true: the address "
+                       "of your homeserver's client API, e.g. https://matrix.example.org")
+        elif not self.user_id:
+            problem = ("matrix.user_id is required when matrix.enabled is true: the bot's full "
+                       'Matrix id in quotes, e.g. "@bot:example.org"')
+        elif not self.access_token:
+            problem = f"matrix.access_token is required when matrix.enabled is true: {login}"
+        elif not self.device_id:
+            problem = (f"matrix.device_id is required when matrix.enabled is true: {login}. "
+                       "The device id must be the one the access token was issued for, and "
+                       "matrix.store_path keeps that device's encryption keys")
+        elif not self.allowed_users:
+            problem = (
+                "matrix.allowed_users is empty: list the Matrix ids the bot may answer, e.g. "
+                '["@you:example.org"]. The assistant can run shell commands and read your '
+                "files, so it never answers everyone by accident; to let every Matrix user "
+                'talk to it on purpose, write ["*"]'
+            )
+        else:
+            problem = ""
+            if "*" not in self.allowed_users:
+                for key, users in (("owner", [self.owner] if self.owner else []),
+                                   ("trusted_users", self.trusted_users)):
+                    missing = [u for u in users if u not in self.allowed_users]
+                    if missing:
+                        problem = (f"matrix.{key}: {', '.join(missing)} is not in "
+                                   "matrix.allowed_users; add it there too")
+                        break
+        if problem:
+            raise PydanticCustomError("matrix_incomplete", problem)
+        return self
+
+    def allows(self, user_id: str) -> bool:
+        return "*" in self.allowed_users or user_id in self.allowed_users
+
+    def allows_room(self, room_id: str) -> bool:
+        return not self.allowed_rooms or room_id in self.allowed_rooms
 
 
 class PathsConfig(_Section):
@@ -100,6 +205,86 @@ class BusConfig(_Section):
     """Turns running at once across threads. LLM calls are capped per endpoint as well."""
 
 
+def _zone_name(value: str | None) -> str | None:
+    if not value:
+        return None
+    try:
+        ZoneInfo(value)
+    except (ValueError, KeyError, OSError):
+        raise PydanticCustomError(
+            "timezone", "unknown time zone: use an IANA name such as Europe/Berlin or "
+            "Asia/Kathmandu, or null for the machine's zone") from None
+    return value
+
+
+class SchedulerConfig(_Section):
+    """Reminders. See README, "Reminders and heartbeats"."""
+
+    timezone: Annotated[str | None, AfterValidator(_zone_name)] = None
+    """IANA zone of reminder times and of the time the model is told; null = the machine's."""
+    min_repeat_minutes: Annotated[float, Field(gt=0, le=10080)] = 1.0
+    """The shortest interval the model may give a recurring reminder."""
+
+
+class HeartbeatConfig(_Section):
+    """Periodic reviews of HEARTBEATS.txt. See README, "Reminders and heartbeats"."""
+
+    enabled: bool = True
+    review_interval_minutes: Annotated[float, Field(gt=0, le=10080)] = 30.0
+    """Fractions are fine: 0.5 reviews every 30 s."""
+    active_hours: Annotated[float, Field(ge=0, le=8760)] = 24.0
+    """A conversation gets its own review while a person wrote in it within this many
+    hours; 0 = only the global review."""
+    context_messages: Annotated[int, Field(ge=0, le=100)] = 6
+    """How many of the conversation's last messages a review sees (not the full history)."""
+    daily_token_budget: Annotated[int, Field(ge=0)] | None = 100_000
+    """Tokens all automatic reviews may use per local day; null = no limit."""
+    sentinel: Annotated[str, Field(min_length=4, max_length=64, pattern=r"^\S+$")] = (
+        "HEARTBEAT_OK")
+    """What a review answers when it has nothing to say; that answer is sent to nobody."""
+
+
+class LimitsConfig(_Section):
+    """Per-user limits on turns that reach the model (plain messages and /ask)."""
+
+    messages_per_minute: Annotated[int, Field(ge=1, le=100_000)] | None = 10
+    """Per user, over a sliding 60-second window; null = no limit."""
+    daily_tokens: Annotated[int, Field(ge=1)] | None = None
+    """Per user and local calendar day (prompt + completion); null = no limit."""
+    autonomous_daily_tokens: Annotated[int, Field(ge=1)] | None = None
+    """Reminders and heartbeats share this daily budget instead of a user's; null = none."""
+    exempt_owner: bool = True
+    """The owner (and the web UI, which acts as owner) is not limited."""
+
+
+ToolMode = Literal["on", "ask", "off"]
+ToolName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+
+
+class ToolsConfig(_Section):
+    """What the assistant may do. See README, "Tools and memory"."""
+
+    policy: dict[ToolName, ToolMode] = {}
+    """Per tool: on (used freely), ask (a person approves each call), off (never offered).
+    Tools left out are on, except shell, which is ask."""
+    approval_timeout_seconds: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    """An ``ask`` call nobody approves within this long is denied."""
+    workspace: str = ""
+    """The folder the file tools may use; empty = the data folder."""
+    private_files: list[Annotated[str, Field(min_length=1)]] = [
+        "web_token", "*.db", "*.db-*", "matrix-store", ".*"]
+    """Names (or workspace-relative paths; * ? [] patterns) the file tools never show or
+    touch: the daemon's own tokens, databases and keys."""
+    max_read_bytes: Annotated[int, Field(ge=1024, le=100_000_000)] = 100_000
+    max_write_bytes: Annotated[int, Field(ge=1024, le=100_000_000)] = 1_000_000
+    memory_max_bytes: Annotated[int, Field(ge=1024, le=10_000_000)] = 64_000
+    """Per memory file: MEMORIES.txt and HEARTBEATS.txt are in every prompt."""
+    shell_timeout_seconds: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    shell_max_output_bytes: Annotated[int, Field(ge=256, le=10_000_000)] = 16_000
+    shell_env: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = []
+    """Environment variables passed to the shell beyond PATH, HOME, LANG, TZ and the like."""
+
+
 class Config(_Section):
     llm: LLMConfig = LLMConfig()
     web: WebConfig = WebConfig()
@@ -107,6 +292,10 @@ class Config(_Section):
     paths: PathsConfig = PathsConfig()
     logging: LoggingConfig = LoggingConfig()
     bus: BusConfig = BusConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    heartbeat: HeartbeatConfig = HeartbeatConfig()
+    limits: LimitsConfig = LimitsConfig()
+    tools: ToolsConfig = ToolsConfig()
 
     @model_validator(mode="after")
     def _web_bind_needs_token(self) -> Config:
@@ -230,7 +419,8 @@ def load_config(cli_path: str | None = None, env: dict[str, str] | None = None) 
 
 def secret_values(config: Config) -> list[str]:
     """Every secret in the config, for log masking (short or placeholder values excluded)."""
-    values = [e.api_key for e in config.llm.endpoints] + [config.web.token]
+    values = [e.api_key for e in config.llm.endpoints] + [config.web.token,
+                                                           config.matrix.access_token]
     return [v for v in values if v and v.lower() not in ("none", "null", "") and len(v) >= 4]
 
 

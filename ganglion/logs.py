@@ -64,3 +64,5 @@ def setup_logging(log_dir: Path, level: str, mask: SecretMask) -> None:
                   "apscheduler"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLevelName(level)))
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # nio logs every room event at INFO; its warnings (undecryptable events) are what matter.
+    logging.getLogger("nio").setLevel(logging.WARNING)

@@ -16,7 +16,8 @@ ordering (turns in one thread run one after another) and of history.
 """
 
 WEB_THREAD_RE = re.compile(r"^web_[0-9a-f]{16,64}$")
-MATRIX_ROOM_RE = re.compile(r"^![^\s:]+:\S+$")
+MATRIX_ROOM_RE = re.compile(r"^![^\s:]+(:\S+)?$")
+"""``!opaque:server``; from room version 12 on, ``!opaque`` alone (no server part)."""
 
 
 def web_thread_id(hex_part: str | None = None) -> ThreadId:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from ganglion.commands import CommandTable, parse_command
 from ganglion.errors import LLMBadResponse, LLMUnavailable
@@ -15,10 +15,12 @@ from ganglion.llm.client import LLMClient
 from ganglion.llm.compaction import Compactor
 from ganglion.llm.prompt import PromptInputs, build_messages, system_text
 from ganglion.llm.results import ChatResult
-from ganglion.messages import Inbound, Outbound, OutKind, ThreadId, is_matrix_thread
+from ganglion.llm.untrusted import neutralise
+from ganglion.messages import Inbound, Outbound, OutKind, Source, ThreadId, is_matrix_thread
 from ganglion.router import Router
 from ganglion.storage.files import BASE_PROMPT, HEARTBEATS, MEMORIES, DataFiles
 from ganglion.storage.history import History, NewMessage, StoredMessage, estimate_tokens
+from ganglion.tools.policy import ToolRunner
 from ganglion.tools.registry import ToolContext, ToolRegistry
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,22 @@ Clock = Callable[[], datetime]
 
 def local_now() -> datetime:
     return datetime.now().astimezone()
+
+
+class Reviews(Protocol):
+    """How a heartbeat review turn differs (ganglion/triggers/heartbeat.py implements it)."""
+
+    async def context(
+        self, msg: Inbound, history: Sequence[StoredMessage]
+    ) -> list[StoredMessage] | None:
+        """A light context ending with the review's instruction (not stored); None skips it."""
+        ...
+
+    async def finished(
+        self, msg: Inbound, new: Sequence[NewMessage], tokens: int
+    ) -> list[NewMessage]:
+        """What of the review's output is kept and delivered (nothing, on the sentinel)."""
+        ...
 
 
 class Worker:
@@ -41,23 +59,39 @@ class Worker:
         router: Router,
         files: DataFiles,
         tools: ToolRegistry,
+        runner: ToolRunner,
         commands: CommandTable,
         compactor: Compactor,
         model: str,
         max_tool_steps: int,
         clock: Clock = local_now,
+        reviews: Reviews | None = None,
+        admit: Callable[[Inbound], Awaitable[str | None]] | None = None,
+        model_for: Callable[[ThreadId], str] | None = None,
     ) -> None:
         self.llm = llm
         self.history = history
         self.router = router
         self.files = files
         self.tools = tools
+        self.runner = runner
+        """Every tool call goes through it: policy, approval, logging, untrusted output."""
         self.commands = commands
         self.compactor = compactor
         self.model = model
         self.max_tool_steps = max_tool_steps
         self.clock = clock
+        self.reviews = reviews
+        self.admit = admit
+        """Roles and limits (ganglion/access.py): None lets the turn run, "" skips it
+        silently, any other text refuses it with that reply."""
+        self.model_for = model_for or (lambda _tid: self.model)
+        """The thread's model (``/model``), else ``model``."""
         self._partial: dict[ThreadId, list[str]] = {}
+        self._quiet: set[ThreadId] = set()
+        """Threads whose turn nobody typed (a reminder, a review): no progress events."""
+        self._spent: dict[ThreadId, int] = {}
+        """Tokens of the running turn, per thread."""
         commands.add("new", "/new", "start a fresh conversation in this thread", self._cmd_new)
         commands.add("compact", "/compact", "summarise the conversation so far now",
                      self._cmd_compact)
@@ -69,6 +103,11 @@ class Worker:
         started = time.monotonic()
         control = self.is_immediate(msg)  # runs beside the thread's turn: leave its state be
         if not control:
+            self._spent[tid] = 0
+            if msg.source in (Source.REMINDER, Source.HEARTBEAT):
+                self._quiet.add(tid)
+            else:
+                self._quiet.discard(tid)
             await self._state(tid, "thinking")
         try:
             new = await self._turn(msg)
@@ -81,10 +120,15 @@ class Worker:
             log.exception("[%s] turn crashed", tid)
             new = [self._notice(msg, f"Something went wrong on my side ({type(err).__name__}). "
                                      "The details are in logs/ganglion.log; please try again.")]
+        tokens = 0
         if not control:
             self._partial.pop(tid, None)
+            tokens = self._spent.pop(tid, 0)
+            if msg.source is Source.HEARTBEAT and self.reviews is not None:
+                new = await self.reviews.finished(msg, new, tokens)
         await self._finish(msg, new, idle=not control)
-        log.info("[%s] turn done in %.1f ms", tid, (time.monotonic() - started) * 1000)
+        log.info("[%s] turn done in %.1f ms, %d tokens", tid,
+                 (time.monotonic() - started) * 1000, tokens)
 
     def is_immediate(self, msg: Inbound) -> bool:
         call = parse_command(msg.text)
@@ -101,24 +145,39 @@ class Worker:
     # -- one turn --------------------------------------------------------------------------
 
     async def _turn(self, msg: Inbound) -> list[NewMessage]:
+        refusal = await self.admit(msg) if self.admit is not None else None
+        if refusal is not None:
+            return [self._notice(msg, refusal)] if refusal else []
         call = parse_command(msg.text)
         if call is not None:
             reply = await self.commands.run(call, msg)
             return [self._notice(msg, reply)]
         tid = msg.thread_id
-        await self.history.begin_turn(msg, msg.text)
-        context = await self.history.context(tid)
+        if msg.source is Source.REMINDER and not msg.system:
+            # A reminder the user asked for is delivered word for word: no model decides
+            # whether it is worth sending. Kept in history, so the model knows it was sent.
+            return [NewMessage("assistant", msg.text, deliver=True)]
+        reviews = self.reviews if msg.source is Source.HEARTBEAT else None
+        if reviews is not None:  # a light context; the review's instruction is not stored
+            light = await reviews.context(msg, await self.history.context(tid))
+            if light is None:
+                return []
+            context = light
+        else:
+            await self.history.begin_turn(msg, msg.text)
+            context = await self.history.context(tid)
         new: list[NewMessage] = []
         inputs = self._inputs(msg, context)
         overhead = estimate_tokens(system_text(inputs))
-        if self.compactor.needed(context, overhead):
+        if reviews is None and self.compactor.needed(context, overhead):
             notice = await self.compactor.compact(tid, context)
             if notice is not None:
                 await self._notify_now(msg, notice)
                 context = await self.history.context(tid)
                 inputs = self._inputs(msg, context)
         messages = build_messages(inputs)
-        schemas = self.tools.schemas() or None
+        offered = self.runner.offered(can_ask=_person_present(msg))
+        schemas = self.tools.schemas(set(offered)) or None
         ctx = ToolContext(tid, msg.sender)
         for _step in range(self.max_tool_steps):
             result = await self._chat(tid, messages, schemas)
@@ -135,11 +194,13 @@ class Worker:
             messages.append({"role": "assistant", "content": result.content or None,
                              "tool_calls": calls})
             for c in result.tool_calls:
-                outcome = await self.tools.call(c.name, c.arguments, ctx)
-                log.info("[%s] tool %s %s in %.0f ms", tid, c.name,
-                         "ok" if outcome.ok else "failed", outcome.seconds * 1000)
-                new.append(NewMessage("tool", outcome.text, tool_call_id=c.id, name=c.name))
-                messages.append({"role": "tool", "tool_call_id": c.id, "content": outcome.text})
+                await self._state(tid, "tool")
+                run = await self.runner.run(c.name, c.arguments, ctx, offered)
+                if not msg.system and tid not in self._quiet:  # shown as it happens
+                    await self.router.broadcast(run.display, tid, role="tool")
+                new.append(NewMessage("tool", run.text, tool_call_id=c.id, name=c.name,
+                                      visible=False))
+                messages.append({"role": "tool", "tool_call_id": c.id, "content": run.text})
         new.append(self._notice(
             msg, f"I stopped after {self.max_tool_steps} tool steps without a final answer "
                  "(llm.max_tool_steps). Ask me to continue if you want more."))
@@ -148,12 +209,12 @@ class Worker:
     def _inputs(self, msg: Inbound, context: list[StoredMessage]) -> PromptInputs:
         return PromptInputs(
             base_prompt=self.files.read(BASE_PROMPT),
-            memories=self.files.read(MEMORIES),
-            heartbeats=self.files.read(HEARTBEATS),
+            memories=neutralise(self.files.read(MEMORIES)),  # tools write them: untrusted
+            heartbeats=neutralise(self.files.read(HEARTBEATS)),
             skills=self.files.skills(),
             now=self.clock(),
             history=context,
-            tool_names=self.tools.names(),
+            tool_names=self.runner.offered(can_ask=_person_present(msg)),
             interface=_interface_of(msg),
         )
 
@@ -166,6 +227,8 @@ class Worker:
 
         async def on_delta(text: str) -> None:
             nonlocal streaming
+            if tid in self._quiet:
+                return
             if not streaming:
                 streaming = True
                 await self._state(tid, "streaming")
@@ -174,12 +237,14 @@ class Worker:
 
         async def on_reset() -> None:
             partial.clear()
-            await self.router.publish(Outbound(tid, OutKind.RESET))
+            if tid not in self._quiet:
+                await self.router.publish(Outbound(tid, OutKind.RESET))
 
-        result = await self.llm.chat(messages, model=self.model, tools=tools,
+        result = await self.llm.chat(messages, model=self.model_for(tid), tools=tools,
                                      on_delta=on_delta, on_reset=on_reset)
         log.debug("[%s] %s answered: %d+%d tokens", tid, result.endpoint,
                   result.usage.prompt_tokens, result.usage.completion_tokens)
+        self._spent[tid] = self._spent.get(tid, 0) + result.usage.total
         return result
 
     # -- commands --------------------------------------------------------------------------
@@ -211,7 +276,14 @@ class Worker:
             await self._state(msg.thread_id, "idle")
 
     async def _state(self, tid: ThreadId, state: str) -> None:
-        await self.router.publish(Outbound(tid, OutKind.STATE, state))
+        if tid not in self._quiet:
+            await self.router.publish(Outbound(tid, OutKind.STATE, state))
+
+
+def _person_present(msg: Inbound) -> bool:
+    """A person wrote this turn's message, so someone can answer an approval request (a
+    review or a reminder has nobody waiting: its ``ask`` tools are not offered)."""
+    return not msg.system and msg.source in (Source.WEB, Source.MATRIX)
 
 
 def _interface_of(msg: Inbound) -> str:

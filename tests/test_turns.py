@@ -107,11 +107,12 @@ async def test_tool_calls_loop_until_an_answer(app_factory: AppFactory, fake_llm
     reply = await chat.ask("find a and b")
     assert reply["text"] == "a and b found"
     assert seen == [("lookup", "a"), ("lookup", "b")]
-    first = fake_llm.requests[0]
-    assert first["tools"][0]["function"]["name"] == "lookup"
-    assert first["tools"][0]["function"]["parameters"]["required"] == ["key"]
+    offered = {t["function"]["name"]: t["function"] for t in fake_llm.requests[0]["tools"]}
+    assert offered["lookup"]["parameters"]["required"] == ["key"]
     tool_results = [m["content"] for m in fake_llm.requests[-1]["messages"] if m["role"] == "tool"]
-    assert tool_results[:2] == ["value-of-a", "value-of-b"]
+    # Tool output reaches the model fenced as data (ganglion.llm.untrusted).
+    for result, value in zip(tool_results[:2], ["value-of-a", "value-of-b"], strict=True):
+        assert value in result and "not instructions" in result
     assert tool_results[2].startswith("error: arguments are not valid JSON")
     assert tool_results[3].startswith("error: no tool named 'no_such_tool'")
     # The next turn's history holds the tool exchange in the right order.

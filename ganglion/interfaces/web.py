@@ -343,7 +343,7 @@ class WebInterface:
             return None
         hello: Any = None
         if msg.type is WSMsgType.TEXT:
-            with suppress(ValueError):
+            with suppress(ValueError, RecursionError):
                 hello = json.loads(msg.data)
         is_hello = isinstance(hello, dict) and hello.get("type") == "hello"
         presented = hello.get("token") if is_hello else None
@@ -390,11 +390,15 @@ class WebInterface:
             streaming = self._streaming.get(tid)
             state = self._state.get(tid) or ("thinking" if self._bus.queued(tid) else "idle")
             rows = await self._history.transcript(tid)
-            transcript = [
-                self._message_frame(m.id, ROLE_OF[m.role], m.content, m.inbox_id or 0)
-                for m in rows
-                if m.role in ROLE_OF and not (m.role == "assistant" and not m.content)
-            ]
+            transcript = []
+            for m in rows:
+                if m.role not in ROLE_OF or (m.role == "assistant" and not m.content):
+                    continue  # summaries; assistant steps that only called tools
+                entry = self._message_frame(m.id, ROLE_OF[m.role], m.content, 0)
+                del entry["type"], entry["reply_to"]
+                if m.role == "tool" and m.name:
+                    entry["name"] = m.name  # the tool's name, for the collapsed summary
+                transcript.append(entry)
             # A question whose turn has begun is in the transcript already.
             started = {m.inbox_id for m in rows if m.role == "user"}
             pending = [
@@ -405,9 +409,7 @@ class WebInterface:
             await tab.write_unlocked({
                 "type": "ready",
                 "thread_id": tid,
-                "transcript": [
-                    {k: f[k] for k in ("id", "role", "text", "html")} for f in transcript
-                ],
+                "transcript": transcript,
                 "pending": pending,
                 "streaming": "".join(streaming) if streaming is not None else None,
                 "state": state,
@@ -424,7 +426,7 @@ class WebInterface:
     async def _on_text(self, tab: _Tab, data: str) -> None:
         try:
             frame = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             await self._bad_frame(tab, "the frame is not valid JSON")
             return
         if not isinstance(frame, dict):

@@ -10,16 +10,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import openai
-from openai import AsyncOpenAI, AsyncStream
+from openai import AsyncStream
 
-from ganglion.config import EndpointConfig, LLMConfig
+from ganglion.config import LLMConfig
 from ganglion.errors import LLMBadResponse, LLMUnavailable
+from ganglion.llm.endpoints import Endpoint, EndpointPool
 from ganglion.llm.failures import (
     Failure,
     classify,
@@ -32,7 +32,6 @@ traffic_log = logging.getLogger("ganglion.llm.traffic")
 
 _MAX_WAIT_SECONDS = 30.0
 _CHECK_TIMEOUT_SECONDS = 2.0
-_CONNECT_TIMEOUT_SECONDS = 10.0
 _CHARS_PER_TOKEN = 4
 # What one attempt may raise that means "this endpoint failed", as opposed to a bug or a
 # failing callback: SDK errors, undecodable SSE data (ValueError), malformed chunks.
@@ -41,49 +40,7 @@ _ATTEMPT_ERRORS = (openai.APIError, LLMBadResponse, ValueError)
 
 DeltaCallback = Callable[[str], Awaitable[None]]
 ResetCallback = Callable[[], Awaitable[None]]
-
-
-class _FifoLimiter:
-    """At most ``limit`` holders at once, admitted strictly in arrival order.
-
-    A released slot is handed straight to the oldest waiter, so a newcomer can never
-    overtake a request that is already queued.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self._free = limit
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    async def acquire(self) -> None:
-        if self._free > 0 and not self._waiters:
-            self._free -= 1
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.cancelled():
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-            else:
-                self.release()  # the slot reached us just as we were cancelled: pass it on
-            raise
-
-    def release(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self._free += 1
-
-
-@dataclass(slots=True)
-class _Endpoint:
-    config: EndpointConfig
-    client: AsyncOpenAI
-    limiter: _FifoLimiter
+UsageSink = Callable[[ChatResult], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,31 +145,25 @@ def _count(value: object) -> int:
 
 
 class LLMClient:
-    """Sends chats to the configured endpoints: retries, then fails over in config order."""
+    """Sends chats to the pool's endpoints that offer the model: retries, then failover.
 
-    def __init__(self, config: LLMConfig, *, debug: bool = False) -> None:
+    Without a pool it makes its own from ``config.endpoints`` (and closes it). With
+    ``usage_sink``, every answer's ChatResult is reported to it (tokens for quotas and stats).
+    """
+
+    def __init__(
+        self,
+        config: LLMConfig,
+        *,
+        debug: bool = False,
+        pool: EndpointPool | None = None,
+        usage_sink: UsageSink | None = None,
+    ) -> None:
         self._config = config
         self._debug = debug
-        self._secrets = [
-            e.api_key for e in config.endpoints if len(e.api_key) >= 4 and e.api_key != "none"
-        ]
-        self._endpoints = [
-            _Endpoint(
-                config=e,
-                client=AsyncOpenAI(
-                    base_url=e.base_url,
-                    api_key=e.api_key or "none",
-                    # timeout_seconds bounds each wait (first byte, next chunk), not the
-                    # whole answer; a dead host should not hold a turn for that long, though.
-                    timeout=openai.Timeout(
-                        e.timeout_seconds, connect=min(e.timeout_seconds, _CONNECT_TIMEOUT_SECONDS)
-                    ),
-                    max_retries=0,  # retries and failover are ours
-                ),
-                limiter=_FifoLimiter(e.max_concurrency),
-            )
-            for e in config.endpoints
-        ]
+        self._owns_pool = pool is None
+        self._pool = pool if pool is not None else EndpointPool(config)
+        self._usage_sink = usage_sink
 
     async def chat(
         self,
@@ -233,21 +184,26 @@ class LLMClient:
             extra["temperature"] = self._config.temperature
         extra.update(params or {})
         request = _Request(model or self._config.model, messages, tools, extra, on_delta, on_reset)
-        failures: list[tuple[_Endpoint, Failure, int]] = []
-        for index, ep in enumerate(self._endpoints):
+        failures: list[tuple[Endpoint, Failure, int]] = []
+        candidates = self._pool.candidates(request.model)
+        for index, ep in enumerate(candidates):
             attempt = 0
             while True:
                 attempt += 1
                 got = _Received()
                 failure = await self._attempt(ep, request, got)
                 if failure is None:
-                    return await self._result(ep, request, got)
+                    self._pool.mark_ok(ep)
+                    result = await self._result(ep, request, got)
+                    if self._usage_sink is not None:
+                        await self._usage_sink(result)
+                    return result
                 retry = failure.retryable and attempt <= self._config.retries
                 wait = self._wait(failure, attempt) if retry else 0.0
                 if retry:
                     then = f"retrying in {wait:.2f} s"
-                elif index + 1 < len(self._endpoints):
-                    then = f"failing over to '{self._endpoints[index + 1].config.name}'"
+                elif index + 1 < len(candidates):
+                    then = f"failing over to '{candidates[index + 1].config.name}'"
                 else:
                     then = "giving up"
                 log.warning(
@@ -262,12 +218,13 @@ class LLMClient:
                 if not retry:
                     break
                 await asyncio.sleep(wait)
+            self._pool.mark_failed(ep, failure)
             failures.append((ep, failure, attempt))
         raise LLMUnavailable(self._unavailable_message(failures))
 
     async def check(self) -> str | None:
         """Probe the first endpoint (GET /models): None if it answers, else the problem in words."""
-        ep = self._endpoints[0]
+        ep = self._pool.endpoints()[0]
         try:
             await ep.client.models.list(timeout=_CHECK_TIMEOUT_SECONDS)
         except _ATTEMPT_ERRORS as err:
@@ -279,19 +236,19 @@ class LLMClient:
         return None
 
     def describe(self) -> str:
-        first, *others = (e.config for e in self._endpoints)
+        first, *others = (e.config for e in self._pool.endpoints())
         text = f"endpoint '{first.name}' at {first.base_url}"
         if others:
             text += " (then " + ", ".join(f"'{e.name}' at {e.base_url}" for e in others) + ")"
         return f"{text}, model {self._config.model}"
 
     async def close(self) -> None:
-        for ep in self._endpoints:
-            await ep.client.close()
+        if self._owns_pool:
+            await self._pool.close()
 
     # --- one attempt ----------------------------------------------------------------------
 
-    async def _attempt(self, ep: _Endpoint, request: _Request, got: _Received) -> Failure | None:
+    async def _attempt(self, ep: Endpoint, request: _Request, got: _Received) -> Failure | None:
         """One request to one endpoint, holding its concurrency slot only meanwhile."""
         if self._debug:
             body = json.dumps(request.body(), ensure_ascii=False)
@@ -336,7 +293,7 @@ class LLMClient:
             return self._failed(ep, LLMBadResponse("empty stream"), got)
         return None
 
-    def _failed(self, ep: _Endpoint, err: BaseException, got: _Received) -> Failure:
+    def _failed(self, ep: Endpoint, err: BaseException, got: _Received) -> Failure:
         if self._debug:
             body = err.body if isinstance(err, openai.APIError) else None
             traffic_log.debug(
@@ -347,7 +304,7 @@ class LLMClient:
             )
         return classify(err, bool(got.chunks), ep.config.timeout_seconds)
 
-    async def _result(self, ep: _Endpoint, request: _Request, got: _Received) -> ChatResult:
+    async def _result(self, ep: Endpoint, request: _Request, got: _Received) -> ChatResult:
         content = "".join(got.content)
         calls = [
             ToolCall(id=c.id or new_call_id(), name=c.name, arguments="".join(c.arguments) or "{}")
@@ -373,7 +330,7 @@ class LLMClient:
             return min(failure.retry_after, _MAX_WAIT_SECONDS)
         return min(self._config.backoff_seconds * 2.0 ** (attempt - 1), _MAX_WAIT_SECONDS)
 
-    def _unavailable_message(self, failures: list[tuple[_Endpoint, Failure, int]]) -> str:
+    def _unavailable_message(self, failures: list[tuple[Endpoint, Failure, int]]) -> str:
         parts = ["I could not get an answer from the language model."]
         hints: list[str] = []
         for ep, failure, attempts in failures:
@@ -392,7 +349,7 @@ class LLMClient:
         return self._scrub(" ".join(parts))
 
     def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
+        for secret in self._pool.secrets():
             text = text.replace(secret, "***")
         return text
 

@@ -81,6 +81,87 @@ MIGRATIONS: list[Migration] = [
         );
         """,
     ),
+    Migration(
+        2,
+        "reminders",
+        """
+        CREATE TABLE reminders (
+            id INTEGER PRIMARY KEY,
+            thread_id TEXT NOT NULL,
+            text TEXT NOT NULL,
+            system INTEGER NOT NULL DEFAULT 0,
+            cron TEXT,
+            every_seconds REAL CHECK (every_seconds IS NULL OR every_seconds > 0),
+            next_at REAL,
+            status TEXT NOT NULL DEFAULT 'active'
+                CHECK (status IN ('active', 'done', 'cancelled')),
+            created_by TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL,
+            fired INTEGER NOT NULL DEFAULT 0,
+            last_fired_at REAL,
+            CHECK (status != 'active' OR next_at IS NOT NULL),
+            CHECK (cron IS NULL OR every_seconds IS NULL)
+        );
+        CREATE INDEX reminders_due ON reminders (next_at) WHERE status = 'active';
+
+        CREATE TABLE heartbeat_usage (
+            day TEXT PRIMARY KEY,
+            tokens INTEGER NOT NULL DEFAULT 0,
+            reviews INTEGER NOT NULL DEFAULT 0,
+            budget_noticed INTEGER NOT NULL DEFAULT 0
+        );
+        """,
+    ),
+    Migration(
+        4,
+        "endpoints_usage",
+        """
+        CREATE TABLE endpoints (
+            name TEXT PRIMARY KEY,
+            base_url TEXT NOT NULL,
+            api_key TEXT NOT NULL,
+            added_by TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+
+        CREATE TABLE models (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL UNIQUE,
+            first_seen REAL NOT NULL
+        );
+
+        CREATE TABLE endpoint_models (
+            endpoint TEXT NOT NULL,
+            model_id INTEGER NOT NULL REFERENCES models (id),
+            position INTEGER NOT NULL,
+            PRIMARY KEY (endpoint, model_id)
+        );
+
+        CREATE TABLE aliases (
+            alias TEXT PRIMARY KEY,
+            model TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+
+        CREATE TABLE usage (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            account TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            thread_id TEXT NOT NULL,
+            source TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('message', 'call')),
+            model TEXT,
+            endpoint TEXT,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX usage_account
+            ON usage (account, kind, at, prompt_tokens, completion_tokens);
+        CREATE INDEX usage_thread ON usage (thread_id)
+        """,
+    ),
 ]
 
 

@@ -133,11 +133,15 @@
     const [el, body] = bubble(m.role);
     el.dataset.id = String(m.id);
     body.innerHTML = m.html; // server-rendered, escaped HTML only; never raw text
+    for (const a of body.querySelectorAll("a[href]")) {
+      a.target = "_blank"; // never navigate the chat away
+      a.rel = "noopener noreferrer";
+    }
     if (m.role === "tool") {
       const details = document.createElement("details");
       const summary = document.createElement("summary");
-      const first = (m.text || "").split("\n", 1)[0];
-      summary.textContent = "Tool" + (first ? ": " + first.slice(0, 80) : "");
+      const first = (m.text || "").split("\n", 1)[0].slice(0, 80);
+      summary.textContent = (m.name ? `Tool ${m.name}` : "Tool") + (first ? `: ${first}` : "");
       details.append(summary, body);
       el.append(details);
     } else {

@@ -1,0 +1,190 @@
+"""Reminder benchmark: the real daemon, reminders stored beforehand, a browser tab on the WebSocket.
+
+1. Start with N pending reminders (0, 1,000, 100,000: one-shots, intervals and crons in the
+   future): how long loading and scheduling them takes (the daemon's own log line) and the
+   daemon's start-to-ready time. Target: 1,000 in < 1 s.
+2. Firing: with 1,000 others pending, the model (the fake LLM) sets 20 reminders due 0.1 s
+   apart and 100 due at one instant, for a connected tab: lateness = arrival at the tab -
+   due time.
+   Target: each within 1 s of its time.
+
+Usage:
+
+    uv run python bench/bench_reminders.py [--sizes 0,1000,100000] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from daemon import Daemon
+from fake_llm import FakeLLM, Reply
+from wsclient import ChatClient
+
+from ganglion.messages import ThreadId
+from ganglion.storage.db import Database
+from ganglion.storage.reminders import NewReminder, ReminderStore
+
+TOKEN = "bench-token-0123456789"
+TZ = "Europe/Berlin"
+SCHEDULED = re.compile(r"reminders: (\d+) active, scheduled in ([\d.]+) ms")
+READY = re.compile(r"ready in ([\d.]+) s")
+
+
+def background(n: int, now: float) -> list[NewReminder]:
+    """``n`` reminders in the future, of every kind, in 50 conversations."""
+    out = []
+    for i in range(n):
+        tid = ThreadId(f"web_{i % 50:032x}")
+        at = now + 3600 + i * 7.0
+        if i % 3 == 0:
+            out.append(NewReminder(tid, f"one-shot {i}", at))
+        elif i % 3 == 1:
+            out.append(NewReminder(tid, f"every hour {i}", at, every_seconds=3600))
+        else:
+            out.append(NewReminder(tid, f"weekdays {i}", at, cron=f"{i % 60} 9 * * 1-5",
+                                   system=i % 2 == 0))
+    return out
+
+
+async def prepare(data: Path, reminders: list[NewReminder]) -> None:
+    db = await Database.open(data / "conversation.db")
+    store = ReminderStore(db, data / "reminders.json", ZoneInfo(TZ))
+    for start in range(0, len(reminders), 10_000):
+        await store.add_many(reminders[start:start + 10_000])
+    await db.close()
+
+
+def config(llm: FakeLLM) -> dict[str, Any]:
+    return {
+        "llm": {"endpoints": [{"name": "fake", "base_url": llm.base_url}], "model": "bench"},
+        "web": {"token": TOKEN},
+        "logging": {"level": "INFO"},
+        "paths": {"data_dir": "data", "log_dir": "logs"},
+        "scheduler": {"timezone": TZ},
+    }
+
+
+async def start(d: Daemon) -> dict[str, float]:
+    t0 = time.monotonic()
+    d.start()
+    await d.wait_ready(60)
+    wall = time.monotonic() - t0
+    for _ in range(200):
+        m, r = SCHEDULED.search(d.text()), READY.search(d.text())
+        if m and r:
+            return {"pending": int(m.group(1)), "schedule_ms": float(m.group(2)),
+                    "ready_s": float(r.group(1)), "start_to_healthz_s": wall}
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"no start-up lines in the daemon's output:\n{d.text()}")
+
+
+async def stop(d: Daemon) -> None:
+    d.signal(signal.SIGTERM)
+    await d.wait_exit(10)
+
+
+async def load(llm: FakeLLM, n: int) -> dict[str, float]:
+    work = Path(tempfile.mkdtemp(prefix="ganglion-bench-reminders-"))
+    await prepare(work / "data", background(n, time.time()))
+    d = Daemon(work, config(llm))
+    try:
+        result = await start(d)
+        await stop(d)
+    finally:
+        d.kill()
+    assert result["pending"] == n, result
+    return result
+
+
+def summary(lateness: list[float]) -> dict[str, float]:
+    ms = sorted(x * 1000 for x in lateness)
+    return {"n": len(ms), "median_ms": statistics.median(ms),
+            "p99_ms": ms[max(0, int(len(ms) * 0.99) - 1)], "max_ms": ms[-1], "min_ms": ms[0]}
+
+
+async def firing(llm: FakeLLM) -> dict[str, Any]:
+    """Reminders set through the model's set_reminder tool once the daemon is up, as a
+    user's would be, with exact due times (``at`` with seconds and offset)."""
+    work = Path(tempfile.mkdtemp(prefix="ganglion-bench-reminders-"))
+    await prepare(work / "data", background(1000, time.time()))
+    d = Daemon(work, config(llm))
+    arrived: dict[str, float] = {}
+    try:
+        await start(d)
+        chat = ChatClient(d.url, TOKEN)
+        await chat.connect()
+        first = time.time() + 2.0
+        staggered = {f"staggered {i}": first + i * 0.1 for i in range(20)}
+        burst = {f"burst {i}": first + 3.0 for i in range(100)}
+        due = {**staggered, **burst}
+        zone = ZoneInfo(TZ)
+        llm.script(Reply(tool_calls=[
+            ("set_reminder", {"text": text, "at": datetime.fromtimestamp(at, zone).isoformat()})
+            for text, at in due.items()]), Reply(text="All set."))
+        reply = await chat.ask("set the benchmark's reminders")
+        assert reply["text"] == "All set.", reply
+        deadline = time.time() + 15
+        while len(arrived) < len(due) and time.time() < deadline:
+            try:
+                event = await chat.next_event(timeout=max(0.01, deadline - time.time()))
+            except TimeoutError:
+                break
+            now = time.time()
+            text = event.get("text", "")
+            if event.get("type") == "message" and text.startswith("⏰ Reminder: "):
+                arrived.setdefault(text.removeprefix("⏰ Reminder: "), now)
+        await chat.close()
+        await stop(d)
+    finally:
+        d.kill()
+    missing = sorted(set(due) - set(arrived))
+    if missing:
+        raise RuntimeError(f"{len(missing)} reminders never arrived on time, e.g. {missing[:3]}"
+                           f"\n{d.text()[-3000:]}")
+    early = [k for k in due if arrived[k] < due[k] - 0.005]
+    return {
+        "pending_besides": 1000,
+        "staggered": summary([arrived[k] - due[k] for k in staggered]),
+        "burst_of_100": summary([arrived[k] - due[k] for k in burst]),
+        "early": len(early),
+    }
+
+
+async def main() -> dict[str, Any]:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="0,1000,100000")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    llm = FakeLLM()
+    await llm.start()
+    try:
+        results: dict[str, Any] = {
+            "load": [await load(llm, int(n)) for n in args.sizes.split(",")],
+            "fire": await firing(llm),
+        }
+    finally:
+        await llm.stop()
+    print(json.dumps(results, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

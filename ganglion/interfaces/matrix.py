@@ -1,0 +1,485 @@
+"""The Matrix interface: encrypted room messages to Inbound on the bus, Outbound back to rooms.
+
+Translation at the edge, nothing more. Before anything reaches the bus this module drops:
+events from before start-up (the timeline of a first sync without a stored sync token is
+history), the bot's own events, and events from users not in ``matrix.allowed_users`` (or in
+rooms outside ``matrix.allowed_rooms``). Each room is one thread (its room id). The Matrix
+event id is the message's ``client_id``, so the bus stores a message once: a sync replayed
+after a crash or a restart cannot make the bot answer twice.
+
+The sync token is saved only after the events of a sync are on the bus, and restored at
+start; the first sync after a start asks for the full room state (nio keeps no room state).
+Replies leave through the router's outbox: ``send`` returns True only when the homeserver
+accepted the message, and every recovery of the sync loop re-sends what is still waiting,
+in order. Each reply's transaction id is derived from its stored message id, so the
+homeserver drops a resend of a message it already has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from aiohttp import ClientError
+from nio import (
+    InviteMemberEvent,
+    JoinError,
+    LocalProtocolError,
+    MegolmEvent,
+    RoomLeaveError,
+    RoomMessageText,
+    RoomSendError,
+    SyncError,
+)
+
+from ganglion.bus import Bus
+from ganglion.config import MatrixConfig
+from ganglion.errors import StartupError
+from ganglion.interfaces.matrix_session import (
+    LOGIN_HINT,
+    HomeserverUnavailable,
+    TimedClient,
+    check_session,
+    make_client,
+)
+from ganglion.messages import (
+    Inbound,
+    Outbound,
+    OutKind,
+    Role,
+    Source,
+    ThreadId,
+    is_matrix_thread,
+    matrix_thread_id,
+)
+from ganglion.render import MarkdownRenderer
+from ganglion.router import Router
+
+log = logging.getLogger(__name__)
+
+SYNC_FILTER = {
+    "presence": {"not_types": ["*"]},
+    "account_data": {"not_types": ["*"]},
+    # Catch-up after downtime: more than this many events in one room while the bot was away
+    # and the oldest are skipped (the homeserver marks the timeline "limited").
+    "room": {"timeline": {"limit": 50}, "account_data": {"not_types": ["*"]},
+             # Typing notices and read receipts (ours included) would only wake the loop.
+             "ephemeral": {"not_types": ["*"]}},
+}
+START_CHECK_SECONDS = 10.0
+TOKEN_SAVE_SECONDS = 30.0
+TYPING_DELAY_SECONDS = 0.5
+TYPING_MS = 30_000
+TYPING_REFRESH_SECONDS = 20.0
+MAX_CONTENT_BYTES = 40_000
+"""An event may hold 64 KiB once encrypted (base64 adds a third): longer replies are split."""
+CHUNK_CHARS = 12_000
+UNDECRYPTABLE_NOTICE = (
+    "I could not read a message here: it was encrypted with a key this device never received. "
+    "I asked your devices for the key. If this keeps happening, make sure your client does not "
+    "send only to verified devices (a bot cannot be verified interactively), or invite me to a "
+    "new room."
+)
+_REPLY_FALLBACK = re.compile(r"\A(?:>.*\n)+\n")
+
+
+class MatrixInterface:
+    """Rooms in, replies out; one sync loop task, owned here and cancelled by ``stop``."""
+
+    name = "matrix"
+
+    def __init__(self, config: MatrixConfig, store_path: Path, bus: Bus, router: Router,
+                 renderer: MarkdownRenderer) -> None:
+        self.config = config
+        self.store_path = store_path
+        self.bus = bus
+        self.router = router
+        self.renderer = renderer
+        self.client: TimedClient | None = None
+        self.ready = asyncio.Event()
+        """Set once the first sync is done and the device keys are published (tests, bench)."""
+        self.backoff_initial = 0.5
+        self.backoff_max = 15.0
+        """Seconds between attempts while the homeserver is unreachable (doubling up to this)."""
+        self.sync_timeout_ms = 30_000
+        self.undecryptable_grace = 5.0
+        """Seconds an undecryptable message may wait for its key before the room is told."""
+        self._checked = False
+        self._connected = False
+        self._since: str | None = None
+        self._token_saved = 0.0
+        self._sync_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._typing: dict[ThreadId, asyncio.Task[None]] = {}
+        self._typing_shown: set[ThreadId] = set()
+        self._pending_invites: dict[str, bool] = {}
+        self._undecrypted: dict[str, list[tuple[str, MegolmEvent]]] = {}
+        self._told_undecryptable: set[tuple[str, str]] = set()
+        self._received: dict[int, float] = {}
+
+    # -- the router's Interface ------------------------------------------------------------
+
+    def owns(self, thread_id: ThreadId) -> bool:
+        return is_matrix_thread(thread_id)
+
+    async def start(self) -> None:
+        """Open the store, check the login (a wrong config stops start-up), start syncing.
+
+        An unreachable homeserver does not stop start-up: the sync loop keeps trying.
+        """
+        self.client = client = make_client(self.config, self.store_path)
+        try:
+            async with asyncio.timeout(START_CHECK_SECONDS):
+                await check_session(client, self.config, self.store_path)
+            self._checked = True
+        except StartupError:
+            await client.close()
+            raise
+        except (HomeserverUnavailable, TimeoutError, OSError, ClientError) as err:
+            log.warning("matrix: %s is not reachable now (%s); the bot keeps trying in the "
+                        "background", self.config.homeserver, err or type(err).__name__)
+        self._since = client.store.load_sync_token() or None
+        self._sync_task = asyncio.create_task(self._sync_forever(), name="matrix-sync")
+
+    async def stop(self) -> None:
+        """Cancel the sync loop and every request in flight, then close the HTTP session."""
+        tasks = [t for t in (self._sync_task, *self._tasks, *self._typing.values()) if t]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._sync_task = None
+        self._typing.clear()
+        if self.client is not None:
+            self._save_token()
+            await self.client.close()
+
+    async def send(self, out: Outbound) -> bool:
+        """STATE turns into typing notices; MESSAGE (and TOOL if shown) into room messages."""
+        if out.kind is OutKind.STATE:
+            self._typing_state(out.thread_id, out.text)
+            return True
+        if out.kind is not OutKind.MESSAGE and not (
+            out.kind is OutKind.TOOL and self.config.show_tool_calls
+        ):
+            return True  # deltas and resets: no streaming edits in Matrix
+        if out.role is Role.USER or not out.text.strip():
+            return True  # the user's own words are already in the room
+        client = self.client
+        if client is None or not self._connected:
+            log.debug("[%s] reply %d waits: not connected", out.thread_id, out.message_id)
+            return False
+        started = time.monotonic()
+        for i, content in enumerate(self._contents(out)):
+            tx_id = f"ganglion-{out.message_id}" + (f"-{i}" if i else "")
+            try:
+                resp = await client.room_send(out.thread_id, "m.room.message", content,
+                                              tx_id=tx_id, ignore_unverified_devices=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                log.warning("[%s] reply %d not sent (%s: %s); it stays queued", out.thread_id,
+                            out.message_id, type(err).__name__, err)
+                return False
+            if isinstance(resp, RoomSendError):
+                log.warning("[%s] reply %d refused by the homeserver (%s); it stays queued",
+                            out.thread_id, out.message_id, resp)
+                return False
+            log.debug("[%s] reply %d sent as %s", out.thread_id, out.message_id, resp.event_id)
+        arrived = self._received.pop(out.reply_to, None)
+        if arrived is not None:
+            log.debug("[%s] reply sent %.1f ms after its event arrived (daemon %.1f ms, "
+                      "homeserver send %.1f ms)", out.thread_id,
+                      (time.monotonic() - arrived) * 1000, (started - arrived) * 1000,
+                      (time.monotonic() - started) * 1000)
+        return True
+
+    # -- the sync loop ---------------------------------------------------------------------
+
+    async def _sync_forever(self) -> None:
+        assert self.client is not None
+        client = self.client
+        delay = self.backoff_initial
+        first = True
+        while True:
+            try:
+                if not self._checked:
+                    await check_session(client, self.config, self.store_path)
+                    self._checked = True
+                await self._sync_once(client, first)
+            except asyncio.CancelledError:
+                raise
+            except StartupError as err:
+                log.error("%s. The Matrix interface stops; the rest of Ganglion keeps running",
+                          err)
+                return
+            except Exception as err:
+                if self._connected:
+                    log.warning("matrix: lost the homeserver (%s: %s); retrying in %.1f s, "
+                                "replies wait in the outbox", type(err).__name__, err, delay)
+                else:
+                    log.info("matrix: homeserver still unreachable (%s: %s); retrying in "
+                             "%.1f s", type(err).__name__, err, delay)
+                self._connected = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.backoff_max)
+                continue
+            delay = self.backoff_initial
+            first = False
+            if not self._connected:
+                self._connected = True
+                log.info("matrix: syncing with %s", self.config.homeserver)
+                self._spawn(self.router.deliver_all())
+
+    async def _sync_once(self, client: TimedClient, first: bool) -> None:
+        # A first sync, or the first after an outage, returns at once (no long-poll): the
+        # replies that waited go out as soon as the homeserver is back.
+        resp = await client.sync(
+            timeout=0 if first or not self._connected else self.sync_timeout_ms,
+            sync_filter=SYNC_FILTER,
+            since=self._since if first else None, full_state=True if first else None)
+        if isinstance(resp, SyncError):
+            if resp.status_code in ("M_UNKNOWN_TOKEN", "M_MISSING_TOKEN"):
+                raise StartupError(f"matrix: the homeserver rejected matrix.access_token "
+                                   f"({resp.status_code}); {LOGIN_HINT}")
+            raise HomeserverUnavailable(f"sync: {resp}")
+        arrived = client.sync_arrived
+        # No stored sync token: this timeline is history from before start-up.
+        history = first and self._since is None
+        for room_id, info in resp.rooms.invite.items():
+            self._on_invite(room_id, info.invite_state)
+        for room_id, info in resp.rooms.join.items():
+            for event in info.timeline.events:
+                if history:
+                    break
+                try:
+                    await self._on_timeline_event(room_id, event, arrived)
+                except Exception:  # one bad event must not stop the room, nor the others
+                    log.exception("[%s] event %s could not be handled", room_id,
+                                  getattr(event, "event_id", "?"))
+        if self._undecrypted:
+            await self._retry_undecrypted(arrived)
+        await self._settle_invites(client)
+        await self._maintain_keys(client)
+        self._since = client.next_batch  # every event up to here is on the bus (or dropped)
+        if first or time.monotonic() - self._token_saved >= TOKEN_SAVE_SECONDS:
+            self._save_token()
+        if first:
+            self.ready.set()
+
+    def _save_token(self) -> None:
+        """Persist the last fully handled sync token.
+
+        Saved at most every TOKEN_SAVE_SECONDS (a write costs milliseconds of the loop) and
+        at stop. After a crash the bot resumes from a slightly older token: the events it
+        then sees again are deduplicated by the bus, so nothing is answered twice.
+        """
+        if self.client is not None and self._since:
+            self.client.store.save_sync_token(self._since)
+            self._token_saved = time.monotonic()
+
+    async def _maintain_keys(self, client: TimedClient) -> None:
+        """What nio's sync_forever does between syncs: key upload, query, claim, to-device."""
+        if client.outgoing_to_device_messages:
+            await client.send_to_device_messages()
+        if client.should_upload_keys:
+            await client.keys_upload()
+        if client.should_query_keys:
+            await client.keys_query()
+        if client.should_claim_keys:
+            await client.keys_claim(client.get_users_for_key_claiming())
+
+    # -- events in -------------------------------------------------------------------------
+
+    async def _on_timeline_event(self, room_id: str, event: Any, arrived: float) -> None:
+        if not isinstance(event, RoomMessageText | MegolmEvent):
+            return
+        sender = event.sender
+        if sender == self.config.user_id:
+            return
+        if not self.config.allows_room(room_id):
+            log.debug("[%s] ignored: room not in matrix.allowed_rooms", room_id)
+            return
+        if not self.config.allows(sender):
+            log.info("[%s] ignored a message from %s (not in matrix.allowed_users)", room_id,
+                     sender)
+            return
+        if isinstance(event, MegolmEvent):
+            await self._on_undecryptable(room_id, event)
+            return
+        await self._submit(room_id, event, arrived)
+
+    async def _submit(self, room_id: str, event: RoomMessageText, arrived: float) -> None:
+        relates = (event.source.get("content") or {}).get("m.relates_to") or {}
+        if relates.get("rel_type") == "m.replace":
+            log.info("[%s] ignored an edit of an earlier message", room_id)
+            return
+        text = event.body
+        if "m.in_reply_to" in relates:
+            text = _REPLY_FALLBACK.sub("", text, count=1)  # the quoted message it answers
+        msg = Inbound(thread_id=matrix_thread_id(room_id), text=text, sender=event.sender,
+                      source=Source.MATRIX, client_id=event.event_id)
+        stored, is_new = await self.bus.submit(msg)
+        if is_new:
+            self._received[stored.id] = arrived
+            while len(self._received) > 1000:
+                del self._received[next(iter(self._received))]
+            log.debug("[%s] event %s from %s queued as #%d", room_id, event.event_id,
+                      event.sender, stored.id)
+
+    def _on_invite(self, room_id: str, invite_state: list[Any]) -> None:
+        inviter = next((e.sender for e in invite_state if isinstance(e, InviteMemberEvent)
+                        and e.state_key == self.config.user_id and e.membership == "invite"),
+                       None)
+        if inviter is None or room_id in self._pending_invites:
+            return
+        accept = self.config.allows(inviter) and self.config.allows_room(room_id)
+        log.info("[%s] invited by %s: %s", room_id, inviter,
+                 "joining" if accept else "refusing (not in matrix.allowed_users"
+                 + (" / matrix.allowed_rooms)" if self.config.allowed_rooms else ")"))
+        self._pending_invites[room_id] = accept
+
+    async def _settle_invites(self, client: TimedClient) -> None:
+        """Join or refuse; a request that could not be made is tried after the next sync."""
+        for room_id, accept in list(self._pending_invites.items()):
+            try:
+                resp = await (client.join(room_id) if accept else client.room_leave(room_id))
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                log.warning("[%s] could not answer the invite yet (%s)", room_id, err)
+                continue
+            if isinstance(resp, JoinError | RoomLeaveError):
+                log.warning("[%s] answering the invite failed: %s", room_id, resp)
+            del self._pending_invites[room_id]
+
+    async def _on_undecryptable(self, room_id: str, event: MegolmEvent) -> None:
+        """Log it, ask the sender's devices for the key, and tell the room once if none comes."""
+        log.warning("[%s] cannot decrypt event %s from %s (session %s); requesting the key",
+                    room_id, event.event_id, event.sender, event.session_id)
+        self._undecrypted.setdefault(event.session_id, []).append((room_id, event))
+        while len(self._undecrypted) > 100:  # keys that never come: forget the oldest
+            del self._undecrypted[next(iter(self._undecrypted))]
+        assert self.client is not None
+        with contextlib.suppress(LocalProtocolError):  # already requested for this session
+            try:
+                await self.client.request_room_key(event)
+            except (OSError, ClientError, TimeoutError) as err:
+                log.info("[%s] key request not sent: %s", room_id, err)
+        told = (room_id, event.session_id)
+        if told not in self._told_undecryptable:
+            self._told_undecryptable.add(told)
+            self._spawn(self._tell_undecryptable(room_id, event.session_id))
+
+    async def _tell_undecryptable(self, room_id: str, session_id: str) -> None:
+        await asyncio.sleep(self.undecryptable_grace)
+        if any(r == room_id for r, _ in self._undecrypted.get(session_id, ())):
+            await self.router.broadcast(UNDECRYPTABLE_NOTICE, matrix_thread_id(room_id))
+
+    async def _retry_undecrypted(self, arrived: float) -> None:
+        """Keys that arrived since: decrypt the waiting events and queue them after all."""
+        assert self.client is not None
+        sessions = self.client.olm.inbound_group_store
+        for session_id, waiting in list(self._undecrypted.items()):
+            room_id, first = waiting[0]
+            if not sessions.get(room_id, first.sender_key, session_id):
+                continue  # the key has not come yet
+            decrypted: list[tuple[str, Any]] = []
+            for room_id, event in waiting:
+                try:
+                    decrypted.append((room_id, self.client.decrypt_event(event)))
+                except Exception:
+                    break  # still no key for this session
+            else:
+                del self._undecrypted[session_id]
+                for room_id, event in decrypted:
+                    log.info("[%s] event %s decrypted after its key arrived", room_id,
+                             event.event_id)
+                    if isinstance(event, RoomMessageText):
+                        await self._submit(room_id, event, arrived)
+
+    # -- replies and typing out ------------------------------------------------------------
+
+    def _contents(self, out: Outbound) -> list[dict[str, Any]]:
+        """One event's content, or several for a reply too long for one event."""
+        notice = out.kind is OutKind.TOOL or out.role is Role.SYSTEM
+        text = out.text
+        if out.kind is OutKind.TOOL:
+            shown = text if len(text) <= 4000 else text[:4000] + "\n…"
+            text = f"Tool result:\n```\n{shown}\n```"
+        contents = [self._content(text, notice)]
+        if len(json.dumps(contents[0])) > MAX_CONTENT_BYTES:
+            contents = [self._content(part, notice) for part in _split(text, CHUNK_CHARS)]
+        return contents
+
+    def _content(self, text: str, notice: bool) -> dict[str, Any]:
+        content = {"msgtype": "m.notice" if notice else "m.text", "body": text,
+                   "format": "org.matrix.custom.html", "formatted_body": self.renderer.html(text)}
+        if len(json.dumps(content)) > MAX_CONTENT_BYTES:
+            del content["format"], content["formatted_body"]
+        return content
+
+    def _typing_state(self, thread_id: ThreadId, state: str) -> None:
+        if state == "idle":
+            keeper = self._typing.pop(thread_id, None)
+            if keeper is not None:
+                shown = thread_id in self._typing_shown
+                self._typing_shown.discard(thread_id)
+                keeper.cancel()
+                self._spawn(self._typing_off(thread_id, keeper, shown))
+        elif thread_id not in self._typing and self._connected:
+            self._typing[thread_id] = asyncio.create_task(
+                self._keep_typing(thread_id), name=f"matrix-typing-{thread_id}")
+
+    async def _keep_typing(self, thread_id: ThreadId) -> None:
+        # A turn that ends within TYPING_DELAY_SECONDS costs no typing requests at all.
+        await asyncio.sleep(TYPING_DELAY_SECONDS)
+        while True:
+            self._typing_shown.add(thread_id)
+            await self._room_typing(thread_id, True)
+            await asyncio.sleep(TYPING_REFRESH_SECONDS)
+
+    async def _typing_off(self, thread_id: ThreadId, keeper: asyncio.Task[None],
+                          shown: bool) -> None:
+        await asyncio.gather(keeper, return_exceptions=True)  # its request first, then "off"
+        if shown:
+            await self._room_typing(thread_id, False)
+
+    async def _room_typing(self, thread_id: ThreadId, on: bool) -> None:
+        if self.client is None:
+            return
+        try:
+            await self.client.room_typing(thread_id, typing_state=on, timeout=TYPING_MS)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            log.debug("[%s] typing notice not sent: %s", thread_id, err)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("matrix: background task failed", exc_info=exc)
+
+
+def _split(text: str, limit: int) -> list[str]:
+    """Pieces of at most ``limit`` characters, cut at line ends where possible."""
+    parts: list[str] = []
+    while len(text) > limit:
+        cut = text.rfind("\n", 0, limit)
+        cut = cut + 1 if cut > limit // 2 else limit
+        parts.append(text[:cut])
+        text = text[cut:]
+    if text:
+        parts.append(text)
+    return parts

@@ -1,0 +1,246 @@
+"""``ganglion login``: log the bot in as a NEW Matrix device and write it into the config.
+
+A fresh device with a fresh, empty store is the only safe start for an encrypted bot (a used
+device on an empty store breaks encryption for good; see shared/notes/matrix-e2ee.md). The
+config file is edited line by line so that comments and layout stay as they were; a value
+kept in an environment variable (``${VAR}``) is printed with where to put it, never written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ganglion.config import find_config_path
+from ganglion.storage.files import atomic_write
+
+DEFAULT_STORE = "data/matrix-store"
+_SECTION = re.compile(r"^matrix:[ \t]*(#.*)?$")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--homeserver", help="e.g. https://matrix.example.org (asked if missing)")
+    parser.add_argument("--user", help='the bot account: "@bot:example.org" or "bot"')
+    parser.add_argument("--password", help="the account's password (asked if missing; "
+                        "prefer --password-file: command lines are visible to other users)")
+    parser.add_argument("--password-file", metavar="PATH",
+                        help="read the password from the first line of this file")
+    parser.add_argument("--device-name", default="Ganglion",
+                        help="the name other clients show for the new device")
+
+
+@dataclass(frozen=True)
+class Session:
+    homeserver: str
+    user_id: str
+    device_id: str
+    access_token: str
+
+
+class LoginFailed(Exception):
+    """The homeserver refused or could not be reached; the message says what to check."""
+
+
+def run_login(args: argparse.Namespace) -> int:
+    logging.getLogger("nio").setLevel(logging.CRITICAL)  # its schema warnings are noise here
+    path = find_config_path(args.config) or Path("config.yaml")
+    existing = _matrix_section(path)
+    homeserver = args.homeserver or _ask(
+        "Homeserver", _plain(existing.get("homeserver")) or "https://matrix.example.org")
+    user = args.user or _ask("Bot account", _plain(existing.get("user_id")) or "@bot:example.org")
+    if args.password_file:
+        lines = Path(args.password_file).read_text(encoding="utf-8").splitlines()
+        password = lines[0] if lines else ""
+    else:
+        password = args.password or _ask_password(f"Password for {user}: ")
+    if not (homeserver and user and password):
+        print("ganglion login: homeserver, user and password are all needed", file=sys.stderr)
+        return 2
+    if not re.match(r"^https?://", homeserver):
+        homeserver = "https://" + homeserver
+    try:
+        session = asyncio.run(_login(homeserver.rstrip("/"), user, password, args.device_name))
+    except LoginFailed as err:
+        print(f"ganglion login: {err}", file=sys.stderr)
+        return 1
+    print(f"Logged in as {session.user_id} on {session.homeserver}: new device "
+          f"{session.device_id} ({args.device_name!r}).")
+    _write_config(path, session)
+    store = _prepare_store(path, existing)
+    print(f"Key store for this device: {store} (new and empty; keep it with the device).")
+    old = _plain(existing.get("device_id"))
+    if old and old != session.device_id:
+        print(f"The previous device {old} still exists: remove it in your client "
+              "(Element: Settings, Sessions) once nothing uses it.")
+    section = _matrix_section(path)
+    if section.get("enabled") is not True or not section.get("allowed_users"):
+        print('Next: set matrix.enabled: true and matrix.allowed_users: ["@you:example.org"] '
+              f"in {path}, then start ganglion.")
+    return 0
+
+
+async def _login(homeserver: str, user: str, password: str, device_name: str) -> Session:
+    # nio takes a second to import: only here, so that `ganglion --help` stays quick.
+    from nio import (  # noqa: PLC0415
+        AsyncClient,
+        AsyncClientConfig,
+        DiscoveryInfoResponse,
+        LoginResponse,
+    )
+
+    client = AsyncClient(homeserver, user, config=AsyncClientConfig(
+        encryption_enabled=False, max_timeouts=0, request_timeout=30))
+    try:
+        try:
+            # example.org may delegate to matrix.example.org through .well-known.
+            info = await client.discovery_info()
+            if isinstance(info, DiscoveryInfoResponse) and info.homeserver_url:
+                client.homeserver = str(info.homeserver_url).rstrip("/")
+            resp = await client.login(password=password, device_name=device_name)
+        except Exception as err:
+            raise LoginFailed(f"cannot reach {homeserver} ({type(err).__name__}: {err}); "
+                              "check the homeserver address") from None
+        if not isinstance(resp, LoginResponse):
+            hint = ("wrong user or password" if resp.status_code == "M_FORBIDDEN"
+                    else "check the homeserver address and the account")
+            raise LoginFailed(f"the homeserver refused the login ({resp}): {hint}")
+        return Session(client.homeserver, resp.user_id, resp.device_id, resp.access_token)
+    finally:
+        await client.close()  # never log out: that would delete the new device
+
+
+def _write_config(path: Path, session: Session) -> None:
+    values = {"homeserver": session.homeserver, "user_id": session.user_id,
+              "access_token": session.access_token, "device_id": session.device_id}
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    try:
+        new_text, from_env = update_config_text(text, values)
+    except ValueError as err:
+        print(f"Could not edit {path} safely ({err}). Put these lines in its matrix section:")
+        for key, value in values.items():
+            print(f"  {key}: {json.dumps(value)}")
+        return
+    atomic_write(path, new_text, mode=0o600)  # it holds the access token now
+    written = [k for k in values if k not in from_env]
+    print(f"Wrote matrix.{', matrix.'.join(written)} to {path} (mode 0600).")
+    for key, var in from_env.items():
+        print(f"matrix.{key} comes from the environment variable {var}; set it to:\n"
+              f"  {var}={values[key]}")
+
+
+def update_config_text(text: str, values: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """``text`` with ``values`` set in its ``matrix:`` section, layout and comments kept.
+
+    Returns the new text and, for keys whose current value is a ``${VAR}`` reference, the
+    variable to set instead (those keys are left as they are). Raises ValueError when the
+    file cannot be edited safely (then the caller prints the values).
+    """
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    start = next((i for i, line in enumerate(lines) if _SECTION.match(line.rstrip("\r\n"))),
+                 None)
+    from_env: dict[str, str] = {}
+    if start is None:
+        if any(line.startswith("matrix:") for line in lines):
+            raise ValueError("its matrix section is written in flow style")
+        block = ["\n" if lines else "", "matrix:\n"]
+        block += [f"  {key}: {json.dumps(value)}\n" for key, value in values.items()]
+        new_text = "".join(lines + block)
+    else:
+        end = start + 1
+        while end < len(lines) and (not lines[end].strip() or lines[end][0] in " \t#"):
+            end += 1
+        keyed = [i for i in range(start + 1, end) if re.match(r"^[ \t]+[A-Za-z_]+:", lines[i])]
+        indent = re.match(r"^[ \t]+", lines[keyed[0]]).group(0) if keyed else "  "  # type: ignore[union-attr]
+        last = max(keyed) if keyed else start
+        for key, value in values.items():
+            pattern = re.compile(rf"^{re.escape(indent)}{key}:[ \t]*(.*?)([ \t]+#.*)?$")
+            found = None
+            for i in range(start + 1, end):
+                m = pattern.match(lines[i].rstrip("\r\n"))
+                if m:
+                    found = (i, m)
+                    break
+            if found is None:
+                last += 1
+                end += 1
+                lines.insert(last, f"{indent}{key}: {json.dumps(value)}\n")
+                continue
+            i, m = found
+            var = _ENV_REF.search(m.group(1))
+            if var:
+                from_env[key] = var.group(1)
+                continue
+            lines[i] = f"{indent}{key}: {json.dumps(value)}{m.group(2) or ''}\n"
+        new_text = "".join(lines)
+    _check_edit(text, new_text, {k: v for k, v in values.items() if k not in from_env})
+    return new_text, from_env
+
+
+def _check_edit(old_text: str, new_text: str, written: dict[str, str]) -> None:
+    try:
+        old = yaml.safe_load(old_text) or {}
+        new = yaml.safe_load(new_text) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"not valid YAML: {err}") from None
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        raise ValueError("the file is not a mapping of sections")
+    section = new.get("matrix")
+    if not isinstance(section, dict) or any(section.get(k) != v for k, v in written.items()):
+        raise ValueError("the edited matrix section does not read back as written")
+    if {k: v for k, v in old.items() if k != "matrix"} != \
+            {k: v for k, v in new.items() if k != "matrix"}:
+        raise ValueError("the edit would change other sections")
+
+
+def _matrix_section(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    section = data.get("matrix") if isinstance(data, dict) else None
+    return section if isinstance(section, dict) else {}
+
+
+def _plain(value: Any) -> str:
+    """A configured string that is not a ${VAR} reference, else ''."""
+    return value if isinstance(value, str) and "${" not in value else ""
+
+
+def _prepare_store(config_path: Path, existing: dict[str, Any]) -> Path:
+    store = Path(_plain(existing.get("store_path")) or DEFAULT_STORE).expanduser()
+    if not store.is_absolute():
+        store = config_path.resolve().parent / store
+    store.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return store
+
+
+def _ask(what: str, default: str) -> str:
+    """Ask on the terminal; Enter (or no terminal at all) keeps ``default``."""
+    try:
+        answer = input(f"{what} [{default}]: ").strip()
+    except EOFError:
+        answer = ""
+    return answer or default
+
+
+def _ask_password(prompt: str) -> str:
+    """Without echo on a terminal; the first line of standard input otherwise."""
+    try:
+        if sys.stdin.isatty():
+            return getpass.getpass(prompt)
+        return sys.stdin.readline().rstrip("\r\n")
+    except EOFError:
+        return ""

@@ -1,0 +1,164 @@
+"""The Matrix session behind the interface: the nio client, its store, and the start-up checks.
+
+Every check here once broke a bot when it was skipped (see shared/notes/matrix-e2ee.md): the
+store folder must exist (or nio silently turns encryption off), the device id must be the
+token's (or key upload fails), and a device that already published keys must never start
+on an empty store (other devices would reject its new keys and every message would stay
+unreadable, for good).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from nio import AsyncClient, AsyncClientConfig, WhoamiError
+from nio.store import DefaultStore
+from nio.crypto import ENCRYPTION_ENABLED
+
+from ganglion.config import MatrixConfig
+from ganglion.errors import StartupError
+
+log = logging.getLogger(__name__)
+
+LOGIN_HINT = ("run `ganglion login` to log the bot in as a new device (it writes "
+              "matrix.access_token and matrix.device_id into the config), then start again")
+
+
+class HomeserverUnavailable(Exception):
+    """The homeserver did not answer (connection refused, time-out, 5xx): try again later."""
+
+
+class TimedClient(AsyncClient):  # type: ignore[misc]  # nio is untyped
+    """nio's client, noting when each sync response arrived: the start of the daemon's share
+    of a round trip, before the body is read, validated and decrypted."""
+
+    sync_arrived: float = 0.0
+
+    async def create_matrix_response(self, response_class: type, transport_response: Any,
+                                     *args: Any, **kwargs: Any) -> Any:
+        if response_class.__name__ == "SyncResponse":
+            self.sync_arrived = time.monotonic()
+        return await super().create_matrix_response(response_class, transport_response,
+                                                    *args, **kwargs)
+
+
+class WalStore(DefaultStore):  # type: ignore[misc]  # nio is untyped
+    """nio's key store with the pragmas of our own database: WAL, synchronous=NORMAL.
+
+    nio writes this store from the event loop (keys, sessions, sync tokens); with its default
+    rollback journal each write costs several fsyncs, 10-40 ms of a blocked loop here. WAL
+    keeps it consistent after a crash; only a power cut can lose the last writes, as for
+    conversation.db.
+    """
+
+    def _create_database(self) -> Any:
+        from peewee import SqliteDatabase  # noqa: PLC0415  (nio's own dependency)
+
+        return SqliteDatabase(self.database_path, pragmas={
+            "foreign_keys": 1, "secure_delete": 1, "journal_mode": "wal", "synchronous": 1})
+
+    def save_encrypted_rooms(self, rooms: Any) -> None:
+        # nio calls this after every sync, nearly always with nothing new, and each call
+        # costs several milliseconds of the event loop (an account lookup and a write).
+        if rooms:
+            super().save_encrypted_rooms(rooms)
+
+
+def make_client(config: MatrixConfig, store_path: Path) -> TimedClient:
+    """A logged-in client whose Olm account is loaded from (or created in) ``store_path``."""
+    if not ENCRYPTION_ENABLED:
+        raise StartupError("matrix: matrix-nio was installed without encryption support; "
+                           "reinstall it as matrix-nio[e2e] (uv sync does)")
+    try:
+        store_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as err:
+        raise StartupError(f"matrix: cannot create matrix.store_path {store_path}: "
+                           f"{err.strerror}; set matrix.store_path to a writable folder") from None
+    client_config = AsyncClientConfig(
+        encryption_enabled=True,
+        store=WalStore,
+        # The interface saves the sync token itself, after the events of a sync are on the
+        # bus: a crash in between then means a re-delivery (deduplicated), never a loss.
+        store_sync_tokens=False,
+        # Fail fast instead of nio's endless retries: a reply that cannot be sent stays in the
+        # outbox, and the sync loop owns the backoff.
+        max_timeouts=0,
+        max_limit_exceeded=3,
+        request_timeout=30,
+    )
+    client = TimedClient(config.homeserver, config.user_id, device_id=config.device_id,
+                         store_path=str(store_path), config=client_config)
+    try:
+        client.restore_login(config.user_id, config.device_id, config.access_token)
+    except Exception as err:
+        raise StartupError(f"matrix: cannot open the key store in {store_path}: {err}") from err
+    if client.olm is None:
+        raise StartupError(f"matrix: encryption could not be enabled with the store in "
+                           f"{store_path}; check that the folder is writable")
+    return client
+
+
+async def check_session(client: TimedClient, config: MatrixConfig, store_path: Path) -> None:
+    """The token is valid and belongs to this user and device, and the store fits the device.
+
+    Raises StartupError (with what to do) for a wrong configuration, and
+    HomeserverUnavailable when the question could not be asked.
+    """
+    resp = await client.whoami()
+    if isinstance(resp, WhoamiError):
+        status = _http_status(resp)
+        if status is not None and (status >= 500 or status == 429):
+            raise HomeserverUnavailable(f"whoami: HTTP {status}")
+        if resp.status_code in ("M_UNKNOWN_TOKEN", "M_MISSING_TOKEN"):
+            raise StartupError(
+                f"matrix: the homeserver rejected matrix.access_token ({resp.status_code}: the "
+                f"token expired or its device was logged out); {LOGIN_HINT}")
+        raise StartupError(
+            f"matrix: {config.homeserver} did not answer like a Matrix homeserver "
+            f"(whoami: {resp}); check matrix.homeserver: it is the client API address, "
+            "e.g. https://matrix.example.org")
+    if resp.user_id != config.user_id:
+        raise StartupError(
+            f"matrix: matrix.user_id is {config.user_id} but the access token belongs to "
+            f"{resp.user_id}; fix matrix.user_id, or {LOGIN_HINT}")
+    if resp.device_id and resp.device_id != config.device_id:
+        raise StartupError(
+            f"matrix.device_id is {config.device_id} but the access token belongs to device "
+            f"{resp.device_id}; set matrix.device_id: {resp.device_id} if its store is "
+            f"{store_path}, or {LOGIN_HINT}")
+    if not client.olm_account_shared and await _server_has_device_keys(client, config):
+        raise StartupError(
+            f"matrix: the store {store_path} holds no keys for device {config.device_id}, but "
+            "the homeserver already has encryption keys for that device (it was used with "
+            "another store, or its store was deleted). Starting would break encryption for "
+            "good: other devices would reject the new keys and no message could be read. "
+            f"Never reuse a device with an empty store: {LOGIN_HINT}")
+    log.info("matrix: logged in as %s, device %s (store %s)", config.user_id, config.device_id,
+             store_path)
+
+
+async def _server_has_device_keys(client: TimedClient, config: MatrixConfig) -> bool:
+    """True when the homeserver already lists identity keys for our device."""
+    body = {"device_keys": {config.user_id: [config.device_id]}, "timeout": 10000}
+    headers = {"Content-Type": "application/json",
+               "Authorization": f"Bearer {config.access_token}"}
+    resp = await client.send("POST", "/_matrix/client/v3/keys/query", json.dumps(body), headers)
+    async with resp:
+        if resp.status >= 500 or resp.status == 429:
+            raise HomeserverUnavailable(f"keys/query: HTTP {resp.status}")
+        if resp.status != 200:
+            raise StartupError(f"matrix: keys/query answered HTTP {resp.status}: "
+                               f"{(await resp.text())[:200]}")
+        data = await resp.json()
+    devices = (data.get("device_keys") or {}).get(config.user_id) or {}
+    return config.device_id in devices
+
+
+def _http_status(resp: Any) -> int | None:
+    transport = getattr(resp, "transport_response", None)
+    status = getattr(transport, "status", None)
+    return status if isinstance(status, int) else None

@@ -1,0 +1,167 @@
+"""Usage in SQLite: one row per admitted message and per LLM call; limits and /stats read it.
+
+Place in the flow: the worker admits a turn through ``ganglion.access`` (which writes a
+``message`` row here), the LLM client reports each answer's tokens (a ``call`` row). Rows are
+kept, so rate windows, daily quotas and statistics survive a restart.
+
+``account`` is who pays: the sender for people, ``autonomous`` for reminders and heartbeats.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from ganglion.storage.db import Database
+
+
+@dataclass(frozen=True, slots=True)
+class Payer:
+    """Who a turn's usage is charged to, and where it happened."""
+
+    account: str
+    sender: str
+    thread_id: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What the limits were checked against when a message asked to be admitted."""
+
+    admitted: bool
+    recent: list[float]
+    """Times of this account's messages inside the rate window, oldest first (only looked
+    up when there is a rate limit)."""
+    tokens_today: int
+    """Only summed when there is a token quota."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """Messages and tokens of one account or one thread."""
+
+    key: str
+    messages: int
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    since: float | None
+    """Time of the first row, None when nothing was recorded yet."""
+    total: Tally
+    top_accounts: list[Tally]
+    top_threads: list[Tally]
+    this_account: Tally
+    this_thread: Tally
+
+
+_TALLY = (
+    "SELECT {key} AS key, SUM(kind = 'message') AS messages,"
+    " SUM(prompt_tokens + completion_tokens) AS tokens FROM usage"
+)
+
+
+class UsageLog:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def admit(
+        self,
+        payer: Payer,
+        *,
+        window_start: float,
+        max_in_window: int | None,
+        day_start: float,
+        max_tokens_today: int | None,
+        now: float | None = None,
+    ) -> Admission:
+        """Record a message for ``payer`` unless a limit is reached; check and write at once.
+
+        One transaction, so two rooms of the same sender cannot both slip past the limit.
+        A refused message is not recorded: it does not push the retry time further out.
+        """
+        now = time.time() if now is None else now
+        recent: list[float] = []
+        tokens_today = 0
+        async with self.db.transaction() as conn:
+            if max_in_window is not None:
+                async with conn.execute(
+                    "SELECT at FROM usage WHERE account = ? AND kind = 'message' AND at > ?"
+                    " ORDER BY at",
+                    (payer.account, window_start),
+                ) as cur:
+                    recent = [float(r["at"]) for r in await cur.fetchall()]
+            if max_tokens_today is not None:
+                async with conn.execute(
+                    "SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS n FROM usage"
+                    " WHERE account = ? AND kind = 'call' AND at >= ?",
+                    (payer.account, day_start),
+                ) as cur:
+                    row = await cur.fetchone()
+                tokens_today = int(row["n"]) if row else 0
+            admitted = (max_in_window is None or len(recent) < max_in_window) and (
+                max_tokens_today is None or tokens_today < max_tokens_today
+            )
+            if admitted:
+                await conn.execute(
+                    "INSERT INTO usage (at, account, sender, thread_id, source, kind)"
+                    " VALUES (?, ?, ?, ?, ?, 'message')",
+                    (now, payer.account, payer.sender, payer.thread_id, payer.source),
+                )
+        return Admission(admitted, recent, tokens_today)
+
+    async def record_call(
+        self,
+        payer: Payer,
+        *,
+        model: str,
+        endpoint: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        now: float | None = None,
+    ) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO usage (at, account, sender, thread_id, source, kind, model,"
+                " endpoint, prompt_tokens, completion_tokens)"
+                " VALUES (?, ?, ?, ?, ?, 'call', ?, ?, ?, ?)",
+                (time.time() if now is None else now, payer.account, payer.sender,
+                 payer.thread_id, payer.source, model, endpoint, prompt_tokens,
+                 completion_tokens),
+            )
+
+    async def tokens_since(self, account: str, start: float) -> int:
+        row = await self.db.fetchone(
+            "SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS n FROM usage"
+            " WHERE account = ? AND kind = 'call' AND at >= ?",
+            (account, start),
+        )
+        return int(row["n"]) if row else 0
+
+    async def stats(self, account: str, thread_id: str, top: int = 5) -> Stats:
+        first = await self.db.fetchone("SELECT MIN(at) AS since FROM usage")
+        since = float(first["since"]) if first and first["since"] is not None else None
+        total = await self._tally(_TALLY.format(key="''"), ())
+        accounts = await self._tallies(
+            _TALLY.format(key="account") + " GROUP BY account"
+            " ORDER BY tokens DESC, messages DESC, account LIMIT ?", (top,))
+        threads = await self._tallies(
+            _TALLY.format(key="thread_id") + " GROUP BY thread_id"
+            " ORDER BY tokens DESC, messages DESC, thread_id LIMIT ?", (top,))
+        mine = await self._tally(_TALLY.format(key="account") + " WHERE account = ?", (account,))
+        here = await self._tally(
+            _TALLY.format(key="thread_id") + " WHERE thread_id = ?", (thread_id,))
+        return Stats(since, total, accounts, threads,
+                     Tally(account, mine.messages, mine.tokens),
+                     Tally(thread_id, here.messages, here.tokens))
+
+    async def _tallies(self, sql: str, params: tuple[object, ...]) -> list[Tally]:
+        rows = await self.db.fetchall(sql, params)
+        return [Tally(str(r["key"]), int(r["messages"] or 0), int(r["tokens"] or 0))
+                for r in rows if r["key"] is not None]
+
+    async def _tally(self, sql: str, params: tuple[object, ...]) -> Tally:
+        rows = await self._tallies(sql, params)
+        return rows[0] if rows else Tally("", 0, 0)

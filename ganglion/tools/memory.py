@@ -1,0 +1,190 @@
+"""Memory tools over data/: MEMORIES.txt, HEARTBEATS.txt, skills/*.md and scripts/*; and the
+flush that lets the model save durable facts before compaction summarises a thread.
+
+Place in the flow: the model's call -> ToolRunner -> these functions -> ``Workspace`` (atomic
+writes, no links followed) under ``DataFiles.lock``, so every change to one file is made
+in turn and two threads appending at once both land. The prompt notices the change through
+the file's new mtime (``DataFiles.read``) and re-reads only that file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Sequence
+
+from ganglion.errors import LLMBadResponse, LLMUnavailable, ToolError
+from ganglion.llm.client import LLMClient
+from ganglion.llm.compaction import transcript_text
+from ganglion.llm.untrusted import neutralise
+from ganglion.messages import ThreadId
+from ganglion.storage.files import HEARTBEATS, MEMORIES, SCRIPTS_DIR, SKILLS_DIR, DataFiles
+from ganglion.storage.history import StoredMessage
+from ganglion.tools.files import Missing, Workspace, replace_once
+from ganglion.tools.policy import ToolRunner
+from ganglion.tools.registry import ToolContext, ToolFunc
+
+log = logging.getLogger(__name__)
+
+_NOTE = re.compile(r"skills/[A-Za-z0-9][A-Za-z0-9_.-]{0,80}\.md"
+                   r"|scripts/[A-Za-z0-9][A-Za-z0-9_.-]{0,80}")
+_FOLDERS = (f"{SKILLS_DIR}/", f"{SCRIPTS_DIR}/")
+
+
+def memory_file(name: str) -> str:
+    """The canonical name of a memory file, or a ToolError saying which names exist."""
+    name = name.strip()
+    for canonical in (MEMORIES, HEARTBEATS):
+        if name.upper() in (canonical.upper(), canonical.split(".")[0]):
+            return canonical
+    if _NOTE.fullmatch(name) and not name.endswith((".tmp", ".")):
+        return name
+    raise ToolError(f"{name!r} is not a memory file: use MEMORIES.txt, HEARTBEATS.txt, "
+                    "skills/<name>.md or scripts/<name> (letters, digits, . _ -)")
+
+
+class MemoryTools:
+    """Read, append to, replace a passage in, and rewrite the memory files."""
+
+    def __init__(self, files: DataFiles, workspace: Workspace, *, max_bytes: int) -> None:
+        self.files = files
+        self.workspace = workspace
+        """Rooted at the data folder."""
+        self.max_bytes = max_bytes
+
+    def tools(self) -> list[ToolFunc]:
+        return [self.memory_read, self.memory_append, self.memory_replace, self.memory_rewrite]
+
+    async def _read(self, name: str, *, missing_ok: bool = False) -> str:
+        try:
+            return await asyncio.to_thread(self.workspace.read_text, name, self.max_bytes * 4)
+        except Missing:
+            if missing_ok or name in (MEMORIES, HEARTBEATS):
+                return ""
+            listing = await self._listing(name.split("/", maxsplit=1)[0] + "/")
+            raise ToolError(f"{name} does not exist. {listing}") from None
+
+    async def _listing(self, folder: str) -> str:
+        try:
+            entries = await asyncio.to_thread(self.workspace.list, folder)
+        except ToolError:
+            entries = []
+        names = [e.split("  ")[0] for e in entries if not e.endswith("/")]
+        if not names:
+            return f"There is nothing in {folder} yet."
+        return f"In {folder}: " + ", ".join(folder + n for n in names)
+
+    async def _write(self, name: str, text: str) -> str:
+        size = len(text.encode("utf-8"))
+        if size > self.max_bytes:
+            raise ToolError(f"{name} would be {size:,} bytes; the limit is {self.max_bytes:,} "
+                            "(tools.memory_max_bytes): condense it with memory_rewrite first")
+        mode = 0o700 if name.startswith(_FOLDERS[1]) else 0o600  # scripts are run
+        await asyncio.to_thread(self.workspace.write_text, name, text, mode=mode)
+        return f"{size:,} bytes"
+
+    async def memory_read(self, file: str) -> str:
+        """Read a memory file, or list skills/ or scripts/.
+
+        Args:
+            file: MEMORIES.txt, HEARTBEATS.txt, skills/<name>.md, scripts/<name>, or skills/
+                or scripts/ for the list
+        """
+        if file.strip() in _FOLDERS or file.strip() in (SKILLS_DIR, SCRIPTS_DIR):
+            return await self._listing(file.strip().rstrip("/") + "/")
+        name = memory_file(file)
+        return await self._read(name) or f"({name} is empty)"
+
+    async def memory_append(self, file: str, text: str) -> str:
+        """Add text at the end of a memory file (created if missing). Use it for a new fact
+        in MEMORIES.txt or a new goal in HEARTBEATS.txt.
+
+        Args:
+            file: MEMORIES.txt, HEARTBEATS.txt, skills/<name>.md or scripts/<name>
+            text: the text to add, usually one line
+        """
+        name = memory_file(file)
+        if not text.strip():
+            raise ToolError("text is empty: nothing to append")
+        async with self.files.lock(name):
+            current = await self._read(name, missing_ok=True)
+            sep = "\n" if current and not current.endswith("\n") else ""
+            size = await self._write(name, current + sep + text.rstrip("\n") + "\n")
+        return f"Appended to {name} (now {size})."
+
+    async def memory_replace(self, file: str, old: str, new: str) -> str:
+        """Replace one exact passage of a memory file: correct an outdated fact, or remove it
+        with an empty new. The passage must occur exactly once.
+
+        Args:
+            file: MEMORIES.txt, HEARTBEATS.txt, skills/<name>.md or scripts/<name>
+            old: the exact text to replace, spaces and line breaks included
+            new: the text to put in its place ("" removes the passage)
+        """
+        name = memory_file(file)
+        async with self.files.lock(name):
+            current = await self._read(name)
+            size = await self._write(name, replace_once(current, old, new, name))
+        return f"Replaced the passage in {name} (now {size})."
+
+    async def memory_rewrite(self, file: str, text: str) -> str:
+        """Replace the whole text of a memory file (or create a skill or script). Read the
+        file first: whatever text leaves out is gone.
+
+        Args:
+            file: MEMORIES.txt, HEARTBEATS.txt, skills/<name>.md or scripts/<name>
+            text: the complete new text
+        """
+        name = memory_file(file)
+        async with self.files.lock(name):
+            size = await self._write(name, text)
+        return f"Rewrote {name} ({size})."
+
+FLUSH_INSTRUCTIONS = """\
+The conversation below is about to be summarised, and its full text will leave your context.
+This is your one chance to keep what matters for the long term. Save durable facts about the
+user that MEMORIES.txt does not hold yet: who they are, people and places in their life,
+preferences, decisions, commitments, dates. Use memory_append for each new fact (one short
+line each) and memory_replace to correct a line that is out of date. Do not save small talk,
+passing details or what is already there. If nothing is worth keeping, answer "nothing".
+
+Current MEMORIES.txt:
+{memories}"""
+
+FLUSH_TOOLS = ("memory_append", "memory_replace")
+MAX_FLUSH_CALLS = 20
+
+
+class MemoryFlush:
+    """The Compactor's ``before`` hook: one model call, with only the memory tools, over the
+    messages about to be summarised."""
+
+    def __init__(self, llm: LLMClient, model: str, runner: ToolRunner, files: DataFiles) -> None:
+        self.llm = llm
+        self.model = model
+        self.runner = runner
+        self.files = files
+
+    async def __call__(self, thread_id: ThreadId, old: Sequence[StoredMessage]) -> None:
+        allowed = [n for n in self.runner.offered(can_ask=False) if n in FLUSH_TOOLS]
+        if not allowed or not old:
+            return
+        memories = neutralise(self.files.read(MEMORIES).strip()) or "(empty)"
+        messages = [
+            {"role": "system", "content": FLUSH_INSTRUCTIONS.format(memories=memories)},
+            {"role": "user", "content": transcript_text(old)},
+        ]
+        try:
+            result = await self.llm.chat(messages, model=self.model,
+                                         tools=self.runner.registry.schemas(set(allowed)))
+        except (LLMUnavailable, LLMBadResponse) as err:
+            log.warning("[%s] memory flush before compaction skipped: %s", thread_id, err)
+            return
+        ctx = ToolContext(thread_id, "memory flush")
+        saved = 0
+        for call in result.tool_calls[:MAX_FLUSH_CALLS]:
+            run = await self.runner.run(call.name, call.arguments, ctx, allowed)
+            saved += run.ok
+        log.info("[%s] memory flush before compaction: %d of %d call(s) saved", thread_id,
+                 saved, len(result.tool_calls))

@@ -1,0 +1,306 @@
+"""Tool policy and approvals: which tools the model gets (off / ask / on), and who says yes.
+
+Place in the flow: the worker's tool loop -> ``ToolRunner.run`` -> policy check -> (for
+``ask``) the exact call posted in the thread, waiting for ``/approve`` or ``/deny`` ->
+``ToolRegistry.call`` -> the result, neutralised and marked as data, back to the model.
+Everything a tool does passes here, so one place decides, logs and shows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from ganglion.commands import CommandTable, Rank
+from ganglion.config import ToolMode as Mode
+from ganglion.llm.untrusted import as_data, neutralise
+from ganglion.messages import Inbound, ThreadId
+from ganglion.tools.registry import ToolContext, ToolRegistry
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODES: Mapping[str, Mode] = {"shell": "ask"}
+"""Modes of tools that ``tools.policy`` leaves out; any other tool is ``on``."""
+
+MAX_SHOWN_CALL = 20_000
+"""A call longer than this cannot be shown in full, so it is never put up for approval."""
+DISPLAY_OUTPUT = 3_000
+"""Characters of a tool's result shown in the transcript (the model gets all of it)."""
+
+Post = Callable[[ThreadId, str], Awaitable[None]]
+"""Store a notice in a thread and deliver it now (``Router.broadcast``)."""
+
+
+class ToolPolicy:
+    """The configured mode of each tool."""
+
+    def __init__(self, modes: Mapping[str, Mode]) -> None:
+        self._modes = {**DEFAULT_MODES, **modes}
+
+    def mode(self, name: str) -> Mode:
+        return self._modes.get(name, "on")
+
+    def unknown(self, known: Collection[str]) -> list[str]:
+        """Configured names that are no tool (a typo must not leave a tool switched on)."""
+        return sorted(n for n in self._modes if n not in known and n not in DEFAULT_MODES)
+
+    def offered(self, names: Iterable[str], *, can_ask: bool) -> list[str]:
+        """The tools a turn may use: ``on`` ones, and ``ask`` ones when someone can approve."""
+        return [n for n in names if self.mode(n) == "on" or (can_ask and self.mode(n) == "ask")]
+
+
+# -- approvals -------------------------------------------------------------------------------
+
+
+class Decision(StrEnum):
+    APPROVED = "approved"
+    DENIED = "denied"
+    TIMED_OUT = "timed out"
+
+
+@dataclass(slots=True)
+class _Pending:
+    id: str
+    tool: str
+    future: asyncio.Future[tuple[Decision, str]]
+
+
+Approver = Callable[[Inbound], bool]
+"""Who may approve: the web UI (it holds the token), matrix.owner and matrix.trusted_users;
+the composition root answers from ``Access.rank_of``, the one place that ranks senders."""
+
+
+class Approvals:
+    """Calls waiting for a person's yes or no, one at most per thread (its turn waits)."""
+
+    def __init__(self, is_approver: Approver, timeout_seconds: float, post: Post) -> None:
+        self.is_approver = is_approver
+        self.timeout_seconds = timeout_seconds
+        self.post = post
+        self._pending: dict[ThreadId, _Pending] = {}
+
+    def register(self, commands: CommandTable) -> None:
+        # Immediate: the turn that waits for the answer holds the thread's lane.
+        commands.add("approve", "/approve [id]", "let the assistant make the call it asked "
+                     "about", self._approve, immediate=True, rank=Rank.TRUSTED)
+        commands.add("deny", "/deny [id]", "refuse the call the assistant asked about",
+                     self._deny, immediate=True, rank=Rank.TRUSTED)
+
+    def waiting(self, thread_id: ThreadId) -> bool:
+        return thread_id in self._pending
+
+    async def ask(self, thread_id: ThreadId, tool: str, shown: str) -> tuple[Decision, str]:
+        """Post ``shown`` (the exact call) in the thread; wait for an answer or the time-out.
+
+        Returns the decision and who made it.
+        """
+        if thread_id in self._pending:  # cannot happen with serial turns; deny to be safe
+            return Decision.DENIED, "the daemon (another call is waiting already)"
+        pending = _Pending(secrets.token_hex(2), tool,
+                           asyncio.get_running_loop().create_future())
+        self._pending[thread_id] = pending
+        try:
+            minutes = _duration(self.timeout_seconds)
+            await self.post(thread_id, (
+                f"**Approval needed** (`{pending.id}`): the assistant wants to use "
+                f"`{tool}`:\n\n{shown}\n\nReply `/approve` or `/deny`. No answer within "
+                f"{minutes} denies it."))
+            try:
+                async with asyncio.timeout(self.timeout_seconds):
+                    return await pending.future
+            except TimeoutError:
+                await self.post(thread_id, f"No answer within {minutes}: `{tool}` was not "
+                                           f"used (request `{pending.id}`).")
+                return Decision.TIMED_OUT, "nobody"
+        finally:
+            self._pending.pop(thread_id, None)
+
+    async def _approve(self, msg: Inbound, args: str) -> str:
+        return self._answer(msg, args, Decision.APPROVED)
+
+    async def _deny(self, msg: Inbound, args: str) -> str:
+        return self._answer(msg, args, Decision.DENIED)
+
+    def _answer(self, msg: Inbound, args: str, decision: Decision) -> str:
+        pending = self._pending.get(msg.thread_id)
+        if pending is None or pending.future.done():
+            return "Nothing is waiting for approval in this conversation."
+        wanted = args.strip().strip("`")
+        if wanted and wanted != pending.id:
+            return (f"The request waiting here is `{pending.id}`, not `{wanted}`; "
+                    "nothing was changed.")
+        if msg.system or not self.is_approver(msg):  # CommandTable checks the rank first
+            log.warning("[%s] %s refused: %s may not approve tool calls", msg.thread_id,
+                        decision.value, msg.sender)
+            return (f"{msg.sender} may not approve or deny tool calls: only the web UI and "
+                    "the Matrix users in matrix.trusted_users (and matrix.owner) can. "
+                    f"Request `{pending.id}` is still waiting.")
+        pending.future.set_result((decision, msg.sender))
+        if decision is Decision.APPROVED:
+            return f"Approved: `{pending.tool}` runs now (request `{pending.id}`)."
+        return f"Denied: `{pending.tool}` will not run (request `{pending.id}`)."
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 120 and seconds % 60 == 0:
+        return f"{seconds / 60:g} minutes"
+    return f"{seconds:g} seconds"
+
+
+# -- running a call --------------------------------------------------------------------------
+
+
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?i)((?:api[_-]?key|token|secret|passw(?:or)?d|passwd|pwd|authorization|credentials?"
+    r"|access[_-]?key)[A-Za-z0-9_-]*[\"']?\s*[:=]\s*[\"']?)([^\s\"'&;,]+)"
+)
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
+
+
+def mask_secrets(text: str) -> str:
+    """Mask ``key=value`` secrets and bearer tokens (configured secrets are masked by the
+    log handlers' SecretMask as well)."""
+    return _BEARER.sub(r"\1 ***", _SECRET_ASSIGNMENT.sub(r"\1***", text))
+
+
+def fenced(text: str, info: str = "") -> str:
+    """A Markdown code block that ``text`` cannot close early, whatever backticks it holds."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{info}\n{text}\n{fence}"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolRun:
+    """One call's result: ``text`` for the model, ``display`` for the transcript."""
+
+    text: str
+    display: str
+    ok: bool
+
+
+Describe = Callable[[Mapping[str, Any]], str]
+"""How a tool's call is shown for approval (the shell shows its command line)."""
+
+
+class ToolRunner:
+    """Policy, approval, the call itself, neutralising and logging, for every tool call."""
+
+    def __init__(self, registry: ToolRegistry, policy: ToolPolicy, approvals: Approvals) -> None:
+        self.registry = registry
+        self.policy = policy
+        self.approvals = approvals
+        self._describe: dict[str, Describe] = {}
+
+    def describe_with(self, tool: str, describe: Describe) -> None:
+        self._describe[tool] = describe
+
+    def offered(self, *, can_ask: bool) -> list[str]:
+        return self.policy.offered(self.registry.names(), can_ask=can_ask)
+
+    async def run(
+        self, name: str, arguments: str, ctx: ToolContext, offered: Collection[str]
+    ) -> ToolRun:
+        tid = ctx.thread_id
+        args: Any = _parse(arguments)
+        shown_args = mask_secrets(_short(arguments if args is None else _compact(args), 500))
+        refusal = self._refusal(name, offered)
+        if refusal is not None:
+            log.info("[%s] tool %s(%s) refused: %s", tid, name, shown_args, refusal)
+            return self._result(name, args, f"error: {refusal}", ok=False)
+        if isinstance(args, dict):
+            arguments = json.dumps(args)  # exactly what was shown for approval runs
+            if self.policy.mode(name) == "ask":
+                decision = await self._approval(tid, name, args)
+                if decision is not None:
+                    log.info("[%s] tool %s(%s) not run: %s", tid, name, shown_args, decision)
+                    return self._result(name, args, f"error: {decision}", ok=False)
+        outcome = await self.registry.call(name, arguments, ctx)
+        log.info("[%s] tool %s(%s) %s in %.0f ms, %d characters", tid, name, shown_args,
+                 "ok" if outcome.ok else "failed", outcome.seconds * 1000, len(outcome.text))
+        if outcome.ok:
+            return ToolRun(as_data(name, outcome.text), self._display(name, args, outcome.text),
+                           ok=True)
+        return self._result(name, args, outcome.text, ok=False)
+
+    def _refusal(self, name: str, offered: Collection[str]) -> str | None:
+        if name in offered:
+            return None
+        usable = ", ".join(offered) or "none"
+        if name not in self.registry.names():
+            return f"no tool named {name!r}; tools you may use: {usable}"
+        if self.policy.mode(name) == "off":
+            return f"the tool {name} is switched off here (tools.policy); you may use: {usable}"
+        return (f"{name} needs a person's approval, which this background task cannot ask "
+                f"for; you may use: {usable}")
+
+    async def _approval(self, tid: ThreadId, name: str, args: dict[str, Any]) -> str | None:
+        """None when approved; else why the call was not made (for the model)."""
+        describe = self._describe.get(name)
+        shown = describe(args) if describe else fenced(
+            json.dumps(args, indent=2, ensure_ascii=False), "json")
+        if len(shown) > MAX_SHOWN_CALL:
+            return (f"this call is too long ({len(shown):,} characters) to show the user for "
+                    f"approval; the limit is {MAX_SHOWN_CALL:,}: make it shorter")
+        decision, by = await self.approvals.ask(tid, name, shown)
+        log.info("[%s] tool %s %s by %s", tid, name, decision.value, by)
+        if decision is Decision.APPROVED:
+            return None
+        if decision is Decision.DENIED:
+            return ("the user denied this call; it was not run. Do not retry it unless they "
+                    "ask; ask them what they want instead")
+        return "nobody approved this call in time; it was not run"
+
+    def _result(self, name: str, args: Any, text: str, *, ok: bool) -> ToolRun:
+        clean = neutralise(text)
+        return ToolRun(clean, self._display(name, args, clean), ok=ok)
+
+    def _display(self, name: str, args: Any, result: str) -> str:
+        """First line: what was called (the web shows it on the collapsed entry, Matrix as
+        its notice); then the full arguments if that line leaves some out; then the result."""
+        result = neutralise(result)
+        if len(result) > DISPLAY_OUTPUT:
+            more = len(result) - DISPLAY_OUTPUT
+            result = result[:DISPLAY_OUTPUT] + f"\n… ({more:,} more characters went to the model)"
+        summary, complete = _summary(args)
+        shown = f"{name}: {summary}\n\n"
+        if not complete:
+            shown += f"arguments: {_short(_compact(args), 2000)}\n\n"
+        return neutralise(shown) + result
+
+
+def _parse(arguments: str) -> Any:
+    try:
+        return json.loads(arguments) if arguments.strip() else {}
+    except json.JSONDecodeError:
+        return None
+
+
+def _compact(args: Any) -> str:
+    return json.dumps(args, ensure_ascii=False)
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _summary(args: Any) -> tuple[str, bool]:
+    """The call in one short line (the command or path alone, else ``key=value`` pairs), and
+    whether that line shows every argument in full."""
+    if not isinstance(args, dict):
+        return "(arguments are not a JSON object)", True
+    for key in ("command", "path", "file"):
+        value = args.get(key)
+        if isinstance(value, str):
+            line = " ".join(value.split())
+            return _short(line, 100), len(args) == 1 and line == value and len(line) <= 100
+    pairs = ", ".join(f"{k}={v if isinstance(v, str) else _compact(v)}" for k, v in args.items())
+    line = " ".join(pairs.split())
+    return _short(line, 100), line == pairs and len(line) <= 100

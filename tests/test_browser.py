@@ -1,0 +1,350 @@
+"""The chat page in a real Chromium: login, tabs, reload, streaming, Stop, reconnect, injection."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from conftest import WEB_TOKEN, AppFactory
+from fake_llm import FakeLLM, Reply
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    Locator,
+    Page,
+    async_playwright,
+    expect,
+)
+
+from ganglion.app import App
+from ganglion.interfaces.web import WebInterface
+
+pytestmark = pytest.mark.browser
+
+SCREENSHOT = "/tmp/ganglion-web.png"
+ANSWERS = '.msg[data-role="assistant"]:not(.streaming)'
+"""Final answers (a streaming one has the class ``streaming``), inside the log."""
+
+
+def chromium_path() -> str:
+    path = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium")
+    if path:
+        return path
+    reason = ("Chromium not found: install Debian's chromium "
+              "(apt-get install --no-install-recommends chromium) or set CHROMIUM_PATH")
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def chromium() -> AsyncIterator[Browser]:
+    """One browser for the whole session; each test opens its own contexts."""
+    path = chromium_path()
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=path, args=["--disable-gpu", "--disable-quic"]
+        )
+        yield browser
+        await browser.close()
+
+
+@pytest_asyncio.fixture
+async def context(chromium: Browser) -> AsyncIterator[BrowserContext]:
+    ctx = await chromium.new_context(viewport={"width": 900, "height": 700})
+    ctx.set_default_timeout(10_000)
+    yield ctx
+    await ctx.close()
+
+
+class Problems:
+    """Console errors and uncaught exceptions of every page opened through ``open_page``."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def watch(self, page: Page) -> None:
+        page.on("console", lambda m: self.items.append(f"console.{m.type}: {m.text}")
+                if m.type in ("error", "warning") else None)
+        page.on("pageerror", lambda e: self.items.append(f"pageerror: {e}"))
+
+
+@pytest_asyncio.fixture
+async def problems() -> AsyncIterator[Problems]:
+    found = Problems()
+    yield found
+    assert found.items == []
+
+
+def web_of(app: App) -> WebInterface:
+    assert app.web is not None
+    return app.web
+
+
+async def open_page(
+    context: BrowserContext, app: App, problems: Problems, *, login: bool = True
+) -> Page:
+    page = await context.new_page()
+    problems.watch(page)
+    web = web_of(app)
+    await page.goto(web.login_url if login else web.url + "/")
+    if login:
+        await expect(page.locator("#status")).to_have_text("ready")
+    return page
+
+
+def answers(page: Page) -> Locator:
+    return page.get_by_role("log").locator(ANSWERS)
+
+
+async def say(page: Page, text: str) -> None:
+    await page.get_by_role("textbox", name="Message").fill(text)
+    await page.get_by_role("button", name="Send").click()
+
+
+def echo_slowly(body: dict[str, Any]) -> Reply:
+    last = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
+    return Reply(text=f"echo: {last}", chunk_delay=0.05)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def test_login_link_stores_the_token_and_removes_it_from_the_url(
+    app_factory: AppFactory, context: BrowserContext, problems: Problems
+) -> None:
+    app = await app_factory()
+    page = await open_page(context, app, problems)
+    assert "#" not in page.url and WEB_TOKEN not in page.url
+    assert await page.evaluate("localStorage.getItem('ganglion.token')") == WEB_TOKEN
+    await say(page, "hello there")
+    log = page.get_by_role("log")
+    await expect(log.locator('[data-role="user"]')).to_have_text(["hello there"])
+    await expect(log.locator(ANSWERS)).to_have_text(["echo: hello there"])
+    await expect(page.get_by_role("textbox", name="Message")).to_have_value("")
+    await expect(page.get_by_role("button", name="Stop")).to_be_disabled()
+
+
+async def test_a_page_without_a_token_asks_for_it_and_a_wrong_one_is_forgotten(
+    app_factory: AppFactory, context: BrowserContext, problems: Problems
+) -> None:
+    app = await app_factory()
+    page = await open_page(context, app, problems, login=False)
+    field = page.get_by_label("Access token")
+    await expect(field).to_be_visible()
+    await expect(page.get_by_role("textbox", name="Message")).to_be_hidden()
+    await field.fill("not-the-token")
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page.locator("#login-message")).to_contain_text("refused")
+    await expect(field).to_be_visible()
+    assert await page.evaluate("localStorage.getItem('ganglion.token')") is None
+    await field.fill(WEB_TOKEN)
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page.locator("#status")).to_have_text("ready")
+    await expect(field).to_be_hidden()
+    await say(page, "in at last")
+    await expect(answers(page)).to_have_text(["echo: in at last"])
+
+
+async def test_two_tabs_chat_at_once_each_in_its_own_conversation(
+    app_factory: AppFactory, fake_llm: FakeLLM, context: BrowserContext, problems: Problems
+) -> None:
+    app = await app_factory()
+    fake_llm.script(echo_slowly, echo_slowly, echo_slowly, echo_slowly)
+    first = await open_page(context, app, problems)
+    second = await open_page(context, app, problems)
+    await say(first, "I am the first tab")
+    await say(second, "I am the second tab")
+    await say(first, "first again")
+    await say(second, "second again")
+    for page, name in ((first, "first"), (second, "second")):
+        await expect(answers(page)).to_have_count(2)
+        texts = await page.locator("#log .msg").all_inner_texts()
+        assert all(name in t for t in texts), texts
+        assert len(texts) == 4
+    threads = {await p.evaluate("sessionStorage.getItem('ganglion.thread')")
+               for p in (first, second)}
+    assert len(threads) == 2
+
+
+async def test_reload_resumes_the_conversation_and_new_chat_clears_it(
+    app_factory: AppFactory, context: BrowserContext, problems: Problems
+) -> None:
+    app = await app_factory()
+    page = await open_page(context, app, problems)
+    await say(page, "remember **this**")
+    await expect(answers(page)).to_have_text(["echo: remember this"])
+    thread = await page.evaluate("sessionStorage.getItem('ganglion.thread')")
+    await page.reload()
+    await expect(page.locator("#status")).to_have_text("ready")
+    log = page.get_by_role("log")
+    await expect(log.locator('[data-role="user"]')).to_have_text(["remember **this**"])
+    await expect(log.locator(ANSWERS)).to_have_text(["echo: remember this"])
+    assert await log.locator(f"{ANSWERS} strong").inner_text() == "this"  # server Markdown
+    await page.get_by_role("button", name="New chat").click()
+    await expect(log.locator(".msg")).to_have_count(0)
+    await expect(page.locator("#status")).to_have_text("ready")
+    assert await page.evaluate("sessionStorage.getItem('ganglion.thread')") != thread
+    await say(page, "fresh start")
+    await expect(log.locator(".msg")).to_have_count(2)
+    await page.reload()
+    await expect(log.locator('[data-role="user"]')).to_have_text(["fresh start"])
+
+
+async def test_a_streamed_answer_shows_partial_text_and_survives_a_reload(
+    app_factory: AppFactory, fake_llm: FakeLLM, context: BrowserContext, problems: Problems
+) -> None:
+    app = await app_factory()
+    words = " ".join(f"word{i}" for i in range(30))
+    fake_llm.script(Reply(text=f"{words} *done*", chunk_delay=0.1))
+    page = await open_page(context, app, problems)
+    await say(page, "stream please")
+    streaming = page.locator('#log .msg.streaming[data-role="assistant"]')
+    await expect(streaming).to_contain_text("word3")
+    await expect(page.locator("#status")).to_have_text("streaming")
+    await expect(page.get_by_role("button", name="Stop")).to_be_enabled()
+    assert await answers(page).count() == 0  # partial text before the final message
+    await page.reload()
+    await expect(page.locator("#status")).to_have_text("streaming")
+    await expect(streaming).to_contain_text("word1")  # the partial text came back
+    await expect(answers(page)).to_have_count(1, timeout=15_000)
+    await expect(answers(page)).to_have_text(f"{words} done")
+    assert await answers(page).locator("em").inner_text() == "done"
+    await expect(streaming).to_have_count(0)
+    await expect(page.locator("#status")).to_have_text("ready")
+    await expect(page.locator('#log [data-role="user"]')).to_have_text(["stream please"])
+
+
+async def test_tool_calls_show_collapsed_in_the_transcript(
+    app_factory: AppFactory, fake_llm: FakeLLM, context: BrowserContext, problems: Problems
+) -> None:
+    app = await app_factory()
+
+    async def weather(city: str) -> str:
+        """The weather in a city.
+
+        Args:
+            city: where
+        """
+        return f"<b>sunny</b> in {city}"
+
+    app.tools.add(weather)
+    fake_llm.script(Reply(tool_calls=[("weather", {"city": "Lyon"})]), Reply(text="It is sunny."))
+    page = await open_page(context, app, problems)
+    await say(page, "weather in Lyon?")
+    await expect(answers(page)).to_have_text(["It is sunny."])
+    for reload in (False, True):  # shown live as it happens, and again from the transcript
+        if reload:
+            await page.reload()
+        tool = page.locator('#log [data-role="tool"]')
+        await expect(tool).to_have_count(1)
+        summary = tool.locator("details > summary")
+        # The entry names the call; its body adds the result (ganglion.tools.policy).
+        await expect(summary).to_have_text("Tool: weather: city=Lyon")
+        body = tool.locator(".body")
+        await expect(body).to_be_hidden()
+        await summary.click()
+        await expect(body).to_contain_text("<b>sunny</b> in Lyon")
+        roles = await page.locator("#log .msg").evaluate_all(
+            "els => els.map(e => e.dataset.role)")
+        assert roles == ["user", "tool", "assistant"]
+
+
+async def test_stop_ends_a_running_turn(
+    app_factory: AppFactory, fake_llm: FakeLLM, context: BrowserContext, problems: Problems
+) -> None:
+    app = await app_factory()
+    fake_llm.script(Reply(hang=True))
+    page = await open_page(context, app, problems)
+    await say(page, "take forever")
+    stop = page.get_by_role("button", name="Stop")
+    await expect(stop).to_be_enabled()
+    await expect(page.locator("#status")).to_have_text("thinking")
+    await stop.click()
+    await expect(page.locator('#log [data-role="system"]')).to_have_text(["Stopped."])
+    await expect(stop).to_be_disabled()
+    await expect(page.locator("#status")).to_have_text("ready")
+
+
+async def test_messages_typed_while_the_daemon_is_down_are_sent_after_it_returns(
+    app_factory: AppFactory, context: BrowserContext, problems: Problems
+) -> None:
+    app = await app_factory({"web": {"port": free_port()}})
+    web = web_of(app)
+    page = await open_page(context, app, problems)
+    await web.stop()
+    await expect(page.locator("#status")).to_have_text("connecting")
+    await say(page, "sent while you were away")
+    await expect(page.locator('#log [data-role="user"][data-status="sending"]')).to_have_count(1)
+    await web.start()
+    await expect(answers(page)).to_have_text(["echo: sent while you were away"])
+    await expect(page.locator('#log [data-role="user"]')).to_have_count(1)
+    assert await page.evaluate("sessionStorage.getItem('ganglion.outbox')") == "[]"
+    rows = await app.db.fetchall("SELECT text FROM inbox")
+    assert [r["text"] for r in rows] == ["sent while you were away"]
+    # The refused connections while the server was down are the only console noise.
+    problems.items = [p for p in problems.items if "WebSocket connection" not in p]
+
+
+async def test_html_and_markdown_injection_render_as_text(
+    app_factory: AppFactory, fake_llm: FakeLLM, context: BrowserContext, problems: Problems
+) -> None:
+    app = await app_factory()
+    evil = (
+        '<img src=x onerror="window.pwned=1"> <script>window.pwned=2</script>\n\n'
+        "[click me](javascript:window.pwned=3) <svg onload=window.pwned=4>\n\n"
+        '<a href="javascript:window.pwned=5">raw link</a> ![i](javascript:window.pwned=6)'
+    )
+    fake_llm.script(Reply(text=evil, chunk_delay=0.02))
+    page = await open_page(context, app, problems)
+    await say(page, '<img src=y onerror="window.pwned=7"> **not bold?**')
+    answer = answers(page)
+    await expect(answer).to_have_count(1)
+    log = page.get_by_role("log")
+    await expect(log.locator('[data-role="user"]')).to_contain_text('<img src=y onerror=')
+    await expect(answer).to_contain_text("<script>window.pwned=2</script>")
+    await expect(answer).to_contain_text('<img src=x onerror="window.pwned=1">')
+    assert await log.locator("img, script, svg, iframe").count() == 0
+    hrefs = await log.locator("a").evaluate_all("els => els.map(e => e.getAttribute('href'))")
+    assert all(h is None or not h.lower().startswith("javascript") for h in hrefs), hrefs
+    for link in await log.locator("a").all():
+        await link.click()
+    await page.reload()
+    await expect(answers(page)).to_have_count(1)
+    assert await log.locator("img, script, svg, iframe").count() == 0
+    assert await page.evaluate("typeof window.pwned") == "undefined"
+
+
+async def test_the_page_looks_right_at_375px(
+    app_factory: AppFactory, fake_llm: FakeLLM, chromium: Browser, problems: Problems
+) -> None:
+    app = await app_factory()
+    fake_llm.script(Reply(text=(
+        "Here is a plan:\n\n1. Read the **config**\n2. Start the `daemon`\n\n"
+        "```python\nprint('hello, world')\n```\n\n| key | value |\n|---|---|\n| port | 8080 |"
+    )))
+    ctx = await chromium.new_context(viewport={"width": 375, "height": 740},
+                                     color_scheme="light", device_scale_factor=1)
+    try:
+        page = await open_page(ctx, app, problems)
+        await say(page, "How do I start it? Please keep it short, I am reading on my phone.")
+        await expect(answers(page)).to_have_count(1)
+        await page.get_by_role("textbox", name="Message").fill("Thanks!")
+        overflow = await page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0
+        for name in ("Send", "Stop", "New chat"):
+            box = await page.get_by_role("button", name=name).bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 375, name
+        await page.screenshot(path=SCREENSHOT)
+    finally:
+        await ctx.close()

@@ -1,0 +1,270 @@
+"""Heartbeat reviews: skipped when there is nothing to review, silent on the sentinel, a light
+context, tokens counted against a daily budget that stops them (said once), /heartbeat, and
+reviews that wait in their thread's lane behind a user's turn.
+
+Reviews run every 1.2 s here (heartbeat.review_interval_minutes: 0.02).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from conftest import AppFactory
+from fake_llm import FakeLLM, Reply
+from wsclient import ChatClient
+
+from ganglion.app import App
+from ganglion.messages import ThreadId
+from ganglion.storage.reminders import NewReminder
+
+FAST: dict[str, Any] = {"heartbeat": {"review_interval_minutes": 0.02, "context_messages": 4},
+                        "scheduler": {"timezone": "Asia/Kathmandu"}}
+GOAL = "- ask whether the dentist appointment was confirmed\n"
+
+
+async def connect(app: App, thread_id: str | None = None) -> ChatClient:
+    assert app.web is not None
+    chat = ChatClient(app.web.url, app.web_token, thread_id)
+    await chat.connect()
+    return chat
+
+
+def last_user(body: dict[str, Any]) -> str:
+    return next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
+
+
+def kind(body: dict[str, Any]) -> str:
+    text = last_user(body)
+    if text.startswith("Global heartbeat review"):
+        return "global"
+    return "thread" if text.startswith("Heartbeat review") else "user"
+
+
+def answering(thread: str = "HEARTBEAT_OK", usage: tuple[int, int] | None = None,
+              user_delay: float = 0.0) -> Callable[[dict[str, Any]], Reply]:
+    """Reviews get ``thread`` (global ones the sentinel); a user's message gets an echo."""
+
+    def reply(body: dict[str, Any]) -> Reply:
+        k = kind(body)
+        if k == "user":
+            return Reply(text=f"echo: {last_user(body)}", delay=user_delay)
+        return Reply(text="HEARTBEAT_OK" if k == "global" else thread, usage=usage)
+
+    return reply
+
+
+def reviews(fake_llm: FakeLLM, which: str | None = None) -> list[dict[str, Any]]:
+    return [b for b in fake_llm.requests if kind(b) != "user" and which in (None, kind(b))]
+
+
+async def ask(chat: ChatClient, text: str) -> dict[str, Any]:
+    """Ask, then take the "idle" state that follows the reply, so later events are new."""
+    reply = await chat.ask(text)
+    while (await chat.next_event()) != {"type": "state", "state": "idle"}:
+        pass
+    return reply
+
+
+async def events_for(chat: ChatClient, seconds: float) -> list[dict[str, Any]]:
+    got: list[dict[str, Any]] = []
+    deadline = time.time() + seconds
+    while (left := deadline - time.time()) > 0:
+        try:
+            got.append(await chat.next_event(timeout=left))
+        except TimeoutError:
+            break
+    return got
+
+
+async def test_no_review_runs_when_there_is_nothing_to_review(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory(FAST)
+    chat = await connect(app)
+    await chat.ask("hello")  # an active conversation, but HEARTBEATS.txt is empty
+    (app.data_dir / "HEARTBEATS.txt").write_text("# comments alone are not goals\n\n")
+    calls = len(fake_llm.requests)
+    await asyncio.sleep(4.0)  # three rounds
+    assert len(fake_llm.requests) == calls
+    row = await app.db.fetchone("SELECT count(*) AS n FROM inbox WHERE source = 'heartbeat'")
+    assert row is not None and row["n"] == 0
+    await chat.close()
+
+
+async def test_a_review_with_nothing_to_say_sends_nothing_and_sees_a_light_context(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory(FAST)
+    fake_llm.script(*[answering()] * 200)
+    chat = await connect(app)
+    for i in range(6):
+        await ask(chat, f"message {i}")
+    (app.data_dir / "HEARTBEATS.txt").write_text(GOAL)
+    async with asyncio.timeout(10):
+        await fake_llm.wait_until(lambda: len(reviews(fake_llm, "thread")) >= 2)
+    assert await events_for(chat, 1.5) == []  # no message, no "thinking", no delta: nothing
+
+    review = reviews(fake_llm, "thread")[0]
+    roles = [m["role"] for m in review["messages"]]
+    assert roles == ["system", "user", "assistant", "user", "assistant", "user"]  # 4 + prompt
+    assert "dentist" in review["messages"][0]["content"]  # HEARTBEATS.txt, in the system prompt
+    assert [m["content"] for m in review["messages"][1:5]] == [
+        "message 4", "echo: message 4", "message 5", "echo: message 5"]
+    assert "answer exactly HEARTBEAT_OK" in last_user(review)
+    glob = reviews(fake_llm, "global")[0]
+    assert "autonomous background task" in glob["messages"][0]["content"]
+
+    # The conversation itself never saw the review.
+    await chat.send("still there?")
+    while (await chat.reply())["text"] != "echo: still there?":
+        pass
+    mine = next(b for b in fake_llm.requests if last_user(b) == "still there?")
+    contents = " ".join(str(m["content"]) for m in mine["messages"][1:])
+    assert "Heartbeat review" not in contents and "HEARTBEAT_OK" not in contents
+    transcript = (await connect(app, chat.thread_id)).ready["transcript"]
+    assert all("HEARTBEAT" not in m["text"] for m in transcript)
+    tokens, count = await app.heartbeat_ledger.spent(app.reviews.day())
+    assert tokens > 0 and count >= 3
+    await chat.close()
+
+
+async def test_a_review_with_something_to_say_is_delivered_to_its_thread(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory(FAST)
+    fake_llm.script(*[answering("Did you confirm the dentist appointment?")] * 200)
+    chat = await connect(app)
+    other = await connect(app)  # never wrote: not active, not reviewed
+    await ask(chat, "hi")
+    (app.data_dir / "HEARTBEATS.txt").write_text(GOAL)
+    seen = []
+    while True:
+        event = await chat.next_event(timeout=10)
+        seen.append(event)
+        if event["type"] == "message":
+            break
+    assert [e["type"] for e in seen] == ["message"]  # no progress shown for a review
+    assert (event["role"], event["text"]) == ("assistant",
+                                              "Did you confirm the dentist appointment?")
+    assert [e for e in await events_for(other, 0.5) if e["type"] == "message"] == []
+    await chat.send("yes I did")
+    while (await chat.reply())["text"] != "echo: yes I did":
+        pass
+    mine = next(b for b in fake_llm.requests if last_user(b) == "yes I did")
+    assert {"role": "assistant", "content": "Did you confirm the dentist appointment?"} in (
+        mine["messages"])  # in the conversation from now on
+    await chat.close()
+    await other.close()
+
+
+async def test_reviews_stop_at_the_daily_budget_and_say_so_once(
+    app_factory: AppFactory, fake_llm: FakeLLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ganglion")
+    config = {**FAST, "heartbeat": {**FAST["heartbeat"], "daily_token_budget": 1000}}
+    app = await app_factory(config)
+    fake_llm.script(*[answering(usage=(600, 10))] * 200)
+    chat = await connect(app)
+    await ask(chat, "hi")
+    (app.data_dir / "HEARTBEATS.txt").write_text(GOAL)
+    notice = await chat.reply(timeout=15)
+    assert notice["role"] == "system"
+    assert notice["text"].startswith("Heartbeat reviews are paused until tomorrow")
+    assert "1,220 tokens of the 1,000 allowed" in notice["text"]  # two reviews of 610
+    assert len(reviews(fake_llm)) == 2
+    assert await events_for(chat, 3.0) == []  # three more rounds: no review, no second notice
+    assert len(reviews(fake_llm)) == 2
+    assert len([r for r in caplog.records if "paused until tomorrow" in r.getMessage()]) == 1
+    assert any("budget is used up" in r.getMessage() for r in caplog.records)
+    assert any("heartbeat review: 610 tokens, silent" in r.getMessage() for r in caplog.records)
+    await chat.close()
+
+    await app.stop()  # the day's sum is kept: a restart does not reset it
+    app = await app_factory(config)
+    chat = await connect(app, chat.thread_id)
+    await asyncio.sleep(3.0)
+    assert len(reviews(fake_llm)) == 2
+    assert len([r for r in caplog.records if "paused until tomorrow" in r.getMessage()]) == 1
+    await chat.close()
+
+
+async def test_heartbeat_command_reviews_this_conversation_now(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory({"heartbeat": {"enabled": False}})
+    chat = await connect(app)
+    nothing = await chat.ask("/heartbeat")
+    assert "Nothing to review: HEARTBEATS.txt is empty" in nothing["text"]
+    assert fake_llm.requests == []
+
+    (app.data_dir / "HEARTBEATS.txt").write_text(GOAL)
+    fake_llm.script(Reply(text="**HEARTBEAT_OK**"))
+    assert (await chat.ask("/heartbeat"))["text"] == "Reviewing this conversation now."
+    silent = await chat.reply()
+    assert (silent["role"], silent["text"]) == ("system", "Heartbeat review: nothing to report.")
+    assert "/heartbeat just now" in last_user(fake_llm.requests[-1])
+
+    fake_llm.script(Reply(text="The dentist is tomorrow at 10; confirmed?"))
+    await chat.ask("/heartbeat")
+    spoke = await chat.reply()
+    assert (spoke["role"], spoke["text"]) == ("assistant",
+                                              "The dentist is tomorrow at 10; confirmed?")
+
+    # With HEARTBEATS.txt empty, a reminder due soon is something to review too.
+    (app.data_dir / "HEARTBEATS.txt").write_text("")
+    await app.reminders.add(NewReminder(ThreadId(chat.thread_id), "Call mum",
+                                        time.time() + 600))
+    fake_llm.script(Reply(text="HEARTBEAT_OK"))
+    await chat.ask("/heartbeat")
+    await chat.reply()
+    assert "#1" in last_user(fake_llm.requests[-1]) and "Call mum" in last_user(
+        fake_llm.requests[-1])
+    await chat.close()
+
+
+async def test_a_review_waits_for_the_users_turn_in_the_same_thread(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory(FAST)
+    (app.data_dir / "HEARTBEATS.txt").write_text(GOAL)
+    arrived: list[tuple[str, float]] = []
+    slow = answering(user_delay=2.5)
+
+    def recording(body: dict[str, Any]) -> Reply:
+        arrived.append((kind(body), time.time()))
+        return slow(body)
+
+    fake_llm.script(*[recording] * 200)
+    chat = await connect(app)
+    await chat.send("a question that takes a while")
+    reply = await chat.reply(timeout=10)
+    answered = time.time()
+    assert reply["text"] == "echo: a question that takes a while"
+    async with asyncio.timeout(10):
+        await fake_llm.wait_until(lambda: any(k == "thread" for k, _ in arrived))
+    (user_at,) = [t for k, t in arrived if k == "user"]
+    first_review = min(t for k, t in arrived if k == "thread")
+    assert first_review >= answered - 0.05  # queued behind the user's turn, never beside it
+    # The global review has its own thread: it ran while the user's turn was in progress.
+    assert any(k == "global" and user_at < t < answered for k, t in arrived)
+    await chat.close()
+
+
+async def test_only_conversations_active_within_active_hours_get_their_own_review(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    config = {**FAST, "heartbeat": {**FAST["heartbeat"], "active_hours": 0}}
+    app = await app_factory(config)
+    fake_llm.script(*[answering()] * 200)
+    chat = await connect(app)
+    await chat.ask("hi")
+    (app.data_dir / "HEARTBEATS.txt").write_text(GOAL)
+    async with asyncio.timeout(10):
+        await fake_llm.wait_until(lambda: len(reviews(fake_llm)) >= 2)
+    assert {kind(b) for b in reviews(fake_llm)} == {"global"}
+    await chat.close()

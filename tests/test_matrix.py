@@ -1,0 +1,448 @@
+"""The Matrix interface against a real Synapse: encrypted rooms, restarts, strangers, outages.
+
+A second nio client (``Human``, with its own store and encryption) plays the person. The
+homeserver is shared by the session (tests/synapse.py); every test registers its own users.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import yaml
+from conftest import LLM_KEY, AppFactory
+from daemon import Daemon
+from fake_llm import FakeLLM, Reply
+from synapse import Human, MatrixUser, Synapse, synapse  # noqa: F401  (fixture)
+
+from ganglion.app import App
+from ganglion.config import load_config
+from ganglion.errors import StartupError
+from ganglion.messages import Inbound, Source, ThreadId
+
+HumanFactory = Callable[[MatrixUser], Awaitable[Human]]
+
+
+def matrix_section(server: Synapse, bot: MatrixUser, allowed: list[str], store: Path,
+                   **extra: Any) -> dict[str, Any]:
+    return {"matrix": {"enabled": True, "homeserver": server.url, "user_id": bot.user_id,
+                       "access_token": bot.access_token, "device_id": bot.device_id,
+                       "allowed_users": allowed, "store_path": str(store), **extra}}
+
+
+@pytest_asyncio.fixture
+async def humans(synapse: Synapse, tmp_path: Path) -> AsyncIterator[HumanFactory]:  # noqa: F811
+    """``await humans(user)``: a synced Human client for ``user``; closed after the test."""
+    made: list[Human] = []
+
+    async def make(user: MatrixUser) -> Human:
+        human = Human(user, synapse.url, tmp_path / f"human-store-{len(made)}")
+        made.append(human)
+        await human.sync()
+        return human
+
+    yield make
+    for human in made:
+        await human.close()
+
+
+async def start_bot(app_factory: AppFactory, synapse: Synapse, bot: MatrixUser,  # noqa: F811
+                    allowed: list[str], store: Path, **extra: Any) -> App:
+    app = await app_factory(matrix_section(synapse, bot, allowed, store, **extra))
+    assert app.matrix is not None
+    await asyncio.wait_for(app.matrix.ready.wait(), 20)
+    return app
+
+
+def last_user_text(body: dict[str, Any]) -> str:
+    return [m["content"] for m in body["messages"] if m["role"] == "user"][-1]
+
+
+def user_texts(body: dict[str, Any]) -> list[str]:
+    return [m["content"] for m in body["messages"] if m["role"] == "user"]
+
+
+@pytest.mark.matrix
+async def test_encrypted_room_invite_question_and_formatted_answer(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    humans: HumanFactory, tmp_path: Path,
+) -> None:
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
+    human = await humans(person)
+    room = await human.create_room(invite=[bot.user_id])
+    await human.wait_joined(room, bot.user_id)  # auto-join on an allowed user's invite
+
+    fake_llm.script(Reply(text="The answer is **forty-two**.\n\n- one\n- two"))
+    await human.send(room, "what is the answer?")
+    answer = await human.next_message(room, bot.user_id, 0)
+    assert type(answer).__name__ == "RoomMessageText", answer  # decrypted by the human
+    assert answer.decrypted
+    assert answer.body == "The answer is **forty-two**.\n\n- one\n- two"
+    assert answer.format == "org.matrix.custom.html"
+    assert "<strong>forty-two</strong>" in answer.formatted_body
+    assert "<li>one</li>" in answer.formatted_body
+    assert last_user_text(fake_llm.requests[-1]) == "what is the answer?"
+    system = fake_llm.requests[-1]["messages"][0]["content"]
+    assert room in system  # the prompt says which room it talks in
+
+
+@pytest.mark.matrix
+async def test_two_rooms_keep_separate_conversations(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    humans: HumanFactory, tmp_path: Path,
+) -> None:
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
+    human = await humans(person)
+    room_a = await human.create_room(invite=[bot.user_id])
+    room_b = await human.create_room(invite=[bot.user_id])
+    await human.wait_joined(room_a, bot.user_id)
+    await human.wait_joined(room_b, bot.user_id)
+
+    await human.send(room_a, "my name is Ada")
+    await human.send(room_b, "my name is Bob")
+    assert (await human.next_message(room_a, bot.user_id, 0)).body == "echo: my name is Ada"
+    assert (await human.next_message(room_b, bot.user_id, 0)).body == "echo: my name is Bob"
+    await human.send(room_a, "what is my name?")
+    await human.next_message(room_a, bot.user_id, 1)
+    assert user_texts(fake_llm.requests[-1]) == ["my name is Ada", "what is my name?"]
+    await human.send(room_b, "and mine?")
+    await human.next_message(room_b, bot.user_id, 1)
+    assert user_texts(fake_llm.requests[-1]) == ["my name is Bob", "and mine?"]
+
+
+def olm_sessions(client: Any, user_id: str, device_id: str) -> int:
+    """How many Olm sessions ``client`` holds with that device (by its identity key)."""
+    key = client.device_store[user_id][device_id].curve25519
+    return len(client.olm.session_store[key])
+
+
+@pytest.mark.matrix
+async def test_restart_keeps_the_device_and_answers_what_came_meanwhile_once(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    humans: HumanFactory, tmp_path: Path,
+) -> None:
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    store = tmp_path / "store"
+    first = await start_bot(app_factory, synapse, bot, [person.user_id], store)
+    human = await humans(person)
+    room = await human.create_room(invite=[bot.user_id])
+    await human.wait_joined(room, bot.user_id)
+    await human.send(room, "one")
+    assert (await human.next_message(room, bot.user_id, 0)).body == "echo: one"
+    assert first.matrix is not None and first.matrix.client is not None
+    identity = first.matrix.client.olm.account.identity_keys["curve25519"]
+    human_sessions = olm_sessions(human.client, bot.user_id, bot.device_id)
+    bot_sessions = olm_sessions(first.matrix.client, person.user_id, person.device_id)
+    await first.stop()
+
+    await human.send(room, "two")  # while the bot is down
+    second = await start_bot(app_factory, synapse, bot, [person.user_id], store)
+    answer = await human.next_message(room, bot.user_id, 1)
+    assert answer.decrypted and answer.body == "echo: two"
+    await human.send(room, "three")
+    assert (await human.next_message(room, bot.user_id, 2)).body == "echo: three"
+
+    # Answered exactly once each: nothing from before the restart was answered again.
+    assert [m.body for m in human.messages_from(room, bot.user_id)] == [
+        "echo: one", "echo: two", "echo: three"]
+    assert [last_user_text(r) for r in fake_llm.requests] == ["one", "two", "three"]
+    assert user_texts(fake_llm.requests[-1]) == ["one", "two", "three"]
+    # The same device with the same keys: no new Olm session on either side.
+    assert second.matrix is not None and second.matrix.client is not None
+    assert second.matrix.client.olm.account.identity_keys["curve25519"] == identity
+    assert human.client.device_store[bot.user_id][bot.device_id].curve25519 == identity
+    assert olm_sessions(human.client, bot.user_id, bot.device_id) == human_sessions
+    assert olm_sessions(second.matrix.client, person.user_id, person.device_id) == bot_sessions
+
+
+@pytest.mark.matrix
+async def test_a_stranger_is_ignored_and_their_invite_refused(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    humans: HumanFactory, tmp_path: Path,
+) -> None:
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    stranger_user = await synapse.register("stranger")
+    await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
+    stranger = await humans(stranger_user)
+    their_room = await stranger.create_room(invite=[bot.user_id])
+    await stranger.until(lambda: stranger.member(their_room, bot.user_id) == "leave")
+
+    human = await humans(person)
+    room = await human.create_room(invite=[bot.user_id, stranger_user.user_id])
+    await human.wait_joined(room, bot.user_id)
+    await stranger.join(room)
+    await human.wait_joined(room, stranger_user.user_id)
+    await stranger.send(room, "hello from a stranger")
+    await human.until(lambda: human.messages_from(room, stranger_user.user_id))
+    await human.send(room, "hello from the owner")
+    assert (await human.next_message(room, bot.user_id, 0)).body == "echo: hello from the owner"
+    assert len(fake_llm.requests) == 1
+    assert user_texts(fake_llm.requests[0]) == ["hello from the owner"]
+    assert len(human.messages_from(room, bot.user_id)) == 1
+
+
+@pytest.mark.matrix
+async def test_recovers_by_itself_when_the_homeserver_comes_back(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    humans: HumanFactory, tmp_path: Path,
+) -> None:
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    app = await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
+    assert app.matrix is not None
+    app.matrix.backoff_max = 1.0
+    human = await humans(person)
+    room = await human.create_room(invite=[bot.user_id])
+    await human.wait_joined(room, bot.user_id)
+    await human.send(room, "before")
+    await human.next_message(room, bot.user_id, 0)
+
+    await synapse.stop()
+    try:
+        # Work for the room arrives while the homeserver is gone (as a reminder would): the
+        # replies cannot be sent and wait in the outbox.
+        for i in (1, 2):
+            await app.bus.submit(Inbound(ThreadId(room), f"queued {i}", person.user_id,
+                                         Source.MATRIX, f"outage-{i}"))
+        async with asyncio.timeout(20):
+            # No event tells when a send failed; the outbox (SQLite) is the state to watch.
+            while len(await app.outbox.pending(ThreadId(room))) < 2:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    finally:
+        await synapse.start()
+    # Back: the sync loop reconnects by itself and sends the queued replies, in order.
+    await human.next_message(room, bot.user_id, 2)
+    assert [m.body for m in human.messages_from(room, bot.user_id)] == [
+        "echo: before", "echo: queued 1", "echo: queued 2"]
+    await human.send(room, "after")
+    assert (await human.next_message(room, bot.user_id, 3)).body == "echo: after"
+    assert await app.outbox.pending(ThreadId(room)) == []
+
+
+@pytest.mark.matrix
+async def test_an_empty_store_on_a_used_device_is_refused(
+    synapse: Synapse, app_factory: AppFactory, tmp_path: Path,  # noqa: F811
+) -> None:
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    app = await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
+    await app.stop()  # the device has published its keys
+    with pytest.raises(StartupError) as caught:
+        await app_factory(matrix_section(synapse, bot, [person.user_id],
+                                         tmp_path / "another-store"))
+    message = str(caught.value)
+    assert "ganglion login" in message and bot.device_id in message
+    assert "already has encryption keys" in message
+
+
+@pytest.mark.matrix
+async def test_commands_work_in_a_room_with_bang_and_slash(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    humans: HumanFactory, tmp_path: Path,
+) -> None:
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
+    human = await humans(person)
+    room = await human.create_room(invite=[bot.user_id])
+    await human.wait_joined(room, bot.user_id)
+    await human.send(room, "remember the number 7")
+    await human.next_message(room, bot.user_id, 0)
+
+    await human.send(room, "!help")
+    help_reply = await human.next_message(room, bot.user_id, 1)
+    assert type(help_reply).__name__ == "RoomMessageNotice"  # an m.notice, not an answer
+    assert "/new" in help_reply.body and "<code>/new</code>" in help_reply.formatted_body
+    await human.send(room, "/help")
+    assert "/new" in (await human.next_message(room, bot.user_id, 2)).body
+    await human.send(room, "!new")
+    assert "fresh conversation" in (await human.next_message(room, bot.user_id, 3)).body
+    assert len(fake_llm.requests) == 1  # commands never reach the model
+    await human.send(room, "what number?")
+    await human.next_message(room, bot.user_id, 4)
+    assert user_texts(fake_llm.requests[-1]) == ["what number?"]
+
+
+@pytest.mark.matrix
+async def test_an_undecryptable_message_is_reported_once(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    humans: HumanFactory, tmp_path: Path,
+) -> None:
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    app = await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
+    assert app.matrix is not None
+    app.matrix.undecryptable_grace = 0.3
+    human = await humans(person)
+    room = await human.create_room(invite=[bot.user_id])
+    await human.wait_joined(room, bot.user_id)
+    bot_device = await human.until(
+        lambda: human.client.device_store[bot.user_id].get(bot.device_id))
+    human.client.blacklist_device(bot_device)  # the bot gets no room key: it cannot read
+    await human.send(room, "secret one")
+    await human.send(room, "secret two")
+    notice = await human.next_message(room, bot.user_id, 0)
+    assert "could not read a message" in notice.body
+    human.client.unblacklist_device(bot_device)  # a new room key, shared with the bot
+    await human.send(room, "readable")
+    assert (await human.next_message(room, bot.user_id, 1)).body == "echo: readable"
+    assert len(human.messages_from(room, bot.user_id)) == 2  # told once, not per message
+    assert [last_user_text(r) for r in fake_llm.requests] == ["readable"]
+
+
+@pytest.mark.matrix
+async def test_login_writes_a_working_config(
+    synapse: Synapse, fake_llm: FakeLLM, humans: HumanFactory, tmp_path: Path,  # noqa: F811
+) -> None:
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(
+        "# my assistant\n"
+        "llm:\n"
+        f"  endpoints: [{{name: fake, base_url: '{fake_llm.base_url}', api_key: {LLM_KEY}}}]\n"
+        "  model: fake-model\n"
+        "web:\n  port: 0\n  token: test-web-token-5a1f0c9e7d\n"
+        "matrix:\n"
+        "  enabled: true                   # on\n"
+        f"  homeserver: {synapse.url}\n"
+        "  user_id: \"@nobody:example.org\"\n"
+        "  access_token: old-token        # replaced by login\n"
+        f"  allowed_users: [\"{person.user_id}\"]\n"
+        "  store_path: data/matrix-store\n"
+        "logging:\n  level: INFO\n")
+    (tmp_path / "pw").write_text(bot.password + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GANGLION_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ganglion", "--config", str(config_path), "login",
+        "--homeserver", synapse.url, "--user", bot.localpart, "--password-file",
+        str(tmp_path / "pw"), "--device-name", "Ganglion test",
+        cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out_bytes, _ = await asyncio.wait_for(proc.communicate(), 60)
+    out = out_bytes.decode()
+    assert proc.returncode == 0, out
+    assert bot.password not in out
+
+    text = config_path.read_text()
+    raw = yaml.safe_load(text)["matrix"]
+    assert raw["user_id"] == bot.user_id and raw["homeserver"] == synapse.url
+    assert raw["device_id"] and raw["device_id"] != bot.device_id  # a NEW device
+    assert raw["access_token"] not in ("old-token", bot.access_token)
+    assert raw["access_token"] not in out  # written, so never printed
+    assert "# my assistant" in text and "# on" in text  # the rest of the file is intact
+    assert oct(config_path.stat().st_mode & 0o777) == "0o600"
+    store = tmp_path / "data" / "matrix-store"
+    assert store.is_dir() and not any(store.iterdir())
+
+    app = App(load_config(str(config_path), env={}))
+    await app.start()
+    try:
+        assert app.matrix is not None
+        await asyncio.wait_for(app.matrix.ready.wait(), 20)
+        human = await humans(person)
+        room = await human.create_room(invite=[bot.user_id])
+        await human.wait_joined(room, bot.user_id)
+        await human.send(room, "are you there?")
+        reply = await human.next_message(room, bot.user_id, 0)
+        assert reply.decrypted and reply.body == "echo: are you there?"
+    finally:
+        await app.stop()
+
+
+def test_token_placeholders_are_printed_not_written(tmp_path: Path) -> None:
+    from ganglion.interfaces.matrix_login import update_config_text
+
+    text = ("matrix:\n  enabled: true\n  access_token: ${GANGLION_MATRIX_TOKEN}\n"
+            "  device_id: \"\"\n")
+    new_text, printed = update_config_text(text, {
+        "homeserver": "https://m.example.org", "user_id": "@bot:example.org",
+        "access_token": "syt_secret", "device_id": "NEWDEVICE"})
+    data = yaml.safe_load(new_text)["matrix"]
+    assert data["access_token"] == "${GANGLION_MATRIX_TOKEN}"
+    assert data["device_id"] == "NEWDEVICE" and data["user_id"] == "@bot:example.org"
+    assert printed == {"access_token": "GANGLION_MATRIX_TOKEN"}
+    # No matrix section yet: one is added at the end.
+    new_text, printed = update_config_text("web:\n  port: 8080\n", {
+        "homeserver": "https://m.example.org", "user_id": "@bot:example.org",
+        "access_token": "syt_secret", "device_id": "NEWDEVICE"})
+    assert yaml.safe_load(new_text)["matrix"]["access_token"] == "syt_secret"
+    assert yaml.safe_load(new_text)["web"] == {"port": 8080} and printed == {}
+
+
+@pytest.mark.parametrize(
+    ("matrix", "expected"),
+    [
+        ({"device_id": ""}, "matrix.device_id is required"),
+        ({"access_token": ""}, "matrix.access_token is required"),
+        ({"allowed_users": []}, "never answers everyone by accident"),
+        ({"allowed_users": ["bob"]}, "matrix.allowed_users.0: not a Matrix user id"),
+        ({"trusted_users": ["@t:example.org"]}, "matrix.trusted_users: @t:example.org"),
+        ({"homeserver": "matrix.example.org"}, "matrix.homeserver: not an http(s) URL"),
+    ],
+)
+def test_matrix_config_errors_say_what_to_do(matrix: dict[str, Any], expected: str) -> None:
+    from ganglion.config import parse_config
+    from ganglion.errors import ConfigError
+
+    good = {"enabled": True, "homeserver": "https://matrix.example.org",
+            "user_id": "@bot:example.org", "access_token": "syt_abcdef",
+            "device_id": "ABCDEFGHIJ", "allowed_users": ["@you:example.org"]}
+    parse_config({"matrix": good}, env={})
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"matrix": {**good, **matrix}}, env={})
+    assert expected in str(caught.value)
+    if "device_id" in expected:
+        assert "ganglion login" in str(caught.value)
+
+
+def test_the_token_is_masked_and_nio_is_not_imported_without_matrix() -> None:
+    from ganglion.config import masked_dump, parse_config, secret_values
+
+    cfg = parse_config({"matrix": {"access_token": "syt_very_secret"}}, env={})
+    assert "syt_very_secret" in secret_values(cfg)
+    assert masked_dump(cfg)["matrix"]["access_token"] == "***"
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, ganglion.app, ganglion.cli; "
+         "sys.exit('nio' in sys.modules)"], capture_output=True, text=True, check=False)
+    assert probe.returncode == 0, probe.stderr
+
+
+@pytest.mark.matrix
+async def test_the_daemon_answers_in_a_room_stops_fast_and_never_logs_the_token(
+    synapse: Synapse, fake_llm: FakeLLM, humans: HumanFactory, tmp_path: Path,  # noqa: F811
+) -> None:
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    config = {
+        "llm": {"endpoints": [{"name": "fake", "base_url": fake_llm.base_url,
+                               "api_key": LLM_KEY}], "model": "fake-model"},
+        "web": {"token": "test-web-token-5a1f0c9e7d"},
+        "paths": {"data_dir": "data", "log_dir": "logs"},
+        "logging": {"level": "DEBUG"},
+        **matrix_section(synapse, bot, [person.user_id], Path("data/matrix-store")),
+    }
+    daemon = Daemon(tmp_path, config)
+    daemon.start()
+    try:
+        await daemon.wait_ready()
+        human = await humans(person)
+        room = await human.create_room(invite=[bot.user_id])
+        await human.wait_joined(room, bot.user_id)
+        await human.send(room, "ping")
+        assert (await human.next_message(room, bot.user_id, 0)).body == "echo: ping"
+        started = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait_exit(5) == 0
+        assert time.monotonic() - started < 5
+    finally:
+        daemon.kill()
+    log = (tmp_path / "logs" / "ganglion.log").read_text()
+    assert "matrix: syncing with" in log and "reply sent" in log
+    assert bot.access_token not in log and bot.access_token not in daemon.text()
+    assert (tmp_path / "data" / "matrix-store").is_dir()

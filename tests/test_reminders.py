@@ -1,0 +1,496 @@
+"""Reminders end to end: set by the model's tools, fired on the bus at the local time, exactly once.
+
+Real short times (seconds), the fake LLM, real SQLite, the web socket; the restart test runs
+the real daemon process. Timing goals (how soon after its time) are in bench/, not here:
+these tests check "never early, delivered once, in the right zone, to the right thread".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from conftest import LLM_KEY, WEB_TOKEN, AppFactory
+from daemon import Daemon
+from fake_llm import FakeLLM, Reply
+from wsclient import ChatClient
+
+from ganglion.app import App
+from ganglion.messages import Inbound, Outbound, OutKind, Source, ThreadId
+from ganglion.storage.reminders import NewReminder
+from ganglion.tools.registry import ToolContext
+from ganglion.triggers.reminders import cron_next
+
+TZ = "Asia/Kathmandu"  # UTC+05:45 all year: a wrong zone is off by hours, not minutes
+KATHMANDU = ZoneInfo(TZ)
+FAST: dict[str, Any] = {"scheduler": {"timezone": TZ, "min_repeat_minutes": 0.01}}
+
+
+async def connect(app: App, thread_id: str | None = None) -> ChatClient:
+    assert app.web is not None
+    chat = ChatClient(app.web.url, app.web_token, thread_id)
+    await chat.connect()
+    return chat
+
+
+def tool_results(body: dict[str, Any]) -> list[str]:
+    return [m["content"] for m in body["messages"] if m["role"] == "tool"]
+
+
+async def set_by_model(chat: ChatClient, fake_llm: FakeLLM, **args: Any) -> str:
+    """The model calls set_reminder(**args) and answers; returns the tool's result text."""
+    fake_llm.script(Reply(tool_calls=[("set_reminder", args)]), Reply(text="Noted."))
+    reply = await chat.ask("please remind me")
+    assert reply["text"] == "Noted.", reply
+    return tool_results(fake_llm.requests[-1])[-1]
+
+
+async def reminder_messages(chat: ChatClient, seconds: float) -> list[tuple[float, str]]:
+    """(arrival time, text) of every reminder message arriving within ``seconds``."""
+    got: list[tuple[float, str]] = []
+    deadline = time.time() + seconds
+    while (left := deadline - time.time()) > 0:
+        try:
+            event = await chat.next_event(timeout=left)
+        except TimeoutError:
+            break
+        if event.get("type") == "message" and event.get("text", "").startswith("⏰"):
+            got.append((time.time(), event["text"]))
+    return got
+
+
+async def next_reminder(chat: ChatClient, timeout: float = 10) -> tuple[float, dict[str, Any]]:
+    while True:
+        event = await chat.next_event(timeout=timeout)
+        if event.get("type") == "message" and event.get("text", "").startswith("⏰"):
+            return time.time(), event
+
+
+async def mirrored(data_dir: Path, expected: list[tuple[Any, ...]]) -> dict[str, Any]:
+    """data/reminders.json once it lists (id, repeat, text) == ``expected`` (written in the
+    background, just after the change)."""
+    doc: dict[str, Any] = {}
+    for _ in range(300):
+        path = data_dir / "reminders.json"
+        if path.exists():
+            doc = json.loads(path.read_text())
+            if [(r["id"], r["repeat"], r["text"]) for r in doc["reminders"]] == expected:
+                return doc
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"reminders.json never showed {expected}: {doc}")
+
+
+async def inbox_reminders(app: App) -> list[str]:
+    rows = await app.db.fetchall("SELECT client_id FROM inbox WHERE source = 'reminder'")
+    return [r["client_id"] for r in rows]
+
+
+async def test_one_shot_reminder_fires_once_at_its_time_without_a_model_call(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory(FAST)
+    chat = await connect(app)
+    result = await set_by_model(chat, fake_llm, text="Stretch your legs", in_minutes=0.03)
+    assert "Reminder #1 set for" in result and "+0545" in result
+    assert "delivered in this conversation" in result
+    reminder = await app.reminder_store.get(1)
+    assert reminder is not None and reminder.next_at is not None
+    calls = len(fake_llm.requests)
+
+    arrived, event = await next_reminder(chat)
+    assert event["text"] == "⏰ Reminder: Stretch your legs" and event["role"] == "assistant"
+    assert arrived >= reminder.next_at - 0.05  # never early
+    assert await reminder_messages(chat, 2.0) == []  # and only once
+    assert len(fake_llm.requests) == calls  # delivered as written: no model decides whether
+    assert await inbox_reminders(app) == [f"reminder:1:{round(reminder.next_at * 1000)}"]
+    done = await app.reminder_store.get(1)
+    assert done is not None and done.status == "done" and done.fired == 1
+    # In the conversation's history: the model knows the reminder was sent.
+    await chat.ask("thanks, done")
+    assistant = [m["content"] for m in fake_llm.requests[-1]["messages"]
+                 if m["role"] == "assistant"]
+    assert "⏰ Reminder: Stretch your legs" in assistant
+    assert (await mirrored(app.data_dir, []))["timezone"] == TZ
+    await chat.close()
+
+
+async def test_recurring_reminder_fires_once_per_period_until_cancelled(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory(FAST)
+    chat = await connect(app)
+    result = await set_by_model(chat, fake_llm, text="Drink water", every_minutes=0.02)
+    assert "then every 1 s" in result  # 1.2 s, rounded for people
+    await mirrored(app.data_dir, [(1, "every 1 s", "Drink water")])
+    first = await app.reminder_store.get(1)
+    assert first is not None and first.next_at is not None
+
+    got = await reminder_messages(chat, 4.4)  # due at +1.2, +2.4, +3.6 s
+    assert [text for _, text in got] == ["⏰ Reminder: Drink water"] * len(got)
+    assert 3 <= len(got) <= 4
+    for i, (arrived, _) in enumerate(got):
+        assert arrived >= first.next_at + i * 1.2 - 0.05  # each at (not before) its period
+    ids = await inbox_reminders(app)
+    assert len(ids) == len(set(ids)) == len(got)  # one firing per period, each once
+
+    fake_llm.script(Reply(tool_calls=[("cancel_reminder", {"reminder_id": 1})]),
+                    Reply(text="Stopped them."))
+    await chat.send("stop the water reminders")
+    while (await chat.reply())["text"] != "Stopped them.":
+        pass
+    assert "Reminder #1 cancelled" in tool_results(fake_llm.requests[-1])[-1]
+    await reminder_messages(chat, 0.3)  # one may have been on its way
+    assert await reminder_messages(chat, 2.5) == []
+    await mirrored(app.data_dir, [])
+    await chat.close()
+
+
+async def test_local_times_are_read_in_the_configured_zone(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory(FAST)
+    chat = await connect(app)
+    now = datetime.now(KATHMANDU).replace(microsecond=0)
+    at = now + timedelta(seconds=3)
+    result = await set_by_model(chat, fake_llm, text="Tea", at=at.strftime("%Y-%m-%dT%H:%M:%S"))
+    system = fake_llm.requests[0]["messages"][0]["content"]
+    assert f"Current local time: {now:%A %Y-%m-%d}" in system and "UTC+0545" in system
+    assert f"{at:%H:%M}" in result
+    reminder = await app.reminder_store.get(1)
+    assert reminder is not None and reminder.next_at == at.timestamp()  # 05:45 ahead of UTC
+
+    arrived, event = await next_reminder(chat)
+    assert event["text"] == "⏰ Reminder: Tea" and arrived >= at.timestamp() - 0.05
+
+    # Cron fields are local too, and weekday numbers are crontab's (1 = Monday, 0 = Sunday).
+    result = await set_by_model(chat, fake_llm, text="Weekly review", cron="30 9 * * 1")
+    weekly = await app.reminder_store.get(2)
+    assert weekly is not None and weekly.next_at is not None
+    local = datetime.fromtimestamp(weekly.next_at, KATHMANDU)
+    assert (local.strftime("%a %H:%M"), local.utcoffset()) == ("Mon 09:30",
+                                                               timedelta(hours=5, minutes=45))
+    assert timedelta(0) < local - datetime.now(KATHMANDU) <= timedelta(days=7)
+    assert "Monday" in result and 'cron "30 9 * * 1"' in result
+    listing = (await chat.ask("/reminders"))["text"]
+    assert f"times in {TZ}" in listing
+    assert f"{local:%a %Y-%m-%d} 09:30 +0545" in listing and "cron 30 9 * * 1" in listing
+    await chat.close()
+
+
+def test_crontab_weekdays_keep_their_crontab_meaning() -> None:
+    saturday = datetime(2030, 1, 5, 12, 0, tzinfo=KATHMANDU).timestamp()
+
+    def next_day(expr: str) -> str:
+        t = cron_next(expr, saturday, KATHMANDU)
+        assert t is not None
+        return datetime.fromtimestamp(t, KATHMANDU).strftime("%a %d %H:%M")
+
+    assert next_day("0 9 * * 1-5") == "Mon 07 09:00"
+    assert next_day("0 9 * * 0") == "Sun 06 09:00"
+    assert next_day("0 9 * * 7") == "Sun 06 09:00"
+    assert next_day("0 9 * * 5-7") == "Sun 06 09:00"
+    assert next_day("0 13 * * 6") == "Sat 05 13:00"
+    assert next_day("0 9 * * mon,wed") == "Mon 07 09:00"
+    assert next_day("15 8 1 * *") == "Fri 01 08:15"
+
+
+async def test_a_thread_bound_reminder_reaches_only_its_own_thread(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory(FAST)
+    mine, other = await connect(app), await connect(app)
+    await set_by_model(mine, fake_llm, text="Only for the first tab", in_minutes=0.02)
+    _, event = await next_reminder(mine)
+    assert event["text"] == "⏰ Reminder: Only for the first tab"
+    assert await reminder_messages(other, 1.0) == []
+    await other.close()
+    other = await connect(app, other.thread_id)
+    assert all(not m["text"].startswith("⏰") for m in other.ready["transcript"])
+    await mine.close()
+    await other.close()
+
+
+class FakeRoom:
+    """Stands where the Matrix interface stands: owns one room id, records what it is sent."""
+
+    name = "matrix"
+
+    def __init__(self, room: str) -> None:
+        self.room = room
+        self.messages: asyncio.Queue[Outbound] = asyncio.Queue()
+
+    def owns(self, thread_id: ThreadId) -> bool:
+        return thread_id == self.room
+
+    async def send(self, out: Outbound) -> bool:
+        if out.kind is OutKind.MESSAGE:
+            self.messages.put_nowait(out)
+        return True
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+async def test_a_reminder_set_in_a_matrix_room_is_sent_to_that_room(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory(FAST)
+    room = FakeRoom("!quiet:example.org")
+    app.router.register(room)
+    fake_llm.script(Reply(tool_calls=[("set_reminder", {"text": "Stand-up", "in_minutes": 0.02})]),
+                    Reply(text="Noted."))
+    await app.bus.submit(Inbound(ThreadId(room.room), "remind me of the stand-up",
+                                 sender="@you:example.org", source=Source.MATRIX,
+                                 client_id="$event1"))
+    assert (await asyncio.wait_for(room.messages.get(), 10)).text == "Noted."
+    # Nothing happens in the room meanwhile; the reminder is sent all the same.
+    reminder = await asyncio.wait_for(room.messages.get(), 10)
+    assert reminder.text == "⏰ Reminder: Stand-up" and reminder.thread_id == room.room
+
+
+async def test_a_system_reminder_runs_a_turn_and_sends_nothing(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory(FAST)
+    chat = await connect(app)
+    result = await set_by_model(chat, fake_llm, text="Check the backup log", in_minutes=0.02,
+                                system=True)
+    assert "autonomous task" in result
+    calls = len(fake_llm.requests)
+    fake_llm.script(Reply(text="The backup ran fine."))
+    async with asyncio.timeout(10):
+        await fake_llm.wait_until(lambda: len(fake_llm.requests) > calls)
+    body = fake_llm.requests[calls]
+    assert body["messages"][-1]["content"].startswith("System reminder #1 (due ")
+    assert "Check the backup log" in body["messages"][-1]["content"]
+    assert "autonomous background task" in body["messages"][0]["content"]
+    await app.bus.wait_idle()
+    assert await reminder_messages(chat, 1.0) == []  # nothing reached the tab
+    events_in_tab = [m["text"] for m in (await connect(app, chat.thread_id)).ready["transcript"]]
+    assert "The backup ran fine." not in events_in_tab
+    kept = await app.history.context(ThreadId("system:reminder-1"))
+    assert [m.content for m in kept if m.role == "assistant"] == ["The backup ran fine."]
+    assert await app.outbox.threads_with_pending() == []
+    await chat.close()
+
+
+async def test_a_closed_tab_gets_its_reminder_when_it_comes_back(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory(FAST)
+    chat = await connect(app)
+    await set_by_model(chat, fake_llm, text="Water the plants", in_minutes=0.02)
+    await chat.close()
+    tid = ThreadId(chat.thread_id)
+    for _ in range(500):  # fired and answered while no tab was open
+        if [m.content for _, m in await app.outbox.pending(tid)]:
+            break
+        await asyncio.sleep(0.01)
+    assert [m.content for _, m in await app.outbox.pending(tid)] == [
+        "⏰ Reminder: Water the plants"]
+    chat = await connect(app, tid)
+    assert chat.ready["transcript"][-1]["text"] == "⏰ Reminder: Water the plants"
+    _, event = await next_reminder(chat)  # from the outbox (the page dedupes by id)
+    assert event["id"] == chat.ready["transcript"][-1]["id"]
+    for _ in range(200):
+        if not await app.outbox.pending(tid):
+            break
+        await asyncio.sleep(0.01)
+    assert await app.outbox.pending(tid) == []
+    await chat.close()
+
+
+async def test_a_firing_resubmitted_after_a_crash_is_not_delivered_twice(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    """The crash window: submitted to the bus, the row not yet advanced."""
+    app = await app_factory(FAST)
+    chat = await connect(app)
+    await set_by_model(chat, fake_llm, text="Once only", in_minutes=0.02)
+    before = await app.reminder_store.get(1)
+    assert before is not None
+    await next_reminder(chat)
+    async with app.db.transaction() as conn:  # as if the advance had been lost
+        await conn.execute("UPDATE reminders SET status = 'active', next_at = ?, fired = 0"
+                           " WHERE id = 1", (before.next_at,))
+    await app.reminders.wake()
+    assert await reminder_messages(chat, 1.0) == []
+    assert len(await inbox_reminders(app)) == 1
+    after = await app.reminder_store.get(1)
+    assert after is not None and after.status == "done"
+    await chat.close()
+
+
+async def test_a_recurring_reminder_missed_while_stopped_fires_once_for_all_it_missed(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory(FAST)
+    chat = await connect(app)
+    await set_by_model(chat, fake_llm, text="Check the oven", every_minutes=0.02)
+    _, on_time = await next_reminder(chat)
+    assert on_time["text"] == "⏰ Reminder: Check the oven"
+    await chat.close()
+    await app.stop()
+    await asyncio.sleep(4.0)  # about three periods of 1.2 s pass with nobody running
+
+    app = await app_factory(FAST)  # the same data folder
+    chat = await connect(app, chat.thread_id)
+    got = [text for _, text in await reminder_messages(chat, 2.0)]
+    transcript = [m["text"] for m in chat.ready["transcript"]]
+    late = [t for t in [*transcript, *got] if "late" in t]
+    assert len(set(late)) == 1, late
+    assert late[0].startswith("⏰ Reminder (late, was due ")
+    assert "more times since): Check the oven" in late[0]
+    assert got and got[-1] == "⏰ Reminder: Check the oven"  # then on time again
+    await chat.close()
+
+
+async def test_the_tools_refuse_bad_arguments_with_what_to_send_instead(
+    app_factory: AppFactory,
+) -> None:
+    app = await app_factory(FAST)
+    ctx = ToolContext(ThreadId("web_" + "a" * 32), "web")
+    today = datetime.now(KATHMANDU)
+
+    async def error(name: str, **args: Any) -> str:
+        outcome = await app.tools.call(name, json.dumps(args), ctx)
+        assert not outcome.ok, outcome
+        return outcome.text
+
+    assert "say when" in await error("set_reminder", text="x")
+    assert "either at or in_minutes" in await error("set_reminder", text="x", at="2099-01-01T09:00",
+                                                    in_minutes=5)
+    bad_at = await error("set_reminder", text="x", at="tomorrow 9am")
+    assert "not a local date and time" in bad_at
+    assert f'"{today + timedelta(days=1):%Y-%m-%d}T09:00"' in bad_at  # tomorrow's date, in TZ
+    assert "no time of day" in await error("set_reminder", text="x", at="2099-01-01")
+    assert "has passed" in await error("set_reminder", text="x", at="2001-01-01T09:00")
+    assert "more than 0" in await error("set_reminder", text="x", in_minutes=-5)
+    assert "5 fields" in await error("set_reminder", text="x", cron="every monday")
+    assert "cron sets the times" in await error("set_reminder", text="x", cron="0 9 * * *",
+                                                in_minutes=5)
+    assert "at least 0.01" in await error("set_reminder", text="x", every_minutes=0.001)
+    assert "text is empty" in await error("set_reminder", text="  ", in_minutes=5)
+    assert "no reminder #99" in await error("cancel_reminder", reminder_id=99)
+    assert "must be a integer" in await error("cancel_reminder", reminder_id="one")
+    system_ctx = ToolContext(ThreadId("system:heartbeat"), "heartbeat")
+    outcome = await app.tools.call("set_reminder", json.dumps({"text": "x", "in_minutes": 5}),
+                                   system_ctx)
+    assert not outcome.ok and "would reach nobody" in outcome.text
+    assert await app.reminder_store.active() == []
+
+    # A reminder of another conversation can be neither listed nor cancelled from here.
+    other = ToolContext(ThreadId("web_" + "b" * 32), "web")
+    ok = await app.tools.call("set_reminder", json.dumps({"text": "theirs", "in_minutes": 60}),
+                              other)
+    assert ok.ok
+    listed = await app.tools.call("list_reminders", "{}", ctx)
+    assert "No active reminders in this conversation" in listed.text and "1 more" in listed.text
+    assert "no reminder #1 in this conversation" in await error("cancel_reminder", reminder_id=1)
+
+
+async def test_reminders_command_lists_every_reminder(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory(FAST)
+    chat = await connect(app)
+    empty = await chat.ask("/reminders")
+    assert empty["role"] == "system" and "No reminders" in empty["text"]
+    elsewhere = ThreadId("web_" + "c" * 32)
+    now = time.time()
+    for new in (
+        NewReminder(ThreadId(chat.thread_id), "Call mum", now + 3600),
+        NewReminder(elsewhere, "Back up the laptop", now + 7200, system=True,
+                    cron="0 3 * * *"),
+        NewReminder(ThreadId(chat.thread_id), "Stretch", now + 600, every_seconds=1800),
+    ):
+        await app.reminders.add(new)
+    calls = len(fake_llm.requests)
+    text = (await chat.ask("/reminders"))["text"]
+    assert len(fake_llm.requests) == calls  # a command: no model call
+    lines = [ln for ln in text.splitlines() if ln.startswith("- #")]
+    assert [ln.split(" ")[1] for ln in lines] == ["#3", "#1", "#2"]  # soonest first
+    assert "every 30 min" in lines[0] and "this conversation: Stretch" in lines[0]
+    assert "once" in lines[1] and "message" in lines[1]
+    assert "cron 0 3 * * *" in lines[2] and "system" in lines[2] and elsewhere in lines[2]
+    shown = datetime.fromtimestamp(now + 3600, KATHMANDU).strftime("%a %Y-%m-%d %H:%M")
+    assert shown in lines[1] and "+0545" in lines[1]
+    await chat.close()
+
+
+# --- the real daemon: a reminder due while it is stopped ----------------------------------
+
+
+def daemon_config(llm: FakeLLM) -> dict[str, Any]:
+    return {
+        "llm": {"endpoints": [{"name": "fake", "base_url": llm.base_url, "api_key": LLM_KEY,
+                               "timeout_seconds": 30}],
+                "model": "fake-model", "retries": 0, "backoff_seconds": 0.01},
+        "web": {"token": WEB_TOKEN},
+        "paths": {"data_dir": "data", "log_dir": "logs"},
+        "scheduler": {"timezone": TZ},
+    }
+
+
+def reminder_rows(data: Path) -> list[str]:
+    with sqlite3.connect(data / "conversation.db") as conn:
+        return [r[0] for r in conn.execute(
+            "SELECT content FROM messages WHERE role = 'assistant'"
+            " AND content LIKE '⏰ Reminder%'")]
+
+
+async def test_a_reminder_due_while_the_daemon_is_stopped_arrives_once_after_restart_marked_late(
+    tmp_path: Path, fake_llm: FakeLLM
+) -> None:
+    d = Daemon(tmp_path, daemon_config(fake_llm))
+    d.start()
+    try:
+        await d.wait_ready()
+        chat = ChatClient(d.url, WEB_TOKEN)
+        await chat.connect()
+        await set_by_model(chat, fake_llm, text="Take the bread out", in_minutes=0.04)
+        due = datetime.now(KATHMANDU) + timedelta(seconds=2.4)
+        await chat.close()
+        d.signal(signal.SIGTERM)
+        assert await d.wait_exit(5) == 0
+        await asyncio.sleep(3.5)  # its time passes while nothing runs
+        assert reminder_rows(tmp_path / "data") == []
+
+        d.start()
+        await d.wait_ready()
+        chat = ChatClient(d.url, WEB_TOKEN, chat.thread_id)
+        await chat.connect()
+        seen = {m["id"]: m["text"] for m in chat.ready["transcript"]
+                if m["text"].startswith("⏰")}
+        deadline = time.time() + 2.0
+        while (left := deadline - time.time()) > 0:  # also sent from the outbox, same id
+            try:
+                event = await chat.next_event(timeout=left)
+            except TimeoutError:
+                break
+            if event.get("type") == "message" and event.get("text", "").startswith("⏰"):
+                seen[event["id"]] = event["text"]
+        texts = list(seen.values())
+        assert len(texts) == 1, texts
+        assert texts[0].startswith(f"⏰ Reminder (late, was due {due:%a %Y-%m-%d %H:%M}")
+        assert texts[0].endswith("+0545): Take the bread out")
+        await chat.close()
+        d.signal(signal.SIGTERM)
+        assert await d.wait_exit(5) == 0
+
+        d.start()  # and a further restart does not send it again
+        await d.wait_ready()
+        await asyncio.sleep(0.5)
+        assert reminder_rows(tmp_path / "data") == texts
+        await mirrored(tmp_path / "data", [])
+    finally:
+        d.kill()
+

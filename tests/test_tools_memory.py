@@ -1,0 +1,205 @@
+"""Memory tools and the memory flush before compaction, end to end on real files."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from typing import Any
+
+from conftest import AppFactory
+from fake_llm import FakeLLM, Reply
+from wsclient import ChatClient
+
+from ganglion.app import App
+
+
+async def connect(app: App) -> ChatClient:
+    assert app.web is not None
+    chat = ChatClient(app.web.url, app.web_token)
+    await chat.connect()
+    return chat
+
+
+def tool_results(body: dict[str, Any]) -> list[str]:
+    return [m["content"] for m in body["messages"] if m["role"] == "tool"]
+
+
+def system_prompt(body: dict[str, Any]) -> str:
+    content: str = body["messages"][0]["content"]
+    return content
+
+
+async def test_read_append_replace_rewrite(app_factory: AppFactory, fake_llm: FakeLLM) -> None:
+    app = await app_factory()
+    memories = app.data_dir / "MEMORIES.txt"
+    memories.write_text("The user lives in Lyon.")  # no final newline: append adds one
+    fake_llm.script(
+        Reply(tool_calls=[
+            ("memory_append", {"file": "MEMORIES.txt", "text": "The user's cat is Tiber."}),
+            ("memory_replace", {"file": "memories.txt", "old": "Lyon", "new": "Paris"}),
+            ("memory_read", {"file": "MEMORIES.txt"}),
+        ]),
+        Reply(tool_calls=[
+            ("memory_rewrite", {"file": "skills/backup.md", "text": "# Back up with restic\n"}),
+            ("memory_rewrite", {"file": "scripts/hello.sh", "text": "echo hello\n"}),
+            ("memory_append", {"file": "HEARTBEATS.txt", "text": "- dentist on Friday"}),
+            ("memory_read", {"file": "skills/"}),
+            ("memory_replace", {"file": "MEMORIES.txt", "old": "Berlin", "new": "x"}),
+            ("memory_replace", {"file": "MEMORIES.txt", "old": "The user", "new": "x"}),
+            ("memory_read", {"file": "skills/none.md"}),
+            ("memory_read", {"file": "../web_token"}),
+            ("memory_rewrite", {"file": "skills/../../escape.md", "text": "x"}),
+        ]),
+        Reply(text="saved"),
+    )
+    chat = await connect(app)
+    assert (await chat.ask("remember things"))["text"] == "saved"
+    results = tool_results(fake_llm.requests[-1])
+    assert "Appended to MEMORIES.txt" in results[0]
+    assert "Replaced the passage in MEMORIES.txt" in results[1]
+    assert "The user lives in Paris.\nThe user's cat is Tiber.\n" in results[2]
+    assert memories.read_text() == "The user lives in Paris.\nThe user's cat is Tiber.\n"
+    assert "Rewrote skills/backup.md" in results[3]
+    script = app.data_dir / "scripts" / "hello.sh"
+    assert script.read_text() == "echo hello\n" and os.access(script, os.X_OK)
+    assert (app.data_dir / "HEARTBEATS.txt").read_text() == "- dentist on Friday\n"
+    assert "skills/backup.md" in results[6]
+    assert "not found" in results[7]
+    assert "occurs 2 times" in results[8]
+    assert "skills/none.md does not exist" in results[9] and "skills/backup.md" in results[9]
+    assert "not a memory file" in results[10] and "not a memory file" in results[11]
+
+    # The next turn's prompt holds the new memory, heartbeat and skill.
+    await chat.ask("hello")
+    system = system_prompt(fake_llm.requests[-1])
+    assert "Paris" in system and "Tiber" in system and "dentist on Friday" in system
+    assert "skills/backup.md: Back up with restic" in system
+    await chat.close()
+
+
+async def test_two_writes_of_the_same_size_are_both_seen(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    """The prompt re-reads a file only when its (mtime, size) changes: a quick rewrite of the
+    same length must still show."""
+    app = await app_factory()
+    chat = await connect(app)
+    for fact in ("cat: Tiber", "cat: Nerox"):
+        fake_llm.script(
+            Reply(tool_calls=[("memory_rewrite", {"file": "MEMORIES.txt", "text": fact})]),
+            Reply(text="ok"),
+        )
+        await chat.ask(f"remember {fact}")
+        await chat.ask("and?")
+        assert fact in system_prompt(fake_llm.requests[-1])
+    await chat.close()
+
+
+async def test_concurrent_appends_from_two_threads_lose_nothing(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory({"llm": {"max_tool_steps": 20}})
+    per_step, steps = 10, 6
+
+    def reply(body: dict[str, Any]) -> Reply:
+        messages = body["messages"]
+        user = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+        done = sum(1 for m in messages if m["role"] == "assistant" and m.get("tool_calls"))
+        if done == steps:
+            return Reply(text=f"{user} done")
+        return Reply(tool_calls=[
+            ("memory_append", {"file": "MEMORIES.txt", "text": f"{user} fact {done}.{i}"})
+            for i in range(per_step)
+        ] + [("memory_replace", {"file": "MEMORIES.txt", "old": f"{user} fact {done}.0\n",
+                                 "new": f"{user} fact {done}.0 (checked)\n"})])
+
+    fake_llm.script(*[reply] * (2 * (steps + 1)))
+    a, b = await connect(app), await connect(app)
+    answers = await asyncio.gather(a.ask("alpha", timeout=30), b.ask("beta", timeout=30))
+    assert [x["text"] for x in answers] == ["alpha done", "beta done"]
+    lines = (app.data_dir / "MEMORIES.txt").read_text().splitlines()
+    for who in ("alpha", "beta"):
+        expected = {f"{who} fact {s}.{i}" + (" (checked)" if i == 0 else "")
+                    for s in range(steps) for i in range(per_step)}
+        assert expected <= set(lines)
+    assert len(lines) == 2 * steps * per_step
+    owners = [line.split()[0] for line in lines]
+    switches = sum(1 for x, y in itertools.pairwise(owners) if x != y)
+    assert switches > 2, owners  # the two threads' turns did overlap
+    await a.close()
+    await b.close()
+
+
+FLUSH_PROMPT = "The conversation below is about to be summarised"
+
+
+def flushing_llm(body: dict[str, Any]) -> Reply:
+    first = system_prompt(body)
+    if first.startswith(FLUSH_PROMPT):
+        return Reply(tool_calls=[
+            ("memory_append", {"file": "MEMORIES.txt", "text": "The user's cat is Tiber."}),
+            ("memory_rewrite", {"file": "MEMORIES.txt", "text": ""}),  # not offered: refused
+        ])
+    if first.startswith("You compress a conversation"):
+        return Reply(text="SUMMARY: talked about the cat")
+    user = [m["content"] for m in body["messages"] if m["role"] == "user"][-1]
+    return Reply(text="echo: " + user[:30])
+
+
+async def test_memory_flush_before_compaction(app_factory: AppFactory, fake_llm: FakeLLM) -> None:
+    app = await app_factory()
+    (app.data_dir / "MEMORIES.txt").write_text("The user lives in Lyon.\n")
+    fake_llm.script(*[flushing_llm] * 10)
+    chat = await connect(app)
+    await chat.ask("my cat is called Tiber")
+    await chat.ask("it likes fish")
+    assert "Compacted" in (await chat.ask("/compact"))["text"]
+    kinds = [("flush" if system_prompt(b).startswith(FLUSH_PROMPT) else
+              "compact" if system_prompt(b).startswith("You compress") else "turn")
+             for b in fake_llm.requests]
+    assert kinds == ["turn", "turn", "flush", "compact"]
+    flush = fake_llm.requests[2]
+    assert sorted(t["function"]["name"] for t in flush["tools"]) == [
+        "memory_append", "memory_replace"]
+    assert "The user lives in Lyon." in system_prompt(flush)  # knows what is saved already
+    assert "my cat is called Tiber" in flush["messages"][1]["content"]
+    assert (app.data_dir / "MEMORIES.txt").read_text() == (
+        "The user lives in Lyon.\nThe user's cat is Tiber.\n")
+    await chat.ask("what is my cat called?")
+    system = system_prompt(fake_llm.requests[-1])
+    assert "The user's cat is Tiber." in system
+    assert "SUMMARY: talked about the cat" in str(fake_llm.requests[-1]["messages"])
+    await chat.close()
+
+
+async def test_automatic_compaction_flushes_too(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory({"llm": {"context_tokens": 2048}})
+    fake_llm.script(*[flushing_llm] * 20)
+    chat = await connect(app)
+    filler = "owls " * 300
+    for i in range(5):
+        await chat.send(f"message {i}: {filler}")
+        while (await chat.reply())["role"] == "system":
+            pass
+    kinds = [system_prompt(b)[:20] for b in fake_llm.requests]
+    flush_at = kinds.index(FLUSH_PROMPT[:20])
+    assert kinds[flush_at + 1].startswith("You compress")
+    assert "The user's cat is Tiber." in (app.data_dir / "MEMORIES.txt").read_text()
+    await chat.close()
+
+
+async def test_no_flush_when_memory_tools_are_off(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory({"tools": {"policy": {"memory_append": "off",
+                                                  "memory_replace": "off"}}})
+    fake_llm.script(*[flushing_llm] * 10)
+    chat = await connect(app)
+    await chat.ask("my cat is called Tiber")
+    await chat.ask("it likes fish")
+    assert "Compacted" in (await chat.ask("/compact"))["text"]
+    assert not any(system_prompt(b).startswith(FLUSH_PROMPT) for b in fake_llm.requests)
+    await chat.close()

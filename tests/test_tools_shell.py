@@ -1,0 +1,156 @@
+"""The shell tool with real processes: time limit over the whole group, output cap, scrubbed
+environment, working directory, Stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import LLM_KEY, WEB_TOKEN, AppFactory
+from fake_llm import FakeLLM, Reply
+from wsclient import ChatClient
+
+from ganglion.app import App
+
+SHELL_ON = {"tools": {"policy": {"shell": "on"}}}
+
+
+async def connect(app: App) -> ChatClient:
+    assert app.web is not None
+    chat = ChatClient(app.web.url, app.web_token)
+    await chat.connect()
+    return chat
+
+
+async def shell(app: App, fake_llm: FakeLLM, command: str, timeout: float = 20) -> str:
+    """One turn in which the model runs ``command``; the result it saw."""
+    fake_llm.script(Reply(tool_calls=[("shell", {"command": command})]), Reply(text="done"))
+    chat = await connect(app)
+    assert (await chat.ask("run it", timeout=timeout))["text"] == "done"
+    await chat.close()
+    results = [m["content"] for m in fake_llm.requests[-1]["messages"] if m["role"] == "tool"]
+    return results[-1]
+
+
+def is_gone(pid: int) -> bool:
+    """Dead, or a zombie waiting for a reaper (no longer running either way)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
+
+
+async def test_runs_in_the_scripts_folder(app_factory: AppFactory, fake_llm: FakeLLM) -> None:
+    app = await app_factory(SHELL_ON)
+    (app.data_dir / "scripts" / "hello.sh").write_text('echo "hello $1"; exit 3\n')
+    result = await shell(app, fake_llm, "pwd; sh hello.sh world; cat < /dev/stdin; echo end")
+    assert "exit status 0" in result
+    assert str(app.data_dir / "scripts") in result
+    assert "hello world" in result and "end" in result
+    assert "exit status 3" in await shell(app, fake_llm, "sh hello.sh x")
+    assert "exit status 127" in await shell(app, fake_llm, "no-such-command-here")
+
+
+async def test_time_limit_kills_the_whole_group(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory({"tools": {"policy": {"shell": "on"}, "shell_timeout_seconds": 1}})
+    started = time.monotonic()
+    result = await shell(
+        app, fake_llm, 'sleep 3301 & echo "grandchild $!"; sh -c "sleep 3317" & wait')
+    assert time.monotonic() - started < 8
+    assert "killed after the 1 s time limit" in result
+    pid = int(re.search(r"grandchild (\d+)", result).group(1))  # type: ignore[union-attr]
+    assert is_gone(pid)
+    assert not any("sleep 3317" in _cmdline(p) for p in _processes())
+
+
+async def test_a_process_ignoring_sigterm_is_killed(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory({"tools": {"policy": {"shell": "on"}, "shell_timeout_seconds": 1}})
+    result = await shell(app, fake_llm, "trap '' TERM; sleep 302 & echo \"child $!\"; wait")
+    assert "killed after the 1 s time limit" in result
+    pid = int(re.search(r"child (\d+)", result).group(1))  # type: ignore[union-attr]
+    assert is_gone(pid)
+
+
+async def test_background_processes_end_with_the_command(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory(SHELL_ON)
+    started = time.monotonic()
+    result = await shell(app, fake_llm, 'sleep 303 > /dev/null 2>&1 & echo "bg $!"')
+    assert "exit status 0" in result and time.monotonic() - started < 5
+    pid = int(re.search(r"bg (\d+)", result).group(1))  # type: ignore[union-attr]
+    assert is_gone(pid)
+
+
+async def test_output_is_capped_head_and_tail(app_factory: AppFactory, fake_llm: FakeLLM) -> None:
+    app = await app_factory({"tools": {"policy": {"shell": "on"},
+                                       "shell_max_output_bytes": 1000}})
+    result = await shell(app, fake_llm, "seq 1 100000; echo LAST >&2")
+    assert "exit status 0" in result
+    assert "exit status 0\n1\n2\n3\n" in result and "\n99999\n100000\nLAST\n" in result
+    assert "\n50000\n" not in result
+    assert "bytes of output left out" in result
+    assert len(result) < 1000 + 400
+
+
+async def test_the_environment_holds_no_secrets(
+    app_factory: AppFactory, fake_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env-0b7d3c")
+    monkeypatch.setenv("GANGLION_MATRIX_TOKEN", "syt_matrix_token_77aa")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-1f2e")
+    monkeypatch.setenv("FRIENDLY", "visible-value")
+    monkeypatch.setenv("LEAKY", f"prefix-{LLM_KEY}")
+    app = await app_factory({"tools": {"policy": {"shell": "on"},
+                                       "shell_env": ["FRIENDLY", "LEAKY"]}})
+    result = await shell(app, fake_llm, "env")
+    assert "PATH=" in result and "FRIENDLY=visible-value" in result
+    for secret in (LLM_KEY, WEB_TOKEN, "sk-from-env", "syt_matrix", "aws-secret", "LEAKY",
+                   "OPENAI_API_KEY", "GANGLION"):
+        assert secret not in result
+
+
+async def test_stop_kills_a_running_command(app_factory: AppFactory, fake_llm: FakeLLM) -> None:
+    app = await app_factory(SHELL_ON)
+    marker = app.data_dir / "scripts" / "pid"
+    fake_llm.script(Reply(tool_calls=[("shell", {"command": "echo $$ > pid; exec sleep 304"})]))
+    chat = await connect(app)
+    await chat.send("run it")
+    await eventually(lambda: marker.exists() and bool(marker.read_text().strip()), 10)
+    pid = int(marker.read_text())
+    await chat.send_raw({"type": "stop"})
+    reply = await chat.reply()
+    while reply["text"] != "Stopped.":
+        reply = await chat.reply()
+    await eventually(lambda: is_gone(pid))
+    await chat.close()
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 5) -> None:
+    """Until ``condition()`` holds: for processes and files, which offer nothing to await."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+def _processes() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        raw: Any = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return str(raw.replace(b"\0", b" ").decode(errors="replace")) if not is_gone(pid) else ""
