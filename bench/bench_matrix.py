@@ -29,8 +29,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from daemon import Daemon, free_port  # noqa: E402
-from synapse import SYNAPSE_VERSION, Human, Synapse, install  # noqa: E402
+from daemon import Daemon, free_port
+from synapse import SYNAPSE_VERSION, Human, Synapse, install
 
 SHARE = re.compile(r"reply sent ([\d.]+) ms after its event arrived \(daemon ([\d.]+) ms, "
                    r"homeserver send ([\d.]+) ms\)")

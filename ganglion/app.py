@@ -177,6 +177,7 @@ class App:
             self.matrix = MatrixInterface(cfg.matrix, self.loaded.path(cfg.matrix.store_path),
                                           self.bus, self.router, MarkdownRenderer())
             self.router.register(self.matrix)
+            self.model_commands.redact = self.matrix.redact
             self._stops.append(("matrix", self.matrix.stop))
             await self.matrix.start()
 

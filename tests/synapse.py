@@ -49,6 +49,7 @@ from nio import (
     RoomMessageText,
     RoomSendResponse,
     SyncResponse,
+    TypingNoticeEvent,
 )
 
 SYNAPSE_VERSION = "1.163.2"
@@ -328,6 +329,8 @@ class Human:
         self.events: list[tuple[str, Any]] = []
         """(room id, event) of every timeline event seen, decrypted where possible."""
         self.membership: dict[tuple[str, str], str] = {}
+        self.typing: list[tuple[str, list[str]]] = []
+        """(room id, users typing) for every typing notice seen, in order."""
         self.synced = False
 
     async def sync(self, timeout_ms: int = 1000) -> None:
@@ -342,6 +345,8 @@ class Human:
                 if isinstance(event, RoomMemberEvent):
                     self.membership[(room_id, event.state_key)] = event.membership
             self.events += [(room_id, e) for e in info.timeline.events]
+            self.typing += [(room_id, list(e.users)) for e in info.ephemeral
+                            if isinstance(e, TypingNoticeEvent)]
         if client.outgoing_to_device_messages:
             await client.send_to_device_messages()
         if client.should_upload_keys:

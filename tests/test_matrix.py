@@ -7,6 +7,7 @@ homeserver is shared by the session (tests/synapse.py); every test registers its
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -77,13 +78,13 @@ async def test_encrypted_room_invite_question_and_formatted_answer(
     humans: HumanFactory, tmp_path: Path,
 ) -> None:
     bot, person = await synapse.register("bot"), await synapse.register("human")
-    await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
+    app = await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
     human = await humans(person)
     room = await human.create_room(invite=[bot.user_id])
     await human.wait_joined(room, bot.user_id)  # auto-join on an allowed user's invite
 
     fake_llm.script(Reply(text="The answer is **forty-two**.\n\n- one\n- two"))
-    await human.send(room, "what is the answer?")
+    question = await human.send(room, "what is the answer?")
     answer = await human.next_message(room, bot.user_id, 0)
     assert type(answer).__name__ == "RoomMessageText", answer  # decrypted by the human
     assert answer.decrypted
@@ -94,6 +95,9 @@ async def test_encrypted_room_invite_question_and_formatted_answer(
     assert last_user_text(fake_llm.requests[-1]) == "what is the answer?"
     system = fake_llm.requests[-1]["messages"][0]["content"]
     assert room in system  # the prompt says which room it talks in
+    rows = await app.db.fetchall("SELECT client_id, meta FROM inbox")
+    assert [(r["client_id"], json.loads(r["meta"])) for r in rows] == [
+        (question, {"event_id": question, "encrypted": "1"})]
 
 
 @pytest.mark.matrix
@@ -102,10 +106,10 @@ async def test_two_rooms_keep_separate_conversations(
     humans: HumanFactory, tmp_path: Path,
 ) -> None:
     bot, person = await synapse.register("bot"), await synapse.register("human")
-    await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
+    app = await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
     human = await humans(person)
     room_a = await human.create_room(invite=[bot.user_id])
-    room_b = await human.create_room(invite=[bot.user_id])
+    room_b = await human.create_room(invite=[bot.user_id], encrypted=False)
     await human.wait_joined(room_a, bot.user_id)
     await human.wait_joined(room_b, bot.user_id)
 
@@ -119,6 +123,10 @@ async def test_two_rooms_keep_separate_conversations(
     await human.send(room_b, "and mine?")
     await human.next_message(room_b, bot.user_id, 1)
     assert user_texts(fake_llm.requests[-1]) == ["my name is Bob", "and mine?"]
+    rows = await app.db.fetchall("SELECT thread_id, meta FROM inbox ORDER BY id")
+    assert {r["thread_id"]: json.loads(r["meta"])["encrypted"] for r in rows} == {
+        room_a: "1", room_b: "0"}
+    assert not human.messages_from(room_b, bot.user_id)[0].decrypted  # plain in a plain room
 
 
 def olm_sessions(client: Any, user_id: str, device_id: str) -> int:
@@ -230,6 +238,33 @@ async def test_recovers_by_itself_when_the_homeserver_comes_back(
 
 
 @pytest.mark.matrix
+async def test_a_typing_notice_shows_while_a_slow_turn_runs(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    humans: HumanFactory, tmp_path: Path,
+) -> None:
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
+    human = await humans(person)
+    room = await human.create_room(invite=[bot.user_id])
+    await human.wait_joined(room, bot.user_id)
+    fake_llm.script(Reply(text="done thinking", delay=1.5))
+    await human.send(room, "think hard")
+    await human.until(lambda: any(r == room and bot.user_id in users
+                                  for r, users in human.typing))
+    assert (await human.next_message(room, bot.user_id, 0)).body == "done thinking"
+    # ... and it is cleared once the turn is over.
+    await human.until(lambda: human.typing[-1][0] == room
+                      and bot.user_id not in human.typing[-1][1])
+    # A quick turn costs no typing request at all.
+    seen = len(human.typing)
+    await human.send(room, "quick")
+    await human.next_message(room, bot.user_id, 1)
+    await human.send(room, "quick again")
+    await human.next_message(room, bot.user_id, 2)
+    assert len(human.typing) == seen
+
+
+@pytest.mark.matrix
 async def test_an_empty_store_on_a_used_device_is_refused(
     synapse: Synapse, app_factory: AppFactory, tmp_path: Path,  # noqa: F811
 ) -> None:
@@ -250,7 +285,7 @@ async def test_commands_work_in_a_room_with_bang_and_slash(
     humans: HumanFactory, tmp_path: Path,
 ) -> None:
     bot, person = await synapse.register("bot"), await synapse.register("human")
-    await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
+    app = await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
     human = await humans(person)
     room = await human.create_room(invite=[bot.user_id])
     await human.wait_joined(room, bot.user_id)
@@ -267,8 +302,15 @@ async def test_commands_work_in_a_room_with_bang_and_slash(
     assert "fresh conversation" in (await human.next_message(room, bot.user_id, 3)).body
     assert len(fake_llm.requests) == 1  # commands never reach the model
     await human.send(room, "what number?")
-    await human.next_message(room, bot.user_id, 4)
+    reply = await human.next_message(room, bot.user_id, 4)
     assert user_texts(fake_llm.requests[-1]) == ["what number?"]
+
+    # Redaction (for messages holding a secret): its own messages yes, the human's only with
+    # the power to (which a bot invited to someone's room does not have).
+    assert app.matrix is not None
+    assert await app.matrix.redact(ThreadId(room), reply.event_id, "test")
+    their = human.messages_from(room, person.user_id)[0].event_id
+    assert not await app.matrix.redact(ThreadId(room), their, "test")
 
 
 @pytest.mark.matrix
@@ -415,7 +457,7 @@ def test_the_token_is_masked_and_nio_is_not_imported_without_matrix() -> None:
 
 
 @pytest.mark.matrix
-async def test_the_daemon_answers_in_a_room_stops_fast_and_never_logs_the_token(
+async def test_the_daemon_survives_a_crash_stops_fast_and_never_logs_the_token(
     synapse: Synapse, fake_llm: FakeLLM, humans: HumanFactory, tmp_path: Path,  # noqa: F811
 ) -> None:
     bot, person = await synapse.register("bot"), await synapse.register("human")
@@ -436,6 +478,17 @@ async def test_the_daemon_answers_in_a_room_stops_fast_and_never_logs_the_token(
         await human.wait_joined(room, bot.user_id)
         await human.send(room, "ping")
         assert (await human.next_message(room, bot.user_id, 0)).body == "echo: ping"
+        # A crash: the saved sync token may be older than the last sync; what the bot sees
+        # again is deduplicated, so nothing is answered twice.
+        daemon.kill()
+        await human.send(room, "pong")
+        daemon.start()
+        await daemon.wait_ready()
+        assert (await human.next_message(room, bot.user_id, 1)).body == "echo: pong"
+        await human.send(room, "again")
+        assert (await human.next_message(room, bot.user_id, 2)).body == "echo: again"
+        assert [m.body for m in human.messages_from(room, bot.user_id)] == [
+            "echo: ping", "echo: pong", "echo: again"]
         started = time.monotonic()
         daemon.signal(signal.SIGTERM)
         assert await daemon.wait_exit(5) == 0

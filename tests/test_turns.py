@@ -87,18 +87,20 @@ async def test_tool_calls_loop_until_an_answer(app_factory: AppFactory, fake_llm
     app = await app_factory()
     seen: list[tuple[str, str]] = []
 
-    async def lookup(key: str) -> str:
+    async def lookup(key: str, note: str = "") -> str:
         """Look a key up.
 
         Args:
             key: what to look up
+            note: optional note
         """
         seen.append(("lookup", key))
         return f"value-of-{key}"
 
     app.tools.add(lookup)
     fake_llm.script(
-        Reply(tool_calls=[("lookup", {"key": "a"}), ("lookup", {"key": "b"})]),
+        # null for an optional argument means "left out"
+        Reply(tool_calls=[("lookup", {"key": "a"}), ("lookup", {"key": "b", "note": None})]),
         Reply(tool_calls=[("lookup", '{"key": "c"')]),  # malformed JSON from the model
         Reply(tool_calls=[("no_such_tool", {})]),
         Reply(text="a and b found"),

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import time
@@ -35,6 +34,7 @@ from nio import (
     MegolmEvent,
     RoomLeaveError,
     RoomMessageText,
+    RoomRedactError,
     RoomSendError,
     SyncError,
 )
@@ -42,6 +42,7 @@ from nio import (
 from ganglion.bus import Bus
 from ganglion.config import MatrixConfig
 from ganglion.errors import StartupError
+from ganglion.interfaces.matrix_out import TypingNotices, reply_contents
 from ganglion.interfaces.matrix_session import (
     LOGIN_HINT,
     HomeserverUnavailable,
@@ -75,12 +76,8 @@ SYNC_FILTER = {
 }
 START_CHECK_SECONDS = 10.0
 TOKEN_SAVE_SECONDS = 30.0
-TYPING_DELAY_SECONDS = 0.5
 TYPING_MS = 30_000
-TYPING_REFRESH_SECONDS = 20.0
-MAX_CONTENT_BYTES = 40_000
-"""An event may hold 64 KiB once encrypted (base64 adds a third): longer replies are split."""
-CHUNK_CHARS = 12_000
+"""How long the homeserver shows a typing notice; TypingNotices renews it before then."""
 UNDECRYPTABLE_NOTICE = (
     "I could not read a message here: it was encrypted with a key this device never received. "
     "I asked your devices for the key. If this keeps happening, make sure your client does not "
@@ -117,8 +114,7 @@ class MatrixInterface:
         self._token_saved = 0.0
         self._sync_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._typing: dict[ThreadId, asyncio.Task[None]] = {}
-        self._typing_shown: set[ThreadId] = set()
+        self.typing = TypingNotices(self._set_typing)
         self._pending_invites: dict[str, bool] = {}
         self._undecrypted: dict[str, list[tuple[str, MegolmEvent]]] = {}
         self._told_undecryptable: set[tuple[str, str]] = set()
@@ -150,12 +146,11 @@ class MatrixInterface:
 
     async def stop(self) -> None:
         """Cancel the sync loop and every request in flight, then close the HTTP session."""
-        tasks = [t for t in (self._sync_task, *self._tasks, *self._typing.values()) if t]
+        tasks = [t for t in (self._sync_task, *self._tasks) if t]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, self.typing.stop(), return_exceptions=True)
         self._sync_task = None
-        self._typing.clear()
         if self.client is not None:
             self._save_token()
             await self.client.close()
@@ -163,7 +158,7 @@ class MatrixInterface:
     async def send(self, out: Outbound) -> bool:
         """STATE turns into typing notices; MESSAGE (and TOOL if shown) into room messages."""
         if out.kind is OutKind.STATE:
-            self._typing_state(out.thread_id, out.text)
+            self.typing.update(out.thread_id, out.text)
             return True
         if out.kind is not OutKind.MESSAGE and not (
             out.kind is OutKind.TOOL and self.config.show_tool_calls
@@ -176,7 +171,7 @@ class MatrixInterface:
             log.debug("[%s] reply %d waits: not connected", out.thread_id, out.message_id)
             return False
         started = time.monotonic()
-        for i, content in enumerate(self._contents(out)):
+        for i, content in enumerate(reply_contents(out, self.renderer)):
             tx_id = f"ganglion-{out.message_id}" + (f"-{i}" if i else "")
             try:
                 resp = await client.room_send(out.thread_id, "m.room.message", content,
@@ -198,6 +193,27 @@ class MatrixInterface:
                       "homeserver send %.1f ms)", out.thread_id,
                       (time.monotonic() - arrived) * 1000, (started - arrived) * 1000,
                       (time.monotonic() - started) * 1000)
+        return True
+
+    async def redact(self, thread_id: ThreadId, event_id: str, reason: str) -> bool:
+        """Remove an event's content from the room (a message holding a secret).
+
+        True once the homeserver accepted; False when it refused (the bot may not redact
+        other people's messages without the power to) or could not be reached.
+        """
+        if self.client is None:
+            return False
+        try:
+            resp = await self.client.room_redact(thread_id, event_id, reason=reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            log.warning("[%s] could not redact %s: %s", thread_id, event_id, err)
+            return False
+        if isinstance(resp, RoomRedactError):
+            log.warning("[%s] the homeserver refused to redact %s: %s", thread_id, event_id,
+                        resp)
+            return False
         return True
 
     # -- the sync loop ---------------------------------------------------------------------
@@ -323,8 +339,10 @@ class MatrixInterface:
         text = event.body
         if "m.in_reply_to" in relates:
             text = _REPLY_FALLBACK.sub("", text, count=1)  # the quoted message it answers
+        encrypted = "1" if getattr(event, "decrypted", False) else "0"
         msg = Inbound(thread_id=matrix_thread_id(room_id), text=text, sender=event.sender,
-                      source=Source.MATRIX, client_id=event.event_id)
+                      source=Source.MATRIX, client_id=event.event_id,
+                      meta={"event_id": event.event_id, "encrypted": encrypted})
         stored, is_new = await self.bus.submit(msg)
         if is_new:
             self._received[stored.id] = arrived
@@ -404,55 +422,10 @@ class MatrixInterface:
                     if isinstance(event, RoomMessageText):
                         await self._submit(room_id, event, arrived)
 
-    # -- replies and typing out ------------------------------------------------------------
+    # -- typing out -----------------------------------------------------------------------
 
-    def _contents(self, out: Outbound) -> list[dict[str, Any]]:
-        """One event's content, or several for a reply too long for one event."""
-        notice = out.kind is OutKind.TOOL or out.role is Role.SYSTEM
-        text = out.text
-        if out.kind is OutKind.TOOL:
-            shown = text if len(text) <= 4000 else text[:4000] + "\n…"
-            text = f"Tool result:\n```\n{shown}\n```"
-        contents = [self._content(text, notice)]
-        if len(json.dumps(contents[0])) > MAX_CONTENT_BYTES:
-            contents = [self._content(part, notice) for part in _split(text, CHUNK_CHARS)]
-        return contents
-
-    def _content(self, text: str, notice: bool) -> dict[str, Any]:
-        content = {"msgtype": "m.notice" if notice else "m.text", "body": text,
-                   "format": "org.matrix.custom.html", "formatted_body": self.renderer.html(text)}
-        if len(json.dumps(content)) > MAX_CONTENT_BYTES:
-            del content["format"], content["formatted_body"]
-        return content
-
-    def _typing_state(self, thread_id: ThreadId, state: str) -> None:
-        if state == "idle":
-            keeper = self._typing.pop(thread_id, None)
-            if keeper is not None:
-                shown = thread_id in self._typing_shown
-                self._typing_shown.discard(thread_id)
-                keeper.cancel()
-                self._spawn(self._typing_off(thread_id, keeper, shown))
-        elif thread_id not in self._typing and self._connected:
-            self._typing[thread_id] = asyncio.create_task(
-                self._keep_typing(thread_id), name=f"matrix-typing-{thread_id}")
-
-    async def _keep_typing(self, thread_id: ThreadId) -> None:
-        # A turn that ends within TYPING_DELAY_SECONDS costs no typing requests at all.
-        await asyncio.sleep(TYPING_DELAY_SECONDS)
-        while True:
-            self._typing_shown.add(thread_id)
-            await self._room_typing(thread_id, True)
-            await asyncio.sleep(TYPING_REFRESH_SECONDS)
-
-    async def _typing_off(self, thread_id: ThreadId, keeper: asyncio.Task[None],
-                          shown: bool) -> None:
-        await asyncio.gather(keeper, return_exceptions=True)  # its request first, then "off"
-        if shown:
-            await self._room_typing(thread_id, False)
-
-    async def _room_typing(self, thread_id: ThreadId, on: bool) -> None:
-        if self.client is None:
+    async def _set_typing(self, thread_id: ThreadId, on: bool) -> None:
+        if self.client is None or not self._connected:
             return
         try:
             await self.client.room_typing(thread_id, typing_state=on, timeout=TYPING_MS)
@@ -471,15 +444,3 @@ class MatrixInterface:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("matrix: background task failed", exc_info=exc)
 
-
-def _split(text: str, limit: int) -> list[str]:
-    """Pieces of at most ``limit`` characters, cut at line ends where possible."""
-    parts: list[str] = []
-    while len(text) > limit:
-        cut = text.rfind("\n", 0, limit)
-        cut = cut + 1 if cut > limit // 2 else limit
-        parts.append(text[:cut])
-        text = text[cut:]
-    if text:
-        parts.append(text)
-    return parts

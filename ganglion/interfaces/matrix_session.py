@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from nio import AsyncClient, AsyncClientConfig, WhoamiError
-from nio.store import DefaultStore
 from nio.crypto import ENCRYPTION_ENABLED
+from nio.store import DefaultStore
 
 from ganglion.config import MatrixConfig
 from ganglion.errors import StartupError
@@ -56,9 +56,8 @@ class WalStore(DefaultStore):  # type: ignore[misc]  # nio is untyped
     """
 
     def _create_database(self) -> Any:
-        from peewee import SqliteDatabase  # noqa: PLC0415  (nio's own dependency)
-
-        return SqliteDatabase(self.database_path, pragmas={
+        database = super()._create_database()  # peewee's SqliteDatabase, not yet connected
+        return type(database)(self.database_path, pragmas={
             "foreign_keys": 1, "secure_delete": 1, "journal_mode": "wal", "synchronous": 1})
 
     def save_encrypted_rooms(self, rooms: Any) -> None:

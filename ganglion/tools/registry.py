@@ -196,6 +196,9 @@ class ToolRegistry:
                             "send a JSON object matching the tool's schema") from None
         if not isinstance(args, dict):
             raise ToolError("arguments must be a JSON object")
+        # Models often send null for an optional argument they mean to leave out.
+        optional = set(tool.parameters["properties"]) - set(tool.parameters["required"])
+        args = {k: v for k, v in args.items() if not (v is None and k in optional)}
         _check_args(tool, args)
         if tool.wants_ctx:
             args["ctx"] = ctx

@@ -1,0 +1,113 @@
+"""What the Matrix interface puts in a room besides routing: message contents and typing notices.
+
+A reply is Markdown: its ``body`` is the Markdown text itself (what plain clients show) and its
+``formatted_body`` the HTML rendered from it. A reply too long for one event is split.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ganglion.messages import Outbound, OutKind, Role, ThreadId
+from ganglion.render import MarkdownRenderer
+
+log = logging.getLogger(__name__)
+
+MAX_CONTENT_BYTES = 40_000
+"""An event may hold 64 KiB once encrypted (base64 adds a third): longer replies are split."""
+CHUNK_CHARS = 12_000
+TOOL_RESULT_CHARS = 4_000
+
+
+def reply_contents(out: Outbound, renderer: MarkdownRenderer) -> list[dict[str, Any]]:
+    """The ``m.room.message`` content(s) for a MESSAGE or TOOL event: usually one."""
+    notice = out.kind is OutKind.TOOL or out.role is Role.SYSTEM  # notices never ping
+    text = out.text
+    if out.kind is OutKind.TOOL:
+        shown = text if len(text) <= TOOL_RESULT_CHARS else text[:TOOL_RESULT_CHARS] + "\n…"
+        text = f"Tool result:\n```\n{shown}\n```"
+    contents = [_content(text, notice, renderer)]
+    if len(json.dumps(contents[0])) > MAX_CONTENT_BYTES:
+        contents = [_content(part, notice, renderer) for part in split_text(text, CHUNK_CHARS)]
+    return contents
+
+
+def _content(text: str, notice: bool, renderer: MarkdownRenderer) -> dict[str, Any]:
+    content = {"msgtype": "m.notice" if notice else "m.text", "body": text,
+               "format": "org.matrix.custom.html", "formatted_body": renderer.html(text)}
+    if len(json.dumps(content)) > MAX_CONTENT_BYTES:
+        del content["format"], content["formatted_body"]
+    return content
+
+
+def split_text(text: str, limit: int) -> list[str]:
+    """Pieces of at most ``limit`` characters, cut at line ends where possible."""
+    parts: list[str] = []
+    while len(text) > limit:
+        cut = text.rfind("\n", 0, limit)
+        cut = cut + 1 if cut > limit // 2 else limit
+        parts.append(text[:cut])
+        text = text[cut:]
+    if text:
+        parts.append(text)
+    return parts
+
+
+SetTyping = Callable[[ThreadId, bool], Awaitable[None]]
+
+
+class TypingNotices:
+    """"The bot is typing" in a room while its turn runs.
+
+    Shown only once a turn has lasted ``delay`` seconds (a quick answer costs no request at
+    all), renewed before the homeserver lets it lapse, cleared when the turn is over.
+    """
+
+    def __init__(self, set_typing: SetTyping, delay: float = 0.5, refresh: float = 20.0) -> None:
+        self.set_typing = set_typing
+        self.delay = delay
+        self.refresh = refresh
+        self._keepers: dict[ThreadId, asyncio.Task[None]] = {}
+        self._shown: set[ThreadId] = set()
+        self._clearing: set[asyncio.Task[None]] = set()
+
+    def update(self, thread_id: ThreadId, state: str) -> None:
+        """A worker STATE: "thinking"/"streaming"/"tool" start the notice, "idle" ends it."""
+        if state != "idle":
+            if thread_id not in self._keepers:
+                self._keepers[thread_id] = asyncio.create_task(
+                    self._keep(thread_id), name=f"matrix-typing-{thread_id}")
+            return
+        keeper = self._keepers.pop(thread_id, None)
+        if keeper is None:
+            return
+        keeper.cancel()
+        shown = thread_id in self._shown
+        self._shown.discard(thread_id)
+        task = asyncio.create_task(self._clear(thread_id, keeper, shown))
+        self._clearing.add(task)
+        task.add_done_callback(self._clearing.discard)
+
+    async def stop(self) -> None:
+        tasks = [*self._keepers.values(), *self._clearing]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._keepers.clear()
+        self._shown.clear()
+
+    async def _keep(self, thread_id: ThreadId) -> None:
+        await asyncio.sleep(self.delay)
+        while True:
+            self._shown.add(thread_id)
+            await self.set_typing(thread_id, True)
+            await asyncio.sleep(self.refresh)
+
+    async def _clear(self, thread_id: ThreadId, keeper: asyncio.Task[None], shown: bool) -> None:
+        await asyncio.gather(keeper, return_exceptions=True)  # its request first, then "off"
+        if shown:
+            await self.set_typing(thread_id, False)
