@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import secrets
@@ -241,6 +242,9 @@ class App:
 
     async def _report_llm(self) -> None:
         """Say plainly, once, whether the configured endpoint answers and how to change it."""
+        # The openai package takes most of a cold start: import it off the event loop now
+        # that the daemon is ready, instead of before it.
+        await asyncio.to_thread(importlib.import_module, "openai")
         await self.endpoints.discover()  # every endpoint's models, for routing and /models
         problem = await self.llm.check()
         how = ("to use another, set llm.endpoints (base_url, api_key) and llm.model in "

@@ -23,6 +23,7 @@ import yaml
 from conftest import LLM_KEY, AppFactory
 from daemon import Daemon
 from fake_llm import FakeLLM, Reply
+from nio import AsyncClient, JoinResponse, LoginResponse
 from synapse import Human, MatrixUser, Synapse, synapse  # noqa: F401  (fixture)
 
 from ganglion.app import App
@@ -198,6 +199,43 @@ async def test_a_stranger_is_ignored_and_their_invite_refused(
     assert len(fake_llm.requests) == 1
     assert user_texts(fake_llm.requests[0]) == ["hello from the owner"]
     assert len(human.messages_from(room, bot.user_id)) == 1
+
+
+@pytest.mark.matrix
+async def test_history_from_before_the_first_start_is_not_answered(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    humans: HumanFactory, tmp_path: Path,
+) -> None:
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    human = await humans(person)
+    room = await human.create_room(invite=[bot.user_id], encrypted=False)
+    # The bot's account joins and the room talks before Ganglion ever ran.
+    elsewhere = AsyncClient(synapse.url, bot.user_id)
+    elsewhere.restore_login(bot.user_id, bot.device_id, bot.access_token)
+    assert isinstance(await elsewhere.join(room), JoinResponse)
+    await human.send(room, "an old message")
+    login = await elsewhere.login(bot.password, device_name="Ganglion")
+    await elsewhere.close()
+    assert isinstance(login, LoginResponse)
+    device = MatrixUser(bot.user_id, bot.password, login.access_token, login.device_id)
+
+    await start_bot(app_factory, synapse, device, [person.user_id], tmp_path / "store")
+    await human.send(room, "a new message")
+    assert (await human.next_message(room, bot.user_id, 0)).body == "echo: a new message"
+    assert [user_texts(r) for r in fake_llm.requests] == [["a new message"]]
+
+
+@pytest.mark.matrix
+async def test_allowed_rooms_limits_where_it_joins(
+    synapse: Synapse, app_factory: AppFactory, humans: HumanFactory,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store",
+                    allowed_rooms=["!somewhere-else:localhost"])
+    human = await humans(person)
+    room = await human.create_room(invite=[bot.user_id])
+    await human.until(lambda: human.member(room, bot.user_id) == "leave")
 
 
 @pytest.mark.matrix

@@ -151,14 +151,18 @@ class MatrixInterface:
             task.cancel()
         await asyncio.gather(*tasks, self.typing.stop(), return_exceptions=True)
         self._sync_task = None
-        if self.client is not None:
-            self._save_token()
-            await self.client.close()
+        self._connected = False
+        client, self.client = self.client, None  # what the worker still sends now waits
+        if client is not None:
+            if self._since:
+                client.store.save_sync_token(self._since)
+            await client.close()
 
     async def send(self, out: Outbound) -> bool:
         """STATE turns into typing notices; MESSAGE (and TOOL if shown) into room messages."""
         if out.kind is OutKind.STATE:
-            self.typing.update(out.thread_id, out.text)
+            if self.client is not None:
+                self.typing.update(out.thread_id, out.text)
             return True
         if out.kind is not OutKind.MESSAGE and not (
             out.kind is OutKind.TOOL and self.config.show_tool_calls

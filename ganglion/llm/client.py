@@ -14,9 +14,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import openai
-from openai import AsyncStream
-
 from ganglion.config import LLMConfig
 from ganglion.errors import LLMBadResponse, LLMUnavailable
 from ganglion.llm.endpoints import Endpoint, EndpointPool
@@ -33,9 +30,24 @@ traffic_log = logging.getLogger("ganglion.llm.traffic")
 _MAX_WAIT_SECONDS = 30.0
 _CHECK_TIMEOUT_SECONDS = 2.0
 _CHARS_PER_TOKEN = 4
-# What one attempt may raise that means "this endpoint failed", as opposed to a bug or a
-# failing callback: SDK errors, undecodable SSE data (ValueError), malformed chunks.
-_ATTEMPT_ERRORS = (openai.APIError, LLMBadResponse, ValueError)
+
+
+def _stream_class() -> type[Any]:
+    from openai import AsyncStream  # noqa: PLC0415  (see _attempt_errors)
+
+    return AsyncStream[object]
+
+
+def _attempt_errors() -> tuple[type[Exception], ...]:
+    """What one attempt may raise that means "this endpoint failed", as opposed to a bug or a
+    failing callback: SDK errors, undecodable SSE data (ValueError), malformed chunks.
+
+    The openai package is imported here, not at module level: it is most of a cold start,
+    and the App imports it in a thread once the daemon is ready (see Endpoint.client).
+    """
+    import openai  # noqa: PLC0415
+
+    return (openai.APIError, LLMBadResponse, ValueError)
 
 
 DeltaCallback = Callable[[str], Awaitable[None]]
@@ -227,7 +239,7 @@ class LLMClient:
         ep = self._pool.endpoints()[0]
         try:
             await ep.client.models.list(timeout=_CHECK_TIMEOUT_SECONDS)
-        except _ATTEMPT_ERRORS as err:
+        except _attempt_errors() as err:
             failure = classify(err, False, _CHECK_TIMEOUT_SECONDS)
             return self._scrub(
                 f"Endpoint '{ep.config.name}' ({ep.config.base_url}): {failure.what}. "
@@ -263,9 +275,9 @@ class LLMClient:
                     body=request.body(),
                     cast_to=object,
                     stream=True,
-                    stream_cls=AsyncStream[object],
+                    stream_cls=_stream_class(),
                 )
-            except _ATTEMPT_ERRORS as err:
+            except _attempt_errors() as err:
                 return self._failed(ep, err, got)
             try:
                 while True:
@@ -278,7 +290,7 @@ class LLMClient:
                         text = got.take(chunk)
                     except StopAsyncIteration:
                         break
-                    except _ATTEMPT_ERRORS as err:
+                    except _attempt_errors() as err:
                         return self._failed(ep, err, got)
                     # Outside the try: a failing callback is the caller's error, not the model's.
                     if text and request.on_delta is not None:
@@ -295,7 +307,7 @@ class LLMClient:
 
     def _failed(self, ep: Endpoint, err: BaseException, got: _Received) -> Failure:
         if self._debug:
-            body = err.body if isinstance(err, openai.APIError) else None
+            body = getattr(err, "body", None)
             traffic_log.debug(
                 "<- %s failed: %s %s",
                 ep.config.name,

@@ -16,15 +16,17 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import openai
-from openai import AsyncOpenAI
 from pydantic import ValidationError
 
 from ganglion.config import EndpointConfig, LLMConfig
 from ganglion.errors import InputRejected
 from ganglion.llm.failures import HINT_NOT_FOUND, HINT_REJECTED, Failure, classify
 from ganglion.storage.catalog import Alias, Catalog
+
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,6 @@ class Endpoint:
     """One OpenAI-compatible server: its HTTP client, its concurrency cap, what it offers."""
 
     config: EndpointConfig
-    client: AsyncOpenAI
     limiter: FifoLimiter
     added_by: str | None = None
     """Who added it at run time; None for the endpoints of config.yaml."""
@@ -84,23 +85,40 @@ class Endpoint:
     problem: str = ""
     """Why it was last marked unhealthy, in words for the user."""
 
+    _client: AsyncOpenAI | None = None
+
     @property
     def name(self) -> str:
         return self.config.name
 
+    @property
+    def client(self) -> AsyncOpenAI:
+        """The HTTP client, made at first use: the openai package is imported off the start-up
+        path (it is most of a cold start; the App warms it up in a thread once ready)."""
+        if self._client is None:
+            import openai  # noqa: PLC0415
+
+            config = self.config
+            self._client = openai.AsyncOpenAI(
+                base_url=config.base_url,
+                api_key=config.api_key or "none",
+                # timeout_seconds bounds each wait (first byte, next chunk), not the whole
+                # answer; a dead host should not hold a turn for that long, though.
+                timeout=openai.Timeout(
+                    config.timeout_seconds,
+                    connect=min(config.timeout_seconds, _CONNECT_TIMEOUT_SECONDS),
+                ),
+                max_retries=0,  # retries and failover are the LLM client's
+            )
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+
 
 def make_endpoint(config: EndpointConfig, added_by: str | None = None) -> Endpoint:
-    client = AsyncOpenAI(
-        base_url=config.base_url,
-        api_key=config.api_key or "none",
-        # timeout_seconds bounds each wait (first byte, next chunk), not the whole answer;
-        # a dead host should not hold a turn for that long, though.
-        timeout=openai.Timeout(
-            config.timeout_seconds, connect=min(config.timeout_seconds, _CONNECT_TIMEOUT_SECONDS)
-        ),
-        max_retries=0,  # retries and failover are the LLM client's
-    )
-    return Endpoint(config, client, FifoLimiter(config.max_concurrency), added_by)
+    return Endpoint(config, FifoLimiter(config.max_concurrency), added_by)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +179,7 @@ class EndpointPool:
 
     async def close(self) -> None:
         for ep in [*self._endpoints, *self._retired]:
-            await ep.client.close()
+            await ep.close()
         self._retired.clear()
 
     # -- endpoints ---------------------------------------------------------------------------
@@ -292,6 +310,8 @@ class EndpointPool:
         return problems
 
     async def _list_models(self, ep: Endpoint) -> tuple[list[str] | None, str | None]:
+        import openai  # noqa: PLC0415  (see Endpoint.client)
+
         timeout = min(ep.config.timeout_seconds, DISCOVERY_TIMEOUT_SECONDS)
         try:
             body = await ep.client.get("/models", cast_to=object, options={"timeout": timeout})

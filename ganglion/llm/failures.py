@@ -8,8 +8,10 @@ import ssl
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import openai
+if TYPE_CHECKING:
+    import openai
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,8 @@ HINT_GARBAGE = "Check that base_url points to an OpenAI-compatible API (usually 
 
 
 def classify(err: BaseException, mid_stream: bool, timeout: float) -> Failure:
+    import openai  # noqa: PLC0415  (imported off the start-up path; see Endpoint.client)
+
     if isinstance(err, openai.APIStatusError):
         return _status_failure(err.status_code, _server_message(err), err.response.headers)
     if isinstance(err, openai.APITimeoutError):
