@@ -109,9 +109,10 @@ class MatrixInterface:
         self.undecryptable_grace = 5.0
         """Seconds an undecryptable message may wait for its key before the room is told."""
         self._checked = False
+        self._synced = False
         self._connected = False
         self._since: str | None = None
-        self._token_saved = 0.0
+        self._token_saved: float | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.typing = TypingNotices(self._set_typing)
@@ -226,13 +227,12 @@ class MatrixInterface:
         assert self.client is not None
         client = self.client
         delay = self.backoff_initial
-        first = True
         while True:
             try:
                 if not self._checked:
                     await check_session(client, self.config, self.store_path)
                     self._checked = True
-                await self._sync_once(client, first)
+                await self._sync_once(client)
             except asyncio.CancelledError:
                 raise
             except StartupError as err:
@@ -251,15 +251,16 @@ class MatrixInterface:
                 delay = min(delay * 2, self.backoff_max)
                 continue
             delay = self.backoff_initial
-            first = False
             if not self._connected:
                 self._connected = True
                 log.info("matrix: syncing with %s", self.config.homeserver)
                 self._spawn(self.router.deliver_all())
 
-    async def _sync_once(self, client: TimedClient, first: bool) -> None:
-        # A first sync, or the first after an outage, returns at once (no long-poll): the
-        # replies that waited go out as soon as the homeserver is back.
+    async def _sync_once(self, client: TimedClient) -> None:
+        # The first sync asks for the full room state (nio keeps none across restarts). It,
+        # and the first after an outage, returns at once (no long-poll): the replies that
+        # waited go out as soon as the homeserver is back.
+        first = not self._synced
         resp = await client.sync(
             timeout=0 if first or not self._connected else self.sync_timeout_ms,
             sync_filter=SYNC_FILTER,
@@ -269,6 +270,7 @@ class MatrixInterface:
                 raise StartupError(f"matrix: the homeserver rejected matrix.access_token "
                                    f"({resp.status_code}); {LOGIN_HINT}")
             raise HomeserverUnavailable(f"sync: {resp}")
+        self._synced = True  # nio has taken this response in: never ask for it again
         arrived = client.sync_arrived
         # No stored sync token: this timeline is history from before start-up.
         history = first and self._since is None
@@ -288,10 +290,9 @@ class MatrixInterface:
         await self._settle_invites(client)
         await self._maintain_keys(client)
         self._since = client.next_batch  # every event up to here is on the bus (or dropped)
-        if first or time.monotonic() - self._token_saved >= TOKEN_SAVE_SECONDS:
+        if self._token_saved is None or time.monotonic() - self._token_saved >= TOKEN_SAVE_SECONDS:
             self._save_token()
-        if first:
-            self.ready.set()
+        self.ready.set()
 
     def _save_token(self) -> None:
         """Persist the last fully handled sync token.

@@ -205,6 +205,14 @@ class Database:
                 raise
             await self.conn.execute("COMMIT")
 
+    async def write(self, sql: str, params: tuple[object, ...] = ()) -> aiosqlite.Cursor:
+        """One statement, committed on its own (SQLite makes a lone statement atomic): a third
+        of the round trips of BEGIN, statement, COMMIT. Waits for any open transaction."""
+        async with self._write_lock:
+            cursor = await self.conn.execute(sql, params)
+            await cursor.close()  # rowcount and lastrowid stay readable
+            return cursor
+
     async def fetchall(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
         async with self.conn.execute(sql, params) as cur:
             return list(await cur.fetchall())

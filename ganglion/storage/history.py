@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,17 +67,24 @@ def row_to_message(r: Any) -> StoredMessage:
 
 
 class History:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, cached_threads: int = 256) -> None:
         self.db = db
+        # The context of recently active threads, kept in step with every write below: a turn
+        # reads its context without a query proportional to the whole history.
+        self._contexts: OrderedDict[ThreadId, list[StoredMessage]] = OrderedDict()
+        self._cached_threads = cached_threads
 
     async def begin_turn(self, msg: Inbound, content: str) -> None:
         """Put the inbound's user message into history (once, even when a turn is re-run)."""
-        async with self.db.transaction() as conn:
-            await conn.execute(
-                "INSERT INTO messages (thread_id, role, content, inbox_id, tokens, created_at)"
-                " VALUES (?, 'user', ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (msg.thread_id, content, msg.id, estimate_tokens(content), time.time()),
-            )
+        now, tokens = time.time(), estimate_tokens(content)
+        cur = await self.db.write(
+            "INSERT INTO messages (thread_id, role, content, inbox_id, tokens, created_at)"
+            " VALUES (?, 'user', ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (msg.thread_id, content, msg.id, tokens, now),
+        )
+        if cur.rowcount == 1 and cur.lastrowid is not None:
+            self._append(StoredMessage(cur.lastrowid, msg.thread_id, "user", content,
+                                       tokens=tokens, created_at=now, inbox_id=msg.id))
 
     async def finish_turn(
         self, thread_id: ThreadId, inbox_id: int | None, new: Sequence[NewMessage]
@@ -86,9 +94,11 @@ class History:
         Returns the stored ids of the messages queued for delivery, in order.
         """
         queued: list[tuple[int, NewMessage]] = []
+        stored: list[StoredMessage] = []
         now = time.time()
         async with self.db.transaction() as conn:
             for m in new:
+                tokens = m.tokens or estimate_tokens(m.content)
                 cur = await conn.execute(
                     "INSERT INTO messages (thread_id, role, content, tool_calls, tool_call_id,"
                     " name, inbox_id, in_context, visible, tokens, created_at)"
@@ -103,11 +113,15 @@ class History:
                         inbox_id,
                         int(m.in_context),
                         int(m.visible),
-                        m.tokens or estimate_tokens(m.content),
+                        tokens,
                         now,
                     ),
                 )
                 assert cur.lastrowid is not None
+                if m.in_context:
+                    stored.append(StoredMessage(
+                        cur.lastrowid, thread_id, m.role, m.content, m.tool_calls,
+                        m.tool_call_id, m.name, tokens, now, inbox_id))
                 if m.deliver:
                     await conn.execute(
                         "INSERT INTO outbox (thread_id, message_id, created_at) VALUES (?, ?, ?)",
@@ -118,16 +132,30 @@ class History:
                 await conn.execute(
                     "UPDATE inbox SET status = 'done', done_at = ? WHERE id = ?", (now, inbox_id)
                 )
+        for message in stored:
+            self._append(message)
         return queued
 
     async def context(self, thread_id: ThreadId) -> list[StoredMessage]:
         """The messages the model sees: since the last compaction or /new."""
-        rows = await self.db.fetchall(
-            "SELECT * FROM messages WHERE thread_id = ? AND in_context = 1"
-            " ORDER BY role != 'summary', id",
-            (thread_id,),
-        )
-        return [row_to_message(r) for r in rows]
+        cached = self._contexts.get(thread_id)
+        if cached is None:
+            rows = await self.db.fetchall(
+                "SELECT * FROM messages WHERE thread_id = ? AND in_context = 1"
+                " ORDER BY role != 'summary', id",
+                (thread_id,),
+            )
+            cached = self._contexts[thread_id] = [row_to_message(r) for r in rows]
+            if len(self._contexts) > self._cached_threads:
+                self._contexts.popitem(last=False)
+        else:
+            self._contexts.move_to_end(thread_id)
+        return list(cached)
+
+    def _append(self, message: StoredMessage) -> None:
+        cached = self._contexts.get(message.thread_id)
+        if cached is not None:
+            cached.append(message)
 
     async def transcript(self, thread_id: ThreadId, limit: int = 500) -> list[StoredMessage]:
         """What the user sees of this thread, oldest first (the last ``limit`` messages)."""
@@ -150,7 +178,8 @@ class History:
                 " WHERE thread_id = ? AND (in_context = 1 OR visible = 1)",
                 (thread_id,),
             )
-            return cur.rowcount
+        self._contexts.pop(thread_id, None)
+        return cur.rowcount
 
     async def replace_with_summary(
         self, thread_id: ThreadId, up_to_id: int, summary: str
@@ -173,4 +202,5 @@ class History:
                 " created_at) VALUES (?, 'summary', ?, 1, 0, ?, ?)",
                 (thread_id, summary, estimate_tokens(summary), now),
             )
+        self._contexts.pop(thread_id, None)  # re-read in its new order at the next turn
         return dropped

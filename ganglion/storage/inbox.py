@@ -20,31 +20,29 @@ class Inbox:
         A message whose (thread_id, client_id) is already stored is not stored again: the
         stored one is returned with ``False`` (a resend after a lost acknowledgement).
         """
-        async with self.db.transaction() as conn:
-            cur = await conn.execute(
-                "INSERT INTO inbox (thread_id, client_id, source, sender, text, system, meta,"
-                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (thread_id, client_id) DO NOTHING",
-                (
-                    msg.thread_id,
-                    msg.client_id,
-                    msg.source.value,
-                    msg.sender,
-                    msg.text,
-                    int(msg.system),
-                    json.dumps(msg.meta),
-                    time.time(),
-                ),
-            )
-            if cur.rowcount == 1 and cur.lastrowid is not None:
-                return replace(msg, id=cur.lastrowid), True
-            async with conn.execute(
-                "SELECT id FROM inbox WHERE thread_id = ? AND client_id = ?",
-                (msg.thread_id, msg.client_id),
-            ) as c2:
-                row = await c2.fetchone()
-            assert row is not None
-            return replace(msg, id=row["id"]), False
+        cur = await self.db.write(
+            "INSERT INTO inbox (thread_id, client_id, source, sender, text, system, meta,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (thread_id, client_id) DO NOTHING",
+            (
+                msg.thread_id,
+                msg.client_id,
+                msg.source.value,
+                msg.sender,
+                msg.text,
+                int(msg.system),
+                json.dumps(msg.meta),
+                time.time(),
+            ),
+        )
+        if cur.rowcount == 1 and cur.lastrowid is not None:
+            return replace(msg, id=cur.lastrowid), True
+        row = await self.db.fetchone(
+            "SELECT id FROM inbox WHERE thread_id = ? AND client_id = ?",
+            (msg.thread_id, msg.client_id),
+        )
+        assert row is not None
+        return replace(msg, id=row["id"]), False
 
     async def pending(self) -> list[Inbound]:
         """Accepted but unanswered messages, oldest first (recovered at start)."""

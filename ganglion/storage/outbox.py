@@ -31,11 +31,11 @@ class Outbox:
     async def mark_delivered(self, outbox_ids: list[int]) -> None:
         if not outbox_ids:
             return
-        async with self.db.transaction() as conn:
-            await conn.executemany(
-                "UPDATE outbox SET delivered_at = ? WHERE id = ? AND delivered_at IS NULL",
-                [(time.time(), i) for i in outbox_ids],
-            )
+        marks = ",".join("?" * len(outbox_ids))
+        await self.db.write(
+            f"UPDATE outbox SET delivered_at = ? WHERE id IN ({marks}) AND delivered_at IS NULL",
+            (time.time(), *outbox_ids),
+        )
 
     async def mark_thread_delivered(self, thread_id: ThreadId) -> None:
         async with self.db.transaction() as conn:

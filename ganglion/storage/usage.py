@@ -63,6 +63,16 @@ _TALLY = (
 )
 
 
+_INSERT_MESSAGE = (
+    "INSERT INTO usage (at, account, sender, thread_id, source, kind)"
+    " VALUES (?, ?, ?, ?, ?, 'message')"
+)
+
+
+def payer_row(payer: Payer) -> tuple[str, str, str, str]:
+    return (payer.account, payer.sender, payer.thread_id, payer.source)
+
+
 class UsageLog:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -85,6 +95,9 @@ class UsageLog:
         now = time.time() if now is None else now
         recent: list[float] = []
         tokens_today = 0
+        if max_in_window is None and max_tokens_today is None:  # nothing to check
+            await self.db.write(_INSERT_MESSAGE, (now, *payer_row(payer)))
+            return Admission(True, recent, tokens_today)
         async with self.db.transaction() as conn:
             if max_in_window is not None:
                 async with conn.execute(
@@ -105,11 +118,7 @@ class UsageLog:
                 max_tokens_today is None or tokens_today < max_tokens_today
             )
             if admitted:
-                await conn.execute(
-                    "INSERT INTO usage (at, account, sender, thread_id, source, kind)"
-                    " VALUES (?, ?, ?, ?, ?, 'message')",
-                    (now, payer.account, payer.sender, payer.thread_id, payer.source),
-                )
+                await conn.execute(_INSERT_MESSAGE, (now, *payer_row(payer)))
         return Admission(admitted, recent, tokens_today)
 
     async def record_call(
@@ -122,15 +131,13 @@ class UsageLog:
         completion_tokens: int,
         now: float | None = None,
     ) -> None:
-        async with self.db.transaction() as conn:
-            await conn.execute(
-                "INSERT INTO usage (at, account, sender, thread_id, source, kind, model,"
-                " endpoint, prompt_tokens, completion_tokens)"
-                " VALUES (?, ?, ?, ?, ?, 'call', ?, ?, ?, ?)",
-                (time.time() if now is None else now, payer.account, payer.sender,
-                 payer.thread_id, payer.source, model, endpoint, prompt_tokens,
-                 completion_tokens),
-            )
+        await self.db.write(
+            "INSERT INTO usage (at, account, sender, thread_id, source, kind, model,"
+            " endpoint, prompt_tokens, completion_tokens)"
+            " VALUES (?, ?, ?, ?, ?, 'call', ?, ?, ?, ?)",
+            (time.time() if now is None else now, *payer_row(payer), model, endpoint,
+             prompt_tokens, completion_tokens),
+        )
 
     async def tokens_since(self, account: str, start: float) -> int:
         row = await self.db.fetchone(
