@@ -55,7 +55,9 @@ class Router:
         self.history = history
         self.outbox = outbox
         self._interfaces: list[Interface] = []
-        self._delivery_locks: dict[ThreadId, asyncio.Lock] = {}
+        # One lock per thread while deliveries for it are running or waiting (with the count
+        # of those), so two deliveries never interleave and idle threads hold no lock.
+        self._delivery_locks: dict[ThreadId, tuple[asyncio.Lock, int]] = {}
 
     def register(self, iface: Interface) -> None:
         self._interfaces.append(iface)
@@ -77,14 +79,20 @@ class Router:
         iface = self.owner(thread_id)
         if iface is None:
             return
-        lock = self._delivery_locks.setdefault(thread_id, asyncio.Lock())
-        async with lock:
-            for outbox_id, msg in await self.outbox.pending(thread_id):
-                if not await iface.send(outbound_of(msg)):
-                    break
-                await self.outbox.mark_delivered([outbox_id])
-        if not lock.locked():
-            self._delivery_locks.pop(thread_id, None)
+        lock, users = self._delivery_locks.get(thread_id, (asyncio.Lock(), 0))
+        self._delivery_locks[thread_id] = (lock, users + 1)
+        try:
+            async with lock:
+                for outbox_id, msg in await self.outbox.pending(thread_id):
+                    if not await iface.send(outbound_of(msg)):
+                        break
+                    await self.outbox.mark_delivered([outbox_id])
+        finally:
+            lock, users = self._delivery_locks[thread_id]
+            if users == 1:
+                del self._delivery_locks[thread_id]
+            else:
+                self._delivery_locks[thread_id] = (lock, users - 1)
 
     async def deliver_all(self) -> None:
         """At start and after an interface reconnects: everything still waiting."""

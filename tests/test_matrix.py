@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import yaml
-from conftest import LLM_KEY, AppFactory
+from conftest import LLM_KEY, AppFactory, merge
 from daemon import Daemon
 from fake_llm import FakeLLM, Reply
 from nio import AsyncClient, JoinResponse, LoginResponse
@@ -315,6 +315,24 @@ async def test_an_empty_store_on_a_used_device_is_refused(
     message = str(caught.value)
     assert "ganglion login" in message and bot.device_id in message
     assert "already has encryption keys" in message
+
+
+@pytest.mark.matrix
+async def test_a_dead_token_or_a_wrong_homeserver_stop_start_up_with_what_to_do(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM, tmp_path: Path,  # noqa: F811
+) -> None:
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    with pytest.raises(StartupError, match="did not answer like a Matrix homeserver"):
+        await app_factory(merge(
+            matrix_section(synapse, bot, [person.user_id], tmp_path / "store"),
+            {"matrix": {"homeserver": f"http://127.0.0.1:{fake_llm.port}"}}))
+    signed_out = AsyncClient(synapse.url, bot.user_id)
+    signed_out.restore_login(bot.user_id, bot.device_id, bot.access_token)
+    await signed_out.logout()  # as "sign out this session" in Element does
+    await signed_out.close()
+    with pytest.raises(StartupError) as caught:
+        await app_factory(matrix_section(synapse, bot, [person.user_id], tmp_path / "store"))
+    assert "M_UNKNOWN_TOKEN" in str(caught.value) and "ganglion login" in str(caught.value)
 
 
 @pytest.mark.matrix
