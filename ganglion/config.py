@@ -368,7 +368,8 @@ def _format_error(err: ValidationError) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see config.yaml.example)"
-        elif "input" in e and e["type"] not in ("missing",) and not path.endswith("token"):
+        elif ("input" in e and e["type"] not in ("missing",)
+              and not any(path.endswith(key) for key in SECRET_KEYS)):
             shown = repr(e["input"])
             if len(shown) <= 60 and not isinstance(e["input"], dict | list):
                 msg = f"{msg} (got {shown})"
@@ -382,11 +383,14 @@ def parse_config(raw: Any, env: dict[str, str] | None = None) -> Config:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError("config error: <top>: the file must be a mapping of sections")
-    expanded = _expand_tree(raw, dict(os.environ) if env is None else env, "")
     try:
+        expanded = _expand_tree(raw, dict(os.environ) if env is None else env, "")
         return Config.model_validate(expanded)
     except ValidationError as err:
         raise ConfigError(_format_error(err)) from None
+    except RecursionError:  # a YAML alias inside itself (a: &x [*x]), or absurd nesting
+        raise ConfigError("config error: <top>: nested too deeply, or a YAML alias refers "
+                          "to itself; write the values out") from None
 
 
 def find_config_path(cli_path: str | None, env: dict[str, str] | None = None) -> Path | None:
@@ -413,6 +417,11 @@ def load_config(cli_path: str | None = None, env: dict[str, str] | None = None) 
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"config error: {path} is not valid YAML: {err}") from None
+    except ValueError as err:  # a scalar YAML resolves but cannot build, e.g. 2024-13-45
+        raise ConfigError(f"config error: {path} is not valid YAML: {err}; quote the value "
+                          "to keep it as text") from None
+    except RecursionError:
+        raise ConfigError(f"config error: {path} is not valid YAML: nested too deeply") from None
     config = parse_config(raw, env)
     return LoadedConfig(config, path.resolve(), path.resolve().parent)
 
