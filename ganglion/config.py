@@ -361,10 +361,16 @@ def _expand_tree(node: Any, env: dict[str, str], where: str) -> Any:
     return node
 
 
+def _key_name(part: str | int) -> str:
+    """A key as written, or quoted when blank or odd (a stray space, a control character)."""
+    text = str(part)
+    return text if re.fullmatch(r"[\w-]+", text) else repr(text)
+
+
 def _format_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "<top>"
+        path = ".".join(_key_name(p) for p in e["loc"]) or "<top>"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see config.yaml.example)"
@@ -413,6 +419,9 @@ def load_config(cli_path: str | None = None, env: dict[str, str] | None = None) 
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"config error: cannot read {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config error: {path} is not UTF-8 text (byte {err.start}); "
+                          "save it as UTF-8") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import logging.handlers
 import os
@@ -41,13 +42,20 @@ class SecretMask(logging.Filter):
         return True
 
 
+class PrivateRotatingFileHandler(logging.handlers.TimedRotatingFileHandler):
+    """Daily rotation; every log file it opens, the first and each new day's, is owner-only."""
+
+    def _open(self) -> io.TextIOWrapper:
+        os.close(os.open(self.baseFilename, os.O_CREAT | os.O_WRONLY, 0o600))
+        os.chmod(self.baseFilename, 0o600)
+        return super()._open()
+
+
 def setup_logging(log_dir: Path, level: str, mask: SecretMask) -> None:
     """Console + daily-rotated file, both behind the same secret mask."""
-    log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = log_dir / "ganglion.log"
-    if not path.exists():
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-    file_handler = logging.handlers.TimedRotatingFileHandler(
+    file_handler = PrivateRotatingFileHandler(
         path, when="midnight", backupCount=14, encoding="utf-8"
     )
     console = logging.StreamHandler(sys.stderr)

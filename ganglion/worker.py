@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -16,7 +17,15 @@ from ganglion.llm.compaction import Compactor
 from ganglion.llm.prompt import PromptInputs, build_messages, system_text
 from ganglion.llm.results import ChatResult
 from ganglion.llm.untrusted import neutralise
-from ganglion.messages import Inbound, Outbound, OutKind, Source, ThreadId, is_matrix_thread
+from ganglion.messages import (
+    Inbound,
+    Outbound,
+    OutKind,
+    Role,
+    Source,
+    ThreadId,
+    is_matrix_thread,
+)
 from ganglion.router import Router
 from ganglion.storage.files import BASE_PROMPT, HEARTBEATS, MEMORIES, DataFiles
 from ganglion.storage.history import History, NewMessage, StoredMessage, estimate_tokens
@@ -26,6 +35,9 @@ from ganglion.tools.registry import ToolContext, ToolRegistry
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+STORE_RETRY_FIRST = 0.5
+STORE_RETRY_MAX = 30.0
+"""Seconds between attempts to store a finished turn while the disk refuses writes."""
 
 
 def local_now() -> datetime:
@@ -116,6 +128,11 @@ class Worker:
             new = [self._notice(msg, str(err))]
         except asyncio.CancelledError:
             raise
+        except sqlite3.Error as err:  # the disk refused a write: say so, not "crashed"
+            log.error("[%s] turn failed: the database refused a write: %s", tid, err)
+            new = [self._notice(msg, f"I could not write to my database ({err}). The data "
+                                     "folder refuses writes (full or read-only?); once that "
+                                     "is fixed, please send your message again.")]
         except Exception as err:
             log.exception("[%s] turn crashed", tid)
             new = [self._notice(msg, f"Something went wrong on my side ({type(err).__name__}). "
@@ -270,10 +287,36 @@ class Worker:
             await self.router.broadcast(text, msg.thread_id)
 
     async def _finish(self, msg: Inbound, new: list[NewMessage], idle: bool = True) -> None:
-        await self.history.finish_turn(msg.thread_id, msg.id, new)
-        await self.router.deliver(msg.thread_id)
+        await self._store(msg, new)
+        try:
+            await self.router.deliver(msg.thread_id)
+        except sqlite3.Error as err:  # stored, so it is sent with the thread's next delivery
+            log.warning("[%s] could not mark a delivery: %s", msg.thread_id, err)
         if idle:
             await self._state(msg.thread_id, "idle")
+
+    async def _store(self, msg: Inbound, new: list[NewMessage]) -> None:
+        """Store the turn's outcome, waiting for a disk that refuses writes to accept them
+        again (the thread's later messages wait behind it; a stop leaves it unanswered, so
+        the next start runs it again). The user is told once, without storing anything."""
+        delay = STORE_RETRY_FIRST
+        told = False
+        while True:
+            try:
+                await self.history.finish_turn(msg.thread_id, msg.id, new)
+                return
+            except sqlite3.Error as err:
+                log.error("[%s] could not store the turn's answer (%s); retrying in %.1f s",
+                          msg.thread_id, err, delay)
+                if not told and not msg.system:
+                    told = True
+                    await self.router.publish(Outbound(
+                        msg.thread_id, OutKind.MESSAGE, role=Role.SYSTEM,
+                        text=f"I could not store my answer ({err}): the data folder refuses "
+                             "writes (full or read-only?). I will keep trying and send the "
+                             "answer once it can be stored."))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, STORE_RETRY_MAX)
 
     async def _state(self, tid: ThreadId, state: str) -> None:
         if tid not in self._quiet:

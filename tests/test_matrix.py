@@ -555,3 +555,50 @@ async def test_the_daemon_survives_a_crash_stops_fast_and_never_logs_the_token(
     assert "matrix: syncing with" in log and "reply sent" in log
     assert bot.access_token not in log and bot.access_token not in daemon.text()
     assert (tmp_path / "data" / "matrix-store").is_dir()
+
+
+@pytest.mark.matrix
+async def test_add_endpoint_only_in_an_encrypted_room_and_the_key_is_redacted(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    humans: HumanFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    bot, person = await synapse.register("bot"), await synapse.register("owner")
+    app = await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store",
+                          owner=person.user_id)
+    human = await humans(person)
+    key = "sk-matrix-endpoint-key-4f1e2d"
+    command = f"!add_endpoint extra {fake_llm.base_url} {key}"
+
+    plain = await human.create_room(invite=[bot.user_id], encrypted=False)
+    await human.wait_joined(plain, bot.user_id)
+    await human.send(plain, command)
+    refused = await human.next_message(plain, bot.user_id, 0)
+    assert "encrypted room" in refused.body and key not in refused.body
+    assert app.endpoints.get("extra") is None
+
+    # An encrypted room where the bot may redact (power level 50, the default for redactions).
+    resp = await human.client.room_create(
+        invite=[bot.user_id],
+        initial_state=[{"type": "m.room.encryption", "state_key": "",
+                        "content": {"algorithm": "m.megolm.v1.aes-sha2"}}],
+        power_level_override={"users": {bot.user_id: 50}},  # room v12: creators are implicit
+    )
+    assert hasattr(resp, "room_id"), resp
+    room: str = resp.room_id
+    await human.until(lambda: room in human.client.rooms)
+    await human.wait_joined(room, bot.user_id)
+    event_id = await human.send(room, command)
+    reply = await human.next_message(room, bot.user_id, 0)
+    assert key not in reply.body and "extra" in reply.body
+    assert app.endpoints.get("extra") is not None
+
+    async def redacted() -> bool:
+        got = await human.client.room_get_event(room, event_id)
+        event = getattr(got, "event", None)
+        return type(event).__name__ == "RedactedEvent"
+
+    deadline = time.monotonic() + 15
+    while not await redacted():
+        assert time.monotonic() < deadline, "the command message was not redacted"
+        await asyncio.sleep(0.2)
+    assert key not in caplog.text

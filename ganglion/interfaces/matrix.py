@@ -337,7 +337,9 @@ class MatrixInterface:
         await self._submit(room_id, event, arrived)
 
     async def _submit(self, room_id: str, event: RoomMessageText, arrived: float) -> None:
-        relates = (event.source.get("content") or {}).get("m.relates_to") or {}
+        relates = (event.source.get("content") or {}).get("m.relates_to")
+        if not isinstance(relates, dict):  # any JSON a client sent; nio does not check it
+            relates = {}
         if relates.get("rel_type") == "m.replace":
             log.info("[%s] ignored an edit of an earlier message", room_id)
             return

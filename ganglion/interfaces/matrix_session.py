@@ -95,10 +95,23 @@ def make_client(config: MatrixConfig, store_path: Path) -> TimedClient:
         client.restore_login(config.user_id, config.device_id, config.access_token)
     except Exception as err:
         raise StartupError(f"matrix: cannot open the key store in {store_path}: {err}") from err
+    make_private(store_path)
     if client.olm is None:
         raise StartupError(f"matrix: encryption could not be enabled with the store in "
                            f"{store_path}; check that the folder is writable")
     return client
+
+
+def make_private(store_path: Path) -> None:
+    """The store holds this device's secret keys: owner-only, whatever the umask made of it.
+
+    nio creates its database with the default mode; SQLite gives the -wal and -shm files the
+    mode of the database, so they follow.
+    """
+    store_path.chmod(0o700)
+    for path in store_path.iterdir():
+        if path.is_file():
+            path.chmod(0o600)
 
 
 async def check_session(client: TimedClient, config: MatrixConfig, store_path: Path) -> None:

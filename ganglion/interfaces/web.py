@@ -16,6 +16,7 @@ import ipaddress
 import json
 import logging
 import re
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -464,7 +465,17 @@ class WebInterface:
             })
             return
         inbound = Inbound(tab.thread_id, text, sender="web", source=Source.WEB, client_id=cid)
-        _, is_new = await self._bus.submit(inbound)  # stored durably: now it may be acked
+        try:
+            _, is_new = await self._bus.submit(inbound)  # stored durably: now it may be acked
+        except sqlite3.Error as err:  # the disk refused the write (read-only, full, broken)
+            log.error("[%s] could not store a message: %s", tab.thread_id, err)
+            await tab.write({
+                "type": "error", "id": cid, "code": "not_stored",
+                "message": f"Could not store your message ({err}), so it was not sent. "
+                "The data folder refuses writes (full or read-only?); send it again once "
+                "that is fixed.",
+            })
+            return
         await tab.write({"type": "ack", "id": cid, "duplicate": not is_new})
         if is_new:  # the thread's other tabs show the question too
             others = [t for t in self._tabs.get(tab.thread_id, ()) if t is not tab]

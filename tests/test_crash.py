@@ -1,0 +1,261 @@
+"""Crash consistency: the real daemon SIGKILLed at random moments under load, restarted each time.
+
+20 browser tabs send 6 messages each, spread over the run, over the real WebSocket, resending
+an unacknowledged message with the same client id after every reconnect (as the page does),
+while 3 one-shot reminders fall due; the daemon is killed 4 times at moments drawn from a
+seeded RNG. At the end every acknowledged message has exactly one answer, every reminder
+fired exactly once, nothing is pending, and SQLite's integrity check passes. The Matrix
+variant does the same with encrypted rooms on the shared Synapse: every message the
+homeserver accepted is answered exactly once, and the Matrix store passes the check too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import secrets
+import signal
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from conftest import LLM_KEY, WEB_TOKEN
+from daemon import Daemon
+from fake_llm import FakeLLM, Reply, _last_user_text
+from synapse import Synapse, synapse  # noqa: F401  (fixture)
+from test_matrix import HumanFactory, humans, matrix_section  # noqa: F401  (fixture)
+
+SEED = 7
+TABS = 20
+MESSAGES_PER_TAB = 6
+KILLS = 4
+REMINDER_DELAYS = (1.5, 3.5, 6.0)
+"""Seconds after the crash run begins: due before, between and after the kills."""
+
+
+def crash_config(llm: FakeLLM) -> dict[str, Any]:
+    return {
+        "llm": {"endpoints": [{"name": "fake", "base_url": llm.base_url, "api_key": LLM_KEY,
+                               "timeout_seconds": 30}],
+                "model": "fake-model", "retries": 0, "backoff_seconds": 0.01},
+        "web": {"token": WEB_TOKEN},
+        "paths": {"data_dir": "data", "log_dir": "logs"},
+    }
+
+
+def slow_echo(body: dict[str, Any]) -> Reply:
+    """An echo streamed over ~0.1 s, so kills land mid-turn as well as between turns."""
+    return Reply(text=f"echo: {_last_user_text(body)} and some more words", chunk_delay=0.015)
+
+
+class Tab:
+    """One page: sends its messages in order; after a lost connection it reconnects and
+    resends the unacknowledged one with the same id, until it is acknowledged."""
+
+    def __init__(self, url: str, n: int) -> None:
+        self.url = url
+        self.thread_id = f"web_{secrets.token_hex(16)}"
+        self.outbox = [(f"t{n}-m{i}-{secrets.token_hex(4)}", f"tab {n} message {i}")
+                       for i in range(MESSAGES_PER_TAB)]
+        self.acked: list[str] = []
+        self.reconnects = 0
+
+    async def run(self, rng: random.Random) -> None:
+        async with aiohttp.ClientSession() as session:
+            while self.outbox:
+                try:
+                    async with session.ws_connect(f"{self.url}/ws", origin=self.url) as ws:
+                        await ws.send_json({"type": "hello", "token": WEB_TOKEN,
+                                            "thread_id": self.thread_id})
+                        ready = await ws.receive_json(timeout=10)
+                        assert ready["type"] == "ready", ready
+                        while self.outbox:
+                            cid, text = self.outbox[0]
+                            await ws.send_json({"type": "send", "id": cid, "text": text})
+                            await self._wait_ack(ws, cid)
+                            self.acked.append(cid)
+                            self.outbox.pop(0)
+                            await asyncio.sleep(rng.uniform(0.3, 1.7))
+                except (aiohttp.ClientError, ConnectionError, TimeoutError, TypeError):
+                    # TypeError: receive_json on a closed socket. Down: try again shortly.
+                    self.reconnects += 1
+                    await asyncio.sleep(0.1)
+
+    @staticmethod
+    async def _wait_ack(ws: aiohttp.ClientWebSocketResponse, cid: str) -> None:
+        while True:
+            msg = await ws.receive(timeout=15)
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                raise ConnectionError(f"socket closed: {msg.type}")
+            frame = json.loads(msg.data)
+            if frame.get("id") == cid and frame.get("type") == "ack":
+                return
+            assert not (frame.get("id") == cid and frame.get("type") == "error"), frame
+
+
+def db_rows(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(db, timeout=10)
+    try:
+        return list(conn.execute(sql, params))
+    finally:
+        conn.close()
+
+
+def settled(db: Path, acked: int) -> bool:
+    """All acked messages stored and answered, all reminders fired."""
+    [(web, pending)] = db_rows(db, "SELECT count(*) FILTER (WHERE source = 'web'),"
+                                   " count(*) FILTER (WHERE status != 'done') FROM inbox")
+    [(active,)] = db_rows(db, "SELECT count(*) FROM reminders WHERE status = 'active'")
+    return web >= acked and pending == 0 and active == 0
+
+
+async def test_sigkill_under_load_loses_nothing_and_answers_everything_once(
+    tmp_path: Path, fake_llm: FakeLLM
+) -> None:
+    rng = random.Random(SEED)
+    fake_llm.script(*[slow_echo] * (TABS * MESSAGES_PER_TAB * 3))
+    d = Daemon(tmp_path, crash_config(fake_llm))
+    db = tmp_path / "data" / "conversation.db"
+    d.start()
+    try:
+        await d.wait_ready()  # creates the database; stopped cleanly to add the reminders
+        d.signal(signal.SIGTERM)
+        assert await d.wait_exit(5) == 0
+        reminder_thread = f"web_{secrets.token_hex(16)}"
+        begin = time.time()
+        with sqlite3.connect(db) as conn:
+            for i, delay in enumerate(REMINDER_DELAYS):
+                conn.execute(
+                    "INSERT INTO reminders (thread_id, text, next_at, created_by, created_at)"
+                    " VALUES (?, ?, ?, 'test', ?)",
+                    (reminder_thread, f"reminder {i}", begin + delay, begin))
+        conn.close()
+
+        d.start()
+        await d.wait_ready()
+        tabs = [Tab(d.url, n) for n in range(TABS)]
+        senders = [asyncio.create_task(tab.run(random.Random(rng.random()))) for tab in tabs]
+        kills = []
+        for _ in range(KILLS):
+            await asyncio.sleep(rng.uniform(0.3, 1.5))
+            kills.append(round(time.time() - begin, 2))
+            d.proc.kill()  # type: ignore[union-attr]  (SIGKILL: no cleanup at all)
+            d.proc.wait(5)  # type: ignore[union-attr]
+            await asyncio.sleep(rng.uniform(0, 0.3))
+            d.start()
+            await d.wait_ready()
+        async with asyncio.timeout(60):
+            await asyncio.gather(*senders)
+            acked = [cid for tab in tabs for cid in tab.acked]
+            while not settled(db, len(acked)):  # noqa: ASYNC110  (the DB is the state)
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(0.3)  # time for a wrong second answer to show up
+        d.signal(signal.SIGTERM)
+        assert await d.wait_exit(5) == 0
+        assert sum(tab.reconnects for tab in tabs) >= KILLS, "the kills were not felt"
+
+        # Every acknowledged message is stored once and answered exactly once.
+        assert len(acked) == TABS * MESSAGES_PER_TAB
+        stored = db_rows(db, "SELECT thread_id, client_id, id, status FROM inbox"
+                             " WHERE source = 'web'")
+        assert sorted(r[1] for r in stored) == sorted(acked)
+        assert {r[3] for r in stored} == {"done"}
+        answers = dict(db_rows(
+            db, "SELECT inbox_id, count(*) FROM messages"
+                " WHERE role IN ('assistant', 'notice') AND inbox_id IS NOT NULL"
+                " GROUP BY inbox_id"))
+        for thread_id, cid, inbox_id, _ in stored:
+            assert answers.get(inbox_id) == 1, (thread_id, cid, answers.get(inbox_id))
+        texts = db_rows(db, "SELECT i.text, m.content FROM inbox i JOIN messages m"
+                            " ON m.inbox_id = i.id AND m.role = 'assistant'"
+                            " WHERE i.source = 'web'")
+        assert all(a == f"echo: {q} and some more words" for q, a in texts), texts[:3]
+        # One user row per message too (a re-run turn does not store the question twice).
+        [(users,)] = db_rows(db, "SELECT count(*) FROM messages WHERE role = 'user'")
+        assert users == len(acked)
+
+        # Every reminder fired exactly once: one firing in the inbox, one message sent.
+        reminders = db_rows(db, "SELECT id, status, fired FROM reminders ORDER BY id")
+        assert [(s, f) for _, s, f in reminders] == [("done", 1)] * len(REMINDER_DELAYS)
+        for rid, _, _ in reminders:
+            firings = db_rows(db, "SELECT id FROM inbox WHERE client_id LIKE ?",
+                              (f"reminder:{rid}:%",))
+            assert len(firings) == 1, (rid, firings)
+            sent = db_rows(db, "SELECT content FROM messages WHERE inbox_id = ?"
+                               " AND role = 'assistant'", (firings[0][0],))
+            assert len(sent) == 1 and sent[0][0].endswith(f"reminder {rid - 1}"), sent
+        for path in sorted((tmp_path / "data").glob("*.db")):
+            assert db_rows(path, "PRAGMA integrity_check") == [("ok",)], path
+        print(f"kills at {kills} s; {sum(t.reconnects for t in tabs)} reconnects;"
+              f" {fake_llm.disconnects} model calls cut by a kill")
+    finally:
+        d.kill()
+
+
+@pytest.mark.matrix
+async def test_sigkill_with_matrix_rooms_answers_every_accepted_message_once(
+    synapse: Synapse, fake_llm: FakeLLM, humans: HumanFactory, tmp_path: Path,  # noqa: F811
+) -> None:
+    rng = random.Random(SEED + 1)
+    rooms_n, per_room, kills_n = 2, 8, 3
+    fake_llm.script(*[slow_echo] * (rooms_n * per_room * 3))
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    config = {**crash_config(fake_llm),
+              **matrix_section(synapse, bot, [person.user_id], Path("data/matrix-store"),
+                               owner=person.user_id)}
+    d = Daemon(tmp_path, config)
+    db = tmp_path / "data" / "conversation.db"
+    d.start()
+    try:
+        await d.wait_ready()
+        human = await humans(person)
+        rooms = [await human.create_room(invite=[bot.user_id]) for _ in range(rooms_n)]
+        for room in rooms:
+            await human.wait_joined(room, bot.user_id)
+        sent: dict[str, list[str]] = {room: [] for room in rooms}
+
+        async def talk() -> None:
+            for i in range(per_room):
+                for room in rooms:
+                    text = f"room {rooms.index(room)} message {i}"
+                    await human.send(room, text)  # returns once the homeserver accepted it
+                    sent[room].append(text)
+                await asyncio.sleep(rng.uniform(0.2, 0.8))
+
+        talking = asyncio.create_task(talk())
+        for _ in range(kills_n):
+            await asyncio.sleep(rng.uniform(0.5, 2.0))
+            d.proc.kill()  # type: ignore[union-attr]
+            d.proc.wait(5)  # type: ignore[union-attr]
+            d.start()
+            await d.wait_ready()
+        await talking
+        for room in rooms:
+            await human.until(
+                lambda room=room: len(human.messages_from(room, bot.user_id)) >= per_room, 60)
+        await asyncio.sleep(1.0)
+        await human.sync()
+        d.signal(signal.SIGTERM)
+        assert await d.wait_exit(5) == 0
+
+        for room in rooms:  # in the room: one answer per message, none twice
+            bodies = sorted(m.body for m in human.messages_from(room, bot.user_id))
+            assert bodies == sorted(f"echo: {t} and some more words" for t in sent[room])
+        stored = db_rows(db, "SELECT thread_id, text, id, status FROM inbox"
+                             " WHERE source = 'matrix'")
+        assert sorted((r[0], r[1]) for r in stored) == sorted(
+            (room, t) for room in rooms for t in sent[room])
+        assert {r[3] for r in stored} == {"done"}
+        answers = dict(db_rows(db, "SELECT inbox_id, count(*) FROM messages WHERE role IN"
+                                   " ('assistant', 'notice') GROUP BY inbox_id"))
+        assert all(answers.get(r[2]) == 1 for r in stored), answers
+        files = sorted((tmp_path / "data").rglob("*.db"))
+        assert any("matrix-store" in str(p) for p in files), files
+        for path in files:
+            assert db_rows(path, "PRAGMA integrity_check") == [("ok",)], path
+    finally:
+        d.kill()

@@ -1,0 +1,150 @@
+"""Dependencies failing, end to end through the WebSocket: a clear message, still running, and
+working again by itself once the fault clears.
+
+Already covered elsewhere and not repeated here: the LLM endpoint refusing connections
+(tests/test_turns.py::test_all_endpoints_failing_gives_a_clear_message_and_recovers, and
+the real daemon with nothing listening in tests/test_daemon.py), and the homeserver going
+away and coming back (tests/test_matrix.py::test_recovers_by_itself_when_the_homeserver_
+comes_back). The model client's retry and failover rules for each failure are unit-tested
+in tests/test_llm_client.py; here the user's side of the same failures is checked.
+
+The disk refusing writes: tests run as root, for whom a read-only mode bit changes nothing,
+and no read-only or full filesystem can be mounted here. ``PRAGMA query_only`` on the
+daemon's own connection makes SQLite refuse every write with the same error a read-only
+file gives (SQLITE_READONLY), through the real error paths of the web interface and the
+worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from conftest import LLM_KEY, AppFactory
+from fake_llm import FakeLLM, Reply
+from wsclient import ChatClient
+
+from ganglion.app import App
+
+
+async def connect(app: App) -> ChatClient:
+    assert app.web is not None
+    chat = ChatClient(app.web.url, app.web_token)
+    await chat.connect()
+    return chat
+
+
+def one_endpoint(llm: FakeLLM, timeout: float = 10, retries: int = 1) -> dict[str, Any]:
+    return {"llm": {"endpoints": [{"name": "fake", "base_url": llm.base_url, "api_key": LLM_KEY,
+                                   "timeout_seconds": timeout}],
+                    "retries": retries}}
+
+
+async def assert_recovers(chat: ChatClient) -> None:
+    """The fault is gone: the next message is answered normally."""
+    assert (await chat.ask("and now?", timeout=10))["text"] == "echo: and now?"
+
+
+async def test_a_model_hanging_past_its_time_out_is_reported_and_the_next_turn_works(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory(one_endpoint(fake_llm, timeout=0.5, retries=0))
+    fake_llm.script(Reply(hang=True))
+    chat = await connect(app)
+    reply = await chat.ask("are you there?", timeout=10)
+    assert reply["role"] == "system"
+    assert "language model" in reply["text"] and "timed out" in reply["text"]
+    assert "timeout_seconds" in reply["text"]  # what to do about it
+    await assert_recovers(chat)
+    await chat.close()
+
+
+async def test_garbage_from_the_model_is_reported_and_the_next_turn_works(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory(one_endpoint(fake_llm))
+    fake_llm.script(Reply(garbage=True))  # not retried: another try would not help
+    chat = await connect(app)
+    reply = await chat.ask("hello", timeout=10)
+    assert reply["role"] == "system"
+    assert "not a chat completion" in reply["text"] and "base_url" in reply["text"]
+    await assert_recovers(chat)
+    await chat.close()
+
+
+async def test_a_stream_cut_halfway_is_reset_and_reported_and_the_next_turn_works(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory(one_endpoint(fake_llm, retries=1))
+    cut = Reply(text="this answer breaks off in the middle", cut_after_chunks=3)
+    fake_llm.script(cut, cut)
+    chat = await connect(app)
+    assert (await chat.send("tell me"))["type"] == "ack"
+    events = []
+    while True:
+        event = await chat.next_event(10)
+        events.append(event)
+        if event.get("type") == "message" and event.get("role") in ("assistant", "system"):
+            break
+    kinds = [e["type"] for e in events]
+    assert "delta" in kinds and "reset" in kinds  # the half answer was shown, then taken back
+    assert events[-1]["role"] == "system"
+    assert "broke off in the middle" in events[-1]["text"]
+    # The broken half is not stored as an answer.
+    rows = await app.db.fetchall("SELECT role, content FROM messages WHERE thread_id = ?",
+                                 (chat.thread_id,))
+    assert [r["role"] for r in rows] == ["user", "notice"]
+    await assert_recovers(chat)
+    await chat.close()
+
+
+async def test_a_message_the_disk_refuses_is_not_acked_and_says_so_then_works_again(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory()
+    chat = await connect(app)
+    await app.db.conn.execute("PRAGMA query_only = ON")  # every write now fails
+    refused = await chat.send("keep this", client_id="c1")
+    assert refused["type"] == "error" and refused["code"] == "not_stored", refused
+    assert "Could not store your message" in refused["message"]
+    assert "send it again" in refused["message"]
+    assert len(fake_llm.requests) == 0  # nothing ran on a message that was not stored
+    # The socket and the daemon are still there; reads still work.
+    assert (await chat.send("still refused", client_id="c2"))["code"] == "not_stored"
+
+    await app.db.conn.execute("PRAGMA query_only = OFF")  # the fault clears
+    assert (await chat.send("keep this", client_id="c1"))["type"] == "ack"  # resent as is
+    reply = await chat.reply(10)
+    assert reply["text"] == "echo: keep this"
+    rows = await app.db.fetchall("SELECT client_id, status FROM inbox")
+    assert [(r["client_id"], r["status"]) for r in rows] == [("c1", "done")]
+    await chat.close()
+
+
+async def test_an_answer_the_disk_refuses_is_announced_then_stored_and_sent_once_it_can(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory()
+    chat = await connect(app)
+    fake_llm.script(Reply(text="worth keeping", delay=0.3))
+    assert (await chat.send("question"))["type"] == "ack"
+    async with asyncio.timeout(5):
+        await fake_llm.wait_until(lambda: fake_llm.in_flight == 1)
+    await app.db.conn.execute("PRAGMA query_only = ON")  # the disk goes away mid-turn
+    notice = await chat.reply(10)
+    assert notice["role"] == "system"
+    assert "could not store my answer" in notice["text"]
+    assert "keep trying" in notice["text"]
+    await asyncio.sleep(1.0)  # a few failed attempts
+    assert app.bus.is_busy(chat.thread_id)  # type: ignore[arg-type]
+
+    await app.db.conn.execute("PRAGMA query_only = OFF")
+    answer = await chat.reply(10)  # stored and delivered, once
+    assert answer["role"] == "assistant" and answer["text"] == "worth keeping"
+    rows = await app.db.fetchall("SELECT role, content FROM messages WHERE thread_id = ?",
+                                 (chat.thread_id,))
+    assert [(r["role"], r["content"]) for r in rows] == [
+        ("user", "question"), ("assistant", "worth keeping")]
+    assert [r["status"] for r in await app.db.fetchall("SELECT status FROM inbox")] == ["done"]
+    await assert_recovers(chat)
+    await chat.close()
