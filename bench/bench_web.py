@@ -98,8 +98,10 @@ async def main() -> dict[str, Any]:
                              "--port", str(llm_port)])
     work = Path(tempfile.mkdtemp(prefix="ganglion-bench-"))
     d = Daemon(work, {
-        "llm": {"endpoints": [{"name": "fake", "base_url": f"http://127.0.0.1:{llm_port}/v1",
-                               "max_concurrency": 64}], "model": "bench"},
+        # The default max_concurrency (4): FIFO admission lets the first replies out early.
+        "llm": {"endpoints": [{"name": "fake", "base_url": f"http://127.0.0.1:{llm_port}/v1"}],
+                "model": "bench"},
+        "limits": {"messages_per_minute": None},
         "web": {"token": TOKEN},
         "logging": {"level": "WARNING"},
         "paths": {"data_dir": "data", "log_dir": "logs"},

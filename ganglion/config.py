@@ -201,8 +201,10 @@ class LoggingConfig(_Section):
 
 
 class BusConfig(_Section):
-    max_turns_in_flight: Annotated[int, Field(ge=1, le=10_000)] = 64
-    """Turns running at once across threads. LLM calls are capped per endpoint as well."""
+    max_turns_in_flight: Annotated[int, Field(ge=1, le=10_000)] = 12
+    """Turns running at once across threads; the next wait in arrival order. A few times the
+    endpoints' max_concurrency: enough to overlap tools and storage with model calls, few
+    enough that a burst's first replies are not held back by the work of the last ones."""
 
 
 def _zone_name(value: str | None) -> str | None:
