@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import fnmatch
+import io
 import os
 import stat
 from collections.abc import Iterator, Sequence
@@ -119,8 +120,9 @@ class Workspace:
 
     # -- operations ------------------------------------------------------------------------
 
-    def read_bytes(self, path: str, limit: int) -> tuple[bytes, int]:
-        """Up to ``limit`` bytes of a regular file, and its size."""
+    @contextmanager
+    def _regular_file(self, path: str) -> Iterator[tuple[io.BufferedReader, os.stat_result]]:
+        """A regular file inside the workspace, open for reading, with its stat."""
         parts = self.parts(path)
         with self.folder(parts[:-1]) as dfd:
             fd = self._open_file(dfd, parts, os.O_RDONLY)
@@ -128,7 +130,12 @@ class Workspace:
                 st = os.fstat(fh.fileno())
                 if not stat.S_ISREG(st.st_mode):
                     raise ToolError(f"{path} is not a regular file")
-                return fh.read(limit), st.st_size
+                yield fh, st
+
+    def read_bytes(self, path: str, limit: int) -> tuple[bytes, int]:
+        """Up to ``limit`` bytes of a regular file, and its size."""
+        with self._regular_file(path) as (fh, st):
+            return fh.read(limit), st.st_size
 
     def read_text(self, path: str, limit: int) -> str:
         """The whole file as UTF-8 text, for changing it: refused when larger than ``limit``
@@ -147,38 +154,32 @@ class Workspace:
     def read_lines(self, path: str, start_line: int, limit: int) -> TextPart:
         """Whole lines from ``start_line`` on, up to about ``limit`` bytes (at least one
         line, cut at ``limit`` if it is longer)."""
-        parts = self.parts(path)
-        with self.folder(parts[:-1]) as dfd:
-            fd = self._open_file(dfd, parts, os.O_RDONLY)
-            with os.fdopen(fd, "rb") as fh:
-                st = os.fstat(fh.fileno())
-                if not stat.S_ISREG(st.st_mode):
-                    raise ToolError(f"{path} is not a regular file")
-                if b"\x00" in fh.peek(8192)[:8192]:
-                    raise ToolError(f"{path} looks binary ({st.st_size:,} bytes); read_file "
-                                    "shows text only")
-                line_no = 1
-                while line_no < start_line:
-                    if not fh.readline():
-                        raise ToolError(f"{path} has only {line_no - 1} lines")
-                    line_no += 1
-                out: list[bytes] = []
-                used = 0
-                while True:
-                    line = fh.readline(limit)  # never more than limit bytes at once
-                    if not line:
-                        return TextPart(_decode(out), None, st.st_size)
-                    if out and used + len(line) > limit:
-                        return TextPart(_decode(out), line_no, st.st_size)
-                    out.append(line)
-                    used += len(line)
-                    if len(line) == limit and not line.endswith(b"\n"):
-                        while (rest := fh.readline(65536)) and not rest.endswith(b"\n"):
-                            pass  # skip the rest of an over-long line
-                        out.append(f"\n[line {line_no} is cut at {limit:,} bytes]\n".encode())
-                        more = bool(fh.peek(1))
-                        return TextPart(_decode(out), line_no + 1 if more else None, st.st_size)
-                    line_no += 1
+        with self._regular_file(path) as (fh, st):
+            if b"\x00" in fh.peek(8192)[:8192]:
+                raise ToolError(f"{path} looks binary ({st.st_size:,} bytes); read_file "
+                                "shows text only")
+            line_no = 1
+            while line_no < start_line:
+                if not fh.readline():
+                    raise ToolError(f"{path} has only {line_no - 1} lines")
+                line_no += 1
+            out: list[bytes] = []
+            used = 0
+            while True:
+                line = fh.readline(limit)  # never more than limit bytes at once
+                if not line:
+                    return TextPart(_decode(out), None, st.st_size)
+                if out and used + len(line) > limit:
+                    return TextPart(_decode(out), line_no, st.st_size)
+                out.append(line)
+                used += len(line)
+                if len(line) == limit and not line.endswith(b"\n"):
+                    while (rest := fh.readline(65536)) and not rest.endswith(b"\n"):
+                        pass  # skip the rest of an over-long line
+                    out.append(f"\n[line {line_no} is cut at {limit:,} bytes]\n".encode())
+                    more = bool(fh.peek(1))
+                    return TextPart(_decode(out), line_no + 1 if more else None, st.st_size)
+                line_no += 1
 
     def exists(self, path: str) -> bool:
         parts = self.parts(path)
