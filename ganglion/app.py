@@ -253,7 +253,7 @@ class App:
             log.info("LLM: %s is reachable; %s", self.llm.describe(), how)
         else:
             log.warning("LLM: %s is NOT reachable: %s. Chats will say so until it is; %s",
-                        self.llm.describe(), problem, how)
+                        self.llm.describe(), problem.rstrip("."), how)
 
     async def stop(self) -> None:
         """Stop parts in reverse order, each within STOP_SECONDS."""
