@@ -153,6 +153,8 @@ class Worker:
 
     async def turn_stopped(self, msg: Inbound) -> None:
         partial = "".join(self._partial.pop(msg.thread_id, []))
+        self._spent.pop(msg.thread_id, None)
+        self._quiet.discard(msg.thread_id)
         new = []
         if partial.strip():
             new.append(NewMessage("assistant", partial + " …", deliver=not msg.system))
