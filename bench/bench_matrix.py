@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import signal
 import statistics
@@ -29,28 +28,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from bench_web import cpu_seconds, wait_port
 from daemon import Daemon, free_port
 from synapse import SYNAPSE_VERSION, Human, Synapse, install
 
 SHARE = re.compile(r"reply sent ([\d.]+) ms after its event arrived \(daemon ([\d.]+) ms, "
                    r"homeserver send ([\d.]+) ms\)")
-
-
-async def wait_port(port: int, timeout: float = 20) -> None:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        try:
-            _r, w = await asyncio.open_connection("127.0.0.1", port)
-            w.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.02)
-    raise TimeoutError(f"nothing listens on {port}")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], p: float) -> float:
