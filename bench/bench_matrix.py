@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import re
 import signal
 import statistics
@@ -28,7 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from bench_web import cpu_seconds, wait_port
+from common import cpu_seconds, report, wait_port
 from daemon import Daemon, free_port
 from synapse import SYNAPSE_VERSION, Human, Synapse, install
 
@@ -113,9 +112,7 @@ async def main() -> dict[str, Any]:
         fake.terminate()
         fake.wait(5)
         server.stop_blocking()
-    print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    report(results, args.json)
     return results
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import re
 import signal
 import statistics
@@ -32,6 +31,7 @@ from zoneinfo import ZoneInfo
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from common import report
 from daemon import Daemon
 from fake_llm import FakeLLM, Reply
 from wsclient import ChatClient
@@ -180,9 +180,7 @@ async def main() -> dict[str, Any]:
         }
     finally:
         await llm.stop()
-    print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    report(results, args.json)
     return results
 
 

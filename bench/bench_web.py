@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import signal
 import statistics
 import subprocess
@@ -24,35 +22,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from common import cpu_seconds, report, rss_mib, wait_port
 from daemon import Daemon, free_port
 from wsclient import ChatClient
 
 TOKEN = "bench-token-0123456789"
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
-
-
-async def wait_port(port: int, timeout: float = 20) -> None:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        try:
-            _r, w = await asyncio.open_connection("127.0.0.1", port)
-            w.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.02)
-    raise TimeoutError(f"nothing listens on {port}")
 
 
 async def sequential(url: str, turns: int) -> list[float]:
@@ -133,9 +107,7 @@ async def main() -> dict[str, Any]:
         d.kill()
         fake.terminate()
         fake.wait(5)
-    print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    report(results, args.json)
     return results
 
 

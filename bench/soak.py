@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import sqlite3
@@ -30,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_web import rss_mib, wait_port
+from common import report, rss_mib, wait_port
 from daemon import Daemon, free_port
 from wsclient import ChatClient
 
@@ -178,9 +177,7 @@ async def main() -> dict[str, Any]:
         d.kill()
         fake.terminate()
         fake.wait(5)
-    print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    report(results, args.json)
     return results
 
 
