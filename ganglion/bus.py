@@ -66,6 +66,10 @@ class Bus:
                 self._enqueue(stored)
         return stored, is_new
 
+    async def known(self, thread_id: ThreadId, client_ids: list[str]) -> set[str]:
+        """Of these client ids, the ones already submitted in this thread."""
+        return await self.inbox.known(thread_id, client_ids)
+
     def _run_immediate(self, msg: Inbound) -> None:
         task = asyncio.create_task(self.handler.run_turn(msg), name=f"control-{msg.thread_id}")
         self._controls.add(task)

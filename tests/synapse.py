@@ -312,6 +312,9 @@ class Synapse:
         return MatrixUser(data["user_id"], password, data["access_token"], data["device_id"])
 
 
+HUMAN_FILTER = {"room": {"timeline": {"limit": 1000}}}
+
+
 class Human:
     """A person's client: nio with encryption and its own store, synced on demand.
 
@@ -335,8 +338,10 @@ class Human:
 
     async def sync(self, timeout_ms: int = 1000) -> None:
         client = self.client
+        # A long timeline limit: with the default (10) a sync after a busy minute comes back
+        # "limited" and the person would never see the older replies.
         resp = await client.sync(timeout=0 if not self.synced else timeout_ms,
-                                 full_state=not self.synced)
+                                 full_state=not self.synced, sync_filter=HUMAN_FILTER)
         if not isinstance(resp, SyncResponse):
             raise RuntimeError(f"sync failed: {resp}")
         self.synced = True

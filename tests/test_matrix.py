@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -29,6 +30,7 @@ from synapse import Human, MatrixUser, Synapse, synapse  # noqa: F401  (fixture)
 from ganglion.app import App
 from ganglion.config import load_config
 from ganglion.errors import StartupError
+from ganglion.interfaces import matrix as matrix_interface
 from ganglion.messages import Inbound, Source, ThreadId
 
 HumanFactory = Callable[[MatrixUser], Awaitable[Human]]
@@ -173,6 +175,39 @@ async def test_restart_keeps_the_device_and_answers_what_came_meanwhile_once(
     assert human.client.device_store[bot.user_id][bot.device_id].curve25519 == identity
     assert olm_sessions(human.client, bot.user_id, bot.device_id) == human_sessions
     assert olm_sessions(second.matrix.client, person.user_id, person.device_id) == bot_sessions
+
+
+@pytest.mark.matrix
+async def test_a_busy_absence_is_caught_up_past_a_limited_timeline(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    humans: HumanFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="ganglion.interfaces.matrix")
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    store = tmp_path / "store"
+    # The owner: not rate limited (a dozen messages in a few seconds).
+    first = await start_bot(app_factory, synapse, bot, [person.user_id], store,
+                            owner=person.user_id)
+    human = await humans(person)
+    room = await human.create_room(invite=[bot.user_id])
+    await human.wait_joined(room, bot.user_id)
+    await human.send(room, "before")
+    assert (await human.next_message(room, bot.user_id, 0)).body == "echo: before"
+    await first.stop()
+
+    missed = [f"while away {i}" for i in range(12)]
+    for text in missed:
+        await human.send(room, text)
+    # The homeserver sends the 3 newest of them and marks the timeline limited.
+    monkeypatch.setitem(matrix_interface.SYNC_FILTER["room"]["timeline"], "limit", 3)
+    await start_bot(app_factory, synapse, bot, [person.user_id], store, owner=person.user_id)
+    await human.until(lambda: len(human.messages_from(room, bot.user_id)) >= 13, 60)
+
+    assert any("limited sync left out" in r.getMessage() for r in caplog.records)
+    assert [m.body for m in human.messages_from(room, bot.user_id)] == [
+        "echo: before", *[f"echo: {text}" for text in missed]]
+    assert [last_user_text(r) for r in fake_llm.requests] == ["before", *missed]
 
 
 @pytest.mark.matrix

@@ -42,6 +42,7 @@ from nio import (
 from ganglion.bus import Bus
 from ganglion.config import MatrixConfig
 from ganglion.errors import StartupError
+from ganglion.interfaces.matrix_catchup import missed_events
 from ganglion.interfaces.matrix_out import TypingNotices, reply_contents
 from ganglion.interfaces.matrix_session import (
     LOGIN_HINT,
@@ -65,12 +66,13 @@ from ganglion.router import Router
 
 log = logging.getLogger(__name__)
 
+TIMELINE_LIMIT = 50
 SYNC_FILTER = {
     "presence": {"not_types": ["*"]},
     "account_data": {"not_types": ["*"]},
-    # Catch-up after downtime: more than this many events in one room while the bot was away
-    # and the oldest are skipped (the homeserver marks the timeline "limited").
-    "room": {"timeline": {"limit": 50}, "account_data": {"not_types": ["*"]},
+    # More events than this in one room since the last sync and the homeserver sends only the
+    # newest, marked "limited": matrix_catchup pages back for the rest.
+    "room": {"timeline": {"limit": TIMELINE_LIMIT}, "account_data": {"not_types": ["*"]},
              # Typing notices and read receipts (ours included) would only wake the loop.
              "ephemeral": {"not_types": ["*"]}},
 }
@@ -277,9 +279,13 @@ class MatrixInterface:
         for room_id, info in resp.rooms.invite.items():
             self._on_invite(room_id, info.invite_state)
         for room_id, info in resp.rooms.join.items():
-            for event in info.timeline.events:
-                if history:
-                    break
+            if history:
+                continue
+            events = info.timeline.events
+            if info.timeline.limited and info.timeline.prev_batch:
+                events = [*await self._missed(client, room_id, info.timeline.prev_batch),
+                          *events]
+            for event in events:
                 try:
                     await self._on_timeline_event(room_id, event, arrived)
                 except Exception:  # one bad event must not stop the room, nor the others
@@ -293,6 +299,18 @@ class MatrixInterface:
         if self._token_saved is None or time.monotonic() - self._token_saved >= TOKEN_SAVE_SECONDS:
             self._save_token()
         self.ready.set()
+
+    async def _missed(self, client: TimedClient, room_id: str, prev_batch: str) -> list[Any]:
+        """What a limited timeline left out (more came while away than a sync returns)."""
+        thread_id = matrix_thread_id(room_id)
+
+        async def known(event_ids: list[str]) -> set[str]:
+            return await self.bus.known(thread_id, event_ids)
+
+        missed = await missed_events(client, room_id, prev_batch, self.config.user_id, known)
+        if missed:
+            log.info("[%s] fetched %d event(s) a limited sync left out", room_id, len(missed))
+        return missed
 
     def _save_token(self) -> None:
         """Persist the last fully handled sync token.

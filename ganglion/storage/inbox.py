@@ -44,6 +44,17 @@ class Inbox:
         assert row is not None
         return replace(msg, id=row["id"]), False
 
+    async def known(self, thread_id: ThreadId, client_ids: list[str]) -> set[str]:
+        """Of these client ids, the ones this thread already has (answered or not)."""
+        if not client_ids:
+            return set()
+        marks = ",".join("?" * len(client_ids))
+        rows = await self.db.fetchall(
+            f"SELECT client_id FROM inbox WHERE thread_id = ? AND client_id IN ({marks})",
+            (thread_id, *client_ids),
+        )
+        return {r["client_id"] for r in rows}
+
     async def pending(self) -> list[Inbound]:
         """Accepted but unanswered messages, oldest first (recovered at start)."""
         rows = await self.db.fetchall(
