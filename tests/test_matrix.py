@@ -261,6 +261,38 @@ async def test_history_from_before_the_first_start_is_not_answered(
 
 
 @pytest.mark.matrix
+async def test_what_a_room_said_before_the_bot_joined_is_not_answered(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    humans: HumanFactory, tmp_path: Path,
+) -> None:
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    human = await humans(person)
+    # An invite waiting since before the first start, into an encrypted room that talked.
+    waiting = await human.create_room(invite=[bot.user_id])
+    await human.send(waiting, "said before the bot ever ran")
+    app = await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
+    await human.wait_joined(waiting, bot.user_id)
+    # A room with an earlier conversation, the bot invited while it runs.
+    talked = await human.create_room(invite=[], encrypted=False)
+    for text in ("old one", "old two"):
+        await human.send(talked, text)
+    await human.invite(talked, bot.user_id)
+    await human.wait_joined(talked, bot.user_id)
+
+    for room in (waiting, talked):
+        await human.send(room, "new")
+    for room in (waiting, talked):
+        assert (await human.next_message(room, bot.user_id, 0)).body == "echo: new"
+    assert app.matrix is not None
+    await app.bus.wait_idle()
+    assert [user_texts(r) for r in fake_llm.requests] == [["new"], ["new"]]
+    # No "could not read" notice for the encrypted history either: one message a room.
+    await human.sync()
+    for room in (waiting, talked):
+        assert len(human.messages_from(room, bot.user_id)) == 1
+
+
+@pytest.mark.matrix
 async def test_allowed_rooms_limits_where_it_joins(
     synapse: Synapse, app_factory: AppFactory, humans: HumanFactory,  # noqa: F811
     tmp_path: Path,
@@ -308,6 +340,38 @@ async def test_recovers_by_itself_when_the_homeserver_comes_back(
     await human.send(room, "after")
     assert (await human.next_message(room, bot.user_id, 3)).body == "echo: after"
     assert await app.outbox.pending(ThreadId(room)) == []
+
+
+@pytest.mark.matrix
+async def test_a_message_the_disk_refuses_is_read_again_once_it_can_be_stored(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    humans: HumanFactory, tmp_path: Path,
+) -> None:
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    app = await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
+    assert app.matrix is not None
+    app.matrix.backoff_max = 0.5
+    human = await humans(person)
+    room = await human.create_room(invite=[bot.user_id])
+    await human.wait_joined(room, bot.user_id)
+    await human.send(room, "one")
+    assert (await human.next_message(room, bot.user_id, 0)).body == "echo: one"
+
+    await app.db.conn.execute("PRAGMA query_only = ON")  # every write to conversation.db fails
+    await human.send(room, "two")
+    notice = await human.next_message(room, bot.user_id, 1)
+    assert notice.body == matrix_interface.NOT_STORED_NOTICE
+    await asyncio.sleep(1.5)  # several attempts to read it again, all refused
+    assert len(fake_llm.requests) == 1
+
+    await app.db.conn.execute("PRAGMA query_only = OFF")  # the fault clears
+    assert (await human.next_message(room, bot.user_id, 2)).body == "echo: two"
+    await human.send(room, "three")
+    assert (await human.next_message(room, bot.user_id, 3)).body == "echo: three"
+    # Told once, answered once each.
+    assert [m.body for m in human.messages_from(room, bot.user_id)] == [
+        "echo: one", matrix_interface.NOT_STORED_NOTICE, "echo: two", "echo: three"]
+    assert [last_user_text(r) for r in fake_llm.requests] == ["one", "two", "three"]
 
 
 @pytest.mark.matrix

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import sqlite3
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -42,7 +43,7 @@ from nio import (
 from ganglion.bus import Bus
 from ganglion.config import MatrixConfig
 from ganglion.errors import StartupError
-from ganglion.interfaces.matrix_catchup import missed_events
+from ganglion.interfaces.matrix_catchup import after_own_join, missed_events
 from ganglion.interfaces.matrix_out import TypingNotices, reply_contents
 from ganglion.interfaces.matrix_session import (
     LOGIN_HINT,
@@ -86,7 +87,15 @@ UNDECRYPTABLE_NOTICE = (
     "send only to verified devices (a bot cannot be verified interactively), or invite me to a "
     "new room."
 )
+NOT_STORED_NOTICE = (
+    "I could not store your message: my disk refuses writes. I will read it again by myself "
+    "as soon as I can store it; there is no need to send it again."
+)
 _REPLY_FALLBACK = re.compile(r"\A(?:>.*\n)+\n")
+
+
+class NotStored(Exception):
+    """The inbox refused a message (the disk refuses writes): this sync is handled again."""
 
 
 class MatrixInterface:
@@ -121,6 +130,8 @@ class MatrixInterface:
         self._pending_invites: dict[str, bool] = {}
         self._undecrypted: dict[str, list[tuple[str, MegolmEvent]]] = {}
         self._told_undecryptable: set[tuple[str, str]] = set()
+        self._told_not_stored: set[str] = set()
+        """Rooms told that a message waits for the disk; cleared once storing works again."""
         self._received: dict[int, float] = {}
 
     # -- the router's Interface ------------------------------------------------------------
@@ -241,6 +252,14 @@ class MatrixInterface:
                 log.error("%s. The Matrix interface stops; the rest of Ganglion keeps running",
                           err)
                 return
+            except NotStored as err:
+                # Nothing of this sync counts as seen: the next attempt asks for it again.
+                client.next_batch = self._since
+                log.error("matrix: could not store a message (%s); reading it again in %.1f s",
+                          err, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.backoff_max)
+                continue
             except Exception as err:
                 if self._connected:
                     log.warning("matrix: lost the homeserver (%s: %s); retrying in %.1f s, "
@@ -281,13 +300,17 @@ class MatrixInterface:
         for room_id, info in resp.rooms.join.items():
             if history:
                 continue
-            events = info.timeline.events
-            if info.timeline.limited and info.timeline.prev_batch:
-                events = [*await self._missed(client, room_id, info.timeline.prev_batch),
-                          *events]
+            events = after_own_join(info.timeline.events, self.config.user_id)
+            if events is None:  # a room the bot was in already
+                events = info.timeline.events
+                if info.timeline.limited and info.timeline.prev_batch:
+                    events = [*await self._missed(client, room_id, info.timeline.prev_batch),
+                              *events]
             for event in events:
                 try:
                     await self._on_timeline_event(room_id, event, arrived)
+                except NotStored:
+                    raise
                 except Exception:  # one bad event must not stop the room, nor the others
                     log.exception("[%s] event %s could not be handled", room_id,
                                   getattr(event, "event_id", "?"))
@@ -296,6 +319,7 @@ class MatrixInterface:
         await self._settle_invites(client)
         await self._maintain_keys(client)
         self._since = client.next_batch  # every event up to here is on the bus (or dropped)
+        self._told_not_stored.clear()
         if self._token_saved is None or time.monotonic() - self._token_saved >= TOKEN_SAVE_SECONDS:
             self._save_token()
         self.ready.set()
@@ -368,7 +392,11 @@ class MatrixInterface:
         msg = Inbound(thread_id=matrix_thread_id(room_id), text=text, sender=event.sender,
                       source=Source.MATRIX, client_id=event.event_id,
                       meta={"event_id": event.event_id, "encrypted": encrypted})
-        stored, is_new = await self.bus.submit(msg)
+        try:
+            stored, is_new = await self.bus.submit(msg)
+        except sqlite3.Error as err:  # the disk refused the write (read-only, full, broken)
+            self._spawn(self._tell_not_stored(room_id))
+            raise NotStored(f"event {event.event_id} in {room_id}: {err}") from err
         if is_new:
             self._received[stored.id] = arrived
             while len(self._received) > 1000:
@@ -419,6 +447,21 @@ class MatrixInterface:
         if told not in self._told_undecryptable:
             self._told_undecryptable.add(told)
             self._spawn(self._tell_undecryptable(room_id, event.session_id))
+
+    async def _tell_not_stored(self, room_id: str) -> None:
+        """Say once per room and outage that a message waits (sent directly: the outbox is on
+        the same refusing disk)."""
+        if room_id in self._told_not_stored or self.client is None:
+            return
+        self._told_not_stored.add(room_id)
+        content = {"msgtype": "m.notice", "body": NOT_STORED_NOTICE}
+        try:
+            await self.client.room_send(room_id, "m.room.message", content,
+                                        ignore_unverified_devices=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            log.warning("[%s] could not say that a message waits: %s", room_id, err)
 
     async def _tell_undecryptable(self, room_id: str, session_id: str) -> None:
         await asyncio.sleep(self.undecryptable_grace)

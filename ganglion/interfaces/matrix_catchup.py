@@ -4,9 +4,10 @@ When more happened in a room while the bot was away than a sync returns at once,
 homeserver sends only the newest events and marks the timeline ``limited``. Messages in the
 gap would be lost. ``missed_events`` pages back from the timeline's ``prev_batch`` until it
 meets a message already on the bus (everything older was seen), the bot's own join (nothing
-older was meant for it), the start of the room, or ``MAX_EVENTS`` (logged: older ones are
-skipped). Events come back oldest first, decrypted by nio where it holds the keys, to be
-handled exactly like timeline events; the inbox drops any it already has.
+older was meant for it; ``after_own_join`` cuts a timeline that holds it), the start of the
+room, or ``MAX_EVENTS`` (logged: older ones are skipped). Events come back oldest first,
+decrypted by nio where it holds the keys, to be handled exactly like timeline events; the
+inbox drops any it already has.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ async def missed_events(client: AsyncClient, room_id: str, prev_batch: str, own_
             break
         seen = await known([e.event_id for e in resp.chunk if hasattr(e, "event_id")])
         for event in resp.chunk:  # newest first
-            if getattr(event, "event_id", None) in seen or _is_own_join(event, own_id):
+            if getattr(event, "event_id", None) in seen or is_own_join(event, own_id):
                 return missed[::-1]
             missed.append(event)
         token = resp.end if resp.chunk and resp.end != token else None
@@ -52,7 +53,19 @@ async def missed_events(client: AsyncClient, room_id: str, prev_batch: str, own_
     return missed[::-1]
 
 
-def _is_own_join(event: Any, own_id: str) -> bool:
+def after_own_join(events: list[Any], own_id: str) -> list[Any] | None:
+    """The events after the bot's own join, if it joined in this batch; else None.
+
+    What a room said before the bot joined is history, not addressed to it: a newly joined
+    room's first timeline (which Synapse fills with events from before the join) is cut here.
+    """
+    for i in range(len(events) - 1, -1, -1):
+        if is_own_join(events[i], own_id):
+            return events[i + 1:]
+    return None
+
+
+def is_own_join(event: Any, own_id: str) -> bool:
     return (isinstance(event, RoomMemberEvent) and event.state_key == own_id
             and event.membership == "join"
             and (event.prev_membership or "leave") != "join")  # not a profile change
