@@ -178,6 +178,27 @@ async def test_restart_keeps_the_device_and_answers_what_came_meanwhile_once(
 
 
 @pytest.mark.matrix
+async def test_after_a_restart_the_bot_speaks_first_in_a_quiet_encrypted_room(
+    synapse: Synapse, app_factory: AppFactory, humans: HumanFactory,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """nio keeps no room state: without a full-state sync the restarted bot would not know
+    the room, nor that it is encrypted, and could not post there before someone writes."""
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    store = tmp_path / "store"
+    first = await start_bot(app_factory, synapse, bot, [person.user_id], store)
+    human = await humans(person)
+    room = await human.create_room(invite=[bot.user_id])
+    await human.wait_joined(room, bot.user_id)
+    await first.stop()
+
+    second = await start_bot(app_factory, synapse, bot, [person.user_id], store)
+    await second.router.broadcast("speaking first", ThreadId(room), role="assistant")
+    said = await human.next_message(room, bot.user_id, 0)
+    assert said.decrypted and said.body == "speaking first"
+
+
+@pytest.mark.matrix
 async def test_a_busy_absence_is_caught_up_past_a_limited_timeline(
     synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
     humans: HumanFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -303,6 +324,33 @@ async def test_allowed_rooms_limits_where_it_joins(
     human = await humans(person)
     room = await human.create_room(invite=[bot.user_id])
     await human.until(lambda: human.member(room, bot.user_id) == "leave")
+
+
+@pytest.mark.matrix
+async def test_allowed_rooms_joins_a_listed_room_and_ignores_the_others(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    humans: HumanFactory, tmp_path: Path,
+) -> None:
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    store = tmp_path / "store"
+    human = await humans(person)
+    first = await start_bot(app_factory, synapse, bot, [person.user_id], store)
+    dropped = await human.create_room(invite=[bot.user_id])  # joined while any room was fine
+    await human.wait_joined(dropped, bot.user_id)
+    await first.stop()
+    listed = await human.create_room(invite=[])
+
+    await start_bot(app_factory, synapse, bot, [person.user_id], store,
+                    allowed_rooms=[listed])
+    await human.invite(listed, bot.user_id)
+    await human.wait_joined(listed, bot.user_id)
+    await human.send(dropped, "in a room no longer listed")
+    await human.send(listed, "in the listed room")
+    assert (await human.next_message(listed, bot.user_id, 0)).body == "echo: in the listed room"
+    await human.send(listed, "again")
+    assert (await human.next_message(listed, bot.user_id, 1)).body == "echo: again"
+    assert human.messages_from(dropped, bot.user_id) == []
+    assert [last_user_text(r) for r in fake_llm.requests] == ["in the listed room", "again"]
 
 
 @pytest.mark.matrix
@@ -432,6 +480,22 @@ async def test_a_dead_token_or_a_wrong_homeserver_stop_start_up_with_what_to_do(
     with pytest.raises(StartupError) as caught:
         await app_factory(matrix_section(synapse, bot, [person.user_id], tmp_path / "store"))
     assert "M_UNKNOWN_TOKEN" in str(caught.value) and "ganglion login" in str(caught.value)
+
+
+@pytest.mark.matrix
+async def test_a_token_of_another_user_or_device_stops_start_up(
+    synapse: Synapse, app_factory: AppFactory, tmp_path: Path,  # noqa: F811
+) -> None:
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    section = matrix_section(synapse, bot, [person.user_id], tmp_path / "store")
+    with pytest.raises(StartupError) as caught:
+        await app_factory(merge(section, {"matrix": {"device_id": "NOTTHISONE"}}))
+    assert (f"matrix.device_id is NOTTHISONE but the access token belongs to device "
+            f"{bot.device_id}") in str(caught.value)
+    with pytest.raises(StartupError) as caught:
+        await app_factory(merge(section, {"matrix": {"user_id": person.user_id}}))
+    assert f"the access token belongs to {bot.user_id}" in str(caught.value)
+    assert "ganglion login" in str(caught.value)
 
 
 @pytest.mark.matrix
