@@ -328,3 +328,34 @@ async def test_add_endpoint_in_matrix_needs_an_encrypted_room_and_redacts(
     assert RUNTIME_KEY not in reply
     reply, _ = await matrix_say(app, "/remove_endpoint extra", TRUSTED)
     assert "Removed endpoint 'extra'" in reply
+
+
+async def test_aliases_ignore_case_and_survive_restart_as_does_a_removed_endpoint(
+    app_factory: AppFactory, pair: tuple[FakeLLM, FakeLLM], fake_llm_factory: Factory,
+) -> None:
+    a, b = pair
+    c = await fake_llm_factory(models=["gamma"])
+    config = two_endpoints(a, b)
+    app = await app_factory(config)
+    chat = await connect(app)
+    assert "`beta` on b" in await say(chat, "/models")  # discovery done
+    assert "`Fast`" in await say(chat, "/alias Fast beta")
+    await say(chat, "/alias fast shared")  # the same alias, another spelling: replaces it
+    await say(chat, "/alias keep alpha")
+    await say(chat, f"/add_endpoint extra {c.base_url} {RUNTIME_KEY}")
+    assert "Removed endpoint 'extra'" in await say(chat, "/remove_endpoint extra")
+    listing = await say(chat, "/aliases")
+    assert "shared" in listing and "beta" not in listing, listing
+    assert "Removed alias `fast` (it named `shared`)" in await say(chat, "/rm_alias FAST")
+    await chat.close()
+    await app.stop()
+
+    again = await app_factory(config)
+    chat = await connect(again)
+    listing = await say(chat, "/aliases")
+    assert "`keep`" in listing and "alpha" in listing
+    assert "fast" not in listing.lower(), listing  # removed in any case, and stays removed
+    assert "extra" not in await say(chat, "/models")  # the removed endpoint stays removed
+    assert (await say(chat, "/ask keep hi")).startswith("echo: hi")
+    assert a.requests[-1]["model"] == "alpha"
+    await chat.close()

@@ -120,17 +120,18 @@ class Catalog:
         return [Alias(r["alias"], r["model"], r["created_by"]) for r in rows]
 
     async def set_alias(self, alias: str, model: str, created_by: str) -> None:
+        """Aliases ignore case (``Fast`` and ``fast`` are one): the new spelling replaces."""
         async with self.db.transaction() as conn:
+            await conn.execute("DELETE FROM aliases WHERE alias = ? COLLATE NOCASE", (alias,))
             await conn.execute(
-                "INSERT INTO aliases (alias, model, created_by, created_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (alias) DO UPDATE SET model = excluded.model,"
-                " created_by = excluded.created_by, created_at = excluded.created_at",
+                "INSERT INTO aliases (alias, model, created_by, created_at) VALUES (?, ?, ?, ?)",
                 (alias, model, created_by, time.time()),
             )
 
     async def remove_alias(self, alias: str) -> bool:
         async with self.db.transaction() as conn:
-            cur = await conn.execute("DELETE FROM aliases WHERE alias = ?", (alias,))
+            cur = await conn.execute("DELETE FROM aliases WHERE alias = ? COLLATE NOCASE",
+                                     (alias,))
             return cur.rowcount > 0
 
     # -- the model each thread uses ----------------------------------------------------------
