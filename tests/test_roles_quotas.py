@@ -248,3 +248,24 @@ async def test_stats_are_per_user_and_thread_and_survive_restart(
     again = await app_factory(config(llm), clock=clock)
     after = await say(again, "/stats", USER)
     assert after.split("Your limits")[0] == before.split("Your limits")[0]
+
+
+async def test_stats_show_the_top_five_users_and_threads_only(
+    app_factory: AppFactory, llm: FakeLLM
+) -> None:
+    app = await app_factory(config(llm))
+    senders = [f"@u{i}:example.org" for i in range(7)]
+    # u0 writes 7 times, u1 6 times, ... u6 once, each in a room of their own.
+    llm.script(*[Reply(text="ok", usage=(1, 1)) for _ in range(28)])
+    for i, sender in enumerate(senders):
+        for n in range(7 - i):
+            await say(app, f"m{n}", sender, room=f"!r{i}:example.org")
+    stats = await say(app, "/stats", senders[6], room="!r6:example.org")
+    top_users = stats.split("Top users:")[1].split("Top threads:")[0]
+    top_threads = stats.split("Top threads:")[1].split("Your limits")[0]
+    for rank, i in enumerate(range(5), start=1):
+        assert f"{rank}. {senders[i]}: {7 - i} messages" in top_users, top_users
+        assert f"{rank}. !r{i}:example.org: {7 - i} messages" in top_threads, top_threads
+    for i in (5, 6):
+        assert senders[i] not in top_users and f"!r{i}:" not in top_threads
+    assert "6." not in top_users and "6." not in top_threads
