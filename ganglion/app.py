@@ -16,7 +16,6 @@ from ganglion.access import Access
 from ganglion.bus import Bus
 from ganglion.commands import CommandTable, Rank
 from ganglion.config import LoadedConfig, secret_values
-from ganglion.errors import StartupError
 from ganglion.interfaces.web import WebInterface
 from ganglion.llm.client import LLMClient
 from ganglion.llm.compaction import Compactor
@@ -35,6 +34,7 @@ from ganglion.storage.reminders import HeartbeatLedger, ReminderStore
 from ganglion.storage.usage import UsageLog
 from ganglion.tools.files import FileTools, Workspace
 from ganglion.tools.memory import MemoryFlush, MemoryTools
+from ganglion.tools.names import TOOL_NAMES
 from ganglion.tools.policy import Approvals, ToolPolicy, ToolRunner
 from ganglion.tools.registry import ToolRegistry
 from ganglion.tools.reminders import ReminderTools
@@ -149,13 +149,11 @@ class App:
         )
         self.bus = Bus(self.inbox, self.worker, cfg.bus.max_turns_in_flight)
         self._add_triggers()
-        # Every tool is registered by now: a policy naming no tool is a typo that could leave
-        # a tool switched on.
-        unknown = self.tool_runner.policy.unknown(self.tools.names())
-        if unknown:
-            raise StartupError(
-                f"config error: tools.policy.{unknown[0]}: no such tool; the tools are "
-                f"{', '.join(self.tools.names())}")
+        # The config checked tools.policy against TOOL_NAMES; they must be these tools.
+        if set(self.tools.names()) != TOOL_NAMES:
+            raise RuntimeError(
+                "ganglion/tools/names.py lists other tools than App registers: "
+                f"{sorted(TOOL_NAMES ^ set(self.tools.names()))}")
 
         # The bus first: it re-queues what the last run left unanswered before any interface
         # can add new work behind it. Replies produced before an interface is up wait in the

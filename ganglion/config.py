@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from ganglion.errors import ConfigError
+from ganglion.tools.names import TOOL_NAMES
 
 
 class _Section(BaseModel):
@@ -260,7 +261,19 @@ class LimitsConfig(_Section):
 
 
 ToolMode = Literal["on", "ask", "off"]
-ToolName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+
+
+def _tool_name(value: str) -> str:
+    # Checked here, not at start: a misspelt name would leave that tool in its default mode
+    # (on), and check-config must refuse the file the daemon would refuse.
+    if value not in TOOL_NAMES:
+        raise PydanticCustomError(
+            "tool_name", "no such tool; the tools are {tools}",
+            {"tools": ", ".join(sorted(TOOL_NAMES))})
+    return value
+
+
+ToolName = Annotated[str, AfterValidator(_tool_name)]
 
 
 class ToolsConfig(_Section):
@@ -372,11 +385,14 @@ def _key_name(part: str | int) -> str:
 def _format_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        path = ".".join(_key_name(p) for p in e["loc"]) or "<top>"
+        # A bad mapping key (tools.policy.<name>) is reported at the key itself.
+        is_key = e["loc"][-1:] == ("[key]",)
+        loc = e["loc"][:-1] if is_key else e["loc"]
+        path = ".".join(_key_name(p) for p in loc) or "<top>"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see config.yaml.example)"
-        elif ("input" in e and e["type"] not in ("missing",)
+        elif ("input" in e and e["type"] not in ("missing",) and not is_key
               and not any(path.endswith(key) for key in SECRET_KEYS)):
             shown = repr(e["input"])
             if len(shown) <= 60 and not isinstance(e["input"], dict | list):

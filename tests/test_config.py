@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import AppFactory
 
 from ganglion.config import ConfigError, find_config_path, load_config, parse_config
+from ganglion.tools.names import TOOL_NAMES
 
 
 def run_cli(
@@ -58,6 +60,9 @@ def test_env_expansion_with_and_without_default() -> None:
         ({"llm": {"model": "${NOPE}"}}, "llm.model: environment variable NOPE is not set"),
         ({"web": {"host": "0.0.0.0"}}, "set web.token"),
         ({"paths": ["data"]}, "paths"),
+        ({"tools": {"policy": {"wirte_file": "off"}}},
+         "tools.policy.wirte_file: no such tool; the tools are"),
+        ({"tools": {"policy": {"shell": "maybe"}}}, "tools.policy.shell"),
         ([1, 2], "<top>"),
     ],
 )
@@ -91,6 +96,28 @@ def test_cli_exits_2_naming_the_bad_key(tmp_path: Path) -> None:
     assert "llm.modle: unknown key" in result.stderr
     result = run_cli("--config", str(cfg), cwd=tmp_path)  # the daemon itself refuses too
     assert result.returncode == 2 and "llm.modle" in result.stderr
+
+
+def test_a_tool_name_typo_is_a_config_error_for_check_config_and_the_daemon(
+    tmp_path: Path,
+) -> None:
+    """A misspelt tool would stay in its default mode (on): refused before anything starts."""
+    cfg = tmp_path / "typo.yaml"
+    cfg.write_text('tools:\n  policy:\n    wirte_file: "off"\n')
+    for args in (("check-config",), ()):
+        result = run_cli("--config", str(cfg), *args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert "config error: tools.policy.wirte_file: no such tool" in result.stderr
+        assert "write_file" in result.stderr  # the names it could have meant
+        assert "config OK" not in result.stdout
+    assert not (tmp_path / "data").exists()  # refused before anything was created
+
+
+async def test_the_tool_names_the_config_checks_are_the_tools_the_app_has(
+    app_factory: AppFactory,
+) -> None:
+    app = await app_factory()
+    assert set(app.tools.names()) == TOOL_NAMES
 
 
 def test_cli_exits_2_on_invalid_yaml_and_missing_file(tmp_path: Path) -> None:

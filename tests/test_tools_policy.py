@@ -16,7 +16,7 @@ from wsclient import ChatClient
 
 from ganglion.app import App
 from ganglion.commands import CommandTable, parse_command
-from ganglion.errors import StartupError
+from ganglion.errors import ConfigError
 from ganglion.llm.untrusted import as_data, neutralise
 from ganglion.messages import Inbound, Source, ThreadId
 from ganglion.tools.policy import Approvals, Decision
@@ -269,7 +269,7 @@ async def test_every_call_is_logged_with_secrets_masked(
 async def test_a_policy_for_no_tool_stops_the_start(
     app_factory: AppFactory, fake_llm: FakeLLM
 ) -> None:
-    with pytest.raises(StartupError, match=r"tools\.policy\.wirte_file: no such tool"):
+    with pytest.raises(ConfigError, match=r"tools\.policy\.wirte_file: no such tool"):
         await app_factory({"tools": {"policy": {"wirte_file": "off"}}})
 
 

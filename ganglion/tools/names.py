@@ -1,0 +1,20 @@
+"""The names of the built-in tools, importable without the tools themselves.
+
+Place in the flow: ``ganglion.config`` checks ``tools.policy`` against these names while the
+file is read (so ``check-config`` and the daemon refuse a typo alike, with exit status 2),
+and the composition root checks at start that the registry holds exactly these tools.
+"""
+
+from __future__ import annotations
+
+TOOL_NAMES: frozenset[str] = frozenset({
+    # ganglion/tools/memory.py
+    "memory_read", "memory_append", "memory_replace", "memory_rewrite",
+    # ganglion/tools/files.py
+    "read_file", "write_file", "list_dir", "edit_file",
+    # ganglion/tools/shell.py
+    "shell",
+    # ganglion/tools/reminders.py
+    "set_reminder", "list_reminders", "cancel_reminder",
+})
+"""Every tool ``App`` registers; adding a tool means adding its name here."""
