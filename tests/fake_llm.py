@@ -43,6 +43,12 @@ class Reply:
     """Stream this many chunks, then drop the connection mid-stream."""
     garbage: bool = False
     """200 with a non-JSON body (or broken SSE data when streaming)."""
+    raw_chunks: list[str] | None = None
+    """Streamed as the data events, verbatim, instead of the completion's chunks, then
+    ``[DONE]``: valid JSON of the wrong shape (``'{"choices": [{"foo": 1}]}'``)."""
+    raw_body: str | None = None
+    """200 with this text as an ``application/json`` body, whether a stream was asked for or
+    not (a server that ignores ``stream``): ``'[1, 2]'``, or ``completion_json("hi")``."""
     hang: bool = False
     """Never answer; the request ends only when the client leaves or the server stops."""
     usage: tuple[int, int] | None = None
@@ -203,6 +209,8 @@ class FakeLLM:
             await asyncio.sleep(reply.delay)
         if reply.hang:
             await asyncio.Event().wait()
+        if reply.raw_body is not None:
+            return web.Response(text=reply.raw_body, content_type="application/json")
         if reply.status != 200:
             headers = {}
             if reply.retry_after is not None:
@@ -274,6 +282,12 @@ class FakeLLM:
         await response.prepare(request)
         if reply.garbage:
             await response.write(b"data: {this is not json\n\n")
+            await response.write_eof()
+            return response
+        if reply.raw_chunks is not None:
+            for data in reply.raw_chunks:
+                await response.write(b"data: " + data.encode() + b"\n\n")
+            await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
             return response
 
@@ -352,6 +366,23 @@ class FakeLLM:
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
         }
+
+
+def completion_json(text: str, tool_calls: list[ToolCallSpec] | None = None) -> str:
+    """A whole (not streamed) chat completion, for ``Reply(raw_body=...)``."""
+    message: dict[str, Any] = {"role": "assistant", "content": text or None}
+    if tool_calls:
+        message["tool_calls"] = [
+            {"id": f"call_raw_{i}", "type": "function",
+             "function": {"name": name, "arguments": _arguments(args)}}
+            for i, (name, args) in enumerate(tool_calls)
+        ]
+    return json.dumps({
+        "id": "chatcmpl-raw", "object": "chat.completion", "created": 0, "model": "fake-model",
+        "choices": [{"index": 0, "message": message,
+                     "finish_reason": "tool_calls" if tool_calls else "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+    })
 
 
 def _arguments(args: dict[str, Any] | str) -> str:

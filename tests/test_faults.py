@@ -18,10 +18,12 @@ worker.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 from conftest import LLM_KEY, AppFactory
-from fake_llm import FakeLLM, Reply
+from fake_llm import FakeLLM, Reply, completion_json
 from wsclient import ChatClient
 
 from ganglion.app import App
@@ -68,6 +70,111 @@ async def test_garbage_from_the_model_is_reported_and_the_next_turn_works(
     reply = await chat.ask("hello", timeout=10)
     assert reply["role"] == "system"
     assert "not a chat completion" in reply["text"] and "base_url" in reply["text"]
+    await assert_recovers(chat)
+    await chat.close()
+
+
+WRONG_STREAMS = {
+    "a choice without delta": (['{"choices": [{"foo": 1}]}'], "no delta object"),
+    "content that is a number": (['{"choices": [{"index": 0, "delta": {"content": 5}}]}'],
+                                 "text is not a string"),
+    "no choices": (['{"id": "x", "object": "chat.completion.chunk"}'], "no list of choices"),
+    "a chunk that is a list": (["[1, 2]"], "not a JSON object"),
+    "tool_calls that is a number": (['{"choices": [{"delta": {"tool_calls": 5}}]}'],
+                                    "tool_calls is not a list"),
+    "a tool call without a name": (
+        ['{"choices": [{"delta": {"tool_calls": [{"index": 0, "function": '
+         '{"arguments": "{}"}}]}}]}'], "no function name"),
+    "nothing but empty choices": (['{"choices": []}', '{"choices": []}'], "no choice at all"),
+    "text, then a broken chunk": (['{"choices": [{"delta": {"content": "half an "}}]}',
+                                   '{"choices": [{"delta": {"content": ["answer"]}}]}'],
+                                  "text is not a string"),
+}
+WRONG_BODIES = {
+    "a list": ("[1, 2]", "not a JSON object"),
+    "null": ("null", "not a JSON object"),
+    "no choices": ('{"object": "chat.completion"}', "no list of choices"),
+    "a choice without message": ('{"choices": [{"foo": 1}]}', "no message object"),
+    "content that is a number": ('{"choices": [{"message": {"content": 5}}]}',
+                                 "text is not a string"),
+}
+"""Valid JSON of the wrong shape, streamed and as a whole body (a server ignoring "stream")."""
+
+
+def wrong_shape(case: str) -> tuple[Reply, str]:
+    if case in WRONG_STREAMS:
+        chunks, why = WRONG_STREAMS[case]
+        return Reply(raw_chunks=chunks), why
+    body, why = WRONG_BODIES[case.removeprefix("body: ")]
+    return Reply(raw_body=body), why
+
+
+SHAPES = [*WRONG_STREAMS, *(f"body: {c}" for c in WRONG_BODIES)]
+
+
+@pytest.mark.parametrize("case", SHAPES)
+async def test_json_of_the_wrong_shape_is_a_failure_never_an_empty_answer(
+    app_factory: AppFactory, fake_llm: FakeLLM, case: str
+) -> None:
+    app = await app_factory(one_endpoint(fake_llm))
+    reply, why = wrong_shape(case)
+    fake_llm.script(reply)
+    chat = await connect(app)
+    answer = await chat.ask("hello", timeout=10)
+    assert answer["role"] == "system", answer
+    assert "not a chat completion" in answer["text"] and why in answer["text"], answer
+    assert "base_url" in answer["text"]  # what to check
+    rows = await app.db.fetchall("SELECT role, content FROM messages WHERE thread_id = ?",
+                                 (chat.thread_id,))
+    assert [r["role"] for r in rows] == ["user", "notice"], [tuple(r) for r in rows]
+    assert len(fake_llm.requests) == 1  # not retried: the same server would answer the same
+    await assert_recovers(chat)  # the fault clears: the next reply is a good one
+    await chat.close()
+
+
+@pytest.mark.parametrize("case", ["a choice without delta", "body: a list"])
+async def test_json_of_the_wrong_shape_fails_over_to_the_next_endpoint(
+    app_factory: AppFactory, fake_llm: FakeLLM,
+    fake_llm_factory: Callable[..., Awaitable[FakeLLM]], case: str
+) -> None:
+    second = await fake_llm_factory()
+    app = await app_factory({"llm": {"endpoints": [
+        {"name": "odd", "base_url": fake_llm.base_url, "api_key": LLM_KEY},
+        {"name": "good", "base_url": second.base_url, "api_key": LLM_KEY}]}})
+    fake_llm.script(wrong_shape(case)[0])
+    chat = await connect(app)
+    assert (await chat.ask("hello", timeout=10))["text"] == "echo: hello"
+    assert len(fake_llm.requests) == 1 and len(second.requests) == 1
+    await chat.close()
+
+
+async def test_a_whole_completion_from_a_server_ignoring_stream_is_an_answer(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory(one_endpoint(fake_llm))
+    fake_llm.script(Reply(raw_body=completion_json("all at once")),
+                    Reply(raw_body=completion_json("", [("no_such_tool", {"x": 1})])))
+    chat = await connect(app)
+    assert (await chat.ask("hello", timeout=10))["text"] == "all at once"
+    # Its tool calls are read too: the unknown tool's error goes back to the model.
+    assert (await chat.ask("use a tool", timeout=10))["text"] == "echo: use a tool"
+    assert fake_llm.requests[-1]["messages"][-1]["role"] == "tool"
+    await chat.close()
+
+
+async def test_an_empty_answer_is_a_clear_notice_not_an_empty_message(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory(one_endpoint(fake_llm))
+    fake_llm.script(Reply(text=""), Reply(text="  \n "))
+    chat = await connect(app)
+    for _ in range(2):
+        answer = await chat.ask("hello", timeout=10)
+        assert answer["role"] == "system", answer
+        assert "empty answer" in answer["text"] and "try again" in answer["text"]
+    rows = await app.db.fetchall("SELECT role FROM messages WHERE thread_id = ?",
+                                 (chat.thread_id,))
+    assert [r["role"] for r in rows] == ["user", "notice"] * 2
     await assert_recovers(chat)
     await chat.close()
 

@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ganglion.config import LLMConfig
@@ -21,6 +21,7 @@ from ganglion.llm.failures import (
     Failure,
     classify,
 )
+from ganglion.llm.received import Received
 from ganglion.llm.results import ChatResult, ToolCall, Usage
 from ganglion.llm.text_tools import new_call_id, text_tool_calls, tool_names
 
@@ -48,6 +49,29 @@ def _attempt_errors() -> tuple[type[Exception], ...]:
     import openai  # noqa: PLC0415
 
     return (openai.APIError, LLMBadResponse, ValueError)
+
+
+def _is_json(stream: Any) -> bool:
+    """The reply is a JSON document, not an event stream."""
+    content_type: str = stream.response.headers.get("content-type", "")
+    return content_type.split(";", maxsplit=1)[0].strip().lower() == "application/json"
+
+
+async def _whole_body(stream: Any) -> object:
+    """Read and decode a reply that is not a stream; transport errors are mapped as the SDK
+    maps them while streaming, so a timeout or a cut connection reads as one."""
+    import openai  # noqa: PLC0415  (see _attempt_errors)
+    from openai import _httpx2  # noqa: PLC0415  (the SDK's own list of transport errors)
+
+    response = stream.response
+    try:
+        raw = await response.aread()
+    except _httpx2.timeout_exceptions() as err:
+        raise openai.APITimeoutError(request=response.request) from err
+    except _httpx2.request_exceptions() as err:
+        raise openai.APIConnectionError(message="the connection broke off",
+                                        request=response.request) from err
+    return json.loads(raw)
 
 
 DeltaCallback = Callable[[str], Awaitable[None]]
@@ -78,82 +102,6 @@ class _Request:
             body["tools"] = self.tools
         body.update(self.extra)
         return body
-
-
-@dataclass(slots=True)
-class _PartialCall:
-    id: str = ""
-    name: str = ""
-    arguments: list[str] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class _Received:
-    """Everything one attempt has streamed in so far."""
-
-    content: list[str] = field(default_factory=list)
-    calls: dict[int, _PartialCall] = field(default_factory=dict)
-    usage: Usage | None = None
-    model: str = ""
-    chunks: int = 0
-    sent_delta: bool = False
-
-    def take(self, chunk: object) -> str:
-        """Fold one decoded chunk in; return its new content text.
-
-        Parsed by hand rather than by the SDK's models: it is several times faster, and
-        local servers bend the shape (arguments as objects, names repeated, no index).
-        """
-        if not isinstance(chunk, dict):
-            raise LLMBadResponse("a chunk is not a JSON object")
-        if isinstance(chunk.get("model"), str) and chunk["model"]:
-            self.model = chunk["model"]
-        usage = chunk.get("usage")
-        if isinstance(usage, dict):
-            self.usage = Usage(
-                _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
-            )
-        choices = chunk.get("choices")
-        if not isinstance(choices, list):
-            if usage is None:
-                raise LLMBadResponse("a chunk has no choices")
-            return ""
-        self.chunks += 1
-        text = ""
-        for choice in choices:
-            delta = choice.get("delta") if isinstance(choice, dict) else None
-            if not isinstance(delta, dict) or choice.get("index", 0) != 0:
-                continue
-            if isinstance(delta.get("content"), str):
-                text += delta["content"]
-            for position, part in enumerate(delta.get("tool_calls") or ()):
-                if isinstance(part, dict):
-                    self._take_call(position, part)
-        if text:
-            self.content.append(text)
-        return text
-
-    def _take_call(self, position: int, part: dict[str, Any]) -> None:
-        index = part.get("index")
-        call = self.calls.setdefault(index if isinstance(index, int) else position, _PartialCall())
-        if isinstance(part.get("id"), str) and part["id"]:
-            call.id = part["id"]
-        function = part.get("function")
-        if not isinstance(function, dict):
-            return
-        name = function.get("name")
-        # Most servers send the name once; some repeat it on every chunk.
-        if isinstance(name, str) and name != call.name:
-            call.name += name
-        arguments = function.get("arguments")
-        if isinstance(arguments, str):
-            call.arguments.append(arguments)
-        elif isinstance(arguments, dict):
-            call.arguments.append(json.dumps(arguments, ensure_ascii=False))
-
-
-def _count(value: object) -> int:
-    return value if isinstance(value, int) and value >= 0 else 0
 
 
 class LLMClient:
@@ -202,7 +150,7 @@ class LLMClient:
             attempt = 0
             while True:
                 attempt += 1
-                got = _Received()
+                got = Received()
                 failure = await self._attempt(ep, request, got)
                 if failure is None:
                     self._pool.mark_ok(ep)
@@ -260,7 +208,7 @@ class LLMClient:
 
     # --- one attempt ----------------------------------------------------------------------
 
-    async def _attempt(self, ep: Endpoint, request: _Request, got: _Received) -> Failure | None:
+    async def _attempt(self, ep: Endpoint, request: _Request, got: Received) -> Failure | None:
         """One request to one endpoint, holding its concurrency slot only meanwhile."""
         if self._debug:
             body = json.dumps(request.body(), ensure_ascii=False)
@@ -280,32 +228,47 @@ class LLMClient:
             except _attempt_errors() as err:
                 return self._failed(ep, err, got)
             try:
-                while True:
-                    try:
-                        chunk = await anext(stream)
-                        if self._debug:
-                            traffic_log.debug(
-                                "<- %s %s", ep.config.name, self._scrub(json.dumps(chunk))
-                            )
-                        text = got.take(chunk)
-                    except StopAsyncIteration:
-                        break
-                    except _attempt_errors() as err:
-                        return self._failed(ep, err, got)
-                    # Outside the try: a failing callback is the caller's error, not the model's.
-                    if text and request.on_delta is not None:
-                        got.sent_delta = True
-                        await request.on_delta(text)
+                failure = await self._receive(ep, request, stream, got)
             finally:
                 # Closes the HTTP response too when cancelled mid-stream (the Stop button).
                 await stream.close()
         finally:
             ep.limiter.release()
-        if got.chunks == 0:
-            return self._failed(ep, LLMBadResponse("empty stream"), got)
+        if failure is not None:
+            return failure
+        try:
+            got.check_complete()  # valid JSON that said nothing is no answer either
+        except LLMBadResponse as err:
+            return self._failed(ep, err, got)
         return None
 
-    def _failed(self, ep: Endpoint, err: BaseException, got: _Received) -> Failure:
+    async def _receive(
+        self, ep: Endpoint, request: _Request, stream: Any, got: Received
+    ) -> Failure | None:
+        """Fold the reply into ``got`` (a stream, or one whole completion from a server that
+        ignores ``stream``), passing its text on as it comes."""
+        whole = _is_json(stream)
+        while True:
+            try:
+                data = await _whole_body(stream) if whole else await anext(stream)
+                self._log_received(ep, data)
+                text = got.take_completion(data) if whole else got.take(data)
+            except StopAsyncIteration:
+                return None
+            except _attempt_errors() as err:
+                return self._failed(ep, err, got)
+            # Outside the try: a failing callback is the caller's error, not the model's.
+            if text and request.on_delta is not None:
+                got.sent_delta = True
+                await request.on_delta(text)
+            if whole:
+                return None
+
+    def _log_received(self, ep: Endpoint, data: object) -> None:
+        if self._debug:
+            traffic_log.debug("<- %s %s", ep.config.name, self._scrub(json.dumps(data)))
+
+    def _failed(self, ep: Endpoint, err: BaseException, got: Received) -> Failure:
         if self._debug:
             body = getattr(err, "body", None)
             traffic_log.debug(
@@ -316,7 +279,7 @@ class LLMClient:
             )
         return classify(err, bool(got.chunks), ep.config.timeout_seconds)
 
-    async def _result(self, ep: Endpoint, request: _Request, got: _Received) -> ChatResult:
+    async def _result(self, ep: Endpoint, request: _Request, got: Received) -> ChatResult:
         content = "".join(got.content)
         calls = [
             ToolCall(id=c.id or new_call_id(), name=c.name, arguments="".join(c.arguments) or "{}")

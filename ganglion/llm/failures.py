@@ -10,6 +10,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ganglion.errors import LLMBadResponse
+
 if TYPE_CHECKING:
     import openai
 
@@ -56,8 +58,12 @@ def classify(err: BaseException, mid_stream: bool, timeout: float) -> Failure:
         return Failure(
             f"the server reported an error mid-answer ({err.message[:200]})", HINT_SERVER, True
         )
+    # Valid JSON of the wrong shape says what was wrong; undecodable data (ValueError) is
+    # simply not a completion. Not retried: the same server would answer the same.
+    detail = f" ({err})" if isinstance(err, LLMBadResponse) and str(err) else ""
     return Failure(
-        "it answered with something that is not a chat completion", HINT_GARBAGE, False
+        f"it answered with something that is not a chat completion{detail}", HINT_GARBAGE,
+        False,
     )
 
 
