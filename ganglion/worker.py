@@ -38,6 +38,8 @@ Clock = Callable[[], datetime]
 STORE_RETRY_FIRST = 0.5
 STORE_RETRY_MAX = 30.0
 """Seconds between attempts to store a finished turn while the disk refuses writes."""
+EMPTY_ANSWER = ("The language model (endpoint '{}') sent an empty answer. Please try again, "
+                "perhaps in other words; if it keeps happening, its server's log should say why.")
 
 
 def local_now() -> datetime:
@@ -201,6 +203,12 @@ class Worker:
         for _step in range(self.max_tool_steps):
             result = await self._chat(tid, messages, schemas)
             if not result.tool_calls:
+                if not result.content.strip() and reviews is None:
+                    # Well-formed but saying nothing: no empty bubble (a review's silence is
+                    # its way of saying "nothing to report", so it keeps its empty answer).
+                    log.warning("[%s] %s sent an empty answer", tid, result.endpoint)
+                    new.append(self._notice(msg, EMPTY_ANSWER.format(result.endpoint)))
+                    return new
                 new.append(NewMessage("assistant", result.content, deliver=not msg.system,
                                       tokens=result.usage.completion_tokens))
                 return new
