@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import yaml
 from conftest import LLM_KEY, AppFactory, merge
 from daemon import Daemon
 from fake_llm import FakeLLM, Reply
+from hs_proxy import HomeserverProxy, hs_proxy  # noqa: F401  (fixture)
 from nio import AsyncClient, JoinResponse, LoginResponse
 from synapse import Human, MatrixUser, Synapse, synapse  # noqa: F401  (fixture)
 
@@ -420,6 +422,34 @@ async def test_a_message_the_disk_refuses_is_read_again_once_it_can_be_stored(
     assert [m.body for m in human.messages_from(room, bot.user_id)] == [
         "echo: one", matrix_interface.NOT_STORED_NOTICE, "echo: two", "echo: three"]
     assert [last_user_text(r) for r in fake_llm.requests] == ["one", "two", "three"]
+
+
+@pytest.mark.matrix
+async def test_a_reply_the_homeserver_refuses_is_sent_again_by_itself(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    humans: HumanFactory, tmp_path: Path, hs_proxy: HomeserverProxy,  # noqa: F811
+) -> None:
+    """Sends fail (502) while syncs still work: no reconnect happens to re-send the reply."""
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    app = await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store",
+                          homeserver=hs_proxy.url)
+    assert app.matrix is not None
+    app.matrix.backoff_max = 0.4
+    human = await humans(person)
+    room = await human.create_room(invite=[bot.user_id])
+    await human.wait_joined(room, bot.user_id)
+    await human.send(room, "one")
+    assert (await human.next_message(room, bot.user_id, 0)).body == "echo: one"
+
+    hs_proxy.fail = re.compile(r"^PUT .*/rooms/[^/]+/send/")
+    await human.send(room, "two")
+    await hs_proxy.wait_failures(3)  # the first attempt and two retries
+    hs_proxy.fail = None
+    assert (await human.next_message(room, bot.user_id, 1)).body == "echo: two"
+    await human.send(room, "three")
+    assert (await human.next_message(room, bot.user_id, 2)).body == "echo: three"
+    assert [m.body for m in human.messages_from(room, bot.user_id)] == [
+        "echo: one", "echo: two", "echo: three"]
 
 
 @pytest.mark.matrix

@@ -50,6 +50,7 @@ from ganglion.interfaces.matrix_session import (
     HomeserverUnavailable,
     TimedClient,
     check_session,
+    http_status,
     make_client,
 )
 from ganglion.messages import (
@@ -133,6 +134,8 @@ class MatrixInterface:
         self._told_not_stored: set[str] = set()
         """Rooms told that a message waits for the disk; cleared once storing works again."""
         self._received: dict[int, float] = {}
+        self._retrying: set[ThreadId] = set()
+        self._retry_delay: dict[ThreadId, float] = {}
 
     # -- the router's Interface ------------------------------------------------------------
 
@@ -199,12 +202,22 @@ class MatrixInterface:
             except Exception as err:
                 log.warning("[%s] reply %d not sent (%s: %s); it stays queued", out.thread_id,
                             out.message_id, type(err).__name__, err)
+                self._retry_later(out.thread_id)
                 return False
             if isinstance(resp, RoomSendError):
+                status = http_status(resp)
+                if status is not None and 400 <= status < 500 and status not in (401, 429):
+                    # Refused for good (the bot may not post here, the message is too large):
+                    # dropped, so the replies after it are not held back forever.
+                    log.error("[%s] reply %d refused by the homeserver (%s); dropped",
+                              out.thread_id, out.message_id, resp)
+                    return True
                 log.warning("[%s] reply %d refused by the homeserver (%s); it stays queued",
                             out.thread_id, out.message_id, resp)
+                self._retry_later(out.thread_id)
                 return False
             log.debug("[%s] reply %d sent as %s", out.thread_id, out.message_id, resp.event_id)
+        self._retry_delay.pop(out.thread_id, None)
         arrived = self._received.pop(out.reply_to, None)
         if arrived is not None:
             log.debug("[%s] reply sent %.1f ms after its event arrived (daemon %.1f ms, "
@@ -233,6 +246,24 @@ class MatrixInterface:
                         resp)
             return False
         return True
+
+    def _retry_later(self, thread_id: ThreadId) -> None:
+        """A send failed while the sync may still work: deliver this room again after a
+        growing pause (reset by a success; an outage's end re-sends everything anyway)."""
+        if thread_id in self._retrying:
+            return
+        delay = self._retry_delay.get(thread_id, self.backoff_initial)
+        self._retry_delay[thread_id] = min(delay * 2, self.backoff_max)
+        self._retrying.add(thread_id)
+
+        async def retry() -> None:
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                self._retrying.discard(thread_id)
+            await self.router.deliver(thread_id)
+
+        self._spawn(retry())
 
     # -- the sync loop ---------------------------------------------------------------------
 

@@ -122,7 +122,7 @@ async def check_session(client: TimedClient, config: MatrixConfig, store_path: P
     """
     resp = await client.whoami()
     if isinstance(resp, WhoamiError):
-        status = _http_status(resp)
+        status = http_status(resp)
         if status is not None and (status >= 500 or status == 429):
             raise HomeserverUnavailable(f"whoami: HTTP {status}")
         if resp.status_code in ("M_UNKNOWN_TOKEN", "M_MISSING_TOKEN"):
@@ -170,7 +170,7 @@ async def _server_has_device_keys(client: TimedClient, config: MatrixConfig) -> 
     return config.device_id in devices
 
 
-def _http_status(resp: Any) -> int | None:
+def http_status(resp: Any) -> int | None:
     transport = getattr(resp, "transport_response", None)
     status = getattr(transport, "status", None)
     return status if isinstance(status, int) else None

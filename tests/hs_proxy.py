@@ -1,0 +1,79 @@
+"""A pass-through HTTP proxy in front of the test Synapse that can refuse chosen requests.
+
+For faults a whole homeserver outage does not show: sends failing with 502 while syncs work.
+Everything else is forwarded as is (long-poll syncs included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest_asyncio
+from aiohttp import web
+
+_HOP = {"host", "content-length", "transfer-encoding", "content-encoding", "connection"}
+
+
+class HomeserverProxy:
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.fail: re.Pattern[str] | None = None
+        """Requests whose ``METHOD path`` matches get a 502 while this is set."""
+        self.failed: list[str] = []
+        self._failures = asyncio.Condition()
+        self.url = ""
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None),
+                                              auto_decompress=False)
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+        self._runner = web.AppRunner(app, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        # Long-polls in flight would hold the runner's clean-up for a minute: cut them.
+        if self._session is not None:
+            await self._session.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def wait_failures(self, n: int, timeout: float = 20) -> None:
+        """Until ``n`` requests in all were refused."""
+        async with asyncio.timeout(timeout), self._failures:
+            await self._failures.wait_for(lambda: len(self.failed) >= n)
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        line = f"{request.method} {request.path}"
+        if self.fail is not None and self.fail.search(line):
+            async with self._failures:
+                self.failed.append(line)
+                self._failures.notify_all()
+            return web.json_response({"errcode": "M_UNKNOWN", "error": "proxy: bad gateway"},
+                                     status=502)
+        assert self._session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        async with self._session.request(request.method, self.upstream + request.path_qs,
+                                         headers=headers, data=await request.read()) as up:
+            body = await up.read()
+            out_headers = {k: v for k, v in up.headers.items() if k.lower() not in _HOP}
+            if "content-encoding" in up.headers:
+                out_headers["Content-Encoding"] = up.headers["content-encoding"]
+            return web.Response(status=up.status, body=body, headers=out_headers)
+
+
+@pytest_asyncio.fixture
+async def hs_proxy(synapse: object) -> AsyncIterator[HomeserverProxy]:
+    proxy = HomeserverProxy(synapse.url)  # type: ignore[attr-defined]
+    await proxy.start()
+    yield proxy
+    await proxy.stop()
