@@ -21,6 +21,10 @@ from ganglion.logs import SecretMask, setup_logging
 log = logging.getLogger("ganglion")
 
 EXIT_CONFIG = 2
+EXIT_STUCK = 1
+"""Stopped on a signal, but a part did not stop within app.STOP_SECONDS (it is logged)."""
+EXIT_AT_ONCE = 130
+"""A second SIGINT or SIGTERM while stopping: out at once, nothing more is cleaned up."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,7 +90,7 @@ async def _serve(loaded: LoadedConfig, mask: SecretMask) -> int:
     def on_signal(signame: str) -> None:
         if stop.is_set():
             log.warning("second %s: exiting at once", signame)
-            os._exit(130)
+            os._exit(EXIT_AT_ONCE)
         log.info("%s received: stopping", signame)
         stop.set()
 
@@ -109,6 +113,12 @@ async def _serve(loaded: LoadedConfig, mask: SecretMask) -> int:
         # The token goes to the console only, never to the log file.
         print(f"\n  Open the chat: {app.web.login_url}\n", file=sys.stderr, flush=True)
     await stop.wait()
-    await app.stop()
+    stuck = await app.stop()
+    if stuck:
+        # What hangs may be a thread (a database call waiting on a lock) that would keep the
+        # interpreter alive after asyncio.run: leave now, as promised to whoever sent SIGTERM.
+        log.error("stopped, but %s did not stop in time; exiting anyway", ", ".join(stuck))
+        logging.shutdown()
+        os._exit(EXIT_STUCK)
     log.info("stopped")
     return 0
