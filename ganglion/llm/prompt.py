@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from ganglion.llm.untrusted import neutralise
 from ganglion.storage.files import Skill
 from ganglion.storage.history import StoredMessage
 
@@ -38,8 +39,9 @@ def system_text(inp: PromptInputs) -> str:
         parts.append("You have no tools in this conversation: answer from what you know.")
     parts.append(_section("MEMORIES.txt (long-term facts about the user)", inp.memories))
     parts.append(_section("HEARTBEATS.txt (active goals, working memory)", inp.heartbeats))
-    if inp.skills:
-        index = "\n".join(f"- skills/{s.name}: {s.summary}" for s in inp.skills)
+    if inp.skills:  # the assistant's tools write these files: untrusted like any file
+        index = "\n".join(f"- skills/{neutralise(s.name)}: {neutralise(s.summary)}"
+                          for s in inp.skills)
         parts.append(f"## Skills (notes you wrote; read one before relying on it)\n{index}")
     return "\n\n".join(parts)
 

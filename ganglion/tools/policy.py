@@ -4,6 +4,12 @@ Place in the flow: the worker's tool loop -> ``ToolRunner.run`` -> policy check 
 ``ask``) the exact call posted in the thread, waiting for ``/approve`` or ``/deny`` ->
 ``ToolRegistry.call`` -> the result, neutralised and marked as data, back to the model.
 Everything a tool does passes here, so one place decides, logs and shows it.
+
+What the model gets: a result fenced as data (``ganglion.llm.untrusted.as_data``); an error
+the tool reported (its own message, or what it raised) as an ``error:`` line followed by
+that message fenced as data, since it may quote a file or a command's output; and the
+daemon's own refusals (policy, approval, a malformed call) as plain ``error: ...`` text,
+which is guidance the model should follow, not data.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import json
 import logging
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -179,7 +186,12 @@ def fenced(text: str, info: str = "") -> str:
 
 @dataclass(frozen=True, slots=True)
 class ToolRun:
-    """One call's result: ``text`` for the model, ``display`` for the transcript."""
+    """One call's result: ``text`` for the model, ``display`` for the transcript.
+
+    ``display`` reads: the call in one line (``shell: ls -l``), a blank line, the outcome in
+    one line (``ok in 12 ms, 340 characters``), then what the short line leaves out of the
+    arguments and the result. Interfaces may show only its first paragraphs (Matrix does).
+    """
 
     text: str
     display: str
@@ -209,26 +221,34 @@ class ToolRunner:
         self, name: str, arguments: str, ctx: ToolContext, offered: Collection[str]
     ) -> ToolRun:
         tid = ctx.thread_id
+        started = time.monotonic()
         args: Any = _parse(arguments)
         shown_args = mask_secrets(_short(arguments if args is None else _compact(args), 500))
         refusal = self._refusal(name, offered)
         if refusal is not None:
-            log.info("[%s] tool %s(%s) refused: %s", tid, name, shown_args, refusal)
-            return self._result(name, args, f"error: {refusal}", ok=False)
+            waited = time.monotonic() - started
+            log.info("[%s] tool %s(%s) refused in %.0f ms: %s", tid, name, shown_args,
+                     waited * 1000, refusal)
+            return self._refused(name, args, refusal, waited)
         if isinstance(args, dict):
             arguments = json.dumps(args)  # exactly what was shown for approval runs
             if self.policy.mode(name) == "ask":
                 decision = await self._approval(tid, name, args)
                 if decision is not None:
-                    log.info("[%s] tool %s(%s) not run: %s", tid, name, shown_args, decision)
-                    return self._result(name, args, f"error: {decision}", ok=False)
+                    waited = time.monotonic() - started
+                    log.info("[%s] tool %s(%s) not run after %.0f ms: %s", tid, name,
+                             shown_args, waited * 1000, decision)
+                    return self._refused(name, args, decision, waited)
         outcome = await self.registry.call(name, arguments, ctx)
         log.info("[%s] tool %s(%s) %s in %.0f ms, %d characters", tid, name, shown_args,
                  "ok" if outcome.ok else "failed", outcome.seconds * 1000, len(outcome.text))
+        display = self._display(name, args, outcome.text, ok=outcome.ok,
+                                seconds=outcome.seconds)
         if outcome.ok:
-            return ToolRun(as_data(name, outcome.text), self._display(name, args, outcome.text),
-                           ok=True)
-        return self._result(name, args, outcome.text, ok=False)
+            return ToolRun(as_data(name, outcome.text), display, ok=True)
+        if outcome.from_tool:
+            return ToolRun(tool_error(name, outcome.text), display, ok=False)
+        return ToolRun(neutralise(outcome.text), display, ok=False)
 
     def _refusal(self, name: str, offered: Collection[str]) -> str | None:
         if name in offered:
@@ -249,8 +269,10 @@ class ToolRunner:
         if len(shown) > MAX_SHOWN_CALL:
             return (f"this call is too long ({len(shown):,} characters) to show the user for "
                     f"approval; the limit is {MAX_SHOWN_CALL:,}: make it shorter")
+        asked = time.monotonic()
         decision, by = await self.approvals.ask(tid, name, shown)
-        log.info("[%s] tool %s %s by %s", tid, name, decision.value, by)
+        log.info("[%s] tool %s %s by %s after %.1f s", tid, name, decision.value, by,
+                 time.monotonic() - asked)
         if decision is Decision.APPROVED:
             return None
         if decision is Decision.DENIED:
@@ -258,22 +280,41 @@ class ToolRunner:
                     "ask; ask them what they want instead")
         return "nobody approved this call in time; it was not run"
 
-    def _result(self, name: str, args: Any, text: str, *, ok: bool) -> ToolRun:
-        clean = neutralise(text)
-        return ToolRun(clean, self._display(name, args, clean), ok=ok)
+    def _refused(self, name: str, args: Any, why: str, waited: float) -> ToolRun:
+        """The daemon's own refusal: plain guidance for the model (not fenced as data)."""
+        text = neutralise(f"error: {why}")
+        return ToolRun(text, self._display(name, args, text, ok=False, seconds=waited),
+                       ok=False)
 
-    def _display(self, name: str, args: Any, result: str) -> str:
-        """First line: what was called (the web shows it on the collapsed entry, Matrix as
-        its notice); then the full arguments if that line leaves some out; then the result."""
+    def _display(self, name: str, args: Any, result: str, *, ok: bool, seconds: float) -> str:
+        """First line: what was called (the web shows it on the collapsed entry); then the
+        outcome (with the first line, Matrix's notice); then the full arguments if the first
+        line leaves some out; then the result."""
         result = neutralise(result)
+        size = len(result)
         if len(result) > DISPLAY_OUTPUT:
             more = len(result) - DISPLAY_OUTPUT
             result = result[:DISPLAY_OUTPUT] + f"\n… ({more:,} more characters went to the model)"
         summary, complete = _summary(args)
-        shown = f"{name}: {summary}\n\n"
+        shown = f"{_one_line(name, 64)}: {summary}\n\n{_outcome(ok, seconds, size)}\n\n"
         if not complete:
             shown += f"arguments: {_short(_compact(args), 2000)}\n\n"
         return neutralise(shown) + result
+
+
+def tool_error(name: str, text: str) -> str:
+    """An error the tool reported, for the model: plainly an error, its message fenced as data
+    (it may quote a file, a page or a command's output)."""
+    return f"error: {neutralise(name)} failed\n{as_data(name, text.removeprefix('error: '))}"
+
+
+def _outcome(ok: bool, seconds: float, size: int) -> str:
+    took = f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+    return f"ok in {took}, {size:,} characters" if ok else f"error after {took}"
+
+
+def _one_line(text: str, limit: int) -> str:
+    return _short(" ".join(text.split()), limit)
 
 
 def _parse(arguments: str) -> Any:

@@ -149,6 +149,9 @@ class ToolOutcome:
     text: str
     ok: bool
     seconds: float
+    from_tool: bool = True
+    """The text is what the tool returned or raised (untrusted: it may carry file contents,
+    command output, a page); False for the registry's own word on a malformed call."""
 
 
 class ToolRegistry:
@@ -173,7 +176,12 @@ class ToolRegistry:
     async def call(self, name: str, arguments: str, ctx: ToolContext) -> ToolOutcome:
         started = time.monotonic()
         try:
-            text = await self._call(name, arguments, ctx)
+            tool, args = self._prepare(name, arguments, ctx)
+        except ToolError as err:
+            return ToolOutcome(f"error: {err}", False, time.monotonic() - started,
+                               from_tool=False)
+        try:
+            text = await tool.func(**args)
             ok = True
         except asyncio.CancelledError:
             raise
@@ -184,7 +192,8 @@ class ToolRegistry:
             text, ok = f"error: the tool failed: {type(err).__name__}: {err}", False
         return ToolOutcome(text, ok, time.monotonic() - started)
 
-    async def _call(self, name: str, arguments: str, ctx: ToolContext) -> str:
+    def _prepare(self, name: str, arguments: str, ctx: ToolContext) -> tuple[Tool, dict[str, Any]]:
+        """The tool and its checked keyword arguments, or a ToolError saying what to fix."""
         tool = self._tools.get(name)
         if tool is None:
             available = ", ".join(self._tools) or "none"
@@ -202,4 +211,4 @@ class ToolRegistry:
         _check_args(tool, args)
         if tool.wants_ctx:
             args["ctx"] = ctx
-        return await tool.func(**args)
+        return tool, args
