@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,18 @@ def free_port() -> int:
 
 
 class Daemon:
-    """``python -m ganglion --config <file>`` with its own data dir; stdout+stderr to a file."""
+    """``python -m ganglion --config <file>`` with its own data dir; stdout+stderr to a file.
 
-    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
+    ``prefix`` goes before the command (``nsenter -t PID -m --wd=DIR``: the daemon in another
+    mount namespace); it must exec the command, so that ``proc`` is the daemon itself.
+    """
+
+    def __init__(
+        self, workdir: Path, config: dict[str, Any], prefix: Sequence[str] = ()
+    ) -> None:
         self.workdir = workdir
         self.config = config
+        self.prefix = list(prefix)
         self.port: int = config.get("web", {}).get("port") or free_port()
         config.setdefault("web", {})["port"] = self.port
         self.config_path = workdir / "config.yaml"
@@ -44,7 +52,8 @@ class Daemon:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GANGLION_")}
         out = self.output.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ganglion", "--config", str(self.config_path), *args],
+            [*self.prefix, sys.executable, "-m", "ganglion", "--config", str(self.config_path),
+             *args],
             cwd=self.workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
         )
         out.close()

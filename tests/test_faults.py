@@ -8,11 +8,16 @@ away and coming back (tests/test_matrix.py::test_recovers_by_itself_when_the_hom
 comes_back). The model client's retry and failover rules for each failure are unit-tested
 in tests/test_llm_client.py; here the user's side of the same failures is checked.
 
-The disk refusing writes: tests run as root, for whom a read-only mode bit changes nothing,
-and no read-only or full filesystem can be mounted here. ``PRAGMA query_only`` on the
-daemon's own connection makes SQLite refuse every write with the same error a read-only
-file gives (SQLITE_READONLY), through the real error paths of the web interface and the
-worker.
+Valid JSON of the wrong shape from the model (streamed, or as a whole body from a server that
+ignores ``stream``) is a failure of that endpoint: failover, then a clear message, never an
+empty answer.
+
+The disk refusing writes, simulated: ``PRAGMA query_only`` on the daemon's own connection makes
+SQLite refuse every write with the error a read-only file gives (SQLITE_READONLY), through the
+real error paths of the web interface and the worker. A real full disk (a tmpfs in a private
+mount namespace) and a real read-only data folder are in tests/test_disk_faults.py; a
+read-only remount under the running daemon is refused by Linux (busy: SQLite's files are open
+for writing), which is why the read-only error mid-run is simulated here.
 """
 
 from __future__ import annotations

@@ -1,0 +1,234 @@
+"""The disk refusing writes for real: the daemon's data folder on a small tmpfs of its own.
+
+The real daemon (tests/daemon.py) runs inside a private mount namespace (util-linux
+``unshare -m --propagation private``, kept alive by a holder process) where a 4 MiB tmpfs is
+mounted over its data folder; the test reaches into that namespace with ``nsenter -t PID -m``
+to fill the tmpfs (a full disk: SQLite's SQLITE_FULL on every write) and to free it again, or,
+while the daemon is stopped, to remount it read-only. Logs and console output stay on the real
+disk. Needs root; outside CI the tests skip when not root or util-linux's tools are missing,
+in CI (CI=true) they must run.
+
+Why no read-only remount under a running daemon: Linux refuses ``mount -o remount,ro`` with
+EBUSY while any file on the filesystem is open for writing, and SQLite holds its database,
+WAL and shared-memory files open for writing as long as the daemon runs (asserted below, so
+this note is checked). A filesystem the kernel itself forces read-only after an I/O error
+(ext4 ``errors=remount-ro``) stays read-only until it is checked, so nothing could recover by
+itself there. The read-only error mid-run (SQLITE_READONLY) is simulated with ``PRAGMA
+query_only`` in tests/test_faults.py; here a read-only data folder is met at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from conftest import LLM_KEY, WEB_TOKEN
+from daemon import Daemon
+from fake_llm import FakeLLM, Reply
+from wsclient import ChatClient
+
+TMPFS_SIZE = "4m"
+
+
+def _missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to mount a tmpfs in a private mount namespace"
+    tools = [t for t in ("unshare", "nsenter", "mount") if shutil.which(t) is None]
+    if tools:
+        return f"needs util-linux's {', '.join(tools)}"
+    return None
+
+
+class Namespace:
+    """A private mount namespace held open by a sleeping process, with a tmpfs at ``data``."""
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        data.mkdir(parents=True, exist_ok=True)
+        self.holder = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", "sleep", "3600"])
+        own = os.readlink("/proc/self/ns/mnt")
+        for _ in range(200):  # until unshare has entered the new namespace and exec'ed sleep
+            if os.readlink(f"/proc/{self.holder.pid}/ns/mnt") != own:
+                break
+            self.holder.poll()
+            assert self.holder.returncode is None, "unshare -m failed"
+            subprocess.run(["sleep", "0.01"], check=True)
+        else:
+            raise AssertionError("unshare -m did not enter a new mount namespace")
+        self.run("mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0700", "tmpfs",
+                 str(data))
+
+    def prefix(self, workdir: Path) -> list[str]:
+        """Run a command in the namespace, in ``workdir`` (nsenter execs it: same pid)."""
+        return ["nsenter", "-t", str(self.holder.pid), "-m", f"--wd={workdir}"]
+
+    def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["nsenter", "-t", str(self.holder.pid), "-m", *cmd],
+                              capture_output=True, text=True, check=check, timeout=30)
+
+    def fill(self) -> None:
+        """Write zeros until the tmpfs is full (dd then fails with "No space left")."""
+        done = self.run("dd", "if=/dev/zero", f"of={self.data / 'filler'}", "bs=64k",
+                        check=False)
+        assert "No space left" in done.stderr, done.stderr
+
+    def free(self) -> None:
+        self.run("rm", "-f", str(self.data / "filler"))
+
+    def close(self) -> None:
+        self.holder.kill()
+        self.holder.wait(5)
+
+
+@pytest.fixture
+def namespace(tmp_path: Path) -> Iterator[Namespace]:
+    reason = _missing()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the real disk-fault tests, but: {reason}")
+        pytest.skip(reason)
+    ns = Namespace(tmp_path / "data")
+    try:
+        yield ns
+    finally:
+        ns.close()
+
+
+def config(llm: FakeLLM) -> dict[str, Any]:
+    return {
+        "llm": {"endpoints": [{"name": "fake", "base_url": llm.base_url, "api_key": LLM_KEY}],
+                "model": "fake-model", "retries": 0},
+        "web": {"token": WEB_TOKEN},
+        "paths": {"data_dir": "data", "log_dir": "logs"},  # logs on the real disk
+    }
+
+
+async def still_serving(d: Daemon) -> None:
+    """The daemon is up: /healthz answers and a new socket logs in."""
+    async with aiohttp.ClientSession() as session, session.get(f"{d.url}/healthz") as resp:
+        assert resp.status == 200
+    other = ChatClient(d.url, WEB_TOKEN)
+    await other.connect()
+    await other.close()
+
+
+def rows(ns: Namespace, sql: str) -> list[list[Any]]:
+    """Query the database in the namespace (SQLite resolves /proc/PID/root to the host's /)."""
+    script = ("import json, sqlite3, sys; conn = sqlite3.connect(sys.argv[1], timeout=10);"
+              " print(json.dumps(conn.execute(sys.argv[2]).fetchall()))")
+    done = ns.run(sys.executable, "-c", script, str(ns.data / "conversation.db"), sql)
+    result: list[list[Any]] = json.loads(done.stdout)
+    return result
+
+
+async def test_a_full_disk_refuses_a_message_clearly_and_takes_it_when_space_is_back(
+    namespace: Namespace, fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    d = Daemon(tmp_path, config(fake_llm), prefix=namespace.prefix(tmp_path))
+    d.start()
+    chat = ChatClient(d.url, WEB_TOKEN)
+    try:
+        await d.wait_ready()
+        await chat.connect()
+        assert (await chat.ask("before", timeout=10))["text"] == "echo: before"
+        # See the module docstring: a read-only remount is refused while SQLite writes here.
+        busy = namespace.run("mount", "-o", "remount,ro", str(namespace.data), check=False)
+        assert busy.returncode != 0 and "busy" in busy.stderr, busy
+
+        namespace.fill()
+        refused = await chat.send("while full", client_id="c1")
+        assert refused["type"] == "error" and refused["code"] == "not_stored", refused
+        assert "Could not store your message" in refused["message"]
+        assert "send it again" in refused["message"]
+        await still_serving(d)
+        assert (await chat.send("still full", client_id="c2"))["code"] == "not_stored"
+        assert len(fake_llm.requests) == 1  # nothing ran on a message that was not stored
+
+        namespace.free()  # the fault clears; the tab resends what was not acknowledged
+        assert (await chat.send("while full", client_id="c1"))["type"] == "ack"
+        assert (await chat.reply(10))["text"] == "echo: while full"
+        assert (await chat.ask("after", timeout=10))["text"] == "echo: after"
+        inbox = rows(namespace, "SELECT text, status FROM inbox ORDER BY id")
+        assert inbox == [["before", "done"], ["while full", "done"], ["after", "done"]]
+        assert rows(namespace, "PRAGMA integrity_check") == [["ok"]]
+        assert d.proc is not None and d.proc.poll() is None
+    finally:
+        await chat.close()
+        d.kill()
+    assert "database or disk is full" in (tmp_path / "logs" / "ganglion.log").read_text()
+
+
+async def test_an_answer_the_full_disk_refuses_is_announced_then_sent_once_space_is_back(
+    namespace: Namespace, fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    d = Daemon(tmp_path, config(fake_llm), prefix=namespace.prefix(tmp_path))
+    d.start()
+    chat = ChatClient(d.url, WEB_TOKEN)
+    try:
+        await d.wait_ready()
+        await chat.connect()
+        fake_llm.script(Reply(text="worth keeping", delay=0.5))
+        assert (await chat.send("question"))["type"] == "ack"
+        async with asyncio.timeout(10):
+            await fake_llm.wait_until(lambda: fake_llm.in_flight == 1)
+        namespace.fill()  # the disk fills up while the model is thinking
+        notice = await chat.reply(10)
+        assert notice["role"] == "system", notice
+        assert "could not store my answer" in notice["text"]
+        assert "keep trying" in notice["text"]
+        await still_serving(d)
+
+        namespace.free()
+        answer = await chat.reply(40)  # the worker's retry backs off to a few seconds
+        assert answer["role"] == "assistant" and answer["text"] == "worth keeping"
+        assert (await chat.ask("and now?", timeout=10))["text"] == "echo: and now?"
+        stored = rows(namespace, "SELECT role, content FROM messages ORDER BY id")
+        assert stored == [["user", "question"], ["assistant", "worth keeping"],
+                          ["user", "and now?"], ["assistant", "echo: and now?"]]
+        assert rows(namespace, "PRAGMA integrity_check") == [["ok"]]
+    finally:
+        await chat.close()
+        d.kill()
+
+
+async def test_a_read_only_data_folder_at_start_is_refused_clearly_then_starts_once_writable(
+    namespace: Namespace, fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    d = Daemon(tmp_path, config(fake_llm), prefix=namespace.prefix(tmp_path))
+    d.start()
+    try:
+        await d.wait_ready()
+        chat = ChatClient(d.url, WEB_TOKEN)
+        await chat.connect()
+        assert (await chat.ask("kept", timeout=10))["text"] == "echo: kept"
+        await chat.close()
+        d.signal(signal.SIGTERM)
+        assert await d.wait_exit(10) == 0
+
+        namespace.run("mount", "-o", "remount,ro", str(namespace.data))  # nothing open now
+        d.start()
+        assert await d.wait_exit(20) == 1
+        assert "could not start" in d.text() and "Read-only file system" in d.text()
+        assert str(namespace.data) in d.text()  # names the folder to fix
+
+        namespace.run("mount", "-o", "remount,rw", str(namespace.data))
+        d.start()
+        await d.wait_ready()
+        chat = ChatClient(d.url, WEB_TOKEN, thread_id=chat.thread_id)
+        ready = await chat.connect()
+        assert "echo: kept" in str(ready)  # the conversation from before is still there
+        assert (await chat.ask("again", timeout=10))["text"] == "echo: again"
+        await chat.close()
+    finally:
+        d.kill()
