@@ -335,6 +335,8 @@ class Human:
         self.typing: list[tuple[str, list[str]]] = []
         """(room id, users typing) for every typing notice seen, in order."""
         self.synced = False
+        self.to_device: list[Any] = []
+        """Every to-device event received (key requests among them)."""
 
     async def sync(self, timeout_ms: int = 1000) -> None:
         client = self.client
@@ -345,6 +347,7 @@ class Human:
         if not isinstance(resp, SyncResponse):
             raise RuntimeError(f"sync failed: {resp}")
         self.synced = True
+        self.to_device += resp.to_device_events
         for room_id, info in resp.rooms.join.items():
             for event in [*info.state, *info.timeline.events]:
                 if isinstance(event, RoomMemberEvent):

@@ -26,7 +26,7 @@ from conftest import LLM_KEY, AppFactory, merge
 from daemon import Daemon
 from fake_llm import FakeLLM, Reply
 from hs_proxy import HomeserverProxy, hs_proxy  # noqa: F401  (fixture)
-from nio import AsyncClient, JoinResponse, LoginResponse
+from nio import AsyncClient, JoinResponse, LoginResponse, RoomKeyRequest
 from synapse import Human, MatrixUser, Synapse, synapse  # noqa: F401  (fixture)
 
 from ganglion.app import App
@@ -565,12 +565,12 @@ async def test_commands_work_in_a_room_with_bang_and_slash(
 @pytest.mark.matrix
 async def test_an_undecryptable_message_is_reported_once(
     synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
-    humans: HumanFactory, tmp_path: Path,
+    humans: HumanFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
     bot, person = await synapse.register("bot"), await synapse.register("human")
     app = await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
     assert app.matrix is not None
-    app.matrix.undecryptable_grace = 0.3
+    app.matrix.keys.grace = 0.3
     human = await humans(person)
     room = await human.create_room(invite=[bot.user_id])
     await human.wait_joined(room, bot.user_id)
@@ -581,6 +581,14 @@ async def test_an_undecryptable_message_is_reported_once(
     await human.send(room, "secret two")
     notice = await human.next_message(room, bot.user_id, 0)
     assert "could not read a message" in notice.body
+    session = human.client.olm.outbound_group_sessions[room].id
+    # The key was asked of the sender's devices, and the event logged.
+    requests = await human.until(lambda: [
+        e for e in human.to_device if isinstance(e, RoomKeyRequest)
+        and e.session_id == session and e.requesting_device_id == bot.device_id])
+    assert requests[0].sender == bot.user_id and requests[0].room_id == room
+    assert any("cannot decrypt event" in r.getMessage() and session in r.getMessage()
+               for r in caplog.records)
     human.client.unblacklist_device(bot_device)  # a new room key, shared with the bot
     await human.send(room, "readable")
     assert (await human.next_message(room, bot.user_id, 1)).body == "echo: readable"

@@ -18,7 +18,6 @@ homeserver drops a resend of a message it already has.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import sqlite3
@@ -31,7 +30,6 @@ from aiohttp import ClientError
 from nio import (
     InviteMemberEvent,
     JoinError,
-    LocalProtocolError,
     MegolmEvent,
     RoomLeaveError,
     RoomMessageText,
@@ -44,6 +42,7 @@ from ganglion.bus import Bus
 from ganglion.config import MatrixConfig
 from ganglion.errors import StartupError
 from ganglion.interfaces.matrix_catchup import after_own_join, missed_events
+from ganglion.interfaces.matrix_keys import WaitingForKeys
 from ganglion.interfaces.matrix_out import TypingNotices, reply_contents
 from ganglion.interfaces.matrix_session import (
     LOGIN_HINT,
@@ -118,8 +117,6 @@ class MatrixInterface:
         self.backoff_max = 15.0
         """Seconds between attempts while the homeserver is unreachable (doubling up to this)."""
         self.sync_timeout_ms = 30_000
-        self.undecryptable_grace = 5.0
-        """Seconds an undecryptable message may wait for its key before the room is told."""
         self._checked = False
         self._synced = False
         self._connected = False
@@ -129,8 +126,7 @@ class MatrixInterface:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.typing = TypingNotices(self._set_typing)
         self._pending_invites: dict[str, bool] = {}
-        self._undecrypted: dict[str, list[tuple[str, MegolmEvent]]] = {}
-        self._told_undecryptable: set[tuple[str, str]] = set()
+        self.keys = WaitingForKeys(self._tell_undecryptable, self._spawn)
         self._told_not_stored: set[str] = set()
         """Rooms told that a message waits for the disk; cleared once storing works again."""
         self._received: dict[int, float] = {}
@@ -345,8 +341,10 @@ class MatrixInterface:
                 except Exception:  # one bad event must not stop the room, nor the others
                     log.exception("[%s] event %s could not be handled", room_id,
                                   getattr(event, "event_id", "?"))
-        if self._undecrypted:
-            await self._retry_undecrypted(arrived)
+        if self.keys:
+            for room_id, event in self.keys.decryptable(client):
+                if isinstance(event, RoomMessageText):
+                    await self._submit(room_id, event, arrived)
         await self._settle_invites(client)
         await self._maintain_keys(client)
         self._since = client.next_batch  # every event up to here is on the bus (or dropped)
@@ -405,7 +403,8 @@ class MatrixInterface:
                      sender)
             return
         if isinstance(event, MegolmEvent):
-            await self._on_undecryptable(room_id, event)
+            assert self.client is not None
+            await self.keys.add(self.client, room_id, event)
             return
         await self._submit(room_id, event, arrived)
 
@@ -461,24 +460,6 @@ class MatrixInterface:
                 log.warning("[%s] answering the invite failed: %s", room_id, resp)
             del self._pending_invites[room_id]
 
-    async def _on_undecryptable(self, room_id: str, event: MegolmEvent) -> None:
-        """Log it, ask the sender's devices for the key, and tell the room once if none comes."""
-        log.warning("[%s] cannot decrypt event %s from %s (session %s); requesting the key",
-                    room_id, event.event_id, event.sender, event.session_id)
-        self._undecrypted.setdefault(event.session_id, []).append((room_id, event))
-        while len(self._undecrypted) > 100:  # keys that never come: forget the oldest
-            del self._undecrypted[next(iter(self._undecrypted))]
-        assert self.client is not None
-        with contextlib.suppress(LocalProtocolError):  # already requested for this session
-            try:
-                await self.client.request_room_key(event)
-            except (OSError, ClientError, TimeoutError) as err:
-                log.info("[%s] key request not sent: %s", room_id, err)
-        told = (room_id, event.session_id)
-        if told not in self._told_undecryptable:
-            self._told_undecryptable.add(told)
-            self._spawn(self._tell_undecryptable(room_id, event.session_id))
-
     async def _tell_not_stored(self, room_id: str) -> None:
         """Say once per room and outage that a message waits (sent directly: the outbox is on
         the same refusing disk)."""
@@ -494,32 +475,8 @@ class MatrixInterface:
         except Exception as err:
             log.warning("[%s] could not say that a message waits: %s", room_id, err)
 
-    async def _tell_undecryptable(self, room_id: str, session_id: str) -> None:
-        await asyncio.sleep(self.undecryptable_grace)
-        if any(r == room_id for r, _ in self._undecrypted.get(session_id, ())):
-            await self.router.broadcast(UNDECRYPTABLE_NOTICE, matrix_thread_id(room_id))
-
-    async def _retry_undecrypted(self, arrived: float) -> None:
-        """Keys that arrived since: decrypt the waiting events and queue them after all."""
-        assert self.client is not None
-        sessions = self.client.olm.inbound_group_store
-        for session_id, waiting in list(self._undecrypted.items()):
-            room_id, first = waiting[0]
-            if not sessions.get(room_id, first.sender_key, session_id):
-                continue  # the key has not come yet
-            decrypted: list[tuple[str, Any]] = []
-            for room_id, event in waiting:
-                try:
-                    decrypted.append((room_id, self.client.decrypt_event(event)))
-                except Exception:
-                    break  # still no key for this session
-            else:
-                del self._undecrypted[session_id]
-                for room_id, event in decrypted:
-                    log.info("[%s] event %s decrypted after its key arrived", room_id,
-                             event.event_id)
-                    if isinstance(event, RoomMessageText):
-                        await self._submit(room_id, event, arrived)
+    async def _tell_undecryptable(self, room_id: str) -> None:
+        await self.router.broadcast(UNDECRYPTABLE_NOTICE, matrix_thread_id(room_id))
 
     # -- typing out -----------------------------------------------------------------------
 

@@ -1,0 +1,90 @@
+"""Encrypted events the Matrix interface holds no key for: logged, keys asked for, room told.
+
+A message encrypted with a room key this device never received must not vanish silently
+(shared/notes/matrix-e2ee.md): it is logged, its key is requested from the bot's own other
+devices and from the sender's devices (which answer when they once shared that session with
+this device), and if no key comes within ``grace`` seconds the room is told, once per
+session. Each sync asks ``decryptable`` for the waiting events whose key has arrived since.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from aiohttp import ClientError
+from nio import AsyncClient, LocalProtocolError, MegolmEvent
+
+log = logging.getLogger(__name__)
+
+MAX_SESSIONS = 100
+"""Sessions whose key never comes are forgotten, oldest first, beyond this many."""
+
+
+class WaitingForKeys:
+    def __init__(self, tell: Callable[[str], Awaitable[None]],
+                 spawn: Callable[[Coroutine[Any, Any, Any]], None]) -> None:
+        self.grace = 5.0
+        """Seconds an undecryptable message may wait for its key before the room is told."""
+        self._tell = tell
+        self._spawn = spawn
+        self._waiting: dict[str, list[tuple[str, MegolmEvent]]] = {}
+        self._told: set[tuple[str, str]] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self._waiting)
+
+    async def add(self, client: AsyncClient, room_id: str, event: MegolmEvent) -> None:
+        log.warning("[%s] cannot decrypt event %s from %s (session %s); requesting the key",
+                    room_id, event.event_id, event.sender, event.session_id)
+        self._waiting.setdefault(event.session_id, []).append((room_id, event))
+        while len(self._waiting) > MAX_SESSIONS:
+            del self._waiting[next(iter(self._waiting))]
+        try:
+            await _request_key(client, event)
+        except (OSError, ClientError, TimeoutError) as err:
+            log.info("[%s] key request not sent: %s", room_id, err)
+        told = (room_id, event.session_id)
+        if told not in self._told:
+            self._told.add(told)
+            self._spawn(self._tell_later(room_id, event.session_id))
+
+    def decryptable(self, client: AsyncClient) -> list[tuple[str, Any]]:
+        """(room id, decrypted event) for the waiting events whose key arrived, in order."""
+        sessions = client.olm.inbound_group_store
+        out: list[tuple[str, Any]] = []
+        for session_id, waiting in list(self._waiting.items()):
+            room_id, first = waiting[0]
+            if not sessions.get(room_id, first.sender_key, session_id):
+                continue  # the key has not come yet
+            decrypted: list[tuple[str, Any]] = []
+            for room_id, event in waiting:
+                try:
+                    decrypted.append((room_id, client.decrypt_event(event)))
+                except Exception:
+                    break  # this session's key does not open it (yet)
+            else:
+                del self._waiting[session_id]
+                for room_id, event in decrypted:
+                    log.info("[%s] event %s decrypted after its key arrived", room_id,
+                             event.event_id)
+                out += decrypted
+        return out
+
+    async def _tell_later(self, room_id: str, session_id: str) -> None:
+        await asyncio.sleep(self.grace)
+        if any(r == room_id for r, _ in self._waiting.get(session_id, ())):
+            await self._tell(room_id)
+
+
+async def _request_key(client: AsyncClient, event: MegolmEvent) -> None:
+    """nio asks the bot's own devices and records the request (a forwarded key is accepted
+    only for a session asked for); the sender's devices get the same request."""
+    try:
+        await client.request_room_key(event)
+    except LocalProtocolError:
+        return  # already requested for this session
+    if event.sender != client.user_id:
+        await client.to_device(event.as_key_request(event.sender, client.device_id))
