@@ -24,7 +24,7 @@ class Migration:
     sql: str
 
 
-MIGRATIONS: list[Migration] = [
+MIGRATIONS: list[Migration] = [  # applied once each, in order; recorded in ``migrations``
     Migration(
         1,
         "foundation",
@@ -112,6 +112,9 @@ MIGRATIONS: list[Migration] = [
         );
         """,
     ),
+    # There is no 0003, on purpose: a database records each migration by number, so numbers
+    # are never reused or renumbered, and a gap is harmless (they run in number order). The
+    # next migration takes 5.
     Migration(
         4,
         "endpoints_usage",

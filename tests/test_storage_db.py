@@ -1,0 +1,93 @@
+"""The SQLite connection: pragmas, and numbered migrations applied once, in place."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from ganglion.storage.db import MIGRATIONS, Database
+
+
+async def applied(db: Database) -> list[tuple[int, str]]:
+    rows = await db.fetchall("SELECT number, name FROM migrations ORDER BY number")
+    return [(r["number"], r["name"]) for r in rows]
+
+
+async def tables(db: Database) -> set[str]:
+    rows = await db.fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")
+    return {r["name"] for r in rows}
+
+
+async def test_pragmas_wal_foreign_keys_busy_timeout(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "conversation.db")
+    try:
+        pragmas = {name: (await db.fetchone(f"PRAGMA {name}"))[0]  # type: ignore[index]
+                   for name in ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")}
+        assert pragmas == {"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 5000,
+                           "synchronous": 1}  # 1 = NORMAL
+        with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+            await db.write("INSERT INTO outbox (thread_id, message_id, created_at) "
+                           "VALUES ('web_00', 12345, 0)")
+    finally:
+        await db.close()
+    # WAL is a property of the file: another program opening it sees it too.
+    with sqlite3.connect(tmp_path / "conversation.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_migrations_apply_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "conversation.db"
+    caplog.set_level(logging.INFO, logger="ganglion.storage.db")
+    db = await Database.open(path)
+    first = await db.fetchall("SELECT number, applied_at FROM migrations")
+    await db.close()
+    assert [m for m in caplog.messages if "applying migration" in m] == [
+        f"applying migration {m.number:04d}_{m.name} to conversation.db" for m in MIGRATIONS]
+
+    caplog.clear()
+    db = await Database.open(path)  # the second start applies nothing
+    try:
+        assert [m for m in caplog.messages if "applying migration" in m] == []
+        again = await db.fetchall("SELECT number, applied_at FROM migrations")
+        assert [tuple(r) for r in again] == [tuple(r) for r in first]
+        assert await applied(db) == [(m.number, m.name) for m in MIGRATIONS]
+    finally:
+        await db.close()
+
+
+async def test_an_older_database_is_upgraded_in_place_keeping_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "conversation.db"
+    old = await Database.open(path, migrations=MIGRATIONS[:1])  # as the first release made it
+    await old.write("INSERT INTO inbox (thread_id, client_id, source, sender, text, status, "
+                    "created_at) VALUES ('web_00', 'c1', 'web', 'web', 'hello', 'done', 1)")
+    await old.write("INSERT INTO messages (thread_id, role, content, inbox_id, created_at) "
+                    "VALUES ('web_00', 'user', 'hello', 1, 1)")
+    assert await applied(old) == [(1, "foundation")]
+    assert "reminders" not in await tables(old)
+    await old.close()
+
+    db = await Database.open(path)
+    try:
+        assert await applied(db) == [(m.number, m.name) for m in MIGRATIONS]
+        assert {"reminders", "heartbeat_usage", "endpoints", "usage"} <= await tables(db)
+        rows = await db.fetchall("SELECT thread_id, role, content FROM messages")
+        assert [tuple(r) for r in rows] == [("web_00", "user", "hello")]
+        inbox = await db.fetchall("SELECT client_id, text, status FROM inbox")
+        assert [tuple(r) for r in inbox] == [("c1", "hello", "done")]
+        # The new tables work alongside the old rows.
+        await db.write("INSERT INTO reminders (thread_id, text, next_at, created_at) "
+                       "VALUES ('web_00', 'tea', 10, 1)")
+    finally:
+        await db.close()
+
+
+def test_migration_numbers_only_grow() -> None:
+    """Numbers are what databases record: unique and increasing (0003 is left out on purpose,
+    see ganglion/storage/db.py), never reused."""
+    numbers = [m.number for m in MIGRATIONS]
+    assert numbers == sorted(set(numbers))
+    assert 3 not in numbers
+    assert len({m.name for m in MIGRATIONS}) == len(MIGRATIONS)
