@@ -763,6 +763,9 @@ async def test_add_endpoint_only_in_an_encrypted_room_and_the_key_is_redacted(
     synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
     humans: HumanFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
+    # Every line of ours, debug included (libraries stay at INFO, as the daemon sets them).
+    caplog.set_level(logging.DEBUG, logger="ganglion")
+    caplog.set_level(logging.INFO, logger="nio")
     bot, person = await synapse.register("bot"), await synapse.register("owner")
     app = await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store",
                           owner=person.user_id)
