@@ -235,6 +235,31 @@ async def test_compaction_triggers_and_keeps_the_conversation_coherent(
     await chat.close()
 
 
+async def test_compaction_uses_the_compaction_model_and_turns_the_model(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    fake_llm.models = ["fake-model", "summary-model"]
+    app = await app_factory({"llm": {"context_tokens": 2048,
+                                     "compaction_model": "summary-model"}})
+    fake_llm.script(*[summarising("SUMMARY: owls")] * 20)
+    chat = await connect(app)
+    filler = "owls " * 300  # ~375 tokens each: compaction comes by itself
+    for i in range(6):
+        await chat.send(f"message {i}: {filler}")
+        while (await chat.reply())["role"] == "system":
+            pass
+    assert "Compacted" in (await chat.ask("/compact"))["text"]  # and on request
+    await chat.close()
+
+    def is_summary(body: dict[str, Any]) -> bool:
+        return bool(body["messages"][0]["content"].startswith("You compress a conversation"))
+
+    summaries = [b["model"] for b in fake_llm.requests if is_summary(b)]
+    assert len(summaries) >= 2 and set(summaries) == {"summary-model"}
+    others = {b["model"] for b in fake_llm.requests if not is_summary(b)}
+    assert others == {"fake-model"}  # turns (and the memory flush) keep llm.model
+
+
 async def test_new_compact_help_and_unknown_commands(
     app_factory: AppFactory, fake_llm: FakeLLM
 ) -> None:
