@@ -3,9 +3,9 @@ fake LLM. A second nio client (the human) sends; the clock stops when it has dec
 
 Reports the median (and p90) of the whole round trip over N messages, and the daemon's own share:
 from the moment the sync response holding the message arrived at the daemon to the moment the
-reply was handed to nio's room_send (parsing, decryption, the bus, the turn with its LLM call,
-storage, routing), read from the daemon's DEBUG lines; plus room_send itself (Megolm encryption
-and the homeserver's answer). Usage:
+encrypted reply leaves for the homeserver (parsing, decryption, the bus, the turn with its LLM
+call, storage, routing, Megolm encryption), read from the daemon's DEBUG lines; plus the
+encryption alone and the homeserver's send (HTTP round trip and Synapse storing it). Usage:
 
     uv run python bench/bench_matrix.py [--messages 50] [--json out.json]
 """
@@ -31,8 +31,8 @@ from common import cpu_seconds, report, wait_port
 from daemon import Daemon, free_port
 from synapse import SYNAPSE_VERSION, Human, Synapse, install
 
-SHARE = re.compile(r"reply sent ([\d.]+) ms after its event arrived \(daemon ([\d.]+) ms, "
-                   r"homeserver send ([\d.]+) ms\)")
+SHARE = re.compile(r"reply sent ([\d.]+) ms after its event arrived \(daemon ([\d.]+) ms with "
+                   r"encryption ([\d.]+) ms, homeserver send ([\d.]+) ms\)")
 
 
 def pct(values: list[float], p: float) -> float:
@@ -89,14 +89,16 @@ async def main() -> dict[str, Any]:
         log = (daemon.workdir / "logs" / "ganglion.log").read_text()
         shares = [tuple(map(float, m.groups())) for m in SHARE.finditer(log)][-args.messages:]
         daemon_ms = [s[1] for s in shares]
-        send_ms = [s[2] for s in shares]
+        encrypt_ms = [s[2] for s in shares]
+        send_ms = [s[3] for s in shares]
         results.update({
             "messages": args.messages,
             "round_trip_median_ms": statistics.median(trips),
             "round_trip_p90_ms": pct(trips, 0.9),
             "daemon_share_median_ms": statistics.median(daemon_ms),
             "daemon_share_p90_ms": pct(daemon_ms, 0.9),
-            "room_send_median_ms": statistics.median(send_ms),
+            "encryption_median_ms": statistics.median(encrypt_ms),
+            "homeserver_send_median_ms": statistics.median(send_ms),
             "daemon_cpu_ms_per_message": cpu_ms,
             "daemon_samples": len(daemon_ms),
         })

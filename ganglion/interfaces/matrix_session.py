@@ -33,10 +33,22 @@ class HomeserverUnavailable(Exception):
 
 
 class TimedClient(AsyncClient):  # type: ignore[misc]  # nio is untyped
-    """nio's client, noting when each sync response arrived: the start of the daemon's share
-    of a round trip, before the body is read, validated and decrypted."""
+    """nio's client, noting when each sync response arrived (the start of the daemon's share
+    of a round trip, before the body is read, validated and decrypted) and how long the
+    encryption of a reply took (the end of that share)."""
 
     sync_arrived: float = 0.0
+    encrypt_seconds: float = 0.0
+    """Time spent in Megolm encryption by the last encrypted send (part of the daemon's share)."""
+
+    def encrypt(self, room_id: str, message_type: str,
+                content: dict[Any, Any]) -> tuple[str, dict[str, str]]:
+        started = time.perf_counter()
+        try:
+            result: tuple[str, dict[str, str]] = super().encrypt(room_id, message_type, content)
+            return result
+        finally:
+            self.encrypt_seconds = time.perf_counter() - started
 
     async def create_matrix_response(self, response_class: type, transport_response: Any,
                                      *args: Any, **kwargs: Any) -> Any:
