@@ -655,6 +655,27 @@ async def test_login_writes_a_working_config(
         await app.stop()
 
 
+@pytest.mark.matrix
+async def test_login_asks_for_what_the_flags_leave_out(
+    synapse: Synapse, tmp_path: Path,  # noqa: F811
+) -> None:
+    bot = await synapse.register("bot")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GANGLION_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ganglion", "login", cwd=tmp_path, env=env,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    answers = f"{synapse.url}\n{bot.localpart}\n{bot.password}\n".encode()
+    out_bytes, _ = await asyncio.wait_for(proc.communicate(answers), 60)
+    out = out_bytes.decode()
+    assert proc.returncode == 0, out
+    assert "Homeserver [" in out and "Bot account [" in out  # it asked
+    assert bot.password not in out
+    raw = yaml.safe_load((tmp_path / "config.yaml").read_text())["matrix"]
+    assert raw["user_id"] == bot.user_id and raw["homeserver"] == synapse.url
+    assert raw["device_id"] and raw["device_id"] != bot.device_id
+    assert (tmp_path / "data" / "matrix-store").is_dir()
+
+
 def test_token_placeholders_are_printed_not_written(tmp_path: Path) -> None:
     from ganglion.interfaces.matrix_login import update_config_text
 
