@@ -120,6 +120,23 @@ async def test_the_tool_names_the_config_checks_are_the_tools_the_app_has(
     assert set(app.tools.names()) == TOOL_NAMES
 
 
+def test_the_installed_ganglion_command_works(tmp_path: Path) -> None:
+    """The console script (pyproject's [project.scripts]), not only ``python -m ganglion``."""
+    script = Path(sys.executable).parent / "ganglion"  # next to the venv's python
+    assert script.is_file() and os.access(script, os.X_OK), f"no console script at {script}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GANGLION_")}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("web:\n  port: 9123\n")
+    result = subprocess.run([str(script), "--config", str(cfg), "check-config"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"# config OK: {cfg.resolve()}" in result.stdout and "port: 9123" in result.stdout
+    cfg.write_text("web:\n  prot: 9123\n")
+    result = subprocess.run([str(script), "--config", str(cfg), "check-config"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "web.prot: unknown key" in result.stderr
+
+
 def test_cli_exits_2_on_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
     cfg = tmp_path / "broken.yaml"
     cfg.write_text("web: [port: 1\n")
