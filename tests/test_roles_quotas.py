@@ -269,3 +269,19 @@ async def test_stats_show_the_top_five_users_and_threads_only(
     for i in (5, 6):
         assert senders[i] not in top_users and f"!r{i}:" not in top_threads
     assert "6." not in top_users and "6." not in top_threads
+
+
+async def test_a_heartbeat_review_is_charged_to_the_autonomous_account(
+    app_factory: AppFactory, llm: FakeLLM
+) -> None:
+    app = await app_factory(config(llm, daily_tokens=50))
+    (app.data_dir / "HEARTBEATS.txt").write_text("- follow up on the backups\n")
+    llm.script(Reply(text="Backups: all fine?", usage=(70, 20)))
+    # Asked for by the user, but the review itself is a background turn of its own.
+    assert await send(app, "/heartbeat", USER) == ["Reviewing this conversation now."]
+    await app.bus.wait_idle()
+    stats = await say(app, "/stats", USER)
+    assert f"you ({USER}): 0 messages, 0 tokens" in stats, stats
+    assert "autonomous: 1 message, 90 tokens" in stats
+    # The user's own 50-token quota is untouched by the review's 90 tokens.
+    assert await say(app, "hello", USER) == "echo: hello"
