@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Sequence
 from typing import Protocol
 
 from ganglion.messages import Inbound, ThreadId
@@ -65,6 +66,18 @@ class Bus:
             else:
                 self._enqueue(stored)
         return stored, is_new
+
+    async def submit_many(self, msgs: Sequence[Inbound]) -> list[tuple[Inbound, bool]]:
+        """``submit`` for many at once (stored in one write), in order."""
+        stored = await self.inbox.add_many(msgs)
+        for msg, is_new in stored:
+            if not is_new:
+                continue
+            if self.handler.is_immediate(msg):
+                self._run_immediate(msg)
+            else:
+                self._enqueue(msg)
+        return stored
 
     async def known(self, thread_id: ThreadId, client_ids: list[str]) -> set[str]:
         """Of these client ids, the ones already submitted in this thread."""

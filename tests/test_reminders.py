@@ -24,7 +24,8 @@ from wsclient import ChatClient
 
 from ganglion.app import App
 from ganglion.messages import Inbound, Outbound, OutKind, Source, ThreadId
-from ganglion.storage.reminders import NewReminder
+from ganglion.storage.db import Database
+from ganglion.storage.reminders import NewReminder, ReminderStore
 from ganglion.tools.registry import ToolContext
 from ganglion.triggers.reminders import cron_next
 
@@ -345,13 +346,116 @@ async def test_a_recurring_reminder_missed_while_stopped_fires_once_for_all_it_m
 
     app = await app_factory(FAST)  # the same data folder
     chat = await connect(app, chat.thread_id)
-    seen = [m["text"] for m in chat.ready["transcript"] if m["text"].startswith("⏰")]
-    while seen[-1:] != ["⏰ Reminder: Check the oven"] or len(seen) < 2:  # on time again
-        seen.append((await next_reminder(chat))[1]["text"])
-    late = [t for t in dict.fromkeys(seen) if "late" in t]
-    assert len(late) == 1, seen
-    assert late[0].startswith("⏰ Reminder (late, was due ")
-    assert "more times since): Check the oven" in late[0]
+    # By message id: the transcript and the outbox may both bring the same message.
+    seen = {m["id"]: m["text"] for m in chat.ready["transcript"] if m["text"].startswith("⏰")}
+    while not any("late" in t for t in seen.values()) or (
+            list(seen.values())[-1] != "⏰ Reminder: Check the oven"):  # on time again
+        _, event = await next_reminder(chat)
+        seen[event["id"]] = event["text"]
+    texts = list(seen.values())
+    late = next(i for i, t in enumerate(texts) if "late" in t)
+    on_time = "⏰ Reminder: Check the oven"
+    assert texts[late].startswith("⏰ Reminder (late, was due ")
+    assert texts[late].endswith("more times since): Check the oven")
+    # One message for all it missed: on time before the stop, once late, on time after.
+    assert late >= 1 and texts == [on_time] * late + [texts[late]] + [on_time] * (
+        len(texts) - late - 1), texts
+    await chat.close()
+
+
+async def test_a_cron_reminder_fires_at_its_time_and_moves_on_to_its_next_one(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory(FAST)
+    chat = await connect(app)
+    due = time.time() + 1.5
+    if 60 - due % 60 < 4:  # keep the next minute well after it, so "only once" is clear
+        due += 5
+    r = await app.reminders.add(NewReminder(ThreadId(chat.thread_id), "Minute cron", due,
+                                            cron="* * * * *"))
+    arrived, event = await next_reminder(chat)
+    assert event["text"] == "⏰ Reminder: Minute cron" and arrived >= due - 0.05
+    after = await app.reminder_store.get(r.id)
+    assert after is not None and after.last_fired_at is not None and after.next_at is not None
+    assert (after.status, after.fired) == ("active", 1)
+    # On to the next whole minute (a cron time), and the wake-up is armed for it.
+    assert after.next_at % 60 == 0 and 0 < after.next_at - due <= 60
+    assert after.next_at == cron_next("* * * * *", after.last_fired_at, KATHMANDU)
+    job = app.scheduler.get_job("reminders")
+    assert job is not None and job.next_run_time.timestamp() == after.next_at
+    assert await reminder_messages(chat, 1.0) == []
+    await chat.close()
+
+
+async def test_a_cron_missed_while_stopped_fires_once_late_with_its_count_then_continues(
+    app_factory: AppFactory, fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    tid = ThreadId("web_" + "d" * 32)
+    data = tmp_path / "data"
+    now = time.time()
+    minute = now - now % 60
+    db = await Database.open(data / "conversation.db")  # written while no daemon runs
+    store = ReminderStore(db, data / "reminders.json", KATHMANDU)
+    await store.add_many([
+        NewReminder(tid, "Stand up", minute - 180, cron="* * * * *"),  # 4 times, or 5
+        NewReminder(tid, "Breathe", minute - 3600, cron="* * * * *"),  # 61 times: not counted
+    ])
+    await db.close()
+
+    app = await app_factory(FAST)
+    fired_by = time.time()
+    await app.bus.wait_idle()
+    chat = await connect(app, tid)
+    texts = [m["text"] for m in chat.ready["transcript"] if m["text"].startswith("⏰")]
+    since = {f"and {3 + k} more times since" for k in range(int(fired_by // 60 - now // 60) + 1)}
+    assert len(texts) == 2, texts
+    breathe, stand_up = texts
+    was_due = datetime.fromtimestamp(minute - 3600, KATHMANDU).strftime("%a %Y-%m-%d %H:%M")
+    assert breathe == f"⏰ Reminder (late, was due {was_due} +0545, and 20 or more times since)" \
+                      ": Breathe"
+    was_due = datetime.fromtimestamp(minute - 180, KATHMANDU).strftime("%a %Y-%m-%d %H:%M")
+    head, _, rest = stand_up.partition(" +0545, ")
+    assert head == f"⏰ Reminder (late, was due {was_due}"
+    assert rest.removesuffix("): Stand up") in since, stand_up
+    # Each goes on at its next regular time: the next whole minute after it fired.
+    for r in await app.reminder_store.active():
+        assert r.fired == 1 and r.next_at is not None and r.last_fired_at is not None
+        assert r.next_at % 60 == 0 and 0 < r.next_at - r.last_fired_at <= 60
+    job = app.scheduler.get_job("reminders")
+    assert job is not None and job.next_run_time.timestamp() > fired_by
+    await chat.close()
+
+
+async def test_list_reminders_shows_this_conversations_reminders(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory(FAST)
+    chat = await connect(app)
+    mine = ThreadId(chat.thread_id)
+    hour = time.time() - time.time() % 3600 + 3600  # whole minutes: no seconds shown
+    for new in (
+        NewReminder(mine, "Call mum", hour + 7200),
+        NewReminder(ThreadId("web_" + "e" * 32), "Not yours", hour + 60),
+        NewReminder(mine, "Back up the laptop", hour + 600, system=True, cron="10 * * * *"),
+        NewReminder(mine, "Stretch", hour, every_seconds=1800),
+    ):
+        await app.reminders.add(new)
+    fake_llm.script(Reply(tool_calls=[("list_reminders", {})]), Reply(text="Here they are."))
+    assert (await chat.ask("what reminders do I have?"))["text"] == "Here they are."
+    (result,) = tool_results(fake_llm.requests[-1])
+    assert "not instructions" in result  # output, fenced as data like any tool's
+    body = result.split("\n", 1)[1].rsplit("\n", 1)[0]
+
+    def at(ts: float) -> str:
+        return datetime.fromtimestamp(ts, KATHMANDU).strftime("%a %Y-%m-%d %H:%M +0545")
+
+    assert body.splitlines() == [
+        "3 active reminder(s) in this conversation (1 more in other conversations; the user "
+        "sees all of them with /reminders):",
+        f"- #4 {at(hour)}, every 30 min: Stretch",
+        f"- #3 {at(hour + 600)}, cron 10 * * * *, system task: Back up the laptop",
+        f"- #1 {at(hour + 7200)}, once: Call mum",
+    ]
     await chat.close()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 
 from ganglion.messages import Inbound, Source, ThreadId
@@ -43,6 +44,31 @@ class Inbox:
         )
         assert row is not None
         return replace(msg, id=row["id"]), False
+
+    async def add_many(self, msgs: Sequence[Inbound]) -> list[tuple[Inbound, bool]]:
+        """``add`` for many messages in one statement per 500 (a start that fires a thousand
+        missed reminders); in the same order as ``msgs``."""
+        out: list[tuple[Inbound, bool]] = []
+        for start in range(0, len(msgs), 500):
+            chunk = msgs[start:start + 500]
+            now = time.time()
+            params: list[object] = []
+            for m in chunk:
+                params += [m.thread_id, m.client_id, m.source.value, m.sender, m.text,
+                           int(m.system), json.dumps(m.meta), now]
+            rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+            async with self.db.transaction() as conn, conn.execute(
+                "INSERT INTO inbox (thread_id, client_id, source, sender, text, system,"
+                f" meta, created_at) VALUES {rows}"
+                " ON CONFLICT (thread_id, client_id) DO NOTHING"
+                " RETURNING id, thread_id, client_id", params,
+            ) as cur:
+                new = {(r["thread_id"], r["client_id"]): r["id"]
+                       for r in await cur.fetchall()}
+            for m in chunk:
+                rid = new.pop((m.thread_id, m.client_id), None)  # a repeat in msgs: not new
+                out.append((replace(m, id=rid), True) if rid is not None else await self.add(m))
+        return out
 
     async def known(self, thread_id: ThreadId, client_ids: list[str]) -> set[str]:
         """Of these client ids, the ones this thread already has (answered or not)."""

@@ -173,23 +173,22 @@ class ReminderStore:
         return [_row(r) for r in rows]
 
     async def advance(
-        self, reminder_id: int, fired_for: float, next_at: float | None, fired_at: float
-    ) -> bool:
-        """After firing for ``fired_for``: move on to ``next_at``, or done when None.
+        self, moves: Sequence[tuple[int, float, float | None]], fired_at: float
+    ) -> None:
+        """After firing: each (reminder id, fired for, next time) moves on to its next time,
+        or is done when that is None; all in one transaction.
 
-        Only a row still active and still due at ``fired_for`` changes (a reminder cancelled
-        meanwhile stays cancelled); False when nothing changed.
+        Only a row still active and still due at "fired for" changes (a reminder cancelled
+        meanwhile stays cancelled).
         """
         async with self.db.transaction() as conn:
-            cur = await conn.execute(
+            await conn.executemany(
                 "UPDATE reminders SET next_at = ?, status = ?, fired = fired + 1,"
                 " last_fired_at = ? WHERE id = ? AND status = 'active' AND next_at = ?",
-                (next_at, ACTIVE if next_at is not None else DONE, fired_at, reminder_id,
-                 fired_for),
+                [(next_at, ACTIVE if next_at is not None else DONE, fired_at, rid, fired_for)
+                 for rid, fired_for, next_at in moves],
             )
-            changed = cur.rowcount == 1
-        self._changes += changed
-        return changed
+        self._changes += 1
 
     async def cancel(self, reminder_id: int) -> bool:
         async with self.db.transaction() as conn:

@@ -19,7 +19,8 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
@@ -42,8 +43,11 @@ MIRROR_DELAY = 0.2
 """data/reminders.json is rewritten this long after a change: changes in a burst share one
 write, and the write never competes with the delivery that caused it."""
 MAX_ACTIVE = 10_000
-MAX_CATCH_UP = 100_000
-"""Missed periods counted one by one at most (a minute cron down for two months)."""
+DUE_BATCH = 500
+MAX_COUNTED = 20
+"""Missed cron times counted one by one at most; beyond, the message says "20 or more
+times". Each step costs ~15 µs of CPU, and a start may catch up a thousand crons at once:
+counting a day of a per-minute cron (1,440 steps) for each would take 20 s."""
 _CRON_DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
 
 
@@ -117,40 +121,68 @@ def cron_next(expr: str, after: float, tz: tzinfo) -> float | None:
     return None if fire is None else float(fire.timestamp())
 
 
-def catch_up(r: Reminder, now: float, tz: tzinfo) -> tuple[float | None, int]:
-    """(next time after ``now``, how many scheduled times up to ``now`` this firing covers)."""
+@dataclass(frozen=True, slots=True)
+class CatchUp:
+    """What one firing covers: the scheduled times up to now, and the next time after it."""
+
+    next_at: float | None
+    missed: int
+    """Scheduled times up to now (1: only the one firing); at least this many if not exact."""
+    exact: bool = True
+
+
+def catch_up(r: Reminder, now: float, tz: tzinfo) -> CatchUp:
+    """The firing of ``r`` at ``now``: exact for intervals, and for crons up to
+    ``MAX_COUNTED`` times. The next time of a cron that missed more comes straight from
+    ``now``, so the cost never grows with the time missed."""
     assert r.next_at is not None
     if r.every_seconds is not None:
         missed = math.floor((now - r.next_at) / r.every_seconds) + 1
-        return r.next_at + missed * r.every_seconds, missed
+        return CatchUp(r.next_at + missed * r.every_seconds, missed)
     if r.cron is None:
-        return None, 1
+        return CatchUp(None, 1)
     trigger = cron_trigger(r.cron, tz)
     t: float | None = r.next_at
     missed = 0
-    while t is not None and t <= now and missed < MAX_CATCH_UP:
+    while t is not None and t <= now and missed < MAX_COUNTED:
         missed += 1
         fire = trigger.get_next_fire_time(
             None, datetime.fromtimestamp(t, tz) + timedelta(microseconds=1))
         t = None if fire is None else float(fire.timestamp())
-    if t is not None and t <= now:
-        t = cron_next(r.cron, now, tz)
-    return t, missed
+    if t is not None and t <= now:  # counted as far as it is worth: on from now
+        return CatchUp(cron_next(r.cron, now, tz), missed, exact=False)
+    return CatchUp(t, missed)
 
 
-def delivery_text(r: Reminder, due: float, late: bool, missed: int, tz: tzinfo) -> str:
+def delivery_text(r: Reminder, due: float, late: bool, times: CatchUp, tz: tzinfo) -> str:
     """What the user reads (thread-bound), or the autonomous turn's instruction (system)."""
     when = local_text(due, tz)
+    missed = times.missed
     if r.system:
-        note = f", late: {missed} scheduled runs missed" if missed > 1 else (
+        runs = f"more than {missed}" if not times.exact else str(missed)
+        note = f", late: {runs} scheduled runs missed" if missed > 1 else (
             ", late" if late else "")
         return (f"System reminder #{r.id} (due {when}{note}): {r.text}\n"
                 "Carry it out now with your tools; this turn was started by the schedule, "
                 "not by a person.")
     if not late:
         return f"⏰ Reminder: {r.text}"
-    more = f", and {missed - 1} more time{'s' if missed > 2 else ''} since" if missed > 1 else ""
+    if not times.exact:
+        more = f", and {missed} or more times since"
+    elif missed > 1:
+        more = f", and {missed - 1} more time{'s' if missed > 2 else ''} since"
+    else:
+        more = ""
     return f"⏰ Reminder (late, was due {when}{more}): {r.text}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Firing:
+    reminder: Reminder
+    due: float
+    late: bool
+    times: CatchUp
+    inbound: Inbound
 
 
 class Reminders:
@@ -237,41 +269,59 @@ class Reminders:
     async def wake(self) -> None:
         """The APScheduler job: fire every due reminder, then arm for the next one."""
         failed = False
+        seen: set[int] = set()
         async with self._lock:
             now = self.now()
-            for r in await self.store.due(now):
+            while not failed:  # in batches: a start after a long stop may find thousands
+                batch = [r for r in await self.store.due(now, DUE_BATCH) if r.id not in seen]
+                seen.update(r.id for r in batch)
                 try:
-                    await self._fire(r, now)
+                    await self._fire(batch, now)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
-                    log.exception("[%s] reminder #%d could not be fired; retrying in %.0f s",
-                                  r.thread_id, r.id, RETRY_SECONDS)
+                    log.exception("reminders: %d due could not be fired; retrying in %.0f s",
+                                  len(batch), RETRY_SECONDS)
                     failed = True
+                if len(batch) < DUE_BATCH:
+                    break
             await self._arm(retry_at=now + RETRY_SECONDS if failed else None)
         self._mirror_due.set()
 
-    async def _fire(self, r: Reminder, now: float) -> None:
+    async def _fire(self, due: Sequence[Reminder], now: float) -> None:
+        """Submit one firing of each reminder, then move each on: two writes for the batch,
+        so a start that finds a thousand missed ones is not a thousand round trips."""
+        firings = [self._firing(r, now) for r in due]
+        if not firings:
+            return
+        submitted = await self.bus.submit_many([f.inbound for f in firings])
+        await self.store.advance([(f.reminder.id, f.due, f.times.next_at) for f in firings],
+                                 now)
+        for f, (_, is_new) in zip(firings, submitted, strict=True):
+            r, times, next_at = f.reminder, f.times, f.times.next_at
+            thread = f.inbound.thread_id
+            log.info("[%s] reminder #%d fired%s%s; %s", thread, r.id,
+                     f" {now - f.due:.1f} s late" if f.late else "",
+                     f" ({'over ' if not times.exact else ''}{times.missed} missed periods)"
+                     if times.missed > 1 else "",
+                     f"next {local_text(next_at, self.tz)}" if next_at is not None else "done")
+            if not is_new:
+                log.info("[%s] reminder #%d was submitted before a restart; not sent twice",
+                         thread, r.id)
+
+    def _firing(self, r: Reminder, now: float) -> _Firing:
         assert r.next_at is not None
         due = r.next_at
         late = due < self._started_at or now - due > LATE_AFTER_SECONDS
-        next_at, missed = catch_up(r, now, self.tz)
-        text = delivery_text(r, due, late, missed, self.tz)
+        times = catch_up(r, now, self.tz)
+        text = delivery_text(r, due, late, times, self.tz)
         thread = system_thread(f"reminder-{r.id}") if r.system else r.thread_id
         inbound = Inbound(
             thread, text, sender="reminder", source=Source.REMINDER,
             client_id=f"reminder:{r.id}:{round(due * 1000)}", system=r.system,
             meta={"reminder_id": str(r.id), "due": str(due), "late": "1" if late else "0"},
         )
-        _, is_new = await self.bus.submit(inbound)
-        await self.store.advance(r.id, due, next_at, now)
-        log.info("[%s] reminder #%d fired%s%s; %s", thread, r.id,
-                 f" {now - due:.1f} s late" if late else "",
-                 f" ({missed} missed periods)" if missed > 1 else "",
-                 f"next {local_text(next_at, self.tz)}" if next_at is not None else "done")
-        if not is_new:
-            log.info("[%s] reminder #%d was submitted before a restart; not sent twice",
-                     thread, r.id)
+        return _Firing(r, due, late, times, inbound)
 
     async def _arm(self, retry_at: float | None = None) -> None:
         """Point the wake-up job at the earliest active reminder (caller holds the lock)."""
