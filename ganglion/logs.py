@@ -51,26 +51,41 @@ class PrivateRotatingFileHandler(logging.handlers.TimedRotatingFileHandler):
         return super()._open()
 
 
-def setup_logging(log_dir: Path, level: str, mask: SecretMask) -> None:
-    """Console + daily-rotated file, both behind the same secret mask."""
+NOISY = ("aiosqlite", "httpx", "httpcore", "httpx2", "httpcore2", "openai", "asyncio", "nio",
+         "peewee", "apscheduler", "markdown_it")
+"""Libraries that are loud at DEBUG; our own --debug is about our traffic. (The openai
+package talks through httpx2/httpcore2; markdown_it logs every rule it tries.)"""
+
+
+def file_handler(log_dir: Path, mask: logging.Filter) -> PrivateRotatingFileHandler:
+    """``log_dir/ganglion.log``, rotated daily, owner-only, behind ``mask``."""
     log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = log_dir / "ganglion.log"
-    file_handler = PrivateRotatingFileHandler(
-        path, when="midnight", backupCount=14, encoding="utf-8"
+    handler = PrivateRotatingFileHandler(
+        log_dir / "ganglion.log", when="midnight", backupCount=14, encoding="utf-8"
     )
-    console = logging.StreamHandler(sys.stderr)
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    for handler in (console, file_handler):
-        handler.setFormatter(logging.Formatter(FORMAT))
-        handler.addFilter(mask)
-        root.addHandler(handler)
-    root.setLevel(level)
-    # Libraries are loud at DEBUG; our own --debug is about our traffic.
-    for noisy in ("aiosqlite", "httpx", "httpcore", "openai", "asyncio", "nio", "peewee",
-                  "apscheduler"):
+    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.addFilter(mask)
+    return handler
+
+
+def set_levels(level: str) -> None:
+    """The root logger at ``level``; libraries no chattier than INFO, some quieter."""
+    logging.getLogger().setLevel(level)
+    for noisy in NOISY:
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLevelName(level)))
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     # nio logs every room event at INFO; its warnings (undecryptable events) are what matter.
     logging.getLogger("nio").setLevel(logging.WARNING)
+
+
+def setup_logging(log_dir: Path, level: str, mask: SecretMask) -> None:
+    """Console + daily-rotated file, both behind the same secret mask."""
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter(FORMAT))
+    console.addFilter(mask)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(console)
+    root.addHandler(file_handler(log_dir, mask))
+    set_levels(level)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -13,6 +16,7 @@ from fake_llm import FakeLLM, fake_llm, fake_llm_factory  # noqa: F401  (fixture
 
 from ganglion.app import App
 from ganglion.config import LoadedConfig, parse_config
+from ganglion.logs import NOISY, SecretMask, file_handler, set_levels
 
 WEB_TOKEN = "test-web-token-5a1f0c9e7d"
 LLM_KEY = "sk-test-llm-key-93c1b7e2"
@@ -23,15 +27,33 @@ SYNAPSE_TOKEN = re.compile(r"syt_[A-Za-z0-9]+_[A-Za-z0-9]{10,}_[A-Za-z0-9]{4,}")
 """Any access token the test Synapse issues (tests/synapse.py logs its users in)."""
 
 
+CONSOLE_FILES = ("daemon-output.txt",)
+"""The daemon's console (stdout and stderr), as tests/daemon.py keeps it."""
+LOGIN_LINE = re.compile(r"\s*Open the chat: http://\S+/#token=\S+\s*")
+"""The one console line that carries the web token, by design (ganglion/cli.py)."""
+
+
 def leaked_secrets(root: Path) -> list[str]:
-    """``file: secret`` for every test secret found in a ganglion.log* file under ``root``."""
+    """``file: secret`` for every secret found under ``root`` in a log file (ganglion.log*) or
+    in the daemon's console output outside its login line. Secrets: the test secrets, Synapse
+    access tokens, and every web token a daemon generated (``web_token`` files)."""
+    secrets = list(TEST_SECRETS)
+    for path in root.rglob("web_token"):
+        with contextlib.suppress(OSError):
+            token = path.read_text(encoding="utf-8", errors="replace").strip()
+            if len(token) >= 16:
+                secrets.append(token)
+    files = [*root.rglob("ganglion.log*"), *(p for n in CONSOLE_FILES for p in root.rglob(n))]
     found = []
-    for path in sorted(root.rglob("ganglion.log*")):
+    for path in sorted(files):
         try:
             text = path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             continue
-        hits = [s for s in TEST_SECRETS if s in text] + SYNAPSE_TOKEN.findall(text)
+        if path.name in CONSOLE_FILES:
+            text = "\n".join(line for line in text.splitlines()
+                              if not LOGIN_LINE.fullmatch(line))
+        hits = [s for s in secrets if s in text] + SYNAPSE_TOKEN.findall(text)
         found += [f"{path}: {hit[:12]}…" for hit in hits]
     return found
 
@@ -83,18 +105,89 @@ def base_config(tmp_path: Path, llm: FakeLLM) -> dict[str, Any]:
     }
 
 
+class _EveryMask(logging.Filter):
+    """The masks of every App a test started (one process logs for all of them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.masks: list[SecretMask] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for mask in self.masks:
+            mask.filter(record)
+        return True
+
+
+class _CopyTo(logging.Handler):
+    """Hands a copy of each record to ``inner``: the mask rewrites the records it masks, and
+    pytest's caplog must still see them as they were logged."""
+
+    def __init__(self, inner: logging.Handler) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.inner.handle(copy.copy(record))
+
+    def close(self) -> None:
+        self.inner.close()
+        super().close()
+
+
+class DaemonLog:
+    """In-process Apps log as the daemon does (ganglion/cli.py): the daemon's own file handler
+    and levels, behind each App's mask (the web token added once it is known), into the App's
+    ``log_dir/ganglion.log``, so the session-end scan covers these tests too."""
+
+    def __init__(self) -> None:
+        self.masks = _EveryMask()
+        self.handlers: dict[Path, logging.Handler] = {}
+        names = ["", *NOISY, "aiohttp.access"]
+        self._levels = {name: logging.getLogger(name).level for name in names}
+
+    def add(self, app: App) -> None:
+        """Before ``app.start()``, as the CLI sets up logging before it builds the App."""
+        if not self.masks.masks:
+            set_levels(app.config.logging.level)
+        self.masks.masks.append(app.secret_mask)
+        log_dir = app.loaded.log_dir
+        if log_dir not in self.handlers:
+            handler = _CopyTo(file_handler(log_dir, self.masks))
+            logging.getLogger().addHandler(handler)
+            self.handlers[log_dir] = handler
+
+    @staticmethod
+    def started(app: App) -> None:
+        if app.web is not None:
+            app.secret_mask.add(app.web_token)  # as the CLI does, once the token is known
+
+    def close(self) -> None:
+        for handler in self.handlers.values():
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+        for name, level in self._levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
 @pytest_asyncio.fixture
 async def app_factory(tmp_path: Path, fake_llm: FakeLLM) -> AsyncIterator[AppFactory]:  # noqa: F811
-    """``await app_factory({...overrides})``: a started App on the fake LLM; stopped after."""
+    """``await app_factory({...overrides})``: a started App on the fake LLM; stopped after.
+    It logs as the daemon does (see DaemonLog)."""
     apps: list[App] = []
+    logs = DaemonLog()
 
     async def make(overrides: dict[str, Any] | None = None, **kwargs: Any) -> App:
         raw = merge(base_config(tmp_path, fake_llm), overrides or {})
         app = App(LoadedConfig(parse_config(raw, env={}), None, tmp_path), **kwargs)
+        logs.add(app)
         await app.start()
         apps.append(app)
+        logs.started(app)
         return app
 
-    yield make
-    for app in reversed(apps):
-        await app.stop()
+    try:
+        yield make
+    finally:
+        for app in reversed(apps):
+            await app.stop()
+        logs.close()
