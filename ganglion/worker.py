@@ -38,6 +38,9 @@ Clock = Callable[[], datetime]
 STORE_RETRY_FIRST = 0.5
 STORE_RETRY_MAX = 30.0
 """Seconds between attempts to store a finished turn while the disk refuses writes."""
+CRASHED = ("Something went wrong on my side ({}). The details are in logs/ganglion.log; "
+           "please try again.")
+"""The notice of a turn that raised: a bug (tests fail on it)."""
 EMPTY_ANSWER = ("The language model (endpoint '{}') sent an empty answer. Please try again, "
                 "perhaps in other words; if it keeps happening, its server's log should say why.")
 
@@ -137,8 +140,7 @@ class Worker:
                                      "is fixed, please send your message again.")]
         except Exception as err:
             log.exception("[%s] turn crashed", tid)
-            new = [self._notice(msg, f"Something went wrong on my side ({type(err).__name__}). "
-                                     "The details are in logs/ganglion.log; please try again.")]
+            new = [self._notice(msg, CRASHED.format(type(err).__name__))]
         tokens = 0
         if not control:
             self._partial.pop(tid, None)

@@ -29,9 +29,10 @@ from wsclient import ChatClient
 from ganglion.app import App
 from ganglion.config import Config, ConfigError, MatrixConfig, load_config, parse_config
 from ganglion.interfaces.matrix import MatrixInterface
-from ganglion.messages import Inbound, Source, ThreadId
+from ganglion.messages import Inbound, Source, ThreadId, is_web_thread
 from ganglion.render import MarkdownRenderer
 from ganglion.tools.registry import ToolContext
+from ganglion.worker import CRASHED
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "0"))
 
@@ -242,6 +243,84 @@ async def test_any_frame_gets_an_ack_or_a_clear_error_and_the_socket_keeps_worki
         await client.close()
 
 
+hello_like = st.fixed_dictionaries(
+    {"type": st.just("hello") | json_values},
+    optional={"token": st.sampled_from([WEB_TOKEN, WEB_TOKEN + "x", WEB_TOKEN[:-1],
+                                        WEB_TOKEN.upper(), "", f" {WEB_TOKEN}"]) | json_values,
+              "thread_id": st.none() | st.from_regex(r"web_[0-9a-fA-F]{0,70}", fullmatch=True)
+              | json_values},
+)
+first_frames = (
+    hello_like.map(json.dumps)
+    | frames
+    | st.just(WEB_TOKEN)
+    | st.just(json.dumps({"type": "send", "token": WEB_TOKEN, "id": "x", "text": "hi"}))
+)
+
+
+def a_valid_hello(frame: str | bytes) -> str | None:
+    """What a frame that logs in is answered with: "ready" or "bad_thread_id"; None: refused."""
+    try:
+        hello = json.loads(frame) if isinstance(frame, str) else None
+    except ValueError:
+        return None
+    if not (isinstance(hello, dict) and hello.get("type") == "hello"
+            and hello.get("token") == WEB_TOKEN):
+        return None
+    tid = hello.get("thread_id")
+    return "ready" if tid is None or (isinstance(tid, str) and is_web_thread(tid)) else (
+        "bad_thread_id")
+
+
+@fuzz(120)
+@given(frame=first_frames)
+@example(frame=json.dumps({"type": "hello", "token": WEB_TOKEN, "thread_id": "web_" + "a" * 32}))
+@example(frame=json.dumps({"type": "hello", "token": WEB_TOKEN, "thread_id": ["web_"]}))
+@example(frame=json.dumps({"type": "hello", "token": {"$ne": None}}))
+@example(frame=b"\x00" * 8)
+async def test_any_first_frame_but_a_valid_hello_is_refused_and_the_daemon_keeps_serving(
+    app_factory: AppFactory, frame: str | bytes
+) -> None:
+    app = _shared.get("hello") or await app_factory({"limits": {"messages_per_minute": None}})
+    _shared["hello"] = app
+    assert app.web is not None
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(f"{app.web.url}/ws", origin=app.web.url)
+        if isinstance(frame, bytes):
+            await ws.send_bytes(frame)
+        else:
+            await ws.send_str(frame)
+        answers = []
+        while True:  # what comes back, up to the close
+            msg = await ws.receive(timeout=10)
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                break
+            answers.append(json.loads(msg.data))
+            if answers[-1]["type"] == "ready":
+                break
+        outcome = a_valid_hello(frame)
+        size = len(frame if isinstance(frame, bytes) else frame.encode("utf-8", "surrogatepass"))
+        if outcome == "ready":
+            assert [a["type"] for a in answers] == ["ready"], answers
+        elif size > app.web.config.max_message_bytes * 6 + 4096:
+            assert ws.close_code == 1009, (ws.close_code, answers)  # too big to read at all
+        elif outcome == "bad_thread_id":
+            assert [a.get("code") for a in answers] == ["bad_thread_id"], answers
+            assert ws.close_code == 4400
+        else:
+            assert [a.get("code") for a in answers] == ["unauthorized"], answers
+            assert "login link" in answers[0]["message"]
+            assert ws.close_code == 4401, ws.close_code
+        await ws.close()
+    # The daemon keeps serving, and a refusal left no slow-down behind once a login succeeds.
+    client = ChatClient(app.web.url, WEB_TOKEN)
+    await client.connect()
+    try:
+        assert (await client.send("after the first frame"))["type"] == "ack"
+    finally:
+        await client.close()
+
+
 _shared: dict[str, App] = {}
 """One App per property across its examples (reset by the autouse fixture below)."""
 
@@ -255,8 +334,8 @@ def _fresh_shared() -> Any:
 
 # -- command lines ---------------------------------------------------------------------------
 
-MODEL_COMMANDS = {"ask", "compact"}
-"""The two commands whose job is to call the model."""
+MODEL_COMMANDS = {"ask", "compact", "heartbeat"}
+"""The commands whose job is to call the model (``/heartbeat`` reviews the thread now)."""
 
 
 @fuzz(80)
@@ -291,6 +370,8 @@ async def test_any_command_line_gets_a_reply_and_never_reaches_the_model(
         "SELECT role, content FROM messages WHERE thread_id = ? ORDER BY id DESC LIMIT 1",
         (tid,))
     assert replies and replies[0]["content"].strip(), text
+    # A command that raised is a bug, however politely the notice words it.
+    assert not replies[0]["content"].startswith(CRASHED.split("(")[0]), (text, replies[0][1])
     assert len(fake_llm.requests) == before, text
 
 
