@@ -24,6 +24,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from ganglion.bus import Bus
 from ganglion.config import HeartbeatConfig
+from ganglion.llm.untrusted import neutralise
 from ganglion.messages import Inbound, Source, ThreadId
 from ganglion.router import Router
 from ganglion.storage.files import HEARTBEATS, DataFiles
@@ -76,7 +77,9 @@ def review_prompt(
     if due:
         text += ("\n\nReminders due before the next review (they are delivered on their own; "
                  "do not repeat them):\n")
-        text += "\n".join(f"- #{r.id} {local_text(r.next_at or 0, tz)}: {r.text}" for r in due)
+        # A reminder's text came through a tool call, maybe from a page or a file: untrusted.
+        text += "\n".join(f"- #{r.id} {local_text(r.next_at or 0, tz)}: {neutralise(r.text)}"
+                          for r in due)
     return text
 
 
@@ -272,18 +275,21 @@ class Heartbeat:
     # -- /heartbeat ----------------------------------------------------------------------
 
     async def cmd_heartbeat(self, msg: Inbound, args: str) -> str:
+        """Review this conversation now: asked for, so it runs even with HEARTBEATS.txt empty
+        (the cost rule "nothing to review, no review" is for the timer's rounds)."""
         if is_system_thread(msg.thread_id):
             return "Heartbeat reviews are for conversations; this is an autonomous thread."
         now = self.reviews.clock().timestamp()
         due = [r for r in await self.reminders.due_before(now + self.interval)
                if r.thread_id == msg.thread_id and not r.system]
-        if not has_goals(self.files.read(HEARTBEATS)) and not due:
-            return ("Nothing to review: HEARTBEATS.txt is empty and no reminder of this "
-                    "conversation is due soon. Tell me a goal to keep an eye on and I will "
-                    "note it there.")
         if not await self.submit(msg.thread_id, due, manual=True):
             return "A review of this conversation is already queued."
+        notes = []
+        if not has_goals(self.files.read(HEARTBEATS)):
+            notes.append("HEARTBEATS.txt is empty, so only the last messages are reviewed; "
+                         "tell me a goal to keep an eye on and I will note it there.")
         left = await self.reviews.budget_left()
-        note = (" Today's budget for automatic reviews is used up; this one runs because you "
-                "asked." if left is not None and left <= 0 else "")
-        return "Reviewing this conversation now." + note
+        if left is not None and left <= 0:
+            notes.append("Today's budget for automatic reviews is used up; this one runs "
+                         "because you asked.")
+        return " ".join(["Reviewing this conversation now.", *notes])
