@@ -78,7 +78,7 @@ class OutKind(StrEnum):
     DELTA = "delta"  # a streamed piece of the answer in progress (ephemeral)
     RESET = "reset"  # the answer in progress was discarded (retry/failover): clear it
     MESSAGE = "message"  # a final message: durable, delivered exactly once per interface
-    STATE = "state"  # idle / thinking / streaming / tool (ephemeral)
+    STATE = "state"  # ephemeral: idle / thinking / streaming / tool / error (a failed turn)
     TOOL = "tool"  # a tool call made during the turn (durable, shown collapsed)
 
 

@@ -126,8 +126,10 @@ class Worker:
             else:
                 self._quiet.discard(tid)
             await self._state(tid, "thinking")
+        failed = True  # unless the turn returns
         try:
             new = await self._turn(msg)
+            failed = False
         except (LLMUnavailable, LLMBadResponse) as err:
             log.warning("[%s] turn failed: %s", tid, err)
             new = [self._notice(msg, str(err))]
@@ -147,7 +149,7 @@ class Worker:
             tokens = self._spent.pop(tid, 0)
             if msg.source is Source.HEARTBEAT and self.reviews is not None:
                 new = await self.reviews.finished(msg, new, tokens)
-        await self._finish(msg, new, idle=not control)
+        await self._finish(msg, new, idle=not control, failed=failed)
         log.info("[%s] turn done in %.1f ms, %d tokens", tid,
                  (time.monotonic() - started) * 1000, tokens)
 
@@ -298,13 +300,17 @@ class Worker:
         if not msg.system:
             await self.router.broadcast(text, msg.thread_id)
 
-    async def _finish(self, msg: Inbound, new: list[NewMessage], idle: bool = True) -> None:
+    async def _finish(
+        self, msg: Inbound, new: list[NewMessage], idle: bool = True, failed: bool = False
+    ) -> None:
         await self._store(msg, new)
         try:
             await self.router.deliver(msg.thread_id)
         except sqlite3.Error as err:  # stored, so it is sent with the thread's next delivery
             log.warning("[%s] could not mark a delivery: %s", msg.thread_id, err)
         if idle:
+            if failed:  # after its notice: the web page shows an error state until the next turn
+                await self._state(msg.thread_id, "error")
             await self._state(msg.thread_id, "idle")
 
     async def _store(self, msg: Inbound, new: list[NewMessage]) -> None:

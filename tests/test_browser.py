@@ -1,8 +1,12 @@
-"""The chat page in a real Chromium: login, tabs, reload, streaming, Stop, reconnect, injection."""
+"""The chat page in a real Chromium: login, tabs, reload, streaming, Stop, reconnect, injection,
+the visible state (errors too, and back to ready), light and dark."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import re
 import shutil
 import socket
 from collections.abc import AsyncIterator
@@ -348,3 +352,137 @@ async def test_the_page_looks_right_at_375px(
         await page.screenshot(path=SCREENSHOT)
     finally:
         await ctx.close()
+
+
+# -- the visible state: errors, and back to ready ---------------------------------------------
+
+
+async def roles_in_log(page: Page) -> list[str | None]:
+    """The data-role of every element of the transcript (none may lack one)."""
+    roles: list[str | None] = await page.locator("#log > *").evaluate_all(
+        "els => els.map(e => e.dataset.role ?? null)")
+    return roles
+
+
+async def test_a_failed_answer_shows_the_error_state_until_a_turn_works(
+    app_factory: AppFactory, fake_llm: FakeLLM, context: BrowserContext, problems: Problems
+) -> None:
+    app = await app_factory({"llm": {"retries": 0}})
+    fake_llm.script(Reply(status=500))
+    page = await open_page(context, app, problems)
+    status = page.locator("#status")
+    await say(page, "are you there?")
+    await expect(page.locator('#log [data-role="system"]')).to_contain_text(["language model"])
+    await expect(status).to_have_text("error")
+    await expect(status).to_have_attribute("data-state", "error")
+    await expect(page.get_by_role("button", name="Stop")).to_be_disabled()
+    await say(page, "and now?")
+    await expect(answers(page)).to_have_text(["echo: and now?"])
+    await expect(status).to_have_text("ready")
+    assert await roles_in_log(page) == ["user", "system", "user", "assistant"]
+
+
+async def test_a_message_too_long_or_refused_shows_an_error_then_ready_again(
+    app_factory: AppFactory, context: BrowserContext, problems: Problems
+) -> None:
+    app = await app_factory({"web": {"max_message_bytes": 64}})
+    page = await open_page(context, app, problems)
+    status = page.locator("#status")
+    message = page.get_by_role("textbox", name="Message")
+    await say(page, "x" * 100)
+    notice = page.locator('#log .notice[data-role="system"]')
+    await expect(notice).to_have_text(["Message is 100 bytes; the limit is 64. Shorten it and "
+                                       "send again."])
+    await expect(status).to_have_text("error")
+    await expect(message).to_have_value("x" * 100)  # kept, to be shortened
+    await say(page, "short")
+    await expect(answers(page)).to_have_text(["echo: short"])
+    await expect(status).to_have_text("ready")
+
+    # A frame the server refuses: a lone surrogate is not Unicode it can store.
+    await message.evaluate("el => { el.value = 'broken \\ud800 text'; }")
+    await page.get_by_role("button", name="Send").click()
+    failed = page.locator('#log [data-role="user"][data-status="failed"]')
+    await expect(failed.locator(".note")).to_contain_text("lone surrogate")
+    await expect(status).to_have_text("error")
+    assert await page.evaluate("sessionStorage.getItem('ganglion.outbox')") == "[]"
+    await say(page, "fine again")
+    await expect(answers(page)).to_have_count(2)
+    await expect(status).to_have_text("ready")
+    assert await roles_in_log(page) == ["system", "user", "assistant", "user", "user",
+                                        "assistant"]
+
+
+async def test_a_message_the_disk_refuses_is_kept_and_sent_once_it_can_be_stored(
+    app_factory: AppFactory, fake_llm: FakeLLM, context: BrowserContext, problems: Problems,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = await app_factory()
+    page = await open_page(context, app, problems)
+    status = page.locator("#status")
+    # The fault as tests/test_faults.py makes it: SQLite refuses every write (SQLITE_READONLY).
+    await app.db.conn.execute("PRAGMA query_only = ON")
+    await say(page, "typed during the fault")
+    bubble = page.locator('#log [data-role="user"]')
+    await expect(bubble).to_have_attribute("data-status", "retrying")
+    await expect(bubble.locator(".note")).to_contain_text("trying again by itself")
+    await expect(status).to_have_text("error")
+    refusals = "could not store a message"
+    async with asyncio.timeout(10):  # the page tries again by itself, with backoff
+        # The server's log is what shows a second attempt; it has no event to wait on.
+        while sum(refusals in r.getMessage() for r in caplog.records) < 2:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    outbox = json.loads(await page.evaluate("sessionStorage.getItem('ganglion.outbox')"))
+    assert [e["text"] for e in outbox] == ["typed during the fault"]
+    assert fake_llm.requests == []
+
+    await app.db.conn.execute("PRAGMA query_only = OFF")  # the fault clears
+    await expect(answers(page)).to_have_text(["echo: typed during the fault"], timeout=15_000)
+    await expect(status).to_have_text("ready")
+    await expect(bubble).to_have_attribute("data-status", "sent")
+    await expect(bubble.locator(".note")).to_have_count(0)
+    assert await page.evaluate("sessionStorage.getItem('ganglion.outbox')") == "[]"
+    rows = await app.db.fetchall("SELECT text, status FROM inbox")
+    assert [tuple(r) for r in rows] == [("typed during the fault", "done")]
+
+
+def luminance(css: str) -> float:
+    """WCAG relative luminance of an ``rgb(r, g, b)`` colour."""
+    channels = [int(c) / 255 for c in re.findall(r"\d+", css)[:3]]
+    lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def contrast(a: str, b: str) -> float:
+    high, low = sorted((luminance(a), luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+async def test_light_and_dark_follow_the_system_and_stay_readable(
+    app_factory: AppFactory, chromium: Browser, problems: Problems
+) -> None:
+    app = await app_factory()
+    colours: dict[str, dict[str, str]] = {}
+    for scheme in ("light", "dark"):
+        ctx = await chromium.new_context(color_scheme=scheme)
+        try:
+            page = await open_page(ctx, app, problems)
+            await say(page, f"hello in {scheme}")
+            await expect(answers(page)).to_have_count(1)
+            colours[scheme] = await page.evaluate("""() => {
+                const css = (sel) => getComputedStyle(document.querySelector(sel));
+                const user = css('#log [data-role="user"]');
+                return {bg: css("body").backgroundColor, fg: css("body").color,
+                        answer: css('#log [data-role="assistant"]').color,
+                        user_bg: user.backgroundColor, user_fg: user.color,
+                        input_bg: css("#message").backgroundColor, input_fg: css("#message").color};
+            }""")
+        finally:
+            await ctx.close()
+    light, dark = colours["light"], colours["dark"]
+    assert light["bg"] != dark["bg"] and light["fg"] != dark["fg"], colours
+    assert luminance(dark["bg"]) < luminance(light["bg"]), colours  # dark is dark
+    for scheme, c in colours.items():  # WCAG AA for body text, in both
+        for fg, bg in (("fg", "bg"), ("answer", "bg"), ("user_fg", "user_bg"),
+                       ("input_fg", "input_bg")):
+            assert contrast(c[fg], c[bg]) >= 4.5, (scheme, fg, c[fg], c[bg])

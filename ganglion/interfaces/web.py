@@ -236,7 +236,9 @@ class WebInterface:
             self._streaming.pop(tid, None)
             frame = {"type": "reset"}
         elif out.kind is OutKind.STATE:
-            if out.text == "idle":
+            # "error": the turn failed (its notice came first) and "idle" follows; tabs show
+            # it, a tab that joins later reads the notice instead.
+            if out.text in ("idle", "error"):
                 self._streaming.pop(tid, None)
                 self._state.pop(tid, None)
             else:
@@ -472,8 +474,8 @@ class WebInterface:
             await tab.write({
                 "type": "error", "id": cid, "code": "not_stored",
                 "message": f"Could not store your message ({err}), so it was not sent. "
-                "The data folder refuses writes (full or read-only?); send it again once "
-                "that is fixed.",
+                "The data folder refuses writes (full or read-only?); the page keeps it and "
+                "will send it again by itself until it is stored.",
             })
             return
         await tab.write({"type": "ack", "id": cid, "duplicate": not is_new})

@@ -11,6 +11,8 @@
   const CLOSE_BAD_THREAD = 4400;
   const BACKOFF_FIRST = 250;
   const BACKOFF_MAX = 5000;
+  const STORE_RETRY_FIRST = 500; // a message the server could not store goes again after
+  const STORE_RETRY_MAX = 10000; // this long, then twice as long each time, up to this
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -40,6 +42,10 @@
   let seen = new Set(); // message ids already shown
   let streamEl = null; // the answer in progress
   let turnState = "idle";
+  let failure = null; // what went wrong last (shown as the error state until the next send)
+  let retrying = new Set(); // ids the server could not store; the outbox keeps them
+  let storeRetryTimer = null;
+  let storeBackoff = STORE_RETRY_FIRST;
 
   // -- storage ------------------------------------------------------------------------------
 
@@ -94,11 +100,26 @@
     ui.status.dataset.state = text;
   }
 
+  // Connected: the turn's state, or "error" while something failed (a turn, a refused or
+  // unstored message) and nothing newer happened. Not connected: set by connect/onclose.
+  function refreshStatus() {
+    if (!ready) return;
+    if (retrying.size > 0 || (failure && !BUSY.has(turnState))) setStatus("error");
+    else setStatus(turnState === "idle" ? "ready" : turnState === "streaming" ? "streaming" : "thinking");
+    ui.status.title = retrying.size > 0 ? "A message is not stored yet; retrying" : failure || "";
+  }
+
+  function fail(text) {
+    failure = text;
+    refreshStatus();
+  }
+
   function setTurnState(state) {
     turnState = state;
+    if (state === "thinking") failure = null; // a new turn began
     ui.stop.disabled = !(ready && BUSY.has(state));
     ui.log.setAttribute("aria-busy", state === "streaming" ? "true" : "false");
-    if (ready) setStatus(state === "idle" ? "ready" : state === "streaming" ? "streaming" : "thinking");
+    refreshStatus();
   }
 
   function nearBottom() {
@@ -164,20 +185,33 @@
     place(el, true);
   }
 
-  function markFailed(clientId, message) {
-    const el = userBubble(clientId);
-    if (!el) return;
-    el.dataset.status = "failed";
-    const note = document.createElement("p");
-    note.className = "note";
+  function setNote(el, message) {
+    let note = el.querySelector(".note");
+    if (!message) {
+      if (note) note.remove();
+      return;
+    }
+    if (!note) {
+      note = document.createElement("p");
+      note.className = "note";
+      el.append(note);
+    }
     note.textContent = message;
-    el.append(note);
   }
 
+  function markFailed(clientId, status, message) {
+    const el = userBubble(clientId);
+    if (!el) return;
+    el.dataset.status = status;
+    setNote(el, message);
+  }
+
+  // A notice of this page (not from the server): a message of the transcript like the others.
   function addNotice(text) {
-    const el = document.createElement("p");
-    el.className = "notice";
-    el.textContent = text;
+    const [el, body] = bubble("system");
+    el.classList.add("notice");
+    body.textContent = text;
+    el.append(body);
     place(el, true);
   }
 
@@ -291,7 +325,12 @@
       case "ack": {
         saveOutbox(loadOutbox().filter((e) => e.id !== f.id));
         const el = userBubble(f.id);
-        if (el) el.dataset.status = "sent";
+        if (el) {
+          el.dataset.status = "sent";
+          setNote(el, "");
+        }
+        if (retrying.delete(f.id)) storeWorks();
+        refreshStatus();
         break;
       }
       case "pending":
@@ -307,21 +346,69 @@
         if (streamEl) streamEl.firstChild.replaceChildren();
         break;
       case "state":
-        if (f.state === "idle") dropStream();
-        setTurnState(f.state);
+        if (f.state === "idle" || f.state === "error") dropStream();
+        if (f.state === "error") fail("The last answer failed; the message above says why.");
+        else setTurnState(f.state);
         break;
       case "error":
-        if (f.id) {
+        if (f.code === "unauthorized" || f.code === "bad_thread_id") {
+          // The socket closes next; its close code says what to do (log in, a new thread).
+        } else if (f.id && f.code === "not_stored") {
+          // The server's disk refused it: kept in the outbox and sent again until stored.
+          retrying.add(f.id);
+          markFailed(f.id, "retrying", `${f.message} Not sent yet: trying again by itself.`);
+          scheduleStoreRetry();
+          refreshStatus();
+        } else if (f.id) {
           // Refused for good (too large, malformed): resending would not help.
           saveOutbox(loadOutbox().filter((e) => e.id !== f.id));
-          markFailed(f.id, f.message);
+          retrying.delete(f.id);
+          markFailed(f.id, "failed", f.message);
+          fail(f.message);
         } else {
           addNotice(f.message);
+          fail(f.message);
         }
         break;
       default:
         break;
     }
+  }
+
+  // -- messages the server could not store: sent again, with backoff, until it can ---------
+
+  function resendRetrying() {
+    for (const e of loadOutbox()) {
+      if (retrying.has(e.id)) sendFrame({ type: "send", id: e.id, text: e.text });
+    }
+  }
+
+  function cancelStoreRetry() {
+    clearTimeout(storeRetryTimer);
+    storeRetryTimer = null;
+  }
+
+  function scheduleStoreRetry() {
+    if (storeRetryTimer !== null) return;
+    storeRetryTimer = setTimeout(() => {
+      storeRetryTimer = null;
+      if (ready) resendRetrying(); // else the next ready sends the whole outbox anyway
+    }, storeBackoff);
+    storeBackoff = Math.min(storeBackoff * 2, STORE_RETRY_MAX);
+  }
+
+  // One of them was stored: the disk works again, so the others need not wait their turn.
+  function storeWorks() {
+    cancelStoreRetry();
+    storeBackoff = STORE_RETRY_FIRST;
+    resendRetrying();
+  }
+
+  function forgetFailures() {
+    failure = null;
+    retrying = new Set();
+    cancelStoreRetry();
+    storeBackoff = STORE_RETRY_FIRST;
   }
 
   function onReady(f) {
@@ -331,6 +418,9 @@
     sessionStorage.setItem(THREAD_KEY, threadId);
     if (f.max_message_bytes) maxBytes = f.max_message_bytes;
     clearView();
+    // The outbox is sent again below; what the server still cannot store comes back.
+    retrying = new Set();
+    cancelStoreRetry();
     for (const m of f.transcript) addMessage(m);
     for (const p of f.pending) addUser(p.text, p.id, "sent");
     const outbox = loadOutbox().filter((e) => e.thread === threadId);
@@ -351,9 +441,13 @@
     const size = new TextEncoder().encode(text).length;
     if (size > maxBytes) {
       const fmt = (n) => n.toLocaleString("en-US");
-      addNotice(`Message is ${fmt(size)} bytes; the limit is ${fmt(maxBytes)}. Shorten it and send again.`);
+      const why = `Message is ${fmt(size)} bytes; the limit is ${fmt(maxBytes)}. Shorten it and send again.`;
+      addNotice(why);
+      fail(why);
       return;
     }
+    failure = null; // something new is under way
+    refreshStatus();
     const id = randomHex(16);
     saveOutbox([...loadOutbox(), { id, text, thread: threadId }]);
     addUser(text, id, "sending");
@@ -381,6 +475,7 @@
     threadId = newThread();
     saveOutbox([]);
     clearView();
+    forgetFailures();
     turnState = "idle";
     if (token) reconnectNow();
     ui.message.focus();
@@ -393,6 +488,7 @@
     token = value;
     localStorage.setItem(TOKEN_KEY, token);
     ui.tokenInput.value = "";
+    forgetFailures();
     hideLogin();
     reconnectNow();
   });
