@@ -2,11 +2,15 @@
 
 20 browser tabs send 6 messages each, spread over the run, over the real WebSocket, resending
 an unacknowledged message with the same client id after every reconnect (as the page does),
-while 3 one-shot reminders fall due; the daemon is killed 4 times at moments drawn from a
-seeded RNG. At the end every acknowledged message has exactly one answer, every reminder
-fired exactly once, nothing is pending, and SQLite's integrity check passes. The Matrix
-variant does the same with encrypted rooms on the shared Synapse: every message the
-homeserver accepted is answered exactly once, and the Matrix store passes the check too.
+while 3 one-shot reminders fall due and one recurs every 1.5 s; the daemon is killed 4 times
+at moments drawn from a seeded RNG, the first two once the model is answering (so kills surely
+cut turns: the fake LLM counts the calls cut off). At the end every acknowledged message has
+exactly one answer, the echo (an error notice is no answer), every one-shot fired exactly once,
+the recurring one once per period it was due (a period the daemon was down for is counted in
+the late firing) and never twice for one due time, nothing is pending, and SQLite's integrity
+check passes. The Matrix variant does the same with encrypted rooms on the shared Synapse:
+every message the homeserver accepted is answered exactly once, and the Matrix store passes the
+check too.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import secrets
 import signal
 import sqlite3
@@ -35,6 +40,10 @@ MESSAGES_PER_TAB = 6
 KILLS = 4
 REMINDER_DELAYS = (1.5, 3.5, 6.0)
 """Seconds after the crash run begins: due before, between and after the kills."""
+EVERY, EVERY_FIRST = 1.5, 1.0
+"""The interval reminder: every 1.5 s from 1 s after the run begins, until the end."""
+MID_TURN_KILLS = 2
+"""The first kills wait until the model is answering, so some kills surely cut a turn."""
 
 
 def crash_config(llm: FakeLLM) -> dict[str, Any]:
@@ -106,11 +115,72 @@ def db_rows(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any,
 
 
 def settled(db: Path, acked: int) -> bool:
-    """All acked messages stored and answered, all reminders fired."""
+    """All acked messages stored and answered, all one-shot reminders fired."""
     [(web, pending)] = db_rows(db, "SELECT count(*) FILTER (WHERE source = 'web'),"
                                    " count(*) FILTER (WHERE status != 'done') FROM inbox")
-    [(active,)] = db_rows(db, "SELECT count(*) FROM reminders WHERE status = 'active'")
+    [(active,)] = db_rows(db, "SELECT count(*) FROM reminders WHERE status = 'active'"
+                              " AND every_seconds IS NULL")
     return web >= acked and pending == 0 and active == 0
+
+
+def idle(db: Path) -> bool:
+    [(pending,)] = db_rows(db, "SELECT count(*) FROM inbox WHERE status != 'done'")
+    return pending == 0
+
+
+def the_one_answer(db: Path, inbox_id: int) -> str:
+    """The single assistant message answering an inbox row (an error notice is no answer)."""
+    rows = db_rows(db, "SELECT role, content FROM messages WHERE inbox_id = ?"
+                       " AND role IN ('assistant', 'notice')", (inbox_id,))
+    assert [r[0] for r in rows] == ["assistant"], (inbox_id, rows)
+    return str(rows[0][1])
+
+
+def add_reminders(db: Path, thread: str, begin: float) -> tuple[list[int], int]:
+    """The one-shots of REMINDER_DELAYS and one every EVERY seconds; returns their ids."""
+    with sqlite3.connect(db) as conn:
+        ids = [conn.execute(
+            "INSERT INTO reminders (thread_id, text, next_at, created_by, created_at)"
+            " VALUES (?, ?, ?, 'test', ?)",
+            (thread, f"reminder {i}", begin + delay, begin)).lastrowid
+            for i, delay in enumerate(REMINDER_DELAYS)]
+        every = conn.execute(
+            "INSERT INTO reminders (thread_id, text, next_at, every_seconds, created_by,"
+            " created_at) VALUES (?, 'every time', ?, ?, 'test', ?)",
+            (thread, begin + EVERY_FIRST, EVERY, begin)).lastrowid
+    conn.close()
+    assert every is not None and None not in ids
+    return [int(i) for i in ids if i is not None], int(every)
+
+
+def check_recurring(db: Path, rid: int, first: float, until: float) -> int:
+    """Each period of the interval reminder up to ``until`` fired once: by its own firing, or
+    counted in a late one's "and N more times since" when the daemon was down for it; no due
+    time fired twice. Returns the number of firings."""
+    firings = db_rows(db, "SELECT client_id, id FROM inbox WHERE client_id LIKE ?"
+                          " ORDER BY id", (f"reminder:{rid}:%",))
+    dues = [int(cid.rsplit(":", 1)[1]) for cid, _ in firings]
+    assert len(set(dues)) == len(dues) == len(firings), dues  # never twice for one due time
+    assert sorted(dues) == dues and dues[0] == round(first * 1000), (first, dues)
+    period = round(EVERY * 1000)
+    covered = dues[0]
+    for due, (_, inbox_id) in zip(dues, firings, strict=True):
+        assert abs(due - covered) <= 2, (covered, dues)  # the next one due, none skipped
+        text = the_one_answer(db, inbox_id)
+        assert text.endswith("every time"), text
+        more = re.search(r"and (\d+) more times? since", text)
+        covered = due + period * (1 + (int(more.group(1)) if more else 0))
+    # Nothing due well before the reminder was cancelled was left unfired.
+    assert covered / 1000 > until - 2 * EVERY, (covered / 1000, until, dues)
+    return len(firings)
+
+
+async def kill_and_restart(d: Daemon, rng: random.Random) -> None:
+    d.proc.kill()  # type: ignore[union-attr]  (SIGKILL: no cleanup at all)
+    d.proc.wait(5)  # type: ignore[union-attr]
+    await asyncio.sleep(rng.uniform(0, 0.3))
+    d.start()
+    await d.wait_ready()
 
 
 async def test_sigkill_under_load_loses_nothing_and_answers_everything_once(
@@ -125,73 +195,71 @@ async def test_sigkill_under_load_loses_nothing_and_answers_everything_once(
         await d.wait_ready()  # creates the database; stopped cleanly to add the reminders
         d.signal(signal.SIGTERM)
         assert await d.wait_exit(5) == 0
-        reminder_thread = f"web_{secrets.token_hex(16)}"
         begin = time.time()
-        with sqlite3.connect(db) as conn:
-            for i, delay in enumerate(REMINDER_DELAYS):
-                conn.execute(
-                    "INSERT INTO reminders (thread_id, text, next_at, created_by, created_at)"
-                    " VALUES (?, ?, ?, 'test', ?)",
-                    (reminder_thread, f"reminder {i}", begin + delay, begin))
-        conn.close()
+        one_shots, every = add_reminders(db, f"web_{secrets.token_hex(16)}", begin)
 
         d.start()
         await d.wait_ready()
         tabs = [Tab(d.url, n) for n in range(TABS)]
         senders = [asyncio.create_task(tab.run(random.Random(rng.random()))) for tab in tabs]
         kills = []
-        for _ in range(KILLS):
+        for k in range(KILLS):
             await asyncio.sleep(rng.uniform(0.3, 1.5))
+            if k < MID_TURN_KILLS:  # this one lands while the model is answering
+                async with asyncio.timeout(20):
+                    await fake_llm.wait_until(lambda: fake_llm.in_flight > 0)
             kills.append(round(time.time() - begin, 2))
-            d.proc.kill()  # type: ignore[union-attr]  (SIGKILL: no cleanup at all)
-            d.proc.wait(5)  # type: ignore[union-attr]
-            await asyncio.sleep(rng.uniform(0, 0.3))
-            d.start()
-            await d.wait_ready()
+            await kill_and_restart(d, rng)
         async with asyncio.timeout(60):
             await asyncio.gather(*senders)
             acked = [cid for tab in tabs for cid in tab.acked]
             while not settled(db, len(acked)):  # noqa: ASYNC110  (the DB is the state)
                 await asyncio.sleep(0.1)
+            with sqlite3.connect(db) as conn:  # the interval reminder ends here
+                conn.execute("UPDATE reminders SET status = 'cancelled', next_at = NULL"
+                             " WHERE id = ?", (every,))
+            conn.close()
+            cancelled = time.time()
+            await asyncio.sleep(0.3)  # a firing under way when it was cancelled ends
+            while not idle(db):  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
         await asyncio.sleep(0.3)  # time for a wrong second answer to show up
         d.signal(signal.SIGTERM)
         assert await d.wait_exit(5) == 0
         assert sum(tab.reconnects for tab in tabs) >= KILLS, "the kills were not felt"
+        # Kills landed mid-turn: model calls were cut off by them (each restart re-ran it).
+        assert fake_llm.disconnects >= MID_TURN_KILLS, fake_llm.disconnects
 
-        # Every acknowledged message is stored once and answered exactly once.
+        # Every acknowledged message is stored once and has exactly one answer: the echo,
+        # never an error notice.
         assert len(acked) == TABS * MESSAGES_PER_TAB
-        stored = db_rows(db, "SELECT thread_id, client_id, id, status FROM inbox"
+        stored = db_rows(db, "SELECT thread_id, client_id, id, status, text FROM inbox"
                              " WHERE source = 'web'")
         assert sorted(r[1] for r in stored) == sorted(acked)
         assert {r[3] for r in stored} == {"done"}
-        answers = dict(db_rows(
-            db, "SELECT inbox_id, count(*) FROM messages"
-                " WHERE role IN ('assistant', 'notice') AND inbox_id IS NOT NULL"
-                " GROUP BY inbox_id"))
-        for thread_id, cid, inbox_id, _ in stored:
-            assert answers.get(inbox_id) == 1, (thread_id, cid, answers.get(inbox_id))
-        texts = db_rows(db, "SELECT i.text, m.content FROM inbox i JOIN messages m"
-                            " ON m.inbox_id = i.id AND m.role = 'assistant'"
-                            " WHERE i.source = 'web'")
-        assert all(a == f"echo: {q} and some more words" for q, a in texts), texts[:3]
+        for _, _, inbox_id, _, question in stored:
+            assert the_one_answer(db, inbox_id) == f"echo: {question} and some more words"
         # One user row per message too (a re-run turn does not store the question twice).
         [(users,)] = db_rows(db, "SELECT count(*) FROM messages WHERE role = 'user'")
         assert users == len(acked)
 
-        # Every reminder fired exactly once: one firing in the inbox, one message sent.
-        reminders = db_rows(db, "SELECT id, status, fired FROM reminders ORDER BY id")
+        # Every one-shot reminder fired exactly once: one firing in the inbox, one message.
+        reminders = db_rows(db, "SELECT id, status, fired FROM reminders WHERE id IN"
+                                f" ({','.join('?' * len(one_shots))}) ORDER BY id",
+                            tuple(one_shots))
         assert [(s, f) for _, s, f in reminders] == [("done", 1)] * len(REMINDER_DELAYS)
-        for rid, _, _ in reminders:
+        for n, rid in enumerate(one_shots):
             firings = db_rows(db, "SELECT id FROM inbox WHERE client_id LIKE ?",
                               (f"reminder:{rid}:%",))
             assert len(firings) == 1, (rid, firings)
-            sent = db_rows(db, "SELECT content FROM messages WHERE inbox_id = ?"
-                               " AND role = 'assistant'", (firings[0][0],))
-            assert len(sent) == 1 and sent[0][0].endswith(f"reminder {rid - 1}"), sent
+            assert the_one_answer(db, firings[0][0]).endswith(f"reminder {n}")
+        # The interval reminder fired once per period, across the kills.
+        fired = check_recurring(db, every, begin + EVERY_FIRST, cancelled)
+        assert fired >= 5, fired
         for path in sorted((tmp_path / "data").glob("*.db")):
             assert db_rows(path, "PRAGMA integrity_check") == [("ok",)], path
         print(f"kills at {kills} s; {sum(t.reconnects for t in tabs)} reconnects;"
-              f" {fake_llm.disconnects} model calls cut by a kill")
+              f" {fake_llm.disconnects} model calls cut by a kill; {fired} interval firings")
     finally:
         d.kill()
 
