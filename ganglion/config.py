@@ -66,6 +66,15 @@ class LLMConfig(_Section):
         return endpoints
 
 
+def _origin(value: str) -> str:
+    # A browser's Origin is exactly scheme://host[:port]; anything else would never match.
+    if not re.fullmatch(r"https?://[^/\s?#]+/?", value):
+        raise PydanticCustomError(
+            "web_origin", "not an origin: write scheme and host (and port), e.g. "
+            "https://chat.example.org or http://127.0.0.1:3000, with no path")
+    return value
+
+
 class WebConfig(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -73,7 +82,7 @@ class WebConfig(_Section):
     token: str = ""
     """Empty: generate one at first start and keep it in data/web_token."""
     max_message_bytes: Annotated[int, Field(ge=16, le=10_000_000)] = 64_000
-    allowed_origins: list[str] = []
+    allowed_origins: list[Annotated[str, AfterValidator(_origin)]] = []
     """Extra Origins allowed to open the WebSocket (the page's own origin always is)."""
 
     @property

@@ -63,6 +63,10 @@ def test_env_expansion_with_and_without_default() -> None:
         ({"tools": {"policy": {"wirte_file": "off"}}},
          "tools.policy.wirte_file: no such tool; the tools are"),
         ({"tools": {"policy": {"shell": "maybe"}}}, "tools.policy.shell"),
+        ({"web": {"allowed_origins": ["chat.example.org"]}},
+         "web.allowed_origins.0: not an origin"),
+        ({"web": {"allowed_origins": ["https://chat.example.org/app"]}},
+         "web.allowed_origins.0: not an origin"),
         ([1, 2], "<top>"),
     ],
 )
