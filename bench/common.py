@@ -18,6 +18,27 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def fd_census(pid: int, peer_port: int) -> dict[str, int]:
+    """Open file descriptors of ``pid``: all of them, and how many are TCP connections to
+    ``peer_port`` (the model client's keep-alive pool, which grows and shrinks by itself)."""
+    links = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:  # closed meanwhile
+            continue
+    peers = set()
+    for table in ("tcp", "tcp6"):
+        path = Path(f"/proc/{pid}/net/{table}")
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[2].rsplit(":", 1)[1], 16) == peer_port:
+                peers.add(f"socket:[{fields[9]}]")
+    return {"total": len(links), "to_peer": sum(link in peers for link in links)}
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
