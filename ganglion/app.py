@@ -253,8 +253,10 @@ class App:
         if problem is None:
             log.info("LLM: %s is reachable; %s", self.llm.describe(), how)
         else:
-            log.warning("LLM: %s is NOT reachable: %s. Chats will say so until it is; %s",
-                        self.llm.describe(), problem.rstrip("."), how)
+            problem = problem.rstrip(".")
+            end = "" if problem.endswith(("?", "!")) else "."
+            log.warning("LLM: %s is NOT reachable: %s%s Chats will say so until it is; %s",
+                        self.llm.describe(), problem, end, how)
 
     async def stop(self) -> list[str]:
         """Stop parts in reverse order within STOP_SECONDS in all; each gets what remains.
