@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -104,7 +105,7 @@ async def _serve(loaded: LoadedConfig, mask: SecretMask) -> int:
     try:
         await app.start()
     except OSError as err:
-        raise StartupError(f"could not start: {err}") from err
+        raise StartupError(f"could not start: {_what_to_do(err)}") from err
     if app.web is not None:
         mask.add(app.web_token)
         log.info("web UI at %s (the login URL with its token is printed on the console; the "
@@ -122,3 +123,20 @@ async def _serve(loaded: LoadedConfig, mask: SecretMask) -> int:
         os._exit(EXIT_STUCK)
     log.info("stopped")
     return 0
+
+
+def _what_to_do(err: OSError) -> str:
+    """The OS error with the step that fixes it, for the faults a user can fix."""
+    where = f" ({err.filename})" if err.filename else ""
+    hints = {
+        errno.EROFS: "the file system is read-only; make paths.data_dir (or paths.log_dir) "
+                     "writable, or point it at a writable folder",
+        errno.EACCES: "permission denied; run Ganglion as the user owning the data folder, "
+                      "or set paths.data_dir to a folder that user can write",
+        errno.ENOSPC: "the disk is full; free some space",
+        errno.EADDRINUSE: "the port is in use; stop the other program or set web.port",
+    }
+    hint = hints.get(err.errno or 0)
+    if hint is None:
+        return str(err)
+    return f"{hint}{where}"

@@ -219,7 +219,7 @@ async def test_a_read_only_data_folder_at_start_is_refused_clearly_then_starts_o
         namespace.run("mount", "-o", "remount,ro", str(namespace.data))  # nothing open now
         d.start()
         assert await d.wait_exit(20) == 1
-        assert "could not start" in d.text() and "Read-only file system" in d.text()
+        assert "could not start: the file system is read-only; make paths.data_dir" in d.text()
         assert str(namespace.data) in d.text()  # names the folder to fix
 
         namespace.run("mount", "-o", "remount,rw", str(namespace.data))
