@@ -69,6 +69,26 @@ async def start_bot(app_factory: AppFactory, synapse: Synapse, bot: MatrixUser, 
     return app
 
 
+async def joined_room(human: Human, bot: MatrixUser, encrypted: bool = True) -> str:
+    """A new room of ``human``'s that the bot was invited to and joined."""
+    room = await human.create_room(invite=[bot.user_id], encrypted=encrypted)
+    await human.wait_joined(room, bot.user_id)
+    return room
+
+
+async def talking_bot(synapse: Synapse, app_factory: AppFactory,  # noqa: F811
+                      humans: HumanFactory, tmp_path: Path,
+                      **extra: Any) -> tuple[App, Human, str, MatrixUser]:
+    """A running bot (its interface's back-offs short) and a person in an encrypted room with it."""
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    app = await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store",
+                          **extra)
+    assert app.matrix is not None
+    app.matrix.backoff_max = 0.5
+    human = await humans(person)
+    return app, human, await joined_room(human, bot), bot
+
+
 def last_user_text(body: dict[str, Any]) -> str:
     return [m["content"] for m in body["messages"] if m["role"] == "user"][-1]
 
@@ -149,8 +169,7 @@ async def test_restart_keeps_the_device_and_answers_what_came_meanwhile_once(
     store = tmp_path / "store"
     first = await start_bot(app_factory, synapse, bot, [person.user_id], store)
     human = await humans(person)
-    room = await human.create_room(invite=[bot.user_id])
-    await human.wait_joined(room, bot.user_id)
+    room = await joined_room(human, bot)
     await human.send(room, "one")
     assert (await human.next_message(room, bot.user_id, 0)).body == "echo: one"
     assert first.matrix is not None and first.matrix.client is not None
@@ -190,8 +209,7 @@ async def test_after_a_restart_the_bot_speaks_first_in_a_quiet_encrypted_room(
     store = tmp_path / "store"
     first = await start_bot(app_factory, synapse, bot, [person.user_id], store)
     human = await humans(person)
-    room = await human.create_room(invite=[bot.user_id])
-    await human.wait_joined(room, bot.user_id)
+    room = await joined_room(human, bot)
     await first.stop()
 
     second = await start_bot(app_factory, synapse, bot, [person.user_id], store)
@@ -213,8 +231,7 @@ async def test_a_busy_absence_is_caught_up_past_a_limited_timeline(
     first = await start_bot(app_factory, synapse, bot, [person.user_id], store,
                             owner=person.user_id)
     human = await humans(person)
-    room = await human.create_room(invite=[bot.user_id])
-    await human.wait_joined(room, bot.user_id)
+    room = await joined_room(human, bot)
     await human.send(room, "before")
     assert (await human.next_message(room, bot.user_id, 0)).body == "echo: before"
     await first.stop()
@@ -360,13 +377,7 @@ async def test_recovers_by_itself_when_the_homeserver_comes_back(
     synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
     humans: HumanFactory, tmp_path: Path,
 ) -> None:
-    bot, person = await synapse.register("bot"), await synapse.register("human")
-    app = await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
-    assert app.matrix is not None
-    app.matrix.backoff_max = 1.0
-    human = await humans(person)
-    room = await human.create_room(invite=[bot.user_id])
-    await human.wait_joined(room, bot.user_id)
+    app, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path)
     await human.send(room, "before")
     await human.next_message(room, bot.user_id, 0)
 
@@ -375,7 +386,7 @@ async def test_recovers_by_itself_when_the_homeserver_comes_back(
         # Work for the room arrives while the homeserver is gone (as a reminder would): the
         # replies cannot be sent and wait in the outbox.
         for i in (1, 2):
-            await app.bus.submit(Inbound(ThreadId(room), f"queued {i}", person.user_id,
+            await app.bus.submit(Inbound(ThreadId(room), f"queued {i}", human.user.user_id,
                                          Source.MATRIX, f"outage-{i}"))
         async with asyncio.timeout(20):
             # No event tells when a send failed; the outbox (SQLite) is the state to watch.
@@ -397,13 +408,7 @@ async def test_a_message_the_disk_refuses_is_read_again_once_it_can_be_stored(
     synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
     humans: HumanFactory, tmp_path: Path,
 ) -> None:
-    bot, person = await synapse.register("bot"), await synapse.register("human")
-    app = await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
-    assert app.matrix is not None
-    app.matrix.backoff_max = 0.5
-    human = await humans(person)
-    room = await human.create_room(invite=[bot.user_id])
-    await human.wait_joined(room, bot.user_id)
+    app, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path)
     await human.send(room, "one")
     assert (await human.next_message(room, bot.user_id, 0)).body == "echo: one"
 
@@ -430,14 +435,8 @@ async def test_a_reply_the_homeserver_refuses_is_sent_again_by_itself(
     humans: HumanFactory, tmp_path: Path, hs_proxy: HomeserverProxy,  # noqa: F811
 ) -> None:
     """Sends fail (502) while syncs still work: no reconnect happens to re-send the reply."""
-    bot, person = await synapse.register("bot"), await synapse.register("human")
-    app = await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store",
-                          homeserver=hs_proxy.url)
-    assert app.matrix is not None
-    app.matrix.backoff_max = 0.4
-    human = await humans(person)
-    room = await human.create_room(invite=[bot.user_id])
-    await human.wait_joined(room, bot.user_id)
+    _, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path,
+                                            homeserver=hs_proxy.url)
     await human.send(room, "one")
     assert (await human.next_message(room, bot.user_id, 0)).body == "echo: one"
 
@@ -460,8 +459,7 @@ async def test_a_typing_notice_shows_while_a_slow_turn_runs(
     bot, person = await synapse.register("bot"), await synapse.register("human")
     await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
     human = await humans(person)
-    room = await human.create_room(invite=[bot.user_id])
-    await human.wait_joined(room, bot.user_id)
+    room = await joined_room(human, bot)
     fake_llm.script(Reply(text="done thinking", delay=1.5))
     await human.send(room, "think hard")
     await human.until(lambda: any(r == room and bot.user_id in users
@@ -536,8 +534,7 @@ async def test_commands_work_in_a_room_with_bang_and_slash(
     bot, person = await synapse.register("bot"), await synapse.register("human")
     app = await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
     human = await humans(person)
-    room = await human.create_room(invite=[bot.user_id])
-    await human.wait_joined(room, bot.user_id)
+    room = await joined_room(human, bot)
     await human.send(room, "remember the number 7")
     await human.next_message(room, bot.user_id, 0)
 
@@ -572,8 +569,7 @@ async def test_an_undecryptable_message_is_reported_once(
     assert app.matrix is not None
     app.matrix.keys.grace = 0.3
     human = await humans(person)
-    room = await human.create_room(invite=[bot.user_id])
-    await human.wait_joined(room, bot.user_id)
+    room = await joined_room(human, bot)
     bot_device = await human.until(
         lambda: human.client.device_store[bot.user_id].get(bot.device_id))
     human.client.blacklist_device(bot_device)  # the bot gets no room key: it cannot read
