@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import threading
+from pathlib import Path
 from typing import Any
 
-from conftest import AppFactory
+from conftest import AppFactory, base_config
 from fake_llm import FakeLLM, Reply
 from wsclient import ChatClient
 
 from ganglion.app import App
+from ganglion.config import LoadedConfig, parse_config
+from ganglion.storage.files import DataFiles
 
 
 async def connect(app: App) -> ChatClient:
@@ -218,3 +222,117 @@ async def test_skill_notes_reach_the_prompt_with_control_tokens_neutralised(
     assert "- skills/‹|eot_id|›.md: a name that is a token" in system
     assert "<|im_start|>" not in system and "<|eot_id|>" not in system
     await chat.close()
+
+
+class CountingFiles(DataFiles):
+    """The real cache, counting the files it actually reads."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir)
+        self.loads: list[str] = []
+
+    def _load(self, path: Path) -> str:
+        self.loads.append(path.name)
+        return super()._load(path)
+
+
+async def test_the_prompt_reads_an_unchanged_memory_file_once_and_sees_every_edit(
+    tmp_path: Path, fake_llm: FakeLLM
+) -> None:
+    app = App(LoadedConfig(parse_config(base_config(tmp_path, fake_llm), env={}), None,
+                           tmp_path))
+    files = app.files = CountingFiles(app.data_dir)
+    memories = app.data_dir / "MEMORIES.txt"
+    await app.start()
+    try:
+        memories.write_text("The user lives in Lyon.\n")
+        chat = await connect(app)
+        for _ in range(3):
+            await chat.ask("hello")
+            assert "The user lives in Lyon." in system_prompt(fake_llm.requests[-1])
+        assert files.loads.count("MEMORIES.txt") == 1  # three turns, one read
+
+        # An outside edit of the same size, its mtime put back: the ctime still moved.
+        before = memories.stat()
+        memories.write_text("The user lives in Pau!.\n")
+        os.utime(memories, ns=(before.st_atime_ns, before.st_mtime_ns))
+        after = memories.stat()
+        assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+        await chat.ask("hello again")
+        assert "The user lives in Pau!." in system_prompt(fake_llm.requests[-1])
+        await chat.ask("and again")
+        assert files.loads.count("MEMORIES.txt") == 2
+        await chat.close()
+    finally:
+        await app.stop()
+
+
+async def test_memory_writes_are_capped_at_memory_max_bytes(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory({"tools": {"memory_max_bytes": 2000}})
+    memories = app.data_dir / "MEMORIES.txt"
+    memories.write_text("x" * 1990 + "\n")
+    fake_llm.script(
+        Reply(tool_calls=[
+            ("memory_append", {"file": "MEMORIES.txt", "text": "one fact too many"}),
+            ("memory_rewrite", {"file": "skills/big.md", "text": "y" * 2001}),
+            ("memory_rewrite", {"file": "skills/fits.md", "text": "z" * 2000}),
+        ]),
+        Reply(text="done"),
+    )
+    chat = await connect(app)
+    assert (await chat.ask("save it"))["text"] == "done"
+    appended, big, fits = tool_results(fake_llm.requests[-1])
+    assert "MEMORIES.txt would be 2,009 bytes; the limit is 2,000 (tools.memory_max_bytes)" \
+           in appended
+    assert appended.startswith("error:") and big.startswith("error:")
+    assert "skills/big.md would be 2,001 bytes" in big
+    assert "Rewrote skills/fits.md (2,000 bytes)" in fits
+    assert memories.read_text() == "x" * 1990 + "\n"  # untouched
+    assert not (app.data_dir / "skills" / "big.md").exists()
+    await chat.close()
+
+
+async def test_memory_writes_replace_the_file_whole(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    """Temp file, then rename: the file is a new inode after each write, no temp file is
+    left, and a reader never sees a partial file, whatever it reads when."""
+    app = await app_factory({"tools": {"memory_max_bytes": 1_000_000}})
+    memories = app.data_dir / "MEMORIES.txt"
+    versions = [c * 100_000 for c in "abcdef"]  # the turn stays under 1 MB
+    memories.write_text(versions[0])
+    inodes = [memories.stat().st_ino]
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            seen.add(memories.read_text())
+
+    watcher = threading.Thread(target=reader)
+    watcher.start()
+    try:
+        fake_llm.script(*[Reply(tool_calls=[("memory_rewrite", {"file": "MEMORIES.txt",
+                                                                "text": v})])
+                          for v in versions[1:]], Reply(text="done"))
+        chat = await connect(app)
+        await chat.send("rewrite it five times")
+        while True:
+            event = await chat.next_event(timeout=30)
+            assert event["type"] != "_closed", event
+            if event["type"] == "message" and event["role"] == "tool":  # after each write
+                inodes.append(memories.stat().st_ino)
+            if event["type"] == "message" and event["role"] in ("assistant", "system"):
+                assert event["text"] == "done", event
+                break
+        await chat.close()
+    finally:
+        stop.set()
+        await asyncio.to_thread(watcher.join)
+    assert memories.read_text() == versions[-1]
+    assert seen <= set(versions), sorted(len(s) for s in seen - set(versions))
+    # A new file each time, renamed into place (a freed inode number may come back later).
+    assert len(inodes) == len(versions) and all(a != b for a, b in itertools.pairwise(inodes))
+    assert [p.name for p in app.data_dir.iterdir() if p.name.endswith(".tmp")] == []

@@ -19,7 +19,9 @@ DEFAULT_BASE_PROMPT = Path(__file__).resolve().parent.parent / "defaults" / BASE
 
 @dataclass(frozen=True, slots=True)
 class _Cached:
-    stamp: tuple[int, int]
+    stamp: tuple[int, int, int, int]
+    """(inode, mtime, ctime, size): an atomic write brings a new inode, and any write in
+    place a new ctime, even one of the same size within one mtime tick."""
     text: str
 
 
@@ -51,20 +53,24 @@ class DataFiles:
             atomic_write(base, DEFAULT_BASE_PROMPT.read_text(encoding="utf-8"), mode=0o644)
 
     def read(self, name: str) -> str:
-        """The file's text ("" if missing); from the cache while size and mtime are unchanged."""
+        """The file's text ("" if missing); from the cache while the file is unchanged (one
+        stat per turn, not a read)."""
         path = self.data_dir / name
         try:
             st = path.stat()
         except FileNotFoundError:
             self._cache.pop(path, None)
             return ""
-        stamp = (st.st_mtime_ns, st.st_size)
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
         cached = self._cache.get(path)
         if cached is not None and cached.stamp == stamp:
             return cached.text
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = self._load(path)
         self._cache[path] = _Cached(stamp, text)
         return text
+
+    def _load(self, path: Path) -> str:
+        return path.read_text(encoding="utf-8", errors="replace")
 
     def skills(self) -> list[Skill]:
         folder = self.data_dir / SKILLS_DIR

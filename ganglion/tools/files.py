@@ -193,8 +193,9 @@ class Workspace:
     def write_text(self, path: str, text: str, *, mode: int = 0o600) -> bool:
         """Replace (or create) a file atomically: temp file, fsync, rename, folder fsync.
 
-        The new file's mtime is always later than the old one's, so caches keyed on
-        (mtime, size), like the prompt's, see every change. Returns True if it was created.
+        The new file is a new inode and its mtime is always later than the old one's, so
+        caches keyed on its stat, like the prompt's, see every change. Returns True if it
+        was created.
         """
         parts = self.parts(path)
         data = text.encode("utf-8")

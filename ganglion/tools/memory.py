@@ -4,7 +4,8 @@ flush that lets the model save durable facts before compaction summarises a thre
 Place in the flow: the model's call -> ToolRunner -> these functions -> ``Workspace`` (atomic
 writes, no links followed) under ``DataFiles.lock``, so every change to one file is made
 in turn and two threads appending at once both land. The prompt notices the change through
-the file's new mtime (``DataFiles.read``) and re-reads only that file.
+the file's new stat (inode, mtime, ctime, size: ``DataFiles.read``) and re-reads only that
+file.
 """
 
 from __future__ import annotations
