@@ -1,12 +1,14 @@
 """What the Matrix interface puts in a room besides routing: message contents and typing notices.
 
 A reply is Markdown: its ``body`` is the Markdown text itself (what plain clients show) and its
-``formatted_body`` the HTML rendered from it. A reply too long for one event is split.
+``formatted_body`` the HTML rendered from it. A reply too long for one event is split. A tool
+call (``matrix.show_tool_calls``) is one short notice line, never the tool's output.
 """
 
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -20,20 +22,40 @@ log = logging.getLogger(__name__)
 MAX_CONTENT_BYTES = 40_000
 """An event may hold 64 KiB once encrypted (base64 adds a third): longer replies are split."""
 CHUNK_CHARS = 12_000
-TOOL_RESULT_CHARS = 4_000
+TOOL_CALL_CHARS = 160
 
 
 def reply_contents(out: Outbound, renderer: MarkdownRenderer) -> list[dict[str, Any]]:
     """The ``m.room.message`` content(s) for a MESSAGE or TOOL event: usually one."""
-    notice = out.kind is OutKind.TOOL or out.role is Role.SYSTEM  # notices never ping
-    text = out.text
     if out.kind is OutKind.TOOL:
-        shown = text if len(text) <= TOOL_RESULT_CHARS else text[:TOOL_RESULT_CHARS] + "\n…"
-        text = f"Tool result:\n```\n{shown}\n```"
+        return [tool_notice(out.text)]
+    notice = out.role is Role.SYSTEM  # notices never ping
+    text = out.text
     contents = [_content(text, notice, renderer)]
     if len(json.dumps(contents[0])) > MAX_CONTENT_BYTES:
         contents = [_content(part, notice, renderer) for part in split_text(text, CHUNK_CHARS)]
     return contents
+
+
+def tool_notice(display: str) -> dict[str, Any]:
+    """One ``m.notice`` line for a tool call: the call and its outcome (``shell: ls -l · ok in
+    12 ms, 340 characters``), from the first two paragraphs of the worker's tool entry
+    (``ganglion.tools.policy.ToolRun.display``). Nothing of it is read as Markdown or HTML,
+    and it mentions nobody, whatever the call holds."""
+    call, _, rest = display.partition("\n\n")
+    outcome = rest.partition("\n\n")[0]
+    call = _one_line(call, TOOL_CALL_CHARS).removesuffix(":")  # a call without arguments
+    outcome = _one_line(outcome, 80)
+    body = f"Tool {call}" + (f" · {outcome}" if outcome else "")
+    formatted = f"Tool <code>{html.escape(call)}</code>" + (
+        f" · {html.escape(outcome)}" if outcome else "")
+    return {"msgtype": "m.notice", "body": body, "format": "org.matrix.custom.html",
+            "formatted_body": formatted, "m.mentions": {}}
+
+
+def _one_line(text: str, limit: int) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[:limit - 1] + "…"
 
 
 def _content(text: str, notice: bool, renderer: MarkdownRenderer) -> dict[str, Any]:
