@@ -486,7 +486,7 @@ async def test_the_tools_refuse_bad_arguments_with_what_to_send_instead(
     assert "at least 0.01" in await error("set_reminder", text="x", every_minutes=0.001)
     assert "text is empty" in await error("set_reminder", text="  ", in_minutes=5)
     assert "no reminder #99" in await error("cancel_reminder", reminder_id=99)
-    assert "must be a integer" in await error("cancel_reminder", reminder_id="one")
+    assert "must be an integer" in await error("cancel_reminder", reminder_id="one")
     system_ctx = ToolContext(ThreadId("system:heartbeat"), "heartbeat")
     outcome = await app.tools.call("set_reminder", json.dumps({"text": "x", "in_minutes": 5}),
                                    system_ctx)

@@ -191,7 +191,11 @@ async def test_malformed_arguments_are_errors_and_never_asked(
                           ("shell", '["touch x"]'),
                           ("read_file", {"path": 5}),
                           ("read_file", {"path": "a", "mode": "rb"}),
-                          ("write_file", {"path": "a.txt"})]),
+                          ("write_file", {"path": "a.txt"}),
+                          # shell is ``ask``: each of these would fail once approved
+                          ("shell", {}),
+                          ("shell", {"command": 5}),
+                          ("shell", {"command": "touch y", "cwd": "/"})]),
         Reply(text="sorry"),
     )
     chat = await connect(app)
@@ -202,6 +206,10 @@ async def test_malformed_arguments_are_errors_and_never_asked(
     assert "path must be a string" in results[2]
     assert "unknown argument(s) mode" in results[3]
     assert "missing required argument(s): content" in results[4]
+    assert results[5].startswith("error: missing required argument(s): command")
+    assert results[6].startswith("error: argument command must be a string, got int")
+    assert results[7].startswith("error: unknown argument(s) cwd")
+    assert not (app.data_dir / "scripts" / "y").exists()
     rows = await app.history.transcript(ThreadId(chat.thread_id))
     assert not any("Approval needed" in r.content for r in rows)
     await chat.close()

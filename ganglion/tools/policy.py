@@ -232,7 +232,10 @@ class ToolRunner:
             return self._refused(name, args, refusal, waited)
         if isinstance(args, dict):
             arguments = json.dumps(args)  # exactly what was shown for approval runs
-            if self.policy.mode(name) == "ask":
+            # A malformed call is never put up for approval: it would fail once approved.
+            # It goes on to ``call``, which returns the same error to the model.
+            asks = self.policy.mode(name) == "ask"
+            if asks and self.registry.check(name, arguments, ctx) is None:
                 decision = await self._approval(tid, name, args)
                 if decision is not None:
                     waited = time.monotonic() - started

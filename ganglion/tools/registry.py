@@ -137,7 +137,9 @@ def _check_args(tool: Tool, args: dict[str, Any]) -> None:
             expected in ("integer", "number") and isinstance(value, bool)
         )
         if not ok:
-            raise ToolError(f"argument {key} must be a {expected}, got {type(value).__name__}")
+            article = "an" if expected[0] in "aeiou" else "a"
+            raise ToolError(f"argument {key} must be {article} {expected}, "
+                            f"got {type(value).__name__}")
         if "enum" in props[key] and value not in props[key]["enum"]:
             raise ToolError(f"argument {key} must be one of {props[key]['enum']}")
 
@@ -172,6 +174,18 @@ class ToolRegistry:
 
     def schemas(self, allowed: set[str] | None = None) -> list[dict[str, Any]]:
         return [t.schema() for n, t in self._tools.items() if allowed is None or n in allowed]
+
+    def check(self, name: str, arguments: str, ctx: ToolContext) -> str | None:
+        """What is wrong with this call (the text ``call`` would return), or None.
+
+        The same preparation as ``call``, without running the tool: a call put up for a
+        person's approval is checked first, so nobody is asked to approve a call that fails.
+        """
+        try:
+            self._prepare(name, arguments, ctx)
+        except ToolError as err:
+            return f"error: {err}"
+        return None
 
     async def call(self, name: str, arguments: str, ctx: ToolContext) -> ToolOutcome:
         started = time.monotonic()
