@@ -134,7 +134,6 @@ def _what_to_do(err: OSError) -> str:
         errno.EACCES: "permission denied; run Ganglion as the user owning the data folder, "
                       "or set paths.data_dir to a folder that user can write",
         errno.ENOSPC: "the disk is full; free some space",
-        errno.EADDRINUSE: "the port is in use; stop the other program or set web.port",
     }
     hint = hints.get(err.errno or 0)
     if hint is None:

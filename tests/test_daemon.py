@@ -94,9 +94,11 @@ async def test_starts_with_no_config_at_all(tmp_path: Path) -> None:
         out.close()
 
 
-async def test_sigterm_mid_turn_exits_fast_and_keeps_the_message(
-    tmp_path: Path, fake_llm: FakeLLM
+@pytest.mark.parametrize("first", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_a_signal_mid_turn_exits_fast_and_keeps_the_message(
+    tmp_path: Path, fake_llm: FakeLLM, first: signal.Signals
 ) -> None:
+    """SIGTERM (a service manager) and SIGINT (Ctrl-C) as the first signal: the same stop."""
     fake_llm.script(Reply(hang=True))
     d = Daemon(tmp_path, daemon_config(tmp_path, fake_llm))
     d.start()
@@ -107,9 +109,10 @@ async def test_sigterm_mid_turn_exits_fast_and_keeps_the_message(
         assert (await chat.send("answer me after a restart"))["type"] == "ack"
         await wait_for(lambda: len(fake_llm.requests) == 1)
         started = time.monotonic()
-        d.signal(signal.SIGTERM)
+        d.signal(first)
         assert await d.wait_exit(5) == 0
         assert time.monotonic() - started < 5
+        assert f"{first.name} received: stopping" in d.text()
         await chat.close()
         assert inbox_rows(tmp_path / "data") == [("answer me after a restart", "pending")]
 
@@ -256,6 +259,29 @@ async def test_runs_from_any_directory_with_config(tmp_path: Path, fake_llm: Fak
         assert oct((home / "data" / "conversation.db").stat().st_mode & 0o777) == "0o600"
     finally:
         d.kill()
+
+
+async def test_a_second_daemon_on_a_port_in_use_exits_1_and_says_to_set_web_port(
+    tmp_path: Path, fake_llm: FakeLLM
+) -> None:
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+    first = Daemon(tmp_path / "first", daemon_config(tmp_path, fake_llm))
+    second = Daemon(tmp_path / "second", {**daemon_config(tmp_path, fake_llm),
+                                          "web": {"token": WEB_TOKEN, "port": first.port}})
+    first.start()
+    try:
+        await first.wait_ready()
+        second.start()
+        assert await second.wait_exit(20) == 1, second.text()
+        said = second.text()
+        assert f"web: cannot listen on 127.0.0.1:{first.port}" in said, said
+        assert "set web.port to a free port (or 0 for any)" in said
+        assert "Traceback" not in said
+        assert first.proc is not None and first.proc.poll() is None  # the first keeps serving
+    finally:
+        second.kill()
+        first.kill()
 
 
 @pytest.mark.parametrize("bad", ["web:\n  port: eighty\n", "matrix:\n  enabeld: true\n"])

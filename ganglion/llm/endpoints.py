@@ -190,9 +190,6 @@ class EndpointPool:
     def get(self, name: str) -> Endpoint | None:
         return next((ep for ep in self._endpoints if ep.name == name), None)
 
-    def is_configured(self, name: str) -> bool:
-        return name in self._configured
-
     def secrets(self) -> list[str]:
         """Every endpoint key worth masking (configured and added)."""
         keys = {ep.config.api_key for ep in [*self._endpoints, *self._retired]}

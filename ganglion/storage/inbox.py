@@ -113,7 +113,3 @@ class Inbox:
         """Replace a stored message's text (a command carrying a secret, once it is read)."""
         async with self.db.transaction() as conn:
             await conn.execute("UPDATE inbox SET text = ? WHERE id = ?", (text, inbox_id))
-
-    async def count_done(self) -> int:
-        row = await self.db.fetchone("SELECT count(*) AS n FROM inbox WHERE status = 'done'")
-        return int(row["n"]) if row else 0

@@ -36,10 +36,3 @@ class Outbox:
             f"UPDATE outbox SET delivered_at = ? WHERE id IN ({marks}) AND delivered_at IS NULL",
             (time.time(), *outbox_ids),
         )
-
-    async def mark_thread_delivered(self, thread_id: ThreadId) -> None:
-        async with self.db.transaction() as conn:
-            await conn.execute(
-                "UPDATE outbox SET delivered_at = ? WHERE thread_id = ? AND delivered_at IS NULL",
-                (time.time(), thread_id),
-            )

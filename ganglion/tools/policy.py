@@ -54,10 +54,6 @@ class ToolPolicy:
     def mode(self, name: str) -> Mode:
         return self._modes.get(name, "on")
 
-    def unknown(self, known: Collection[str]) -> list[str]:
-        """Configured names that are no tool (a typo must not leave a tool switched on)."""
-        return sorted(n for n in self._modes if n not in known and n not in DEFAULT_MODES)
-
     def offered(self, names: Iterable[str], *, can_ask: bool) -> list[str]:
         """The tools a turn may use: ``on`` ones, and ``ask`` ones when someone can approve."""
         return [n for n in names if self.mode(n) == "on" or (can_ask and self.mode(n) == "ask")]
