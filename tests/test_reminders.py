@@ -1,7 +1,7 @@
 """Reminders end to end: set by the model's tools, fired on the bus at the local time, exactly once.
 
-Real short times (seconds), the fake LLM, real SQLite, the web socket; the restart test runs
-the real daemon process. Timing goals (how soon after its time) are in bench/, not here:
+Real short times (seconds), the fake LLM, real SQLite, the web socket; stops, crashes and
+restarts are in test_reminders_restart.py. Timing goals (how soon after its time) are in bench/, not here:
 these tests check "never early, delivered once, in the right zone, to the right thread".
 """
 
@@ -9,23 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
-import sqlite3
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from conftest import LLM_KEY, WEB_TOKEN, AppFactory
-from daemon import Daemon
+from conftest import AppFactory
 from fake_llm import FakeLLM, Reply
 from wsclient import ChatClient
 
 from ganglion.app import App
 from ganglion.messages import Inbound, Outbound, OutKind, Source, ThreadId
-from ganglion.storage.db import Database
-from ganglion.storage.reminders import NewReminder, ReminderStore
+from ganglion.storage.reminders import NewReminder
 from ganglion.tools.registry import ToolContext
 from ganglion.triggers.reminders import cron_next
 
@@ -311,58 +307,6 @@ async def test_a_closed_tab_gets_its_reminder_when_it_comes_back(
     await chat.close()
 
 
-async def test_a_firing_resubmitted_after_a_crash_is_not_delivered_twice(
-    app_factory: AppFactory, fake_llm: FakeLLM
-) -> None:
-    """The crash window: submitted to the bus, the row not yet advanced."""
-    app = await app_factory(FAST)
-    chat = await connect(app)
-    await set_by_model(chat, fake_llm, text="Once only", in_minutes=0.02)
-    before = await app.reminder_store.get(1)
-    assert before is not None
-    await next_reminder(chat)
-    async with app.db.transaction() as conn:  # as if the advance had been lost
-        await conn.execute("UPDATE reminders SET status = 'active', next_at = ?, fired = 0"
-                           " WHERE id = 1", (before.next_at,))
-    await app.reminders.wake()
-    assert await reminder_messages(chat, 1.0) == []
-    assert len(await inbox_reminders(app)) == 1
-    after = await app.reminder_store.get(1)
-    assert after is not None and after.status == "done"
-    await chat.close()
-
-
-async def test_a_recurring_reminder_missed_while_stopped_fires_once_for_all_it_missed(
-    app_factory: AppFactory, fake_llm: FakeLLM
-) -> None:
-    app = await app_factory(FAST)
-    chat = await connect(app)
-    await set_by_model(chat, fake_llm, text="Check the oven", every_minutes=0.02)
-    _, on_time = await next_reminder(chat)
-    assert on_time["text"] == "⏰ Reminder: Check the oven"
-    await chat.close()
-    await app.stop()
-    await asyncio.sleep(4.0)  # about three periods of 1.2 s pass with nobody running
-
-    app = await app_factory(FAST)  # the same data folder
-    chat = await connect(app, chat.thread_id)
-    # By message id: the transcript and the outbox may both bring the same message.
-    seen = {m["id"]: m["text"] for m in chat.ready["transcript"] if m["text"].startswith("⏰")}
-    while not any("late" in t for t in seen.values()) or (
-            list(seen.values())[-1] != "⏰ Reminder: Check the oven"):  # on time again
-        _, event = await next_reminder(chat)
-        seen[event["id"]] = event["text"]
-    texts = list(seen.values())
-    late = next(i for i, t in enumerate(texts) if "late" in t)
-    on_time = "⏰ Reminder: Check the oven"
-    assert texts[late].startswith("⏰ Reminder (late, was due ")
-    assert texts[late].endswith("more times since): Check the oven")
-    # One message for all it missed: on time before the stop, once late, on time after.
-    assert late >= 1 and texts == [on_time] * late + [texts[late]] + [on_time] * (
-        len(texts) - late - 1), texts
-    await chat.close()
-
-
 async def test_a_cron_reminder_fires_at_its_time_and_moves_on_to_its_next_one(
     app_factory: AppFactory, fake_llm: FakeLLM
 ) -> None:
@@ -384,45 +328,6 @@ async def test_a_cron_reminder_fires_at_its_time_and_moves_on_to_its_next_one(
     job = app.scheduler.get_job("reminders")
     assert job is not None and job.next_run_time.timestamp() == after.next_at
     assert await reminder_messages(chat, 1.0) == []
-    await chat.close()
-
-
-async def test_a_cron_missed_while_stopped_fires_once_late_with_its_count_then_continues(
-    app_factory: AppFactory, fake_llm: FakeLLM, tmp_path: Path
-) -> None:
-    tid = ThreadId("web_" + "d" * 32)
-    data = tmp_path / "data"
-    now = time.time()
-    minute = now - now % 60
-    db = await Database.open(data / "conversation.db")  # written while no daemon runs
-    store = ReminderStore(db, data / "reminders.json", KATHMANDU)
-    await store.add_many([
-        NewReminder(tid, "Stand up", minute - 180, cron="* * * * *"),  # 4 times, or 5
-        NewReminder(tid, "Breathe", minute - 3600, cron="* * * * *"),  # 61 times: not counted
-    ])
-    await db.close()
-
-    app = await app_factory(FAST)
-    fired_by = time.time()
-    await app.bus.wait_idle()
-    chat = await connect(app, tid)
-    texts = [m["text"] for m in chat.ready["transcript"] if m["text"].startswith("⏰")]
-    since = {f"and {3 + k} more times since" for k in range(int(fired_by // 60 - now // 60) + 1)}
-    assert len(texts) == 2, texts
-    breathe, stand_up = texts
-    was_due = datetime.fromtimestamp(minute - 3600, KATHMANDU).strftime("%a %Y-%m-%d %H:%M")
-    assert breathe == f"⏰ Reminder (late, was due {was_due} +0545, and 20 or more times since)" \
-                      ": Breathe"
-    was_due = datetime.fromtimestamp(minute - 180, KATHMANDU).strftime("%a %Y-%m-%d %H:%M")
-    head, _, rest = stand_up.partition(" +0545, ")
-    assert head == f"⏰ Reminder (late, was due {was_due}"
-    assert rest.removesuffix("): Stand up") in since, stand_up
-    # Each goes on at its next regular time: the next whole minute after it fired.
-    for r in await app.reminder_store.active():
-        assert r.fired == 1 and r.next_at is not None and r.last_fired_at is not None
-        assert r.next_at % 60 == 0 and 0 < r.next_at - r.last_fired_at <= 60
-    job = app.scheduler.get_job("reminders")
-    assert job is not None and job.next_run_time.timestamp() > fired_by
     await chat.close()
 
 
@@ -530,77 +435,3 @@ async def test_reminders_command_lists_every_reminder(
     shown = datetime.fromtimestamp(now + 3600, KATHMANDU).strftime("%a %Y-%m-%d %H:%M")
     assert shown in lines[1] and "+0545" in lines[1]
     await chat.close()
-
-
-# --- the real daemon: a reminder due while it is stopped ----------------------------------
-
-
-def daemon_config(llm: FakeLLM) -> dict[str, Any]:
-    return {
-        "llm": {"endpoints": [{"name": "fake", "base_url": llm.base_url, "api_key": LLM_KEY,
-                               "timeout_seconds": 30}],
-                "model": "fake-model", "retries": 0, "backoff_seconds": 0.01},
-        "web": {"token": WEB_TOKEN},
-        "paths": {"data_dir": "data", "log_dir": "logs"},
-        "scheduler": {"timezone": TZ},
-    }
-
-
-def reminder_rows(data: Path) -> list[str]:
-    with sqlite3.connect(data / "conversation.db") as conn:
-        return [r[0] for r in conn.execute(
-            "SELECT content FROM messages WHERE role = 'assistant'"
-            " AND content LIKE '⏰ Reminder%'")]
-
-
-async def test_a_reminder_due_while_the_daemon_is_stopped_arrives_once_after_restart_marked_late(
-    tmp_path: Path, fake_llm: FakeLLM
-) -> None:
-    d = Daemon(tmp_path, daemon_config(fake_llm))
-    d.start()
-    try:
-        await d.wait_ready()
-        chat = ChatClient(d.url, WEB_TOKEN)
-        await chat.connect()
-        await set_by_model(chat, fake_llm, text="Take the bread out", in_minutes=0.04)
-        with sqlite3.connect(tmp_path / "data" / "conversation.db") as conn:
-            (due_at,) = conn.execute("SELECT next_at FROM reminders WHERE id = 1").fetchone()
-        due = datetime.fromtimestamp(due_at, KATHMANDU)
-        await chat.close()
-        d.signal(signal.SIGTERM)
-        assert await d.wait_exit(5) == 0
-        await asyncio.sleep(max(0.0, due_at - time.time()) + 1.0)  # its time passes
-        assert reminder_rows(tmp_path / "data") == []
-
-        d.start()
-        await d.wait_ready()
-        chat = ChatClient(d.url, WEB_TOKEN, chat.thread_id)
-        await chat.connect()
-        seen = {m["id"]: m["text"] for m in chat.ready["transcript"]
-                if m["text"].startswith("⏰")}
-        deadline = time.time() + 2.0
-        while (left := deadline - time.time()) > 0:  # also sent from the outbox, same id
-            try:
-                event = await chat.next_event(timeout=left)
-            except TimeoutError:
-                break
-            if event.get("type") == "message" and event.get("text", "").startswith("⏰"):
-                seen[event["id"]] = event["text"]
-        texts = list(seen.values())
-        assert len(texts) == 1, texts
-        # Seconds are shown only when the due time has some (local_text).
-        clock = "%H:%M:%S" if due.second else "%H:%M"
-        assert texts[0].startswith(f"⏰ Reminder (late, was due {due:%a %Y-%m-%d} {due:{clock}}")
-        assert texts[0].endswith("+0545): Take the bread out")
-        await chat.close()
-        d.signal(signal.SIGTERM)
-        assert await d.wait_exit(5) == 0
-
-        d.start()  # and a further restart does not send it again
-        await d.wait_ready()
-        await asyncio.sleep(0.5)
-        assert reminder_rows(tmp_path / "data") == texts
-        await mirrored(tmp_path / "data", [])
-    finally:
-        d.kill()
-
