@@ -18,11 +18,16 @@ real error paths of the web interface and the worker. A real full disk (a tmpfs 
 mount namespace) and a real read-only data folder are in tests/test_disk_faults.py; a
 read-only remount under the running daemon is refused by Linux (busy: SQLite's files are open
 for writing), which is why the read-only error mid-run is simulated here.
+
+A read that fails (a disk error under the reminder schedule) cannot be caused for real in WAL
+mode, where readers never wait for a lock; a store whose reads raise once stands in for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,6 +37,8 @@ from fake_llm import FakeLLM, Reply, completion_json
 from wsclient import ChatClient
 
 from ganglion.app import App
+from ganglion.messages import ThreadId
+from ganglion.storage.reminders import NewReminder, Reminder, ReminderStore
 
 
 async def connect(app: App) -> ChatClient:
@@ -259,4 +266,52 @@ async def test_an_answer_the_disk_refuses_is_announced_then_stored_and_sent_once
         ("user", "question"), ("assistant", "worth keeping")]
     assert [r["status"] for r in await app.db.fetchall("SELECT status FROM inbox")] == ["done"]
     await assert_recovers(chat)
+    await chat.close()
+
+
+class FlakyReminderStore(ReminderStore):
+    """The app's reminder table, whose next reads fail as a disk error would."""
+
+    def __init__(self, store: ReminderStore) -> None:
+        super().__init__(store.db, store.mirror, store.tz)
+        self.failures: list[str] = []
+        """Names of the reads to fail, in order; each fails once."""
+        self.failed: list[str] = []
+
+    def _maybe_fail(self, name: str) -> None:
+        if self.failures and self.failures[0] == name:
+            self.failed.append(self.failures.pop(0))
+            raise sqlite3.OperationalError("disk I/O error")
+
+    async def due(self, now: float, limit: int = 500) -> list[Reminder]:
+        self._maybe_fail("due")
+        return await super().due(now, limit)
+
+    async def next_due_at(self) -> float | None:
+        self._maybe_fail("next_due_at")
+        return await super().next_due_at()
+
+
+async def test_a_reminder_read_that_fails_is_retried_and_nothing_is_lost(
+    app_factory: AppFactory, fake_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wake-up is a one-shot job: a failed read must arm a retry, or no reminder fires
+    until the next add, cancel or restart."""
+    monkeypatch.setattr("ganglion.triggers.reminders.RETRY_SECONDS", 0.3)
+    app = await app_factory({"scheduler": {"timezone": "UTC"}})
+    flaky = FlakyReminderStore(app.reminder_store)
+    app.reminders.store = flaky
+    chat = await connect(app)
+    tid = ThreadId(chat.thread_id)
+    now = time.time()
+    await app.reminders.add(NewReminder(tid, "first", now + 0.5))
+    await app.reminders.add(NewReminder(tid, "second", now + 2.0))
+    # The wake-up for "first" cannot read what is due; the retry fires it and then cannot
+    # read when to wake next; the retry after that arms "second".
+    flaky.failures = ["due", "next_due_at"]
+    texts = [(await chat.reply(10))["text"] for _ in range(2)]
+    assert texts == ["⏰ Reminder: first", "⏰ Reminder: second"]
+    assert flaky.failed == ["due", "next_due_at"]
+    rows = await app.db.fetchall("SELECT text, status, fired FROM reminders ORDER BY id")
+    assert [tuple(r) for r in rows] == [("first", "done", 1), ("second", "done", 1)]
     await chat.close()

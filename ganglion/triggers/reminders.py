@@ -267,26 +267,36 @@ class Reminders:
         return cancelled
 
     async def wake(self) -> None:
-        """The APScheduler job: fire every due reminder, then arm for the next one."""
+        """The APScheduler job: fire every due reminder, then arm for the next one.
+
+        It always re-arms: a read or write that fails (a locked or refusing disk) arms a retry,
+        since this one-shot job is the only timer; nothing else would fire again until the
+        next add, cancel or restart.
+        """
         failed = False
-        seen: set[int] = set()
         async with self._lock:
             now = self.now()
-            while not failed:  # in batches: a start after a long stop may find thousands
-                batch = [r for r in await self.store.due(now, DUE_BATCH) if r.id not in seen]
-                seen.update(r.id for r in batch)
-                try:
-                    await self._fire(batch, now)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("reminders: %d due could not be fired; retrying in %.0f s",
-                                  len(batch), RETRY_SECONDS)
-                    failed = True
-                if len(batch) < DUE_BATCH:
-                    break
+            try:
+                await self._fire_due(now)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reminders: the due ones could not be fired; retrying in %.0f s",
+                              RETRY_SECONDS)
+                failed = True
             await self._arm(retry_at=now + RETRY_SECONDS if failed else None)
         self._mirror_due.set()
+
+    async def _fire_due(self, now: float) -> None:
+        """Fire every reminder due at ``now``, in batches: a start after a long stop may find
+        thousands."""
+        seen: set[int] = set()
+        while True:
+            batch = [r for r in await self.store.due(now, DUE_BATCH) if r.id not in seen]
+            seen.update(r.id for r in batch)
+            await self._fire(batch, now)
+            if len(batch) < DUE_BATCH:
+                return
 
     async def _fire(self, due: Sequence[Reminder], now: float) -> None:
         """Submit one firing of each reminder, then move each on: two writes for the batch,
@@ -324,8 +334,19 @@ class Reminders:
         return _Firing(r, due, late, times, inbound)
 
     async def _arm(self, retry_at: float | None = None) -> None:
-        """Point the wake-up job at the earliest active reminder (caller holds the lock)."""
-        at = await self.store.next_due_at()
+        """Point the wake-up job at the earliest active reminder (caller holds the lock).
+
+        If the table cannot be read, the job is armed to try again soon: it must never be
+        left unarmed while reminders are active.
+        """
+        try:
+            at = await self.store.next_due_at()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("reminders: could not read the next due time; trying again in "
+                          "%.0f s", RETRY_SECONDS)
+            at, retry_at = None, self.now() + RETRY_SECONDS
         if retry_at is not None:
             at = retry_at if at is None else min(at, retry_at)
         if at is None:
