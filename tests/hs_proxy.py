@@ -1,6 +1,7 @@
-"""A pass-through HTTP proxy in front of the test Synapse that can refuse chosen requests.
+"""A pass-through HTTP proxy in front of the test Synapse that can refuse or hold requests.
 
-For faults a whole homeserver outage does not show: sends failing with 502 while syncs work.
+For faults a whole homeserver outage does not show: sends refused while syncs work, one
+page of history failing, a homeserver that takes the connection and never answers.
 Everything else is forwarded as is (long-poll syncs included).
 """
 
@@ -21,8 +22,15 @@ class HomeserverProxy:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.rstrip("/")
         self.fail: re.Pattern[str] | None = None
-        """Requests whose ``METHOD path`` matches get a 502 while this is set."""
+        """Requests whose ``METHOD path`` matches get ``fail_status`` while this is set."""
+        self.fail_status = 502
+        self.fail_times: int | None = None
+        """If set, ``fail`` is cleared after this many refusals."""
         self.failed: list[str] = []
+        self.hang: re.Pattern[str] | None = None
+        """Requests matching this are held, unanswered, until ``release()``."""
+        self.hung: list[str] = []
+        self._released = asyncio.Event()
         self._failures = asyncio.Condition()
         self.url = ""
         self._session: aiohttp.ClientSession | None = None
@@ -47,6 +55,11 @@ class HomeserverProxy:
         if self._runner is not None:
             await self._runner.cleanup()
 
+    def release(self) -> None:
+        """Answer the held requests, and hold no more."""
+        self.hang = None
+        self._released.set()
+
     async def wait_failures(self, n: int, timeout: float = 20) -> None:
         """Until ``n`` requests in all were refused."""
         async with asyncio.timeout(timeout), self._failures:
@@ -54,12 +67,18 @@ class HomeserverProxy:
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         line = f"{request.method} {request.path}"
+        if self.hang is not None and self.hang.search(line):
+            self.hung.append(line)
+            await self._released.wait()
         if self.fail is not None and self.fail.search(line):
             async with self._failures:
                 self.failed.append(line)
+                if self.fail_times is not None and len(self.failed) >= self.fail_times:
+                    self.fail = None
                 self._failures.notify_all()
-            return web.json_response({"errcode": "M_UNKNOWN", "error": "proxy: bad gateway"},
-                                     status=502)
+            errcode = "M_FORBIDDEN" if self.fail_status == 403 else "M_UNKNOWN"
+            return web.json_response({"errcode": errcode, "error": "proxy: refused"},
+                                     status=self.fail_status)
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         async with self._session.request(request.method, self.upstream + request.path_qs,

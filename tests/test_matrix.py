@@ -251,6 +251,73 @@ async def test_a_busy_absence_is_caught_up_past_a_limited_timeline(
 
 
 @pytest.mark.matrix
+async def test_a_page_of_history_that_fails_is_fetched_again(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    humans: HumanFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    hs_proxy: HomeserverProxy,  # noqa: F811
+) -> None:
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    store = tmp_path / "store"
+    extra = {"owner": person.user_id, "homeserver": hs_proxy.url}
+    first = await start_bot(app_factory, synapse, bot, [person.user_id], store, **extra)
+    human = await humans(person)
+    room = await joined_room(human, bot)
+    await first.stop()
+    missed = [f"while away {i}" for i in range(8)]
+    for text in missed:
+        await human.send(room, text)
+    monkeypatch.setitem(matrix_interface.SYNC_FILTER["room"]["timeline"], "limit", 3)
+    hs_proxy.fail, hs_proxy.fail_times = re.compile(r"^GET .*/rooms/[^/]+/messages"), 1
+    second = await start_bot(app_factory, synapse, bot, [person.user_id], store, **extra)
+    assert second.matrix is not None
+    second.matrix.backoff_max = 0.3
+    await human.until(lambda: len(human.messages_from(room, bot.user_id)) >= 8, 60)
+    assert hs_proxy.failed  # the first try at the gap failed: read again, nothing lost
+    assert [m.body for m in human.messages_from(room, bot.user_id)] == [
+        f"echo: {text}" for text in missed]
+
+
+@pytest.mark.matrix
+async def test_a_homeserver_that_never_answers_a_sync_is_given_up_on_and_retried(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    humans: HumanFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    hs_proxy: HomeserverProxy,  # noqa: F811
+) -> None:
+    monkeypatch.setattr(matrix_interface, "SYNC_GRACE", 1.0)
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    hs_proxy.hang = re.compile(r"^GET .*/sync")  # takes the connection, never answers
+    app = await app_factory(matrix_section(synapse, bot, [person.user_id], tmp_path / "store",
+                                           homeserver=hs_proxy.url))
+    assert app.matrix is not None
+    app.matrix.backoff_max = 0.3
+    async with asyncio.timeout(20):
+        while len(hs_proxy.hung) < 2:  # noqa: ASYNC110  (the proxy only counts)
+            await asyncio.sleep(0.05)
+    hs_proxy.release()
+    await asyncio.wait_for(app.matrix.ready.wait(), 20)
+    human = await humans(person)
+    room = await joined_room(human, bot)
+    await human.send(room, "still there?")
+    assert (await human.next_message(room, bot.user_id, 0)).body == "echo: still there?"
+
+
+@pytest.mark.matrix
+async def test_the_bot_never_answers_itself_even_open_to_everyone(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    humans: HumanFactory, tmp_path: Path,
+) -> None:
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    await start_bot(app_factory, synapse, bot, ["*"], tmp_path / "store")
+    human = await humans(person)
+    room = await joined_room(human, bot)
+    await human.send(room, "hi")
+    assert (await human.next_message(room, bot.user_id, 0)).body == "echo: hi"
+    await human.send(room, "bye")
+    assert (await human.next_message(room, bot.user_id, 1)).body == "echo: bye"
+    assert [last_user_text(r) for r in fake_llm.requests] == ["hi", "bye"]
+
+
+@pytest.mark.matrix
 async def test_a_stranger_is_ignored_and_their_invite_refused(
     synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
     humans: HumanFactory, tmp_path: Path,
@@ -401,6 +468,26 @@ async def test_recovers_by_itself_when_the_homeserver_comes_back(
     await human.send(room, "after")
     assert (await human.next_message(room, bot.user_id, 3)).body == "echo: after"
     assert await app.outbox.pending(ThreadId(room)) == []
+
+
+@pytest.mark.matrix
+async def test_a_reply_refused_for_good_is_dropped_and_the_next_ones_flow(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    humans: HumanFactory, tmp_path: Path, hs_proxy: HomeserverProxy,  # noqa: F811
+) -> None:
+    _, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path,
+                                            homeserver=hs_proxy.url)
+    await human.send(room, "one")
+    assert (await human.next_message(room, bot.user_id, 0)).body == "echo: one"
+    hs_proxy.fail, hs_proxy.fail_status = re.compile(r"^PUT .*/rooms/[^/]+/send/"), 403
+    hs_proxy.fail_times = 1
+    await human.send(room, "two")
+    await hs_proxy.wait_failures(1)
+    await human.send(room, "three")
+    assert (await human.next_message(room, bot.user_id, 1)).body == "echo: three"
+    await human.sync()
+    assert [m.body for m in human.messages_from(room, bot.user_id)] == [
+        "echo: one", "echo: three"]
 
 
 @pytest.mark.matrix

@@ -78,6 +78,9 @@ SYNC_FILTER = {
              "ephemeral": {"not_types": ["*"]}},
 }
 START_CHECK_SECONDS = 10.0
+SYNC_GRACE = 60.0
+"""Seconds a sync may take beyond its long-poll before it counts as lost (a full-state sync
+of a big account takes a while)."""
 TOKEN_SAVE_SECONDS = 30.0
 TYPING_MS = 30_000
 """How long the homeserver shows a typing notice; TypingNotices renews it before then."""
@@ -117,6 +120,7 @@ class MatrixInterface:
         self.backoff_max = 15.0
         """Seconds between attempts while the homeserver is unreachable (doubling up to this)."""
         self.sync_timeout_ms = 30_000
+        self.sync_grace = SYNC_GRACE
         self._checked = False
         self._synced = False
         self._connected = False
@@ -280,9 +284,11 @@ class MatrixInterface:
             except StartupError as err:
                 log.error("%s. The Matrix interface stops; the rest of Ganglion keeps running",
                           err)
+                self._connected = False  # replies wait in the outbox for a restart
                 return
             except NotStored as err:
-                # Nothing of this sync counts as seen: the next attempt asks for it again.
+                # Nothing of this sync counts as seen: the next attempt asks for it again. (Its
+                # to-device messages come again too; nio drops the keys it already holds.)
                 client.next_batch = self._since
                 log.error("matrix: could not store a message (%s); reading it again in %.1f s",
                           err, delay)
@@ -290,6 +296,8 @@ class MatrixInterface:
                 delay = min(delay * 2, self.backoff_max)
                 continue
             except Exception as err:
+                if self._since:  # a sync that failed part-way counts as unread (the inbox
+                    client.next_batch = self._since  # drops what it already has)
                 if self._connected:
                     log.warning("matrix: lost the homeserver (%s: %s); retrying in %.1f s, "
                                 "replies wait in the outbox", type(err).__name__, err, delay)
@@ -311,19 +319,22 @@ class MatrixInterface:
         # and the first after an outage, returns at once (no long-poll): the replies that
         # waited go out as soon as the homeserver is back.
         first = not self._synced
-        resp = await client.sync(
-            timeout=0 if first or not self._connected else self.sync_timeout_ms,
-            sync_filter=SYNC_FILTER,
-            since=self._since if first else None, full_state=True if first else None)
+        poll_ms = 0 if first or not self._connected else self.sync_timeout_ms
+        # nio sets no time limit on a sync that does not long-poll: a homeserver that takes
+        # the connection and never answers would stall the loop for good.
+        async with asyncio.timeout(poll_ms / 1000 + self.sync_grace):
+            resp = await client.sync(timeout=poll_ms, sync_filter=SYNC_FILTER,
+                                     since=self._since if first else None,
+                                     full_state=True if first else None)
         if isinstance(resp, SyncError):
             if resp.status_code in ("M_UNKNOWN_TOKEN", "M_MISSING_TOKEN"):
                 raise StartupError(f"matrix: the homeserver rejected matrix.access_token "
                                    f"({resp.status_code}); {LOGIN_HINT}")
             raise HomeserverUnavailable(f"sync: {resp}")
-        self._synced = True  # nio has taken this response in: never ask for it again
+        self._synced = True  # the full state is in: later syncs need not ask for it
         arrived = client.sync_arrived
-        # No stored sync token: this timeline is history from before start-up.
-        history = first and self._since is None
+        # No sync token yet: this timeline is history from before the very first start.
+        history = self._since is None
         for room_id, info in resp.rooms.invite.items():
             self._on_invite(room_id, info.invite_state)
         for room_id, info in resp.rooms.join.items():
@@ -332,9 +343,9 @@ class MatrixInterface:
             events = after_own_join(info.timeline.events, self.config.user_id)
             if events is None:  # a room the bot was in already
                 events = info.timeline.events
-                if info.timeline.limited and info.timeline.prev_batch:
-                    events = [*await self._missed(client, room_id, info.timeline.prev_batch),
-                              *events]
+                if info.timeline.limited and info.timeline.prev_batch and self._since:
+                    events = [*await self._missed(client, room_id, info.timeline.prev_batch,
+                                                  self._since), *events]
             for event in events:
                 try:
                     await self._on_timeline_event(room_id, event, arrived)
@@ -344,9 +355,10 @@ class MatrixInterface:
                     log.exception("[%s] event %s could not be handled", room_id,
                                   getattr(event, "event_id", "?"))
         if self.keys:
-            for room_id, event in self.keys.decryptable(client):
+            for room_id, waited, event in self.keys.decryptable(client):
                 if isinstance(event, RoomMessageText):
                     await self._submit(room_id, event, arrived)
+                self.keys.forget(waited)  # on the bus now (a NotStored keeps it waiting)
         await self._settle_invites(client)
         await self._maintain_keys(client)
         self._since = client.next_batch  # every event up to here is on the bus (or dropped)
@@ -355,14 +367,16 @@ class MatrixInterface:
             self._save_token()
         self.ready.set()
 
-    async def _missed(self, client: TimedClient, room_id: str, prev_batch: str) -> list[Any]:
+    async def _missed(self, client: TimedClient, room_id: str, prev_batch: str,
+                      since: str) -> list[Any]:
         """What a limited timeline left out (more came while away than a sync returns)."""
         thread_id = matrix_thread_id(room_id)
 
         async def known(event_ids: list[str]) -> set[str]:
             return await self.bus.known(thread_id, event_ids)
 
-        missed = await missed_events(client, room_id, prev_batch, self.config.user_id, known)
+        missed = await missed_events(client, room_id, prev_batch, since,
+                                     own_id=self.config.user_id, known=known)
         if missed:
             log.info("[%s] fetched %d event(s) a limited sync left out", room_id, len(missed))
         return missed

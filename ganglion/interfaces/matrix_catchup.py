@@ -2,10 +2,11 @@
 
 When more happened in a room while the bot was away than a sync returns at once, the
 homeserver sends only the newest events and marks the timeline ``limited``. Messages in the
-gap would be lost. ``missed_events`` pages back from the timeline's ``prev_batch`` until it
-meets a message already on the bus (everything older was seen), the bot's own join (nothing
-older was meant for it; ``after_own_join`` cuts a timeline that holds it), the start of the
-room, or ``MAX_EVENTS`` (logged: older ones are skipped). Events come back oldest first,
+gap would be lost. ``missed_events`` pages back from the timeline's ``prev_batch`` to the
+token of the sync before (the homeserver stops there), and stops early at a message already
+on the bus (everything older was seen), the bot's own join (nothing older was meant for it;
+``after_own_join`` cuts a timeline that holds it), or ``MAX_EVENTS`` (logged: older ones are
+skipped). Events come back oldest first,
 decrypted by nio where it holds the keys, to be handled exactly like timeline events; the
 inbox drops any it already has.
 """
@@ -18,6 +19,8 @@ from typing import Any
 
 from nio import AsyncClient, MessageDirection, RoomMemberEvent, RoomMessagesError
 
+from ganglion.interfaces.matrix_session import HomeserverUnavailable, http_status
+
 log = logging.getLogger(__name__)
 
 PAGE = 100
@@ -28,15 +31,24 @@ Known = Callable[[list[str]], Awaitable[set[str]]]
 """Of these event ids, the ones already on the bus."""
 
 
-async def missed_events(client: AsyncClient, room_id: str, prev_batch: str, own_id: str,
-                        known: Known) -> list[Any]:
-    """The room's events between the last one seen and ``prev_batch``, oldest first."""
+async def missed_events(client: AsyncClient, room_id: str, prev_batch: str, since: str, *,
+                        own_id: str, known: Known) -> list[Any]:
+    """The room's events between ``since`` (the last sync's token) and ``prev_batch``,
+    oldest first.
+
+    Raises HomeserverUnavailable when the homeserver fails to answer (the sync is read
+    again later); a refusal for good (the bot may no longer read the room) is logged.
+    """
     missed: list[Any] = []
     token: str | None = prev_batch
     while token is not None and len(missed) < MAX_EVENTS:
-        resp = await client.room_messages(room_id, start=token, direction=MessageDirection.back,
-                                          limit=PAGE, message_filter=GAP_FILTER)
+        resp = await client.room_messages(room_id, start=token, end=since,
+                                          direction=MessageDirection.back, limit=PAGE,
+                                          message_filter=GAP_FILTER)
         if isinstance(resp, RoomMessagesError):
+            status = http_status(resp)
+            if status is None or status >= 500 or status == 429:
+                raise HomeserverUnavailable(f"messages of {room_id}: {resp}")
             log.warning("[%s] could not fetch the messages a limited sync left out: %s",
                         room_id, resp)
             break

@@ -20,7 +20,7 @@ from nio import AsyncClient, LocalProtocolError, MegolmEvent
 log = logging.getLogger(__name__)
 
 MAX_SESSIONS = 100
-"""Sessions whose key never comes are forgotten, oldest first, beyond this many."""
+"""Sessions whose key never comes (and rooms told) are forgotten, oldest first, beyond this."""
 
 
 class WaitingForKeys:
@@ -31,7 +31,8 @@ class WaitingForKeys:
         self._tell = tell
         self._spawn = spawn
         self._waiting: dict[str, list[tuple[str, MegolmEvent]]] = {}
-        self._told: set[tuple[str, str]] = set()
+        self._told: dict[tuple[str, str], None] = {}
+        """(room, session) pairs the room was told about, oldest first (bounded)."""
 
     def __bool__(self) -> bool:
         return bool(self._waiting)
@@ -48,30 +49,40 @@ class WaitingForKeys:
             log.info("[%s] key request not sent: %s", room_id, err)
         told = (room_id, event.session_id)
         if told not in self._told:
-            self._told.add(told)
+            self._told[told] = None
+            while len(self._told) > MAX_SESSIONS:
+                del self._told[next(iter(self._told))]
             self._spawn(self._tell_later(room_id, event.session_id))
 
-    def decryptable(self, client: AsyncClient) -> list[tuple[str, Any]]:
-        """(room id, decrypted event) for the waiting events whose key arrived, in order."""
+    def decryptable(self, client: AsyncClient) -> list[tuple[str, MegolmEvent, Any]]:
+        """(room id, waiting event, decrypted event) for each event whose key has arrived.
+
+        They stay waiting until ``forget``: only once on the bus are they done with.
+        """
         sessions = client.olm.inbound_group_store
-        out: list[tuple[str, Any]] = []
-        for session_id, waiting in list(self._waiting.items()):
+        out: list[tuple[str, MegolmEvent, Any]] = []
+        for session_id, waiting in self._waiting.items():
             room_id, first = waiting[0]
             if not sessions.get(room_id, first.sender_key, session_id):
                 continue  # the key has not come yet
-            decrypted: list[tuple[str, Any]] = []
             for room_id, event in waiting:
                 try:
-                    decrypted.append((room_id, client.decrypt_event(event)))
-                except Exception:
-                    break  # this session's key does not open it (yet)
-            else:
-                del self._waiting[session_id]
-                for room_id, event in decrypted:
-                    log.info("[%s] event %s decrypted after its key arrived", room_id,
-                             event.event_id)
-                out += decrypted
+                    decrypted = client.decrypt_event(event)
+                except Exception as err:  # a key from a later index: this one stays unread
+                    log.debug("[%s] event %s still unreadable: %s", room_id, event.event_id,
+                              err)
+                    continue
+                log.info("[%s] event %s decrypted after its key arrived", room_id,
+                         event.event_id)
+                out.append((room_id, event, decrypted))
         return out
+
+    def forget(self, event: MegolmEvent) -> None:
+        """``event`` is handled: it waits no more."""
+        waiting = self._waiting.get(event.session_id, [])
+        waiting[:] = [(r, e) for r, e in waiting if e.event_id != event.event_id]
+        if not waiting:
+            self._waiting.pop(event.session_id, None)
 
     async def _tell_later(self, room_id: str, session_id: str) -> None:
         await asyncio.sleep(self.grace)
