@@ -26,6 +26,7 @@ mode, where readers never wait for a lock; a store whose reads raise once stands
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -87,7 +88,9 @@ async def test_garbage_from_the_model_is_reported_and_the_next_turn_works(
 
 
 WRONG_STREAMS = {
-    "a choice without delta": (['{"choices": [{"foo": 1}]}'], "no delta object"),
+    "a choice without delta": (['{"choices": [{"foo": 1}]}'], "no choice with a delta"),
+    "a delta that is a list": (['{"choices": [{"delta": ["hi"]}]}'],
+                               "delta is not a JSON object"),
     "content that is a number": (['{"choices": [{"index": 0, "delta": {"content": 5}}]}'],
                                  "text is not a string"),
     "no choices": (['{"id": "x", "object": "chat.completion.chunk"}'], "no list of choices"),
@@ -97,7 +100,8 @@ WRONG_STREAMS = {
     "a tool call without a name": (
         ['{"choices": [{"delta": {"tool_calls": [{"index": 0, "function": '
          '{"arguments": "{}"}}]}}]}'], "no function name"),
-    "nothing but empty choices": (['{"choices": []}', '{"choices": []}'], "no choice at all"),
+    "nothing but empty choices": (['{"choices": []}', '{"choices": []}'],
+                                  "no choice with a delta"),
     "text, then a broken chunk": (['{"choices": [{"delta": {"content": "half an "}}]}',
                                    '{"choices": [{"delta": {"content": ["answer"]}}]}'],
                                   "text is not a string"),
@@ -157,6 +161,74 @@ async def test_json_of_the_wrong_shape_fails_over_to_the_next_endpoint(
     chat = await connect(app)
     assert (await chat.ask("hello", timeout=10))["text"] == "echo: hello"
     assert len(fake_llm.requests) == 1 and len(second.requests) == 1
+    await chat.close()
+
+
+def chunk(choice: dict[str, Any], **top: Any) -> str:
+    return json.dumps({"id": "c1", "object": "chat.completion.chunk", "model": "m",
+                       "choices": [{"index": 0, "finish_reason": None, **choice}], **top})
+
+
+FILTER = {"hate": {"filtered": False, "severity": "safe"},
+          "violence": {"filtered": False, "severity": "safe"}}
+
+
+async def test_azure_content_filter_chunks_are_skipped_not_a_failure(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    """Azure streams its filter results as choices with no delta and a null finish_reason."""
+    app = await app_factory(one_endpoint(fake_llm))
+    offsets = {"check_offset": 0, "start_offset": 0, "end_offset": 5}
+    fake_llm.script(Reply(raw_chunks=[
+        json.dumps({"choices": [], "id": "", "model": "", "object": "",
+                    "prompt_filter_results": [{"prompt_index": 0,
+                                               "content_filter_results": FILTER}]}),
+        chunk({"delta": {"role": "assistant", "content": ""}}),
+        chunk({"delta": {"content": "Hello"}}),
+        chunk({"content_filter_offsets": offsets, "content_filter_results": FILTER}),
+        chunk({"delta": {"content": " there"}}),
+        chunk({"delta": {}, "finish_reason": "stop"}),
+        chunk({"content_filter_offsets": offsets, "content_filter_results": FILTER}),
+    ]))
+    chat = await connect(app)
+    answer = await chat.ask("hello", timeout=10)
+    assert (answer["role"], answer["text"]) == ("assistant", "Hello there")
+    assert len(fake_llm.requests) == 1
+    await chat.close()
+
+
+async def test_tool_calls_without_index_in_separate_chunks_stay_separate(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    """A server that leaves out ``index``: each new ``id`` starts a new call; a part without
+    an id continues the call it follows."""
+    app = await app_factory(one_endpoint(fake_llm))
+    (app.data_dir / "notes.txt").write_text("the notes\n")
+
+    def call(part: dict[str, Any]) -> str:
+        return chunk({"delta": {"tool_calls": [part]}})
+
+    fake_llm.script(
+        Reply(raw_chunks=[
+            call({"id": "call_a", "type": "function",
+                  "function": {"name": "list_dir", "arguments": '{"path": '}}),
+            call({"function": {"arguments": '"."}'}}),
+            call({"id": "call_b", "type": "function",
+                  "function": {"name": "read_file", "arguments": ""}}),
+            call({"function": {"arguments": '{"path": "notes.txt"}'}}),
+            chunk({"delta": {}, "finish_reason": "tool_calls"}),
+        ]),
+        Reply(text="read both"),
+    )
+    chat = await connect(app)
+    assert (await chat.ask("look", timeout=10))["text"] == "read both"
+    messages = fake_llm.requests[-1]["messages"]
+    (asked,) = [m for m in messages if m["role"] == "assistant" and m.get("tool_calls")]
+    assert [(c["id"], c["function"]["name"], json.loads(c["function"]["arguments"]))
+            for c in asked["tool_calls"]] == [("call_a", "list_dir", {"path": "."}),
+                                              ("call_b", "read_file", {"path": "notes.txt"})]
+    results = {m["tool_call_id"]: m["content"] for m in messages if m["role"] == "tool"}
+    assert "notes.txt" in results["call_a"] and "the notes" in results["call_b"]
     await chat.close()
 
 

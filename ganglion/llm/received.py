@@ -34,8 +34,11 @@ class Received:
     usage: Usage | None = None
     model: str = ""
     chunks: int = 0
-    """Chunks that carried a choice (a usage-only chunk does not count)."""
+    """Choices taken: deltas, or a whole message (usage and content-filter chunks do not
+    count)."""
     sent_delta: bool = False
+    _no_index_base: int = 0
+    """Key of the first call in the latest chunk that started calls without ``index``."""
 
     def take(self, chunk: object) -> str:
         """Fold one streamed chunk in; return its new content text."""
@@ -49,7 +52,6 @@ class Received:
             raise LLMBadResponse("a streamed chunk has no list of choices")
         if not choices:
             return ""  # a usage chunk, or Azure's first chunk (content filter results)
-        self.chunks += 1
         text = ""
         for choice in choices:
             if not isinstance(choice, dict):
@@ -57,10 +59,14 @@ class Received:
             if choice.get("index", 0) != 0:
                 continue  # only the first choice is asked for; others are ignored
             delta = choice.get("delta")
-            if delta is None and isinstance(choice.get("finish_reason"), str):
-                continue  # a last chunk with only the finish reason
+            if delta is None:
+                # The last chunk with only the finish reason, or Azure's content-filter
+                # results (no delta, finish_reason null). Not an answer by itself: if nothing
+                # else comes, check_complete says so.
+                continue
             if not isinstance(delta, dict):
-                raise LLMBadResponse("a streamed choice has no delta object")
+                raise LLMBadResponse("a streamed choice's delta is not a JSON object")
+            self.chunks += 1
             text += self._take_message(delta)
         return text
 
@@ -82,7 +88,7 @@ class Received:
     def check_complete(self) -> None:
         """At the end of a reply: it said something, and every tool call has a name."""
         if self.chunks == 0:
-            raise LLMBadResponse("the reply held no choice at all")
+            raise LLMBadResponse("the reply held no choice with a delta or a message")
         if any(not call.name for call in self.calls.values()):
             raise LLMBadResponse("a tool call has no function name")
 
@@ -123,10 +129,11 @@ class Received:
             raise LLMBadResponse("a tool call's name is not a string")
         if arguments is not None and not isinstance(arguments, str | dict):
             raise LLMBadResponse("a tool call's arguments are neither text nor an object")
-        index = part.get("index")
-        call = self.calls.setdefault(index if isinstance(index, int) else position, PartialCall())
-        if isinstance(part.get("id"), str) and part["id"]:
-            call.id = part["id"]
+        call_id = part["id"] if isinstance(part.get("id"), str) else ""
+        call = self.calls.setdefault(self._call_key(position, part.get("index"), call_id),
+                                     PartialCall())
+        if call_id:
+            call.id = call_id
         # Most servers send the name once; some repeat it on every chunk.
         if name and name != call.name:
             call.name += name
@@ -134,6 +141,21 @@ class Received:
             call.arguments.append(arguments)
         elif isinstance(arguments, dict):
             call.arguments.append(json.dumps(arguments, ensure_ascii=False))
+
+    def _call_key(self, position: int, index: object, call_id: str) -> int:
+        """Which call a part belongs to: its ``index``; without one, its ``id`` (a new id is a
+        new call, even at the same position as the last chunk's), and a part with neither
+        continues the call at its position among those started last."""
+        if isinstance(index, int):
+            return index
+        if call_id:
+            for key, call in self.calls.items():
+                if call.id == call_id:
+                    return key
+            taken = self.calls.get(self._no_index_base + position)
+            if taken is not None and taken.id:  # a different call holds that place
+                self._no_index_base = max(self.calls) + 1 - position
+        return self._no_index_base + position
 
 
 def _count(value: object) -> int:
