@@ -82,24 +82,6 @@ async def test_read_append_replace_rewrite(app_factory: AppFactory, fake_llm: Fa
     await chat.close()
 
 
-async def test_two_writes_of_the_same_size_are_both_seen(
-    app_factory: AppFactory, fake_llm: FakeLLM
-) -> None:
-    """The prompt re-reads a file only when its (mtime, size) changes: a quick rewrite of the
-    same length must still show."""
-    app = await app_factory()
-    chat = await connect(app)
-    for fact in ("cat: Tiber", "cat: Nerox"):
-        fake_llm.script(
-            Reply(tool_calls=[("memory_rewrite", {"file": "MEMORIES.txt", "text": fact})]),
-            Reply(text="ok"),
-        )
-        await chat.ask(f"remember {fact}")
-        await chat.ask("and?")
-        assert fact in system_prompt(fake_llm.requests[-1])
-    await chat.close()
-
-
 async def test_concurrent_appends_from_two_threads_lose_nothing(
     app_factory: AppFactory, fake_llm: FakeLLM
 ) -> None:
@@ -336,3 +318,17 @@ async def test_memory_writes_replace_the_file_whole(
     # A new file each time, renamed into place (a freed inode number may come back later).
     assert len(inodes) == len(versions) and all(a != b for a, b in itertools.pairwise(inodes))
     assert [p.name for p in app.data_dir.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_memory_files_and_folders_are_created_owner_only(tmp_path: Path) -> None:
+    """They hold what the assistant knows about the user: never world-readable, whatever the
+    umask, from the start (not only after their first write)."""
+    old = os.umask(0o022)  # the common default: without care, new files are world-readable
+    try:
+        DataFiles(tmp_path / "data").ensure_layout()
+    finally:
+        os.umask(old)
+    modes = {name: (tmp_path / "data" / name).stat().st_mode & 0o777
+             for name in ("MEMORIES.txt", "HEARTBEATS.txt", "skills", "scripts")}
+    assert modes == {"MEMORIES.txt": 0o600, "HEARTBEATS.txt": 0o600, "skills": 0o700,
+                     "scripts": 0o700}, {k: oct(v) for k, v in modes.items()}

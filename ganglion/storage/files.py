@@ -20,8 +20,11 @@ DEFAULT_BASE_PROMPT = Path(__file__).resolve().parent.parent / "defaults" / BASE
 @dataclass(frozen=True, slots=True)
 class _Cached:
     stamp: tuple[int, int, int, int]
-    """(inode, mtime, ctime, size): an atomic write brings a new inode, and any write in
-    place a new ctime, even one of the same size within one mtime tick."""
+    """(inode, mtime, ctime, size). An atomic write (ours, most editors') brings a new inode.
+    ctime ticks with the same clock as mtime, so it adds nothing for an edit within one tick;
+    it is there for an edit whose mtime was set back (``touch -d``, ``cp -p``, ``rsync -t``),
+    since nothing but the kernel sets ctime. An in-place edit of the same size within one
+    clock tick (a few ms) is not seen until the file next changes."""
     text: str
 
 
@@ -44,10 +47,12 @@ class DataFiles:
     def ensure_layout(self) -> None:
         """Create data/ with its empty templates where missing (never overwrites)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        (self.data_dir / SKILLS_DIR).mkdir(exist_ok=True)
-        (self.data_dir / SCRIPTS_DIR).mkdir(exist_ok=True)
+        # Owner-only, as every data file the daemon creates: they hold what it knows about
+        # the user (existing ones keep the mode their owner gave them).
+        (self.data_dir / SKILLS_DIR).mkdir(mode=0o700, exist_ok=True)
+        (self.data_dir / SCRIPTS_DIR).mkdir(mode=0o700, exist_ok=True)
         for name in (MEMORIES, HEARTBEATS):
-            (self.data_dir / name).touch(exist_ok=True)
+            (self.data_dir / name).touch(mode=0o600, exist_ok=True)
         base = self.data_dir / BASE_PROMPT
         if not base.exists():
             atomic_write(base, DEFAULT_BASE_PROMPT.read_text(encoding="utf-8"), mode=0o644)
