@@ -84,7 +84,7 @@ async def talking_bot(synapse: Synapse, app_factory: AppFactory,  # noqa: F811
     app = await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store",
                           **extra)
     assert app.matrix is not None
-    app.matrix.backoff_max = 0.5
+    app.matrix.backoff_max = app.matrix.sender.retry_max = 0.5
     human = await humans(person)
     return app, human, await joined_room(human, bot), bot
 

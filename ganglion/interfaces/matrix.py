@@ -1,25 +1,22 @@
-"""The Matrix interface: encrypted room messages to Inbound on the bus, Outbound back to rooms.
+"""The Matrix interface: the sync loop, encrypted room events to the bus, replies back out.
 
-Translation at the edge, nothing more. Before anything reaches the bus this module drops:
-events from before start-up (the timeline of a first sync without a stored sync token is
-history), the bot's own events, and events from users not in ``matrix.allowed_users`` (or in
-rooms outside ``matrix.allowed_rooms``). Each room is one thread (its room id). The Matrix
-event id is the message's ``client_id``, so the bus stores a message once: a sync replayed
-after a crash or a restart cannot make the bot answer twice.
+Translation at the edge, nothing more (the rules are in ``matrix_in``): events from before
+the very first start (the timeline of a sync without a stored token is history), what a room
+said before the bot joined, the bot's own events and those of users or rooms not allowed
+never reach the bus. Each room is one thread (its room id); the Matrix event id is the
+message's ``client_id``, so a sync read again after a crash or a failure cannot make the bot
+answer twice.
 
-The sync token is saved only after the events of a sync are on the bus, and restored at
-start; the first sync after a start asks for the full room state (nio keeps no room state).
-Replies leave through the router's outbox: ``send`` returns True only when the homeserver
-accepted the message, and every recovery of the sync loop re-sends what is still waiting,
-in order. Each reply's transaction id is derived from its stored message id, so the
-homeserver drops a resend of a message it already has.
+The sync token is saved only once a sync's events are on the bus, waiting for their key
+(``matrix_keys``, kept in memory only) or dropped, and restored at start; the first sync
+after a start asks for the full room state (nio keeps none). A limited timeline is caught up
+by ``matrix_catchup``. Replies leave through the router's outbox and ``matrix_send``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import sqlite3
 import time
 from collections.abc import Coroutine
@@ -27,41 +24,23 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import ClientError
-from nio import (
-    InviteMemberEvent,
-    JoinError,
-    MegolmEvent,
-    RoomLeaveError,
-    RoomMessageText,
-    RoomRedactError,
-    RoomSendError,
-    SyncError,
-)
+from nio import JoinError, MegolmEvent, RoomLeaveError, RoomMessageText, SyncError
 
 from ganglion.bus import Bus
 from ganglion.config import MatrixConfig
 from ganglion.errors import StartupError
+from ganglion.interfaces import matrix_in
 from ganglion.interfaces.matrix_catchup import after_own_join, missed_events
 from ganglion.interfaces.matrix_keys import WaitingForKeys
-from ganglion.interfaces.matrix_out import TypingNotices, reply_contents
+from ganglion.interfaces.matrix_send import RoomSender
 from ganglion.interfaces.matrix_session import (
     LOGIN_HINT,
     HomeserverUnavailable,
     TimedClient,
     check_session,
-    http_status,
     make_client,
 )
-from ganglion.messages import (
-    Inbound,
-    Outbound,
-    OutKind,
-    Role,
-    Source,
-    ThreadId,
-    is_matrix_thread,
-    matrix_thread_id,
-)
+from ganglion.messages import Outbound, ThreadId, is_matrix_thread, matrix_thread_id
 from ganglion.render import MarkdownRenderer
 from ganglion.router import Router
 
@@ -82,8 +61,6 @@ SYNC_GRACE = 60.0
 """Seconds a sync may take beyond its long-poll before it counts as lost (a full-state sync
 of a big account takes a while)."""
 TOKEN_SAVE_SECONDS = 30.0
-TYPING_MS = 30_000
-"""How long the homeserver shows a typing notice; TypingNotices renews it before then."""
 UNDECRYPTABLE_NOTICE = (
     "I could not read a message here: it was encrypted with a key this device never received. "
     "I asked your devices for the key. If this keeps happening, make sure your client does not "
@@ -94,7 +71,6 @@ NOT_STORED_NOTICE = (
     "I could not store your message: my disk refuses writes. I will read it again by myself "
     "as soon as I can store it; there is no need to send it again."
 )
-_REPLY_FALLBACK = re.compile(r"\A(?:>.*\n)+\n")
 
 
 class NotStored(Exception):
@@ -107,12 +83,11 @@ class MatrixInterface:
     name = "matrix"
 
     def __init__(self, config: MatrixConfig, store_path: Path, bus: Bus, router: Router,
-                 renderer: MarkdownRenderer) -> None:
+                 renderer: MarkdownRenderer, *, tx_prefix: str = "ganglion") -> None:
         self.config = config
         self.store_path = store_path
         self.bus = bus
         self.router = router
-        self.renderer = renderer
         self.client: TimedClient | None = None
         self.ready = asyncio.Event()
         """Set once the first sync is done and the device keys are published (tests, bench)."""
@@ -128,14 +103,12 @@ class MatrixInterface:
         self._token_saved: float | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.typing = TypingNotices(self._set_typing)
+        self.sender = RoomSender(router, renderer, config.show_tool_calls, self._spawn,
+                                 tx_prefix)
         self._pending_invites: dict[str, bool] = {}
         self.keys = WaitingForKeys(self._tell_undecryptable, self._spawn)
         self._told_not_stored: set[str] = set()
         """Rooms told that a message waits for the disk; cleared once storing works again."""
-        self._received: dict[int, float] = {}
-        self._retrying: set[ThreadId] = set()
-        self._retry_delay: dict[ThreadId, float] = {}
 
     # -- the router's Interface ------------------------------------------------------------
 
@@ -166,9 +139,9 @@ class MatrixInterface:
         tasks = [t for t in (self._sync_task, *self._tasks) if t]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, self.typing.stop(), return_exceptions=True)
+        await asyncio.gather(*tasks, self.sender.typing.stop(), return_exceptions=True)
         self._sync_task = None
-        self._connected = False
+        self._set_connected(False)
         client, self.client = self.client, None  # what the worker still sends now waits
         if client is not None:
             if self._since:
@@ -176,96 +149,14 @@ class MatrixInterface:
             await client.close()
 
     async def send(self, out: Outbound) -> bool:
-        """STATE turns into typing notices; MESSAGE (and TOOL if shown) into room messages."""
-        if out.kind is OutKind.STATE:
-            if self.client is not None:
-                self.typing.update(out.thread_id, out.text)
-            return True
-        if out.kind is not OutKind.MESSAGE and not (
-            out.kind is OutKind.TOOL and self.config.show_tool_calls
-        ):
-            return True  # deltas and resets: no streaming edits in Matrix
-        if out.role is Role.USER or not out.text.strip():
-            return True  # the user's own words are already in the room
-        client = self.client
-        if client is None or not self._connected:
-            log.debug("[%s] reply %d waits: not connected", out.thread_id, out.message_id)
-            return False
-        started = time.monotonic()
-        client.encrypt_seconds = 0.0
-        for i, content in enumerate(reply_contents(out, self.renderer)):
-            tx_id = f"ganglion-{out.message_id}" + (f"-{i}" if i else "")
-            try:
-                resp = await client.room_send(out.thread_id, "m.room.message", content,
-                                              tx_id=tx_id, ignore_unverified_devices=True)
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:
-                log.warning("[%s] reply %d not sent (%s: %s); it stays queued", out.thread_id,
-                            out.message_id, type(err).__name__, err)
-                self._retry_later(out.thread_id)
-                return False
-            if isinstance(resp, RoomSendError):
-                status = http_status(resp)
-                if status is not None and 400 <= status < 500 and status not in (401, 429):
-                    # Refused for good (the bot may not post here, the message is too large):
-                    # dropped, so the replies after it are not held back forever.
-                    log.error("[%s] reply %d refused by the homeserver (%s); dropped",
-                              out.thread_id, out.message_id, resp)
-                    return True
-                log.warning("[%s] reply %d refused by the homeserver (%s); it stays queued",
-                            out.thread_id, out.message_id, resp)
-                self._retry_later(out.thread_id)
-                return False
-            log.debug("[%s] reply %d sent as %s", out.thread_id, out.message_id, resp.event_id)
-        self._retry_delay.pop(out.thread_id, None)
-        arrived = self._received.pop(out.reply_to, None)
-        if arrived is not None:
-            sent, encrypting = time.monotonic(), client.encrypt_seconds
-            log.debug("[%s] reply sent %.1f ms after its event arrived (daemon %.1f ms with "
-                      "encryption %.1f ms, homeserver send %.1f ms)", out.thread_id,
-                      (sent - arrived) * 1000, (started - arrived + encrypting) * 1000,
-                      encrypting * 1000, (sent - started - encrypting) * 1000)
-        return True
+        return await self.sender.send(out)
 
     async def redact(self, thread_id: ThreadId, event_id: str, reason: str) -> bool:
-        """Remove an event's content from the room (a message holding a secret).
+        return await self.sender.redact(thread_id, event_id, reason)
 
-        True once the homeserver accepted; False when it refused (the bot may not redact
-        other people's messages without the power to) or could not be reached.
-        """
-        if self.client is None:
-            return False
-        try:
-            resp = await self.client.room_redact(thread_id, event_id, reason=reason)
-        except asyncio.CancelledError:
-            raise
-        except Exception as err:
-            log.warning("[%s] could not redact %s: %s", thread_id, event_id, err)
-            return False
-        if isinstance(resp, RoomRedactError):
-            log.warning("[%s] the homeserver refused to redact %s: %s", thread_id, event_id,
-                        resp)
-            return False
-        return True
-
-    def _retry_later(self, thread_id: ThreadId) -> None:
-        """A send failed while the sync may still work: deliver this room again after a
-        growing pause (reset by a success; an outage's end re-sends everything anyway)."""
-        if thread_id in self._retrying:
-            return
-        delay = self._retry_delay.get(thread_id, self.backoff_initial)
-        self._retry_delay[thread_id] = min(delay * 2, self.backoff_max)
-        self._retrying.add(thread_id)
-
-        async def retry() -> None:
-            try:
-                await asyncio.sleep(delay)
-            finally:
-                self._retrying.discard(thread_id)
-            await self.router.deliver(thread_id)
-
-        self._spawn(retry())
+    def _set_connected(self, connected: bool) -> None:
+        self._connected = connected
+        self.sender.client = self.client if connected else None
 
     # -- the sync loop ---------------------------------------------------------------------
 
@@ -284,7 +175,7 @@ class MatrixInterface:
             except StartupError as err:
                 log.error("%s. The Matrix interface stops; the rest of Ganglion keeps running",
                           err)
-                self._connected = False  # replies wait in the outbox for a restart
+                self._set_connected(False)  # replies wait in the outbox for a restart
                 return
             except NotStored as err:
                 # Nothing of this sync counts as seen: the next attempt asks for it again. (Its
@@ -304,13 +195,13 @@ class MatrixInterface:
                 else:
                     log.info("matrix: homeserver still unreachable (%s: %s); retrying in "
                              "%.1f s", type(err).__name__, err, delay)
-                self._connected = False
+                self._set_connected(False)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.backoff_max)
                 continue
             delay = self.backoff_initial
             if not self._connected:
-                self._connected = True
+                self._set_connected(True)
                 log.info("matrix: syncing with %s", self.config.homeserver)
                 self._spawn(self.router.deliver_all())
 
@@ -406,17 +297,10 @@ class MatrixInterface:
     # -- events in -------------------------------------------------------------------------
 
     async def _on_timeline_event(self, room_id: str, event: Any, arrived: float) -> None:
-        if not isinstance(event, RoomMessageText | MegolmEvent):
-            return
-        sender = event.sender
-        if sender == self.config.user_id:
-            return
-        if not self.config.allows_room(room_id):
-            log.debug("[%s] ignored: room not in matrix.allowed_rooms", room_id)
-            return
-        if not self.config.allows(sender):
-            log.info("[%s] ignored a message from %s (not in matrix.allowed_users)", room_id,
-                     sender)
+        why = matrix_in.refusal(self.config, room_id, event)
+        if why is not None:
+            if why:
+                log.info("[%s] ignored %s", room_id, why)
             return
         if isinstance(event, MegolmEvent):
             assert self.client is not None
@@ -425,42 +309,30 @@ class MatrixInterface:
         await self._submit(room_id, event, arrived)
 
     async def _submit(self, room_id: str, event: RoomMessageText, arrived: float) -> None:
-        relates = (event.source.get("content") or {}).get("m.relates_to")
-        if not isinstance(relates, dict):  # any JSON a client sent; nio does not check it
-            relates = {}
-        if relates.get("rel_type") == "m.replace":
+        msg = matrix_in.to_inbound(room_id, event)
+        if msg is None:
             log.info("[%s] ignored an edit of an earlier message", room_id)
             return
-        text = event.body
-        if "m.in_reply_to" in relates:
-            text = _REPLY_FALLBACK.sub("", text, count=1)  # the quoted message it answers
-        encrypted = "1" if getattr(event, "decrypted", False) else "0"
-        msg = Inbound(thread_id=matrix_thread_id(room_id), text=text, sender=event.sender,
-                      source=Source.MATRIX, client_id=event.event_id,
-                      meta={"event_id": event.event_id, "encrypted": encrypted})
         try:
             stored, is_new = await self.bus.submit(msg)
         except sqlite3.Error as err:  # the disk refused the write (read-only, full, broken)
-            self._spawn(self._tell_not_stored(room_id))
+            if room_id not in self._told_not_stored:
+                self._told_not_stored.add(room_id)
+                self._spawn(self.sender.notice_now(room_id, NOT_STORED_NOTICE))
             raise NotStored(f"event {event.event_id} in {room_id}: {err}") from err
         if is_new:
-            self._received[stored.id] = arrived
-            while len(self._received) > 1000:
-                del self._received[next(iter(self._received))]
+            self.sender.received(stored.id, arrived)
             log.debug("[%s] event %s from %s queued as #%d", room_id, event.event_id,
                       event.sender, stored.id)
 
     def _on_invite(self, room_id: str, invite_state: list[Any]) -> None:
-        inviter = next((e.sender for e in invite_state if isinstance(e, InviteMemberEvent)
-                        and e.state_key == self.config.user_id and e.membership == "invite"),
-                       None)
+        inviter = matrix_in.inviter(invite_state, self.config.user_id)
         if inviter is None or room_id in self._pending_invites:
             return
-        accept = self.config.allows(inviter) and self.config.allows_room(room_id)
+        why = matrix_in.invite_refusal(self.config, room_id, inviter)
         log.info("[%s] invited by %s: %s", room_id, inviter,
-                 "joining" if accept else "refusing (not in matrix.allowed_users"
-                 + (" / matrix.allowed_rooms)" if self.config.allowed_rooms else ")"))
-        self._pending_invites[room_id] = accept
+                 "joining" if why is None else f"refusing ({why})")
+        self._pending_invites[room_id] = why is None
 
     async def _settle_invites(self, client: TimedClient) -> None:
         """Join or refuse; a request that could not be made is tried after the next sync."""
@@ -476,35 +348,8 @@ class MatrixInterface:
                 log.warning("[%s] answering the invite failed: %s", room_id, resp)
             del self._pending_invites[room_id]
 
-    async def _tell_not_stored(self, room_id: str) -> None:
-        """Say once per room and outage that a message waits (sent directly: the outbox is on
-        the same refusing disk)."""
-        if room_id in self._told_not_stored or self.client is None:
-            return
-        self._told_not_stored.add(room_id)
-        content = {"msgtype": "m.notice", "body": NOT_STORED_NOTICE}
-        try:
-            await self.client.room_send(room_id, "m.room.message", content,
-                                        ignore_unverified_devices=True)
-        except asyncio.CancelledError:
-            raise
-        except Exception as err:
-            log.warning("[%s] could not say that a message waits: %s", room_id, err)
-
     async def _tell_undecryptable(self, room_id: str) -> None:
         await self.router.broadcast(UNDECRYPTABLE_NOTICE, matrix_thread_id(room_id))
-
-    # -- typing out -----------------------------------------------------------------------
-
-    async def _set_typing(self, thread_id: ThreadId, on: bool) -> None:
-        if self.client is None or not self._connected:
-            return
-        try:
-            await self.client.room_typing(thread_id, typing_state=on, timeout=TYPING_MS)
-        except asyncio.CancelledError:
-            raise
-        except Exception as err:
-            log.debug("[%s] typing notice not sent: %s", thread_id, err)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)

@@ -59,8 +59,10 @@ def _one_line(text: str, limit: int) -> str:
 
 
 def _content(text: str, notice: bool, renderer: MarkdownRenderer) -> dict[str, Any]:
-    content = {"msgtype": "m.notice" if notice else "m.text", "body": text,
-               "format": "org.matrix.custom.html", "formatted_body": renderer.html(text)}
+    # "m.mentions": {}: a model writing "@room" or someone's name pings nobody.
+    content: dict[str, Any] = {"msgtype": "m.notice" if notice else "m.text", "body": text,
+                               "format": "org.matrix.custom.html",
+                               "formatted_body": renderer.html(text), "m.mentions": {}}
     if len(json.dumps(content)) > MAX_CONTENT_BYTES:
         del content["format"], content["formatted_body"]
     return content

@@ -29,7 +29,8 @@ LOGIN_HINT = ("run `ganglion login` to log the bot in as a new device (it writes
 
 
 class HomeserverUnavailable(Exception):
-    """The homeserver did not answer (connection refused, time-out, 5xx): try again later."""
+    """The homeserver answered with a 5xx or 429 (or not like a homeserver at all, mid-run):
+    try again later. Connection errors and time-outs arrive as aiohttp's and TimeoutError."""
 
 
 class TimedClient(AsyncClient):  # type: ignore[misc]  # nio is untyped
@@ -38,8 +39,12 @@ class TimedClient(AsyncClient):  # type: ignore[misc]  # nio is untyped
     encryption of a reply took (the end of that share)."""
 
     sync_arrived: float = 0.0
-    encrypt_seconds: float = 0.0
-    """Time spent in Megolm encryption by the last encrypted send (part of the daemon's share)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.encrypt_seconds: dict[str, float] = {}
+        """Per room, the Megolm encryption time of its send in flight (the router sends one
+        reply at a time per room); taken by the sender once the send is done."""
 
     def encrypt(self, room_id: str, message_type: str,
                 content: dict[Any, Any]) -> tuple[str, dict[str, str]]:
@@ -48,7 +53,7 @@ class TimedClient(AsyncClient):  # type: ignore[misc]  # nio is untyped
             result: tuple[str, dict[str, str]] = super().encrypt(room_id, message_type, content)
             return result
         finally:
-            self.encrypt_seconds = time.perf_counter() - started
+            self.encrypt_seconds[room_id] = time.perf_counter() - started
 
     async def create_matrix_response(self, response_class: type, transport_response: Any,
                                      *args: Any, **kwargs: Any) -> Any:

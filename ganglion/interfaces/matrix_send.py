@@ -1,0 +1,185 @@
+"""Replies into Matrix rooms: the router's outbox hands them over, the homeserver must take them.
+
+``send`` returns True only once the homeserver accepted a message, so the outbox keeps
+whatever it could not take and the interface re-sends it, in order, when the sync loop
+recovers. A send refused while syncing still works (a 502 from a proxy, a rate limit) is
+retried by itself after a growing pause; one refused for good (the bot may not post there,
+the room is gone) is logged and dropped, so the replies after it still go out. Each reply's
+transaction id comes from its stored message id, so the homeserver drops a resend of a
+message it already has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from nio import LocalProtocolError, RoomRedactError, RoomSendError
+
+from ganglion.interfaces.matrix_out import TypingNotices, reply_contents
+from ganglion.interfaces.matrix_session import TimedClient, http_status
+from ganglion.messages import Outbound, OutKind, Role, ThreadId
+from ganglion.render import MarkdownRenderer
+from ganglion.router import Router
+
+log = logging.getLogger(__name__)
+
+TYPING_MS = 30_000
+"""How long the homeserver shows a typing notice; TypingNotices renews it before then."""
+RECEIVED_KEPT = 1000
+
+
+class RoomSender:
+    def __init__(self, router: Router, renderer: MarkdownRenderer, show_tool_calls: bool,
+                 spawn: Callable[[Coroutine[Any, Any, Any]], None], tx_prefix: str) -> None:
+        self.router = router
+        self.renderer = renderer
+        self.show_tool_calls = show_tool_calls
+        self.tx_prefix = tx_prefix
+        self._spawn = spawn
+        self.client: TimedClient | None = None
+        """The interface's client while it is connected; None while the homeserver is away."""
+        self.retry_initial = 0.5
+        self.retry_max = 15.0
+        """Seconds before a refused send is tried again (doubling up to this)."""
+        self.typing = TypingNotices(self._set_typing)
+        self._received: dict[int, float] = {}
+        self._retrying: set[ThreadId] = set()
+        self._retry_delay: dict[ThreadId, float] = {}
+
+    def received(self, inbox_id: int, at: float) -> None:
+        """When the event behind inbox row ``inbox_id`` reached the daemon (for the timing)."""
+        self._received[inbox_id] = at
+        while len(self._received) > RECEIVED_KEPT:
+            del self._received[next(iter(self._received))]
+
+    async def send(self, out: Outbound) -> bool:
+        """STATE turns into typing notices; MESSAGE (and TOOL if shown) into room messages."""
+        if out.kind is OutKind.STATE:
+            self.typing.update(out.thread_id, out.text)
+            return True
+        if out.kind is not OutKind.MESSAGE and not (
+            out.kind is OutKind.TOOL and self.show_tool_calls
+        ):
+            return True  # deltas and resets: no streaming edits in Matrix
+        if out.role is Role.USER or not out.text.strip():
+            return True  # the user's own words are already in the room
+        client = self.client
+        if client is None:
+            log.debug("[%s] reply %d waits: not connected", out.thread_id, out.message_id)
+            return False
+        started = time.monotonic()
+        encrypting = 0.0
+        for i, content in enumerate(reply_contents(out, self.renderer)):
+            tx_id = f"{self.tx_prefix}-{out.message_id}" + (f"-{i}" if i else "")
+            sent = await self._send_one(client, out, content, tx_id)
+            if sent is not True:
+                return sent is None  # None: dropped for good, the next replies may go
+            encrypting += client.encrypt_seconds.pop(out.thread_id, 0.0)
+        self._retry_delay.pop(out.thread_id, None)
+        arrived = self._received.pop(out.reply_to, None)
+        if arrived is not None:
+            done = time.monotonic()
+            log.debug("[%s] reply sent %.1f ms after its event arrived (daemon %.1f ms with "
+                      "encryption %.1f ms, homeserver send %.1f ms)", out.thread_id,
+                      (done - arrived) * 1000, (started - arrived + encrypting) * 1000,
+                      encrypting * 1000, (done - started - encrypting) * 1000)
+        return True
+
+    async def _send_one(self, client: TimedClient, out: Outbound, content: dict[str, Any],
+                        tx_id: str) -> bool | None:
+        """True: taken. False: to be tried again. None: refused for good (dropped)."""
+        try:
+            resp = await client.room_send(out.thread_id, "m.room.message", content,
+                                          tx_id=tx_id, ignore_unverified_devices=True)
+        except asyncio.CancelledError:
+            raise
+        except LocalProtocolError as err:  # nio knows no such room: the bot is not in it
+            log.error("[%s] reply %d dropped: %s", out.thread_id, out.message_id, err)
+            self._retry_delay.pop(out.thread_id, None)
+            return None
+        except Exception as err:
+            log.warning("[%s] reply %d not sent (%s: %s); it stays queued", out.thread_id,
+                        out.message_id, type(err).__name__, err)
+            self._retry_later(out.thread_id)
+            return False
+        if isinstance(resp, RoomSendError):
+            status = http_status(resp)
+            if status is not None and 400 <= status < 500 and status not in (401, 429):
+                # The bot may not post here, or the message is too large: trying again
+                # would only hold back the replies after it.
+                log.error("[%s] reply %d refused by the homeserver (%s); dropped",
+                          out.thread_id, out.message_id, resp)
+                self._retry_delay.pop(out.thread_id, None)
+                return None
+            log.warning("[%s] reply %d refused by the homeserver (%s); it stays queued",
+                        out.thread_id, out.message_id, resp)
+            self._retry_later(out.thread_id)
+            return False
+        log.debug("[%s] reply %d sent as %s", out.thread_id, out.message_id, resp.event_id)
+        return True
+
+    async def notice_now(self, room_id: str, text: str) -> None:
+        """A notice sent directly, not through the outbox (which may be what is failing)."""
+        if self.client is None:
+            return
+        content = {"msgtype": "m.notice", "body": text, "m.mentions": {}}
+        try:
+            await self.client.room_send(room_id, "m.room.message", content,
+                                        ignore_unverified_devices=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            log.warning("[%s] could not send a notice: %s", room_id, err)
+
+    async def redact(self, thread_id: ThreadId, event_id: str, reason: str) -> bool:
+        """Remove an event's content from the room (a message holding a secret).
+
+        True once the homeserver accepted; False when it refused (the bot may not redact
+        other people's messages without the power to) or could not be reached.
+        """
+        if self.client is None:
+            return False
+        try:
+            resp = await self.client.room_redact(thread_id, event_id, reason=reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            log.warning("[%s] could not redact %s: %s", thread_id, event_id, err)
+            return False
+        if isinstance(resp, RoomRedactError):
+            log.warning("[%s] the homeserver refused to redact %s: %s", thread_id, event_id,
+                        resp)
+            return False
+        return True
+
+    def _retry_later(self, thread_id: ThreadId) -> None:
+        """Deliver this room again after a growing pause (reset by a success; the end of an
+        outage re-sends everything anyway)."""
+        if thread_id in self._retrying:
+            return
+        delay = self._retry_delay.get(thread_id, self.retry_initial)
+        self._retry_delay[thread_id] = min(delay * 2, self.retry_max)
+        self._retrying.add(thread_id)
+
+        async def retry() -> None:
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                self._retrying.discard(thread_id)
+            await self.router.deliver(thread_id)
+
+        self._spawn(retry())
+
+    async def _set_typing(self, thread_id: ThreadId, on: bool) -> None:
+        if self.client is None:
+            return
+        try:
+            await self.client.room_typing(thread_id, typing_state=on, timeout=TYPING_MS)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            log.debug("[%s] typing notice not sent: %s", thread_id, err)
