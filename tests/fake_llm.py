@@ -37,6 +37,9 @@ class Reply:
     """Sent as a Retry-After header (seconds) with an error status."""
     delay: float = 0.0
     """Seconds before the first byte."""
+    held: asyncio.Event | None = None
+    """Answer only once the test sets this event (after ``delay``): for a fault that must be
+    in place before the answer comes, with no race against the clock."""
     chunk_delay: float = 0.0
     """Seconds between streamed chunks."""
     cut_after_chunks: int | None = None
@@ -207,6 +210,8 @@ class FakeLLM:
     ) -> web.StreamResponse:
         if reply.delay:
             await asyncio.sleep(reply.delay)
+        if reply.held is not None:
+            await reply.held.wait()
         if reply.hang:
             await asyncio.Event().wait()
         if reply.raw_body is not None:

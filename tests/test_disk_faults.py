@@ -178,11 +178,13 @@ async def test_an_answer_the_full_disk_refuses_is_announced_then_sent_once_space
     try:
         await d.wait_ready()
         await chat.connect()
-        fake_llm.script(Reply(text="worth keeping", delay=0.5))
+        thinking = asyncio.Event()
+        fake_llm.script(Reply(text="worth keeping", held=thinking))
         assert (await chat.send("question"))["type"] == "ack"
         async with asyncio.timeout(10):
             await fake_llm.wait_until(lambda: fake_llm.in_flight == 1)
         namespace.fill()  # the disk fills up while the model is thinking
+        thinking.set()  # and only then does it answer
         notice = await chat.reply(10)
         assert notice["role"] == "system", notice
         assert "could not store my answer" in notice["text"]

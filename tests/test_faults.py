@@ -317,11 +317,13 @@ async def test_an_answer_the_disk_refuses_is_announced_then_stored_and_sent_once
 ) -> None:
     app = await app_factory()
     chat = await connect(app)
-    fake_llm.script(Reply(text="worth keeping", delay=0.3))
+    thinking = asyncio.Event()
+    fake_llm.script(Reply(text="worth keeping", held=thinking))
     assert (await chat.send("question"))["type"] == "ack"
     async with asyncio.timeout(5):
         await fake_llm.wait_until(lambda: fake_llm.in_flight == 1)
     await app.db.conn.execute("PRAGMA query_only = ON")  # the disk goes away mid-turn
+    thinking.set()  # and only then does the model answer
     notice = await chat.reply(10)
     assert notice["role"] == "system"
     assert "could not store my answer" in notice["text"]
