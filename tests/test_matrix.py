@@ -26,7 +26,14 @@ from conftest import LLM_KEY, AppFactory, merge
 from daemon import Daemon
 from fake_llm import FakeLLM, Reply
 from hs_proxy import HomeserverProxy, hs_proxy  # noqa: F401  (fixture)
-from nio import AsyncClient, JoinResponse, LoginResponse, RoomKeyRequest
+from nio import (
+    AsyncClient,
+    JoinResponse,
+    LoginResponse,
+    RoomKeyRequest,
+    ToDeviceMessage,
+    ToDeviceResponse,
+)
 from synapse import Human, MatrixUser, Synapse, synapse  # noqa: F401  (fixture)
 
 from ganglion.app import App
@@ -677,6 +684,49 @@ async def test_an_undecryptable_message_is_reported_once(
     assert (await human.next_message(room, bot.user_id, 1)).body == "echo: readable"
     assert len(human.messages_from(room, bot.user_id)) == 2  # told once, not per message
     assert [last_user_text(r) for r in fake_llm.requests] == ["readable"]
+
+
+async def send_room_key_late(human: Human, bot: MatrixUser, room: str, key: str,
+                             session_id: str) -> None:
+    """As a client whose room key reaches a device only after the message: an ``m.room_key``
+    over a fresh Olm session, sent by hand (nio keeps this step internal)."""
+    device = human.client.device_store[bot.user_id][bot.device_id]
+    await human.client.keys_claim({bot.user_id: [bot.device_id]})
+    olm = human.client.olm
+    session = olm.session_store.get(device.curve25519)
+    content = {"algorithm": "m.megolm.v1.aes-sha2", "room_id": room,
+               "session_id": session_id, "session_key": key}
+    encrypted = olm._olm_encrypt(session, device, "m.room_key", content)
+    resp = await human.client.to_device(
+        ToDeviceMessage("m.room.encrypted", bot.user_id, bot.device_id, encrypted))
+    assert isinstance(resp, ToDeviceResponse), resp
+
+
+@pytest.mark.matrix
+async def test_a_message_whose_key_comes_late_is_answered_once_it_does(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    humans: HumanFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="ganglion.interfaces.matrix_keys")
+    app, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path)
+    assert app.matrix is not None
+    app.matrix.keys.grace = 60  # the key comes before the room would be told
+    device = await human.until(lambda: human.client.device_store[bot.user_id].get(bot.device_id))
+    human.client.blacklist_device(device)  # the room key is not sent with the message...
+    human.client.olm.create_outbound_group_session(room)
+    session = human.client.olm.outbound_group_sessions[room]
+    key, session_id = session.session_key, session.id  # (from its first message on)
+    await human.send(room, "read me late")
+    async with asyncio.timeout(20):  # the bot has the event and waits for its key
+        while not app.matrix.keys:  # noqa: ASYNC110  (nothing to wait on but its state)
+            await asyncio.sleep(0.05)
+    assert fake_llm.requests == []
+
+    await send_room_key_late(human, bot, room, key, session_id)  # ...but after it
+    assert (await human.next_message(room, bot.user_id, 0)).body == "echo: read me late"
+    assert any("decrypted after its key arrived" in r.getMessage() for r in caplog.records)
+    assert not app.matrix.keys
+    assert [last_user_text(r) for r in fake_llm.requests] == ["read me late"]
 
 
 @pytest.mark.matrix
