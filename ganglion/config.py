@@ -10,26 +10,32 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
+from ganglion.config_source import expand_tree, loc_text, read_yaml
 from ganglion.errors import ConfigError
 from ganglion.tools.names import TOOL_NAMES
 
 
 class _Section(BaseModel):
-    """Every section refuses unknown keys: a typo must never pass silently."""
+    """Every section refuses unknown keys and wrong types: a typo must never pass silently.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Strict: ``retries: yes`` or ``port: 80.0`` is an error, not 1 or 80 (an int is still a
+    float). A value that is one ``${VAR}`` reference is typed before validation, see
+    ``_typed_env``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class EndpointConfig(_Section):
@@ -75,24 +81,54 @@ def _origin(value: str) -> str:
     return value
 
 
+MIN_EXPOSED_TOKEN = 16
+"""Characters a web token needs when the server is reachable from other machines."""
+
+
+def is_loopback_bind(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class WebConfig(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
-    token: str = ""
+    token: Annotated[str, Field(validate_default=True)] = ""
     """Empty: generate one at first start and keep it in data/web_token."""
     max_message_bytes: Annotated[int, Field(ge=16, le=10_000_000)] = 64_000
     allowed_origins: list[Annotated[str, AfterValidator(_origin)]] = []
     """Extra Origins allowed to open the WebSocket (the page's own origin always is)."""
 
+    @field_validator("token")
+    @classmethod
+    def _token_for_an_exposed_bind(cls, token: str, info: ValidationInfo) -> str:
+        # A generated token is fine on loopback; elsewhere the user must set one knowingly,
+        # and one long enough that guessing it over the network is hopeless.
+        host = info.data.get("host")
+        if not info.data.get("enabled", True) or host is None or is_loopback_bind(host):
+            return token
+        exposed = {"host": repr(host)}
+        if not token:
+            raise PydanticCustomError(
+                "web_token_missing", "web.host is {host}, which is reachable from other "
+                "machines: set web.token (or GANGLION_WEB_TOKEN) before binding beyond "
+                "127.0.0.1", exposed)
+        if len(token) < MIN_EXPOSED_TOKEN:
+            raise PydanticCustomError(
+                "web_token_short", "too short for web.host {host}, which is reachable from "
+                "other machines: use at least {n} random characters, e.g. the output of "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`",
+                {**exposed, "n": MIN_EXPOSED_TOKEN})
+        return token
+
     @property
     def is_loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
+        return is_loopback_bind(self.host)
 
 
 _MATRIX_USER = re.compile(r"^@[^:\s]+:\S+$")
@@ -321,16 +357,6 @@ class Config(_Section):
     limits: LimitsConfig = LimitsConfig()
     tools: ToolsConfig = ToolsConfig()
 
-    @model_validator(mode="after")
-    def _web_bind_needs_token(self) -> Config:
-        # A generated token is fine on loopback; elsewhere the user must set one knowingly.
-        if self.web.enabled and not self.web.is_loopback and not self.web.token:
-            raise ValueError(
-                f"web.host is {self.web.host!r}, which is reachable from other machines: "
-                "set web.token (or GANGLION_WEB_TOKEN) before binding beyond 127.0.0.1"
-            )
-        return self
-
 
 @dataclass(frozen=True)
 class LoadedConfig:
@@ -353,51 +379,13 @@ class LoadedConfig:
         return self.path(self.config.paths.log_dir)
 
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def expand_env(value: str, env: dict[str, str], where: str) -> str:
-    """Expand ``${VAR}`` and ``${VAR:-default}``; an unset ``${VAR}`` with no default fails."""
-
-    def repl(m: re.Match[str]) -> str:
-        name, default = m.group(1), m.group(2)
-        if name in env and (env[name] != "" or default is None):
-            return env[name]
-        if default is not None:
-            return default
-        raise ConfigError(f"config error: {where}: environment variable {name} is not set")
-
-    return _VAR.sub(repl, value)
-
-
-def _expand_tree(node: Any, env: dict[str, str], where: str) -> Any:
-    if isinstance(node, dict):
-        out: dict[Any, Any] = {}
-        for key, val in node.items():
-            if not isinstance(key, str):
-                raise ConfigError(f"config error: {where or '<top>'}: key {key!r} is not a string")
-            out[key] = _expand_tree(val, env, f"{where}.{key}" if where else key)
-        return out
-    if isinstance(node, list):
-        return [_expand_tree(v, env, f"{where}[{i}]") for i, v in enumerate(node)]
-    if isinstance(node, str):
-        return expand_env(node, env, where)
-    return node
-
-
-def _key_name(part: str | int) -> str:
-    """A key as written, or quoted when blank or odd (a stray space, a control character)."""
-    text = str(part)
-    return text if re.fullmatch(r"[\w-]+", text) else repr(text)
-
-
 def _format_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         # A bad mapping key (tools.policy.<name>) is reported at the key itself.
         is_key = e["loc"][-1:] == ("[key]",)
         loc = e["loc"][:-1] if is_key else e["loc"]
-        path = ".".join(_key_name(p) for p in loc) or "<top>"
+        path = loc_text(loc)
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see config.yaml.example)"
@@ -417,7 +405,7 @@ def parse_config(raw: Any, env: dict[str, str] | None = None) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError("config error: <top>: the file must be a mapping of sections")
     try:
-        expanded = _expand_tree(raw, dict(os.environ) if env is None else env, "")
+        expanded = expand_tree(raw, dict(os.environ) if env is None else env, (), Config)
         return Config.model_validate(expanded)
     except ValidationError as err:
         raise ConfigError(_format_error(err)) from None
@@ -449,16 +437,7 @@ def load_config(cli_path: str | None = None, env: dict[str, str] | None = None) 
     except UnicodeDecodeError as err:
         raise ConfigError(f"config error: {path} is not UTF-8 text (byte {err.start}); "
                           "save it as UTF-8") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config error: {path} is not valid YAML: {err}") from None
-    except ValueError as err:  # a scalar YAML resolves but cannot build, e.g. 2024-13-45
-        raise ConfigError(f"config error: {path} is not valid YAML: {err}; quote the value "
-                          "to keep it as text") from None
-    except RecursionError:
-        raise ConfigError(f"config error: {path} is not valid YAML: nested too deeply") from None
-    config = parse_config(raw, env)
+    config = parse_config(read_yaml(text, path), env)
     return LoadedConfig(config, path.resolve(), path.resolve().parent)
 
 

@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import AppFactory
+from pydantic import BaseModel
 
-from ganglion.config import ConfigError, find_config_path, load_config, parse_config
+from ganglion.config import Config, ConfigError, find_config_path, load_config, parse_config
 from ganglion.tools.names import TOOL_NAMES
 
 
@@ -58,7 +60,25 @@ def test_env_expansion_with_and_without_default() -> None:
          "llm.endpoints.0.max_concurrency"),
         ({"llm": {"context_tokens": "lots"}}, "llm.context_tokens"),
         ({"llm": {"model": "${NOPE}"}}, "llm.model: environment variable NOPE is not set"),
-        ({"web": {"host": "0.0.0.0"}}, "set web.token"),
+        ({"web": {"host": "0.0.0.0"}}, "web.token: web.host is '0.0.0.0', which is reachable "
+         "from other machines: set web.token"),
+        ({"web": {"host": "0.0.0.0", "token": "ab"}}, "web.token: too short for web.host"),
+        ({"web": {"host": "192.168.1.2", "token": "x" * 15}}, "at least 16 random characters"),
+        # Typos in a reference: left as they were, they would pass as literal values.
+        ({"web": {"token": "${GANGLION_WEB_TOKEN-}"}}, "web.token: not a valid environment "
+         "reference; write ${VAR} or ${VAR:-default}"),
+        ({"llm": {"model": "${MODEL:llama3}"}}, "llm.model: not a valid environment reference"),
+        ({"llm": {"endpoints": [{"name": "a", "base_url": "http://h/v1", "api_key": "${ KEY}"}]}},
+         "llm.endpoints.0.api_key: not a valid environment reference"),
+        ({"paths": {"data_dir": "/srv/${HOME/data"}}, "paths.data_dir: not a valid"),
+        # Wrong types are errors, not coerced (YAML's yes/no are booleans).
+        ({"llm": {"retries": True}}, "llm.retries: Input should be a valid integer (got True)"),
+        ({"web": {"enabled": 1}}, "web.enabled: Input should be a valid boolean (got 1)"),
+        ({"web": {"port": 80.0}}, "web.port: Input should be a valid integer (got 80.0)"),
+        ({"web": {"port": "8080"}}, "web.port: Input should be a valid integer (got '8080')"),
+        ({"llm": {"model": 3}}, "llm.model: Input should be a valid string (got 3)"),
+        ({"llm": {"temperature": False}}, "llm.temperature"),
+        ({"web": {"port": "${PORT}"}}, "web.port"),  # set below to a float: not a port
         ({"paths": ["data"]}, "paths"),
         ({"tools": {"policy": {"wirte_file": "off"}}},
          "tools.policy.wirte_file: no such tool; the tools are"),
@@ -72,13 +92,91 @@ def test_env_expansion_with_and_without_default() -> None:
 )
 def test_bad_config_names_the_key(raw: object, named: str) -> None:
     with pytest.raises(ConfigError) as err:
-        parse_config(raw, env={})
+        parse_config(raw, env={"PORT": "80.5"})
     assert named in str(err.value)
 
 
-def test_non_loopback_bind_is_allowed_with_a_token() -> None:
-    cfg = parse_config({"web": {"host": "0.0.0.0", "token": "a-long-token"}}, env={})
+def test_non_loopback_bind_is_allowed_with_a_long_enough_token() -> None:
+    cfg = parse_config({"web": {"host": "0.0.0.0", "token": "x" * 16}}, env={})
     assert not cfg.web.is_loopback
+    # On loopback any token will do, and none at all is generated.
+    assert parse_config({"web": {"token": "ab"}}, env={}).web.token == "ab"
+    assert parse_config({"web": {"host": "0.0.0.0", "enabled": False}}, env={}).web.token == ""
+
+
+def test_a_whole_reference_takes_the_type_of_its_key() -> None:
+    """``port: ${PORT:-8080}`` is a number and ``enabled: ${X:-true}`` a bool, while a string
+    key keeps the text as it is, even when it looks like a number or is empty."""
+    raw = {
+        "llm": {"endpoints": [{"name": "a", "base_url": "http://h/v1", "api_key": "${KEY}",
+                               "timeout_seconds": "${TIMEOUT:-30}"}],
+                "compaction_model": "${COMPACT:-}", "temperature": "${TEMP:-0.5}",
+                "retries": "${RETRIES:-2}"},
+        "web": {"port": "${PORT:-8080}", "enabled": "${WEB:-true}", "token": "${TOKEN:-}"},
+        "heartbeat": {"daily_token_budget": "${BUDGET:-null}"},
+        "tools": {"policy": {"shell": "${SHELL_MODE:-off}"}, "shell_env": ["${VAR_NAME}"]},
+        "paths": {"data_dir": "${DATA:-~/ganglion}/data"},
+    }
+    cfg = parse_config(raw, env={"KEY": "12345", "WEB": "false", "VAR_NAME": "LANG"})
+    assert cfg.web.port == 8080 and cfg.web.enabled is False and cfg.web.token == ""
+    assert cfg.llm.endpoints[0].api_key == "12345"  # digits, but an api_key is text
+    assert cfg.llm.endpoints[0].timeout_seconds == 30.0
+    assert cfg.llm.compaction_model is None and cfg.llm.temperature == 0.5
+    assert cfg.llm.retries == 2 and cfg.heartbeat.daily_token_budget is None
+    assert cfg.tools.policy == {"shell": "off"} and cfg.tools.shell_env == ["LANG"]
+    assert cfg.paths.data_dir == "~/ganglion/data"
+    # A variable's value is never taken for a reference itself.
+    cfg = parse_config({"llm": {"model": "${M}"}}, env={"M": "odd${name"})
+    assert cfg.llm.model == "odd${name"
+    with pytest.raises(ConfigError, match=r"web\.enabled: Input should be a valid boolean"):
+        parse_config(raw, env={"KEY": "k", "WEB": "maybe", "VAR_NAME": "LANG"})
+
+
+def test_yaml_types_are_checked_strictly(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("llm:\n  retries: yes\n")
+    with pytest.raises(ConfigError, match=r"llm\.retries: Input should be a valid integer"):
+        load_config(str(cfg), env={})
+    # An int is a fine float, and paths are text resolved later.
+    cfg.write_text("llm:\n  backoff_seconds: 1\npaths:\n  data_dir: ~/g\n")
+    loaded = load_config(str(cfg), env={})
+    assert loaded.config.llm.backoff_seconds == 1.0
+    assert loaded.data_dir == Path("~/g").expanduser()
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("web:\n  port: 9001\nllm:\n  model: a\nweb:\n  port: 9002\n",
+         "line 5: web is given twice (first on line 1)"),
+        ("llm:\n  model: a\n  retries: 1\n  model: b\n",
+         "line 4: llm.model is given twice (first on line 2)"),
+        ("llm:\n  endpoints:\n    - name: a\n      base_url: http://a/v1\n"
+         "      base_url: http://b/v1\n", "line 5: llm.endpoints.0.base_url is given twice"),
+        ("web: {port: 1, 'port': 2}\n", "line 1: web.port is given twice"),
+    ],
+)
+def test_a_key_given_twice_is_an_error_naming_it_and_its_line(
+    tmp_path: Path, text: str, named: str
+) -> None:
+    cfg = tmp_path / "twice.yaml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(str(cfg), env={})
+    assert str(err.value) == f"config error: {cfg}: {named}" + str(err.value).split(named)[1]
+    assert "keep one" in str(err.value)
+    result = run_cli("--config", str(cfg), "check-config", cwd=tmp_path)
+    assert result.returncode == 2 and named in result.stderr, result.stderr
+
+
+def test_yaml_merge_keys_may_still_be_overridden(tmp_path: Path) -> None:
+    cfg = tmp_path / "merge.yaml"
+    cfg.write_text("llm:\n  endpoints:\n"
+                   "    - &a {name: a, base_url: 'http://a/v1', max_concurrency: 2}\n"
+                   "    - <<: *a\n      name: b\n")
+    loaded = load_config(str(cfg), env={})
+    assert [(e.name, e.max_concurrency) for e in loaded.config.llm.endpoints] == [
+        ("a", 2), ("b", 2)]
 
 
 def test_config_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -146,8 +244,29 @@ def test_cli_exits_2_on_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
     cfg.write_text("web: [port: 1\n")
     result = run_cli("--config", str(cfg), "check-config", cwd=tmp_path)
     assert result.returncode == 2 and "not valid YAML" in result.stderr
+    assert f"config error: {cfg}: line 2, column 1: not valid YAML" in result.stderr
     result = run_cli("--config", str(tmp_path / "missing.yaml"), "check-config", cwd=tmp_path)
     assert result.returncode == 2 and "cannot read" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "broken",
+    ['      api_key: "sk-secret-1234567\n',  # an unclosed quote
+     "      api_key: sk-secret-1234567: [\n",  # a mapping where none may start
+     "      api_key: sk-secret-1234567\n     bad: indent\n"],
+)
+def test_a_yaml_error_names_the_line_and_never_quotes_the_file(
+    tmp_path: Path, broken: str
+) -> None:
+    """PyYAML's message shows the offending line, which may be the api_key's."""
+    cfg = tmp_path / "broken.yaml"
+    cfg.write_text("llm:\n  endpoints:\n    - name: a\n      base_url: http://h/v1\n" + broken
+                   + "web:\n  port: 1\n")
+    result = run_cli("--config", str(cfg), "check-config", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "sk-secret" not in result.stderr and "api_key" not in result.stderr, result.stderr
+    assert f"config error: {cfg}: line " in result.stderr and ", column " in result.stderr
+    assert "not valid YAML" in result.stderr and "<unicode string>" not in result.stderr
 
 
 def test_check_config_prints_effective_config_with_secrets_masked(tmp_path: Path) -> None:
@@ -166,25 +285,40 @@ def test_check_config_prints_effective_config_with_secrets_masked(tmp_path: Path
     assert "context_tokens: 32768" in result.stdout  # defaults are shown too
 
 
+def model_paths(model: type[BaseModel], prefix: str = "") -> set[str]:
+    """Every key of the model by its full path; the items of a list of sections as ``[]``."""
+    out = set()
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        out.add(path)
+        annotation = field.annotation
+        item = getattr(annotation, "__args__", (None,))[0]
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            out |= model_paths(annotation, f"{path}.")
+        elif isinstance(item, type) and issubclass(item, BaseModel):
+            out |= model_paths(item, f"{path}[].")
+    return out
+
+
+def document_paths(node: object, prefix: str = "") -> set[str]:
+    out = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            out |= {f"{prefix}{key}"} | document_paths(value, f"{prefix}{key}.")
+    elif isinstance(node, list):
+        for item in node:
+            out |= document_paths(item, f"{prefix.removesuffix('.')}[].")
+    return out
+
+
 def test_example_config_is_valid_and_documents_every_key() -> None:
     example = Path(__file__).parent.parent / "config.yaml.example"
-    loaded = load_config(str(example), env={"GANGLION_MATRIX_TOKEN": "x"})
-    text = example.read_text()
-    dumped = loaded.config.model_dump()
-
-    def keys(node: object, prefix: str = "") -> list[str]:
-        if isinstance(node, dict):
-            out = []
-            for k, v in node.items():
-                out.append(k)
-                out += keys(v, f"{prefix}{k}.")
-            return out
-        if isinstance(node, list) and node and isinstance(node[0], dict):
-            return keys(node[0], prefix)
-        return []
-
-    missing = sorted({k for k in keys(dumped) if f"{k}:" not in text})
-    assert not missing, f"config.yaml.example does not mention: {missing}"
+    load_config(str(example), env={})  # valid as it is
+    written = document_paths(yaml.safe_load(example.read_text()))
+    expected = model_paths(Config)
+    assert "llm.endpoints[].api_key" in expected and "web.token" in expected
+    missing = sorted(expected - written)
+    assert not missing, f"config.yaml.example does not show these keys at their place: {missing}"
 
 
 def test_shipped_base_prompt_matches_the_packaged_default() -> None:
