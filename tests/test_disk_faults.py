@@ -11,10 +11,15 @@ in CI (CI=true) they must run.
 Why no read-only remount under a running daemon: Linux refuses ``mount -o remount,ro`` with
 EBUSY while any file on the filesystem is open for writing, and SQLite holds its database,
 WAL and shared-memory files open for writing as long as the daemon runs (asserted below, so
-this note is checked). A filesystem the kernel itself forces read-only after an I/O error
-(ext4 ``errors=remount-ro``) stays read-only until it is checked, so nothing could recover by
-itself there. The read-only error mid-run (SQLITE_READONLY) is simulated with ``PRAGMA
-query_only`` in tests/test_faults.py; here a read-only data folder is met at start.
+this note is checked). A read-only bind mount (``mount -o remount,bind,ro``) is refused the
+same way while files are open for writing through it; one laid over the folder after the
+daemon opened its files is allowed, and refuses every file opened from then on (EROFS: the
+memory files' atomic writes, the reminders mirror), but SQLite's descriptors, opened before,
+go on writing through the mount below. That partial fault is tested here for real. A
+filesystem the kernel itself forces read-only after an I/O error (ext4
+``errors=remount-ro``) stays read-only until it is checked, so nothing could recover by
+itself there. So the database refusing writes mid-run (SQLITE_READONLY) is simulated with
+``PRAGMA query_only`` in tests/test_faults.py; here a read-only data folder is met at start.
 """
 
 from __future__ import annotations
@@ -233,4 +238,44 @@ async def test_a_read_only_data_folder_at_start_is_refused_clearly_then_starts_o
         assert (await chat.ask("again", timeout=10))["text"] == "echo: again"
         await chat.close()
     finally:
+        d.kill()
+
+
+async def test_a_read_only_bind_mount_mid_run_fails_a_memory_write_clearly_then_it_works(
+    namespace: Namespace, fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    d = Daemon(tmp_path, config(fake_llm), prefix=namespace.prefix(tmp_path))
+    d.start()
+    chat = ChatClient(d.url, WEB_TOKEN)
+    data = str(namespace.data)
+
+    async def remember(fact: str) -> str:
+        fake_llm.script(
+            Reply(tool_calls=[("memory_append", {"file": "MEMORIES.txt", "text": fact})]),
+            Reply(text=f"about {fact}"))
+        assert (await chat.ask(f"remember {fact}", timeout=10))["text"] == f"about {fact}"
+        results = [m["content"] for m in fake_llm.requests[-1]["messages"]
+                   if m["role"] == "tool"]
+        return str(results[-1])
+
+    try:
+        await d.wait_ready()
+        await chat.connect()
+        assert (await chat.ask("before", timeout=10))["text"] == "echo: before"
+        # Read-only from now on for whatever is opened anew (see the module docstring).
+        namespace.run("mount", "--bind", data, data)
+        namespace.run("mount", "-o", "remount,bind,ro", data)
+        refused = await remember("tea")
+        assert refused.startswith("error: memory_append failed"), refused
+        assert "Read-only file system" in refused
+        await still_serving(d)
+
+        namespace.run("umount", data)  # the fault clears
+        assert "Appended to MEMORIES.txt" in await remember("coffee")
+        assert namespace.run("cat", f"{data}/MEMORIES.txt").stdout == "coffee\n"
+        leftovers = namespace.run("ls", "-A", data).stdout.split()
+        assert not [n for n in leftovers if n.endswith(".tmp")], leftovers
+        assert d.proc is not None and d.proc.poll() is None
+    finally:
+        await chat.close()
         d.kill()
