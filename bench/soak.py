@@ -9,7 +9,10 @@ Checks, and exits 1 printing FAIL when one does not hold:
   connected after 1,000 turns and at the end. The model client's keep-alive connections
   (to the fake LLM's port) open and close by themselves, so they are counted apart: every
   other descriptor must not grow at all, and those stay within the endpoint's cap;
-- every message answered: each reply checked, and no inbox row left undone.
+- every message answered: each reply checked, and no inbox row left undone;
+- history queries stay fast as threads grow: the median turn in a thread holding 10,000
+  messages whose context is not cached at most 3 times that in a thread holding one;
+- a clean stop: exit status 0 at the final SIGTERM.
 
 It also reports turn latency in threads holding 1, 1,000 and 10,000 stored messages
 (pre-filled into the stopped daemon's database, compacted as a long conversation would be:
@@ -54,6 +57,9 @@ FIRST_MARK = 1_000
 RSS_GROWTH_MAX_MIB = 20.0
 SETTLE_SECONDS = 2.0
 MODEL_CONCURRENCY = 64
+LATENCY_GROWTH_MAX = 3.0
+"""Uncached median turn at 10,000 stored messages over that at 1: above it, the history
+query grows with the thread (a full scan, a lost index)."""
 
 
 def prefill(db: Path) -> dict[int, list[str]]:
@@ -183,6 +189,20 @@ def verdict(r: dict[str, Any]) -> list[str]:
     if r["unanswered"] or r["inbox_not_done"]:
         failed.append(f"{r['unanswered']} of {r['turns_asked']} turns unanswered or wrong, "
                       f"{r['inbox_not_done']} inbox rows not done; first: {r['wrong'][:3]}")
+    growth_x = r["uncached_growth_x"]
+    if growth_x > LATENCY_GROWTH_MAX:
+        small, big = HISTORY_SIZES[0], HISTORY_SIZES[-1]
+        failed.append(
+            f"an uncached turn in a thread of {big:,} messages took {growth_x:.1f} times as "
+            f"long as in a thread of {small} (median "
+            f"{r['uncached_latency'][big]['turn']['median_ms']} ms against "
+            f"{r['uncached_latency'][small]['turn']['median_ms']} ms; limit "
+            f"{LATENCY_GROWTH_MAX:g} times): history queries slow down as threads grow")
+    if r["exit_code"] is None:
+        failed.append("the daemon did not exit within 10 s of the final SIGTERM")
+    elif r["exit_code"] != 0:
+        failed.append(f"the daemon exited with status {r['exit_code']} at the final SIGTERM "
+                      "(0 expected)")
     return failed
 
 
@@ -238,8 +258,15 @@ async def run(args: argparse.Namespace, llm_port: int, work: Path) -> dict[str, 
         await d.wait_ready()
         r["uncached_latency"] = await uncached_latency(
             d.url, {n: tids[1:] + tids[:1] for n, tids in long_threads.items()})
+        uncached = r["uncached_latency"]
+        r["uncached_growth_x"] = round(
+            uncached[HISTORY_SIZES[-1]]["turn"]["median_ms"]
+            / max(uncached[HISTORY_SIZES[0]]["turn"]["median_ms"], 0.1), 2)
         d.signal(signal.SIGTERM)
-        r["exit_code"] = await d.wait_exit(10)
+        try:
+            r["exit_code"] = await d.wait_exit(10)
+        except TimeoutError:
+            r["exit_code"] = None  # killed below; the verdict says so
         with sqlite3.connect(work / "data" / "conversation.db") as conn:
             r["messages_stored"] = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
             r["inbox_not_done"] = conn.execute(
