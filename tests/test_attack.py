@@ -35,7 +35,8 @@ from wsclient import ChatClient
 
 from ganglion.app import App
 from ganglion.config import MatrixConfig
-from ganglion.interfaces.web import SECURITY_HEADERS, WebInterface, _Throttle
+from ganglion.interfaces.web import WebInterface
+from ganglion.interfaces.web_guard import SECURITY_HEADERS, Throttle
 from ganglion.logs import SecretMask, setup_logging
 from ganglion.messages import ThreadId
 from ganglion.render import MarkdownRenderer
@@ -72,7 +73,7 @@ async def test_guessing_is_slowed_down_in_parallel_too_and_the_right_token_still
     caplog.set_level(logging.DEBUG)
     app = await app_factory()
     web = web_of(app)
-    web._throttle = _Throttle(free=3, cap=0.4)  # the product's curve, capped to keep this quick
+    web._throttle = Throttle(free=3, cap=0.4)  # the product's curve, capped to keep this quick
     url = web.url
 
     async def attempt(session: aiohttp.ClientSession, hello: Any) -> tuple[float, dict[str, Any]]:

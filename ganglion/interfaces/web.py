@@ -1,10 +1,8 @@
 """The web interface: browser tabs over one WebSocket each, to Inbound on the bus and Outbound back.
 
 Security at this edge: the token travels only in the first WebSocket frame (never in a URL
-the server sees), the ``Origin`` of a WebSocket must be the page's own (cross-site WebSocket
-hijacking), a loopback-bound server answers only loopback ``Host`` names (DNS rebinding),
-repeated wrong tokens from one address are slowed down, and every response carries a strict
-Content-Security-Policy (no inline script, nothing from elsewhere).
+the server sees); the Host and Origin checks, the response headers and the throttle on
+wrong tokens are in ``web_guard.py``.
 """
 
 from __future__ import annotations
@@ -12,13 +10,11 @@ from __future__ import annotations
 import asyncio
 import hmac
 import html
-import ipaddress
 import json
 import logging
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +23,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from ganglion.bus import Bus
 from ganglion.config import WebConfig
 from ganglion.errors import StartupError
+from ganglion.interfaces.web_guard import Guard, Throttle, add_security_headers
 from ganglion.messages import (
     Inbound,
     Outbound,
@@ -50,61 +47,12 @@ STATIC_FILES = {
     "app.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
 }
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-        "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
 HELLO_TIMEOUT = 10.0
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_BAD_THREAD = 4400
 CLIENT_ID_RE = re.compile(r"^[\x21-\x7e]{1,64}$")
 SEND_TIMEOUT = 5.0
 """A tab that cannot take a frame for this long is treated as gone (it resyncs on reconnect)."""
-
-
-class _Throttle:
-    """Slows down token guessing: after ``free`` failures from one address, each attempt from
-    it waits ``min(2**(n - free), cap)`` seconds, one attempt at a time. A success resets it."""
-
-    def __init__(self, free: int = 3, cap: float = 10.0, max_addresses: int = 10_000) -> None:
-        self.free = free
-        self.cap = cap
-        self.max_addresses = max_addresses
-        self._failures: dict[str, int] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    def delay(self, addr: str) -> float:
-        n = self._failures.get(addr, 0)
-        return 0.0 if n < self.free else float(min(2 ** (n - self.free), self.cap))
-
-    @asynccontextmanager
-    async def attempt(self, addr: str) -> AsyncIterator[None]:
-        if self.delay(addr) == 0:
-            yield
-            return
-        # One attempt at a time per address, or parallel sockets would defeat the delay.
-        async with self._locks.setdefault(addr, asyncio.Lock()):
-            await asyncio.sleep(self.delay(addr))
-            yield
-
-    def failed(self, addr: str) -> int:
-        n = self._failures.pop(addr, 0) + 1
-        self._failures[addr] = n  # re-inserted: the dict stays in least-recent order
-        while len(self._failures) > self.max_addresses:
-            oldest = next(iter(self._failures))
-            del self._failures[oldest]
-            self._locks.pop(oldest, None)
-        return n
-
-    def succeeded(self, addr: str) -> None:
-        self._failures.pop(addr, None)
-        lock = self._locks.get(addr)
-        if lock is not None and not lock.locked():
-            del self._locks[addr]
 
 
 class _Tab:
@@ -127,22 +75,6 @@ class _Tab:
         except (ConnectionError, RuntimeError, TimeoutError):
             return False
         return True
-
-
-def _is_loopback_host(host_header: str) -> bool:
-    """True for ``localhost``, ``*.localhost`` and loopback addresses, with or without a port."""
-    host = host_header.strip().lower()
-    if host.startswith("["):
-        name = host[1 : host.find("]")] if "]" in host else host[1:]
-    else:
-        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    name = name.rstrip(".")
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def _short(value: object) -> str:
@@ -174,8 +106,8 @@ class WebInterface:
         self._history = history
         self._inbox = inbox
         self._renderer = renderer
-        self._allowed_origins = {o.rstrip("/").lower() for o in config.allowed_origins}
-        self._throttle = _Throttle()
+        self._guard = Guard(config)
+        self._throttle = Throttle()
         self._tabs: dict[ThreadId, set[_Tab]] = {}
         self._sockets: set[web.WebSocketResponse] = set()
         self._streaming: dict[ThreadId, list[str]] = {}
@@ -192,9 +124,9 @@ class WebInterface:
 
     async def start(self) -> None:
         self._static = {name: (STATIC_DIR / name).read_bytes() for name in STATIC_FILES}
-        app = web.Application(middlewares=[_host_guard])
+        app = web.Application(middlewares=[self._guard.middleware()])
         app[WEB_KEY] = self
-        app.on_response_prepare.append(_add_security_headers)
+        app.on_response_prepare.append(add_security_headers)
         app.router.add_get("/", _index)
         app.router.add_get("/static/{file}", _static_file)
         app.router.add_get("/healthz", _healthz)
@@ -282,30 +214,10 @@ class WebInterface:
             headers={"Content-Type": STATIC_FILES[name], "Cache-Control": "no-cache"},
         )
 
-    def host_refused(self, request: web.Request) -> str | None:
-        """Why a request must be refused for its Host (DNS rebinding), or None."""
-        host = request.headers.get("Host")
-        if self.config.is_loopback and host is not None and not _is_loopback_host(host):
-            return "this server only answers to a loopback Host (127.0.0.1 or localhost)"
-        return None
-
-    def origin_refused(self, request: web.Request) -> str | None:
-        """Why a WebSocket upgrade must be refused for its Origin, or None."""
-        origin = request.headers.get("Origin")
-        if origin is None:
-            return None  # not a browser; the token is still required
-        origin = origin.rstrip("/").lower()
-        host = request.headers.get("Host")
-        if host is not None and origin == f"{request.scheme}://{host}".lower():
-            return None
-        if origin in self._allowed_origins:
-            return None
-        return "cross-origin WebSocket refused (add the origin to web.allowed_origins)"
-
     # -- WebSocket -------------------------------------------------------------------------
 
     async def serve_socket(self, request: web.Request) -> web.WebSocketResponse:
-        reason = self.origin_refused(request)
+        reason = self._guard.origin_refused(request)
         if reason is not None:
             log.warning("web: refused a WebSocket from %s: %s", request.remote, reason)
             raise web.HTTPForbidden(text=reason)
@@ -389,8 +301,12 @@ class WebInterface:
         tid = tab.thread_id
         async with tab.lock:
             self._tabs.setdefault(tid, set()).add(tab)
-            # Taken with the registration, before any await: later deltas follow as frames.
+            # Taken with the registration, before any await: a delta published from here on
+            # is appended to the live list and also written to this tab, queued on its lock
+            # behind ``ready``; joined later, the list would hold it too and the tab would
+            # show it twice.
             streaming = self._streaming.get(tid)
+            partial = "".join(streaming) if streaming is not None else None
             state = self._state.get(tid) or ("thinking" if self._bus.queued(tid) else "idle")
             rows = await self._history.transcript(tid)
             transcript = []
@@ -414,7 +330,7 @@ class WebInterface:
                 "thread_id": tid,
                 "transcript": transcript,
                 "pending": pending,
-                "streaming": "".join(streaming) if streaming is not None else None,
+                "streaming": partial,
                 "state": state,
                 "max_message_bytes": self.config.max_message_bytes,
             })
@@ -500,23 +416,6 @@ class WebInterface:
 
 
 WEB_KEY = web.AppKey("ganglion_web", WebInterface)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def _host_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    reason = request.app[WEB_KEY].host_refused(request)
-    if reason is not None:
-        log.warning("web: refused %s %s for Host %r", request.method, request.path,
-                    request.headers.get("Host"))
-        raise web.HTTPForbidden(text=reason)
-    return await handler(request)
-
-
-async def _add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
 
 
 async def _index(request: web.Request) -> web.Response:
