@@ -8,6 +8,7 @@ Reviews run every 1.2 s here (heartbeat.review_interval_minutes: 0.02).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -20,8 +21,9 @@ from fake_llm import FakeLLM, Reply
 from wsclient import ChatClient
 
 from ganglion.app import App
-from ganglion.messages import ThreadId
-from ganglion.storage.reminders import NewReminder
+from ganglion.messages import Inbound, Source, ThreadId
+from ganglion.storage.history import NewMessage
+from ganglion.storage.reminders import HeartbeatLedger, NewReminder
 
 FAST: dict[str, Any] = {"heartbeat": {"review_interval_minutes": 0.02, "context_messages": 4},
                         "scheduler": {"timezone": "Asia/Kathmandu"}}
@@ -183,7 +185,12 @@ async def test_reviews_stop_at_the_daily_budget_and_say_so_once(
     assert await events_for(chat, 3.0) == []  # three more rounds: no review, no second notice
     assert len(reviews(fake_llm)) == spent
     assert len([r for r in caplog.records if "paused until tomorrow" in r.getMessage()]) == 1
-    assert any("budget is used up" in r.getMessage() for r in caplog.records)
+    # Said once: the one warning; the review that reached it says so in its own info line.
+    warned = [r.getMessage() for r in caplog.records
+              if r.levelno >= logging.WARNING and "budget" in r.getMessage()]
+    assert len(warned) == 1 and "paused until tomorrow" in warned[0], warned
+    assert len([r for r in caplog.records
+                if "this review reached the daily budget" in r.getMessage()]) == 1
     assert any("heartbeat review: 610 tokens, silent" in r.getMessage() for r in caplog.records)
     await chat.close()
 
@@ -362,4 +369,71 @@ async def test_a_reminder_due_soon_is_reason_enough_for_a_round(
     assert len(reviews(fake_llm)) == 2 and len(fake_llm.requests) == calls + 2
     for body in reviews(fake_llm):
         assert "#1" in last_user(body) and "Call mum" in last_user(body)
+    await chat.close()
+
+
+async def test_two_reviews_ending_together_log_the_budget_reached_once(
+    app_factory: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each review's "before" comes from its own write, not from a read taken beside the
+    other review's write."""
+    caplog.set_level(logging.INFO, logger="ganglion")
+    app = await app_factory({**ROUND, "heartbeat": {**ROUND["heartbeat"],
+                                                    "daily_token_budget": 500}})
+    answer = [NewMessage("assistant", "HEARTBEAT_OK")]
+    ends = [app.reviews.finished(Inbound(ThreadId(f"web_{c * 32}"), "review",
+                                         sender="heartbeat", source=Source.HEARTBEAT,
+                                         client_id=f"heartbeat:{c}"), answer, 610)
+            for c in "ab"]
+    await asyncio.gather(*ends)
+    assert await app.heartbeat_ledger.spent(app.reviews.day()) == (1220, 2)
+    reached = [r.getMessage() for r in caplog.records
+               if "reached the daily budget" in r.getMessage()]
+    assert len(reached) == 1, reached
+
+
+class MeetingLedger(HeartbeatLedger):
+    """Holds the first check for a pending review of ``thread`` until a second check of it
+    comes (or 1 s passes): the moment a round and /heartbeat would both find none queued."""
+
+    def __init__(self, ledger: HeartbeatLedger, thread: str) -> None:
+        super().__init__(ledger.db)
+        self.thread = thread
+        self.checks = 0
+        self.second = asyncio.Event()
+
+    async def review_pending(self, thread_id: ThreadId) -> bool:
+        pending = await super().review_pending(thread_id)
+        if thread_id != self.thread:
+            return pending
+        self.checks += 1
+        if self.checks == 1:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self.second.wait()
+        else:
+            self.second.set()
+            await asyncio.sleep(0.01)  # queued a few ms apart: not deduplicated by client id
+        return pending
+
+
+async def test_heartbeat_command_during_a_round_queues_one_review_of_the_thread(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory(ROUND)
+    fake_llm.script(*[answering()] * 20)
+    chat = await connect(app)
+    await ask(chat, "hi")
+    (app.data_dir / "HEARTBEATS.txt").write_text(GOAL)
+    app.heartbeat.ledger = MeetingLedger(app.heartbeat_ledger, chat.thread_id)
+    command = Inbound(ThreadId(chat.thread_id), "/heartbeat", sender="web",
+                      source=Source.WEB, client_id="cmd1")
+    _, said = await asyncio.gather(app.heartbeat.tick(),
+                                   app.heartbeat.cmd_heartbeat(command, ""))
+    assert said == "A review of this conversation is already queued."
+    await app.bus.wait_idle()
+    rows = await app.db.fetchall("SELECT client_id FROM inbox WHERE source = 'heartbeat'"
+                                 " AND thread_id = ?", (chat.thread_id,))
+    assert len(rows) == 1, [r["client_id"] for r in rows]
+    assert len(reviews(fake_llm, "thread")) == 1
     await chat.close()

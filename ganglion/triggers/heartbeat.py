@@ -6,8 +6,9 @@ no reminder due before the next review); a light context (the system prompt and 
 ``heartbeat.context_messages`` messages, not the history); an answer that is only the
 sentinel reaches nobody and leaves no trace in the conversation; every review's tokens are
 logged and summed per local day in SQLite, and ``heartbeat.daily_token_budget`` stops the
-automatic reviews for the rest of the day, said once in the log and in the most recently
-active conversation.
+automatic reviews for the rest of the day. That is said once a day: one warning in the log
+and one notice in the most recently active conversation, from the first round that finds
+the budget used up (the review that reached it says so only in its own info line).
 """
 
 from __future__ import annotations
@@ -139,8 +140,8 @@ class HeartbeatReviews:
         if not new and not tokens:
             return []  # skipped before the model was asked
         day = self.day()
-        before, _ = await self.ledger.spent(day)
         total = await self.ledger.add(day, tokens)
+        before = total - tokens  # from the same write: two reviews ending together differ
         answer = next((m for m in reversed(new) if m.role == "assistant" and not m.tool_calls),
                       None)
         silent = answer is None or self.is_silent(answer.content)
@@ -157,13 +158,11 @@ class HeartbeatReviews:
             kept.append(NewMessage("notice", "Heartbeat review: nothing to report.",
                                    in_context=False, deliver=True))
         budget = self.config.daily_token_budget
-        log.info("[%s] heartbeat review: %d tokens, %s; today %d%s", msg.thread_id, tokens,
+        reached = budget is not None and before < budget <= total
+        log.info("[%s] heartbeat review: %d tokens, %s; today %d%s%s", msg.thread_id, tokens,
                  "silent" if silent else "spoke", total,
-                 f" of {budget}" if budget is not None else "")
-        if budget is not None and before < budget <= total:
-            log.warning("heartbeat: today's review budget is used up (%d of %d tokens, "
-                        "heartbeat.daily_token_budget); no more automatic reviews today",
-                        total, budget)
+                 f" of {budget}" if budget is not None else "",
+                 ": this review reached the daily budget" if reached else "")
         return kept
 
 
@@ -241,7 +240,10 @@ class Heartbeat:
 
     async def submit(self, thread_id: ThreadId, due: Sequence[Reminder], *,
                      manual: bool = False) -> bool:
-        """Queue one review of ``thread_id``; False if one is queued or running already."""
+        """Queue one review of ``thread_id``; False if one is queued or running already.
+
+        The caller holds ``_lock``: the check and the queueing are one step.
+        """
         if await self.ledger.review_pending(thread_id):
             return False
         now = self.reviews.clock()
@@ -279,11 +281,12 @@ class Heartbeat:
         (the cost rule "nothing to review, no review" is for the timer's rounds)."""
         if is_system_thread(msg.thread_id):
             return "Heartbeat reviews are for conversations; this is an autonomous thread."
-        now = self.reviews.clock().timestamp()
-        due = [r for r in await self.reminders.due_before(now + self.interval)
-               if r.thread_id == msg.thread_id and not r.system]
-        if not await self.submit(msg.thread_id, due, manual=True):
-            return "A review of this conversation is already queued."
+        async with self._lock:  # a round may be submitting this thread's review right now
+            now = self.reviews.clock().timestamp()
+            due = [r for r in await self.reminders.due_before(now + self.interval)
+                   if r.thread_id == msg.thread_id and not r.system]
+            if not await self.submit(msg.thread_id, due, manual=True):
+                return "A review of this conversation is already queued."
         notes = []
         if not has_goals(self.files.read(HEARTBEATS)):
             notes.append("HEARTBEATS.txt is empty, so only the last messages are reviewed; "
