@@ -31,10 +31,14 @@ AUTONOMOUS = "autonomous"
 UNATTRIBUTED = Payer("(outside a turn)", "", "", "")
 WINDOW_SECONDS = 60.0
 
-# Who pays for the LLM calls of the running turn. A ContextVar because a turn's calls come
-# from several places (the answer, compaction, the memory flush before it, tools) that should
-# not each carry the payer in their signatures; each turn is its own asyncio task, so the
-# value set by ``admit`` belongs to that turn alone.
+# Who pays for the LLM calls of the running turn. A ContextVar, not a parameter: a turn's
+# calls come from several places (the answer, compaction and the memory flush before it,
+# /ask, the tools) that know nothing of accounting, and passing the payer down would thread
+# it through the Compactor, the MemoryFlush and the LLM client's usage sink only to reach
+# ``charge``. It is not shared state either: asyncio gives every task its own copy of the
+# context, each turn runs in its own task, so the value ``admit`` sets belongs to that turn
+# alone (and to what it awaits); concurrent turns never see each other's, and calls outside
+# any turn (the start-up probe) see None and are charged to UNATTRIBUTED.
 _payer: ContextVar[Payer | None] = ContextVar("ganglion_payer", default=None)
 
 LocalClock = Callable[[], datetime]

@@ -166,6 +166,7 @@ class App:
 
         if cfg.web.enabled:
             self.web_token = web_token(cfg.web.token, self.data_dir)
+            self.secret_mask.add(self.web_token)  # a generated one is known from here on
             self.web = WebInterface(cfg.web, self.web_token, self.bus, self.router,
                                     self.history, self.inbox, MarkdownRenderer())
             self.router.register(self.web)
@@ -246,8 +247,9 @@ class App:
         # The openai package takes most of a cold start: import it off the event loop now
         # that the daemon is ready, instead of before it.
         await asyncio.to_thread(importlib.import_module, "openai")
-        await self.endpoints.discover()  # every endpoint's models, for routing and /models
-        problem = await self.llm.check()
+        # Every endpoint's models, for routing and /models; the first one's answer is the probe.
+        problems = await self.endpoints.discover()
+        problem = problems.get(self.endpoints.endpoints()[0].name)
         how = ("to use another, set llm.endpoints (base_url, api_key) and llm.model in "
                "config.yaml; see config.yaml.example")
         if problem is None:

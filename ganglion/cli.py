@@ -107,7 +107,6 @@ async def _serve(loaded: LoadedConfig, mask: SecretMask) -> int:
     except OSError as err:
         raise StartupError(f"could not start: {_what_to_do(err)}") from err
     if app.web is not None:
-        mask.add(app.web_token)
         log.info("web UI at %s (the login URL with its token is printed on the console; the "
                  "token is kept in %s)", app.web.url,
                  "web.token" if loaded.config.web.token else loaded.data_dir / "web_token")

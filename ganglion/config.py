@@ -38,12 +38,30 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+_USERINFO = re.compile(r"^(https?://)([^/\s]*)@")
+
+
+def url_credentials(url: str) -> str:
+    """The ``user:password`` of ``https://user:password@host/v1``, or ""."""
+    m = _USERINFO.match(url)
+    return m.group(2) if m else ""
+
+
+def shown_url(url: str) -> str:
+    """``url`` fit for logs and chats: credentials in it replaced by ``***``."""
+    return _USERINFO.sub(r"\1***@", url)
+
+
 class EndpointConfig(_Section):
     name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
     base_url: Annotated[str, Field(pattern=r"^https?://\S+$")]
     api_key: str = "none"
     max_concurrency: Annotated[int, Field(ge=1, le=1024)] = 4
     timeout_seconds: Annotated[float, Field(gt=0, le=86400)] = 300.0
+
+    @property
+    def shown_url(self) -> str:
+        return shown_url(self.base_url)
 
 
 class LLMConfig(_Section):
@@ -445,6 +463,9 @@ def secret_values(config: Config) -> list[str]:
     """Every secret in the config, for log masking (short or placeholder values excluded)."""
     values = [e.api_key for e in config.llm.endpoints] + [config.web.token,
                                                            config.matrix.access_token]
+    for e in config.llm.endpoints:  # https://user:password@host: all of it, and the password
+        credentials = url_credentials(e.base_url)
+        values += [credentials, *credentials.split(":", 1)[1:]]
     return [v for v in values if v and v.lower() not in ("none", "null", "") and len(v) >= 4]
 
 

@@ -154,7 +154,7 @@ class ModelCommands:
         if refusal is not None:
             return refusal
         result = await self.llm.chat([{"role": "user", "content": request.prompt}],
-                                     model=name, params=request.params)
+                                     model=name, params=request.params, thread_id=msg.thread_id)
         return f"{result.content.strip()}\n\n— `{name}` via {result.endpoint}"
 
     async def _reload_models(self, msg: Inbound, args: str) -> str:

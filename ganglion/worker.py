@@ -272,7 +272,7 @@ class Worker:
                 await self.router.publish(Outbound(tid, OutKind.RESET))
 
         result = await self.llm.chat(messages, model=self.model_for(tid), tools=tools,
-                                     on_delta=on_delta, on_reset=on_reset)
+                                     on_delta=on_delta, on_reset=on_reset, thread_id=tid)
         log.debug("[%s] %s answered: %d+%d tokens", tid, result.endpoint,
                   result.usage.prompt_tokens, result.usage.completion_tokens)
         self._spent[tid] = self._spent.get(tid, 0) + result.usage.total

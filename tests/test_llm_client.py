@@ -12,9 +12,12 @@ from typing import Any
 import openai
 import pytest
 import pytest_asyncio
+from aiohttp import web
+from conftest import base_config
 from fake_llm import FakeLLM, Reply
 
-from ganglion.config import EndpointConfig, LLMConfig
+from ganglion.app import App
+from ganglion.config import EndpointConfig, LLMConfig, LoadedConfig, parse_config, secret_values
 from ganglion.errors import LLMUnavailable
 from ganglion.llm.client import LLMClient
 from ganglion.llm.results import ChatResult, Usage
@@ -181,16 +184,30 @@ async def test_retry_on_500_then_success(
     assert len(fake_llm.requests) == 2
 
 
-async def test_backoff_doubles_between_retries(
-    fake_llm: FakeLLM, make_client: Callable[..., LLMClient]
+async def test_backoff_doubles_between_retries_and_the_warnings_name_the_thread(
+    fake_llm: FakeLLM, make_client: Callable[..., LLMClient], caplog: pytest.LogCaptureFixture
 ) -> None:
     fake_llm.script(Reply(status=502), Reply(status=503), Reply(text="ok"))
     client = make_client(
         llm_config(endpoint("local", fake_llm.base_url), retries=2, backoff_seconds=0.1)
     )
-    started = time.monotonic()
-    assert (await client.chat(user("hi"))).content == "ok"
-    assert time.monotonic() - started >= 0.3  # 0.1 then 0.2
+    arrivals: list[float] = []
+
+    async def watch() -> None:  # when each attempt reaches the server
+        for n in (1, 2, 3):
+            await fake_llm.wait_until(lambda n=n: len(fake_llm.requests) >= n)  # type: ignore[misc]
+            arrivals.append(time.monotonic())
+
+    watcher = asyncio.create_task(watch())
+    with caplog.at_level(logging.WARNING, logger="ganglion.llm"):
+        assert (await client.chat(user("hi"), thread_id="web_0123")).content == "ok"
+    await asyncio.wait_for(watcher, 5)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert [w.split("failed: ")[1].split("; ")[1] for w in warnings] == [
+        "retrying in 0.10 s", "retrying in 0.20 s"]
+    assert all(w.startswith("[web_0123] LLM endpoint local: attempt ") for w in warnings)
+    first_wait, second_wait = arrivals[1] - arrivals[0], arrivals[2] - arrivals[1]
+    assert first_wait >= 0.1 and second_wait >= 0.2, (first_wait, second_wait)
 
 
 async def test_429_retry_after_is_honoured(
@@ -463,19 +480,62 @@ async def test_bare_json_tool_call_needs_an_offered_name(
 # --- probe, description, debug traffic ----------------------------------------------------------
 
 
-async def test_check_and_describe(
-    fake_llm: FakeLLM, dead_url: str, make_client: Callable[..., LLMClient]
-) -> None:
-    good = make_client(llm_config(endpoint("local", fake_llm.base_url)))
-    assert await good.check() is None
-    assert good.describe() == f"endpoint 'local' at {fake_llm.base_url}, model test-model"
+async def test_describe(fake_llm: FakeLLM, make_client: Callable[..., LLMClient]) -> None:
+    client = make_client(llm_config(endpoint("local", fake_llm.base_url),
+                                    endpoint("b", "http://127.0.0.1:1/v1")))
+    assert client.describe() == (f"endpoint 'local' at {fake_llm.base_url} (then 'b' at "
+                                 "http://127.0.0.1:1/v1), model test-model")
 
-    bad = make_client(llm_config(endpoint("gone", dead_url), endpoint("b", fake_llm.base_url)))
-    problem = await bad.check()
-    assert problem is not None
-    assert "'gone'" in problem and "connection refused" in problem
-    assert SECRET not in problem
-    assert "'b'" in bad.describe()
+
+async def test_credentials_in_a_base_url_are_never_shown(
+    dead_url: str, make_client: Callable[..., LLMClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    """https://user:password@host/v1 works as a base_url; logs and chats show ***@host."""
+    url = dead_url.replace("http://", "http://bob:pa55-w0rd-xyz@")
+    config = llm_config(endpoint("auth", url), retries=0)
+    client = make_client(config)
+    assert client.describe().startswith("endpoint 'auth' at http://***@127.0.0.1:")
+    with caplog.at_level(logging.WARNING), pytest.raises(LLMUnavailable) as caught:
+        await client.chat(user("hi"))
+    assert "(http://***@127.0.0.1:" in str(caught.value)
+    assert "pa55-w0rd-xyz" not in str(caught.value) + caplog.text
+    # The log mask knows the password (and the whole user:password), not the bare user name.
+    secrets = secret_values(parse_config({"llm": config.model_dump()}, env={}))
+    assert "pa55-w0rd-xyz" in secrets and "bob:pa55-w0rd-xyz" in secrets and "bob" not in secrets
+
+
+class CountingLLM(FakeLLM):
+    """Also counts the model lists it served (GET /models)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model_lists = 0
+
+    async def _models(self, request: web.Request) -> web.Response:
+        self.model_lists += 1
+        return await super()._models(request)
+
+
+async def test_the_start_up_probe_lists_the_models_once(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Discovery's answer is the probe: one GET /models, then the line saying it answers."""
+    fake = CountingLLM()
+    await fake.start()
+    app = App(LoadedConfig(parse_config(base_config(tmp_path, fake), env={}), None, tmp_path))
+    try:
+        with caplog.at_level(logging.INFO, logger="ganglion.app"):
+            await app.start()
+            for _ in range(500):
+                if "is reachable" in caplog.text:
+                    break
+                await asyncio.sleep(0.02)
+        assert f"LLM: endpoint 'fake' at {fake.base_url}, model fake-model is reachable" in (
+            caplog.text)
+        assert fake.model_lists == 1
+    finally:
+        await app.stop()
+        await fake.stop()
 
 
 async def test_debug_logs_traffic_but_never_the_key(

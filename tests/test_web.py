@@ -14,11 +14,12 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from conftest import WEB_TOKEN, AppFactory
+from conftest import WEB_TOKEN, AppFactory, base_config
 from fake_llm import FakeLLM, Reply
 
 import ganglion.interfaces.web as web_module
 from ganglion.app import App
+from ganglion.config import LoadedConfig, parse_config
 from ganglion.interfaces.web import WebInterface
 from ganglion.interfaces.web_guard import SECURITY_HEADERS
 from ganglion.messages import Outbound, OutKind, Role, ThreadId
@@ -150,6 +151,24 @@ async def test_page_is_served_with_csp_and_no_external_assets(
     for path in ("/static/nope.js", "/static/..%2Fweb.py", "/static/%2e%2e/web.py", "/app.js"):
         async with session.get(f"{url}{path}") as r:
             assert r.status == 404, path
+
+
+async def test_the_app_masks_the_web_token_it_generated(
+    tmp_path: Any, fake_llm: FakeLLM
+) -> None:
+    """Generated into data/web_token at start: the App's log mask knows it from then on."""
+    config = base_config(tmp_path, fake_llm)
+    config["web"]["token"] = ""
+    app = App(LoadedConfig(parse_config(config, env={}), None, tmp_path))
+    await app.start()
+    try:
+        token = (app.data_dir / "web_token").read_text().strip()
+        assert len(token) >= 32 and web_of(app).login_url.endswith(token)
+        record = logging.LogRecord("t", logging.INFO, __file__, 1, "token %s", (token,), None)
+        app.secret_mask.filter(record)
+        assert record.getMessage() == "token ***"
+    finally:
+        await app.stop()
 
 
 async def test_healthz_and_addresses(app: App, session: aiohttp.ClientSession) -> None:

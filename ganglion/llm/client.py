@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 traffic_log = logging.getLogger("ganglion.llm.traffic")
 
 _MAX_WAIT_SECONDS = 30.0
-_CHECK_TIMEOUT_SECONDS = 2.0
 _CHARS_PER_TOKEN = 4
 
 
@@ -134,11 +133,14 @@ class LLMClient:
         on_delta: DeltaCallback | None = None,
         on_reset: ResetCallback | None = None,
         params: dict[str, Any] | None = None,
+        thread_id: str | None = None,
     ) -> ChatResult:
         """Stream one completion. ``on_reset`` means: forget the deltas sent so far.
+        ``thread_id`` (the conversation asking, when there is one) prefixes its log lines.
 
         Raises LLMUnavailable (plain words for the user) when every endpoint failed.
         """
+        where = f"[{thread_id}] " if thread_id else ""
         extra: dict[str, Any] = {}
         if self._config.temperature is not None:
             extra["temperature"] = self._config.temperature
@@ -167,7 +169,8 @@ class LLMClient:
                 else:
                     then = "giving up"
                 log.warning(
-                    "LLM endpoint %s: attempt %d failed: %s; %s",
+                    "%sLLM endpoint %s: attempt %d failed: %s; %s",
+                    where,
                     ep.config.name,
                     attempt,
                     self._scrub(failure.what),
@@ -182,24 +185,11 @@ class LLMClient:
             failures.append((ep, failure, attempt))
         raise LLMUnavailable(self._unavailable_message(failures))
 
-    async def check(self) -> str | None:
-        """Probe the first endpoint (GET /models): None if it answers, else the problem in words."""
-        ep = self._pool.endpoints()[0]
-        try:
-            await ep.client.models.list(timeout=_CHECK_TIMEOUT_SECONDS)
-        except _attempt_errors() as err:
-            failure = classify(err, False, _CHECK_TIMEOUT_SECONDS)
-            return self._scrub(
-                f"Endpoint '{ep.config.name}' ({ep.config.base_url}): {failure.what}. "
-                f"{failure.hint}"
-            )
-        return None
-
     def describe(self) -> str:
         first, *others = (e.config for e in self._pool.endpoints())
-        text = f"endpoint '{first.name}' at {first.base_url}"
+        text = f"endpoint '{first.name}' at {first.shown_url}"
         if others:
-            text += " (then " + ", ".join(f"'{e.name}' at {e.base_url}" for e in others) + ")"
+            text += " (then " + ", ".join(f"'{e.name}' at {e.shown_url}" for e in others) + ")"
         return f"{text}, model {self._config.model}"
 
     async def close(self) -> None:
@@ -311,7 +301,7 @@ class LLMClient:
         for ep, failure, attempts in failures:
             plural = "s" if attempts != 1 else ""
             parts.append(
-                f"Endpoint '{ep.config.name}' ({ep.config.base_url}): {failure.what} "
+                f"Endpoint '{ep.config.name}' ({ep.config.shown_url}): {failure.what} "
                 f"({attempts} attempt{plural})."
             )
             if failure.hint not in hints:

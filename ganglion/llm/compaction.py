@@ -96,6 +96,7 @@ class Compactor:
                 {"role": "user", "content": transcript_text(old)},
             ],
             model=self.model,
+            thread_id=thread_id,
         )
         summary = result.content.strip()
         if not summary:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from ganglion.config import EndpointConfig, LLMConfig
+from ganglion.config import EndpointConfig, LLMConfig, url_credentials
 from ganglion.errors import InputRejected
 from ganglion.llm.failures import HINT_NOT_FOUND, HINT_REJECTED, Failure, classify
 from ganglion.storage.catalog import Alias, Catalog
@@ -167,6 +167,7 @@ class EndpointPool:
                             "the configured one wins", stored.name)
                 continue
             self.remember_secret(stored.api_key)
+            self.remember_url(stored.base_url)
             config = EndpointConfig(name=stored.name, base_url=stored.base_url,
                                     api_key=stored.api_key)
             self._endpoints.append(make_endpoint(config, stored.added_by))
@@ -191,13 +192,18 @@ class EndpointPool:
         return next((ep for ep in self._endpoints if ep.name == name), None)
 
     def secrets(self) -> list[str]:
-        """Every endpoint key worth masking (configured and added)."""
-        keys = {ep.config.api_key for ep in [*self._endpoints, *self._retired]}
+        """Every endpoint key worth masking (configured and added), and the credentials of
+        a base_url that carries them, whole and their password alone."""
+        keys = set()
+        for ep in [*self._endpoints, *self._retired]:
+            credentials = url_credentials(ep.config.base_url)
+            keys |= {ep.config.api_key, credentials, *credentials.split(":", 1)[1:]}
         return [k for k in keys if len(k) >= 4 and k.lower() not in ("none", "null")]
 
     async def add(self, name: str, base_url: str, api_key: str, added_by: str) -> Endpoint:
         """Add and persist an endpoint (its key is masked from here on); discover its models."""
         self.remember_secret(api_key)
+        self.remember_url(base_url)
         try:
             config = EndpointConfig(name=name, base_url=base_url.rstrip("/"), api_key=api_key)
         except ValidationError as err:
@@ -219,7 +225,7 @@ class EndpointPool:
             await self._catalog.add_endpoint(config.name, config.base_url, api_key, added_by)
         ep = make_endpoint(config, added_by)
         self._endpoints.append(ep)
-        log.info("endpoint %s added at %s by %s", config.name, config.base_url, added_by)
+        log.info("endpoint %s added at %s by %s", config.name, config.shown_url, added_by)
         await self.discover([config.name])
         return ep
 
@@ -241,6 +247,12 @@ class EndpointPool:
     def remember_secret(self, key: str) -> None:
         if self._on_secret is not None and len(key) >= 4:
             self._on_secret(key)
+
+    def remember_url(self, base_url: str) -> None:
+        """The credentials of ``https://user:password@host`` join the mask, as keys do."""
+        credentials = url_credentials(base_url)
+        for part in (credentials, *credentials.split(":", 1)[1:]):
+            self.remember_secret(part)
 
     # -- routing and health --------------------------------------------------------------------
 
@@ -316,13 +328,13 @@ class EndpointPool:
             failure = classify(err, False, timeout)
             self.mark_failed(ep, failure)
             log.warning("endpoint %s: model discovery failed: %s", ep.name, failure.what)
-            return None, failure.what
+            return None, f"{failure.what}. {failure.hint}"
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, list):
             failure = Failure("its /models answer has no model list",
                               "Check that base_url ends in /v1.", False)
             self.mark_failed(ep, failure)
-            return None, failure.what
+            return None, f"{failure.what}. {failure.hint}"
         listed: list[str] = []
         for item in data:
             model = item.get("id") if isinstance(item, dict) else None
