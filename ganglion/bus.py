@@ -13,6 +13,9 @@ are capped again per endpoint, FIFO, by the LLM client.)
 
 A message that arrives while its thread's turn runs waits for that turn to end and then
 gets a turn of its own, with the finished turn in its history.
+
+A producer may bring its messages up to date when a start recovers them (``on_recover``): a
+reminder written on time before a crash says it is late when it is delivered after.
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-from ganglion.messages import Inbound, ThreadId
+from ganglion.messages import Inbound, Source, ThreadId
 from ganglion.storage.inbox import Inbox
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,10 @@ class TurnHandler(Protocol):
         ...
 
 
+Recover = Callable[[Inbound], Awaitable[Inbound]]
+"""A message the last run left unanswered, as it should run now (same thread, same id)."""
+
+
 class Bus:
     def __init__(self, inbox: Inbox, handler: TurnHandler, max_in_flight: int) -> None:
         self.inbox = inbox
@@ -56,6 +63,7 @@ class Bus:
         self._controls: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._recover: dict[Source, Recover] = {}
 
     async def submit(self, msg: Inbound) -> tuple[Inbound, bool]:
         """Store ``msg`` durably and queue it. Returns (stored msg, False if it was a resend)."""
@@ -97,9 +105,14 @@ class Bus:
             lane.append(msg)  # the lane is already queued or running
         self._idle.clear()
 
+    def on_recover(self, source: Source, recover: Recover) -> None:
+        """Pass each recovered message of ``source`` through ``recover`` before it is queued
+        (called before ``start``)."""
+        self._recover[source] = recover
+
     async def start(self) -> int:
         """Queue what an earlier run accepted but did not answer; start the runners."""
-        pending = await self.inbox.pending()
+        pending = [await self._recovered(m) for m in await self.inbox.pending()]
         for msg in pending:
             if self.handler.is_immediate(msg):
                 self._run_immediate(msg)
@@ -112,6 +125,19 @@ class Bus:
             for i in range(self.max_in_flight)
         ]
         return len(pending)
+
+    async def _recovered(self, msg: Inbound) -> Inbound:
+        recover = self._recover.get(msg.source)
+        if recover is None:
+            return msg
+        try:
+            return await recover(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # run it as it was stored rather than not at all
+            log.exception("[%s] could not bring recovered message %d up to date",
+                          msg.thread_id, msg.id)
+            return msg
 
     async def stop(self) -> None:
         """Cancel running turns (their input stays unanswered and is run at the next start)."""

@@ -8,6 +8,7 @@ run the real daemon process (tests/daemon.py), stopped with SIGTERM or killed wi
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sqlite3
 import time
@@ -17,7 +18,7 @@ from typing import Any
 
 from conftest import LLM_KEY, WEB_TOKEN, AppFactory
 from daemon import Daemon
-from fake_llm import FakeLLM
+from fake_llm import FakeLLM, Reply
 from test_reminders import (
     FAST,
     KATHMANDU,
@@ -199,3 +200,56 @@ async def test_a_reminder_due_while_the_daemon_is_stopped_arrives_once_after_res
     finally:
         d.kill()
 
+
+
+async def test_a_firing_recovered_after_a_crash_and_now_late_is_marked_late(
+    tmp_path: Path, fake_llm: FakeLLM
+) -> None:
+    """Killed between the inbox write and the delivery: the firing's text, written on time,
+    is rebuilt at recovery to say it is late, with its original time."""
+    data = tmp_path / "data"
+    d = Daemon(tmp_path, daemon_config(fake_llm))
+    d.start()
+    try:
+        await d.wait_ready()
+        chat = ChatClient(d.url, WEB_TOKEN)
+        await chat.connect()
+        await set_by_model(chat, fake_llm, text="Take the bread out", in_minutes=0.02)
+        # A slow answer holds the conversation's lane: the firing is stored, not delivered.
+        fake_llm.script(Reply(hang=True))
+        assert (await chat.send("a slow question"))["type"] == "ack"
+        for _ in range(1000):
+            with sqlite3.connect(data / "conversation.db") as conn:
+                row = conn.execute("SELECT text, status, meta FROM inbox"
+                                   " WHERE source = 'reminder'").fetchone()
+            if row is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert row is not None and row[:2] == ("⏰ Reminder: Take the bread out", "pending")
+        d.kill()  # SIGKILL: no cleanup
+        await chat.close()
+        assert reminder_rows(data) == []
+
+        # Down for two minutes: as if the firing had been due two minutes earlier (the test
+        # does not wait them out).
+        meta = json.loads(row[2])
+        due = float(meta["due"]) - 120
+        with sqlite3.connect(data / "conversation.db") as conn:
+            conn.execute("UPDATE inbox SET meta = ? WHERE source = 'reminder'",
+                         (json.dumps({**meta, "due": str(due)}),))
+        d.start()
+        await d.wait_ready()
+        chat = ChatClient(d.url, WEB_TOKEN, chat.thread_id)
+        await chat.connect()
+        for _ in range(1000):
+            if reminder_rows(data):
+                break
+            await asyncio.sleep(0.01)
+        when = datetime.fromtimestamp(due, KATHMANDU)
+        clock = "%H:%M:%S" if when.second else "%H:%M"
+        assert reminder_rows(data) == [
+            f"⏰ Reminder (late, was due {when:%a %Y-%m-%d} {when:{clock}} +0545): "
+            "Take the bread out"]
+        await chat.close()
+    finally:
+        d.kill()

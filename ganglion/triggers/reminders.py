@@ -10,7 +10,9 @@ its triggers, the cron and time-zone arithmetic.
 Exactly once: a firing is submitted with ``client_id = reminder:<id>:<due ms>``; the
 inbox's unique (thread_id, client_id) makes a second submission of the same firing a no-op.
 Only then is the row advanced. A crash between the two re-fires on the next start, and the
-bus drops the duplicate.
+bus drops the duplicate. A firing stored but not delivered before a crash is run by the
+bus's recovery; if it has become late meanwhile, its text is rebuilt to say so
+(``recovered``), from the firing's meta and the reminder's row.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
@@ -204,6 +206,7 @@ class Reminders:
         self._started_at = math.inf
         self._mirror_due = asyncio.Event()
         self._mirror_task: asyncio.Task[None] | None = None
+        bus.on_recover(Source.REMINDER, self.recovered)
 
     def now(self) -> float:
         return self.clock().timestamp()
@@ -298,6 +301,22 @@ class Reminders:
             if len(batch) < DUE_BATCH:
                 return
 
+    async def recovered(self, msg: Inbound) -> Inbound:
+        """A firing the last run stored but did not deliver: marked late, with its original
+        time, if it is late now (its text was written when it was on time)."""
+        due = float(msg.meta.get("due", "nan"))
+        if msg.meta.get("late") == "1" or not self.now() - due > LATE_AFTER_SECONDS:
+            return msg  # as written (NaN: not a firing of ours; compares False)
+        r = await self.store.get(int(msg.meta["reminder_id"]))
+        if r is None:
+            return msg
+        missed = int(msg.meta.get("missed", "1"))
+        times = CatchUp(None, missed, exact=msg.meta.get("exact", "1") == "1")
+        text = delivery_text(r, due, True, times, self.tz)
+        log.info("[%s] reminder #%d recovered %.0f s after its time: marked late",
+                 msg.thread_id, r.id, self.now() - due)
+        return replace(msg, text=text, meta={**msg.meta, "late": "1"})
+
     async def _fire(self, due: Sequence[Reminder], now: float) -> None:
         """Submit one firing of each reminder, then move each on: two writes for the batch,
         so a start that finds a thousand missed ones is not a thousand round trips."""
@@ -329,7 +348,8 @@ class Reminders:
         inbound = Inbound(
             thread, text, sender="reminder", source=Source.REMINDER,
             client_id=f"reminder:{r.id}:{round(due * 1000)}", system=r.system,
-            meta={"reminder_id": str(r.id), "due": str(due), "late": "1" if late else "0"},
+            meta={"reminder_id": str(r.id), "due": str(due), "late": "1" if late else "0",
+                  "missed": str(times.missed), "exact": "1" if times.exact else "0"},
         )
         return _Firing(r, due, late, times, inbound)
 
