@@ -32,7 +32,7 @@ from test_reminders import (
 )
 from wsclient import ChatClient
 
-from ganglion.messages import ThreadId
+from ganglion.messages import Inbound, Source, ThreadId
 from ganglion.storage.db import Database
 from ganglion.storage.reminders import NewReminder, ReminderStore
 
@@ -253,3 +253,39 @@ async def test_a_firing_recovered_after_a_crash_and_now_late_is_marked_late(
         await chat.close()
     finally:
         d.kill()
+
+
+async def test_a_batch_of_firings_with_one_stored_before_delivers_only_the_new_ones(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    """One inbox write for a batch (``INSERT ... RETURNING``), a firing already stored in it
+    (the crash window) taken from the stored row: each new firing runs once, under its own
+    inbox id, and the stored one is not run again."""
+    app = await app_factory(FAST)
+    tid = ThreadId("web_" + "f" * 32)
+    await asyncio.sleep(0.05)  # due after the start: on time, not late
+    due = time.time()
+    ids = await app.reminder_store.add_many(
+        [NewReminder(tid, name, due) for name in ("one", "two", "three")])
+    # "two" was submitted (and answered) before a crash lost the row's advance.
+    await app.bus.submit(Inbound(tid, "⏰ Reminder: two", sender="reminder",
+                                 source=Source.REMINDER,
+                                 client_id=f"reminder:{ids[1]}:{round(due * 1000)}"))
+    await app.bus.wait_idle()
+
+    await app.reminders.wake()
+    await app.bus.wait_idle()
+    rows = await app.db.fetchall(
+        "SELECT i.client_id, i.status, m.content FROM messages m JOIN inbox i"
+        " ON m.inbox_id = i.id WHERE m.thread_id = ? ORDER BY m.id", (tid,))
+    assert [tuple(r) for r in rows] == [
+        (f"reminder:{ids[1]}:{round(due * 1000)}", "done", "⏰ Reminder: two"),
+        (f"reminder:{ids[0]}:{round(due * 1000)}", "done", "⏰ Reminder: one"),
+        (f"reminder:{ids[2]}:{round(due * 1000)}", "done", "⏰ Reminder: three"),
+    ]
+    inbox = await app.db.fetchall("SELECT status FROM inbox WHERE source = 'reminder'")
+    assert [r["status"] for r in inbox] == ["done"] * 3
+    assert [(r.status, r.fired) for r in
+            [await app.reminder_store.get(i) for i in ids] if r is not None] == [("done", 1)] * 3
+    assert [m.content for _, m in await app.outbox.pending(tid)] == [
+        "⏰ Reminder: two", "⏰ Reminder: one", "⏰ Reminder: three"]  # no tab: kept for it
