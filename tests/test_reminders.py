@@ -1,8 +1,9 @@
 """Reminders end to end: set by the model's tools, fired on the bus at the local time, exactly once.
 
 Real short times (seconds), the fake LLM, real SQLite, the web socket; stops, crashes and
-restarts are in test_reminders_restart.py. Timing goals (how soon after its time) are in bench/, not here:
-these tests check "never early, delivered once, in the right zone, to the right thread".
+restarts are in test_reminders_restart.py. Timing goals (how soon after its time) are in
+bench/, not here: these tests check "never early, delivered once, in the right zone, to the
+right thread, never beside a turn of that thread".
 """
 
 from __future__ import annotations
@@ -212,6 +213,37 @@ async def test_a_thread_bound_reminder_reaches_only_its_own_thread(
     assert all(not m["text"].startswith("⏰") for m in other.ready["transcript"])
     await mine.close()
     await other.close()
+
+
+async def test_a_reminder_due_during_a_slow_turn_waits_for_its_answer(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    """Reminders go through the bus like the user's messages: one due while a turn of its
+    conversation runs waits in the thread's lane, and arrives after that turn's answer."""
+    app = await app_factory(FAST)
+    chat = await connect(app)
+    await set_by_model(chat, fake_llm, text="Stretch", in_minutes=0.02)
+    answering = asyncio.Event()
+    fake_llm.script(Reply(text="a long answer in several words", held=answering))
+    assert (await chat.send("a slow question"))["type"] == "ack"
+    for _ in range(1000):  # the reminder fires while the model is still thinking
+        if await inbox_reminders(app):
+            break
+        await asyncio.sleep(0.01)
+    assert len(await inbox_reminders(app)) == 1
+    assert fake_llm.in_flight == 1
+    answering.set()
+    events = []
+    while not (events and events[-1].get("text", "").startswith("⏰")):
+        events.append(await chat.next_event(timeout=10))
+    kinds = [e["type"] if e["type"] != "message" else e["text"] for e in events]
+    answer = kinds.index("a long answer in several words")
+    assert "delta" in kinds[:answer] and "delta" not in kinds[answer:], kinds
+    assert kinds[-1] == "⏰ Reminder: Stretch" and kinds.count("⏰ Reminder: Stretch") == 1
+    rows = await app.history.transcript(ThreadId(chat.thread_id))
+    assert [r.content for r in rows][-3:] == [
+        "a slow question", "a long answer in several words", "⏰ Reminder: Stretch"]
+    await chat.close()
 
 
 class FakeRoom:
