@@ -1,7 +1,8 @@
 """Web turn benchmark: the real daemon, the real WebSocket, a zero-delay fake LLM.
 
-Reports start-to-ready, idle RSS, median/p99 turn latency over sequential turns, and the wall
-time (first and last reply) for N conversations at once. Usage:
+Reports start-to-ready, the first answered turn after spawn, idle RSS (once the start-up
+probe is done), median/p99 turn latency over sequential turns, and the wall time (first and
+last reply) for N conversations at once. Usage:
 
     uv run python bench/bench_web.py [--turns 200] [--bursts 50,500] [--json out.json]
 """
@@ -22,11 +23,38 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from aiohttp import web
 from common import cpu_seconds, report, rss_mib, wait_port
 from daemon import Daemon, free_port
+from fake_llm import FakeLLM
 from wsclient import ChatClient
 
 TOKEN = "bench-token-0123456789"
+PROBED = "models listed"
+"""What the fake LLM prints when it served GET /models: the daemon's start-up probe."""
+
+
+class AnnouncingLLM(FakeLLM):
+    """The fake LLM, saying on stdout when it served the model list."""
+
+    async def _models(self, request: web.Request) -> web.Response:
+        response = await super()._models(request)
+        print(PROBED, flush=True)
+        return response
+
+
+async def serve_fake_llm(port: int) -> None:
+    """Run in its own process (as the tests' standalone fake LLM is), until terminated."""
+    fake = AnnouncingLLM()
+    await fake.start(port)
+    await asyncio.Event().wait()
+
+
+async def watch_probes(stream: asyncio.StreamReader, seen: list[float]) -> None:
+    """The time of each GET /models the fake LLM served."""
+    while line := await stream.readline():
+        if line.decode().strip() == PROBED:
+            seen.append(time.monotonic())
 
 
 async def sequential(url: str, turns: int) -> list[float]:
@@ -68,8 +96,11 @@ async def main() -> dict[str, Any]:
     args = ap.parse_args()
 
     llm_port = free_port()
-    fake = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_llm.py"),
-                             "--port", str(llm_port)])
+    fake = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--serve-fake-llm", str(llm_port), stdout=subprocess.PIPE)
+    assert fake.stdout is not None
+    probes: list[float] = []
+    watcher = asyncio.create_task(watch_probes(fake.stdout, probes))
     work = Path(tempfile.mkdtemp(prefix="ganglion-bench-"))
     d = Daemon(work, {
         # The default max_concurrency (4): FIFO admission lets the first replies out early.
@@ -88,7 +119,21 @@ async def main() -> dict[str, Any]:
         await wait_port(d.port)
         results["ready_s"] = time.monotonic() - t0
         assert d.proc is not None
-        await asyncio.sleep(1.0)
+        # A person opening the page at once: the first turn may wait for the model client,
+        # which the daemon imports in a thread once ready.
+        first = ChatClient(d.url, TOKEN)
+        await first.connect()
+        assert (await first.ask("first", timeout=30))["text"] == "echo: first"
+        results["first_turn_s"] = time.monotonic() - t0
+        await first.close()
+        # Idle means after the start-up probe (the openai import and GET /models), whose
+        # memory would otherwise be missing from the figure.
+        while not probes:
+            if time.monotonic() - t0 > 30:
+                raise TimeoutError("the daemon never probed the LLM endpoint")
+            await asyncio.sleep(0.02)
+        results["probe_done_s"] = probes[0] - t0
+        await asyncio.sleep(1.0)  # its log line and catalog write, then quiet
         results["idle_rss_mib"] = rss_mib(d.proc.pid)
         cpu0 = cpu_seconds(d.proc.pid)
         times = await sequential(d.url, args.turns)
@@ -106,10 +151,14 @@ async def main() -> dict[str, Any]:
     finally:
         d.kill()
         fake.terminate()
-        fake.wait(5)
+        await fake.wait()
+        watcher.cancel()
     report(results, args.json)
     return results
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if sys.argv[1:2] == ["--serve-fake-llm"]:
+        asyncio.run(serve_fake_llm(int(sys.argv[2])))
+    else:
+        asyncio.run(main())

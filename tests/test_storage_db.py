@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 from pathlib import Path
 
 import pytest
 
+from ganglion.messages import ThreadId
 from ganglion.storage.db import MIGRATIONS, Database
+from ganglion.storage.history import History, NewMessage
 
 
 async def applied(db: Database) -> list[tuple[int, str]]:
@@ -21,13 +24,14 @@ async def tables(db: Database) -> set[str]:
     return {r["name"] for r in rows}
 
 
-async def test_pragmas_wal_foreign_keys_busy_timeout(tmp_path: Path) -> None:
+async def test_pragmas_wal_full_sync_foreign_keys_busy_timeout(tmp_path: Path) -> None:
+    """FULL: an acknowledged message is on disk, through a power cut too."""
     db = await Database.open(tmp_path / "conversation.db")
     try:
         pragmas = {name: (await db.fetchone(f"PRAGMA {name}"))[0]  # type: ignore[index]
                    for name in ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")}
         assert pragmas == {"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 5000,
-                           "synchronous": 1}  # 1 = NORMAL
+                           "synchronous": 2}  # 2 = FULL
         with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
             await db.write("INSERT INTO outbox (thread_id, message_id, created_at) "
                            "VALUES ('web_00', 12345, 0)")
@@ -91,3 +95,32 @@ def test_migration_numbers_only_grow() -> None:
     assert numbers == sorted(set(numbers))
     assert 3 not in numbers
     assert len({m.name for m in MIGRATIONS}) == len(MIGRATIONS)
+
+
+class Boom(Exception):
+    pass
+
+
+async def test_a_read_never_sees_a_transaction_that_is_rolled_back(tmp_path: Path) -> None:
+    """One connection for all: a read arriving mid-transaction waits for its end, so a tab
+    reconnecting while a turn's writes fail is never shown rows that then vanish."""
+    db = await Database.open(tmp_path / "conversation.db")
+    history = History(db)
+    tid = ThreadId("web_" + "ab" * 16)
+    try:
+        with pytest.raises(Boom):
+            async with db.transaction() as conn:
+                await conn.execute(
+                    "INSERT INTO messages (thread_id, role, content, created_at)"
+                    " VALUES (?, 'assistant', 'never happened', 0)", (tid,))
+                reader = asyncio.create_task(history.transcript(tid))
+                # Without the lock the read runs now, inside this transaction, and finishes.
+                done, _ = await asyncio.wait({reader}, timeout=0.5)
+                assert not done, "a read finished inside another coroutine's transaction"
+                raise Boom
+        assert await reader == []
+        # Once committed, the same read sees the row.
+        await history.finish_turn(tid, None, [NewMessage("assistant", "it happened")])
+        assert [m.content for m in await history.transcript(tid)] == ["it happened"]
+    finally:
+        await db.close()
