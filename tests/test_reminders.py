@@ -23,7 +23,6 @@ from wsclient import ChatClient
 from ganglion.app import App
 from ganglion.messages import Inbound, Outbound, OutKind, Source, ThreadId
 from ganglion.storage.reminders import NewReminder
-from ganglion.tools.registry import ToolContext
 from ganglion.triggers.reminders import cron_next
 
 TZ = "Asia/Kathmandu"  # UTC+05:45 all year: a wrong zone is off by hours, not minutes
@@ -361,83 +360,6 @@ async def test_a_cron_reminder_fires_at_its_time_and_moves_on_to_its_next_one(
     assert job is not None and job.next_run_time.timestamp() == after.next_at
     assert await reminder_messages(chat, 1.0) == []
     await chat.close()
-
-
-async def test_list_reminders_shows_this_conversations_reminders(
-    app_factory: AppFactory, fake_llm: FakeLLM
-) -> None:
-    app = await app_factory(FAST)
-    chat = await connect(app)
-    mine = ThreadId(chat.thread_id)
-    hour = time.time() - time.time() % 3600 + 3600  # whole minutes: no seconds shown
-    for new in (
-        NewReminder(mine, "Call mum", hour + 7200),
-        NewReminder(ThreadId("web_" + "e" * 32), "Not yours", hour + 60),
-        NewReminder(mine, "Back up the laptop", hour + 600, system=True, cron="10 * * * *"),
-        NewReminder(mine, "Stretch", hour, every_seconds=1800),
-    ):
-        await app.reminders.add(new)
-    fake_llm.script(Reply(tool_calls=[("list_reminders", {})]), Reply(text="Here they are."))
-    assert (await chat.ask("what reminders do I have?"))["text"] == "Here they are."
-    (result,) = tool_results(fake_llm.requests[-1])
-    assert "not instructions" in result  # output, fenced as data like any tool's
-    body = result.split("\n", 1)[1].rsplit("\n", 1)[0]
-
-    def at(ts: float) -> str:
-        return datetime.fromtimestamp(ts, KATHMANDU).strftime("%a %Y-%m-%d %H:%M +0545")
-
-    assert body.splitlines() == [
-        "3 active reminder(s) in this conversation (1 more in other conversations; the user "
-        "sees all of them with /reminders):",
-        f"- #4 {at(hour)}, every 30 min: Stretch",
-        f"- #3 {at(hour + 600)}, cron 10 * * * *, system task: Back up the laptop",
-        f"- #1 {at(hour + 7200)}, once: Call mum",
-    ]
-    await chat.close()
-
-
-async def test_the_tools_refuse_bad_arguments_with_what_to_send_instead(
-    app_factory: AppFactory,
-) -> None:
-    app = await app_factory(FAST)
-    ctx = ToolContext(ThreadId("web_" + "a" * 32), "web")
-    today = datetime.now(KATHMANDU)
-
-    async def error(name: str, **args: Any) -> str:
-        outcome = await app.tools.call(name, json.dumps(args), ctx)
-        assert not outcome.ok, outcome
-        return outcome.text
-
-    assert "say when" in await error("set_reminder", text="x")
-    assert "either at or in_minutes" in await error("set_reminder", text="x", at="2099-01-01T09:00",
-                                                    in_minutes=5)
-    bad_at = await error("set_reminder", text="x", at="tomorrow 9am")
-    assert "not a local date and time" in bad_at
-    assert f'"{today + timedelta(days=1):%Y-%m-%d}T09:00"' in bad_at  # tomorrow's date, in TZ
-    assert "no time of day" in await error("set_reminder", text="x", at="2099-01-01")
-    assert "has passed" in await error("set_reminder", text="x", at="2001-01-01T09:00")
-    assert "more than 0" in await error("set_reminder", text="x", in_minutes=-5)
-    assert "5 fields" in await error("set_reminder", text="x", cron="every monday")
-    assert "cron sets the times" in await error("set_reminder", text="x", cron="0 9 * * *",
-                                                in_minutes=5)
-    assert "at least 0.01" in await error("set_reminder", text="x", every_minutes=0.001)
-    assert "text is empty" in await error("set_reminder", text="  ", in_minutes=5)
-    assert "no reminder #99" in await error("cancel_reminder", reminder_id=99)
-    assert "must be an integer" in await error("cancel_reminder", reminder_id="one")
-    system_ctx = ToolContext(ThreadId("system:heartbeat"), "heartbeat")
-    outcome = await app.tools.call("set_reminder", json.dumps({"text": "x", "in_minutes": 5}),
-                                   system_ctx)
-    assert not outcome.ok and "would reach nobody" in outcome.text
-    assert await app.reminder_store.active() == []
-
-    # A reminder of another conversation can be neither listed nor cancelled from here.
-    other = ToolContext(ThreadId("web_" + "b" * 32), "web")
-    ok = await app.tools.call("set_reminder", json.dumps({"text": "theirs", "in_minutes": 60}),
-                              other)
-    assert ok.ok
-    listed = await app.tools.call("list_reminders", "{}", ctx)
-    assert "No active reminders in this conversation" in listed.text and "1 more" in listed.text
-    assert "no reminder #1 in this conversation" in await error("cancel_reminder", reminder_id=1)
 
 
 async def test_reminders_command_lists_every_reminder(

@@ -3,6 +3,12 @@
 Times are read in ``scheduler.timezone``, the zone the model is told in its prompt. Every
 refusal is a ToolError whose text tells the model what to send instead (with today's date,
 so "tomorrow at 9" can be put right on the next try).
+
+Which reminders a turn may list and cancel: those set in its own conversation. An
+autonomous turn has no person behind it and reads files that tools write (MEMORIES.txt,
+HEARTBEATS.txt), so a prompt injected there must not reach the user's reminders: a system
+reminder's task sees its own reminder and those it set; the global heartbeat review may list
+every reminder (to keep HEARTBEATS.txt current) but cancel only those it set itself.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from datetime import datetime, timedelta
 from ganglion.errors import ToolError
 from ganglion.storage.reminders import NewReminder, Reminder, duration_text, repeat_text
 from ganglion.tools.registry import ToolContext, ToolFunc
-from ganglion.triggers import is_system_thread, system_thread
+from ganglion.triggers import HEARTBEAT_THREAD, is_system_thread, system_thread
 from ganglion.triggers.reminders import BadSchedule, Reminders, cron_next, local_text
 
 MAX_TEXT = 2000
@@ -120,8 +126,17 @@ class ReminderTools:
     async def list_reminders(self, ctx: ToolContext) -> str:
         """List the active reminders of this conversation: number, next time, repeat, text."""
         everything = await self.reminders.store.active()
-        mine = [r for r in everything if self._visible(r, ctx)]
         tz = self.reminders.tz
+        if ctx.thread_id == HEARTBEAT_THREAD:
+            lines = [f"- #{r.id} {local_text(r.next_at or 0, tz)}, {repeat_text(r)}"
+                     f"{', system task' if r.system else ''}, "
+                     f"{'set by you' if _own(r, ctx) else f'in {r.thread_id}'}: {r.text}"
+                     for r in everything]
+            if not lines:
+                return "No active reminders."
+            return "\n".join([f"{len(lines)} active reminder(s) in every conversation (you "
+                              "may cancel only those set by you):", *lines])
+        mine = [r for r in everything if _own(r, ctx)]
         lines = [f"- #{r.id} {local_text(r.next_at or 0, tz)}, {repeat_text(r)}"
                  f"{', system task' if r.system else ''}: {r.text}" for r in mine]
         head = (f"{len(mine)} active reminder(s) in this conversation" if mine else
@@ -139,7 +154,11 @@ class ReminderTools:
             reminder_id: The reminder's number, as set_reminder or list_reminders gave it.
         """
         r = await self.reminders.store.get(reminder_id)
-        if r is None or not self._visible(r, ctx):
+        if r is not None and not _own(r, ctx) and ctx.thread_id == HEARTBEAT_THREAD:
+            raise ToolError(f"reminder #{reminder_id} was set in {r.thread_id}, not by you: "
+                            "an autonomous review may cancel only the reminders it set; the "
+                            "user can cancel it in that conversation")
+        if r is None or not _own(r, ctx):
             raise ToolError(f"there is no reminder #{reminder_id} in this conversation; "
                             "list_reminders shows their numbers")
         if r.status != "active":
@@ -149,12 +168,6 @@ class ReminderTools:
         return f"Reminder #{reminder_id} cancelled ({repeat_text(r)}: {r.text})."
 
     # -- helpers ---------------------------------------------------------------------------
-
-    @staticmethod
-    def _visible(r: Reminder, ctx: ToolContext) -> bool:
-        """Set in this conversation, or this is an autonomous turn (the assistant's own)."""
-        return (r.thread_id == ctx.thread_id or is_system_thread(ctx.thread_id)
-                or system_thread(f"reminder-{r.id}") == ctx.thread_id)
 
     def _parse_at(self, at: str, now: datetime) -> float:
         tz = self.reminders.tz
@@ -193,3 +206,8 @@ class ReminderTools:
                 "It will be delivered in this conversation, word for word.")
         return (f"Reminder #{r.id} set for {when:%A %Y-%m-%d %H:%M} {when.tzname()} "
                 f"(in {duration_text(seconds_ahead)}){repeat}. {what}")
+
+
+def _own(r: Reminder, ctx: ToolContext) -> bool:
+    """Set in this conversation, or ``r`` is the system reminder whose task this turn is."""
+    return r.thread_id == ctx.thread_id or system_thread(f"reminder-{r.id}") == ctx.thread_id

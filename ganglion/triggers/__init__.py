@@ -32,6 +32,10 @@ def is_system_thread(thread_id: str) -> bool:
     return thread_id.startswith(SYSTEM_PREFIX)
 
 
+HEARTBEAT_THREAD = system_thread("heartbeat")
+"""The global heartbeat review's thread (its history, and the reminders it sets)."""
+
+
 def local_zone(name: str | None) -> tzinfo:
     """``scheduler.timezone`` as a zone; None is the machine's zone (with its DST rules)."""
     if name:

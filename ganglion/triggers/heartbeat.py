@@ -31,12 +31,12 @@ from ganglion.router import Router
 from ganglion.storage.files import HEARTBEATS, DataFiles
 from ganglion.storage.history import NewMessage, StoredMessage, estimate_tokens
 from ganglion.storage.reminders import HeartbeatLedger, Reminder, ReminderStore
-from ganglion.triggers import is_system_thread, system_thread
+from ganglion.triggers import HEARTBEAT_THREAD, is_system_thread
 from ganglion.triggers.reminders import local_text
 
 log = logging.getLogger(__name__)
 
-GLOBAL_THREAD = system_thread("heartbeat")
+GLOBAL_THREAD = HEARTBEAT_THREAD
 """The global review's own thread: no interface owns it, so nothing it writes is shown."""
 JOB = "heartbeat"
 
