@@ -139,15 +139,17 @@ async def test_page_is_served_with_csp_and_no_external_assets(
     refs = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)["']""", page)
     assert refs and all(ref.startswith("/static/") or ref == "data:," for ref in refs), refs
     assert "http:" not in page and "https:" not in page and "//" not in page.replace("://", "")
-    for name, kind in (("app.js", "text/javascript"), ("app.css", "text/css")):
+    for name, kind in (("app.js", "text/javascript"), ("view.js", "text/javascript"),
+                       ("app.css", "text/css")):
         async with session.get(f"{url}/static/{name}") as r:
             assert r.status == 200 and r.headers["Content-Type"].startswith(kind)
             assert r.headers["Content-Security-Policy"] == CSP
             text = await r.text()
         assert "http://" not in text and "https://" not in text and "@import" not in text
-    async with session.get(f"{url}/static/app.js") as r:
-        script = await r.text()
-    assert "eval(" not in script and "new Function" not in script
+    for name in ("app.js", "view.js"):
+        async with session.get(f"{url}/static/{name}") as r:
+            script = await r.text()
+        assert "eval(" not in script and "new Function" not in script
     for path in ("/static/nope.js", "/static/..%2Fweb.py", "/static/%2e%2e/web.py", "/app.js"):
         async with session.get(f"{url}{path}") as r:
             assert r.status == 404, path

@@ -45,6 +45,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 STATIC_FILES = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
+    "view.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
 }
 HELLO_TIMEOUT = 10.0

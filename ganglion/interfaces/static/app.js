@@ -1,512 +1,359 @@
 // Ganglion's chat page: one WebSocket per tab, a sessionStorage outbox, server-rendered HTML only.
-"use strict";
+// The connection and the outbox live here; view.js draws what they decide.
+import {
+  ui, setStatus, scrollDown, addMessage, userBubble, addUser, setNote, markFailed, addNotice,
+  appendDelta, resetStream, dropStream, clearView, showLogin, hideLogin,
+} from "./view.js";
 
-(() => {
-  const TOKEN_KEY = "ganglion.token";
-  const THREAD_KEY = "ganglion.thread";
-  const OUTBOX_KEY = "ganglion.outbox";
-  const THREAD_RE = /^web_[0-9a-f]{16,64}$/;
-  const BUSY = new Set(["thinking", "streaming", "tool"]);
-  const CLOSE_UNAUTHORIZED = 4401;
-  const CLOSE_BAD_THREAD = 4400;
-  const BACKOFF_FIRST = 250;
-  const BACKOFF_MAX = 5000;
-  const STORE_RETRY_FIRST = 500; // a message the server could not store goes again after
-  const STORE_RETRY_MAX = 10000; // this long, then twice as long each time, up to this
+const TOKEN_KEY = "ganglion.token";
+const THREAD_KEY = "ganglion.thread";
+const OUTBOX_KEY = "ganglion.outbox";
+const THREAD_RE = /^web_[0-9a-f]{16,64}$/;
+const BUSY = new Set(["thinking", "streaming", "tool"]);
+const CLOSE_UNAUTHORIZED = 4401;
+const CLOSE_BAD_THREAD = 4400;
+const BACKOFF_FIRST = 250;
+const BACKOFF_MAX = 5000;
+const STORE_RETRY_FIRST = 500; // a message the server could not store goes again after
+const STORE_RETRY_MAX = 10000; // this long, then twice as long each time, up to this
 
-  const $ = (id) => document.getElementById(id);
-  const ui = {
-    app: document.querySelector(".app"),
-    status: $("status"),
-    login: $("login"),
-    loginForm: $("login-form"),
-    loginMessage: $("login-message"),
-    tokenInput: $("token-input"),
-    log: $("log"),
-    composer: $("composer"),
-    message: $("message"),
-    send: $("send"),
-    stop: $("stop"),
-    newChat: $("new-chat"),
+let token = null;
+let threadId = null;
+let ws = null;
+let generation = 0; // events of an older socket are ignored
+let ready = false;
+let backoff = BACKOFF_FIRST;
+let reconnectTimer = null;
+let maxBytes = 64000;
+let turnState = "idle";
+let failure = null; // what went wrong last (shown as the error state until the next send)
+let retrying = new Set(); // ids the server could not store; the outbox keeps them
+let storeRetryTimer = null;
+let storeBackoff = STORE_RETRY_FIRST;
+
+// -- storage ------------------------------------------------------------------------------
+
+function randomHex(bytes) {
+  const a = new Uint8Array(bytes);
+  crypto.getRandomValues(a);
+  return Array.from(a, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function newThread() {
+  const tid = "web_" + randomHex(16);
+  sessionStorage.setItem(THREAD_KEY, tid);
+  return tid;
+}
+
+function loadThread() {
+  const tid = sessionStorage.getItem(THREAD_KEY);
+  return tid && THREAD_RE.test(tid) ? tid : newThread();
+}
+
+function loadOutbox() {
+  try {
+    const list = JSON.parse(sessionStorage.getItem(OUTBOX_KEY) || "[]");
+    return Array.isArray(list) ? list : [];
+  } catch {
+    return [];
+  }
+}
+
+function saveOutbox(list) {
+  sessionStorage.setItem(OUTBOX_KEY, JSON.stringify(list));
+}
+
+function takeTokenFromFragment() {
+  const m = /^#token=(.+)$/.exec(location.hash);
+  if (!m) return;
+  let value = m[1];
+  try {
+    value = decodeURIComponent(value);
+  } catch {
+    // keep it as it is
+  }
+  localStorage.setItem(TOKEN_KEY, value);
+  // The fragment never reaches a server; remove it from the address bar and history too.
+  history.replaceState(null, "", location.pathname + location.search);
+}
+
+// -- state --------------------------------------------------------------------------------
+
+// Connected: the turn's state, or "error" while something failed (a turn, a refused or
+// unstored message) and nothing newer happened. Not connected: set by connect/onclose.
+function refreshStatus() {
+  if (!ready) return;
+  if (retrying.size > 0 || (failure && !BUSY.has(turnState))) setStatus("error");
+  else setStatus(turnState === "idle" ? "ready" : turnState === "streaming" ? "streaming" : "thinking");
+  ui.status.title = retrying.size > 0 ? "A message is not stored yet; retrying" : failure || "";
+}
+
+function fail(text) {
+  failure = text;
+  refreshStatus();
+}
+
+function setTurnState(state) {
+  turnState = state;
+  if (state === "thinking") failure = null; // a new turn began
+  ui.stop.disabled = !(ready && BUSY.has(state));
+  ui.log.setAttribute("aria-busy", state === "streaming" ? "true" : "false");
+  refreshStatus();
+}
+
+// -- connection ---------------------------------------------------------------------------
+
+function sendFrame(frame) {
+  if (!ws || ws.readyState !== WebSocket.OPEN) return false;
+  ws.send(JSON.stringify(frame));
+  return true;
+}
+
+function connect() {
+  clearTimeout(reconnectTimer);
+  if (!token) {
+    showLogin("");
+    return;
+  }
+  const gen = ++generation;
+  ready = false;
+  setStatus("connecting");
+  ui.stop.disabled = true;
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const sock = new WebSocket(`${scheme}//${location.host}/ws`);
+  ws = sock;
+  sock.onopen = () => {
+    if (gen !== generation) return;
+    sock.send(JSON.stringify({ type: "hello", token, thread_id: threadId }));
   };
-  const DEFAULT_LOGIN_MESSAGE = ui.loginMessage.textContent;
-
-  let token = null;
-  let threadId = null;
-  let ws = null;
-  let generation = 0; // events of an older socket are ignored
-  let ready = false;
-  let backoff = BACKOFF_FIRST;
-  let reconnectTimer = null;
-  let maxBytes = 64000;
-  let seen = new Set(); // message ids already shown
-  let streamEl = null; // the answer in progress
-  let turnState = "idle";
-  let failure = null; // what went wrong last (shown as the error state until the next send)
-  let retrying = new Set(); // ids the server could not store; the outbox keeps them
-  let storeRetryTimer = null;
-  let storeBackoff = STORE_RETRY_FIRST;
-
-  // -- storage ------------------------------------------------------------------------------
-
-  function randomHex(bytes) {
-    const a = new Uint8Array(bytes);
-    crypto.getRandomValues(a);
-    return Array.from(a, (b) => b.toString(16).padStart(2, "0")).join("");
-  }
-
-  function newThread() {
-    const tid = "web_" + randomHex(16);
-    sessionStorage.setItem(THREAD_KEY, tid);
-    return tid;
-  }
-
-  function loadThread() {
-    const tid = sessionStorage.getItem(THREAD_KEY);
-    return tid && THREAD_RE.test(tid) ? tid : newThread();
-  }
-
-  function loadOutbox() {
+  sock.onmessage = (ev) => {
+    if (gen !== generation) return;
+    let frame;
     try {
-      const list = JSON.parse(sessionStorage.getItem(OUTBOX_KEY) || "[]");
-      return Array.isArray(list) ? list : [];
+      frame = JSON.parse(ev.data);
     } catch {
-      return [];
-    }
-  }
-
-  function saveOutbox(list) {
-    sessionStorage.setItem(OUTBOX_KEY, JSON.stringify(list));
-  }
-
-  function takeTokenFromFragment() {
-    const m = /^#token=(.+)$/.exec(location.hash);
-    if (!m) return;
-    let value = m[1];
-    try {
-      value = decodeURIComponent(value);
-    } catch {
-      // keep it as it is
-    }
-    localStorage.setItem(TOKEN_KEY, value);
-    // The fragment never reaches a server; remove it from the address bar and history too.
-    history.replaceState(null, "", location.pathname + location.search);
-  }
-
-  // -- view ---------------------------------------------------------------------------------
-
-  function setStatus(text) {
-    ui.status.textContent = text;
-    ui.status.dataset.state = text;
-  }
-
-  // Connected: the turn's state, or "error" while something failed (a turn, a refused or
-  // unstored message) and nothing newer happened. Not connected: set by connect/onclose.
-  function refreshStatus() {
-    if (!ready) return;
-    if (retrying.size > 0 || (failure && !BUSY.has(turnState))) setStatus("error");
-    else setStatus(turnState === "idle" ? "ready" : turnState === "streaming" ? "streaming" : "thinking");
-    ui.status.title = retrying.size > 0 ? "A message is not stored yet; retrying" : failure || "";
-  }
-
-  function fail(text) {
-    failure = text;
-    refreshStatus();
-  }
-
-  function setTurnState(state) {
-    turnState = state;
-    if (state === "thinking") failure = null; // a new turn began
-    ui.stop.disabled = !(ready && BUSY.has(state));
-    ui.log.setAttribute("aria-busy", state === "streaming" ? "true" : "false");
-    refreshStatus();
-  }
-
-  function nearBottom() {
-    const l = ui.log;
-    return l.scrollHeight - l.scrollTop - l.clientHeight < 80;
-  }
-
-  function scrollDown() {
-    ui.log.scrollTop = ui.log.scrollHeight;
-  }
-
-  function place(el, force) {
-    const follow = force || nearBottom();
-    if (streamEl && el !== streamEl) ui.log.insertBefore(el, streamEl);
-    else ui.log.append(el);
-    if (follow) scrollDown();
-  }
-
-  function bubble(role) {
-    const el = document.createElement("article");
-    el.className = "msg";
-    el.dataset.role = role;
-    const body = document.createElement("div");
-    body.className = "body";
-    return [el, body];
-  }
-
-  function addMessage(m) {
-    if (m.role === "assistant") dropStream();
-    if (seen.has(m.id)) return;
-    seen.add(m.id);
-    const [el, body] = bubble(m.role);
-    el.dataset.id = String(m.id);
-    body.innerHTML = m.html; // server-rendered, escaped HTML only; never raw text
-    for (const a of body.querySelectorAll("a[href]")) {
-      a.target = "_blank"; // never navigate the chat away
-      a.rel = "noopener noreferrer";
-    }
-    if (m.role === "tool") {
-      const details = document.createElement("details");
-      const summary = document.createElement("summary");
-      const first = (m.text || "").split("\n", 1)[0].slice(0, 80);
-      summary.textContent = (m.name ? `Tool ${m.name}` : "Tool") + (first ? `: ${first}` : "");
-      details.append(summary, body);
-      el.append(details);
-    } else {
-      el.append(body);
-    }
-    place(el, false);
-  }
-
-  function userBubble(clientId) {
-    return ui.log.querySelector(`.msg[data-client-id="${CSS.escape(clientId)}"]`);
-  }
-
-  function addUser(text, clientId, status) {
-    if (userBubble(clientId)) return;
-    const [el, body] = bubble("user");
-    el.dataset.clientId = clientId;
-    el.dataset.status = status;
-    body.textContent = text;
-    el.append(body);
-    place(el, true);
-  }
-
-  function setNote(el, message) {
-    let note = el.querySelector(".note");
-    if (!message) {
-      if (note) note.remove();
       return;
     }
-    if (!note) {
-      note = document.createElement("p");
-      note.className = "note";
-      el.append(note);
-    }
-    note.textContent = message;
-  }
-
-  function markFailed(clientId, status, message) {
-    const el = userBubble(clientId);
-    if (!el) return;
-    el.dataset.status = status;
-    setNote(el, message);
-  }
-
-  // A notice of this page (not from the server): a message of the transcript like the others.
-  function addNotice(text) {
-    const [el, body] = bubble("system");
-    el.classList.add("notice");
-    body.textContent = text;
-    el.append(body);
-    place(el, true);
-  }
-
-  function appendDelta(text) {
-    if (!streamEl) {
-      const [el, body] = bubble("assistant");
-      el.classList.add("streaming");
-      el.append(body);
-      streamEl = el;
-      place(el, true);
-    }
-    const follow = nearBottom();
-    streamEl.firstChild.append(document.createTextNode(text)); // plain text while streaming
-    if (follow) scrollDown();
-  }
-
-  function dropStream() {
-    if (streamEl) streamEl.remove();
-    streamEl = null;
-  }
-
-  function clearView() {
-    ui.log.replaceChildren();
-    seen = new Set();
-    streamEl = null;
-  }
-
-  function showLogin(message) {
-    ui.app.classList.add("logged-out");
-    ui.login.hidden = false;
-    ui.loginMessage.textContent = message || DEFAULT_LOGIN_MESSAGE;
-    setStatus(message ? "error" : "logged out");
-    ui.stop.disabled = true;
-    ui.tokenInput.focus();
-  }
-
-  function hideLogin() {
-    ui.app.classList.remove("logged-out");
-    ui.login.hidden = true;
-  }
-
-  // -- connection ---------------------------------------------------------------------------
-
-  function sendFrame(frame) {
-    if (!ws || ws.readyState !== WebSocket.OPEN) return false;
-    ws.send(JSON.stringify(frame));
-    return true;
-  }
-
-  function connect() {
-    clearTimeout(reconnectTimer);
-    if (!token) {
-      showLogin("");
-      return;
-    }
-    const gen = ++generation;
-    ready = false;
-    setStatus("connecting");
-    ui.stop.disabled = true;
-    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const sock = new WebSocket(`${scheme}//${location.host}/ws`);
-    ws = sock;
-    sock.onopen = () => {
-      if (gen !== generation) return;
-      sock.send(JSON.stringify({ type: "hello", token, thread_id: threadId }));
-    };
-    sock.onmessage = (ev) => {
-      if (gen !== generation) return;
-      let frame;
-      try {
-        frame = JSON.parse(ev.data);
-      } catch {
-        return;
-      }
-      handle(frame);
-    };
-    sock.onclose = (ev) => {
-      if (gen !== generation) return;
-      ws = null;
-      ready = false;
-      ui.stop.disabled = true;
-      if (ev.code === CLOSE_UNAUTHORIZED) {
-        token = null;
-        localStorage.removeItem(TOKEN_KEY);
-        showLogin("That access token was refused. Paste the current one or open the login link.");
-        return;
-      }
-      if (ev.code === CLOSE_BAD_THREAD) {
-        threadId = newThread();
-        clearView();
-      }
-      setStatus("connecting");
-      reconnectTimer = setTimeout(connect, backoff);
-      backoff = Math.min(backoff * 2, BACKOFF_MAX);
-    };
-  }
-
-  function reconnectNow() {
-    generation++; // the old socket's close event is ignored
-    if (ws) ws.close(1000);
+    handle(frame);
+  };
+  sock.onclose = (ev) => {
+    if (gen !== generation) return;
     ws = null;
-    backoff = BACKOFF_FIRST;
-    connect();
-  }
-
-  function handle(f) {
-    switch (f.type) {
-      case "ready":
-        onReady(f);
-        break;
-      case "ack": {
-        saveOutbox(loadOutbox().filter((e) => e.id !== f.id));
-        const el = userBubble(f.id);
-        if (el) {
-          el.dataset.status = "sent";
-          setNote(el, "");
-        }
-        if (retrying.delete(f.id)) storeWorks();
-        refreshStatus();
-        break;
-      }
-      case "pending":
-        addUser(f.text, f.id, "sent");
-        break;
-      case "message":
-        addMessage(f);
-        break;
-      case "delta":
-        appendDelta(f.text);
-        break;
-      case "reset":
-        if (streamEl) streamEl.firstChild.replaceChildren();
-        break;
-      case "state":
-        if (f.state === "idle" || f.state === "error") dropStream();
-        if (f.state === "error") fail("The last answer failed; the message above says why.");
-        else setTurnState(f.state);
-        break;
-      case "error":
-        if (f.code === "unauthorized" || f.code === "bad_thread_id") {
-          // The socket closes next; its close code says what to do (log in, a new thread).
-        } else if (f.id && f.code === "not_stored") {
-          // The server's disk refused it: kept in the outbox and sent again until stored.
-          retrying.add(f.id);
-          markFailed(f.id, "retrying", `${f.message} Not sent yet: trying again by itself.`);
-          scheduleStoreRetry();
-          refreshStatus();
-        } else if (f.id) {
-          // Refused for good (too large, malformed): resending would not help.
-          saveOutbox(loadOutbox().filter((e) => e.id !== f.id));
-          retrying.delete(f.id);
-          markFailed(f.id, "failed", f.message);
-          fail(f.message);
-        } else {
-          addNotice(f.message);
-          fail(f.message);
-        }
-        break;
-      default:
-        break;
-    }
-  }
-
-  // -- messages the server could not store: sent again, with backoff, until it can ---------
-
-  function resendRetrying() {
-    for (const e of loadOutbox()) {
-      if (retrying.has(e.id)) sendFrame({ type: "send", id: e.id, text: e.text });
-    }
-  }
-
-  function cancelStoreRetry() {
-    clearTimeout(storeRetryTimer);
-    storeRetryTimer = null;
-  }
-
-  function scheduleStoreRetry() {
-    if (storeRetryTimer !== null) return;
-    storeRetryTimer = setTimeout(() => {
-      storeRetryTimer = null;
-      if (ready) resendRetrying(); // else the next ready sends the whole outbox anyway
-    }, storeBackoff);
-    storeBackoff = Math.min(storeBackoff * 2, STORE_RETRY_MAX);
-  }
-
-  // One of them was stored: the disk works again, so the others need not wait their turn.
-  function storeWorks() {
-    cancelStoreRetry();
-    storeBackoff = STORE_RETRY_FIRST;
-    resendRetrying();
-  }
-
-  function forgetFailures() {
-    failure = null;
-    retrying = new Set();
-    cancelStoreRetry();
-    storeBackoff = STORE_RETRY_FIRST;
-  }
-
-  function onReady(f) {
-    ready = true;
-    backoff = BACKOFF_FIRST;
-    threadId = f.thread_id;
-    sessionStorage.setItem(THREAD_KEY, threadId);
-    if (f.max_message_bytes) maxBytes = f.max_message_bytes;
-    clearView();
-    // The outbox is sent again below; what the server still cannot store comes back.
-    retrying = new Set();
-    cancelStoreRetry();
-    for (const m of f.transcript) addMessage(m);
-    for (const p of f.pending) addUser(p.text, p.id, "sent");
-    const outbox = loadOutbox().filter((e) => e.thread === threadId);
-    saveOutbox(outbox);
-    for (const e of outbox) addUser(e.text, e.id, "sending");
-    if (f.streaming !== null && f.streaming !== undefined) appendDelta(f.streaming);
-    setTurnState(f.state);
-    scrollDown();
-    // Unacknowledged messages go again with the same id: the server keeps each id once.
-    for (const e of outbox) sendFrame({ type: "send", id: e.id, text: e.text });
-  }
-
-  // -- input --------------------------------------------------------------------------------
-
-  function sendCurrent() {
-    const text = ui.message.value;
-    if (!text.trim()) return;
-    const size = new TextEncoder().encode(text).length;
-    if (size > maxBytes) {
-      const fmt = (n) => n.toLocaleString("en-US");
-      const why = `Message is ${fmt(size)} bytes; the limit is ${fmt(maxBytes)}. Shorten it and send again.`;
-      addNotice(why);
-      fail(why);
+    ready = false;
+    ui.stop.disabled = true;
+    if (ev.code === CLOSE_UNAUTHORIZED) {
+      token = null;
+      localStorage.removeItem(TOKEN_KEY);
+      showLogin("That access token was refused. Paste the current one or open the login link.");
       return;
     }
-    failure = null; // something new is under way
-    refreshStatus();
-    const id = randomHex(16);
-    saveOutbox([...loadOutbox(), { id, text, thread: threadId }]);
-    addUser(text, id, "sending");
-    ui.message.value = "";
-    if (ready) sendFrame({ type: "send", id, text });
-  }
+    if (ev.code === CLOSE_BAD_THREAD) {
+      threadId = newThread();
+      clearView();
+    }
+    setStatus("connecting");
+    reconnectTimer = setTimeout(connect, backoff);
+    backoff = Math.min(backoff * 2, BACKOFF_MAX);
+  };
+}
 
-  ui.composer.addEventListener("submit", (e) => {
+function reconnectNow() {
+  generation++; // the old socket's close event is ignored
+  if (ws) ws.close(1000);
+  ws = null;
+  backoff = BACKOFF_FIRST;
+  connect();
+}
+
+function handle(f) {
+  switch (f.type) {
+    case "ready":
+      onReady(f);
+      break;
+    case "ack": {
+      saveOutbox(loadOutbox().filter((e) => e.id !== f.id));
+      const el = userBubble(f.id);
+      if (el) {
+        el.dataset.status = "sent";
+        setNote(el, "");
+      }
+      if (retrying.delete(f.id)) storeWorks();
+      refreshStatus();
+      break;
+    }
+    case "pending":
+      addUser(f.text, f.id, "sent");
+      break;
+    case "message":
+      addMessage(f);
+      break;
+    case "delta":
+      appendDelta(f.text);
+      break;
+    case "reset":
+      resetStream();
+      break;
+    case "state":
+      if (f.state === "idle" || f.state === "error") dropStream();
+      if (f.state === "error") fail("The last answer failed; the message above says why.");
+      else setTurnState(f.state);
+      break;
+    case "error":
+      if (f.code === "unauthorized" || f.code === "bad_thread_id") {
+        // The socket closes next; its close code says what to do (log in, a new thread).
+      } else if (f.id && f.code === "not_stored") {
+        // The server's disk refused it: kept in the outbox and sent again until stored.
+        retrying.add(f.id);
+        markFailed(f.id, "retrying", `${f.message} Not sent yet: trying again by itself.`);
+        scheduleStoreRetry();
+        refreshStatus();
+      } else if (f.id) {
+        // Refused for good (too large, malformed): resending would not help.
+        saveOutbox(loadOutbox().filter((e) => e.id !== f.id));
+        retrying.delete(f.id);
+        markFailed(f.id, "failed", f.message);
+        fail(f.message);
+      } else {
+        addNotice(f.message);
+        fail(f.message);
+      }
+      break;
+    default:
+      break;
+  }
+}
+
+// -- messages the server could not store: sent again, with backoff, until it can ---------
+
+function resendRetrying() {
+  for (const e of loadOutbox()) {
+    if (retrying.has(e.id)) sendFrame({ type: "send", id: e.id, text: e.text });
+  }
+}
+
+function cancelStoreRetry() {
+  clearTimeout(storeRetryTimer);
+  storeRetryTimer = null;
+}
+
+function scheduleStoreRetry() {
+  if (storeRetryTimer !== null) return;
+  storeRetryTimer = setTimeout(() => {
+    storeRetryTimer = null;
+    if (ready) resendRetrying(); // else the next ready sends the whole outbox anyway
+  }, storeBackoff);
+  storeBackoff = Math.min(storeBackoff * 2, STORE_RETRY_MAX);
+}
+
+// One of them was stored: the disk works again, so the others need not wait their turn.
+function storeWorks() {
+  cancelStoreRetry();
+  storeBackoff = STORE_RETRY_FIRST;
+  resendRetrying();
+}
+
+function forgetFailures() {
+  failure = null;
+  retrying = new Set();
+  cancelStoreRetry();
+  storeBackoff = STORE_RETRY_FIRST;
+}
+
+function onReady(f) {
+  ready = true;
+  backoff = BACKOFF_FIRST;
+  threadId = f.thread_id;
+  sessionStorage.setItem(THREAD_KEY, threadId);
+  if (f.max_message_bytes) maxBytes = f.max_message_bytes;
+  clearView();
+  // The outbox is sent again below; what the server still cannot store comes back.
+  retrying = new Set();
+  cancelStoreRetry();
+  for (const m of f.transcript) addMessage(m);
+  for (const p of f.pending) addUser(p.text, p.id, "sent");
+  const outbox = loadOutbox().filter((e) => e.thread === threadId);
+  saveOutbox(outbox);
+  for (const e of outbox) addUser(e.text, e.id, "sending");
+  if (f.streaming !== null && f.streaming !== undefined) appendDelta(f.streaming);
+  setTurnState(f.state);
+  scrollDown();
+  // Unacknowledged messages go again with the same id: the server keeps each id once.
+  for (const e of outbox) sendFrame({ type: "send", id: e.id, text: e.text });
+}
+
+// -- input --------------------------------------------------------------------------------
+
+function sendCurrent() {
+  const text = ui.message.value;
+  if (!text.trim()) return;
+  const size = new TextEncoder().encode(text).length;
+  if (size > maxBytes) {
+    const fmt = (n) => n.toLocaleString("en-US");
+    const why = `Message is ${fmt(size)} bytes; the limit is ${fmt(maxBytes)}. Shorten it and send again.`;
+    addNotice(why);
+    fail(why);
+    return;
+  }
+  failure = null; // something new is under way
+  refreshStatus();
+  const id = randomHex(16);
+  saveOutbox([...loadOutbox(), { id, text, thread: threadId }]);
+  addUser(text, id, "sending");
+  ui.message.value = "";
+  if (ready) sendFrame({ type: "send", id, text });
+}
+
+ui.composer.addEventListener("submit", (e) => {
+  e.preventDefault();
+  sendCurrent();
+});
+
+ui.message.addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
     e.preventDefault();
     sendCurrent();
-  });
-
-  ui.message.addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
-      e.preventDefault();
-      sendCurrent();
-    }
-  });
-
-  ui.stop.addEventListener("click", () => {
-    sendFrame({ type: "stop" });
-  });
-
-  ui.newChat.addEventListener("click", () => {
-    threadId = newThread();
-    saveOutbox([]);
-    clearView();
-    forgetFailures();
-    turnState = "idle";
-    if (token) reconnectNow();
-    ui.message.focus();
-  });
-
-  ui.loginForm.addEventListener("submit", (e) => {
-    e.preventDefault();
-    const value = ui.tokenInput.value.trim();
-    if (!value) return;
-    token = value;
-    localStorage.setItem(TOKEN_KEY, token);
-    ui.tokenInput.value = "";
-    forgetFailures();
-    hideLogin();
-    reconnectNow();
-  });
-
-  window.addEventListener("online", () => {
-    if (token && !ready) reconnectNow();
-  });
-
-  // -- start --------------------------------------------------------------------------------
-
-  takeTokenFromFragment();
-  token = localStorage.getItem(TOKEN_KEY);
-  threadId = loadThread();
-  if (token) {
-    hideLogin();
-    connect();
-    ui.message.focus();
-  } else {
-    showLogin("");
   }
-})();
+});
+
+ui.stop.addEventListener("click", () => {
+  sendFrame({ type: "stop" });
+});
+
+ui.newChat.addEventListener("click", () => {
+  threadId = newThread();
+  saveOutbox([]);
+  clearView();
+  forgetFailures();
+  turnState = "idle";
+  if (token) reconnectNow();
+  ui.message.focus();
+});
+
+ui.loginForm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const value = ui.tokenInput.value.trim();
+  if (!value) return;
+  token = value;
+  localStorage.setItem(TOKEN_KEY, token);
+  ui.tokenInput.value = "";
+  forgetFailures();
+  hideLogin();
+  reconnectNow();
+});
+
+window.addEventListener("online", () => {
+  if (token && !ready) reconnectNow();
+});
+
+// -- start --------------------------------------------------------------------------------
+
+takeTokenFromFragment();
+token = localStorage.getItem(TOKEN_KEY);
+threadId = loadThread();
+if (token) {
+  hideLogin();
+  connect();
+  ui.message.focus();
+} else {
+  showLogin("");
+}

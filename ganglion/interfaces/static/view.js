@@ -1,0 +1,163 @@
+// What the chat page shows: the transcript, the answer streaming in, the status, the login.
+// Only this module touches the page's elements; app.js decides what to show and when.
+
+const $ = (id) => document.getElementById(id);
+export const ui = {
+  app: document.querySelector(".app"),
+  status: $("status"),
+  login: $("login"),
+  loginForm: $("login-form"),
+  loginMessage: $("login-message"),
+  tokenInput: $("token-input"),
+  log: $("log"),
+  composer: $("composer"),
+  message: $("message"),
+  send: $("send"),
+  stop: $("stop"),
+  newChat: $("new-chat"),
+};
+const DEFAULT_LOGIN_MESSAGE = ui.loginMessage.textContent;
+
+let seen = new Set(); // message ids already shown
+let streamEl = null; // the answer in progress
+
+export function setStatus(text) {
+  ui.status.textContent = text;
+  ui.status.dataset.state = text;
+}
+
+function nearBottom() {
+  const l = ui.log;
+  return l.scrollHeight - l.scrollTop - l.clientHeight < 80;
+}
+
+export function scrollDown() {
+  ui.log.scrollTop = ui.log.scrollHeight;
+}
+
+function place(el, force) {
+  const follow = force || nearBottom();
+  if (streamEl && el !== streamEl) ui.log.insertBefore(el, streamEl);
+  else ui.log.append(el);
+  if (follow) scrollDown();
+}
+
+function bubble(role) {
+  const el = document.createElement("article");
+  el.className = "msg";
+  el.dataset.role = role;
+  const body = document.createElement("div");
+  body.className = "body";
+  return [el, body];
+}
+
+export function addMessage(m) {
+  if (m.role === "assistant") dropStream();
+  if (seen.has(m.id)) return;
+  seen.add(m.id);
+  const [el, body] = bubble(m.role);
+  el.dataset.id = String(m.id);
+  body.innerHTML = m.html; // server-rendered, escaped HTML only; never raw text
+  for (const a of body.querySelectorAll("a[href]")) {
+    a.target = "_blank"; // never navigate the chat away
+    a.rel = "noopener noreferrer";
+  }
+  if (m.role === "tool") {
+    const details = document.createElement("details");
+    const summary = document.createElement("summary");
+    const first = (m.text || "").split("\n", 1)[0].slice(0, 80);
+    summary.textContent = (m.name ? `Tool ${m.name}` : "Tool") + (first ? `: ${first}` : "");
+    details.append(summary, body);
+    el.append(details);
+  } else {
+    el.append(body);
+  }
+  place(el, false);
+}
+
+export function userBubble(clientId) {
+  return ui.log.querySelector(`.msg[data-client-id="${CSS.escape(clientId)}"]`);
+}
+
+export function addUser(text, clientId, status) {
+  if (userBubble(clientId)) return;
+  const [el, body] = bubble("user");
+  el.dataset.clientId = clientId;
+  el.dataset.status = status;
+  body.textContent = text;
+  el.append(body);
+  place(el, true);
+}
+
+export function setNote(el, message) {
+  let note = el.querySelector(".note");
+  if (!message) {
+    if (note) note.remove();
+    return;
+  }
+  if (!note) {
+    note = document.createElement("p");
+    note.className = "note";
+    el.append(note);
+  }
+  note.textContent = message;
+}
+
+export function markFailed(clientId, status, message) {
+  const el = userBubble(clientId);
+  if (!el) return;
+  el.dataset.status = status;
+  setNote(el, message);
+}
+
+// A notice of this page (not from the server): a message of the transcript like the others.
+export function addNotice(text) {
+  const [el, body] = bubble("system");
+  el.classList.add("notice");
+  body.textContent = text;
+  el.append(body);
+  place(el, true);
+}
+
+export function appendDelta(text) {
+  if (!streamEl) {
+    const [el, body] = bubble("assistant");
+    el.classList.add("streaming");
+    el.append(body);
+    streamEl = el;
+    place(el, true);
+  }
+  const follow = nearBottom();
+  streamEl.firstChild.append(document.createTextNode(text)); // plain text while streaming
+  if (follow) scrollDown();
+}
+
+// "reset": the model's partial answer is void; what comes next starts it again.
+export function resetStream() {
+  if (streamEl) streamEl.firstChild.replaceChildren();
+}
+
+export function dropStream() {
+  if (streamEl) streamEl.remove();
+  streamEl = null;
+}
+
+export function clearView() {
+  ui.log.replaceChildren();
+  seen = new Set();
+  streamEl = null;
+}
+
+export function showLogin(message) {
+  ui.app.classList.add("logged-out");
+  ui.login.hidden = false;
+  ui.loginMessage.textContent = message || DEFAULT_LOGIN_MESSAGE;
+  setStatus(message ? "error" : "logged out");
+  ui.stop.disabled = true;
+  ui.tokenInput.focus();
+}
+
+export function hideLogin() {
+  ui.app.classList.remove("logged-out");
+  ui.login.hidden = true;
+}
