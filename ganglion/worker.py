@@ -106,7 +106,8 @@ class Worker:
         """The thread's model (``/model``), else ``model``."""
         self._partial: dict[ThreadId, list[str]] = {}
         self._quiet: set[ThreadId] = set()
-        """Threads whose turn nobody typed (a reminder, a review): no progress events."""
+        """Threads whose running turn nobody typed (a reminder, a review): no progress
+        events. Emptied at the end of each turn, so it holds only running turns."""
         self._spent: dict[ThreadId, int] = {}
         """Tokens of the running turn, per thread."""
         commands.add("new", "/new", "start a fresh conversation in this thread", self._cmd_new)
@@ -123,8 +124,6 @@ class Worker:
             self._spent[tid] = 0
             if msg.source in (Source.REMINDER, Source.HEARTBEAT):
                 self._quiet.add(tid)
-            else:
-                self._quiet.discard(tid)
             await self._state(tid, "thinking")
         failed = True  # unless the turn returns
         try:
@@ -149,7 +148,11 @@ class Worker:
             tokens = self._spent.pop(tid, 0)
             if msg.source is Source.HEARTBEAT and self.reviews is not None:
                 new = await self.reviews.finished(msg, new, tokens)
-        await self._finish(msg, new, idle=not control, failed=failed)
+        try:
+            await self._finish(msg, new, idle=not control, failed=failed)
+        finally:
+            if not control:  # per turn: a system thread never has a typed turn to clear it
+                self._quiet.discard(tid)
         log.info("[%s] turn done in %.1f ms, %d tokens", tid,
                  (time.monotonic() - started) * 1000, tokens)
 
