@@ -120,7 +120,7 @@ class ModelCommands:
         else:
             health = "healthy"
         count = "models unknown" if ep.models is None else f"{len(ep.models)} models"
-        return f"{ep.name} ({origin}) {ep.config.base_url}: {health}, {count}"
+        return f"{ep.name} ({origin}) {ep.config.shown_url}: {health}, {count}"
 
     def _thread_line(self, thread_id: ThreadId) -> str:
         name = self.model_for(thread_id)
@@ -208,12 +208,12 @@ class ModelCommands:
                 "rotate it.")
         ep = await self.pool.add(name, url, key, msg.sender)
         if ep.models is None:
-            return (f"Added endpoint '{ep.name}' at {ep.config.base_url}, but it did not list "
+            return (f"Added endpoint '{ep.name}' at {ep.config.shown_url}, but it did not list "
                     f"its models: {ep.problem or 'no answer'}. `/reload_models` asks again; "
                     f"`/remove_endpoint {ep.name}` removes it.")
         listed = ", ".join(f"`{m}`" for m in ep.models[:20]) or "none"
         more = f" and {len(ep.models) - 20} more" if len(ep.models) > 20 else ""
-        return (f"Added endpoint '{ep.name}' at {ep.config.base_url} with {len(ep.models)} "
+        return (f"Added endpoint '{ep.name}' at {ep.config.shown_url} with {len(ep.models)} "
                 f"models: {listed}{more}. The key is stored and will not be shown.")
 
     async def _forget_key(self, msg: Inbound, args: str) -> str:
@@ -247,4 +247,4 @@ class ModelCommands:
         if not args or len(args.split()) != 1:
             raise InputRejected("Usage: `/remove_endpoint <name>`.")
         ep = await self.pool.remove(args)
-        return f"Removed endpoint '{ep.name}' ({ep.config.base_url})."
+        return f"Removed endpoint '{ep.name}' ({ep.config.shown_url})."

@@ -359,3 +359,20 @@ async def test_aliases_ignore_case_and_survive_restart_as_does_a_removed_endpoin
     assert (await say(chat, "/ask keep hi")).startswith("echo: hi")
     assert a.requests[-1]["model"] == "alpha"
     await chat.close()
+
+
+async def test_credentials_in_an_endpoint_url_are_never_shown_in_chat(
+    app_factory: AppFactory, pair: tuple[FakeLLM, FakeLLM], fake_llm_factory: Factory,
+) -> None:
+    a, b = pair
+    c = await fake_llm_factory(models=["gamma"])
+    app = await app_factory(two_endpoints(a, b))
+    chat = await connect(app)
+    url = c.base_url.replace("http://", "http://proxyuser:Pr0xyPass@")
+    replies = [await say(chat, f"/add_endpoint creds {url} {RUNTIME_KEY}"),
+               await say(chat, "/models"), await say(chat, "/remove_endpoint creds")]
+    assert "Added endpoint 'creds' at http://***@127.0.0.1" in replies[0], replies[0]
+    assert "creds (added by web) http://***@127.0.0.1" in replies[1], replies[1]
+    assert "Removed endpoint 'creds' (http://***@127.0.0.1" in replies[2], replies[2]
+    assert all("Pr0xyPass" not in r and "proxyuser" not in r for r in replies)
+    await chat.close()
