@@ -177,8 +177,11 @@ class App:
             # Imported here: nio takes about a second to import, paid only when Matrix is on.
             from ganglion.interfaces.matrix import MatrixInterface  # noqa: PLC0415
 
+            # Transaction ids name this database too: after a reset of conversation.db its
+            # message ids start again, and the homeserver would drop new replies as resends.
             self.matrix = MatrixInterface(cfg.matrix, self.loaded.path(cfg.matrix.store_path),
-                                          self.bus, self.router, MarkdownRenderer())
+                                          self.bus, self.router, MarkdownRenderer(),
+                                          tx_prefix=f"ganglion-{await self.db.instance_id()}")
             self.router.register(self.matrix)
             self.model_commands.redact = self.matrix.redact
             self._stops.append(("matrix", self.matrix.stop))

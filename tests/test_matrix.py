@@ -206,6 +206,29 @@ async def test_restart_keeps_the_device_and_answers_what_came_meanwhile_once(
 
 
 @pytest.mark.matrix
+async def test_replies_still_go_out_after_the_conversation_database_is_reset(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    humans: HumanFactory, tmp_path: Path,
+) -> None:
+    """Message ids start again in a new conversation.db; with the same device, a reply's
+    transaction id must still be new, or the homeserver takes it for a resend and drops it."""
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    store = tmp_path / "store"
+    first = await start_bot(app_factory, synapse, bot, [person.user_id], store)
+    human = await humans(person)
+    room = await joined_room(human, bot)
+    await human.send(room, "one")
+    assert (await human.next_message(room, bot.user_id, 0)).body == "echo: one"
+    await first.stop()
+    for name in ("conversation.db", "conversation.db-wal", "conversation.db-shm"):
+        (tmp_path / "data" / name).unlink(missing_ok=True)
+
+    await start_bot(app_factory, synapse, bot, [person.user_id], store)
+    await human.send(room, "two")
+    assert (await human.next_message(room, bot.user_id, 1)).body == "echo: two"
+
+
+@pytest.mark.matrix
 async def test_after_a_restart_the_bot_speaks_first_in_a_quiet_encrypted_room(
     synapse: Synapse, app_factory: AppFactory, humans: HumanFactory,  # noqa: F811
     tmp_path: Path,

@@ -113,8 +113,7 @@ MIGRATIONS: list[Migration] = [  # applied once each, in order; recorded in ``mi
         """,
     ),
     # There is no 0003, on purpose: a database records each migration by number, so numbers
-    # are never reused or renumbered, and a gap is harmless (they run in number order). The
-    # next migration takes 5.
+    # are never reused or renumbered, and a gap is harmless (they run in number order).
     Migration(
         4,
         "endpoints_usage",
@@ -163,6 +162,17 @@ MIGRATIONS: list[Migration] = [  # applied once each, in order; recorded in ``mi
         CREATE INDEX usage_account
             ON usage (account, kind, at, prompt_tokens, completion_tokens);
         CREATE INDEX usage_thread ON usage (thread_id)
+        """,
+    ),
+    Migration(
+        5,
+        "instance",
+        """
+        -- Tells this database apart from an earlier one at the same path (a reset): message
+        -- ids start again at 1, so what is derived from them (Matrix transaction ids) must
+        -- carry this too.
+        CREATE TABLE instance (id TEXT NOT NULL);
+        INSERT INTO instance (id) VALUES (lower(hex(randomblob(6))))
         """,
     ),
 ]
@@ -235,6 +245,11 @@ class Database:
         async with self._lock, self.conn.execute(sql, params) as cur:
             row: sqlite3.Row | None = await cur.fetchone()
             return row
+
+    async def instance_id(self) -> str:
+        """This database's own random id, made with it (see migration 5)."""
+        row = await self.fetchone("SELECT id FROM instance")
+        return str(row["id"]) if row else "0"
 
     async def _migrate(self, migrations: list[Migration]) -> None:
         await self.conn.execute(
