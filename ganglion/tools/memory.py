@@ -177,7 +177,7 @@ class MemoryFlush:
             {"role": "user", "content": transcript_text(old)},
         ]
         try:
-            result = await self.llm.chat(messages, model=self.model,
+            result = await self.llm.chat(messages, model=self.model, thread_id=thread_id,
                                          tools=self.runner.registry.schemas(set(allowed)))
         except (LLMUnavailable, LLMBadResponse) as err:
             log.warning("[%s] memory flush before compaction skipped: %s", thread_id, err)
