@@ -96,6 +96,12 @@ async def talking_bot(synapse: Synapse, app_factory: AppFactory,  # noqa: F811
     return app, human, await joined_room(human, bot), bot
 
 
+async def echoed(human: Human, room: str, bot: MatrixUser, text: str, n: int) -> None:
+    """``human`` says ``text``; the bot's ``n``-th message in the room (from 0) is its echo."""
+    await human.send(room, text)
+    assert (await human.next_message(room, bot.user_id, n)).body == f"echo: {text}"
+
+
 def last_user_text(body: dict[str, Any]) -> str:
     return [m["content"] for m in body["messages"] if m["role"] == "user"][-1]
 
@@ -177,8 +183,7 @@ async def test_restart_keeps_the_device_and_answers_what_came_meanwhile_once(
     first = await start_bot(app_factory, synapse, bot, [person.user_id], store)
     human = await humans(person)
     room = await joined_room(human, bot)
-    await human.send(room, "one")
-    assert (await human.next_message(room, bot.user_id, 0)).body == "echo: one"
+    await echoed(human, room, bot, "one", 0)
     assert first.matrix is not None and first.matrix.client is not None
     identity = first.matrix.client.olm.account.identity_keys["curve25519"]
     human_sessions = olm_sessions(human.client, bot.user_id, bot.device_id)
@@ -189,8 +194,7 @@ async def test_restart_keeps_the_device_and_answers_what_came_meanwhile_once(
     second = await start_bot(app_factory, synapse, bot, [person.user_id], store)
     answer = await human.next_message(room, bot.user_id, 1)
     assert answer.decrypted and answer.body == "echo: two"
-    await human.send(room, "three")
-    assert (await human.next_message(room, bot.user_id, 2)).body == "echo: three"
+    await echoed(human, room, bot, "three", 2)
 
     # Answered exactly once each: nothing from before the restart was answered again.
     assert [m.body for m in human.messages_from(room, bot.user_id)] == [
@@ -217,15 +221,13 @@ async def test_replies_still_go_out_after_the_conversation_database_is_reset(
     first = await start_bot(app_factory, synapse, bot, [person.user_id], store)
     human = await humans(person)
     room = await joined_room(human, bot)
-    await human.send(room, "one")
-    assert (await human.next_message(room, bot.user_id, 0)).body == "echo: one"
+    await echoed(human, room, bot, "one", 0)
     await first.stop()
     for name in ("conversation.db", "conversation.db-wal", "conversation.db-shm"):
         (tmp_path / "data" / name).unlink(missing_ok=True)
 
     await start_bot(app_factory, synapse, bot, [person.user_id], store)
-    await human.send(room, "two")
-    assert (await human.next_message(room, bot.user_id, 1)).body == "echo: two"
+    await echoed(human, room, bot, "two", 1)
 
 
 @pytest.mark.matrix
@@ -262,8 +264,7 @@ async def test_a_busy_absence_is_caught_up_past_a_limited_timeline(
                             owner=person.user_id)
     human = await humans(person)
     room = await joined_room(human, bot)
-    await human.send(room, "before")
-    assert (await human.next_message(room, bot.user_id, 0)).body == "echo: before"
+    await echoed(human, room, bot, "before", 0)
     await first.stop()
 
     missed = [f"while away {i}" for i in range(12)]
@@ -327,8 +328,7 @@ async def test_a_homeserver_that_never_answers_a_sync_is_given_up_on_and_retried
     await asyncio.wait_for(app.matrix.ready.wait(), 20)
     human = await humans(person)
     room = await joined_room(human, bot)
-    await human.send(room, "still there?")
-    assert (await human.next_message(room, bot.user_id, 0)).body == "echo: still there?"
+    await echoed(human, room, bot, "still there?", 0)
 
 
 @pytest.mark.matrix
@@ -340,10 +340,8 @@ async def test_the_bot_never_answers_itself_even_open_to_everyone(
     await start_bot(app_factory, synapse, bot, ["*"], tmp_path / "store")
     human = await humans(person)
     room = await joined_room(human, bot)
-    await human.send(room, "hi")
-    assert (await human.next_message(room, bot.user_id, 0)).body == "echo: hi"
-    await human.send(room, "bye")
-    assert (await human.next_message(room, bot.user_id, 1)).body == "echo: bye"
+    await echoed(human, room, bot, "hi", 0)
+    await echoed(human, room, bot, "bye", 1)
     assert [last_user_text(r) for r in fake_llm.requests] == ["hi", "bye"]
 
 
@@ -366,8 +364,7 @@ async def test_a_stranger_is_ignored_and_their_invite_refused(
     await human.wait_joined(room, stranger_user.user_id)
     await stranger.send(room, "hello from a stranger")
     await human.until(lambda: human.messages_from(room, stranger_user.user_id))
-    await human.send(room, "hello from the owner")
-    assert (await human.next_message(room, bot.user_id, 0)).body == "echo: hello from the owner"
+    await echoed(human, room, bot, "hello from the owner", 0)
     assert len(fake_llm.requests) == 1
     assert user_texts(fake_llm.requests[0]) == ["hello from the owner"]
     assert len(human.messages_from(room, bot.user_id)) == 1
@@ -392,8 +389,7 @@ async def test_history_from_before_the_first_start_is_not_answered(
     device = MatrixUser(bot.user_id, bot.password, login.access_token, login.device_id)
 
     await start_bot(app_factory, synapse, device, [person.user_id], tmp_path / "store")
-    await human.send(room, "a new message")
-    assert (await human.next_message(room, bot.user_id, 0)).body == "echo: a new message"
+    await echoed(human, room, bot, "a new message", 0)
     assert [user_texts(r) for r in fake_llm.requests] == [["a new message"]]
 
 
@@ -461,10 +457,8 @@ async def test_allowed_rooms_joins_a_listed_room_and_ignores_the_others(
     await human.invite(listed, bot.user_id)
     await human.wait_joined(listed, bot.user_id)
     await human.send(dropped, "in a room no longer listed")
-    await human.send(listed, "in the listed room")
-    assert (await human.next_message(listed, bot.user_id, 0)).body == "echo: in the listed room"
-    await human.send(listed, "again")
-    assert (await human.next_message(listed, bot.user_id, 1)).body == "echo: again"
+    await echoed(human, listed, bot, "in the listed room", 0)
+    await echoed(human, listed, bot, "again", 1)
     assert human.messages_from(dropped, bot.user_id) == []
     assert [last_user_text(r) for r in fake_llm.requests] == ["in the listed room", "again"]
 
@@ -495,8 +489,7 @@ async def test_recovers_by_itself_when_the_homeserver_comes_back(
     await human.next_message(room, bot.user_id, 2)
     assert [m.body for m in human.messages_from(room, bot.user_id)] == [
         "echo: before", "echo: queued 1", "echo: queued 2"]
-    await human.send(room, "after")
-    assert (await human.next_message(room, bot.user_id, 3)).body == "echo: after"
+    await echoed(human, room, bot, "after", 3)
     assert await app.outbox.pending(ThreadId(room)) == []
 
 
@@ -507,14 +500,12 @@ async def test_a_reply_refused_for_good_is_dropped_and_the_next_ones_flow(
 ) -> None:
     _, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path,
                                             homeserver=hs_proxy.url)
-    await human.send(room, "one")
-    assert (await human.next_message(room, bot.user_id, 0)).body == "echo: one"
+    await echoed(human, room, bot, "one", 0)
     hs_proxy.fail, hs_proxy.fail_status = re.compile(r"^PUT .*/rooms/[^/]+/send/"), 403
     hs_proxy.fail_times = 1
     await human.send(room, "two")
     await hs_proxy.wait_failures(1)
-    await human.send(room, "three")
-    assert (await human.next_message(room, bot.user_id, 1)).body == "echo: three"
+    await echoed(human, room, bot, "three", 1)
     await human.sync()
     assert [m.body for m in human.messages_from(room, bot.user_id)] == [
         "echo: one", "echo: three"]
@@ -526,8 +517,7 @@ async def test_a_message_the_disk_refuses_is_read_again_once_it_can_be_stored(
     humans: HumanFactory, tmp_path: Path,
 ) -> None:
     app, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path)
-    await human.send(room, "one")
-    assert (await human.next_message(room, bot.user_id, 0)).body == "echo: one"
+    await echoed(human, room, bot, "one", 0)
 
     await app.db.conn.execute("PRAGMA query_only = ON")  # every write to conversation.db fails
     await human.send(room, "two")
@@ -538,8 +528,7 @@ async def test_a_message_the_disk_refuses_is_read_again_once_it_can_be_stored(
 
     await app.db.conn.execute("PRAGMA query_only = OFF")  # the fault clears
     assert (await human.next_message(room, bot.user_id, 2)).body == "echo: two"
-    await human.send(room, "three")
-    assert (await human.next_message(room, bot.user_id, 3)).body == "echo: three"
+    await echoed(human, room, bot, "three", 3)
     # Told once, answered once each.
     assert [m.body for m in human.messages_from(room, bot.user_id)] == [
         "echo: one", matrix_interface.NOT_STORED_NOTICE, "echo: two", "echo: three"]
@@ -554,16 +543,14 @@ async def test_a_reply_the_homeserver_refuses_is_sent_again_by_itself(
     """Sends fail (502) while syncs still work: no reconnect happens to re-send the reply."""
     _, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path,
                                             homeserver=hs_proxy.url)
-    await human.send(room, "one")
-    assert (await human.next_message(room, bot.user_id, 0)).body == "echo: one"
+    await echoed(human, room, bot, "one", 0)
 
     hs_proxy.fail = re.compile(r"^PUT .*/rooms/[^/]+/send/")
     await human.send(room, "two")
     await hs_proxy.wait_failures(3)  # the first attempt and two retries
     hs_proxy.fail = None
     assert (await human.next_message(room, bot.user_id, 1)).body == "echo: two"
-    await human.send(room, "three")
-    assert (await human.next_message(room, bot.user_id, 2)).body == "echo: three"
+    await echoed(human, room, bot, "three", 2)
     assert [m.body for m in human.messages_from(room, bot.user_id)] == [
         "echo: one", "echo: two", "echo: three"]
 
@@ -703,8 +690,7 @@ async def test_an_undecryptable_message_is_reported_once(
     assert any("cannot decrypt event" in r.getMessage() and session in r.getMessage()
                for r in caplog.records)
     human.client.unblacklist_device(bot_device)  # a new room key, shared with the bot
-    await human.send(room, "readable")
-    assert (await human.next_message(room, bot.user_id, 1)).body == "echo: readable"
+    await echoed(human, room, bot, "readable", 1)
     assert len(human.messages_from(room, bot.user_id)) == 2  # told once, not per message
     assert [last_user_text(r) for r in fake_llm.requests] == ["readable"]
 
@@ -910,8 +896,7 @@ async def test_the_daemon_survives_a_crash_stops_fast_and_never_logs_the_token(
         human = await humans(person)
         room = await human.create_room(invite=[bot.user_id])
         await human.wait_joined(room, bot.user_id)
-        await human.send(room, "ping")
-        assert (await human.next_message(room, bot.user_id, 0)).body == "echo: ping"
+        await echoed(human, room, bot, "ping", 0)
         # A crash: the saved sync token may be older than the last sync; what the bot sees
         # again is deduplicated, so nothing is answered twice.
         daemon.kill()
@@ -919,8 +904,7 @@ async def test_the_daemon_survives_a_crash_stops_fast_and_never_logs_the_token(
         daemon.start()
         await daemon.wait_ready()
         assert (await human.next_message(room, bot.user_id, 1)).body == "echo: pong"
-        await human.send(room, "again")
-        assert (await human.next_message(room, bot.user_id, 2)).body == "echo: again"
+        await echoed(human, room, bot, "again", 2)
         assert [m.body for m in human.messages_from(room, bot.user_id)] == [
             "echo: ping", "echo: pong", "echo: again"]
         started = time.monotonic()
