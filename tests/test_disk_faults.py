@@ -31,12 +31,13 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import pytest_asyncio
 from conftest import LLM_KEY, WEB_TOKEN
 from daemon import Daemon
 from fake_llm import FakeLLM, Reply
@@ -119,6 +120,31 @@ def config(llm: FakeLLM) -> dict[str, Any]:
     }
 
 
+@pytest_asyncio.fixture
+async def daemon(
+    namespace: Namespace, fake_llm: FakeLLM, tmp_path: Path
+) -> AsyncIterator[Daemon]:
+    """The daemon with its data folder on the namespace's tmpfs, ready; killed after the test."""
+    d = Daemon(tmp_path, config(fake_llm), prefix=namespace.prefix(tmp_path))
+    d.start()
+    try:
+        await d.wait_ready()
+        yield d
+    finally:
+        d.kill()
+
+
+@pytest_asyncio.fixture
+async def chat(daemon: Daemon) -> AsyncIterator[ChatClient]:
+    """A tab connected to ``daemon``; closed after the test."""
+    tab = ChatClient(daemon.url, WEB_TOKEN)
+    await tab.connect()
+    try:
+        yield tab
+    finally:
+        await tab.close()
+
+
 async def still_serving(d: Daemon) -> None:
     """The daemon is up: /healthz answers and a new socket logs in."""
     async with aiohttp.ClientSession() as session, session.get(f"{d.url}/healthz") as resp:
@@ -138,115 +164,88 @@ def rows(ns: Namespace, sql: str) -> list[list[Any]]:
 
 
 async def test_a_full_disk_refuses_a_message_clearly_and_takes_it_when_space_is_back(
-    namespace: Namespace, fake_llm: FakeLLM, tmp_path: Path
+    namespace: Namespace, daemon: Daemon, chat: ChatClient, fake_llm: FakeLLM, tmp_path: Path
 ) -> None:
-    d = Daemon(tmp_path, config(fake_llm), prefix=namespace.prefix(tmp_path))
-    d.start()
-    chat = ChatClient(d.url, WEB_TOKEN)
-    try:
-        await d.wait_ready()
-        await chat.connect()
-        assert (await chat.ask("before", timeout=10))["text"] == "echo: before"
-        # See the module docstring: a read-only remount is refused while SQLite writes here.
-        busy = namespace.run("mount", "-o", "remount,ro", str(namespace.data), check=False)
-        assert busy.returncode != 0 and "busy" in busy.stderr, busy
+    assert (await chat.ask("before", timeout=10))["text"] == "echo: before"
+    # See the module docstring: a read-only remount is refused while SQLite writes here.
+    busy = namespace.run("mount", "-o", "remount,ro", str(namespace.data), check=False)
+    assert busy.returncode != 0 and "busy" in busy.stderr, busy
 
-        namespace.fill()
-        refused = await chat.send("while full", client_id="c1")
-        assert refused["type"] == "error" and refused["code"] == "not_stored", refused
-        assert "Could not store your message" in refused["message"]
-        assert "send it again" in refused["message"]
-        await still_serving(d)
-        assert (await chat.send("still full", client_id="c2"))["code"] == "not_stored"
-        assert len(fake_llm.requests) == 1  # nothing ran on a message that was not stored
+    namespace.fill()
+    refused = await chat.send("while full", client_id="c1")
+    assert refused["type"] == "error" and refused["code"] == "not_stored", refused
+    assert "Could not store your message" in refused["message"]
+    assert "send it again" in refused["message"]
+    await still_serving(daemon)
+    assert (await chat.send("still full", client_id="c2"))["code"] == "not_stored"
+    assert len(fake_llm.requests) == 1  # nothing ran on a message that was not stored
 
-        namespace.free()  # the fault clears; the tab resends what was not acknowledged
-        assert (await chat.send("while full", client_id="c1"))["type"] == "ack"
-        assert (await chat.reply(10))["text"] == "echo: while full"
-        assert (await chat.ask("after", timeout=10))["text"] == "echo: after"
-        inbox = rows(namespace, "SELECT text, status FROM inbox ORDER BY id")
-        assert inbox == [["before", "done"], ["while full", "done"], ["after", "done"]]
-        assert rows(namespace, "PRAGMA integrity_check") == [["ok"]]
-        assert d.proc is not None and d.proc.poll() is None
-    finally:
-        await chat.close()
-        d.kill()
+    namespace.free()  # the fault clears; the tab resends what was not acknowledged
+    assert (await chat.send("while full", client_id="c1"))["type"] == "ack"
+    assert (await chat.reply(10))["text"] == "echo: while full"
+    assert (await chat.ask("after", timeout=10))["text"] == "echo: after"
+    inbox = rows(namespace, "SELECT text, status FROM inbox ORDER BY id")
+    assert inbox == [["before", "done"], ["while full", "done"], ["after", "done"]]
+    assert rows(namespace, "PRAGMA integrity_check") == [["ok"]]
+    assert daemon.proc is not None and daemon.proc.poll() is None
     assert "database or disk is full" in (tmp_path / "logs" / "ganglion.log").read_text()
 
 
 async def test_an_answer_the_full_disk_refuses_is_announced_then_sent_once_space_is_back(
-    namespace: Namespace, fake_llm: FakeLLM, tmp_path: Path
+    namespace: Namespace, daemon: Daemon, chat: ChatClient, fake_llm: FakeLLM
 ) -> None:
-    d = Daemon(tmp_path, config(fake_llm), prefix=namespace.prefix(tmp_path))
-    d.start()
-    chat = ChatClient(d.url, WEB_TOKEN)
-    try:
-        await d.wait_ready()
-        await chat.connect()
-        thinking = asyncio.Event()
-        fake_llm.script(Reply(text="worth keeping", held=thinking))
-        assert (await chat.send("question"))["type"] == "ack"
-        async with asyncio.timeout(10):
-            await fake_llm.wait_until(lambda: fake_llm.in_flight == 1)
-        namespace.fill()  # the disk fills up while the model is thinking
-        thinking.set()  # and only then does it answer
-        notice = await chat.reply(10)
-        assert notice["role"] == "system", notice
-        assert "could not store my answer" in notice["text"]
-        assert "keep trying" in notice["text"]
-        await still_serving(d)
+    thinking = asyncio.Event()
+    fake_llm.script(Reply(text="worth keeping", held=thinking))
+    assert (await chat.send("question"))["type"] == "ack"
+    async with asyncio.timeout(10):
+        await fake_llm.wait_until(lambda: fake_llm.in_flight == 1)
+    namespace.fill()  # the disk fills up while the model is thinking
+    thinking.set()  # and only then does it answer
+    notice = await chat.reply(10)
+    assert notice["role"] == "system", notice
+    assert "could not store my answer" in notice["text"]
+    assert "keep trying" in notice["text"]
+    await still_serving(daemon)
 
-        namespace.free()
-        answer = await chat.reply(40)  # the worker's retry backs off to a few seconds
-        assert answer["role"] == "assistant" and answer["text"] == "worth keeping"
-        assert (await chat.ask("and now?", timeout=10))["text"] == "echo: and now?"
-        stored = rows(namespace, "SELECT role, content FROM messages ORDER BY id")
-        assert stored == [["user", "question"], ["assistant", "worth keeping"],
-                          ["user", "and now?"], ["assistant", "echo: and now?"]]
-        assert rows(namespace, "PRAGMA integrity_check") == [["ok"]]
-    finally:
-        await chat.close()
-        d.kill()
+    namespace.free()
+    answer = await chat.reply(40)  # the worker's retry backs off to a few seconds
+    assert answer["role"] == "assistant" and answer["text"] == "worth keeping"
+    assert (await chat.ask("and now?", timeout=10))["text"] == "echo: and now?"
+    stored = rows(namespace, "SELECT role, content FROM messages ORDER BY id")
+    assert stored == [["user", "question"], ["assistant", "worth keeping"],
+                      ["user", "and now?"], ["assistant", "echo: and now?"]]
+    assert rows(namespace, "PRAGMA integrity_check") == [["ok"]]
 
 
 async def test_a_read_only_data_folder_at_start_is_refused_clearly_then_starts_once_writable(
-    namespace: Namespace, fake_llm: FakeLLM, tmp_path: Path
+    namespace: Namespace, daemon: Daemon
 ) -> None:
-    d = Daemon(tmp_path, config(fake_llm), prefix=namespace.prefix(tmp_path))
-    d.start()
-    try:
-        await d.wait_ready()
-        chat = ChatClient(d.url, WEB_TOKEN)
-        await chat.connect()
-        assert (await chat.ask("kept", timeout=10))["text"] == "echo: kept"
-        await chat.close()
-        d.signal(signal.SIGTERM)
-        assert await d.wait_exit(10) == 0
+    chat = ChatClient(daemon.url, WEB_TOKEN)
+    await chat.connect()
+    assert (await chat.ask("kept", timeout=10))["text"] == "echo: kept"
+    await chat.close()
+    daemon.signal(signal.SIGTERM)
+    assert await daemon.wait_exit(10) == 0
 
-        namespace.run("mount", "-o", "remount,ro", str(namespace.data))  # nothing open now
-        d.start()
-        assert await d.wait_exit(20) == 1
-        assert "could not start: the file system is read-only; make paths.data_dir" in d.text()
-        assert str(namespace.data) in d.text()  # names the folder to fix
+    namespace.run("mount", "-o", "remount,ro", str(namespace.data))  # nothing open now
+    daemon.start()
+    assert await daemon.wait_exit(20) == 1
+    assert "could not start: the file system is read-only; make paths.data_dir" in daemon.text()
+    assert str(namespace.data) in daemon.text()  # names the folder to fix
 
-        namespace.run("mount", "-o", "remount,rw", str(namespace.data))
-        d.start()
-        await d.wait_ready()
-        chat = ChatClient(d.url, WEB_TOKEN, thread_id=chat.thread_id)
-        ready = await chat.connect()
-        assert "echo: kept" in str(ready)  # the conversation from before is still there
-        assert (await chat.ask("again", timeout=10))["text"] == "echo: again"
-        await chat.close()
-    finally:
-        d.kill()
+    namespace.run("mount", "-o", "remount,rw", str(namespace.data))
+    daemon.start()
+    await daemon.wait_ready()
+    chat = ChatClient(daemon.url, WEB_TOKEN, thread_id=chat.thread_id)
+    ready = await chat.connect()
+    assert "echo: kept" in str(ready)  # the conversation from before is still there
+    assert (await chat.ask("again", timeout=10))["text"] == "echo: again"
+    await chat.close()
 
 
 async def test_a_read_only_bind_mount_mid_run_fails_a_memory_write_clearly_then_it_works(
-    namespace: Namespace, fake_llm: FakeLLM, tmp_path: Path
+    namespace: Namespace, daemon: Daemon, chat: ChatClient, fake_llm: FakeLLM
 ) -> None:
-    d = Daemon(tmp_path, config(fake_llm), prefix=namespace.prefix(tmp_path))
-    d.start()
-    chat = ChatClient(d.url, WEB_TOKEN)
     data = str(namespace.data)
 
     async def remember(fact: str) -> str:
@@ -258,24 +257,18 @@ async def test_a_read_only_bind_mount_mid_run_fails_a_memory_write_clearly_then_
                    if m["role"] == "tool"]
         return str(results[-1])
 
-    try:
-        await d.wait_ready()
-        await chat.connect()
-        assert (await chat.ask("before", timeout=10))["text"] == "echo: before"
-        # Read-only from now on for whatever is opened anew (see the module docstring).
-        namespace.run("mount", "--bind", data, data)
-        namespace.run("mount", "-o", "remount,bind,ro", data)
-        refused = await remember("tea")
-        assert refused.startswith("error: memory_append failed"), refused
-        assert "Read-only file system" in refused
-        await still_serving(d)
+    assert (await chat.ask("before", timeout=10))["text"] == "echo: before"
+    # Read-only from now on for whatever is opened anew (see the module docstring).
+    namespace.run("mount", "--bind", data, data)
+    namespace.run("mount", "-o", "remount,bind,ro", data)
+    refused = await remember("tea")
+    assert refused.startswith("error: memory_append failed"), refused
+    assert "Read-only file system" in refused
+    await still_serving(daemon)
 
-        namespace.run("umount", data)  # the fault clears
-        assert "Appended to MEMORIES.txt" in await remember("coffee")
-        assert namespace.run("cat", f"{data}/MEMORIES.txt").stdout == "coffee\n"
-        leftovers = namespace.run("ls", "-A", data).stdout.split()
-        assert not [n for n in leftovers if n.endswith(".tmp")], leftovers
-        assert d.proc is not None and d.proc.poll() is None
-    finally:
-        await chat.close()
-        d.kill()
+    namespace.run("umount", data)  # the fault clears
+    assert "Appended to MEMORIES.txt" in await remember("coffee")
+    assert namespace.run("cat", f"{data}/MEMORIES.txt").stdout == "coffee\n"
+    leftovers = namespace.run("ls", "-A", data).stdout.split()
+    assert not [n for n in leftovers if n.endswith(".tmp")], leftovers
+    assert daemon.proc is not None and daemon.proc.poll() is None
