@@ -105,6 +105,18 @@ def base_config(tmp_path: Path, llm: FakeLLM) -> dict[str, Any]:
     }
 
 
+def daemon_config(llm: FakeLLM, **sections: Any) -> dict[str, Any]:
+    """The config of the real daemon (tests/daemon.py) on the fake LLM, plus ``sections``."""
+    return {
+        "llm": {"endpoints": [{"name": "fake", "base_url": llm.base_url, "api_key": LLM_KEY,
+                               "timeout_seconds": 30}],
+                "model": "fake-model", "retries": 0, "backoff_seconds": 0.01},
+        "web": {"token": WEB_TOKEN},
+        "paths": {"data_dir": "data", "log_dir": "logs"},  # next to the config file
+        **sections,
+    }
+
+
 class _EveryMask(logging.Filter):
     """The masks of every App a test started (one process logs for all of them)."""
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import yaml
+from wsclient import ChatClient
 
 
 def free_port() -> int:
@@ -87,6 +88,17 @@ class Daemon:
                 raise TimeoutError(f"daemon still running after {timeout} s")
             await asyncio.sleep(0.02)
         return self.proc.returncode
+
+    async def stop(self, timeout: float = 5) -> int:
+        """SIGTERM, then the exit status once the daemon has exited (within ``timeout`` s)."""
+        self.signal(signal.SIGTERM)
+        return await self.wait_exit(timeout)
+
+    async def connect(self, thread_id: str | None = None) -> ChatClient:
+        """A tab connected with the config's web token (to ``thread_id``'s conversation)."""
+        chat = ChatClient(self.url, self.config["web"]["token"], thread_id)
+        await chat.connect()
+        return chat
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -11,13 +11,14 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from conftest import LLM_KEY, WEB_TOKEN
+import pytest_asyncio
+from conftest import WEB_TOKEN, daemon_config
 from daemon import Daemon
 from fake_llm import FakeLLM, Reply
 from wsclient import ChatClient
@@ -26,14 +27,16 @@ from ganglion.app import STOP_SECONDS
 from ganglion.cli import EXIT_AT_ONCE, EXIT_STUCK
 
 
-def daemon_config(tmp_path: Path, llm: FakeLLM) -> dict[str, Any]:
-    return {
-        "llm": {"endpoints": [{"name": "fake", "base_url": llm.base_url, "api_key": LLM_KEY,
-                               "timeout_seconds": 30}],
-                "model": "fake-model", "retries": 0, "backoff_seconds": 0.01},
-        "web": {"token": WEB_TOKEN},
-        "paths": {"data_dir": "data", "log_dir": "logs"},
-    }
+@pytest_asyncio.fixture
+async def daemon(tmp_path: Path, fake_llm: FakeLLM) -> AsyncIterator[Daemon]:
+    """The daemon in ``tmp_path`` on the fake LLM, ready; killed after the test."""
+    d = Daemon(tmp_path, daemon_config(fake_llm))
+    d.start()
+    try:
+        await d.wait_ready()
+        yield d
+    finally:
+        d.kill()
 
 
 async def wait_for(predicate: Any, timeout: float = 10) -> None:
@@ -96,36 +99,28 @@ async def test_starts_with_no_config_at_all(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("first", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_a_signal_mid_turn_exits_fast_and_keeps_the_message(
-    tmp_path: Path, fake_llm: FakeLLM, first: signal.Signals
+    daemon: Daemon, tmp_path: Path, fake_llm: FakeLLM, first: signal.Signals
 ) -> None:
     """SIGTERM (a service manager) and SIGINT (Ctrl-C) as the first signal: the same stop."""
     fake_llm.script(Reply(hang=True))
-    d = Daemon(tmp_path, daemon_config(tmp_path, fake_llm))
-    d.start()
-    try:
-        await d.wait_ready()
-        chat = ChatClient(d.url, WEB_TOKEN)
-        await chat.connect()
-        assert (await chat.send("answer me after a restart"))["type"] == "ack"
-        await wait_for(lambda: len(fake_llm.requests) == 1)
-        started = time.monotonic()
-        d.signal(first)
-        assert await d.wait_exit(5) == 0
-        assert time.monotonic() - started < 5
-        assert f"{first.name} received: stopping" in d.text()
-        await chat.close()
-        assert inbox_rows(tmp_path / "data") == [("answer me after a restart", "pending")]
+    chat = await daemon.connect()
+    assert (await chat.send("answer me after a restart"))["type"] == "ack"
+    await wait_for(lambda: len(fake_llm.requests) == 1)
+    started = time.monotonic()
+    daemon.signal(first)
+    assert await daemon.wait_exit(5) == 0
+    assert time.monotonic() - started < 5
+    assert f"{first.name} received: stopping" in daemon.text()
+    await chat.close()
+    assert inbox_rows(tmp_path / "data") == [("answer me after a restart", "pending")]
 
-        d.start()  # the next start answers it, once
-        await d.wait_ready()
-        chat = ChatClient(d.url, WEB_TOKEN, chat.thread_id)
-        await chat.connect()
-        reply = await chat.reply(timeout=15)
-        assert reply["text"] == "echo: answer me after a restart"
-        assert inbox_rows(tmp_path / "data") == [("answer me after a restart", "done")]
-        await chat.close()
-    finally:
-        d.kill()
+    daemon.start()  # the next start answers it, once
+    await daemon.wait_ready()
+    chat = await daemon.connect(chat.thread_id)
+    reply = await chat.reply(timeout=15)
+    assert reply["text"] == "echo: answer me after a restart"
+    assert inbox_rows(tmp_path / "data") == [("answer me after a restart", "done")]
+    await chat.close()
 
 
 @contextlib.contextmanager
@@ -141,112 +136,89 @@ def write_locked(db: Path) -> Iterator[None]:
         conn.close()
 
 
-async def stuck_in_a_write(d: Daemon) -> ChatClient:
-    """A connected tab whose message is being stored, under ``write_locked``."""
-    chat = ChatClient(d.url, WEB_TOKEN)
-    await chat.connect()
-    await chat.send_raw({"type": "send", "id": "c1", "text": "store me if you can"})
-    await asyncio.sleep(0.5)  # the write has begun and waits for the lock
-    assert d.proc is not None and d.proc.poll() is None
-    return chat
+@contextlib.asynccontextmanager
+async def stuck_in_a_write(d: Daemon) -> AsyncIterator[ChatClient]:
+    """A connected tab whose message is being stored while ``write_locked`` holds the lock;
+    the lock is let go, then the tab closed, on leaving."""
+    chat = await d.connect()
+    try:
+        with write_locked(d.workdir / "data" / "conversation.db"):
+            await chat.send_raw({"type": "send", "id": "c1", "text": "store me if you can"})
+            await asyncio.sleep(0.5)  # the write has begun and waits for the lock
+            assert d.proc is not None and d.proc.poll() is None
+            yield chat
+    finally:
+        await chat.close()
 
 
 async def test_sigterm_exits_within_5_s_even_when_a_part_cannot_stop(
-    tmp_path: Path, fake_llm: FakeLLM
+    daemon: Daemon, tmp_path: Path
 ) -> None:
-    d = Daemon(tmp_path, daemon_config(tmp_path, fake_llm))
-    d.start()
-    try:
-        await d.wait_ready()
-        with write_locked(tmp_path / "data" / "conversation.db"):
-            chat = await stuck_in_a_write(d)
-            started = time.monotonic()
-            d.signal(signal.SIGTERM)
-            code = await d.wait_exit(10)
-            took = time.monotonic() - started
-        await chat.close()
-        assert code == EXIT_STUCK, d.text()
-        assert took < 5, (took, d.text())
-        log = (tmp_path / "logs" / "ganglion.log").read_text()
-        # Whatever waits for the database (the reminders' last read too) is named.
-        assert "database did not stop within" in log
-        assert re.search(r"stopped, but [a-z ,]*database did not stop in time; exiting anyway",
-                         log), log
-    finally:
-        d.kill()
+    async with stuck_in_a_write(daemon):
+        started = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        code = await daemon.wait_exit(10)
+        took = time.monotonic() - started
+    assert code == EXIT_STUCK, daemon.text()
+    assert took < 5, (took, daemon.text())
+    log = (tmp_path / "logs" / "ganglion.log").read_text()
+    # Whatever waits for the database (the reminders' last read too) is named.
+    assert "database did not stop within" in log
+    assert re.search(r"stopped, but [a-z ,]*database did not stop in time; exiting anyway",
+                     log), log
 
 
-async def test_a_second_signal_exits_at_once_while_the_stop_waits(
-    tmp_path: Path, fake_llm: FakeLLM
-) -> None:
-    d = Daemon(tmp_path, daemon_config(tmp_path, fake_llm))
-    d.start()
-    try:
-        await d.wait_ready()
-        with write_locked(tmp_path / "data" / "conversation.db"):
-            chat = await stuck_in_a_write(d)
-            d.signal(signal.SIGTERM)
-            await wait_for(lambda: "SIGTERM received: stopping" in d.text())
-            await asyncio.sleep(0.5)  # well into the stop, which waits for the database
-            assert d.proc is not None and d.proc.poll() is None
-            started = time.monotonic()
-            d.signal(signal.SIGINT)
-            code = await d.wait_exit(10)
-            took = time.monotonic() - started
-        await chat.close()
-        assert code == EXIT_AT_ONCE, d.text()
-        # The stop alone would have lasted until its deadline, STOP_SECONDS after SIGTERM.
-        assert took < STOP_SECONDS - 1.5, (took, d.text())
-        assert "second SIGINT: exiting at once" in d.text()
-        assert "exiting anyway" not in d.text()
-    finally:
-        d.kill()
+async def test_a_second_signal_exits_at_once_while_the_stop_waits(daemon: Daemon) -> None:
+    async with stuck_in_a_write(daemon):
+        daemon.signal(signal.SIGTERM)
+        await wait_for(lambda: "SIGTERM received: stopping" in daemon.text())
+        await asyncio.sleep(0.5)  # well into the stop, which waits for the database
+        assert daemon.proc is not None and daemon.proc.poll() is None
+        started = time.monotonic()
+        daemon.signal(signal.SIGINT)
+        code = await daemon.wait_exit(10)
+        took = time.monotonic() - started
+    assert code == EXIT_AT_ONCE, daemon.text()
+    # The stop alone would have lasted until its deadline, STOP_SECONDS after SIGTERM.
+    assert took < STOP_SECONDS - 1.5, (took, daemon.text())
+    assert "second SIGINT: exiting at once" in daemon.text()
+    assert "exiting anyway" not in daemon.text()
 
 
 async def test_sigkill_mid_turn_is_answered_exactly_once_after_restart(
-    tmp_path: Path, fake_llm: FakeLLM
+    daemon: Daemon, tmp_path: Path, fake_llm: FakeLLM
 ) -> None:
     fake_llm.script(Reply(text="partial answer that never finishes", chunk_delay=5.0))
-    d = Daemon(tmp_path, daemon_config(tmp_path, fake_llm))
-    d.start()
-    try:
-        await d.wait_ready()
-        chat = ChatClient(d.url, WEB_TOKEN)
-        await chat.connect()
-        assert (await chat.send("survive a crash"))["type"] == "ack"
-        await wait_for(lambda: len(fake_llm.requests) == 1)
-        d.proc.kill()  # type: ignore[union-attr]  (SIGKILL: no cleanup at all)
-        d.proc.wait(5)  # type: ignore[union-attr]
-        await chat.close()
+    chat = await daemon.connect()
+    assert (await chat.send("survive a crash"))["type"] == "ack"
+    await wait_for(lambda: len(fake_llm.requests) == 1)
+    daemon.kill()  # SIGKILL: no cleanup at all
+    await chat.close()
 
-        d.start()
-        await d.wait_ready()
-        chat = ChatClient(d.url, WEB_TOKEN, chat.thread_id)
-        await chat.connect()
-        reply = await chat.reply(timeout=15)
-        assert reply["text"] == "echo: survive a crash"
-        await asyncio.sleep(0.3)  # time for a wrong second answer to show up
-        assert assistant_rows(tmp_path / "data", chat.thread_id) == ["echo: survive a crash"]
-        assert inbox_rows(tmp_path / "data") == [("survive a crash", "done")]
-        await chat.close()
-        d.signal(signal.SIGTERM)
-        assert await d.wait_exit(5) == 0
+    daemon.start()
+    await daemon.wait_ready()
+    chat = await daemon.connect(chat.thread_id)
+    reply = await chat.reply(timeout=15)
+    assert reply["text"] == "echo: survive a crash"
+    await asyncio.sleep(0.3)  # time for a wrong second answer to show up
+    assert assistant_rows(tmp_path / "data", chat.thread_id) == ["echo: survive a crash"]
+    assert inbox_rows(tmp_path / "data") == [("survive a crash", "done")]
+    await chat.close()
+    assert await daemon.stop() == 0
 
-        d.start()  # and a third start does not answer it again
-        await d.wait_ready()
-        await asyncio.sleep(0.3)
-        assert assistant_rows(tmp_path / "data", chat.thread_id) == ["echo: survive a crash"]
-        with sqlite3.connect(tmp_path / "data" / "conversation.db") as conn:
-            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    finally:
-        d.kill()
+    daemon.start()  # and a third start does not answer it again
+    await daemon.wait_ready()
+    await asyncio.sleep(0.3)
+    assert assistant_rows(tmp_path / "data", chat.thread_id) == ["echo: survive a crash"]
+    with sqlite3.connect(tmp_path / "data" / "conversation.db") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
 async def test_runs_from_any_directory_with_config(tmp_path: Path, fake_llm: FakeLLM) -> None:
     """Relative paths in the config resolve next to the config file, not the cwd."""
     home = tmp_path / "home"
     home.mkdir()
-    d = Daemon(home, daemon_config(home, fake_llm))
+    d = Daemon(home, daemon_config(fake_llm))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     d.workdir = elsewhere
@@ -266,8 +238,8 @@ async def test_a_second_daemon_on_a_port_in_use_exits_1_and_says_to_set_web_port
 ) -> None:
     for name in ("first", "second"):
         (tmp_path / name).mkdir()
-    first = Daemon(tmp_path / "first", daemon_config(tmp_path, fake_llm))
-    second = Daemon(tmp_path / "second", {**daemon_config(tmp_path, fake_llm),
+    first = Daemon(tmp_path / "first", daemon_config(fake_llm))
+    second = Daemon(tmp_path / "second", {**daemon_config(fake_llm),
                                           "web": {"token": WEB_TOKEN, "port": first.port}})
     first.start()
     try:
