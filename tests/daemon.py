@@ -45,6 +45,19 @@ class Daemon:
         self.output = workdir / "daemon-output.txt"
         self.proc: subprocess.Popen[bytes] | None = None
 
+    async def __aenter__(self) -> Daemon:
+        """``async with Daemon(...) as d``: started and ready; killed on leaving."""
+        self.start()
+        try:
+            await self.wait_ready()
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.kill()
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"

@@ -30,13 +30,8 @@ from ganglion.cli import EXIT_AT_ONCE, EXIT_STUCK
 @pytest_asyncio.fixture
 async def daemon(tmp_path: Path, fake_llm: FakeLLM) -> AsyncIterator[Daemon]:
     """The daemon in ``tmp_path`` on the fake LLM, ready; killed after the test."""
-    d = Daemon(tmp_path, daemon_config(fake_llm))
-    d.start()
-    try:
-        await d.wait_ready()
+    async with Daemon(tmp_path, daemon_config(fake_llm)) as d:
         yield d
-    finally:
-        d.kill()
 
 
 async def wait_for(predicate: Any, timeout: float = 10) -> None:

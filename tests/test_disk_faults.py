@@ -28,7 +28,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -125,20 +124,14 @@ async def daemon(
     namespace: Namespace, fake_llm: FakeLLM, tmp_path: Path
 ) -> AsyncIterator[Daemon]:
     """The daemon with its data folder on the namespace's tmpfs, ready; killed after the test."""
-    d = Daemon(tmp_path, config(fake_llm), prefix=namespace.prefix(tmp_path))
-    d.start()
-    try:
-        await d.wait_ready()
+    async with Daemon(tmp_path, config(fake_llm), prefix=namespace.prefix(tmp_path)) as d:
         yield d
-    finally:
-        d.kill()
 
 
 @pytest_asyncio.fixture
 async def chat(daemon: Daemon) -> AsyncIterator[ChatClient]:
     """A tab connected to ``daemon``; closed after the test."""
-    tab = ChatClient(daemon.url, WEB_TOKEN)
-    await tab.connect()
+    tab = await daemon.connect()
     try:
         yield tab
     finally:
@@ -149,8 +142,7 @@ async def still_serving(d: Daemon) -> None:
     """The daemon is up: /healthz answers and a new socket logs in."""
     async with aiohttp.ClientSession() as session, session.get(f"{d.url}/healthz") as resp:
         assert resp.status == 200
-    other = ChatClient(d.url, WEB_TOKEN)
-    await other.connect()
+    other = await d.connect()
     await other.close()
 
 
@@ -220,12 +212,10 @@ async def test_an_answer_the_full_disk_refuses_is_announced_then_sent_once_space
 async def test_a_read_only_data_folder_at_start_is_refused_clearly_then_starts_once_writable(
     namespace: Namespace, daemon: Daemon
 ) -> None:
-    chat = ChatClient(daemon.url, WEB_TOKEN)
-    await chat.connect()
+    chat = await daemon.connect()
     assert (await chat.ask("kept", timeout=10))["text"] == "echo: kept"
     await chat.close()
-    daemon.signal(signal.SIGTERM)
-    assert await daemon.wait_exit(10) == 0
+    assert await daemon.stop(10) == 0
 
     namespace.run("mount", "-o", "remount,ro", str(namespace.data))  # nothing open now
     daemon.start()
@@ -236,9 +226,8 @@ async def test_a_read_only_data_folder_at_start_is_refused_clearly_then_starts_o
     namespace.run("mount", "-o", "remount,rw", str(namespace.data))
     daemon.start()
     await daemon.wait_ready()
-    chat = ChatClient(daemon.url, WEB_TOKEN, thread_id=chat.thread_id)
-    ready = await chat.connect()
-    assert "echo: kept" in str(ready)  # the conversation from before is still there
+    chat = await daemon.connect(chat.thread_id)
+    assert "echo: kept" in str(chat.ready)  # the conversation from before is still there
     assert (await chat.ask("again", timeout=10))["text"] == "echo: again"
     await chat.close()
 
