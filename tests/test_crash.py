@@ -28,7 +28,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import LLM_KEY, WEB_TOKEN
+from conftest import WEB_TOKEN, daemon_config
 from daemon import Daemon
 from fake_llm import FakeLLM, Reply, _last_user_text
 from synapse import Synapse, synapse  # noqa: F401  (fixture)
@@ -44,16 +44,6 @@ EVERY, EVERY_FIRST = 1.5, 1.0
 """The interval reminder: every 1.5 s from 1 s after the run begins, until the end."""
 MID_TURN_KILLS = 2
 """The first kills wait until the model is answering, so some kills surely cut a turn."""
-
-
-def crash_config(llm: FakeLLM) -> dict[str, Any]:
-    return {
-        "llm": {"endpoints": [{"name": "fake", "base_url": llm.base_url, "api_key": LLM_KEY,
-                               "timeout_seconds": 30}],
-                "model": "fake-model", "retries": 0, "backoff_seconds": 0.01},
-        "web": {"token": WEB_TOKEN},
-        "paths": {"data_dir": "data", "log_dir": "logs"},
-    }
 
 
 def slow_echo(body: dict[str, Any]) -> Reply:
@@ -188,7 +178,7 @@ async def test_sigkill_under_load_loses_nothing_and_answers_everything_once(
 ) -> None:
     rng = random.Random(SEED)
     fake_llm.script(*[slow_echo] * (TABS * MESSAGES_PER_TAB * 3))
-    d = Daemon(tmp_path, crash_config(fake_llm))
+    d = Daemon(tmp_path, daemon_config(fake_llm))
     db = tmp_path / "data" / "conversation.db"
     d.start()
     try:
@@ -272,7 +262,7 @@ async def test_sigkill_with_matrix_rooms_answers_every_accepted_message_once(
     rooms_n, per_room, kills_n = 2, 8, 3
     fake_llm.script(*[slow_echo] * (rooms_n * per_room * 3))
     bot, person = await synapse.register("bot"), await synapse.register("human")
-    config = {**crash_config(fake_llm),
+    config = {**daemon_config(fake_llm),
               **matrix_section(synapse, bot, [person.user_id], Path("data/matrix-store"),
                                owner=person.user_id)}
     d = Daemon(tmp_path, config)

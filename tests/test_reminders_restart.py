@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import sqlite3
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-from conftest import LLM_KEY, WEB_TOKEN, AppFactory
+from conftest import AppFactory, daemon_config
 from daemon import Daemon
 from fake_llm import FakeLLM, Reply
 from test_reminders import (
@@ -30,7 +28,6 @@ from test_reminders import (
     reminder_messages,
     set_by_model,
 )
-from wsclient import ChatClient
 
 from ganglion.messages import Inbound, Source, ThreadId
 from ganglion.storage.db import Database
@@ -131,17 +128,6 @@ async def test_a_cron_missed_while_stopped_fires_once_late_with_its_count_then_c
 # --- the real daemon: a reminder due while it is stopped ----------------------------------
 
 
-def daemon_config(llm: FakeLLM) -> dict[str, Any]:
-    return {
-        "llm": {"endpoints": [{"name": "fake", "base_url": llm.base_url, "api_key": LLM_KEY,
-                               "timeout_seconds": 30}],
-                "model": "fake-model", "retries": 0, "backoff_seconds": 0.01},
-        "web": {"token": WEB_TOKEN},
-        "paths": {"data_dir": "data", "log_dir": "logs"},
-        "scheduler": {"timezone": TZ},
-    }
-
-
 def reminder_rows(data: Path) -> list[str]:
     with sqlite3.connect(data / "conversation.db") as conn:
         return [r[0] for r in conn.execute(
@@ -152,26 +138,20 @@ def reminder_rows(data: Path) -> list[str]:
 async def test_a_reminder_due_while_the_daemon_is_stopped_arrives_once_after_restart_marked_late(
     tmp_path: Path, fake_llm: FakeLLM
 ) -> None:
-    d = Daemon(tmp_path, daemon_config(fake_llm))
-    d.start()
-    try:
-        await d.wait_ready()
-        chat = ChatClient(d.url, WEB_TOKEN)
-        await chat.connect()
+    async with Daemon(tmp_path, daemon_config(fake_llm, scheduler={"timezone": TZ})) as d:
+        chat = await d.connect()
         await set_by_model(chat, fake_llm, text="Take the bread out", in_minutes=0.04)
         with sqlite3.connect(tmp_path / "data" / "conversation.db") as conn:
             (due_at,) = conn.execute("SELECT next_at FROM reminders WHERE id = 1").fetchone()
         due = datetime.fromtimestamp(due_at, KATHMANDU)
         await chat.close()
-        d.signal(signal.SIGTERM)
-        assert await d.wait_exit(5) == 0
+        assert await d.stop() == 0
         await asyncio.sleep(max(0.0, due_at - time.time()) + 1.0)  # its time passes
         assert reminder_rows(tmp_path / "data") == []
 
         d.start()
         await d.wait_ready()
-        chat = ChatClient(d.url, WEB_TOKEN, chat.thread_id)
-        await chat.connect()
+        chat = await d.connect(chat.thread_id)
         seen = {m["id"]: m["text"] for m in chat.ready["transcript"]
                 if m["text"].startswith("⏰")}
         deadline = time.time() + 2.0
@@ -189,17 +169,13 @@ async def test_a_reminder_due_while_the_daemon_is_stopped_arrives_once_after_res
         assert texts[0].startswith(f"⏰ Reminder (late, was due {due:%a %Y-%m-%d} {due:{clock}}")
         assert texts[0].endswith("+0545): Take the bread out")
         await chat.close()
-        d.signal(signal.SIGTERM)
-        assert await d.wait_exit(5) == 0
+        assert await d.stop() == 0
 
         d.start()  # and a further restart does not send it again
         await d.wait_ready()
         await asyncio.sleep(0.5)
         assert reminder_rows(tmp_path / "data") == texts
         await mirrored(tmp_path / "data", [])
-    finally:
-        d.kill()
-
 
 
 async def test_a_firing_recovered_after_a_crash_and_now_late_is_marked_late(
@@ -208,12 +184,8 @@ async def test_a_firing_recovered_after_a_crash_and_now_late_is_marked_late(
     """Killed between the inbox write and the delivery: the firing's text, written on time,
     is rebuilt at recovery to say it is late, with its original time."""
     data = tmp_path / "data"
-    d = Daemon(tmp_path, daemon_config(fake_llm))
-    d.start()
-    try:
-        await d.wait_ready()
-        chat = ChatClient(d.url, WEB_TOKEN)
-        await chat.connect()
+    async with Daemon(tmp_path, daemon_config(fake_llm, scheduler={"timezone": TZ})) as d:
+        chat = await d.connect()
         await set_by_model(chat, fake_llm, text="Take the bread out", in_minutes=0.02)
         # A slow answer holds the conversation's lane: the firing is stored, not delivered.
         fake_llm.script(Reply(hang=True))
@@ -239,8 +211,7 @@ async def test_a_firing_recovered_after_a_crash_and_now_late_is_marked_late(
                          (json.dumps({**meta, "due": str(due)}),))
         d.start()
         await d.wait_ready()
-        chat = ChatClient(d.url, WEB_TOKEN, chat.thread_id)
-        await chat.connect()
+        chat = await d.connect(chat.thread_id)
         for _ in range(1000):
             if reminder_rows(data):
                 break
@@ -251,8 +222,6 @@ async def test_a_firing_recovered_after_a_crash_and_now_late_is_marked_late(
             f"⏰ Reminder (late, was due {when:%a %Y-%m-%d} {when:{clock}} +0545): "
             "Take the bread out"]
         await chat.close()
-    finally:
-        d.kill()
 
 
 async def test_a_batch_of_firings_with_one_stored_before_delivers_only_the_new_ones(
