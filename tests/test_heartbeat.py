@@ -73,6 +73,16 @@ async def ask(chat: ChatClient, text: str) -> dict[str, Any]:
     return reply
 
 
+async def said_hi(app: App, fake_llm: FakeLLM,
+                  answer: Callable[[dict[str, Any]], Reply] | None = None) -> ChatClient:
+    """The model answers every call with ``answer`` (default: ``answering()``); a new tab says
+    "hi" and has its reply, so that its conversation is active."""
+    fake_llm.script(*[answer or answering()] * 200)
+    chat = await connect(app)
+    await ask(chat, "hi")
+    return chat
+
+
 async def events_for(chat: ChatClient, seconds: float) -> list[dict[str, Any]]:
     got: list[dict[str, Any]] = []
     deadline = time.time() + seconds
@@ -140,10 +150,8 @@ async def test_a_review_with_something_to_say_is_delivered_to_its_thread(
     app_factory: AppFactory, fake_llm: FakeLLM
 ) -> None:
     app = await app_factory(FAST)
-    fake_llm.script(*[answering("Did you confirm the dentist appointment?")] * 200)
-    chat = await connect(app)
+    chat = await said_hi(app, fake_llm, answering("Did you confirm the dentist appointment?"))
     other = await connect(app)  # never wrote: not active, not reviewed
-    await ask(chat, "hi")
     (app.data_dir / "HEARTBEATS.txt").write_text(GOAL)
     seen = []
     while True:
@@ -171,9 +179,7 @@ async def test_reviews_stop_at_the_daily_budget_and_say_so_once(
     caplog.set_level(logging.INFO, logger="ganglion")
     config = {**FAST, "heartbeat": {**FAST["heartbeat"], "daily_token_budget": 1000}}
     app = await app_factory(config)
-    fake_llm.script(*[answering(usage=(600, 10))] * 200)
-    chat = await connect(app)
-    await ask(chat, "hi")
+    chat = await said_hi(app, fake_llm, answering(usage=(600, 10)))
     (app.data_dir / "HEARTBEATS.txt").write_text(GOAL)
     notice = await chat.reply(timeout=15)
     assert notice["role"] == "system"
@@ -280,9 +286,7 @@ async def test_only_conversations_active_within_active_hours_get_their_own_revie
 ) -> None:
     config = {**FAST, "heartbeat": {**FAST["heartbeat"], "active_hours": 0}}
     app = await app_factory(config)
-    fake_llm.script(*[answering()] * 200)
-    chat = await connect(app)
-    await chat.ask("hi")
+    chat = await said_hi(app, fake_llm)
     (app.data_dir / "HEARTBEATS.txt").write_text(GOAL)
     async with asyncio.timeout(10):
         await fake_llm.wait_until(lambda: len(reviews(fake_llm)) >= 2)
@@ -354,9 +358,7 @@ async def test_a_reminder_due_soon_is_reason_enough_for_a_round(
     app_factory: AppFactory, fake_llm: FakeLLM
 ) -> None:
     app = await app_factory(ROUND)
-    fake_llm.script(*[answering()] * 20)
-    chat = await connect(app)
-    await ask(chat, "hi")
+    chat = await said_hi(app, fake_llm)
     assert (app.data_dir / "HEARTBEATS.txt").read_text() == ""
     await app.heartbeat.tick()
     assert await reviewed_threads(app) == set()  # nothing to review: no model call
@@ -421,9 +423,7 @@ async def test_heartbeat_command_during_a_round_queues_one_review_of_the_thread(
     app_factory: AppFactory, fake_llm: FakeLLM
 ) -> None:
     app = await app_factory(ROUND)
-    fake_llm.script(*[answering()] * 20)
-    chat = await connect(app)
-    await ask(chat, "hi")
+    chat = await said_hi(app, fake_llm)
     (app.data_dir / "HEARTBEATS.txt").write_text(GOAL)
     app.heartbeat.ledger = MeetingLedger(app.heartbeat_ledger, chat.thread_id)
     command = Inbound(ThreadId(chat.thread_id), "/heartbeat", sender="web",
