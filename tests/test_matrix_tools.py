@@ -14,8 +14,14 @@ from pathlib import Path
 import pytest
 from conftest import AppFactory, merge
 from fake_llm import FakeLLM, Reply
-from synapse import Human, MatrixUser, Synapse, synapse  # noqa: F401  (fixture)
-from test_matrix import HumanFactory, humans, matrix_section, start_bot  # noqa: F401
+from synapse import Human, Synapse, synapse  # noqa: F401  (fixture)
+from test_matrix import (  # noqa: F401  (humans: fixture)
+    HumanFactory,
+    humans,
+    joined_room,
+    matrix_section,
+    talking_bot,
+)
 
 from ganglion.app import App
 
@@ -23,17 +29,11 @@ TRICKY_PATH = "notes/```<b>bold</b> @room.txt"
 """A call whose text would close a code fence, inject HTML and ping the room if trusted."""
 
 
-async def room_with_bot(humans: HumanFactory, person: MatrixUser, bot: MatrixUser  # noqa: F811
-                        ) -> tuple[Human, str]:
-    human = await humans(person)
-    room = await human.create_room(invite=[bot.user_id])  # encrypted
-    await human.wait_joined(room, bot.user_id)
-    return human, room
-
-
-def script_tool_calls(fake_llm: FakeLLM) -> None:
+async def ask_with_two_tool_calls(fake_llm: FakeLLM, human: Human, room: str) -> None:
+    """The human asks; the model calls list_dir and read_file(TRICKY_PATH), then says "Listed."."""
     fake_llm.script(Reply(tool_calls=[("list_dir", {}), ("read_file", {"path": TRICKY_PATH})]),
                     Reply(text="Listed."))
+    await human.send(room, "what is in my folder?")
 
 
 @pytest.mark.matrix
@@ -41,12 +41,9 @@ async def test_tool_calls_are_short_notices_when_show_tool_calls_is_on(
     synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
     humans: HumanFactory, tmp_path: Path,  # noqa: F811
 ) -> None:
-    bot, person = await synapse.register("bot"), await synapse.register("human")
-    await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store",
-                    show_tool_calls=True)
-    human, room = await room_with_bot(humans, person, bot)
-    script_tool_calls(fake_llm)
-    await human.send(room, "what is in my folder?")
+    _, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path,
+                                            show_tool_calls=True)
+    await ask_with_two_tool_calls(fake_llm, human, room)
     listed, failed, answer = [await human.next_message(room, bot.user_id, i) for i in range(3)]
     assert answer.body == "Listed." and type(answer).__name__ == "RoomMessageText"
 
@@ -70,11 +67,8 @@ async def test_no_tool_notices_when_show_tool_calls_is_off(
     synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
     humans: HumanFactory, tmp_path: Path,  # noqa: F811
 ) -> None:
-    bot, person = await synapse.register("bot"), await synapse.register("human")
-    app = await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
-    human, room = await room_with_bot(humans, person, bot)
-    script_tool_calls(fake_llm)
-    await human.send(room, "what is in my folder?")
+    app, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path)
+    await ask_with_two_tool_calls(fake_llm, human, room)
     assert (await human.next_message(room, bot.user_id, 0)).body == "Listed."
     await app.bus.wait_idle()
     await human.sync()
@@ -93,7 +87,8 @@ async def test_a_reminder_reaches_a_quiet_encrypted_room(
         matrix_section(synapse, bot, [person.user_id], tmp_path / "store"), fast))
     assert app.matrix is not None
     await asyncio.wait_for(app.matrix.ready.wait(), 20)
-    human, room = await room_with_bot(humans, person, bot)
+    human = await humans(person)
+    room = await joined_room(human, bot)
 
     fake_llm.script(Reply(tool_calls=[("set_reminder", {"text": "Stand-up in the blue room",
                                                         "in_minutes": 0.05})]),
