@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
-import signal
 import sqlite3
 import statistics
 import sys
@@ -82,12 +81,16 @@ def missed(n: int, now: float) -> list[NewReminder]:
     return out
 
 
-async def prepare(data: Path, reminders: list[NewReminder]) -> None:
+async def prepare(reminders: list[NewReminder]) -> Path:
+    """A new work folder whose database already holds ``reminders``; returns the folder."""
+    work = Path(tempfile.mkdtemp(prefix="ganglion-bench-reminders-"))
+    data = work / "data"
     db = await Database.open(data / "conversation.db")
     store = ReminderStore(db, data / "reminders.json", ZoneInfo(TZ))
     for start in range(0, len(reminders), 10_000):
         await store.add_many(reminders[start:start + 10_000])
     await db.close()
+    return work
 
 
 def config(llm: FakeLLM) -> dict[str, Any]:
@@ -114,35 +117,28 @@ async def start(d: Daemon) -> dict[str, float]:
     raise RuntimeError(f"no start-up lines in the daemon's output:\n{d.text()}")
 
 
-async def stop(d: Daemon) -> None:
-    d.signal(signal.SIGTERM)
-    await d.wait_exit(10)
-
-
-async def load(llm: FakeLLM, n: int) -> dict[str, float]:
-    work = Path(tempfile.mkdtemp(prefix="ganglion-bench-reminders-"))
-    await prepare(work / "data", background(n, time.time()))
+async def start_and_stop(llm: FakeLLM, work: Path) -> dict[str, float]:
+    """Start the daemon in ``work``, take its start-up figures (``start``), stop it."""
     d = Daemon(work, config(llm))
     try:
         result = await start(d)
-        await stop(d)
+        await d.stop(10)
     finally:
         d.kill()
+    return result
+
+
+async def load(llm: FakeLLM, n: int) -> dict[str, float]:
+    result = await start_and_stop(llm, await prepare(background(n, time.time())))
     assert result["pending"] == n, result
     return result
 
 
 async def catch_up(llm: FakeLLM, n: int) -> dict[str, float]:
     """Start with ``n`` missed recurring reminders; each must fire once and move on."""
-    work = Path(tempfile.mkdtemp(prefix="ganglion-bench-reminders-"))
     started = time.time()
-    await prepare(work / "data", missed(n, started))
-    d = Daemon(work, config(llm))
-    try:
-        result = await start(d)
-        await stop(d)
-    finally:
-        d.kill()
+    work = await prepare(missed(n, started))
+    result = await start_and_stop(llm, work)
     with sqlite3.connect(work / "data" / "conversation.db") as conn:
         # Late firings (one each); a minute's next run may come while the daemon still runs.
         (late,) = conn.execute("SELECT count(*) FROM inbox WHERE source = 'reminder'"
@@ -163,9 +159,7 @@ def summary(lateness: list[float]) -> dict[str, float]:
 async def firing(llm: FakeLLM) -> dict[str, Any]:
     """Reminders set through the model's set_reminder tool once the daemon is up, as a
     user's would be, with exact due times (``at`` with seconds and offset)."""
-    work = Path(tempfile.mkdtemp(prefix="ganglion-bench-reminders-"))
-    await prepare(work / "data", background(1000, time.time()))
-    d = Daemon(work, config(llm))
+    d = Daemon(await prepare(background(1000, time.time())), config(llm))
     arrived: dict[str, float] = {}
     try:
         await start(d)
@@ -192,7 +186,7 @@ async def firing(llm: FakeLLM) -> dict[str, Any]:
             if event.get("type") == "message" and text.startswith("⏰ Reminder: "):
                 arrived.setdefault(text.removeprefix("⏰ Reminder: "), now)
         await chat.close()
-        await stop(d)
+        await d.stop(10)
     finally:
         d.kill()
     missing = sorted(set(due) - set(arrived))
