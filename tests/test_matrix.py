@@ -494,6 +494,21 @@ async def test_recovers_by_itself_when_the_homeserver_comes_back(
 
 
 @pytest.mark.matrix
+async def test_a_room_key_that_missed_a_device_is_made_anew_and_the_reply_is_readable(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    humans: HumanFactory, tmp_path: Path, hs_proxy: HomeserverProxy,  # noqa: F811
+) -> None:
+    _, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path,
+                                            homeserver=hs_proxy.url)
+    # The bot's first reply shares its room key over to-device: that send fails once.
+    hs_proxy.fail, hs_proxy.fail_times = re.compile(r"^PUT .*/sendToDevice/m.room.encrypted/"), 1
+    await human.send(room, "one")
+    reply = await human.next_message(room, bot.user_id, 0)
+    assert hs_proxy.failed
+    assert reply.decrypted and reply.body == "echo: one"  # not a message nobody can read
+
+
+@pytest.mark.matrix
 async def test_a_reply_refused_for_good_is_dropped_and_the_next_ones_flow(
     synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
     humans: HumanFactory, tmp_path: Path, hs_proxy: HomeserverProxy,  # noqa: F811

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nio import AsyncClient, AsyncClientConfig, WhoamiError
+from nio import AsyncClient, AsyncClientConfig, ShareGroupSessionError, WhoamiError
 from nio.crypto import ENCRYPTION_ENABLED
 from nio.store import DefaultStore
 
@@ -33,6 +33,11 @@ class HomeserverUnavailable(Exception):
     try again later. Connection errors and time-outs arrive as aiohttp's and TimeoutError."""
 
 
+class KeyShareIncomplete(Exception):
+    """A new room key did not reach every device of the room (a to-device send failed): the
+    key is discarded, so the reply is sent later with a fresh one that does."""
+
+
 class TimedClient(AsyncClient):  # type: ignore[misc]  # nio is untyped
     """nio's client, noting when each sync response arrived (the start of the daemon's share
     of a round trip, before the body is read, validated and decrypted) and how long the
@@ -45,6 +50,36 @@ class TimedClient(AsyncClient):  # type: ignore[misc]  # nio is untyped
         self.encrypt_seconds: dict[str, float] = {}
         """Per room, the Megolm encryption time of its send in flight (the router sends one
         reply at a time per room); taken by the sender once the send is done."""
+
+    async def receive_response(self, response: Any) -> None:
+        if isinstance(response, ShareGroupSessionError):
+            # nio builds this error with its users in the soft_logout field, so a single
+            # failed to-device send of a room key would log the client out ("Not logged in")
+            # for good: a failed share is no logout.
+            response.soft_logout = False
+        await super().receive_response(response)
+
+    async def share_group_session(self, room_id: str, *args: Any, **kwargs: Any) -> Any:
+        """nio's key share, which swallows a failed to-device send and marks the key shared
+        anyway: every reply in that session would stay unreadable for the devices it missed.
+        Here a key that missed a device it could have reached is thrown away instead."""
+        resp = await super().share_group_session(room_id, *args, **kwargs)
+        missed = self._reachable_devices(room_id) - set(resp.users_shared_with)
+        if missed:
+            self.olm.outbound_group_sessions.pop(room_id, None)
+            raise KeyShareIncomplete(f"the room key did not reach {len(missed)} device(s) of "
+                                     f"{room_id}; it is made anew for the next attempt")
+        return resp
+
+    def _reachable_devices(self, room_id: str) -> set[tuple[str, str]]:
+        """(user, device) pairs a new room key must reach: every active device of the room's
+        members but our own, blacklisted ones and those with no Olm session (nio skips them,
+        and logs it)."""
+        olm = self.olm
+        return {(user_id, device.id) for user_id in self.rooms[room_id].users
+                for device in olm.device_store.active_user_devices(user_id)
+                if device.id != self.device_id and not olm.is_device_blacklisted(device)
+                and olm.session_store.get(device.curve25519)}
 
     def encrypt(self, room_id: str, message_type: str,
                 content: dict[Any, Any]) -> tuple[str, dict[str, str]]:
