@@ -92,12 +92,16 @@ class App:
         self.web: WebInterface | None = None
         self.matrix: MatrixInterface | None = None
         self._stops: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        self.stuck: list[str] = []
+        """The parts that did not stop in time when a failed or cancelled start stopped."""
 
     async def start(self) -> None:
+        """Start every part in order. Failed or cancelled (a signal during start-up), it
+        stops the parts already started, in reverse, before the error goes on."""
         try:
             await self._start()
         except BaseException:
-            await self.stop()
+            self.stuck = await self.stop()
             raise
 
     async def _start(self) -> None:

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -18,6 +19,9 @@ from ganglion.config import LoadedConfig, load_config, masked_dump, secret_value
 from ganglion.errors import ConfigError, StartupError
 from ganglion.interfaces.matrix_login import add_arguments, run_login
 from ganglion.logs import SecretMask, setup_logging
+
+if TYPE_CHECKING:
+    from ganglion.app import App
 
 log = logging.getLogger("ganglion")
 
@@ -103,9 +107,11 @@ async def _serve(loaded: LoadedConfig, mask: SecretMask) -> int:
         "none (built-in defaults; create config.yaml from config.yaml.example)")
     log.info("ganglion %s starting; config: %s; data: %s", __version__, source, loaded.data_dir)
     try:
-        await app.start()
+        started = await _start_unless_stopped(app, stop)
     except OSError as err:
         raise StartupError(f"could not start: {_what_to_do(err)}") from err
+    if not started:
+        return _stopped(app.stuck)
     if app.web is not None:
         log.info("web UI at %s (the login URL with its token is printed on the console; the "
                  "token is kept in %s)", app.web.url,
@@ -113,7 +119,38 @@ async def _serve(loaded: LoadedConfig, mask: SecretMask) -> int:
         # The token goes to the console only, never to the log file.
         print(f"\n  Open the chat: {app.web.login_url}\n", file=sys.stderr, flush=True)
     await stop.wait()
-    stuck = await app.stop()
+    return _stopped(await app.stop())
+
+
+async def _start_unless_stopped(app: App, stop: asyncio.Event) -> bool:
+    """Start the app, unless a signal comes first: False then, with what started stopped.
+
+    Start-up can wait for a homeserver (the Matrix session check gives it seconds); a signal
+    must not wait for that. Cancelled, App.start stops the parts it had started.
+    """
+    from ganglion.app import STOP_SECONDS  # noqa: PLC0415  (as App, in _serve)
+
+    starting = asyncio.create_task(app.start(), name="start")
+    signalled = asyncio.create_task(stop.wait(), name="stop-signal")
+    try:
+        await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        signalled.cancel()
+    if starting.done():
+        starting.result()  # start-up's own error, if any
+        return True
+    starting.cancel()
+    # App.start's own stop keeps to STOP_SECONDS; the margin covers the cancel reaching it.
+    done, _ = await asyncio.wait({starting}, timeout=STOP_SECONDS + 0.5)
+    if not done:
+        app.stuck.append("start-up")
+        log.error("start-up did not stop within %.1f s", STOP_SECONDS)
+    elif not starting.cancelled() and (exc := starting.exception()) is not None:
+        log.error("start-up failed while stopping: %s", exc)
+    return False
+
+
+def _stopped(stuck: list[str]) -> int:
     if stuck:
         # What hangs may be a thread (a database call waiting on a lock) that would keep the
         # interpreter alive after asyncio.run: leave now, as promised to whoever sent SIGTERM.

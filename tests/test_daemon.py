@@ -259,3 +259,45 @@ async def test_daemon_refuses_a_bad_config_with_status_2(tmp_path: Path, bad: st
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert ("web.port" if "port" in bad else "matrix.enabeld") in result.stderr
+
+
+@contextlib.asynccontextmanager
+async def silent_listener() -> AsyncIterator[tuple[str, list[asyncio.StreamWriter]]]:
+    """A TCP server that accepts and never answers (a homeserver behind a stuck proxy): its
+    URL, and the connections it holds."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", held
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+
+
+async def test_sigterm_during_start_up_stops_at_once(tmp_path: Path, fake_llm: FakeLLM) -> None:
+    """Start-up waits up to 10 s for the Matrix session check; a signal does not wait for it."""
+    async with silent_listener() as (homeserver, held):
+        d = Daemon(tmp_path, daemon_config(fake_llm, matrix={
+            "enabled": True, "homeserver": homeserver, "user_id": "@bot:localhost",
+            "access_token": "syt_never_checked", "device_id": "NEVERCHECKED",
+            "allowed_users": ["@owner:localhost"], "store_path": "data/matrix-store"}))
+        d.start()
+        try:
+            await asyncio.sleep(1)
+            await wait_for(lambda: held, 15)  # the session check waits on the homeserver
+            assert d.proc is not None and d.proc.poll() is None, d.text()
+            started = time.monotonic()
+            d.signal(signal.SIGTERM)
+            code = await d.wait_exit(15)
+            took = time.monotonic() - started
+        finally:
+            d.kill()
+    assert code == 0, d.text()
+    assert took < 5, (took, d.text())
+    assert "SIGTERM received: stopping" in d.text()
+    assert "Traceback" not in d.text()
