@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -323,7 +324,17 @@ class LimitsConfig(_Section):
     """The owner (and the web UI, which acts as owner) is not limited."""
 
 
-ToolMode = Literal["on", "ask", "off"]
+def _yaml_bool_mode(value: Any) -> Any:
+    # YAML reads an unquoted `shell: on` / `write_file: off` as true / false: take the
+    # booleans as the modes they were written as (only here: strict typing stays elsewhere).
+    if value is True:
+        return "on"
+    if value is False:
+        return "off"
+    return value
+
+
+ToolMode = Annotated[Literal["on", "ask", "off"], BeforeValidator(_yaml_bool_mode)]
 
 
 def _tool_name(value: str) -> str:

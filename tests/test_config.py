@@ -215,6 +215,24 @@ def test_a_tool_name_typo_is_a_config_error_for_check_config_and_the_daemon(
     assert not (tmp_path / "data").exists()  # refused before anything was created
 
 
+def test_tool_modes_may_be_written_unquoted(tmp_path: Path) -> None:
+    """YAML reads ``shell: on`` / ``write_file: off`` as true / false: they are the modes as
+    written, quoted or not (the booleans mean nothing else in tools.policy)."""
+    for unquoted in (True, False):
+        q = "" if unquoted else '"'
+        path = tmp_path / f"policy-{unquoted}.yaml"
+        path.write_text(f"tools:\n  policy:\n    shell: {q}on{q}\n    write_file: {q}off{q}\n"
+                        f"    edit_file: {q}ask{q}\n")
+        cfg = load_config(str(path), env={}).config
+        assert cfg.tools.policy == {"shell": "on", "write_file": "off", "edit_file": "ask"}
+    cfg = parse_config({"tools": {"policy": {"shell": True, "read_file": False}}}, env={})
+    assert cfg.tools.policy == {"shell": "on", "read_file": "off"}
+    with pytest.raises(ConfigError, match=r"tools\.policy\.shell: Input should be 'on'"):
+        parse_config({"tools": {"policy": {"shell": 1}}}, env={})  # a number stays wrong
+    with pytest.raises(ConfigError, match="web.enabled"):  # strict typing elsewhere stays
+        parse_config({"web": {"enabled": "on"}}, env={})
+
+
 async def test_the_tool_names_the_config_checks_are_the_tools_the_app_has(
     app_factory: AppFactory,
 ) -> None:
