@@ -41,6 +41,10 @@ STORE_RETRY_MAX = 30.0
 CRASHED = ("Something went wrong on my side ({}). The details are in logs/ganglion.log; "
            "please try again.")
 """The notice of a turn that raised: a bug (tests fail on it)."""
+CUT_OFF = ("error: this call was cut off before its result came back (a stop or a restart). "
+           "It may have taken effect: check (for example with list_reminders or read_file) "
+           "before you repeat it.")
+"""The result a tool call gets when the turn that made it ended while it ran."""
 EMPTY_ANSWER = ("The language model (endpoint '{}') sent an empty answer. Please try again, "
                 "perhaps in other words; if it keeps happening, its server's log should say why.")
 
@@ -164,7 +168,8 @@ class Worker:
         partial = "".join(self._partial.pop(msg.thread_id, []))
         self._spent.pop(msg.thread_id, None)
         self._quiet.discard(msg.thread_id)
-        new = []
+        # What the turn's tools did stays in the history, so the model knows it later.
+        new = _with_cut_off_results(await self.history.steps(msg.id)) if msg.id else []
         if partial.strip():
             new.append(NewMessage("assistant", partial + " …", deliver=not msg.system))
         new.append(self._notice(msg, "Stopped."))
@@ -194,20 +199,37 @@ class Worker:
         else:
             await self.history.begin_turn(msg, msg.text)
             context = await self.history.context(tid)
-        new: list[NewMessage] = []
+        # A run of this turn that was cut off (crash, restart) resumes after the tool calls
+        # it made: they are not made again.
+        new = _with_cut_off_results(await self.history.steps(msg.id)) if msg.id else []
+        steps_done = sum(1 for m in new if m.tool_calls)
+        if new:
+            log.info("[%s] resuming message #%d after %d tool step(s) of an earlier run", tid,
+                     msg.id, steps_done)
         inputs = self._inputs(msg, context)
         overhead = estimate_tokens(system_text(inputs))
         if reviews is None and self.compactor.needed(context, overhead):
-            notice = await self.compactor.compact(tid, context)
+            try:
+                notice = await self.compactor.compact(tid, context)
+            except (LLMUnavailable, LLMBadResponse) as err:
+                if not self.compactor.fits(context, overhead):
+                    raise LLMUnavailable(
+                        f"This conversation is now too long for the model, and summarising "
+                        f"its older part failed: {err} Start afresh with /new, or check "
+                        "llm.compaction_model.") from err
+                # The whole history still fits: answer now, summarise at a later turn.
+                log.warning("[%s] compaction failed, answering with the full history: %s",
+                            tid, err)
+                notice = None
             if notice is not None:
                 await self._notify_now(msg, notice)
                 context = await self.history.context(tid)
                 inputs = self._inputs(msg, context)
-        messages = build_messages(inputs)
+        messages = build_messages(inputs) + [_model_message(m) for m in new]
         offered = self.runner.offered(can_ask=_person_present(msg))
         schemas = self.tools.schemas(set(offered)) or None
         ctx = ToolContext(tid, msg.sender)
-        for _step in range(self.max_tool_steps):
+        for _step in range(steps_done, self.max_tool_steps):
             result = await self._chat(tid, messages, schemas)
             if not result.tool_calls:
                 if not result.content.strip() and reviews is None:
@@ -224,21 +246,28 @@ class Worker:
                  "function": {"name": c.name, "arguments": c.arguments}}
                 for c in result.tool_calls
             ]
-            new.append(NewMessage("assistant", result.content, tool_calls=calls, visible=False))
-            messages.append({"role": "assistant", "content": result.content or None,
-                             "tool_calls": calls})
+            await self._step(msg, new, NewMessage("assistant", result.content,
+                                                  tool_calls=calls, visible=False))
+            messages.append(_model_message(new[-1]))
             for c in result.tool_calls:
                 await self._state(tid, "tool")
                 run = await self.runner.run(c.name, c.arguments, ctx, offered)
                 if not msg.system and tid not in self._quiet:  # shown as it happens
                     await self.router.broadcast(run.display, tid, role="tool")
-                new.append(NewMessage("tool", run.text, tool_call_id=c.id, name=c.name,
-                                      visible=False))
-                messages.append({"role": "tool", "tool_call_id": c.id, "content": run.text})
+                await self._step(msg, new, NewMessage("tool", run.text, tool_call_id=c.id,
+                                                      name=c.name, visible=False))
+                messages.append(_model_message(new[-1]))
         new.append(self._notice(
             msg, f"I stopped after {self.max_tool_steps} tool steps without a final answer "
                  "(llm.max_tool_steps). Ask me to continue if you want more."))
         return new
+
+    async def _step(self, msg: Inbound, new: list[NewMessage], step: NewMessage) -> None:
+        """Add a message of the tool exchange to the turn, and keep it at once (a re-run of
+        this turn resumes after it)."""
+        new.append(step)
+        if msg.id:
+            await self.history.add_step(msg.id, len(new) - 1, step)
 
     def _inputs(self, msg: Inbound, context: list[StoredMessage]) -> PromptInputs:
         return PromptInputs(
@@ -342,6 +371,23 @@ class Worker:
     async def _state(self, tid: ThreadId, state: str) -> None:
         if tid not in self._quiet:
             await self.router.publish(Outbound(tid, OutKind.STATE, state))
+
+
+def _with_cut_off_results(steps: list[NewMessage]) -> list[NewMessage]:
+    """An earlier run's tool exchange, each call that got no result given ``CUT_OFF`` (a
+    tool call without its result would be refused by the model's API)."""
+    answered = {m.tool_call_id for m in steps if m.role == "tool"}
+    missing = [NewMessage("tool", CUT_OFF, tool_call_id=call["id"],
+                          name=call["function"]["name"], visible=False)
+               for m in steps for call in m.tool_calls or () if call["id"] not in answered]
+    return [*steps, *missing]
+
+
+def _model_message(m: NewMessage) -> dict[str, Any]:
+    """A message of the tool exchange as the model's API takes it."""
+    if m.role == "tool":
+        return {"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content}
+    return {"role": "assistant", "content": m.content or None, "tool_calls": m.tool_calls}
 
 
 def _person_present(msg: Inbound) -> bool:

@@ -27,6 +27,7 @@ from test_reminders import (
     next_reminder,
     reminder_messages,
     set_by_model,
+    tool_results,
 )
 
 from ganglion.messages import Inbound, Source, ThreadId
@@ -258,3 +259,40 @@ async def test_a_batch_of_firings_with_one_stored_before_delivers_only_the_new_o
             [await app.reminder_store.get(i) for i in ids] if r is not None] == [("done", 1)] * 3
     assert [m.content for _, m in await app.outbox.pending(tid)] == [
         "⏰ Reminder: two", "⏰ Reminder: one", "⏰ Reminder: three"]  # no tab: kept for it
+
+
+async def test_a_turn_killed_after_its_tool_ran_resumes_without_running_it_again(
+    tmp_path: Path, fake_llm: FakeLLM
+) -> None:
+    """The model set a reminder, then the daemon died before the turn's answer was stored.
+    The re-run turn resumes after the call: one reminder, and the model sees its result."""
+    data = tmp_path / "data"
+    async with Daemon(tmp_path, daemon_config(fake_llm)) as d:
+        chat = await d.connect()
+        fake_llm.script(Reply(tool_calls=[("set_reminder", {"text": "Stretch",
+                                                             "in_minutes": 30})]),
+                        Reply(hang=True))  # the answer after the call never comes
+        assert (await chat.send("remind me to stretch in half an hour"))["type"] == "ack"
+        async with asyncio.timeout(10):
+            await fake_llm.wait_until(lambda: len(fake_llm.requests) == 2)
+        d.kill()  # SIGKILL while the model writes its answer
+        await chat.close()
+
+        fake_llm.script(Reply(text="Done: I will remind you."))
+        d.start()
+        await d.wait_ready()
+        chat = await d.connect(chat.thread_id)
+        async with asyncio.timeout(10):
+            await fake_llm.wait_until(lambda: len(fake_llm.requests) == 3)
+        resumed = fake_llm.requests[2]
+        assert [m["role"] for m in resumed["messages"]][-3:] == ["user", "assistant", "tool"]
+        assert "Reminder #1 set" in tool_results(resumed)[-1]  # the call made before, its result
+        answers = [m["text"] for m in chat.ready["transcript"] if m["role"] == "assistant"]
+        while "Done: I will remind you." not in answers:
+            answers.append((await chat.reply(10))["text"])
+        await chat.close()
+    with sqlite3.connect(data / "conversation.db") as conn:
+        reminders = conn.execute("SELECT text FROM reminders").fetchall()
+        steps = conn.execute("SELECT count(*) FROM turn_steps").fetchone()[0]
+    assert reminders == [("Stretch",)]
+    assert steps == 0  # the finished turn's steps are gone

@@ -10,6 +10,7 @@ from fake_llm import FakeLLM, Reply
 from wsclient import ChatClient
 
 from ganglion.app import App
+from ganglion.messages import Inbound, Source, ThreadId
 
 
 async def connect(app: App, thread_id: str | None = None) -> ChatClient:
@@ -198,6 +199,59 @@ async def test_stop_cancels_the_running_turn(app_factory: AppFactory, fake_llm: 
     await chat.close()
 
 
+async def test_a_stop_keeps_what_the_tools_did_and_cuts_off_the_call_in_flight(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory({"tools": {"policy": {"shell": "on"}}})
+    fake_llm.script(
+        Reply(tool_calls=[("memory_append", {"file": "MEMORIES.txt", "text": "likes tea"})]),
+        Reply(tool_calls=[("shell", {"command": "sleep 30"})]),  # still running at the Stop
+    )
+    chat = await connect(app)
+    await chat.send("remember that I like tea, then take a nap")
+    async with asyncio.timeout(10):  # the first call is done and shown...
+        while (await chat.next_event()).get("role") != "tool":
+            pass
+        while (await chat.next_event()).get("state") != "tool":
+            pass  # ...and the second one runs
+    await asyncio.sleep(0.3)
+    await chat.send_raw({"type": "stop"})
+    reply = await chat.reply()
+    while reply["role"] != "system":
+        reply = await chat.reply()
+    assert reply["text"] == "Stopped."
+    assert (await chat.ask("what did you do?"))["text"] == "echo: what did you do?"
+    # The next turn's model sees both calls: the one done, and the one the Stop cut off.
+    seen = fake_llm.requests[-1]["messages"]
+    results = [m["content"] for m in seen if m["role"] == "tool"]
+    assert len(results) == 2 and "likes tea" not in results[1]
+    assert results[1].startswith("error: this call was cut off"), results[1]
+    calls = [c["function"]["name"] for m in seen if m["role"] == "assistant"
+             for c in m.get("tool_calls") or []]
+    assert calls == ["memory_append", "shell"]
+    await chat.close()
+
+
+async def test_a_stop_that_lands_after_the_answer_was_stored_adds_nothing(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    """The bus may see the cancel only after the turn stored its answer: the message is
+    answered once, not once more with "Stopped."."""
+    app = await app_factory()
+    chat = await connect(app)
+    assert (await chat.ask("hello"))["text"] == "echo: hello"
+    row = await app.db.fetchone("SELECT * FROM inbox WHERE text = 'hello'")
+    assert row is not None and row["status"] == "done"
+    msg = Inbound(ThreadId(row["thread_id"]), row["text"], row["sender"], Source.WEB,
+                  row["client_id"], id=row["id"])
+    await app.worker.turn_stopped(msg)
+    rows = await app.db.fetchall("SELECT role, content FROM messages WHERE inbox_id = ?",
+                                 (msg.id,))
+    assert [(r["role"], r["content"]) for r in rows] == [
+        ("user", "hello"), ("assistant", "echo: hello")]
+    await chat.close()
+
+
 def summarising(summary: str) -> Any:
     """A scripted LLM that answers compaction requests with ``summary`` and echoes the rest."""
 
@@ -232,6 +286,37 @@ async def test_compaction_triggers_and_keeps_the_conversation_coherent(
     assert any(m["role"] == "system" and "SUMMARY: the user likes" in m["content"] for m in last)
     assert "message 0:" not in str(last)
     assert user_texts(fake_llm.requests[-1])[-1].startswith("message 5:")  # the newest is kept
+    await chat.close()
+
+
+def failing_summaries(body: dict[str, Any]) -> Reply:
+    """Compaction requests refused (as a compaction_model the server does not have), the
+    rest echoed."""
+    if body["messages"][0]["content"].startswith("You compress a conversation"):
+        return Reply(status=404)
+    return Reply(text="echo: " + user_texts(body)[-1][:40])
+
+
+async def test_a_failing_compaction_still_answers_while_the_history_fits(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory({"llm": {"context_tokens": 4096, "compaction_model": "absent"}})
+    fake_llm.script(*[failing_summaries] * 40)
+    chat = await connect(app)
+    filler = "owls " * 300  # ~375 tokens each: compaction is due from the 8th or so
+    answers = []
+    for i in range(9):
+        await chat.send(f"message {i}: {filler}")
+        reply = await chat.reply()
+        answers.append((reply["role"], reply["text"]))
+    assert any(b["model"] == "absent" for b in fake_llm.requests)  # it was tried
+    assert answers == [("assistant", f"echo: message {i}: {filler}"[:46]) for i in range(9)]
+    # Past the model's context, the user is told why, compaction named, and what to do.
+    for i in range(9, 12):
+        await chat.send(f"message {i}: {filler}")
+        reply = await chat.reply()
+    assert reply["role"] == "system", reply
+    assert "summarising its older part failed" in reply["text"] and "/new" in reply["text"]
     await chat.close()
 
 

@@ -80,6 +80,10 @@ class Compactor:
     def needed(self, context: Sequence[StoredMessage], overhead_tokens: int) -> bool:
         return context_size(context) + overhead_tokens >= self.context_tokens * TRIGGER
 
+    def fits(self, context: Sequence[StoredMessage], overhead_tokens: int) -> bool:
+        """Whether the model can still take the whole context (compaction only prepares)."""
+        return context_size(context) + overhead_tokens < self.context_tokens
+
     async def compact(
         self, thread_id: ThreadId, context: Sequence[StoredMessage], *, force: bool = False
     ) -> str | None:

@@ -175,6 +175,21 @@ MIGRATIONS: list[Migration] = [  # applied once each, in order; recorded in ``mi
         INSERT INTO instance (id) VALUES (lower(hex(randomblob(6))))
         """,
     ),
+    Migration(
+        6,
+        "turn_steps",
+        """
+        -- A turn's tool exchange, kept step by step while the turn runs: a turn re-run after
+        -- a crash resumes from here instead of calling its tools (set_reminder, shell) again.
+        -- Gone when the turn's outcome is stored.
+        CREATE TABLE turn_steps (
+            inbox_id INTEGER NOT NULL REFERENCES inbox (id),
+            seq INTEGER NOT NULL,
+            message TEXT NOT NULL,
+            PRIMARY KEY (inbox_id, seq)
+        )
+        """,
+    ),
 ]
 
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ganglion.messages import Inbound, ThreadId
 from ganglion.storage.db import Database
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,17 +89,42 @@ class History:
             self._append(StoredMessage(cur.lastrowid, msg.thread_id, "user", content,
                                        tokens=tokens, created_at=now, inbox_id=msg.id))
 
+    async def add_step(self, inbox_id: int, seq: int, message: NewMessage) -> None:
+        """One message of a running turn's tool exchange, kept as it happens."""
+        await self.db.write(
+            "INSERT OR REPLACE INTO turn_steps (inbox_id, seq, message) VALUES (?, ?, ?)",
+            (inbox_id, seq, json.dumps(asdict(message))),
+        )
+
+    async def steps(self, inbox_id: int) -> list[NewMessage]:
+        """The tool exchange an earlier run of this turn got through, in order."""
+        rows = await self.db.fetchall(
+            "SELECT message FROM turn_steps WHERE inbox_id = ? ORDER BY seq", (inbox_id,)
+        )
+        return [NewMessage(**json.loads(r["message"])) for r in rows]
+
     async def finish_turn(
         self, thread_id: ThreadId, inbox_id: int | None, new: Sequence[NewMessage]
     ) -> list[tuple[int, NewMessage]]:
         """Write the turn's messages, queue deliveries and mark the inbound answered: atomically.
 
-        Returns the stored ids of the messages queued for delivery, in order.
+        An inbound already answered is answered no more (a Stop that lands just after the
+        answer was stored): nothing is written. Returns the stored ids of the messages
+        queued for delivery, in order.
         """
         queued: list[tuple[int, NewMessage]] = []
         stored: list[StoredMessage] = []
         now = time.time()
         async with self.db.transaction() as conn:
+            if inbox_id is not None:
+                async with conn.execute("SELECT status FROM inbox WHERE id = ?",
+                                        (inbox_id,)) as cur:
+                    row = await cur.fetchone()
+                if row is not None and row["status"] == "done":
+                    log.info("[%s] message #%d was answered already; not again", thread_id,
+                             inbox_id)
+                    return []
+                await conn.execute("DELETE FROM turn_steps WHERE inbox_id = ?", (inbox_id,))
             for m in new:
                 tokens = m.tokens or estimate_tokens(m.content)
                 cur = await conn.execute(
