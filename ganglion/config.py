@@ -408,6 +408,18 @@ class LoadedConfig:
         return self.path(self.config.paths.log_dir)
 
 
+def _shown_input(value: Any) -> str | None:
+    """A bad value as its error shows it (stderr, which a journal keeps): credentials in a
+    URL as ``***``; None for a mapping or list, or a URL too odd to find its credentials in."""
+    if isinstance(value, dict | list):
+        return None
+    if isinstance(value, str) and "//" in value and "@" in value:
+        if not url_credentials(value):  # a URL too odd to find the credentials in
+            return None
+        value = shown_url(value)
+    return repr(value)
+
+
 def _format_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
@@ -420,8 +432,8 @@ def _format_error(err: ValidationError) -> str:
             msg = "unknown key (check the spelling; see config.yaml.example)"
         elif ("input" in e and e["type"] not in ("missing",) and not is_key
               and not any(path.endswith(key) for key in SECRET_KEYS)):
-            shown = repr(e["input"])
-            if len(shown) <= 60 and not isinstance(e["input"], dict | list):
+            shown = _shown_input(e["input"])
+            if shown is not None and len(shown) <= 60:
                 msg = f"{msg} (got {shown})"
         lines.append(f"config error: {path}: {msg}")
     return "\n".join(lines)

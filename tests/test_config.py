@@ -215,6 +215,23 @@ def test_a_tool_name_typo_is_a_config_error_for_check_config_and_the_daemon(
     assert not (tmp_path / "data").exists()  # refused before anything was created
 
 
+@pytest.mark.parametrize("url", [
+    "http://bob:hunter2-secret@llm.example.org/v1 x",  # shown_url finds the password
+    "ftp://bob:hunter2-secret@llm.example.org/v1",     # a URL it does not recognise
+    "http://bob:hunter2 secret@llm.example.org/v1",
+])
+def test_a_bad_base_url_never_shows_its_credentials(tmp_path: Path, url: str) -> None:
+    """The error goes to stderr (a service manager's journal): the password is not in it."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"llm": {"endpoints": [{"name": "a", "base_url": url}]}}))
+    result = run_cli("--config", str(path), "check-config", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "llm.endpoints.0.base_url" in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
+    if url.endswith(" x"):  # the rest of it is still shown, to find the mistake by
+        assert "'http://***@llm.example.org/v1 x'" in result.stderr
+
+
 def test_tool_modes_may_be_written_unquoted(tmp_path: Path) -> None:
     """YAML reads ``shell: on`` / ``write_file: off`` as true / false: they are the modes as
     written, quoted or not (the booleans mean nothing else in tools.policy)."""
