@@ -710,6 +710,27 @@ async def test_an_undecryptable_message_is_reported_once(
     assert [last_user_text(r) for r in fake_llm.requests] == ["readable"]
 
 
+@pytest.mark.matrix
+async def test_a_room_with_an_unreadable_message_is_told_before_the_bot_stops(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    humans: HumanFactory, tmp_path: Path,
+) -> None:
+    """Events waiting for a key live in memory only: a stop within the grace would lose
+    them silently, so the room is told at the stop."""
+    app, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path)
+    assert app.matrix is not None
+    app.matrix.keys.grace = 600
+    device = await human.until(lambda: human.client.device_store[bot.user_id].get(bot.device_id))
+    human.client.blacklist_device(device)
+    await human.send(room, "unreadable")
+    async with asyncio.timeout(20):
+        while not app.matrix.keys:  # noqa: ASYNC110  (nothing to wait on but its state)
+            await asyncio.sleep(0.05)
+    await app.stop()
+    notice = await human.next_message(room, bot.user_id, 0)
+    assert "could not read a message" in notice.body
+
+
 async def send_room_key_late(human: Human, bot: MatrixUser, room: str, key: str,
                              session_id: str) -> None:
     """As a client whose room key reaches a device only after the message: an ``m.room_key``

@@ -61,6 +61,9 @@ SYNC_GRACE = 60.0
 """Seconds a sync may take beyond its long-poll before it counts as lost (a full-state sync
 of a big account takes a while)."""
 TOKEN_SAVE_SECONDS = 30.0
+STOP_TELL_SECONDS = 1.0
+"""At stop, how long telling rooms about unreadable messages may take (stored, so a notice
+not sent now is sent at the next start)."""
 UNDECRYPTABLE_NOTICE = (
     "I could not read a message here: it was encrypted with a key this device never received. "
     "I asked your devices for the key. If this keeps happening, make sure your client does not "
@@ -136,6 +139,14 @@ class MatrixInterface:
 
     async def stop(self) -> None:
         """Cancel the sync loop and every request in flight, then close the HTTP session."""
+        if self._sync_task is not None:
+            self._sync_task.cancel()  # no new events while the rest is told
+        try:
+            async with asyncio.timeout(STOP_TELL_SECONDS):
+                await self.keys.tell_the_rest()
+        except (TimeoutError, sqlite3.Error) as err:
+            log.warning("matrix: could not tell every room of a message it could not read "
+                        "(%s)", type(err).__name__)
         tasks = [t for t in (self._sync_task, *self._tasks) if t]
         for task in tasks:
             task.cancel()

@@ -3,8 +3,9 @@
 A message encrypted with a room key this device never received must not vanish silently
 (shared/notes/matrix-e2ee.md): it is logged, its key is requested from the bot's own other
 devices and from the sender's devices (which answer when they once shared that session with
-this device), and if no key comes within ``grace`` seconds the room is told, once per
-session. Each sync asks ``decryptable`` for the waiting events whose key has arrived since.
+this device), and if no key comes within ``grace`` seconds (or the daemon stops first:
+waiting events are kept in memory only) the room is told, once per session. Each sync asks
+``decryptable`` for the waiting events whose key has arrived since.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ class WaitingForKeys:
         self._spawn = spawn
         self._waiting: dict[str, list[tuple[str, MegolmEvent]]] = {}
         self._told: dict[tuple[str, str], None] = {}
-        """(room, session) pairs the room was told about, oldest first (bounded)."""
+        """(room, session) pairs whose notice is due or sent, oldest first (bounded)."""
+        self._waiting_told: set[tuple[str, str]] = set()
+        """(room, session) pairs the room was told about while their events still wait."""
 
     def __bool__(self) -> bool:
         return bool(self._waiting)
@@ -83,10 +86,20 @@ class WaitingForKeys:
         waiting[:] = [(r, e) for r, e in waiting if e.event_id != event.event_id]
         if not waiting:
             self._waiting.pop(event.session_id, None)
+            self._waiting_told = {t for t in self._waiting_told if t[1] != event.session_id}
 
     async def _tell_later(self, room_id: str, session_id: str) -> None:
         await asyncio.sleep(self.grace)
         if any(r == room_id for r, _ in self._waiting.get(session_id, ())):
+            self._waiting_told.add((room_id, session_id))
+            await self._tell(room_id)
+
+    async def tell_the_rest(self) -> None:
+        """At stop: the waiting events live in memory only, so the rooms whose grace has not
+        run out yet are told now (their notice is stored, sent now or at the next start)."""
+        rooms = {room_id for session_id, waiting in self._waiting.items()
+                 for room_id, _ in waiting if (room_id, session_id) not in self._waiting_told}
+        for room_id in sorted(rooms):
             await self._tell(room_id)
 
 
