@@ -133,7 +133,7 @@ class MatrixInterface:
             raise
         except (HomeserverUnavailable, TimeoutError, OSError, ClientError) as err:
             log.warning("matrix: %s is not reachable now (%s); the bot keeps trying in the "
-                        "background", self.config.homeserver, err or type(err).__name__)
+                        "background", self.config.homeserver, str(err) or type(err).__name__)
         self._since = client.store.load_sync_token() or None
         self._sync_task = asyncio.create_task(self._sync_forever(), name="matrix-sync")
 
