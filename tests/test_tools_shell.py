@@ -154,3 +154,47 @@ def _cmdline(pid: int) -> str:
     except OSError:
         return ""
     return str(raw.replace(b"\0", b" ").decode(errors="replace")) if not is_gone(pid) else ""
+
+
+async def test_approval_shows_invisible_characters_escaped_and_runs_the_command_as_sent(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    """A right-to-left override, zero-width space, escape or carriage return would make the
+    command the approver reads differ from the one that runs."""
+    app = await app_factory()  # shell is ask
+    command = "echo safe > 'x\u202etxt.hs'\u200b; printf '\x1b[2K\r'; echo\u00a0done"
+    fake_llm.script(Reply(tool_calls=[("shell", {"command": command})]), Reply(text="ran"))
+    chat = await connect(app)
+    await chat.send("run it")
+    while (ask := await chat.next_event(10)).get("type") != "message" or \
+            "Approval needed" not in ask["text"]:
+        pass
+    text = ask["text"]
+    assert "5 invisible characters" in text
+    assert ("echo safe > 'x\\u202etxt.hs'\\u200b; printf '\\u001b[2K\\u000d'; echo\\u00a0done"
+            in text)
+    assert not any(ch in text for ch in "\u202e\u200b\x1b\r\u00a0")
+    assert (await chat.send("/approve"))["type"] == "ack"
+    while (event := await chat.next_event(10)).get("role") != "assistant":
+        pass
+    assert event["text"] == "ran"
+    assert (app.data_dir / "scripts" / "x\u202etxt.hs\u200b").read_text() == "safe\n"  # as sent
+    transcript = [r.content for r in await app.history.transcript(chat.thread_id)]
+    assert not any("\u202e" in c for c in transcript if "Approval needed" in c)
+    await chat.close()
+
+
+async def test_an_ordinary_command_is_asked_without_a_warning(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory()
+    command = "printf 'a\\tb\\n' | grep -c 'ä'\necho 'naïve café'"
+    fake_llm.script(Reply(tool_calls=[("shell", {"command": command})]), Reply(text="ok"))
+    chat = await connect(app)
+    await chat.send("run it")
+    while (ask := await chat.next_event(10)).get("type") != "message" or \
+            "Approval needed" not in ask["text"]:
+        pass
+    assert command in ask["text"] and "invisible" not in ask["text"]
+    assert (await chat.send("/deny"))["type"] == "ack"
+    await chat.close()

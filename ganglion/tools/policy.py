@@ -20,6 +20,7 @@ import logging
 import re
 import secrets
 import time
+import unicodedata
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -173,6 +174,41 @@ def mask_secrets(text: str) -> str:
     return _BEARER.sub(r"\1 ***", _SECRET_ASSIGNMENT.sub(r"\1***", text))
 
 
+_LOOKS_EMPTY = frozenset("\u115f\u1160\u3164\uffa0")
+"""Hangul fillers: letters, yet drawn as nothing."""
+
+
+def _hidden(ch: str) -> bool:
+    """A character the approver would not see as what it is: controls (but newline and tab),
+    format characters (bidi overrides and isolates, zero-width ones, U+FEFF, tag characters),
+    line and paragraph separators, unassigned code points, spaces other than the plain one,
+    variation selectors and the fillers."""
+    if ch in "\n\t":
+        return False
+    category = unicodedata.category(ch)
+    return (category in ("Cc", "Cf", "Zl", "Zp", "Cn") or (category == "Zs" and ch != " ")
+            or "\ufe00" <= ch <= "\ufe0f" or "\U000e0100" <= ch <= "\U000e01ef"
+            or ch in _LOOKS_EMPTY)
+
+
+def reveal(text: str) -> tuple[str, int]:
+    """``text`` with each hidden character written out (``\\u202e``), and how many there were.
+
+    The approver must read what will run: a right-to-left override or a zero-width space
+    makes the text on screen differ from the command.
+    """
+    count = 0
+    parts: list[str] = []
+    for ch in text:
+        if _hidden(ch):
+            count += 1
+            code = ord(ch)
+            parts.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
+        else:
+            parts.append(ch)
+    return "".join(parts), count
+
+
 def fenced(text: str, info: str = "") -> str:
     """A Markdown code block that ``text`` cannot close early, whatever backticks it holds."""
     longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
@@ -263,8 +299,14 @@ class ToolRunner:
     async def _approval(self, tid: ThreadId, name: str, args: dict[str, Any]) -> str | None:
         """None when approved; else why the call was not made (for the model)."""
         describe = self._describe.get(name)
-        shown = describe(args) if describe else fenced(
-            json.dumps(args, indent=2, ensure_ascii=False), "json")
+        shown, hidden = reveal(describe(args) if describe else fenced(
+            json.dumps(args, indent=2, ensure_ascii=False), "json"))
+        if hidden:
+            # The call itself stays as the model sent it: only what the approver reads changes.
+            shown = (f"**Warning: this call contains {hidden} invisible character"
+                     f"{'s' if hidden > 1 else ''}** (control, format or unusual space "
+                     "characters), shown below as `\\uXXXX`. They run as they are, not as "
+                     f"written here: deny unless you know why they are there.\n\n{shown}")
         if len(shown) > MAX_SHOWN_CALL:
             return (f"this call is too long ({len(shown):,} characters) to show the user for "
                     f"approval; the limit is {MAX_SHOWN_CALL:,}: make it shorter")
