@@ -21,7 +21,7 @@ from ganglion.llm.client import LLMClient
 from ganglion.llm.compaction import Compactor
 from ganglion.llm.endpoints import EndpointPool
 from ganglion.logs import SecretMask
-from ganglion.model_commands import ModelCommands
+from ganglion.model_commands import ModelCommands, without_secrets
 from ganglion.render import MarkdownRenderer
 from ganglion.router import Router
 from ganglion.storage.catalog import Catalog
@@ -172,7 +172,8 @@ class App:
             self.web_token = web_token(cfg.web.token, self.data_dir)
             self.secret_mask.add(self.web_token)  # a generated one is known from here on
             self.web = WebInterface(cfg.web, self.web_token, self.bus, self.router,
-                                    self.history, self.inbox, MarkdownRenderer())
+                                    self.history, self.inbox, MarkdownRenderer(),
+                                    shown=without_secrets)
             self.router.register(self.web)
             await self.web.start()
             self._stops.append(("web", self.web.stop))

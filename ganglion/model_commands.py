@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 
 from ganglion.access import Access
 from ganglion.ask_params import ASK_USAGE, parse_ask
-from ganglion.commands import CommandTable, Handler, Rank
+from ganglion.commands import CommandTable, Handler, Rank, parse_command
 from ganglion.errors import InputRejected
 from ganglion.llm.client import LLMClient
 from ganglion.llm.endpoints import DISCOVERY_TIMEOUT_SECONDS, Endpoint, EndpointPool
@@ -226,7 +226,7 @@ class ModelCommands:
         for word in parts[2:]:  # the key, or what may be one
             if len(word) >= 8:
                 self.pool.remember_secret(word)
-        await self.inbox.redact(msg.id, " ".join(["/add_endpoint", *parts[:2], "***"]))
+        await self.inbox.redact(msg.id, _without_key(args))
         if msg.source is not Source.MATRIX:
             return ""
         event_id = msg.meta.get(EVENT_ID_META) or msg.client_id
@@ -248,3 +248,15 @@ class ModelCommands:
             raise InputRejected("Usage: `/remove_endpoint <name>`.")
         ep = await self.pool.remove(args)
         return f"Removed endpoint '{ep.name}' ({ep.config.shown_url})."
+
+
+def without_secrets(text: str) -> str:
+    """``text`` as it may be shown again (to the thread's other tabs): an ``/add_endpoint``
+    as its stored inbox text, the key ``***``; anything else as it is."""
+    call = parse_command(text)
+    return _without_key(call.args) if call is not None and call.name == "add_endpoint" else text
+
+
+def _without_key(args: str) -> str:
+    """The stored text of ``/add_endpoint <args>``: the name and URL, the key as ``***``."""
+    return " ".join(["/add_endpoint", *args.split()[:2], "***"])

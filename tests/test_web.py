@@ -571,6 +571,35 @@ async def test_pending_questions_stop_and_tabs_sharing_a_thread(
         assert (await tab.reply())["text"] == "second answer"
 
 
+async def test_the_other_tabs_never_see_an_add_endpoint_key(
+    app: App, session: aiohttp.ClientSession, fake_llm: FakeLLM
+) -> None:
+    """Shown to the thread's other tabs (and to a reload, while it waits) as it is stored."""
+    key = "sk-tab-echo-" + secrets.token_hex(8)
+    fake_llm.script(Reply(hang=True))  # the command waits behind a running turn
+    tid = new_thread()
+    a, _ = await ready_tab(session, app, tid)
+    b, _ = await ready_tab(session, app, tid)
+    await a.send("hold the thread", cid="q1")
+    await a.until(lambda f: f.get("state") == "thinking")
+    await a.send(f"/add_endpoint extra {fake_llm.base_url} {key}", cid="q2")
+    masked = f"/add_endpoint extra {fake_llm.base_url} ***"
+    seen: list[dict[str, Any]] = []  # every frame the other tab gets
+
+    async def other_tab_until(pred: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        return await b.until(lambda f: bool(seen.append(f)) or pred(f))
+
+    assert (await other_tab_until(lambda f: f["type"] == "pending" and f["id"] == "q2")
+            )["text"] == masked
+    c, ready = await ready_tab(session, app, tid)  # a reload while it waits
+    assert ready["pending"] == [{"id": "q2", "text": masked}]
+    await c.ws.send_json({"type": "stop"})
+    await other_tab_until(lambda f: f["type"] == "message" and "Added endpoint" in f["text"])
+    _, reloaded = await ready_tab(session, app, tid)  # and a reload once it ran
+    assert key not in json.dumps([seen, ready, reloaded])
+    assert any(text == masked for _, text, _ in await inbox_rows(app, tid))
+
+
 async def test_stop_closes_sockets_with_1001_quickly(
     app: App, session: aiohttp.ClientSession
 ) -> None:

@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import sqlite3
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -97,10 +98,15 @@ class WebInterface:
         history: History,
         inbox: Inbox,
         renderer: MarkdownRenderer,
+        *,
+        shown: Callable[[str], str] = lambda text: text,
     ) -> None:
         if not token:
             raise ValueError("the web interface needs a non-empty token")
         self.config = config
+        self._shown = shown
+        """A question as the thread's other tabs may see it (a command's secret masked, as
+        it is stored once read); the composition root passes the commands' rule."""
         self._token = token.encode()
         self._bus = bus
         self._router = router
@@ -322,7 +328,7 @@ class WebInterface:
             # A question whose turn has begun is in the transcript already.
             started = {m.inbox_id for m in rows if m.role == "user"}
             pending = [
-                {"id": cid, "text": text}
+                {"id": cid, "text": self._shown(text)}  # it may not be masked in the inbox yet
                 for inbox_id, cid, text in await self._inbox.pending_for(tid)
                 if inbox_id not in started
             ]
@@ -398,7 +404,7 @@ class WebInterface:
         await tab.write({"type": "ack", "id": cid, "duplicate": not is_new})
         if is_new:  # the thread's other tabs show the question too
             others = [t for t in self._tabs.get(tab.thread_id, ()) if t is not tab]
-            pending = {"type": "pending", "id": cid, "text": text}
+            pending = {"type": "pending", "id": cid, "text": self._shown(text)}
             await asyncio.gather(*(t.write(pending) for t in others))
 
     async def _bad_frame(self, tab: _Tab, reason: str, cid: str | None = None) -> None:
