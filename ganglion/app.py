@@ -240,7 +240,7 @@ class App:
                                    sees_all=lambda msg: self.commands.rank_of(msg) >= Rank.TRUSTED)
         self.heartbeat = Heartbeat(cfg.heartbeat, self.reviews, self.heartbeat_ledger,
                                    self.reminder_store, self.bus, self.router, self.files,
-                                   self.scheduler, self.tz)
+                                   self.scheduler, self.tz, owner=cfg.matrix.owner)
         for func in ReminderTools(self.reminders, cfg.scheduler.min_repeat_minutes).tools():
             self.tools.add(func)
         self.commands.add("reminders", "/reminders",

@@ -437,3 +437,42 @@ async def test_heartbeat_command_during_a_round_queues_one_review_of_the_thread(
     assert len(rows) == 1, [r["client_id"] for r in rows]
     assert len(reviews(fake_llm, "thread")) == 1
     await chat.close()
+
+
+OWNER_ROOM, BOBS_ROOM = ThreadId("!owner:example.org"), ThreadId("!bob:example.org")
+WEB_TAB = ThreadId("web_" + "cd" * 16)
+
+
+@pytest.mark.parametrize(("writers", "told"), [
+    ([(OWNER_ROOM, "@owner:example.org"), (BOBS_ROOM, "@bob:example.org")], OWNER_ROOM),
+    ([(OWNER_ROOM, "@owner:example.org"), (WEB_TAB, "web"), (BOBS_ROOM, "@bob:example.org")],
+     WEB_TAB),
+    ([(BOBS_ROOM, "@bob:example.org")], None),
+], ids=["owner's room", "web tab", "only another user"])
+async def test_the_budget_notice_goes_to_the_owner_only(
+    app_factory: AppFactory, fake_llm: FakeLLM, caplog: pytest.LogCaptureFixture,
+    writers: list[tuple[ThreadId, str]], told: ThreadId | None,
+) -> None:
+    """The owner's most recent conversation (a Matrix room of matrix.owner, or a web tab: the
+    web UI acts as the owner), not another allowed user's room that was active later."""
+    caplog.set_level(logging.INFO, logger="ganglion")
+    app = await app_factory({**ROUND, "heartbeat": {**ROUND["heartbeat"],
+                                                    "daily_token_budget": 500},
+                             "matrix": {"owner": "@owner:example.org",
+                                        "allowed_users": ["@bob:example.org"]}})
+    for n, (thread, sender) in enumerate(writers):
+        source = Source.WEB if thread == WEB_TAB else Source.MATRIX
+        await app.bus.submit(Inbound(thread, f"hello {n}", sender=sender, source=source,
+                                     client_id=f"m{n}"))
+        await app.bus.wait_idle()
+    await app.heartbeat_ledger.add(app.reviews.day(), 600)
+    await app.heartbeat.tick()
+
+    def notices(thread: ThreadId) -> Any:
+        return [r.content for r in rows[thread] if r.content.startswith("Heartbeat reviews "
+                                                                         "are paused")]
+
+    rows = {t: await app.history.transcript(t) for t, _ in writers}
+    for thread, _ in writers:
+        assert len(notices(thread)) == (thread == told), (thread, rows[thread])
+    assert any("paused until tomorrow" in r.getMessage() for r in caplog.records)

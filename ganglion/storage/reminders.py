@@ -298,6 +298,17 @@ class HeartbeatLedger:
         )
         return [ThreadId(r["thread_id"]) for r in rows]
 
+    async def owner_thread(self, since: float, owner: str | None) -> ThreadId | None:
+        """The conversation where the owner wrote last since ``since``: a web tab (the web UI
+        acts as the owner) or a Matrix room where ``owner`` (matrix.owner) wrote; or None."""
+        row = await self.db.fetchone(
+            "SELECT thread_id FROM inbox WHERE created_at >= ?"
+            " AND (source = 'web' OR (source = 'matrix' AND sender = ?))"
+            " ORDER BY created_at DESC, id DESC LIMIT 1",
+            (since, owner or ""),
+        )
+        return ThreadId(row["thread_id"]) if row else None
+
     async def review_pending(self, thread_id: ThreadId) -> bool:
         """A review of this thread is queued or running already."""
         row = await self.db.fetchone(

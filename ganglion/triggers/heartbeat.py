@@ -7,8 +7,9 @@ no reminder due before the next review); a light context (the system prompt and 
 sentinel reaches nobody and leaves no trace in the conversation; every review's tokens are
 logged and summed per local day in SQLite, and ``heartbeat.daily_token_budget`` stops the
 automatic reviews for the rest of the day. That is said once a day: one warning in the log
-and one notice in the most recently active conversation, from the first round that finds
-the budget used up (the review that reached it says so only in its own info line).
+and one notice in the owner's most recently active conversation (none if the owner wrote
+nowhere lately), from the first round that finds the budget used up (the review that
+reached it says so only in its own info line).
 """
 
 from __future__ import annotations
@@ -181,8 +182,12 @@ class Heartbeat:
         files: DataFiles,
         scheduler: Any,
         tz: tzinfo,
+        *,
+        owner: str | None = None,
     ) -> None:
         self.config = config
+        self.owner = owner
+        """matrix.owner: the budget notice goes to the owner (their room, or a web tab)."""
         self.reviews = reviews
         self.ledger = ledger
         self.reminders = reminders
@@ -259,7 +264,8 @@ class Heartbeat:
         return is_new
 
     async def _say_budget_reached(self) -> None:
-        """Once a day: the log, and the conversation where a person wrote last."""
+        """Once a day: the log, and the owner's most recent conversation (a web tab, since
+        the web UI acts as the owner, or matrix.owner's room), never another user's."""
         day = self.reviews.day()
         if not await self.ledger.mark_budget_noticed(day):
             return
@@ -270,9 +276,9 @@ class Heartbeat:
                 "runs a review when you ask.")
         log.warning("heartbeat: %s", text)
         since = self.reviews.clock().timestamp() - max(self.config.active_hours, 24) * 3600
-        recent = await self.ledger.active_threads(since)
-        if recent:
-            await self.router.broadcast(text, recent[0])
+        thread = await self.ledger.owner_thread(since, self.owner)
+        if thread is not None:
+            await self.router.broadcast(text, thread)
 
     # -- /heartbeat ----------------------------------------------------------------------
 
