@@ -157,7 +157,7 @@ def _cmdline(pid: int) -> str:
 
 
 async def test_approval_shows_invisible_characters_escaped_and_runs_the_command_as_sent(
-    app_factory: AppFactory, fake_llm: FakeLLM
+    app_factory: AppFactory, fake_llm: FakeLLM, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A right-to-left override, zero-width space, escape or carriage return would make the
     command the approver reads differ from the one that runs."""
@@ -181,6 +181,9 @@ async def test_approval_shows_invisible_characters_escaped_and_runs_the_command_
     assert (app.data_dir / "scripts" / "x\u202etxt.hs\u200b").read_text() == "safe\n"  # as sent
     transcript = [r.content for r in await app.history.transcript(chat.thread_id)]
     assert not any("\u202e" in c for c in transcript if "Approval needed" in c)
+    # The log line of the call reads as what ran, too.
+    calls = [r.getMessage() for r in caplog.records if "tool shell(" in r.getMessage()]
+    assert calls and all("\\u202e" in c and "\u202e" not in c for c in calls), calls
     await chat.close()
 
 

@@ -255,7 +255,10 @@ class ToolRunner:
         tid = ctx.thread_id
         started = time.monotonic()
         args: Any = _parse(arguments)
-        shown_args = mask_secrets(_short(arguments if args is None else _compact(args), 500))
+        # Secrets masked, hidden characters (bidi overrides, zero-width) written out: a log
+        # line reads as what ran.
+        shown_args = reveal(mask_secrets(_short(arguments if args is None else _compact(args),
+                                                500)))[0]
         refusal = self._refusal(name, offered)
         if refusal is not None:
             waited = time.monotonic() - started
