@@ -41,6 +41,8 @@ STORE_RETRY_MAX = 30.0
 CRASHED = ("Something went wrong on my side ({}). The details are in logs/ganglion.log; "
            "please try again.")
 """The notice of a turn that raised: a bug (tests fail on it)."""
+COMPACTION_PAUSE_SECONDS = 600
+"""After a failed compaction, how long a thread whose history still fits is not compacted."""
 CUT_OFF = ("error: this call was cut off before its result came back (a stop or a restart). "
            "It may have taken effect: check (for example with list_reminders or read_file) "
            "before you repeat it.")
@@ -112,6 +114,8 @@ class Worker:
         self._quiet: set[ThreadId] = set()
         """Threads whose running turn nobody typed (a reminder, a review): no progress
         events. Emptied at the end of each turn, so it holds only running turns."""
+        self._compaction_failed: dict[ThreadId, float] = {}
+        """When compaction last failed per thread, while the history still fits."""
         self._spent: dict[ThreadId, int] = {}
         """Tokens of the running turn, per thread."""
         commands.add("new", "/new", "start a fresh conversation in this thread", self._cmd_new)
@@ -135,17 +139,19 @@ class Worker:
             failed = False
         except (LLMUnavailable, LLMBadResponse) as err:
             log.warning("[%s] turn failed: %s", tid, err)
-            new = [self._notice(msg, str(err))]
+            new = [*await self._steps_so_far(msg), self._notice(msg, str(err))]
         except asyncio.CancelledError:
             raise
         except sqlite3.Error as err:  # the disk refused a write: say so, not "crashed"
             log.error("[%s] turn failed: the database refused a write: %s", tid, err)
-            new = [self._notice(msg, f"I could not write to my database ({err}). The data "
-                                     "folder refuses writes (full or read-only?); once that "
-                                     "is fixed, please send your message again.")]
+            new = [*await self._steps_so_far(msg), self._notice(
+                msg, f"I could not write to my database ({err}). The data folder refuses "
+                     "writes (full or read-only?); once that is fixed, please send your "
+                     "message again.")]
         except Exception as err:
             log.exception("[%s] turn crashed", tid)
-            new = [self._notice(msg, CRASHED.format(type(err).__name__))]
+            new = [*await self._steps_so_far(msg), self._notice(msg, CRASHED.format(
+                type(err).__name__))]
         tokens = 0
         if not control:
             self._partial.pop(tid, None)
@@ -168,8 +174,7 @@ class Worker:
         partial = "".join(self._partial.pop(msg.thread_id, []))
         self._spent.pop(msg.thread_id, None)
         self._quiet.discard(msg.thread_id)
-        # What the turn's tools did stays in the history, so the model knows it later.
-        new = _with_cut_off_results(await self.history.steps(msg.id)) if msg.id else []
+        new = await self._steps_so_far(msg)
         if partial.strip():
             new.append(NewMessage("assistant", partial + " …", deliver=not msg.system))
         new.append(self._notice(msg, "Stopped."))
@@ -201,25 +206,34 @@ class Worker:
             context = await self.history.context(tid)
         # A run of this turn that was cut off (crash, restart) resumes after the tool calls
         # it made: they are not made again.
-        new = _with_cut_off_results(await self.history.steps(msg.id)) if msg.id else []
+        new = await self._resumed_steps(msg)
         steps_done = sum(1 for m in new if m.tool_calls)
         if new:
             log.info("[%s] resuming message #%d after %d tool step(s) of an earlier run", tid,
                      msg.id, steps_done)
         inputs = self._inputs(msg, context)
         overhead = estimate_tokens(system_text(inputs))
-        if reviews is None and self.compactor.needed(context, overhead):
+        failed_at = self._compaction_failed.get(tid)
+        fits = self.compactor.fits(context, overhead)
+        if (reviews is None and self.compactor.needed(context, overhead) and not (
+                fits and failed_at is not None
+                and time.monotonic() - failed_at < COMPACTION_PAUSE_SECONDS)):
             try:
                 notice = await self.compactor.compact(tid, context)
+                self._compaction_failed.pop(tid, None)
             except (LLMUnavailable, LLMBadResponse) as err:
-                if not self.compactor.fits(context, overhead):
+                if not fits:
                     raise LLMUnavailable(
                         f"This conversation is now too long for the model, and summarising "
                         f"its older part failed: {err} Start afresh with /new, or check "
                         "llm.compaction_model.") from err
-                # The whole history still fits: answer now, summarise at a later turn.
-                log.warning("[%s] compaction failed, answering with the full history: %s",
-                            tid, err)
+                # The whole history still fits: answer now, summarise later (not at every
+                # turn: each try also runs the memory flush, and costs a model call).
+                log.warning("[%s] compaction failed, answering with the full history; next "
+                            "try in %d s: %s", tid, COMPACTION_PAUSE_SECONDS, err)
+                self._compaction_failed[tid] = time.monotonic()
+                while len(self._compaction_failed) > 1000:
+                    del self._compaction_failed[next(iter(self._compaction_failed))]
                 notice = None
             if notice is not None:
                 await self._notify_now(msg, notice)
@@ -261,6 +275,28 @@ class Worker:
             msg, f"I stopped after {self.max_tool_steps} tool steps without a final answer "
                  "(llm.max_tool_steps). Ask me to continue if you want more."))
         return new
+
+    async def _resumed_steps(self, msg: Inbound) -> list[NewMessage]:
+        """The tool exchange of an earlier run of this turn, completed: a call cut off gets
+        its ``CUT_OFF`` result, kept too (a second crash then finds the exchange whole)."""
+        if not msg.id:
+            return []
+        steps = await self.history.steps(msg.id)
+        whole = _with_cut_off_results(steps)
+        for seq in range(len(steps), len(whole)):  # only ever at the end: each run does this
+            await self.history.add_step(msg.id, seq, whole[seq])
+        return whole
+
+    async def _steps_so_far(self, msg: Inbound) -> list[NewMessage]:
+        """For a turn that ends early (failed, stopped): what its tools did, so it stays in
+        the conversation and the model knows it next time. Nothing if it cannot be read."""
+        if not msg.id:
+            return []
+        try:
+            return _with_cut_off_results(await self.history.steps(msg.id))
+        except sqlite3.Error as err:
+            log.warning("[%s] could not read the turn's tool steps: %s", msg.thread_id, err)
+            return []
 
     async def _step(self, msg: Inbound, new: list[NewMessage], step: NewMessage) -> None:
         """Add a message of the tool exchange to the turn, and keep it at once (a re-run of
@@ -374,13 +410,25 @@ class Worker:
 
 
 def _with_cut_off_results(steps: list[NewMessage]) -> list[NewMessage]:
-    """An earlier run's tool exchange, each call that got no result given ``CUT_OFF`` (a
-    tool call without its result would be refused by the model's API)."""
+    """An earlier run's tool exchange, each call that got no result given ``CUT_OFF`` right
+    after its call's other results (the model's API refuses a tool call without its result,
+    and results out of place)."""
     answered = {m.tool_call_id for m in steps if m.role == "tool"}
-    missing = [NewMessage("tool", CUT_OFF, tool_call_id=call["id"],
-                          name=call["function"]["name"], visible=False)
-               for m in steps for call in m.tool_calls or () if call["id"] not in answered]
-    return [*steps, *missing]
+    out: list[NewMessage] = []
+    calls: list[dict[str, Any]] = []  # those of the last assistant message
+
+    def cut_off() -> None:
+        out.extend(NewMessage("tool", CUT_OFF, tool_call_id=c["id"],
+                              name=c["function"]["name"], visible=False)
+                   for c in calls if c["id"] not in answered)
+
+    for m in steps:
+        if m.role != "tool":
+            cut_off()
+            calls = list(m.tool_calls or ())
+        out.append(m)
+    cut_off()
+    return out
 
 
 def _model_message(m: NewMessage) -> dict[str, Any]:

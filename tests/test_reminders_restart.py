@@ -11,6 +11,7 @@ import asyncio
 import json
 import sqlite3
 import time
+from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 
@@ -296,3 +297,58 @@ async def test_a_turn_killed_after_its_tool_ran_resumes_without_running_it_again
         steps = conn.execute("SELECT count(*) FROM turn_steps").fetchone()[0]
     assert reminders == [("Stretch",)]
     assert steps == 0  # the finished turn's steps are gone
+
+
+def steps_kept(db: Path) -> int:
+    with closing(sqlite3.connect(db)) as conn:
+        return int(conn.execute("SELECT count(*) FROM turn_steps").fetchone()[0])
+
+
+async def test_a_turn_killed_twice_mid_tool_resumes_with_its_exchange_whole_and_in_order(
+    tmp_path: Path, fake_llm: FakeLLM
+) -> None:
+    """First killed while a shell command runs (its result never came), then killed again
+    after a second call: the third run sees every call followed by its own result."""
+    config = daemon_config(fake_llm, tools={"policy": {"shell": "on"}})
+    async with Daemon(tmp_path, config) as d:
+        chat = await d.connect()
+        fake_llm.script(Reply(tool_calls=[("shell", {"command": "sleep 30"})]))
+        assert (await chat.send("nap, then note it"))["type"] == "ack"
+        data = tmp_path / "data" / "conversation.db"
+        async with asyncio.timeout(10):  # the call is kept: the shell runs
+            while not steps_kept(data):  # noqa: ASYNC110  (another process's database)
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+        d.kill()
+        await chat.close()
+
+        fake_llm.script(Reply(tool_calls=[("memory_append", {"file": "MEMORIES.txt",
+                                                             "text": "napped"})]),
+                        Reply(hang=True))
+        d.start()
+        await d.wait_ready()
+        async with asyncio.timeout(10):
+            await fake_llm.wait_until(lambda: len(fake_llm.requests) == 3)
+        d.kill()  # while the model answers after the second call
+
+        fake_llm.script(Reply(text="Napped and noted."))
+        d.start()
+        await d.wait_ready()
+        chat = await d.connect(chat.thread_id)
+        async with asyncio.timeout(10):
+            await fake_llm.wait_until(lambda: len(fake_llm.requests) == 4)
+        exchange = [m for m in fake_llm.requests[3]["messages"]
+                    if m["role"] in ("assistant", "tool")]
+        # (role, tool name or the call it answers) in the order the model is given them
+        order = [(m["role"], m["tool_calls"][0]["function"]["name"] if m.get("tool_calls")
+                  else m.get("tool_call_id")) for m in exchange]
+        ids = {m["tool_calls"][0]["function"]["name"]: m["tool_calls"][0]["id"]
+               for m in exchange if m.get("tool_calls")}
+        assert order == [("assistant", "shell"), ("tool", ids["shell"]),
+                         ("assistant", "memory_append"), ("tool", ids["memory_append"])], order
+        assert exchange[1]["content"].startswith("error: this call was cut off")
+        answers = [m["text"] for m in chat.ready["transcript"] if m["role"] == "assistant"]
+        while "Napped and noted." not in answers:
+            answers.append((await chat.reply(10))["text"])
+        await chat.close()
+    assert (tmp_path / "data" / "MEMORIES.txt").read_text().count("napped") == 1

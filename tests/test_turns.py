@@ -232,6 +232,30 @@ async def test_a_stop_keeps_what_the_tools_did_and_cuts_off_the_call_in_flight(
     await chat.close()
 
 
+async def test_a_turn_that_fails_after_a_tool_ran_keeps_what_the_tool_did(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    """The model set a reminder, then its next call failed: the user is told, and the next
+    turn's model sees the reminder was set (it would set a second one otherwise)."""
+    app = await app_factory()
+    fake_llm.script(
+        Reply(tool_calls=[("set_reminder", {"text": "Stretch", "in_minutes": 30})]),
+        Reply(status=500), Reply(status=500))  # the answer after the call: every try fails
+    chat = await connect(app)
+    failed = await chat.ask("remind me to stretch in half an hour")
+    while failed["role"] == "tool":
+        failed = await chat.reply()
+    assert failed["role"] == "system" and "could not get an answer" in failed["text"]
+    assert (await chat.ask("did it work?"))["text"] == "echo: did it work?"
+    seen = fake_llm.requests[-1]["messages"]
+    assert [c["function"]["name"] for m in seen if m["role"] == "assistant"
+            for c in m.get("tool_calls") or []] == ["set_reminder"]
+    assert any(m["role"] == "tool" and "Reminder #1 set" in m["content"] for m in seen)
+    rows = await app.db.fetchall("SELECT count(*) AS n FROM reminders")
+    assert rows[0]["n"] == 1
+    await chat.close()
+
+
 async def test_a_stop_that_lands_after_the_answer_was_stored_adds_nothing(
     app_factory: AppFactory, fake_llm: FakeLLM
 ) -> None:
@@ -309,7 +333,9 @@ async def test_a_failing_compaction_still_answers_while_the_history_fits(
         await chat.send(f"message {i}: {filler}")
         reply = await chat.reply()
         answers.append((reply["role"], reply["text"]))
-    assert any(b["model"] == "absent" for b in fake_llm.requests)  # it was tried
+    # Tried once, then left alone while the history fits (each try costs a call and a
+    # memory flush).
+    assert [b["model"] for b in fake_llm.requests].count("absent") == 1
     assert answers == [("assistant", f"echo: message {i}: {filler}"[:46]) for i in range(9)]
     # Past the model's context, the user is told why, compaction named, and what to do.
     for i in range(9, 12):
