@@ -16,6 +16,7 @@ by ``matrix_catchup``. Replies leave through the router's outbox and ``matrix_se
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sqlite3
 import time
@@ -98,10 +99,8 @@ class MatrixInterface:
         self.backoff_max = 15.0
         """Seconds between attempts while the homeserver is unreachable (doubling up to this)."""
         self.sync_timeout_ms = 30_000
-        self.sync_grace = SYNC_GRACE
         self._checked = False
         self._synced = False
-        self._connected = False
         self._since: str | None = None
         self._token_saved: float | None = None
         self._sync_task: asyncio.Task[None] | None = None
@@ -165,8 +164,12 @@ class MatrixInterface:
     async def redact(self, thread_id: ThreadId, event_id: str, reason: str) -> bool:
         return await self.sender.redact(thread_id, event_id, reason)
 
+    @property
+    def connected(self) -> bool:
+        """The last sync worked: replies go out (the sender holds the client only then)."""
+        return self.sender.client is not None
+
     def _set_connected(self, connected: bool) -> None:
-        self._connected = connected
         self.sender.client = self.client if connected else None
 
     # -- the sync loop ---------------------------------------------------------------------
@@ -188,30 +191,27 @@ class MatrixInterface:
                           err)
                 self._set_connected(False)  # replies wait in the outbox for a restart
                 return
-            except NotStored as err:
-                # Nothing of this sync counts as seen: the next attempt asks for it again. (Its
-                # to-device messages come again too; nio drops the keys it already holds.)
-                client.next_batch = self._since
-                log.error("matrix: could not store a message (%s); reading it again in %.1f s",
-                          err, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.backoff_max)
-                continue
             except Exception as err:
-                if self._since:  # a sync that failed part-way counts as unread (the inbox
-                    client.next_batch = self._since  # drops what it already has)
-                if self._connected:
+                # A sync that failed part-way counts as unread: the next attempt asks for it
+                # again and the inbox drops what it already has. (Its to-device messages come
+                # again too; nio drops the keys it already holds.)
+                if self._since:
+                    client.next_batch = self._since
+                if isinstance(err, NotStored):
+                    log.error("matrix: could not store a message (%s); reading it again in "
+                              "%.1f s", err, delay)
+                elif self.connected:
                     log.warning("matrix: lost the homeserver (%s: %s); retrying in %.1f s, "
                                 "replies wait in the outbox", type(err).__name__, err, delay)
+                    self._set_connected(False)
                 else:
                     log.info("matrix: homeserver still unreachable (%s: %s); retrying in "
                              "%.1f s", type(err).__name__, err, delay)
-                self._set_connected(False)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.backoff_max)
                 continue
             delay = self.backoff_initial
-            if not self._connected:
+            if not self.connected:
                 self._set_connected(True)
                 log.info("matrix: syncing with %s", self.config.homeserver)
                 self._spawn(self.router.deliver_all())
@@ -221,10 +221,10 @@ class MatrixInterface:
         # and the first after an outage, returns at once (no long-poll): the replies that
         # waited go out as soon as the homeserver is back.
         first = not self._synced
-        poll_ms = 0 if first or not self._connected else self.sync_timeout_ms
+        poll_ms = 0 if first or not self.connected else self.sync_timeout_ms
         # nio sets no time limit on a sync that does not long-poll: a homeserver that takes
         # the connection and never answers would stall the loop for good.
-        async with asyncio.timeout(poll_ms / 1000 + self.sync_grace):
+        async with asyncio.timeout(poll_ms / 1000 + SYNC_GRACE):
             resp = await client.sync(timeout=poll_ms, sync_filter=SYNC_FILTER,
                                      since=self._since if first else None,
                                      full_state=True if first else None)
@@ -241,6 +241,9 @@ class MatrixInterface:
             self._on_invite(room_id, info.invite_state)
         for room_id, info in resp.rooms.join.items():
             if history:
+                continue
+            if not self.config.allows_room(room_id):  # nothing of it is read, nor caught up
+                log.debug("[%s] ignored: room not in matrix.allowed_rooms", room_id)
                 continue
             events = after_own_join(info.timeline.events, self.config.user_id)
             if events is None:  # a room the bot was in already
@@ -272,11 +275,7 @@ class MatrixInterface:
     async def _missed(self, client: TimedClient, room_id: str, prev_batch: str,
                       since: str) -> list[Any]:
         """What a limited timeline left out (more came while away than a sync returns)."""
-        thread_id = matrix_thread_id(room_id)
-
-        async def known(event_ids: list[str]) -> set[str]:
-            return await self.bus.known(thread_id, event_ids)
-
+        known = functools.partial(self.bus.known, matrix_thread_id(room_id))
         missed = await missed_events(client, room_id, prev_batch, since,
                                      own_id=self.config.user_id, known=known)
         if missed:
@@ -308,7 +307,7 @@ class MatrixInterface:
     # -- events in -------------------------------------------------------------------------
 
     async def _on_timeline_event(self, room_id: str, event: Any, arrived: float) -> None:
-        why = matrix_in.refusal(self.config, room_id, event)
+        why = matrix_in.refusal(self.config, event)
         if why is not None:
             if why:
                 log.info("[%s] ignored %s", room_id, why)

@@ -19,7 +19,7 @@ from typing import Any
 
 from nio import AsyncClient, MessageDirection, RoomMemberEvent, RoomMessagesError
 
-from ganglion.interfaces.matrix_session import HomeserverUnavailable, http_status
+from ganglion.interfaces.matrix_session import HomeserverUnavailable, http_status, retryable
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,7 @@ async def missed_events(client: AsyncClient, room_id: str, prev_batch: str, sinc
                                           direction=MessageDirection.back, limit=PAGE,
                                           message_filter=GAP_FILTER)
         if isinstance(resp, RoomMessagesError):
-            status = http_status(resp)
-            if status is None or status >= 500 or status == 429:
+            if retryable(http_status(resp)):
                 raise HomeserverUnavailable(f"messages of {room_id}: {resp}")
             log.warning("[%s] could not fetch the messages a limited sync left out: %s",
                         room_id, resp)

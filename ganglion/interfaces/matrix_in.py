@@ -1,10 +1,10 @@
 """Matrix events in: which ones may reach the bus, and the Inbound each becomes.
 
 Pure functions of an event and the config, so the edge's rules read in one place: the bot's
-own events, rooms outside ``matrix.allowed_rooms`` and senders outside
-``matrix.allowed_users`` never become work; an edit of an earlier message is not a new
-question; the quote a reply carries is left out. The Matrix event id is the message's
-``client_id``, so the bus stores each event once.
+own events and senders outside ``matrix.allowed_users`` never become work (rooms outside
+``matrix.allowed_rooms`` are skipped whole, before their events are read); an edit of an
+earlier message is not a new question; the quote a reply carries is left out. The Matrix
+event id is the message's ``client_id``, so the bus stores each event once.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ganglion.messages import Inbound, Source, matrix_thread_id
 _REPLY_FALLBACK = re.compile(r"\A(?:>.*\n)+\n")
 
 
-def refusal(config: MatrixConfig, room_id: str, event: Any) -> str | None:
+def refusal(config: MatrixConfig, event: Any) -> str | None:
     """Why this timeline event is not for the bot (a log line), or None when it is.
 
     Only text messages and encrypted events (decryptable or not) are considered at all;
@@ -30,8 +30,6 @@ def refusal(config: MatrixConfig, room_id: str, event: Any) -> str | None:
         return ""
     if event.sender == config.user_id:
         return ""
-    if not config.allows_room(room_id):
-        return "room not in matrix.allowed_rooms"
     if not config.allows(event.sender):
         return f"a message from {event.sender} (not in matrix.allowed_users)"
     return None

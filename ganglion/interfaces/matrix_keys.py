@@ -32,10 +32,9 @@ class WaitingForKeys:
         self._tell = tell
         self._spawn = spawn
         self._waiting: dict[str, list[tuple[str, MegolmEvent]]] = {}
-        self._told: dict[tuple[str, str], None] = {}
-        """(room, session) pairs whose notice is due or sent, oldest first (bounded)."""
-        self._waiting_told: set[tuple[str, str]] = set()
-        """(room, session) pairs the room was told about while their events still wait."""
+        self._told: dict[tuple[str, str], bool] = {}
+        """(room, session) pairs whose notice is due (False) or sent (True), oldest first,
+        bounded."""
 
     def __bool__(self) -> bool:
         return bool(self._waiting)
@@ -52,7 +51,7 @@ class WaitingForKeys:
             log.info("[%s] key request not sent: %s", room_id, err)
         told = (room_id, event.session_id)
         if told not in self._told:
-            self._told[told] = None
+            self._told[told] = False
             while len(self._told) > MAX_SESSIONS:
                 del self._told[next(iter(self._told))]
             self._spawn(self._tell_later(room_id, event.session_id))
@@ -86,19 +85,18 @@ class WaitingForKeys:
         waiting[:] = [(r, e) for r, e in waiting if e.event_id != event.event_id]
         if not waiting:
             self._waiting.pop(event.session_id, None)
-            self._waiting_told = {t for t in self._waiting_told if t[1] != event.session_id}
 
     async def _tell_later(self, room_id: str, session_id: str) -> None:
         await asyncio.sleep(self.grace)
         if any(r == room_id for r, _ in self._waiting.get(session_id, ())):
-            self._waiting_told.add((room_id, session_id))
+            self._told[(room_id, session_id)] = True
             await self._tell(room_id)
 
     async def tell_the_rest(self) -> None:
         """At stop: the waiting events live in memory only, so the rooms whose grace has not
         run out yet are told now (their notice is stored, sent now or at the next start)."""
         rooms = {room_id for session_id, waiting in self._waiting.items()
-                 for room_id, _ in waiting if (room_id, session_id) not in self._waiting_told}
+                 for room_id, _ in waiting if not self._told.get((room_id, session_id))}
         for room_id in sorted(rooms):
             await self._tell(room_id)
 

@@ -20,7 +20,7 @@ from typing import Any
 from nio import LocalProtocolError, RoomRedactError, RoomSendError
 
 from ganglion.interfaces.matrix_out import TypingNotices, reply_contents
-from ganglion.interfaces.matrix_session import TimedClient, http_status
+from ganglion.interfaces.matrix_session import TimedClient, http_status, retryable
 from ganglion.messages import Outbound, OutKind, Role, ThreadId
 from ganglion.render import MarkdownRenderer
 from ganglion.router import Router
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 TYPING_MS = 30_000
 """How long the homeserver shows a typing notice; TypingNotices renews it before then."""
 RECEIVED_KEPT = 1000
+RETRY_FIRST = 0.5
+"""Seconds before a refused send is first tried again."""
 
 
 class RoomSender:
@@ -42,7 +44,6 @@ class RoomSender:
         self._spawn = spawn
         self.client: TimedClient | None = None
         """The interface's client while it is connected; None while the homeserver is away."""
-        self.retry_initial = 0.5
         self.retry_max = 15.0
         """Seconds before a refused send is tried again (doubling up to this)."""
         self.typing = TypingNotices(self._set_typing)
@@ -108,7 +109,7 @@ class RoomSender:
             return False
         if isinstance(resp, RoomSendError):
             status = http_status(resp)
-            if status is not None and 400 <= status < 500 and status not in (401, 429):
+            if not retryable(status) and status != 401:  # 401: the sync loop's matter
                 # The bot may not post here, or the message is too large: trying again
                 # would only hold back the replies after it.
                 log.error("[%s] reply %d refused by the homeserver (%s); dropped",
@@ -161,7 +162,7 @@ class RoomSender:
         outage re-sends everything anyway)."""
         if thread_id in self._retrying:
             return
-        delay = self._retry_delay.get(thread_id, self.retry_initial)
+        delay = self._retry_delay.get(thread_id, RETRY_FIRST)
         self._retry_delay[thread_id] = min(delay * 2, self.retry_max)
         self._retrying.add(thread_id)
 

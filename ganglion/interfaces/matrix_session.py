@@ -175,7 +175,7 @@ async def check_session(client: TimedClient, config: MatrixConfig, store_path: P
     resp = await client.whoami()
     if isinstance(resp, WhoamiError):
         status = http_status(resp)
-        if status is not None and (status >= 500 or status == 429):
+        if retryable(status):
             raise HomeserverUnavailable(f"whoami: HTTP {status}")
         if resp.status_code in ("M_UNKNOWN_TOKEN", "M_MISSING_TOKEN"):
             raise StartupError(
@@ -212,7 +212,7 @@ async def _server_has_device_keys(client: TimedClient, config: MatrixConfig) -> 
                "Authorization": f"Bearer {config.access_token}"}
     resp = await client.send("POST", "/_matrix/client/v3/keys/query", json.dumps(body), headers)
     async with resp:
-        if resp.status >= 500 or resp.status == 429:
+        if retryable(resp.status):
             raise HomeserverUnavailable(f"keys/query: HTTP {resp.status}")
         if resp.status != 200:
             raise StartupError(f"matrix: keys/query answered HTTP {resp.status}: "
@@ -226,3 +226,9 @@ def http_status(resp: Any) -> int | None:
     transport = getattr(resp, "transport_response", None)
     status = getattr(transport, "status", None)
     return status if isinstance(status, int) else None
+
+
+def retryable(status: int | None) -> bool:
+    """Whether a failed request is worth trying again after a pause: the homeserver is
+    struggling (5xx), limiting us (429), or gave no HTTP answer we could read."""
+    return status is None or status >= 500 or status == 429

@@ -28,6 +28,7 @@ let maxBytes = 64000;
 let turnState = "idle";
 let failure = null; // what went wrong last (shown as the error state until the next send)
 let retrying = new Set(); // ids the server could not store; the outbox keeps them
+let resending = new Set(); // of those, the ones sent again and not answered yet
 let storeRetryTimer = null;
 let storeBackoff = STORE_RETRY_FIRST;
 
@@ -83,9 +84,9 @@ function takeTokenFromFragment() {
 // unstored message) and nothing newer happened. Not connected: set by connect/onclose.
 function refreshStatus() {
   if (!ready) return;
-  if (retrying.size > 0 || (failure && !BUSY.has(turnState))) setStatus("error");
+  if (waitingForStore() || (failure && !BUSY.has(turnState))) setStatus("error");
   else setStatus(turnState === "idle" ? "ready" : turnState === "streaming" ? "streaming" : "thinking");
-  ui.status.title = retrying.size > 0 ? "A message is not stored yet; retrying" : failure || "";
+  ui.status.title = waitingForStore() ? "A message is not stored yet; retrying" : failure || "";
 }
 
 function fail(text) {
@@ -177,7 +178,7 @@ function handle(f) {
         el.dataset.status = "sent";
         setNote(el, "");
       }
-      if (retrying.delete(f.id)) storeWorks();
+      if (resending.delete(f.id) || retrying.delete(f.id)) storeWorks();
       refreshStatus();
       break;
     }
@@ -203,6 +204,7 @@ function handle(f) {
         // The socket closes next; its close code says what to do (log in, a new thread).
       } else if (f.id && f.code === "not_stored") {
         // The server's disk refused it: kept in the outbox and sent again until stored.
+        resending.delete(f.id);
         retrying.add(f.id);
         markFailed(f.id, "retrying", `${f.message} Not sent yet: trying again by itself.`);
         scheduleStoreRetry();
@@ -211,6 +213,7 @@ function handle(f) {
         // Refused for good (too large, malformed): resending would not help.
         saveOutbox(loadOutbox().filter((e) => e.id !== f.id));
         retrying.delete(f.id);
+        resending.delete(f.id);
         markFailed(f.id, "failed", f.message);
         fail(f.message);
       } else {
@@ -225,9 +228,17 @@ function handle(f) {
 
 // -- messages the server could not store: sent again, with backoff, until it can ---------
 
+function waitingForStore() {
+  return retrying.size > 0 || resending.size > 0;
+}
+
+// Each waiting message is sent once a round: an ack or a refusal ends its round.
 function resendRetrying() {
   for (const e of loadOutbox()) {
-    if (retrying.has(e.id)) sendFrame({ type: "send", id: e.id, text: e.text });
+    if (!retrying.has(e.id)) continue;
+    retrying.delete(e.id);
+    resending.add(e.id);
+    sendFrame({ type: "send", id: e.id, text: e.text });
   }
 }
 
@@ -255,6 +266,7 @@ function storeWorks() {
 function forgetFailures() {
   failure = null;
   retrying = new Set();
+  resending = new Set();
   cancelStoreRetry();
   storeBackoff = STORE_RETRY_FIRST;
 }
@@ -268,6 +280,7 @@ function onReady(f) {
   clearView();
   // The outbox is sent again below; what the server still cannot store comes back.
   retrying = new Set();
+  resending = new Set();
   cancelStoreRetry();
   for (const m of f.transcript) addMessage(m);
   for (const p of f.pending) addUser(p.text, p.id, "sent");
