@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import logging
@@ -81,6 +82,21 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 AppFactory = Callable[..., Awaitable[App]]
 
 
+async def eventually(condition: Callable[[], bool], timeout: float = 5) -> None:
+    """Until ``condition()`` holds, else TimeoutError after ``timeout`` seconds: for what offers
+    nothing to await (processes, files, log records, another process's database)."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+async def eventually_async(condition: Callable[[], Awaitable[bool]], timeout: float = 5) -> None:
+    """``eventually`` for a condition that must be awaited (a query on the App's database)."""
+    async with asyncio.timeout(timeout):
+        while not await condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
@@ -148,8 +164,9 @@ class _CopyTo(logging.Handler):
 
 class DaemonLog:
     """In-process Apps log as the daemon does (ganglion/cli.py): the daemon's own file handler
-    and levels, behind each App's mask (the web token added once it is known), into the App's
-    ``log_dir/ganglion.log``, so the session-end scan covers these tests too."""
+    and levels, behind each App's own mask (the App adds its web token to it, a generated one
+    too), into the App's ``log_dir/ganglion.log``, so the session-end scan covers these tests
+    too."""
 
     def __init__(self) -> None:
         self.masks = _EveryMask()
@@ -167,11 +184,6 @@ class DaemonLog:
             handler = _CopyTo(file_handler(log_dir, self.masks))
             logging.getLogger().addHandler(handler)
             self.handlers[log_dir] = handler
-
-    @staticmethod
-    def started(app: App) -> None:
-        if app.web is not None:
-            app.secret_mask.add(app.web_token)  # as the CLI does, once the token is known
 
     def close(self) -> None:
         for handler in self.handlers.values():
@@ -194,7 +206,6 @@ async def app_factory(tmp_path: Path, fake_llm: FakeLLM) -> AsyncIterator[AppFac
         logs.add(app)
         await app.start()
         apps.append(app)
-        logs.started(app)
         return app
 
     try:

@@ -14,12 +14,11 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from conftest import WEB_TOKEN, AppFactory, base_config
+from conftest import WEB_TOKEN, AppFactory, eventually_async
 from fake_llm import FakeLLM, Reply
 
 import ganglion.interfaces.web as web_module
 from ganglion.app import App
-from ganglion.config import LoadedConfig, parse_config
 from ganglion.interfaces.web import WebInterface
 from ganglion.interfaces.web_guard import SECURITY_HEADERS
 from ganglion.messages import Outbound, OutKind, Role, ThreadId
@@ -155,22 +154,14 @@ async def test_page_is_served_with_csp_and_no_external_assets(
             assert r.status == 404, path
 
 
-async def test_the_app_masks_the_web_token_it_generated(
-    tmp_path: Any, fake_llm: FakeLLM
-) -> None:
+async def test_the_app_masks_the_web_token_it_generated(app_factory: AppFactory) -> None:
     """Generated into data/web_token at start: the App's log mask knows it from then on."""
-    config = base_config(tmp_path, fake_llm)
-    config["web"]["token"] = ""
-    app = App(LoadedConfig(parse_config(config, env={}), None, tmp_path))
-    await app.start()
-    try:
-        token = (app.data_dir / "web_token").read_text().strip()
-        assert len(token) >= 32 and web_of(app).login_url.endswith(token)
-        record = logging.LogRecord("t", logging.INFO, __file__, 1, "token %s", (token,), None)
-        app.secret_mask.filter(record)
-        assert record.getMessage() == "token ***"
-    finally:
-        await app.stop()
+    app = await app_factory({"web": {"token": ""}})
+    token = (app.data_dir / "web_token").read_text().strip()
+    assert len(token) >= 32 and web_of(app).login_url.endswith(token)
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "token %s", (token,), None)
+    app.secret_mask.filter(record)
+    assert record.getMessage() == "token ***"
 
 
 async def test_healthz_and_addresses(app: App, session: aiohttp.ClientSession) -> None:
@@ -462,11 +453,11 @@ async def test_an_answer_finished_while_no_tab_was_connected_arrives_on_reconnec
     assert [m["text"] for m in ready["transcript"]][-1] == "answered in your absence"
     message = await tab.reply()  # also delivered from the outbox (the page dedupes by id)
     assert message["id"] == ready["transcript"][-1]["id"]
-    for _ in range(200):  # marked delivered right after the frame went out
-        if not await app.outbox.pending(tid):
-            break
-        await asyncio.sleep(0.01)
-    assert await app.outbox.pending(tid) == []
+
+    async def delivered() -> bool:  # marked so right after the frame went out
+        return await app.outbox.pending(tid) == []
+
+    await eventually_async(delivered)
 
 
 async def test_a_tab_joining_mid_answer_gets_the_partial_text_then_the_rest(
