@@ -114,8 +114,8 @@ class Worker:
         self._quiet: set[ThreadId] = set()
         """Threads whose running turn nobody typed (a reminder, a review): no progress
         events. Emptied at the end of each turn, so it holds only running turns."""
-        self._compaction_failed: dict[ThreadId, float] = {}
-        """When compaction last failed per thread, while the history still fits."""
+        self._compaction_paused: dict[ThreadId, float] = {}
+        """Until when (monotonic) compaction is not tried again, per thread, after a failure."""
         self._spent: dict[ThreadId, int] = {}
         """Tokens of the running turn, per thread."""
         commands.add("new", "/new", "start a fresh conversation in this thread", self._cmd_new)
@@ -139,18 +139,18 @@ class Worker:
             failed = False
         except (LLMUnavailable, LLMBadResponse) as err:
             log.warning("[%s] turn failed: %s", tid, err)
-            new = [*await self._steps_so_far(msg), self._notice(msg, str(err))]
+            new = [*await self._kept_steps(msg, or_none=True), self._notice(msg, str(err))]
         except asyncio.CancelledError:
             raise
         except sqlite3.Error as err:  # the disk refused a write: say so, not "crashed"
             log.error("[%s] turn failed: the database refused a write: %s", tid, err)
-            new = [*await self._steps_so_far(msg), self._notice(
+            new = [*await self._kept_steps(msg, or_none=True), self._notice(
                 msg, f"I could not write to my database ({err}). The data folder refuses "
                      "writes (full or read-only?); once that is fixed, please send your "
                      "message again.")]
         except Exception as err:
             log.exception("[%s] turn crashed", tid)
-            new = [*await self._steps_so_far(msg), self._notice(msg, CRASHED.format(
+            new = [*await self._kept_steps(msg, or_none=True), self._notice(msg, CRASHED.format(
                 type(err).__name__))]
         tokens = 0
         if not control:
@@ -174,7 +174,7 @@ class Worker:
         partial = "".join(self._partial.pop(msg.thread_id, []))
         self._spent.pop(msg.thread_id, None)
         self._quiet.discard(msg.thread_id)
-        new = await self._steps_so_far(msg)
+        new = await self._kept_steps(msg, or_none=True)
         if partial.strip():
             new.append(NewMessage("assistant", partial + " …", deliver=not msg.system))
         new.append(self._notice(msg, "Stopped."))
@@ -206,39 +206,17 @@ class Worker:
             context = await self.history.context(tid)
         # A run of this turn that was cut off (crash, restart) resumes after the tool calls
         # it made: they are not made again.
-        new = await self._resumed_steps(msg)
+        new = await self._kept_steps(msg)
         steps_done = sum(1 for m in new if m.tool_calls)
         if new:
             log.info("[%s] resuming message #%d after %d tool step(s) of an earlier run", tid,
                      msg.id, steps_done)
         inputs = self._inputs(msg, context)
         overhead = estimate_tokens(system_text(inputs))
-        failed_at = self._compaction_failed.get(tid)
-        fits = self.compactor.fits(context, overhead)
-        if (reviews is None and self.compactor.needed(context, overhead) and not (
-                fits and failed_at is not None
-                and time.monotonic() - failed_at < COMPACTION_PAUSE_SECONDS)):
-            try:
-                notice = await self.compactor.compact(tid, context)
-                self._compaction_failed.pop(tid, None)
-            except (LLMUnavailable, LLMBadResponse) as err:
-                if not fits:
-                    raise LLMUnavailable(
-                        f"This conversation is now too long for the model, and summarising "
-                        f"its older part failed: {err} Start afresh with /new, or check "
-                        "llm.compaction_model.") from err
-                # The whole history still fits: answer now, summarise later (not at every
-                # turn: each try also runs the memory flush, and costs a model call).
-                log.warning("[%s] compaction failed, answering with the full history; next "
-                            "try in %d s: %s", tid, COMPACTION_PAUSE_SECONDS, err)
-                self._compaction_failed[tid] = time.monotonic()
-                while len(self._compaction_failed) > 1000:
-                    del self._compaction_failed[next(iter(self._compaction_failed))]
-                notice = None
-            if notice is not None:
-                await self._notify_now(msg, notice)
-                context = await self.history.context(tid)
-                inputs = self._inputs(msg, context)
+        if reviews is None and self.compactor.needed(context, overhead) and (
+                await self._compact(msg, context, overhead)):
+            context = await self.history.context(tid)
+            inputs = self._inputs(msg, context)
         messages = build_messages(inputs) + [_model_message(m) for m in new]
         offered = self.runner.offered(can_ask=_person_present(msg))
         schemas = self.tools.schemas(set(offered)) or None
@@ -276,25 +254,47 @@ class Worker:
                  "(llm.max_tool_steps). Ask me to continue if you want more."))
         return new
 
-    async def _resumed_steps(self, msg: Inbound) -> list[NewMessage]:
-        """The tool exchange of an earlier run of this turn, completed: a call cut off gets
-        its ``CUT_OFF`` result, kept too (a second crash then finds the exchange whole)."""
-        if not msg.id:
-            return []
-        steps = await self.history.steps(msg.id)
-        whole = _with_cut_off_results(steps)
-        for seq in range(len(steps), len(whole)):  # only ever at the end: each run does this
-            await self.history.add_step(msg.id, seq, whole[seq])
-        return whole
+    async def _compact(self, msg: Inbound, context: list[StoredMessage],
+                       overhead: int) -> bool:
+        """Summarise the thread's older part; True when the context changed (the user is
+        told). A failure while the whole history still fits answers with it, and waits
+        COMPACTION_PAUSE_SECONDS before the next try (each costs a call and a memory flush);
+        once it no longer fits, the turn fails saying what to do."""
+        tid = msg.thread_id
+        fits = self.compactor.fits(context, overhead)
+        if fits and time.monotonic() < self._compaction_paused.get(tid, 0.0):
+            return False
+        try:
+            notice = await self.compactor.compact(tid, context)
+        except (LLMUnavailable, LLMBadResponse) as err:
+            if not fits:
+                raise LLMUnavailable(
+                    f"This conversation is now too long for the model, and summarising its "
+                    f"older part failed: {err} Start afresh with /new, or check "
+                    "llm.compaction_model.") from err
+            log.warning("[%s] compaction failed, answering with the full history; next try "
+                        "in %d s: %s", tid, COMPACTION_PAUSE_SECONDS, err)
+            self._compaction_paused[tid] = time.monotonic() + COMPACTION_PAUSE_SECONDS
+            if len(self._compaction_paused) > 1000:
+                del self._compaction_paused[next(iter(self._compaction_paused))]
+            return False
+        self._compaction_paused.pop(tid, None)
+        if notice is None:
+            return False
+        await self._notify_now(msg, notice)
+        return True
 
-    async def _steps_so_far(self, msg: Inbound) -> list[NewMessage]:
-        """For a turn that ends early (failed, stopped): what its tools did, so it stays in
-        the conversation and the model knows it next time. Nothing if it cannot be read."""
+    async def _kept_steps(self, msg: Inbound, *, or_none: bool = False) -> list[NewMessage]:
+        """The tool exchange an earlier run of this turn (or this run, ending early) got
+        through, a call cut off given its ``CUT_OFF`` result. ``or_none``: nothing when it
+        cannot be read (a turn ending on a database error still ends)."""
         if not msg.id:
             return []
         try:
             return _with_cut_off_results(await self.history.steps(msg.id))
         except sqlite3.Error as err:
+            if not or_none:
+                raise
             log.warning("[%s] could not read the turn's tool steps: %s", msg.thread_id, err)
             return []
 
@@ -412,22 +412,20 @@ class Worker:
 def _with_cut_off_results(steps: list[NewMessage]) -> list[NewMessage]:
     """An earlier run's tool exchange, each call that got no result given ``CUT_OFF`` right
     after its call's other results (the model's API refuses a tool call without its result,
-    and results out of place)."""
-    answered = {m.tool_call_id for m in steps if m.role == "tool"}
+    and results out of place). Derived each time, never stored: the positions say it."""
     out: list[NewMessage] = []
-    calls: list[dict[str, Any]] = []  # those of the last assistant message
-
-    def cut_off() -> None:
-        out.extend(NewMessage("tool", CUT_OFF, tool_call_id=c["id"],
-                              name=c["function"]["name"], visible=False)
-                   for c in calls if c["id"] not in answered)
-
-    for m in steps:
-        if m.role != "tool":
-            cut_off()
-            calls = list(m.tool_calls or ())
-        out.append(m)
-    cut_off()
+    calls: list[dict[str, Any]] = []  # the last assistant message's, and their results
+    answered: set[str | None] = set()
+    for m in [*steps, None]:
+        if m is not None and m.role == "tool":
+            answered.add(m.tool_call_id)
+            out.append(m)
+            continue
+        out += [NewMessage("tool", CUT_OFF, tool_call_id=c["id"], name=c["function"]["name"],
+                           visible=False) for c in calls if c["id"] not in answered]
+        if m is not None:
+            out.append(m)
+            calls, answered = list(m.tool_calls or ()), set()
     return out
 
 

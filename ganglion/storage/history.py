@@ -75,6 +75,8 @@ class History:
         # The context of recently active threads, kept in step with every write below: a turn
         # reads its context without a query proportional to the whole history.
         self._contexts: OrderedDict[ThreadId, list[StoredMessage]] = OrderedDict()
+        self._stepped: set[int] | None = None
+        """Inbox ids with kept tool steps (see ``steps``); None until first needed."""
         self._cached_threads = cached_threads
 
     async def begin_turn(self, msg: Inbound, content: str) -> None:
@@ -91,17 +93,31 @@ class History:
 
     async def add_step(self, inbox_id: int, seq: int, message: NewMessage) -> None:
         """One message of a running turn's tool exchange, kept as it happens."""
+        await self._inbox_ids_with_steps()
         await self.db.write(
             "INSERT OR REPLACE INTO turn_steps (inbox_id, seq, message) VALUES (?, ?, ?)",
             (inbox_id, seq, json.dumps(asdict(message))),
         )
+        assert self._stepped is not None
+        self._stepped.add(inbox_id)
 
     async def steps(self, inbox_id: int) -> list[NewMessage]:
-        """The tool exchange an earlier run of this turn got through, in order."""
+        """The tool exchange an earlier run of this turn got through, in order (no read at
+        all for the many turns that have none)."""
+        if inbox_id not in await self._inbox_ids_with_steps():
+            return []
         rows = await self.db.fetchall(
             "SELECT message FROM turn_steps WHERE inbox_id = ? ORDER BY seq", (inbox_id,)
         )
         return [NewMessage(**json.loads(r["message"])) for r in rows]
+
+    async def _inbox_ids_with_steps(self) -> set[int]:
+        """Which inbound messages have kept steps: read once (those a crash left), then kept
+        up to date here (this process is the only writer)."""
+        if self._stepped is None:
+            rows = await self.db.fetchall("SELECT DISTINCT inbox_id FROM turn_steps")
+            self._stepped = {int(r["inbox_id"]) for r in rows}
+        return self._stepped
 
     async def finish_turn(
         self, thread_id: ThreadId, inbox_id: int | None, new: Sequence[NewMessage]
@@ -115,16 +131,19 @@ class History:
         queued: list[tuple[int, NewMessage]] = []
         stored: list[StoredMessage] = []
         now = time.time()
+        stepped = await self._inbox_ids_with_steps()
         async with self.db.transaction() as conn:
-            if inbox_id is not None:
-                async with conn.execute("SELECT status FROM inbox WHERE id = ?",
-                                        (inbox_id,)) as cur:
-                    row = await cur.fetchone()
-                if row is not None and row["status"] == "done":
+            if inbox_id:
+                cur = await conn.execute(
+                    "UPDATE inbox SET status = 'done', done_at = ? WHERE id = ?"
+                    " AND status = 'pending'", (now, inbox_id))
+                if cur.rowcount == 0:
                     log.info("[%s] message #%d was answered already; not again", thread_id,
                              inbox_id)
                     return []
-                await conn.execute("DELETE FROM turn_steps WHERE inbox_id = ?", (inbox_id,))
+                if inbox_id in stepped:
+                    await conn.execute("DELETE FROM turn_steps WHERE inbox_id = ?",
+                                       (inbox_id,))
             for m in new:
                 tokens = m.tokens or estimate_tokens(m.content)
                 cur = await conn.execute(
@@ -156,10 +175,8 @@ class History:
                         (thread_id, cur.lastrowid, now),
                     )
                     queued.append((cur.lastrowid, m))
-            if inbox_id is not None:
-                await conn.execute(
-                    "UPDATE inbox SET status = 'done', done_at = ? WHERE id = ?", (now, inbox_id)
-                )
+        if inbox_id:
+            stepped.discard(inbox_id)
         for message in stored:
             self._append(message)
         return queued

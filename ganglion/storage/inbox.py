@@ -47,7 +47,8 @@ class Inbox:
 
     async def add_many(self, msgs: Sequence[Inbound]) -> list[tuple[Inbound, bool]]:
         """``add`` for many messages in one statement per 500 (a start that fires a thousand
-        missed reminders); in the same order as ``msgs``."""
+        missed reminders); in the same order as ``msgs``. A message stored before comes back
+        with id 0: its caller only needs to know it is not new."""
         out: list[tuple[Inbound, bool]] = []
         for start in range(0, len(msgs), 500):
             chunk = msgs[start:start + 500]
@@ -67,7 +68,7 @@ class Inbox:
                        for r in await cur.fetchall()}
             for m in chunk:
                 rid = new.pop((m.thread_id, m.client_id), None)  # a repeat in msgs: not new
-                out.append((replace(m, id=rid), True) if rid is not None else await self.add(m))
+                out.append((replace(m, id=rid or 0), rid is not None))
         return out
 
     async def known(self, thread_id: ThreadId, client_ids: list[str]) -> set[str]:
