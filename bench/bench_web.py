@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import signal
 import statistics
 import subprocess
@@ -23,7 +24,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from aiohttp import web
 from common import cpu_seconds, report, rss_mib, wait_port
 from daemon import Daemon, free_port
 from fake_llm import FakeLLM
@@ -34,20 +34,14 @@ PROBED = "models listed"
 """What the fake LLM prints when it served GET /models: the daemon's start-up probe."""
 
 
-class AnnouncingLLM(FakeLLM):
-    """The fake LLM, saying on stdout when it served the model list."""
-
-    async def _models(self, request: web.Request) -> web.Response:
-        response = await super()._models(request)
-        print(PROBED, flush=True)
-        return response
-
-
 async def serve_fake_llm(port: int) -> None:
-    """Run in its own process (as the tests' standalone fake LLM is), until terminated."""
-    fake = AnnouncingLLM()
+    """Run in its own process (as the tests' standalone fake LLM is), until terminated; says
+    ``PROBED`` on stdout each time it served the model list."""
+    fake = FakeLLM()
     await fake.start(port)
-    await asyncio.Event().wait()
+    for served in itertools.count(1):
+        await fake.wait_until(lambda served=served: fake.model_lists >= served)  # type: ignore[misc]
+        print(PROBED, flush=True)
 
 
 async def watch_probes(stream: asyncio.StreamReader, seen: list[float]) -> None:

@@ -97,6 +97,8 @@ class FakeLLM:
         self.max_in_flight = 0
         self.disconnects = 0
         """Chat requests whose client went away before the answer was complete."""
+        self.model_lists = 0
+        """Model lists served (GET /models): the daemon's start-up probe, for one."""
         self._script: deque[Reply | ReplyFactory] = deque()
         self._handlers: set[asyncio.Task[Any]] = set()
         self._cutting: set[asyncio.Task[Any]] = set()
@@ -115,7 +117,8 @@ class FakeLLM:
         self._script.extend(replies)
 
     async def wait_until(self, condition: Callable[[], bool]) -> None:
-        """Wait until ``condition()`` holds, re-checked whenever a chat request starts or ends.
+        """Wait until ``condition()`` holds, re-checked whenever a chat request starts or ends
+        and whenever the model list is served.
 
         Bound it with ``asyncio.timeout()``.
         """
@@ -136,6 +139,7 @@ class FakeLLM:
         self.request_headers.clear()
         self.max_in_flight = self.in_flight
         self.disconnects = 0
+        self.model_lists = 0
 
     async def start(self, port: int = 0) -> None:
         app = web.Application()
@@ -169,6 +173,8 @@ class FakeLLM:
 
     async def _models(self, request: web.Request) -> web.Response:
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models]
+        self.model_lists += 1
+        self._notify()
         return web.json_response({"object": "list", "data": data})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:

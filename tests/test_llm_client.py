@@ -12,12 +12,10 @@ from typing import Any
 import openai
 import pytest
 import pytest_asyncio
-from aiohttp import web
-from conftest import base_config
-from fake_llm import FakeLLM, Reply
+from conftest import AppFactory, eventually
+from fake_llm import FakeLLM, Reply, ReplyFactory
 
-from ganglion.app import App
-from ganglion.config import EndpointConfig, LLMConfig, LoadedConfig, parse_config, secret_values
+from ganglion.config import EndpointConfig, LLMConfig, parse_config, secret_values
 from ganglion.errors import LLMUnavailable
 from ganglion.llm.client import LLMClient
 from ganglion.llm.results import ChatResult, Usage
@@ -187,21 +185,23 @@ async def test_retry_on_500_then_success(
 async def test_backoff_doubles_between_retries_and_the_warnings_name_the_thread(
     fake_llm: FakeLLM, make_client: Callable[..., LLMClient], caplog: pytest.LogCaptureFixture
 ) -> None:
-    fake_llm.script(Reply(status=502), Reply(status=503), Reply(text="ok"))
+    arrivals: list[float] = []
+
+    def arriving(reply: Reply) -> ReplyFactory:
+        """``reply``, noting when its request reached the server (the handler calls it then)."""
+        def factory(body: dict[str, Any]) -> Reply:
+            arrivals.append(time.monotonic())
+            return reply
+        return factory
+
+    fake_llm.script(*(arriving(r) for r in (Reply(status=502), Reply(status=503),
+                                             Reply(text="ok"))))
     client = make_client(
         llm_config(endpoint("local", fake_llm.base_url), retries=2, backoff_seconds=0.1)
     )
-    arrivals: list[float] = []
-
-    async def watch() -> None:  # when each attempt reaches the server
-        for n in (1, 2, 3):
-            await fake_llm.wait_until(lambda n=n: len(fake_llm.requests) >= n)  # type: ignore[misc]
-            arrivals.append(time.monotonic())
-
-    watcher = asyncio.create_task(watch())
     with caplog.at_level(logging.WARNING, logger="ganglion.llm"):
         assert (await client.chat(user("hi"), thread_id="web_0123")).content == "ok"
-    await asyncio.wait_for(watcher, 5)
+    assert len(arrivals) == 3
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert [w.split("failed: ")[1].split("; ")[1] for w in warnings] == [
         "retrying in 0.10 s", "retrying in 0.20 s"]
@@ -504,38 +504,16 @@ async def test_credentials_in_a_base_url_are_never_shown(
     assert "pa55-w0rd-xyz" in secrets and "bob:pa55-w0rd-xyz" in secrets and "bob" not in secrets
 
 
-class CountingLLM(FakeLLM):
-    """Also counts the model lists it served (GET /models)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.model_lists = 0
-
-    async def _models(self, request: web.Request) -> web.Response:
-        self.model_lists += 1
-        return await super()._models(request)
-
-
 async def test_the_start_up_probe_lists_the_models_once(
-    tmp_path: Any, caplog: pytest.LogCaptureFixture
+    app_factory: AppFactory, fake_llm: FakeLLM, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Discovery's answer is the probe: one GET /models, then the line saying it answers."""
-    fake = CountingLLM()
-    await fake.start()
-    app = App(LoadedConfig(parse_config(base_config(tmp_path, fake), env={}), None, tmp_path))
-    try:
-        with caplog.at_level(logging.INFO, logger="ganglion.app"):
-            await app.start()
-            for _ in range(500):
-                if "is reachable" in caplog.text:
-                    break
-                await asyncio.sleep(0.02)
-        assert f"LLM: endpoint 'fake' at {fake.base_url}, model fake-model is reachable" in (
-            caplog.text)
-        assert fake.model_lists == 1
-    finally:
-        await app.stop()
-        await fake.stop()
+    with caplog.at_level(logging.INFO, logger="ganglion.app"):
+        await app_factory()
+        await eventually(lambda: "is reachable" in caplog.text, 10)
+    assert f"LLM: endpoint 'fake' at {fake_llm.base_url}, model fake-model is reachable" in (
+        caplog.text)
+    assert fake_llm.model_lists == 1
 
 
 async def test_debug_logs_traffic_but_never_the_key(
