@@ -9,12 +9,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from conftest import AppFactory, base_config
+import pytest
+from conftest import AppFactory
 from fake_llm import FakeLLM, Reply
 from wsclient import ChatClient
 
 from ganglion.app import App
-from ganglion.config import LoadedConfig, parse_config
 from ganglion.storage.files import DataFiles
 
 
@@ -206,47 +206,37 @@ async def test_skill_notes_reach_the_prompt_with_control_tokens_neutralised(
     await chat.close()
 
 
-class CountingFiles(DataFiles):
-    """The real cache, counting the files it actually reads."""
-
-    def __init__(self, data_dir: Path) -> None:
-        super().__init__(data_dir)
-        self.loads: list[str] = []
-
-    def _load(self, path: Path) -> str:
-        self.loads.append(path.name)
-        return super()._load(path)
-
-
 async def test_the_prompt_reads_an_unchanged_memory_file_once_and_sees_every_edit(
-    tmp_path: Path, fake_llm: FakeLLM
+    app_factory: AppFactory, fake_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    app = App(LoadedConfig(parse_config(base_config(tmp_path, fake_llm), env={}), None,
-                           tmp_path))
-    files = app.files = CountingFiles(app.data_dir)
-    memories = app.data_dir / "MEMORIES.txt"
-    await app.start()
-    try:
-        memories.write_text("The user lives in Lyon.\n")
-        chat = await connect(app)
-        for _ in range(3):
-            await chat.ask("hello")
-            assert "The user lives in Lyon." in system_prompt(fake_llm.requests[-1])
-        assert files.loads.count("MEMORIES.txt") == 1  # three turns, one read
+    loads: list[str] = []  # the files the real cache actually reads (not its cached answers)
+    load = DataFiles._load
 
-        # An outside edit of the same size, its mtime put back: the ctime still moved.
-        before = memories.stat()
-        memories.write_text("The user lives in Pau!.\n")
-        os.utime(memories, ns=(before.st_atime_ns, before.st_mtime_ns))
-        after = memories.stat()
-        assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
-        await chat.ask("hello again")
-        assert "The user lives in Pau!." in system_prompt(fake_llm.requests[-1])
-        await chat.ask("and again")
-        assert files.loads.count("MEMORIES.txt") == 2
-        await chat.close()
-    finally:
-        await app.stop()
+    def counting_load(self: DataFiles, path: Path) -> str:
+        loads.append(path.name)
+        return load(self, path)
+
+    monkeypatch.setattr(DataFiles, "_load", counting_load)
+    app = await app_factory()
+    memories = app.data_dir / "MEMORIES.txt"
+    memories.write_text("The user lives in Lyon.\n")
+    chat = await connect(app)
+    for _ in range(3):
+        await chat.ask("hello")
+        assert "The user lives in Lyon." in system_prompt(fake_llm.requests[-1])
+    assert loads.count("MEMORIES.txt") == 1  # three turns, one read
+
+    # An outside edit of the same size, its mtime put back: the ctime still moved.
+    before = memories.stat()
+    memories.write_text("The user lives in Pau!.\n")
+    os.utime(memories, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = memories.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    await chat.ask("hello again")
+    assert "The user lives in Pau!." in system_prompt(fake_llm.requests[-1])
+    await chat.ask("and again")
+    assert loads.count("MEMORIES.txt") == 2
+    await chat.close()
 
 
 async def test_memory_writes_are_capped_at_memory_max_bytes(
