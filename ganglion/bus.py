@@ -69,27 +69,27 @@ class Bus:
         """Store ``msg`` durably and queue it. Returns (stored msg, False if it was a resend)."""
         stored, is_new = await self.inbox.add(msg)
         if is_new:
-            if self.handler.is_immediate(stored):
-                self._run_immediate(stored)
-            else:
-                self._enqueue(stored)
+            self._dispatch(stored)
         return stored, is_new
 
     async def submit_many(self, msgs: Sequence[Inbound]) -> list[tuple[Inbound, bool]]:
         """``submit`` for many at once (stored in one write), in order."""
         stored = await self.inbox.add_many(msgs)
         for msg, is_new in stored:
-            if not is_new:
-                continue
-            if self.handler.is_immediate(msg):
-                self._run_immediate(msg)
-            else:
-                self._enqueue(msg)
+            if is_new:
+                self._dispatch(msg)
         return stored
 
     async def known(self, thread_id: ThreadId, client_ids: list[str]) -> set[str]:
         """Of these client ids, the ones already submitted in this thread."""
         return await self.inbox.known(thread_id, client_ids)
+
+    def _dispatch(self, msg: Inbound) -> None:
+        """A stored message to its lane, or at once when it controls a running turn."""
+        if self.handler.is_immediate(msg):
+            self._run_immediate(msg)
+        else:
+            self._enqueue(msg)
 
     def _run_immediate(self, msg: Inbound) -> None:
         task = asyncio.create_task(self.handler.run_turn(msg), name=f"control-{msg.thread_id}")
@@ -114,10 +114,7 @@ class Bus:
         """Queue what an earlier run accepted but did not answer; start the runners."""
         pending = [await self._recovered(m) for m in await self.inbox.pending()]
         for msg in pending:
-            if self.handler.is_immediate(msg):
-                self._run_immediate(msg)
-            else:
-                self._enqueue(msg)
+            self._dispatch(msg)
         if pending:
             log.info("recovered %d unanswered message(s) from the last run", len(pending))
         self._runners = [

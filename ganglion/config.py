@@ -48,6 +48,12 @@ def url_credentials(url: str) -> str:
     return m.group(2) if m else ""
 
 
+def url_secrets(url: str) -> list[str]:
+    """What of ``url`` must never be shown: its ``user:password``, and the password alone."""
+    credentials = url_credentials(url)
+    return [credentials, *credentials.split(":", 1)[1:]] if credentials else []
+
+
 def shown_url(url: str) -> str:
     """``url`` fit for logs and chats: credentials in it replaced by ``***``."""
     return _USERINFO.sub(r"\1***@", url)
@@ -487,8 +493,7 @@ def secret_values(config: Config) -> list[str]:
     values = [e.api_key for e in config.llm.endpoints] + [config.web.token,
                                                            config.matrix.access_token]
     for e in config.llm.endpoints:  # https://user:password@host: all of it, and the password
-        credentials = url_credentials(e.base_url)
-        values += [credentials, *credentials.split(":", 1)[1:]]
+        values += url_secrets(e.base_url)
     return [v for v in values if v and v.lower() not in ("none", "null", "") and len(v) >= 4]
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from ganglion.config import EndpointConfig, LLMConfig, url_credentials
+from ganglion.config import EndpointConfig, LLMConfig, url_secrets
 from ganglion.errors import InputRejected
 from ganglion.llm.failures import HINT_NOT_FOUND, HINT_REJECTED, Failure, classify
 from ganglion.storage.catalog import Alias, Catalog
@@ -196,8 +196,7 @@ class EndpointPool:
         a base_url that carries them, whole and their password alone."""
         keys = set()
         for ep in [*self._endpoints, *self._retired]:
-            credentials = url_credentials(ep.config.base_url)
-            keys |= {ep.config.api_key, credentials, *credentials.split(":", 1)[1:]}
+            keys |= {ep.config.api_key, *url_secrets(ep.config.base_url)}
         return [k for k in keys if len(k) >= 4 and k.lower() not in ("none", "null")]
 
     async def add(self, name: str, base_url: str, api_key: str, added_by: str) -> Endpoint:
@@ -250,8 +249,7 @@ class EndpointPool:
 
     def remember_url(self, base_url: str) -> None:
         """The credentials of ``https://user:password@host`` join the mask, as keys do."""
-        credentials = url_credentials(base_url)
-        for part in (credentials, *credentials.split(":", 1)[1:]):
+        for part in url_secrets(base_url):
             self.remember_secret(part)
 
     # -- routing and health --------------------------------------------------------------------

@@ -270,7 +270,7 @@ class ToolRunner:
             # A malformed call is never put up for approval: it would fail once approved.
             # It goes on to ``call``, which returns the same error to the model.
             asks = self.policy.mode(name) == "ask"
-            if asks and self.registry.check(name, arguments, ctx) is None:
+            if asks and self.registry.valid(name, arguments, ctx):
                 decision = await self._approval(tid, name, args)
                 if decision is not None:
                     waited = time.monotonic() - started

@@ -175,17 +175,15 @@ class ToolRegistry:
     def schemas(self, allowed: set[str] | None = None) -> list[dict[str, Any]]:
         return [t.schema() for n, t in self._tools.items() if allowed is None or n in allowed]
 
-    def check(self, name: str, arguments: str, ctx: ToolContext) -> str | None:
-        """What is wrong with this call (the text ``call`` would return), or None.
-
-        The same preparation as ``call``, without running the tool: a call put up for a
-        person's approval is checked first, so nobody is asked to approve a call that fails.
-        """
+    def valid(self, name: str, arguments: str, ctx: ToolContext) -> bool:
+        """Whether ``call`` would run the tool (the same preparation, without running it): a
+        call put up for a person's approval is checked first, so nobody approves a call
+        that fails; ``call`` then gives the model the error of one that is not valid."""
         try:
             self._prepare(name, arguments, ctx)
-        except ToolError as err:
-            return f"error: {err}"
-        return None
+        except ToolError:
+            return False
+        return True
 
     async def call(self, name: str, arguments: str, ctx: ToolContext) -> ToolOutcome:
         started = time.monotonic()

@@ -127,18 +127,20 @@ class ReminderTools:
         """List the active reminders of this conversation: number, next time, repeat, text."""
         everything = await self.reminders.store.active()
         tz = self.reminders.tz
+
+        def line(r: Reminder, where: str = "") -> str:
+            return (f"- #{r.id} {local_text(r.next_at or 0, tz)}, {repeat_text(r)}"
+                    f"{', system task' if r.system else ''}{where}: {r.text}")
+
         if ctx.thread_id == HEARTBEAT_THREAD:
-            lines = [f"- #{r.id} {local_text(r.next_at or 0, tz)}, {repeat_text(r)}"
-                     f"{', system task' if r.system else ''}, "
-                     f"{'set by you' if _own(r, ctx) else f'in {r.thread_id}'}: {r.text}"
+            lines = [line(r, ", set by you" if _own(r, ctx) else f", in {r.thread_id}")
                      for r in everything]
             if not lines:
                 return "No active reminders."
             return "\n".join([f"{len(lines)} active reminder(s) in every conversation (you "
                               "may cancel only those set by you):", *lines])
         mine = [r for r in everything if _own(r, ctx)]
-        lines = [f"- #{r.id} {local_text(r.next_at or 0, tz)}, {repeat_text(r)}"
-                 f"{', system task' if r.system else ''}: {r.text}" for r in mine]
+        lines = [line(r) for r in mine]
         head = (f"{len(mine)} active reminder(s) in this conversation" if mine else
                 "No active reminders in this conversation.")
         hidden = len(everything) - len(mine)

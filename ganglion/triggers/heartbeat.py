@@ -37,7 +37,6 @@ from ganglion.triggers.reminders import local_text
 
 log = logging.getLogger(__name__)
 
-GLOBAL_THREAD = HEARTBEAT_THREAD
 """The global review's own thread: no interface owns it, so nothing it writes is shown."""
 JOB = "heartbeat"
 
@@ -233,7 +232,7 @@ class Heartbeat:
         due = await self.reminders.due_before(now.timestamp() + self.interval)
         submitted = 0
         if goals or due:
-            submitted += await self.submit(GLOBAL_THREAD, due)
+            submitted += await self.submit(HEARTBEAT_THREAD, due)
         if self.config.active_hours > 0:
             since = now.timestamp() - self.config.active_hours * 3600
             for tid in await self.ledger.active_threads(since):
