@@ -15,12 +15,11 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 import pytest_asyncio
-from conftest import WEB_TOKEN, daemon_config
+from conftest import WEB_TOKEN, daemon_config, eventually
 from daemon import Daemon
 from fake_llm import FakeLLM, Reply
 from wsclient import ChatClient
@@ -34,14 +33,6 @@ async def daemon(tmp_path: Path, fake_llm: FakeLLM) -> AsyncIterator[Daemon]:
     """The daemon in ``tmp_path`` on the fake LLM, ready; killed after the test."""
     async with Daemon(tmp_path, daemon_config(fake_llm)) as d:
         yield d
-
-
-async def wait_for(predicate: Any, timeout: float = 10) -> None:
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.02)
 
 
 def inbox_rows(data: Path) -> list[tuple[str, str]]:
@@ -94,13 +85,13 @@ async def test_starts_with_no_config_at_all(tmp_path: Path) -> None:
             else:
                 raise AssertionError((tmp_path / "out.txt").read_text())
         # Only one socket listens on a port: the child, alive and listening there, answered.
-        await wait_for(lambda: proc.poll() is not None or "web interface listening on "
-                       "http://127.0.0.1:8080" in (tmp_path / "out.txt").read_text(), 15)
+        await eventually(lambda: proc.poll() is not None or "web interface listening on "
+                         "http://127.0.0.1:8080" in (tmp_path / "out.txt").read_text(), 15)
         assert proc.poll() is None, (tmp_path / "out.txt").read_text()
         token = (tmp_path / "data" / "web_token").read_text().strip()
         assert oct((tmp_path / "data" / "web_token").stat().st_mode & 0o777) == "0o600"
-        await wait_for(lambda: "LLM:" in (tmp_path / "out.txt").read_text() and
-                       "NOT reachable" in (tmp_path / "out.txt").read_text(), 15)
+        await eventually(lambda: "LLM:" in (tmp_path / "out.txt").read_text() and
+                         "NOT reachable" in (tmp_path / "out.txt").read_text(), 15)
         text = (tmp_path / "out.txt").read_text()
         assert f"http://127.0.0.1:8080/#token={token}" in text
         assert "http://127.0.0.1:11434/v1" in text and "config.yaml" in text
@@ -129,7 +120,7 @@ async def test_a_signal_mid_turn_exits_fast_and_keeps_the_message(
     fake_llm.script(Reply(hang=True))
     chat = await daemon.connect()
     assert (await chat.send("answer me after a restart"))["type"] == "ack"
-    await wait_for(lambda: len(fake_llm.requests) == 1)
+    await eventually(lambda: len(fake_llm.requests) == 1, 10)
     started = time.monotonic()
     daemon.signal(first)
     assert await daemon.wait_exit(5) == 0
@@ -168,7 +159,12 @@ async def stuck_in_a_write(d: Daemon) -> AsyncIterator[ChatClient]:
     try:
         with write_locked(d.workdir / "data" / "conversation.db"):
             await chat.send_raw({"type": "send", "id": "c1", "text": "store me if you can"})
-            await asyncio.sleep(0.5)  # the write has begun and waits for the lock
+            # Time for the write to begin (nothing shows it: no line is logged, at any level,
+            # before a message is stored, and the tab hears nothing until then). SIGTERM must
+            # then come within 1 s of the write's start: the write gives up after its
+            # busy_timeout (5 s), and the stop must reach its deadline (4 s) first. 0.5 s
+            # leaves half a second on either side for a loaded machine.
+            await asyncio.sleep(0.5)
             assert d.proc is not None and d.proc.poll() is None
             yield chat
     finally:
@@ -195,7 +191,7 @@ async def test_sigterm_exits_within_5_s_even_when_a_part_cannot_stop(
 async def test_a_second_signal_exits_at_once_while_the_stop_waits(daemon: Daemon) -> None:
     async with stuck_in_a_write(daemon):
         daemon.signal(signal.SIGTERM)
-        await wait_for(lambda: "SIGTERM received: stopping" in daemon.text())
+        await eventually(lambda: "SIGTERM received: stopping" in daemon.text(), 10)
         await asyncio.sleep(0.5)  # well into the stop, which waits for the database
         assert daemon.proc is not None and daemon.proc.poll() is None
         started = time.monotonic()
@@ -215,7 +211,7 @@ async def test_sigkill_mid_turn_is_answered_exactly_once_after_restart(
     fake_llm.script(Reply(text="partial answer that never finishes", chunk_delay=5.0))
     chat = await daemon.connect()
     assert (await chat.send("survive a crash"))["type"] == "ack"
-    await wait_for(lambda: len(fake_llm.requests) == 1)
+    await eventually(lambda: len(fake_llm.requests) == 1, 10)
     daemon.kill()  # SIGKILL: no cleanup at all
     await chat.close()
 
@@ -317,8 +313,7 @@ async def test_sigterm_during_start_up_stops_at_once(tmp_path: Path, fake_llm: F
             "allowed_users": ["@owner:localhost"], "store_path": "data/matrix-store"}))
         d.start()
         try:
-            await asyncio.sleep(1)
-            await wait_for(lambda: held, 15)  # the session check waits on the homeserver
+            await eventually(lambda: bool(held), 15)  # the session check waits on the homeserver
             assert d.proc is not None and d.proc.poll() is None, d.text()
             started = time.monotonic()
             d.signal(signal.SIGTERM)
