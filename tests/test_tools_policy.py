@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import pytest
-from conftest import AppFactory
+from conftest import AppFactory, eventually
 from fake_llm import FakeLLM, Reply
 from wsclient import ChatClient
 
@@ -45,13 +45,6 @@ async def until(chat: ChatClient, pred: Callable[[Event], bool], timeout: float 
 
 def message(role: str, contains: str = "") -> Callable[[Event], bool]:
     return lambda e: e.get("type") == "message" and e["role"] == role and contains in e["text"]
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 5) -> None:
-    """Until ``condition()`` holds: for processes and files, which offer nothing to await."""
-    async with asyncio.timeout(timeout):
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
 
 
 def tool_results(body: dict[str, Any]) -> list[str]:

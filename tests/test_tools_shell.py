@@ -3,16 +3,14 @@ environment, working directory, Stop."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import LLM_KEY, WEB_TOKEN, AppFactory
+from conftest import LLM_KEY, WEB_TOKEN, AppFactory, eventually
 from fake_llm import FakeLLM, Reply
 from wsclient import ChatClient
 
@@ -135,13 +133,6 @@ async def test_stop_kills_a_running_command(app_factory: AppFactory, fake_llm: F
         reply = await chat.reply()
     await eventually(lambda: is_gone(pid))
     await chat.close()
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 5) -> None:
-    """Until ``condition()`` holds: for processes and files, which offer nothing to await."""
-    async with asyncio.timeout(timeout):
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
 
 
 def _processes() -> list[int]:
