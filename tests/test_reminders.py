@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from conftest import AppFactory
+from conftest import AppFactory, eventually_async
 from fake_llm import FakeLLM, Reply
 from wsclient import ChatClient
 
@@ -225,10 +225,11 @@ async def test_a_reminder_due_during_a_slow_turn_waits_for_its_answer(
     answering = asyncio.Event()
     fake_llm.script(Reply(text="a long answer in several words", held=answering))
     assert (await chat.send("a slow question"))["type"] == "ack"
-    for _ in range(1000):  # the reminder fires while the model is still thinking
-        if await inbox_reminders(app):
-            break
-        await asyncio.sleep(0.01)
+
+    async def fired() -> bool:
+        return bool(await inbox_reminders(app))
+
+    await eventually_async(fired, 10)  # the reminder fires while the model is still thinking
     assert len(await inbox_reminders(app)) == 1
     assert fake_llm.in_flight == 1
     answering.set()
@@ -320,23 +321,24 @@ async def test_a_closed_tab_gets_its_reminder_when_it_comes_back(
     await set_by_model(chat, fake_llm, text="Water the plants", in_minutes=0.02)
     await chat.close()
     tid = ThreadId(chat.thread_id)
-    for _ in range(2000):  # fired and answered while no tab was open
+
+    async def answered() -> bool:  # fired and answered while no tab was open
         row = await app.db.fetchone(
             "SELECT status FROM inbox WHERE source = 'reminder' AND thread_id = ?", (tid,))
-        if row is not None and row["status"] == "done":
-            break
-        await asyncio.sleep(0.01)
+        return row is not None and row["status"] == "done"
+
+    await eventually_async(answered, 20)
     assert [m.content for _, m in await app.outbox.pending(tid)] == [
         "⏰ Reminder: Water the plants"]
     chat = await connect(app, tid)
     assert chat.ready["transcript"][-1]["text"] == "⏰ Reminder: Water the plants"
     _, event = await next_reminder(chat)  # from the outbox (the page dedupes by id)
     assert event["id"] == chat.ready["transcript"][-1]["id"]
-    for _ in range(200):
-        if not await app.outbox.pending(tid):
-            break
-        await asyncio.sleep(0.01)
-    assert await app.outbox.pending(tid) == []
+
+    async def delivered() -> bool:
+        return await app.outbox.pending(tid) == []
+
+    await eventually_async(delivered)
     await chat.close()
 
 
