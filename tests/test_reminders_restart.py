@@ -15,7 +15,7 @@ from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 
-from conftest import AppFactory, daemon_config
+from conftest import AppFactory, daemon_config, eventually
 from daemon import Daemon
 from fake_llm import FakeLLM, Reply
 from test_reminders import (
@@ -192,13 +192,15 @@ async def test_a_firing_recovered_after_a_crash_and_now_late_is_marked_late(
         # A slow answer holds the conversation's lane: the firing is stored, not delivered.
         fake_llm.script(Reply(hang=True))
         assert (await chat.send("a slow question"))["type"] == "ack"
-        for _ in range(1000):
-            with sqlite3.connect(data / "conversation.db") as conn:
+
+        def stored_firing() -> tuple[str, str, str] | None:
+            with closing(sqlite3.connect(data / "conversation.db")) as conn:
                 row = conn.execute("SELECT text, status, meta FROM inbox"
                                    " WHERE source = 'reminder'").fetchone()
-            if row is not None:
-                break
-            await asyncio.sleep(0.01)
+            return None if row is None else (row[0], row[1], row[2])
+
+        await eventually(lambda: stored_firing() is not None, 10)
+        row = stored_firing()
         assert row is not None and row[:2] == ("⏰ Reminder: Take the bread out", "pending")
         d.kill()  # SIGKILL: no cleanup
         await chat.close()
@@ -214,10 +216,7 @@ async def test_a_firing_recovered_after_a_crash_and_now_late_is_marked_late(
         d.start()
         await d.wait_ready()
         chat = await d.connect(chat.thread_id)
-        for _ in range(1000):
-            if reminder_rows(data):
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: bool(reminder_rows(data)), 10)
         when = datetime.fromtimestamp(due, KATHMANDU)
         clock = "%H:%M:%S" if when.second else "%H:%M"
         assert reminder_rows(data) == [
@@ -307,18 +306,17 @@ def steps_kept(db: Path) -> int:
 async def test_a_turn_killed_twice_mid_tool_resumes_with_its_exchange_whole_and_in_order(
     tmp_path: Path, fake_llm: FakeLLM
 ) -> None:
-    """First killed while a shell command runs (its result never came), then killed again
-    after a second call: the third run sees every call followed by its own result."""
+    """First killed during a shell call (its result never came), then killed again after a
+    second call: the third run sees every call followed by its own result."""
     config = daemon_config(fake_llm, tools={"policy": {"shell": "on"}})
     async with Daemon(tmp_path, config) as d:
         chat = await d.connect()
         fake_llm.script(Reply(tool_calls=[("shell", {"command": "sleep 30"})]))
         assert (await chat.send("nap, then note it"))["type"] == "ack"
         data = tmp_path / "data" / "conversation.db"
-        async with asyncio.timeout(10):  # the call is kept: the shell runs
-            while not steps_kept(data):  # noqa: ASYNC110  (another process's database)
-                await asyncio.sleep(0.02)
-        await asyncio.sleep(0.3)
+        # The call is kept before its shell starts; killed now, whether the shell has started
+        # or not, the call gets the same cut-off result.
+        await eventually(lambda: steps_kept(data) > 0, 10)
         d.kill()
         await chat.close()
 
