@@ -3,7 +3,6 @@ the visible state (errors too, and back to ready), light and dark."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -14,7 +13,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from conftest import WEB_TOKEN, AppFactory
+from conftest import WEB_TOKEN, AppFactory, eventually
 from fake_llm import FakeLLM, Reply
 from playwright.async_api import (
     Browser,
@@ -428,10 +427,9 @@ async def test_a_message_the_disk_refuses_is_kept_and_sent_once_it_can_be_stored
     await expect(bubble.locator(".note")).to_contain_text("trying again by itself")
     await expect(status).to_have_text("error")
     refusals = "could not store a message"
-    async with asyncio.timeout(10):  # the page tries again by itself, with backoff
-        # The server's log is what shows a second attempt; it has no event to wait on.
-        while sum(refusals in r.getMessage() for r in caplog.records) < 2:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
+    # The page tries again by itself, with backoff: the server's log is what shows a second
+    # attempt; it has no event to wait on.
+    await eventually(lambda: sum(refusals in r.getMessage() for r in caplog.records) >= 2, 10)
     outbox = json.loads(await page.evaluate("sessionStorage.getItem('ganglion.outbox')"))
     assert [e["text"] for e in outbox] == ["typed during the fault"]
     assert fake_llm.requests == []
