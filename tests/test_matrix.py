@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import yaml
-from conftest import LLM_KEY, AppFactory, merge
+from conftest import LLM_KEY, AppFactory, daemon_config, eventually, eventually_async, merge
 from daemon import Daemon
 from fake_llm import FakeLLM, Reply
 from hs_proxy import HomeserverProxy, hs_proxy  # noqa: F401  (fixture)
@@ -321,9 +321,7 @@ async def test_a_homeserver_that_never_answers_a_sync_is_given_up_on_and_retried
                                            homeserver=hs_proxy.url))
     assert app.matrix is not None
     app.matrix.backoff_max = 0.3
-    async with asyncio.timeout(20):
-        while len(hs_proxy.hung) < 2:  # noqa: ASYNC110  (the proxy only counts)
-            await asyncio.sleep(0.05)
+    await eventually(lambda: len(hs_proxy.hung) >= 2, 20)  # the proxy only counts
     hs_proxy.release()
     await asyncio.wait_for(app.matrix.ready.wait(), 20)
     human = await humans(person)
@@ -479,10 +477,12 @@ async def test_recovers_by_itself_when_the_homeserver_comes_back(
         for i in (1, 2):
             await app.bus.submit(Inbound(ThreadId(room), f"queued {i}", human.user.user_id,
                                          Source.MATRIX, f"outage-{i}"))
-        async with asyncio.timeout(20):
+
+        async def both_waiting() -> bool:
             # No event tells when a send failed; the outbox (SQLite) is the state to watch.
-            while len(await app.outbox.pending(ThreadId(room))) < 2:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
+            return len(await app.outbox.pending(ThreadId(room))) >= 2
+
+        await eventually_async(both_waiting, 20)
     finally:
         await synapse.start()
     # Back: the sync loop reconnects by itself and sends the queued replies, in order.
@@ -529,7 +529,7 @@ async def test_a_reply_refused_for_good_is_dropped_and_the_next_ones_flow(
 @pytest.mark.matrix
 async def test_a_message_the_disk_refuses_is_read_again_once_it_can_be_stored(
     synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
-    humans: HumanFactory, tmp_path: Path,
+    humans: HumanFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
     app, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path)
     await echoed(human, room, bot, "one", 0)
@@ -538,7 +538,9 @@ async def test_a_message_the_disk_refuses_is_read_again_once_it_can_be_stored(
     await human.send(room, "two")
     notice = await human.next_message(room, bot.user_id, 1)
     assert notice.body == matrix_interface.NOT_STORED_NOTICE
-    await asyncio.sleep(1.5)  # several attempts to read it again, all refused
+    # Read again at least once (the sync loop's backoff: 0.5 s, then 1 s ...), still refused.
+    await eventually(lambda: sum("matrix: could not store a message" in r.getMessage()
+                                 for r in caplog.records) >= 2, 10)
     assert len(fake_llm.requests) == 1
 
     await app.db.conn.execute("PRAGMA query_only = OFF")  # the fault clears
@@ -718,14 +720,13 @@ async def test_a_room_with_an_unreadable_message_is_told_before_the_bot_stops(
     """Events waiting for a key live in memory only: a stop within the grace would lose
     them silently, so the room is told at the stop."""
     app, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path)
-    assert app.matrix is not None
-    app.matrix.keys.grace = 600
+    matrix = app.matrix
+    assert matrix is not None
+    matrix.keys.grace = 600
     device = await human.until(lambda: human.client.device_store[bot.user_id].get(bot.device_id))
     human.client.blacklist_device(device)
     await human.send(room, "unreadable")
-    async with asyncio.timeout(20):
-        while not app.matrix.keys:  # noqa: ASYNC110  (nothing to wait on but its state)
-            await asyncio.sleep(0.05)
+    await eventually(lambda: bool(matrix.keys), 20)  # it holds the event, waiting for its key
     await app.stop()
     notice = await human.next_message(room, bot.user_id, 0)
     assert "could not read a message" in notice.body
@@ -754,23 +755,23 @@ async def test_a_message_whose_key_comes_late_is_answered_once_it_does(
 ) -> None:
     caplog.set_level(logging.INFO, logger="ganglion.interfaces.matrix_keys")
     app, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path)
-    assert app.matrix is not None
-    app.matrix.keys.grace = 60  # the key comes before the room would be told
+    matrix = app.matrix
+    assert matrix is not None
+    matrix.keys.grace = 60  # the key comes before the room would be told
     device = await human.until(lambda: human.client.device_store[bot.user_id].get(bot.device_id))
     human.client.blacklist_device(device)  # the room key is not sent with the message...
     human.client.olm.create_outbound_group_session(room)
     session = human.client.olm.outbound_group_sessions[room]
     key, session_id = session.session_key, session.id  # (from its first message on)
     await human.send(room, "read me late")
-    async with asyncio.timeout(20):  # the bot has the event and waits for its key
-        while not app.matrix.keys:  # noqa: ASYNC110  (nothing to wait on but its state)
-            await asyncio.sleep(0.05)
+    # The bot has the event and waits for its key.
+    await eventually(lambda: bool(matrix.keys), 20)
     assert fake_llm.requests == []
 
     await send_room_key_late(human, bot, room, key, session_id)  # ...but after it
     assert (await human.next_message(room, bot.user_id, 0)).body == "echo: read me late"
     assert any("decrypted after its key arrived" in r.getMessage() for r in caplog.records)
-    assert not app.matrix.keys
+    assert not matrix.keys
     assert [last_user_text(r) for r in fake_llm.requests] == ["read me late"]
 
 
@@ -917,14 +918,9 @@ async def test_the_daemon_survives_a_crash_stops_fast_and_never_logs_the_token(
     synapse: Synapse, fake_llm: FakeLLM, humans: HumanFactory, tmp_path: Path,  # noqa: F811
 ) -> None:
     bot, person = await synapse.register("bot"), await synapse.register("human")
-    config = {
-        "llm": {"endpoints": [{"name": "fake", "base_url": fake_llm.base_url,
-                               "api_key": LLM_KEY}], "model": "fake-model"},
-        "web": {"token": "test-web-token-5a1f0c9e7d"},
-        "paths": {"data_dir": "data", "log_dir": "logs"},
-        "logging": {"level": "DEBUG"},
-        **matrix_section(synapse, bot, [person.user_id], Path("data/matrix-store")),
-    }
+    config = daemon_config(
+        fake_llm, logging={"level": "DEBUG"},
+        **matrix_section(synapse, bot, [person.user_id], Path("data/matrix-store")))
     daemon = Daemon(tmp_path, config)
     daemon.start()
     try:
@@ -998,8 +994,5 @@ async def test_add_endpoint_only_in_an_encrypted_room_and_the_key_is_redacted(
         event = getattr(got, "event", None)
         return type(event).__name__ == "RedactedEvent"
 
-    deadline = time.monotonic() + 15
-    while not await redacted():
-        assert time.monotonic() < deadline, "the command message was not redacted"
-        await asyncio.sleep(0.2)
+    await eventually_async(redacted, 15)  # the command message is redacted
     assert key not in caplog.text
