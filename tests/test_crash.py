@@ -20,7 +20,6 @@ import json
 import random
 import re
 import secrets
-import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -166,8 +165,8 @@ def check_recurring(db: Path, rid: int, first: float, until: float) -> int:
 
 
 async def kill_and_restart(d: Daemon, rng: random.Random) -> None:
-    d.proc.kill()  # type: ignore[union-attr]  (SIGKILL: no cleanup at all)
-    d.proc.wait(5)  # type: ignore[union-attr]
+    assert d.proc is not None and d.proc.poll() is None, d.text()  # it did not die by itself
+    d.kill()  # SIGKILL: no cleanup at all
     await asyncio.sleep(rng.uniform(0, 0.3))
     d.start()
     await d.wait_ready()
@@ -183,8 +182,7 @@ async def test_sigkill_under_load_loses_nothing_and_answers_everything_once(
     d.start()
     try:
         await d.wait_ready()  # creates the database; stopped cleanly to add the reminders
-        d.signal(signal.SIGTERM)
-        assert await d.wait_exit(5) == 0
+        assert await d.stop() == 0
         begin = time.time()
         one_shots, every = add_reminders(db, f"web_{secrets.token_hex(16)}", begin)
 
@@ -214,8 +212,7 @@ async def test_sigkill_under_load_loses_nothing_and_answers_everything_once(
             while not idle(db):  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
         await asyncio.sleep(0.3)  # time for a wrong second answer to show up
-        d.signal(signal.SIGTERM)
-        assert await d.wait_exit(5) == 0
+        assert await d.stop() == 0
         assert sum(tab.reconnects for tab in tabs) >= KILLS, "the kills were not felt"
         # Kills landed mid-turn: model calls were cut off by them (each restart re-ran it).
         assert fake_llm.disconnects >= MID_TURN_KILLS, fake_llm.disconnects
@@ -287,8 +284,8 @@ async def test_sigkill_with_matrix_rooms_answers_every_accepted_message_once(
         talking = asyncio.create_task(talk())
         for _ in range(kills_n):
             await asyncio.sleep(rng.uniform(0.5, 2.0))
-            d.proc.kill()  # type: ignore[union-attr]
-            d.proc.wait(5)  # type: ignore[union-attr]
+            assert d.proc is not None and d.proc.poll() is None, d.text()
+            d.kill()
             d.start()
             await d.wait_ready()
         await talking
@@ -297,8 +294,7 @@ async def test_sigkill_with_matrix_rooms_answers_every_accepted_message_once(
                 lambda room=room: len(human.messages_from(room, bot.user_id)) >= per_room, 60)
         await asyncio.sleep(1.0)
         await human.sync()
-        d.signal(signal.SIGTERM)
-        assert await d.wait_exit(5) == 0
+        assert await d.stop() == 0
 
         for room in rooms:  # in the room: one answer per message, none twice
             bodies = sorted(m.body for m in human.messages_from(room, bot.user_id))
