@@ -156,8 +156,8 @@ class WebConfig(_Section):
         return is_loopback_bind(self.host)
 
 
-_MATRIX_USER = re.compile(r"^@[^:\s]+:\S+$")
-_MATRIX_ROOM = re.compile(r"^![^:\s]+(:\S+)?$")  # no server part from room version 12
+_MATRIX_USER = re.compile(r"\A@[^:\s]+:\S+\Z")
+_MATRIX_ROOM = re.compile(r"\A![^:\s]+(:\S+)?\Z")  # no server part from room version 12
 
 
 def _matrix_user(value: str) -> str:
@@ -185,7 +185,7 @@ def _matrix_room(value: str) -> str:
 
 
 def _homeserver(value: str) -> str:
-    if value and not re.match(r"^https?://[^\s/]+\S*$", value):
+    if value and not re.match(r"\Ahttps?://[^\s/]+\S*\Z", value):
         raise PydanticCustomError(
             "matrix_homeserver", "not an http(s) URL: write the homeserver's client API "
             "address, e.g. https://matrix.example.org")
