@@ -82,7 +82,7 @@ class LLMConfig(_Section):
     retries: Annotated[int, Field(ge=0, le=10)] = 3
     """Attempts per endpoint after the first, on connection errors, 429 and 5xx."""
     backoff_seconds: Annotated[float, Field(ge=0, le=60)] = 0.5
-    """The first retry waits this long; each next one twice as long."""
+    """The first retry's pause; each next one twice as long; waits drawn from its upper half."""
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     health_cooling_seconds: Annotated[float, Field(ge=0, le=86400)] = 60.0
     """A failing endpoint is skipped this long while another endpoint offers the model."""
