@@ -22,7 +22,7 @@ from ganglion.commands import CommandTable, Rank, parse_command
 from ganglion.config import Config
 from ganglion.llm.results import ChatResult
 from ganglion.messages import Inbound, Source
-from ganglion.storage.usage import Payer, Tally, UsageLog
+from ganglion.storage.usage import Group, Payer, Tally, UsageLog
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,11 @@ class Access:
 
     async def _cmd_stats(self, msg: Inbound, args: str) -> str:
         payer = self.payer_of(msg)
-        stats = await self._usage.stats(payer.account, payer.thread_id)
+        # Other people's ids and rooms are for the owner and trusted users; a user sees
+        # their own figures, the totals, and the others only counted.
+        named = self.rank_of(msg) >= Rank.TRUSTED
+        stats = await self._usage.stats(payer.account, payer.thread_id, top=5 if named else 0,
+                                        apart=() if named else (AUTONOMOUS,))
         if stats.since is None:
             return "No usage recorded yet."
         since = datetime.fromtimestamp(stats.since, self._clock().tzinfo)
@@ -162,11 +166,22 @@ class Access:
             f"- everyone: {_tally(stats.total)}",
             f"- you ({payer.account}): {_tally(stats.this_account)}",
             f"- this thread: {_tally(stats.this_thread)}",
-            "", "Top users:",
-            *(f"{i}. {t.key}: {_tally(t)}" for i, t in enumerate(stats.top_accounts, 1)),
-            "", "Top threads:",
-            *(f"{i}. {t.key}: {_tally(t)}" for i, t in enumerate(stats.top_threads, 1)),
         ]
+        if named:
+            lines += [
+                "", "Top users:",
+                *(f"{i}. {t.key}: {_tally(t)}" for i, t in enumerate(stats.top_accounts, 1)),
+                "", "Top threads:",
+                *(f"{i}. {t.key}: {_tally(t)}" for i, t in enumerate(stats.top_threads, 1)),
+            ]
+        else:
+            others, threads = stats.other_accounts, stats.other_threads
+            lines += [
+                *(f"- {t.key}: {_tally(t)} (reminders and heartbeats)" for t in stats.apart),
+                f"- {_count(others.count, 'other user')}: {_tally(others)}",
+                f"- {_count(threads.count, 'other thread')}: {_tally(threads)}",
+                "(Who they are is shown to trusted users and the owner only.)",
+            ]
         per_minute, per_day = self.limits_for(msg)
         if per_minute is None and per_day is None:
             lines += ["", "Your limits: none."]
@@ -180,8 +195,12 @@ class Access:
         return "\n".join(lines)
 
 
-def _tally(t: Tally) -> str:
-    return f"{t.messages:,} message{'s' if t.messages != 1 else ''}, {t.tokens:,} tokens"
+def _tally(t: Tally | Group) -> str:
+    return f"{_count(t.messages, 'message')}, {t.tokens:,} tokens"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'s' if n != 1 else ''}"
 
 
 def _duration(seconds: int) -> str:

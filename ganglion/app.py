@@ -223,9 +223,10 @@ class App:
                                                  secret_values(self.config), scripts),
                       timeout_seconds=cfg.shell_timeout_seconds,
                       max_output_bytes=cfg.shell_max_output_bytes)
-        memory = MemoryTools(self.files, Workspace(self.data_dir, private),
+        config_file = [self.loaded.source] if self.loaded.source else []  # wherever it lies
+        memory = MemoryTools(self.files, Workspace(self.data_dir, private, config_file),
                              max_bytes=cfg.memory_max_bytes)
-        files = FileTools(Workspace(workspace_dir, private), self.files,
+        files = FileTools(Workspace(workspace_dir, private, config_file), self.files,
                           max_read_bytes=cfg.max_read_bytes, max_write_bytes=cfg.max_write_bytes)
         for func in [*memory.tools(), *files.tools(), *shell.tools()]:
             self.tools.add(func)

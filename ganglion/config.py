@@ -82,7 +82,7 @@ class LLMConfig(_Section):
     retries: Annotated[int, Field(ge=0, le=10)] = 3
     """Attempts per endpoint after the first, on connection errors, 429 and 5xx."""
     backoff_seconds: Annotated[float, Field(ge=0, le=60)] = 0.5
-    """The first retry waits this long; each next one twice as long."""
+    """The first retry's pause; each next one twice as long; waits drawn from its upper half."""
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     health_cooling_seconds: Annotated[float, Field(ge=0, le=86400)] = 60.0
     """A failing endpoint is skipped this long while another endpoint offers the model."""
@@ -156,8 +156,8 @@ class WebConfig(_Section):
         return is_loopback_bind(self.host)
 
 
-_MATRIX_USER = re.compile(r"^@[^:\s]+:\S+$")
-_MATRIX_ROOM = re.compile(r"^![^:\s]+(:\S+)?$")  # no server part from room version 12
+_MATRIX_USER = re.compile(r"\A@[^:\s]+:\S+\Z")
+_MATRIX_ROOM = re.compile(r"\A![^:\s]+(:\S+)?\Z")  # no server part from room version 12
 
 
 def _matrix_user(value: str) -> str:
@@ -185,7 +185,7 @@ def _matrix_room(value: str) -> str:
 
 
 def _homeserver(value: str) -> str:
-    if value and not re.match(r"^https?://[^\s/]+\S*$", value):
+    if value and not re.match(r"\Ahttps?://[^\s/]+\S*\Z", value):
         raise PydanticCustomError(
             "matrix_homeserver", "not an http(s) URL: write the homeserver's client API "
             "address, e.g. https://matrix.example.org")

@@ -15,8 +15,10 @@ ThreadId = NewType("ThreadId", str)
 ordering (turns in one thread run one after another) and of history.
 """
 
-WEB_THREAD_RE = re.compile(r"^web_[0-9a-f]{16,64}$")
-MATRIX_ROOM_RE = re.compile(r"^![^\s:]+(:\S+)?$")
+# \A...\Z, never ^...$: "$" also matches before a final newline, and an id that ends in
+# one would pass the check and then name a different thread in every lookup.
+WEB_THREAD_RE = re.compile(r"\Aweb_[0-9a-f]{16,64}\Z")
+MATRIX_ROOM_RE = re.compile(r"\A![^\s:]+(:\S+)?\Z")
 """``!opaque:server``; from room version 12 on, ``!opaque`` alone (no server part)."""
 
 

@@ -36,7 +36,7 @@ Redactor = Callable[[ThreadId, str, str], Awaitable[bool]]
 
 ENCRYPTED_META = "encrypted"
 EVENT_ID_META = "event_id"
-_ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$")
+_ALIAS = re.compile(r"\A[A-Za-z][A-Za-z0-9_.:-]{0,63}\Z")
 
 
 def _friendly(handler: Handler) -> Handler:

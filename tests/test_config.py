@@ -354,9 +354,3 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
     assert "llm.endpoints[].api_key" in expected and "web.token" in expected
     missing = sorted(expected - written)
     assert not missing, f"config.yaml.example does not show these keys at their place: {missing}"
-
-
-def test_shipped_base_prompt_matches_the_packaged_default() -> None:
-    root = Path(__file__).parent.parent
-    assert (root / "data" / "BASE_PROMPT.txt").read_text() == (
-        root / "ganglion" / "defaults" / "BASE_PROMPT.txt").read_text()

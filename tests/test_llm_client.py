@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -18,6 +19,7 @@ from fake_llm import FakeLLM, Reply, ReplyFactory
 from ganglion.config import EndpointConfig, LLMConfig, parse_config, secret_values
 from ganglion.errors import LLMUnavailable
 from ganglion.llm.client import LLMClient
+from ganglion.llm.failures import MAX_WAIT_SECONDS, Failure, retry_wait
 from ganglion.llm.results import ChatResult, Usage
 
 Factory = Callable[..., Awaitable[FakeLLM]]
@@ -182,7 +184,7 @@ async def test_retry_on_500_then_success(
     assert len(fake_llm.requests) == 2
 
 
-async def test_backoff_doubles_between_retries_and_the_warnings_name_the_thread(
+async def test_backoff_doubles_with_jitter_and_the_warnings_name_the_thread(
     fake_llm: FakeLLM, make_client: Callable[..., LLMClient], caplog: pytest.LogCaptureFixture
 ) -> None:
     arrivals: list[float] = []
@@ -195,19 +197,38 @@ async def test_backoff_doubles_between_retries_and_the_warnings_name_the_thread(
         return factory
 
     fake_llm.script(*(arriving(r) for r in (Reply(status=502), Reply(status=503),
-                                             Reply(text="ok"))))
+                                             Reply(status=500), Reply(text="ok"))))
     client = make_client(
-        llm_config(endpoint("local", fake_llm.base_url), retries=2, backoff_seconds=0.1)
+        llm_config(endpoint("local", fake_llm.base_url), retries=3, backoff_seconds=0.1)
     )
     with caplog.at_level(logging.WARNING, logger="ganglion.llm"):
         assert (await client.chat(user("hi"), thread_id="web_0123")).content == "ok"
-    assert len(arrivals) == 3
+    assert len(arrivals) == 4
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert [w.split("failed: ")[1].split("; ")[1] for w in warnings] == [
-        "retrying in 0.10 s", "retrying in 0.20 s"]
     assert all(w.startswith("[web_0123] LLM endpoint local: attempt ") for w in warnings)
-    first_wait, second_wait = arrivals[1] - arrivals[0], arrivals[2] - arrivals[1]
-    assert first_wait >= 0.1 and second_wait >= 0.2, (first_wait, second_wait)
+    announced = [float(w.split("; retrying in ")[1].removesuffix(" s")) for w in warnings]
+    # Equal jitter: retry k waits a draw from the upper half of 0.1 * 2**k, which doubles
+    # (the warnings round to 0.01 s, which keeps a draw from [0.05, 0.1) within [0.05, 0.1]).
+    for k, wait in enumerate(announced):
+        assert 0.1 * 2**k / 2 <= wait <= 0.1 * 2**k, (k, announced)
+        assert arrivals[k + 1] - arrivals[k] >= 0.1 * 2**k / 2, (k, arrivals)
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 3, 8])
+def test_retry_waits_are_drawn_from_the_upper_half_of_the_doubled_pause(attempt: int) -> None:
+    pause = min(0.5 * 2 ** (attempt - 1), MAX_WAIT_SECONDS)
+    failure = Failure("server error (HTTP 503)", "", True)
+    assert retry_wait(failure, attempt, 0.5, draw=lambda: 0.0) == pause / 2
+    assert retry_wait(failure, attempt, 0.5, draw=lambda: 0.999999) == pytest.approx(pause)
+    rng = random.Random(attempt)
+    draws = [retry_wait(failure, attempt, 0.5, draw=rng.random) for _ in range(200)]
+    assert all(pause / 2 <= d < pause for d in draws)
+    # Spread over the whole upper half, not bunched at one end.
+    assert min(draws) < pause * 0.55 and max(draws) > pause * 0.95
+    # The server's Retry-After is kept as it is (capped), without jitter.
+    told = Failure("too many requests (HTTP 429)", "", True, retry_after=2.0)
+    assert retry_wait(told, attempt, 0.5) == 2.0
+    assert retry_wait(Failure("", "", True, retry_after=600), attempt, 0.5) == MAX_WAIT_SECONDS
 
 
 async def test_429_retry_after_is_honoured(
@@ -581,3 +602,45 @@ async def test_fake_models_list_and_reset(fake_llm_factory: Factory) -> None:
     fake.requests.append({"stale": True})
     fake.reset()
     assert fake.requests == [] and fake.max_in_flight == 0
+
+
+async def test_a_whole_json_body_cut_off_is_a_broken_connection_and_retried(
+    make_client: Callable[..., LLMClient],
+) -> None:
+    """A server that ignores "stream" and sends one JSON body, cut off the first time: read
+    with httpx2's public exceptions mapped to the SDK's, it counts as a broken connection
+    (retried), not as a bug that ends the turn."""
+    from aiohttp import web
+    from fake_llm import completion_json
+
+    served: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = completion_json("whole at last").encode()
+        response = web.StreamResponse(headers={"Content-Type": "application/json",
+                                               "Content-Length": str(len(body))})
+        await response.prepare(request)
+        if not served:
+            served.append("cut")
+            await response.write(body[:20])
+            assert request.transport is not None
+            request.transport.close()  # the rest never comes
+            return response
+        served.append("whole")
+        await response.write(body)
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        client = make_client(llm_config(endpoint("whole", f"http://127.0.0.1:{port}/v1")))
+        result = await client.chat(user("hi"))
+        assert result.content == "whole at last"
+        assert served == ["cut", "whole"]
+    finally:
+        await runner.cleanup()

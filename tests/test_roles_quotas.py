@@ -233,11 +233,10 @@ async def test_stats_are_per_user_and_thread_and_survive_restart(
     await say(app, "b1", OTHER, room="!other:example.org")
     await say(app, "/ask beta q", OTHER, room="!other:example.org")
     await web(app, "w1")
-    before = await say(app, "/stats", USER)
+    before = await say(app, "/stats", TRUSTED)
     assert "Usage since 2026-03-10 08:30" in before
     assert "- everyone: 5 messages, 75 tokens" in before
-    assert f"- you ({USER}): 2 messages, 30 tokens" in before
-    assert "- this thread: 2 messages, 30 tokens" in before
+    assert f"- you ({TRUSTED}): 0 messages, 0 tokens" in before
     top_users = before.split("Top users:")[1].split("Top threads:")[0]
     assert f"1. {OTHER}: 2 messages, 30 tokens" in top_users
     assert f"2. {USER}: 2 messages, 30 tokens" in top_users
@@ -246,8 +245,47 @@ async def test_stats_are_per_user_and_thread_and_survive_restart(
     await app.stop()
 
     again = await app_factory(config(llm), clock=clock)
-    after = await say(again, "/stats", USER)
+    after = await say(again, "/stats", TRUSTED)
     assert after.split("Your limits")[0] == before.split("Your limits")[0]
+
+
+async def test_a_user_sees_the_others_counted_not_named(
+    app_factory: AppFactory, llm: FakeLLM
+) -> None:
+    app = await app_factory(config(llm))
+    llm.script(*[Reply(text="ok", usage=(10, 5)) for _ in range(6)])
+    await say(app, "a1", USER)
+    await say(app, "a2", USER)
+    await say(app, "b1", OTHER, room="!other:example.org")
+    await say(app, "t1", TRUSTED, room="!trusted:example.org")
+    await web(app, "w1")
+    await send(app, "check the backups", USER, source=Source.REMINDER, system=True)
+    others_names = (OTHER, TRUSTED, OWNER, "!other:example.org", "!trusted:example.org",
+                    "web", "Top users", "Top threads")
+
+    # A user, in Matrix: their own figures and the totals; everyone else counted.
+    mine = await say(app, "/stats", USER)
+    assert "- everyone: 6 messages, 90 tokens" in mine
+    assert f"- you ({USER}): 2 messages, 30 tokens" in mine
+    assert "- this thread: 3 messages, 45 tokens" in mine  # the reminder ran here too
+    assert "- autonomous: 1 message, 15 tokens (reminders and heartbeats)" in mine
+    # OTHER, TRUSTED and the web UI (the owner): 3 people; their 3 threads.
+    assert "- 3 other users: 3 messages, 45 tokens" in mine
+    assert "- 3 other threads: 3 messages, 45 tokens" in mine
+    assert "shown to trusted users and the owner only" in mine
+    assert not [name for name in others_names if name in mine], mine
+
+    # The same data names them for a trusted user, the owner in Matrix and the web UI.
+    for reader in (TRUSTED, OWNER):
+        named = await say(app, "/stats", reader, room="!trusted:example.org")
+        assert f"{OTHER}: 1 message, 15 tokens" in named.split("Top users:")[1]
+        assert f"{USER}: 2 messages, 30 tokens" in named
+        assert "!other:example.org: 1 message, 15 tokens" in named.split("Top threads:")[1]
+        assert "other users" not in named
+    on_the_web = await web(app, "/stats")
+    assert "- you (web): 1 message, 15 tokens" in on_the_web
+    assert f"{USER}: 2 messages, 30 tokens" in on_the_web.split("Top users:")[1]
+    assert f"{ROOM}: 3 messages, 45 tokens" in on_the_web.split("Top threads:")[1]
 
 
 async def test_stats_show_the_top_five_users_and_threads_only(
@@ -260,7 +298,7 @@ async def test_stats_show_the_top_five_users_and_threads_only(
     for i, sender in enumerate(senders):
         for n in range(7 - i):
             await say(app, f"m{n}", sender, room=f"!r{i}:example.org")
-    stats = await say(app, "/stats", senders[6], room="!r6:example.org")
+    stats = await say(app, "/stats", OWNER, room="!r6:example.org")
     top_users = stats.split("Top users:")[1].split("Top threads:")[0]
     top_threads = stats.split("Top threads:")[1].split("Your limits")[0]
     for rank, i in enumerate(range(5), start=1):

@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AppFactory
+import yaml
+from conftest import AppFactory, base_config
 from fake_llm import FakeLLM, Reply
 from wsclient import ChatClient
 
 from ganglion.app import App
+from ganglion.config import LoadedConfig, parse_config
 from ganglion.errors import ToolError
 from ganglion.tools.files import Workspace
 
@@ -166,3 +168,42 @@ async def test_a_workspace_outside_the_data_folder(
     assert "Created a.txt" in results[0]
     assert (tmp_path / "work" / "a.txt").read_text() == "hello"
     assert "uses '..'" in results[1]
+
+
+async def test_the_config_file_is_private_under_any_name_and_through_a_hard_link(
+    fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    """The config file inside the workspace, under an innocent name, and a hard link to it:
+    never read, listed, replaced or edited, while the file beside it is."""
+    raw = base_config(tmp_path, fake_llm)
+    data = tmp_path / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    config_file = data / "shopping.txt"
+    config_file.write_text(yaml.safe_dump(raw))
+    os.link(config_file, data / "copy.txt")
+    (data / "notes.txt").write_text("a note\n")
+    app = App(LoadedConfig(parse_config(raw, env={}), config_file, tmp_path))
+    await app.start()
+    try:
+        assert app.data_dir == data
+        results = await run_calls(
+            app, fake_llm,
+            ("read_file", {"path": "notes.txt"}),
+            ("read_file", {"path": "shopping.txt"}),
+            ("read_file", {"path": "./copy.txt"}),
+            ("list_dir", {}),
+            ("write_file", {"path": "shopping.txt", "content": "llm: {}\n"}),
+            ("edit_file", {"path": "copy.txt", "old": "llm", "new": "x"}),
+            ("write_file", {"path": "notes.txt", "content": "replaced\n"}),
+        )
+    finally:
+        await app.stop()
+    assert "a note" in results[0]
+    for refused in results[1:3] + results[4:6]:
+        assert "is private to the daemon" in refused, refused
+        assert "base_url" not in refused and fake_llm.base_url not in refused
+    assert "notes.txt" in results[3]
+    assert "shopping.txt" not in results[3] and "copy.txt" not in results[3]
+    assert "Replaced notes.txt" in results[6]
+    assert yaml.safe_load(config_file.read_text()) == raw
+    assert (data / "copy.txt").stat().st_ino == config_file.stat().st_ino  # still linked

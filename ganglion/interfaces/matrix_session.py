@@ -107,10 +107,11 @@ class WalStore(DefaultStore):  # type: ignore[misc]  # nio is untyped
     conversation.db.
     """
 
-    def _create_database(self) -> Any:
-        database = super()._create_database()  # peewee's SqliteDatabase, not yet connected
-        return type(database)(self.database_path, pragmas={
-            "foreign_keys": 1, "secure_delete": 1, "journal_mode": "wal", "synchronous": 1})
+    def __post_init__(self) -> None:
+        super().__post_init__()  # nio opens its database (peewee's) and creates its tables
+        # Through peewee's public pragma(): set now, and on every connection opened later.
+        for key, value in (("journal_mode", "wal"), ("synchronous", 1)):
+            self.database.pragma(key, value, permanent=True)
 
     def save_encrypted_rooms(self, rooms: Any) -> None:
         # nio calls this after every sync, nearly always with nothing new, and each call

@@ -52,7 +52,7 @@ STATIC_FILES = {
 HELLO_TIMEOUT = 10.0
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_BAD_THREAD = 4400
-CLIENT_ID_RE = re.compile(r"^[\x21-\x7e]{1,64}$")
+CLIENT_ID_RE = re.compile(r"\A[\x21-\x7e]{1,64}\Z")
 SEND_TIMEOUT = 5.0
 """A tab that cannot take a frame for this long is treated as gone (it resyncs on reconnect)."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,10 +18,7 @@ from typing import Any
 from ganglion.config import LLMConfig
 from ganglion.errors import LLMBadResponse, LLMUnavailable
 from ganglion.llm.endpoints import Endpoint, EndpointPool
-from ganglion.llm.failures import (
-    Failure,
-    classify,
-)
+from ganglion.llm.failures import Failure, classify, retry_wait
 from ganglion.llm.received import Received
 from ganglion.llm.results import ChatResult, ToolCall, Usage
 from ganglion.llm.text_tools import new_call_id, text_tool_calls, tool_names
@@ -28,7 +26,6 @@ from ganglion.llm.text_tools import new_call_id, text_tool_calls, tool_names
 log = logging.getLogger(__name__)
 traffic_log = logging.getLogger("ganglion.llm.traffic")
 
-_MAX_WAIT_SECONDS = 30.0
 _CHARS_PER_TOKEN = 4
 
 
@@ -59,15 +56,19 @@ def _is_json(stream: Any) -> bool:
 async def _whole_body(stream: Any) -> object:
     """Read and decode a reply that is not a stream; transport errors are mapped as the SDK
     maps them while streaming, so a timeout or a cut connection reads as one."""
-    import openai  # noqa: PLC0415  (see _attempt_errors)
-    from openai import _httpx2  # noqa: PLC0415  (the SDK's own list of transport errors)
+    import anyio  # noqa: PLC0415  (see _attempt_errors)
+    import httpx2  # noqa: PLC0415
+    import openai  # noqa: PLC0415
 
-    response = stream.response
+    response = stream.response  # the SDK's public handle on the reply: an httpx2.Response
     try:
         raw = await response.aread()
-    except _httpx2.timeout_exceptions() as err:
+    except httpx2.TimeoutException as err:
         raise openai.APITimeoutError(request=response.request) from err
-    except _httpx2.request_exceptions() as err:
+    except (httpx2.RequestError, ssl.SSLError, anyio.EndOfStream) as err:
+        # The same transport errors the SDK maps to APIConnectionError while it streams:
+        # httpx2's public RequestError, and TLS failures httpx2 does not wrap yet
+        # (https://github.com/pydantic/httpx2/issues/854).
         raise openai.APIConnectionError(message="the connection broke off",
                                         request=response.request) from err
     return json.loads(raw)
@@ -161,7 +162,7 @@ class LLMClient:
                         await self._usage_sink(result)
                     return result
                 retry = failure.retryable and attempt <= self._config.retries
-                wait = self._wait(failure, attempt) if retry else 0.0
+                wait = retry_wait(failure, attempt, self._config.backoff_seconds) if retry else 0.0
                 if retry:
                     then = f"retrying in {wait:.2f} s"
                 elif index + 1 < len(candidates):
@@ -289,11 +290,6 @@ class LLMClient:
             completion_tokens=_estimate_tokens(content + "".join(c.arguments for c in calls)),
         )
         return ChatResult(content, calls, usage, got.model or request.model, ep.config.name)
-
-    def _wait(self, failure: Failure, attempt: int) -> float:
-        if failure.retry_after is not None:
-            return min(failure.retry_after, _MAX_WAIT_SECONDS)
-        return min(self._config.backoff_seconds * 2.0 ** (attempt - 1), _MAX_WAIT_SECONDS)
 
     def _unavailable_message(self, failures: list[tuple[Endpoint, Failure, int]]) -> str:
         parts = ["I could not get an answer from the language model."]

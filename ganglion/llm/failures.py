@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import email.utils
+import random
 import socket
 import ssl
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,25 @@ class Failure:
     hint: str
     retryable: bool
     retry_after: float | None = None
+
+
+MAX_WAIT_SECONDS = 30.0
+"""No pause before a retry is longer, whatever the backoff or the server's Retry-After."""
+
+
+def retry_wait(failure: Failure, attempt: int, base: float,
+               draw: Callable[[], float] = random.random) -> float:
+    """Seconds to wait before retry number ``attempt`` (1 = the first retry).
+
+    The server's Retry-After wins. Otherwise "equal jitter": the pause doubles with each
+    attempt (``base``, ``2 * base``, ...) and the wait is drawn uniformly from its upper half,
+    so clients that failed together do not come back together, and each still gives the
+    server at least half the doubled pause. ``draw`` returns a float in [0, 1).
+    """
+    if failure.retry_after is not None:
+        return min(failure.retry_after, MAX_WAIT_SECONDS)
+    pause = min(base * 2.0 ** (attempt - 1), MAX_WAIT_SECONDS)
+    return pause / 2 + draw() * pause / 2
 
 
 HINT_DOWN = "Is the model server running, and is base_url right?"

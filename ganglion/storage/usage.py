@@ -47,6 +47,15 @@ class Tally:
 
 
 @dataclass(frozen=True, slots=True)
+class Group:
+    """Messages and tokens of several accounts or threads, counted without naming them."""
+
+    count: int
+    messages: int
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     since: float | None
     """Time of the first row, None when nothing was recorded yet."""
@@ -55,6 +64,11 @@ class Stats:
     top_threads: list[Tally]
     this_account: Tally
     this_thread: Tally
+    apart: list[Tally]
+    """The accounts asked for by name (the autonomous one), whoever reads."""
+    other_accounts: Group
+    """Every account but this one and those apart."""
+    other_threads: Group
 
 
 _TALLY = (
@@ -147,7 +161,10 @@ class UsageLog:
         )
         return int(row["n"]) if row else 0
 
-    async def stats(self, account: str, thread_id: str, top: int = 5) -> Stats:
+    async def stats(self, account: str, thread_id: str, *, top: int = 5,
+                    apart: tuple[str, ...] = ()) -> Stats:
+        """Totals, this account's and this thread's; the ``top`` accounts and threads by name
+        (0 for a reader who may not see others' names); the others only counted."""
         first = await self.db.fetchone("SELECT MIN(at) AS since FROM usage")
         since = float(first["since"]) if first and first["since"] is not None else None
         total = await self._tally(_TALLY.format(key="''"), ())
@@ -160,9 +177,29 @@ class UsageLog:
         mine = await self._tally(_TALLY.format(key="account") + " WHERE account = ?", (account,))
         here = await self._tally(
             _TALLY.format(key="thread_id") + " WHERE thread_id = ?", (thread_id,))
+        named: list[Tally] = []
+        for other in apart:
+            if other != account:
+                tally = await self._tally(
+                    _TALLY.format(key="account") + " WHERE account = ?", (other,))
+                named.append(Tally(other, tally.messages, tally.tokens))
+        known = (account, *apart)
+        others = await self._group(
+            "account", f"account NOT IN ({', '.join('?' * len(known))})", known)
+        other_threads = await self._group("thread_id", "thread_id != ?", (thread_id,))
         return Stats(since, total, accounts, threads,
                      Tally(account, mine.messages, mine.tokens),
-                     Tally(thread_id, here.messages, here.tokens))
+                     Tally(thread_id, here.messages, here.tokens),
+                     named, others, other_threads)
+
+    async def _group(self, key: str, where: str, params: tuple[object, ...]) -> Group:
+        row = await self.db.fetchone(
+            f"SELECT COUNT(DISTINCT {key}) AS n, SUM(kind = 'message') AS messages,"
+            f" SUM(prompt_tokens + completion_tokens) AS tokens FROM usage WHERE {where}",
+            params)
+        if row is None:
+            return Group(0, 0, 0)
+        return Group(int(row["n"] or 0), int(row["messages"] or 0), int(row["tokens"] or 0))
 
     async def _tallies(self, sql: str, params: tuple[object, ...]) -> list[Tally]:
         rows = await self.db.fetchall(sql, params)

@@ -36,10 +36,27 @@ class Workspace:
     """A folder the tools may touch, and nothing outside it. Methods block: run them in a
     worker thread."""
 
-    def __init__(self, root: Path, private: Sequence[str] = ()) -> None:
+    def __init__(self, root: Path, private: Sequence[str] = (),
+                 private_files: Sequence[Path] = ()) -> None:
         self.root = Path(os.path.realpath(root))
         self.private = tuple(private)
         """Name patterns (fnmatch) of the daemon's own files: never shown nor touched."""
+        self.private_files = tuple(private_files)
+        """Files never shown nor touched whatever the name they are reached by (the config
+        file): known by device and inode, looked up at each use, so a hard link to one, or
+        one replaced since the start (``ganglion login`` rewrites the config), is known."""
+
+    def _private_ids(self) -> set[tuple[int, int]]:
+        ids = set()
+        for path in self.private_files:
+            with suppress(OSError):  # a file that is not there is nothing to hide
+                st = os.stat(path)
+                ids.add((st.st_dev, st.st_ino))
+        return ids
+
+    def _check_not_private(self, path: str, st: os.stat_result) -> None:
+        if (st.st_dev, st.st_ino) in self._private_ids():
+            raise ToolError(f"{path!r} is private to the daemon; file tools do not touch it")
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -130,6 +147,7 @@ class Workspace:
                 st = os.fstat(fh.fileno())
                 if not stat.S_ISREG(st.st_mode):
                     raise ToolError(f"{path} is not a regular file")
+                self._check_not_private(path, st)
                 yield fh, st
 
     def read_bytes(self, path: str, limit: int) -> tuple[bytes, int]:
@@ -209,6 +227,8 @@ class Workspace:
                 raise ToolError(f"{path} is a folder")
             if old is not None and stat.S_ISLNK(old.st_mode):
                 raise self._refused(dfd, parts, OSError(errno.ELOOP, "symbolic link"))
+            if old is not None:
+                self._check_not_private(path, old)
             tmp = f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                          | os.O_CLOEXEC, mode, dir_fd=dfd)
@@ -232,6 +252,7 @@ class Workspace:
 
     def list(self, path: str) -> list[str]:
         parts = self.parts(path, allow_root=True)
+        hidden = self._private_ids()
         with self.folder(parts) as dfd:
             entries = []
             with os.scandir(dfd) as it:
@@ -243,8 +264,10 @@ class Workspace:
                     elif entry.is_dir(follow_symlinks=False):
                         entries.append((0, entry.name, entry.name + "/"))
                     else:
-                        size = entry.stat(follow_symlinks=False).st_size
-                        entries.append((1, entry.name, f"{entry.name}  ({size:,} bytes)"))
+                        st = entry.stat(follow_symlinks=False)
+                        if (st.st_dev, st.st_ino) in hidden:
+                            continue
+                        entries.append((1, entry.name, f"{entry.name}  ({st.st_size:,} bytes)"))
         entries.sort()
         return [shown for _, _, shown in entries]
 

@@ -25,7 +25,7 @@ from ganglion.triggers.reminders import BadSchedule, Reminders, cron_next, local
 
 MAX_TEXT = 2000
 MAX_AHEAD_MINUTES = 10 * 366 * 24 * 60
-_DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DATE_ONLY = re.compile(r"\A\d{4}-\d{2}-\d{2}\Z")
 
 
 class ReminderTools:
