@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ganglion.errors import ToolError
-from ganglion.tools.policy import fenced
+from ganglion.llm.untrusted import fenced
 from ganglion.tools.registry import ToolFunc
 
 log = logging.getLogger(__name__)
