@@ -26,6 +26,7 @@ from typing import Any
 
 from ganglion.commands import CommandTable, Rank
 from ganglion.config import ToolMode as Mode
+from ganglion.durations import duration_text
 from ganglion.llm.untrusted import as_data, fenced, mask_secrets, neutralise, reveal, tool_error
 from ganglion.messages import Inbound, ThreadId
 from ganglion.tools.registry import ToolContext, ToolRegistry
@@ -109,7 +110,7 @@ class Approvals:
                            asyncio.get_running_loop().create_future())
         self._pending[thread_id] = pending
         try:
-            minutes = _duration(self.timeout_seconds)
+            minutes = duration_text(self.timeout_seconds)
             await self.post(thread_id, (
                 f"**Approval needed** (`{pending.id}`): the assistant wants to use "
                 f"`{tool}`:\n\n{shown}\n\nReply `/approve` or `/deny`. No answer within "
@@ -148,12 +149,6 @@ class Approvals:
         if decision is Decision.APPROVED:
             return f"Approved: `{pending.tool}` runs now (request `{pending.id}`)."
         return f"Denied: `{pending.tool}` will not run (request `{pending.id}`)."
-
-
-def _duration(seconds: float) -> str:
-    if seconds >= 120 and seconds % 60 == 0:
-        return f"{seconds / 60:g} minutes"
-    return f"{seconds:g} seconds"
 
 
 # -- running a call --------------------------------------------------------------------------
