@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import pytest
 from conftest import AppFactory
+from pydantic import BaseModel
 
 from ganglion.errors import ToolError
 from ganglion.messages import ThreadId
@@ -143,3 +144,27 @@ async def test_the_built_in_schemas_stay_compact(app_factory: AppFactory) -> Non
         assert parameters["additionalProperties"] is False
         for prop in parameters["properties"].values():
             assert next(iter(prop)) == "type", schema  # the type first, as a person reads it
+
+
+class Stop(BaseModel):
+    city: str
+    nights: int
+
+
+async def test_a_parameter_typed_by_a_model_keeps_its_definition_and_strictness() -> None:
+    async def route(stops: list[Stop]) -> str:
+        """Plan a route.
+
+        Args:
+            stops: where to stay, in order
+        """
+        return ", ".join(f"{s.city} ({s.nights})" for s in stops)
+
+    registry = ToolRegistry()
+    tool = registry.add(route)
+    assert tool.parameters["properties"]["stops"]["items"] == {"$ref": "#/$defs/Stop"}
+    assert tool.parameters["$defs"]["Stop"]["properties"]["nights"] == {"type": "integer"}
+    ok = await registry.call("route", '{"stops": [{"city": "Rome", "nights": 2}]}', CTX)
+    assert (ok.text, ok.ok) == ("Rome (2)", True)
+    bad = await registry.call("route", '{"stops": [{"city": "Rome", "nights": "2"}]}', CTX)
+    assert bad.text == "error: argument stops[0][nights] must be an integer, got str"

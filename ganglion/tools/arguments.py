@@ -39,9 +39,12 @@ class _CompactSchema(GenerateJsonSchema):
         # Keys in the order a person (and a model) reads them; "required" even when empty.
         properties = {name: _ordered(prop, _PROPERTY_ORDER)
                       for name, prop in generated.get("properties", {}).items()}
-        return {"type": "object", "properties": properties,
-                "required": generated.get("required", []),
-                "additionalProperties": generated.get("additionalProperties", False)}
+        compact = {"type": "object", "properties": properties,
+                   "required": generated.get("required", []),
+                   "additionalProperties": generated.get("additionalProperties", False)}
+        if "$defs" in generated:  # a parameter typed by a model refers to its definition
+            compact["$defs"] = generated["$defs"]
+        return compact
 
 
 _PROPERTY_ORDER = ("type", "items", "enum", "description", "default")
@@ -96,7 +99,7 @@ def validator(model: type[BaseModel]) -> Validate:
         # Models often send null for an optional argument they mean to leave out.
         given = {k: v for k, v in args.items() if not (v is None and k in optional)}
         try:
-            checked = model.model_validate(given)
+            checked = model.model_validate(given, strict=True)  # nested models too
         except ValidationError as err:
             raise ToolError(_guidance(err, list(model.model_fields))) from None
         return {name: getattr(checked, name) for name in model.model_fields}
