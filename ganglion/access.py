@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 
 from ganglion.commands import CommandTable, Rank, parse_command
 from ganglion.config import Config
+from ganglion.durations import duration_text
 from ganglion.llm.results import ChatResult
 from ganglion.messages import Inbound, Source
 from ganglion.storage.usage import Group, Payer, Tally, UsageLog
@@ -123,7 +124,7 @@ class Access:
                     "(limits.autonomous_daily_tokens) is used up until midnight.")
         wait = max(1, round((retry - now).total_seconds()))
         return (f"Limit reached ({'; '.join(reasons)}). You may try again in "
-                f"{_duration(wait)}, at {retry.strftime('%H:%M:%S')}.")
+                f"{duration_text(wait, round_up=True)}, at {retry.strftime('%H:%M:%S')}.")
 
     def limits_for(self, msg: Inbound) -> tuple[int | None, int | None]:
         """(messages per minute, tokens per day) for this message's payer; None = no limit."""
@@ -202,11 +203,3 @@ def _tally(t: Tally | Group) -> str:
 def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun}{'s' if n != 1 else ''}"
 
-
-def _duration(seconds: int) -> str:
-    if seconds < 120:
-        return f"{seconds} s"
-    minutes = (seconds + 59) // 60
-    if minutes < 120:
-        return f"{minutes} min"
-    return f"{minutes // 60} h {minutes % 60} min"

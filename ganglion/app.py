@@ -32,9 +32,9 @@ from ganglion.storage.inbox import Inbox
 from ganglion.storage.outbox import Outbox
 from ganglion.storage.reminders import HeartbeatLedger, ReminderStore
 from ganglion.storage.usage import UsageLog
+from ganglion.tool_names import TOOL_NAMES
 from ganglion.tools.files import FileTools, Workspace
 from ganglion.tools.memory import MemoryFlush, MemoryTools
-from ganglion.tools.names import TOOL_NAMES
 from ganglion.tools.policy import Approvals, ToolPolicy, ToolRunner
 from ganglion.tools.registry import ToolRegistry
 from ganglion.tools.reminders import ReminderTools
@@ -159,7 +159,7 @@ class App:
         # The config checked tools.policy against TOOL_NAMES; they must be these tools.
         if set(self.tools.names()) != TOOL_NAMES:
             raise RuntimeError(
-                "ganglion/tools/names.py lists other tools than App registers: "
+                "ganglion/tool_names.py lists other tools than App registers: "
                 f"{sorted(TOOL_NAMES ^ set(self.tools.names()))}")
 
         # The bus first: it re-queues what the last run left unanswered before any interface

@@ -25,7 +25,7 @@ from pydantic_core import PydanticCustomError
 
 from ganglion.config_source import expand_tree, loc_text, read_yaml
 from ganglion.errors import ConfigError
-from ganglion.tools.names import TOOL_NAMES
+from ganglion.tool_names import TOOL_NAMES
 
 
 class _Section(BaseModel):

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from ganglion.access import Access
 from ganglion.ask_params import ASK_USAGE, parse_ask
 from ganglion.commands import CommandTable, Handler, Rank, parse_command
+from ganglion.durations import duration_text
 from ganglion.errors import InputRejected
 from ganglion.llm.client import LLMClient
 from ganglion.llm.endpoints import DISCOVERY_TIMEOUT_SECONDS, Endpoint, EndpointPool
@@ -113,8 +114,8 @@ class ModelCommands:
     def _describe(self, ep: Endpoint) -> str:
         origin = "config.yaml" if ep.added_by is None else f"added by {ep.added_by}"
         if not self.pool.is_healthy(ep):
-            health = (f"unhealthy, skipped for {self.pool.cooling_left(ep):.0f} s more "
-                      f"({ep.problem})")
+            left = duration_text(self.pool.cooling_left(ep), round_up=True)
+            health = f"unhealthy, skipped for {left} more ({ep.problem})"
         elif ep.problem:
             health = f"not answering ({ep.problem})"
         else:

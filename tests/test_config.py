@@ -13,7 +13,7 @@ from conftest import AppFactory
 from pydantic import BaseModel
 
 from ganglion.config import Config, ConfigError, find_config_path, load_config, parse_config
-from ganglion.tools.names import TOOL_NAMES
+from ganglion.tool_names import TOOL_NAMES
 
 
 def run_cli(

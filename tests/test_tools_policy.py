@@ -100,7 +100,7 @@ async def test_deny_and_time_out_do_not_run(app_factory: AppFactory, fake_llm: F
                     Reply(text="nobody answered"))
     await chat.send("run it again")
     await until(chat, message("system", "Approval needed"))
-    assert "No answer within 0.5 seconds" in (await until(chat, message("system")))["text"]
+    assert "No answer within 0.5 s" in (await until(chat, message("system")))["text"]
     assert (await until(chat, message("assistant")))["text"] == "nobody answered"
     assert "nobody approved this call in time" in tool_results(fake_llm.requests[-1])[-1]
     assert not ran.exists()

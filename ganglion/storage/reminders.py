@@ -17,6 +17,7 @@ from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
+from ganglion.durations import duration_text
 from ganglion.messages import ThreadId
 from ganglion.storage.db import Database
 from ganglion.storage.files import atomic_write
@@ -80,19 +81,6 @@ def repeat_text(r: Reminder) -> str:
     if r.every_seconds is not None:
         return "every " + duration_text(r.every_seconds)
     return "once"
-
-
-def duration_text(seconds: float) -> str:
-    """``45 s``, ``10 min``, ``2 h 5 min``, ``3 d 4 h``."""
-    s = round(seconds)
-    if s < 60:
-        return f"{s} s"
-    minutes, hours, days = s // 60 % 60, s // 3600 % 24, s // 86400
-    if days:
-        return f"{days} d" + (f" {hours} h" if hours else "")
-    if hours:
-        return f"{hours} h" + (f" {minutes} min" if minutes else "")
-    return f"{minutes} min" + (f" {s % 60} s" if s < 600 and s % 60 else "")
 
 
 class ReminderStore:

@@ -17,10 +17,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import secrets
 import time
-import unicodedata
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -28,7 +26,8 @@ from typing import Any
 
 from ganglion.commands import CommandTable, Rank
 from ganglion.config import ToolMode as Mode
-from ganglion.llm.untrusted import as_data, neutralise
+from ganglion.durations import duration_text
+from ganglion.llm.untrusted import as_data, fenced, mask_secrets, neutralise, reveal, tool_error
 from ganglion.messages import Inbound, ThreadId
 from ganglion.tools.registry import ToolContext, ToolRegistry
 
@@ -111,7 +110,7 @@ class Approvals:
                            asyncio.get_running_loop().create_future())
         self._pending[thread_id] = pending
         try:
-            minutes = _duration(self.timeout_seconds)
+            minutes = duration_text(self.timeout_seconds)
             await self.post(thread_id, (
                 f"**Approval needed** (`{pending.id}`): the assistant wants to use "
                 f"`{tool}`:\n\n{shown}\n\nReply `/approve` or `/deny`. No answer within "
@@ -152,68 +151,7 @@ class Approvals:
         return f"Denied: `{pending.tool}` will not run (request `{pending.id}`)."
 
 
-def _duration(seconds: float) -> str:
-    if seconds >= 120 and seconds % 60 == 0:
-        return f"{seconds / 60:g} minutes"
-    return f"{seconds:g} seconds"
-
-
 # -- running a call --------------------------------------------------------------------------
-
-
-_SECRET_ASSIGNMENT = re.compile(
-    r"(?i)((?:api[_-]?key|token|secret|passw(?:or)?d|passwd|pwd|authorization|credentials?"
-    r"|access[_-]?key)[A-Za-z0-9_-]*[\"']?\s*[:=]\s*[\"']?)([^\s\"'&;,]+)"
-)
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
-
-
-def mask_secrets(text: str) -> str:
-    """Mask ``key=value`` secrets and bearer tokens (configured secrets are masked by the
-    log handlers' SecretMask as well)."""
-    return _BEARER.sub(r"\1 ***", _SECRET_ASSIGNMENT.sub(r"\1***", text))
-
-
-_LOOKS_EMPTY = frozenset("\u115f\u1160\u3164\uffa0")
-"""Hangul fillers: letters, yet drawn as nothing."""
-
-
-def _hidden(ch: str) -> bool:
-    """A character the approver would not see as what it is: controls (but newline and tab),
-    format characters (bidi overrides and isolates, zero-width ones, U+FEFF, tag characters),
-    line and paragraph separators, unassigned code points, spaces other than the plain one,
-    variation selectors and the fillers."""
-    if ch in "\n\t":
-        return False
-    category = unicodedata.category(ch)
-    return (category in ("Cc", "Cf", "Zl", "Zp", "Cn") or (category == "Zs" and ch != " ")
-            or "\ufe00" <= ch <= "\ufe0f" or "\U000e0100" <= ch <= "\U000e01ef"
-            or ch in _LOOKS_EMPTY)
-
-
-def reveal(text: str) -> tuple[str, int]:
-    """``text`` with each hidden character written out (``\\u202e``), and how many there were.
-
-    The approver must read what will run: a right-to-left override or a zero-width space
-    makes the text on screen differ from the command.
-    """
-    count = 0
-    parts: list[str] = []
-    for ch in text:
-        if _hidden(ch):
-            count += 1
-            code = ord(ch)
-            parts.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
-        else:
-            parts.append(ch)
-    return "".join(parts), count
-
-
-def fenced(text: str, info: str = "") -> str:
-    """A Markdown code block that ``text`` cannot close early, whatever backticks it holds."""
-    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
-    fence = "`" * max(3, longest + 1)
-    return f"{fence}{info}\n{text}\n{fence}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,12 +282,6 @@ class ToolRunner:
         if not complete:
             shown += f"arguments: {_short(_compact(args), 2000)}\n\n"
         return neutralise(shown) + result
-
-
-def tool_error(name: str, text: str) -> str:
-    """An error the tool reported, for the model: plainly an error, its message fenced as data
-    (it may quote a file, a page or a command's output)."""
-    return f"error: {neutralise(name)} failed\n{as_data(name, text.removeprefix('error: '))}"
 
 
 def _outcome(ok: bool, seconds: float, size: int) -> str:

@@ -1,20 +1,25 @@
-"""The tool registry: schemas from typed, documented async functions; calls never crash a turn."""
+"""The tool registry: tools by name, their schemas for the prompt; calls never crash a turn."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import logging
 import time
-import types
-import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, get_args, get_origin
+from typing import Any
 
 from ganglion.errors import ToolError
 from ganglion.messages import ThreadId
+from ganglion.tools.arguments import (
+    Validate,
+    arguments_model,
+    decode,
+    param_docs,
+    schema_of,
+    validator,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +37,21 @@ ToolFunc = Callable[..., Awaitable[str]]
 
 @dataclass(frozen=True)
 class Tool:
+    """A tool as the model sees it (``parameters``, a JSON schema) and as the registry runs it.
+
+    ``validate`` turns the decoded arguments into ``func``'s keyword arguments or raises a
+    ToolError saying what to send instead. A typed function gets both from its signature
+    (``tool_from_function``); a tool whose schema comes from elsewhere (an MCP server) can
+    bring its own schema and validator.
+    """
+
     name: str
     description: str
     parameters: dict[str, Any]
+    validate: Validate
     func: ToolFunc
-    wants_ctx: bool
+    wants_ctx: bool = False
+    """``func`` takes the ToolContext as ``ctx``."""
 
     def schema(self) -> dict[str, Any]:
         return {
@@ -49,99 +64,19 @@ class Tool:
         }
 
 
-_JSON_TYPES: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}
-
-
-def _json_type(annotation: Any) -> dict[str, Any]:
-    origin = get_origin(annotation)
-    if origin is Literal:
-        values = list(get_args(annotation))
-        return {"type": _JSON_TYPES[type(values[0])], "enum": values}
-    if origin in (list, typing.List):  # noqa: UP006
-        (item,) = get_args(annotation) or (str,)
-        return {"type": "array", "items": _json_type(item)}
-    if origin in (types.UnionType, typing.Union):
-        inner = [a for a in get_args(annotation) if a is not type(None)]
-        if len(inner) == 1:
-            return _json_type(inner[0])
-    if annotation in _JSON_TYPES:
-        return {"type": _JSON_TYPES[annotation]}
-    raise TypeError(f"unsupported tool parameter type: {annotation!r}")
-
-
-def _param_docs(doc: str) -> tuple[str, dict[str, str]]:
-    """Split a docstring into its description and ``name: text`` lines under ``Args:``."""
-    description, _, args = doc.partition("Args:")
-    params: dict[str, str] = {}
-    current = ""
-    for line in args.splitlines():
-        stripped = line.strip()
-        name, sep, text = stripped.partition(":")
-        is_param = line.startswith(" " * 4) and not line.startswith(" " * 9)
-        if sep and name.isidentifier() and is_param:
-            current = name
-            params[current] = text.strip()
-        elif current and stripped:
-            params[current] += " " + stripped
-    return " ".join(description.split()), params
-
-
 def tool_from_function(func: ToolFunc, name: str | None = None) -> Tool:
-    """Build a Tool from an async function with annotated parameters and a docstring."""
+    """Build a Tool from an async function with annotated parameters and a docstring: the
+    schema and the check of a call come from one pydantic model of its parameters."""
     if not inspect.iscoroutinefunction(func):
         raise TypeError(f"tool {func.__name__} must be an async function")
     doc = inspect.getdoc(func)
     if not doc:
         raise TypeError(f"tool {func.__name__} needs a docstring: the model reads it")
-    description, param_docs = _param_docs(doc)
-    hints = typing.get_type_hints(func)
-    properties: dict[str, Any] = {}
-    required: list[str] = []
-    wants_ctx = False
-    for pname, param in inspect.signature(func).parameters.items():
-        if pname == "ctx":
-            wants_ctx = True
-            continue
-        prop = _json_type(hints[pname])
-        if pname in param_docs:
-            prop["description"] = param_docs[pname]
-        if param.default is inspect.Parameter.empty:
-            required.append(pname)
-        else:
-            prop["default"] = param.default
-        properties[pname] = prop
-    parameters = {
-        "type": "object",
-        "properties": properties,
-        "required": required,
-        "additionalProperties": False,
-    }
-    return Tool(name or func.__name__, description, parameters, func, wants_ctx)
-
-
-def _check_args(tool: Tool, args: dict[str, Any]) -> None:
-    props: dict[str, Any] = tool.parameters["properties"]
-    unknown = sorted(set(args) - set(props))
-    if unknown:
-        raise ToolError(f"unknown argument(s) {', '.join(unknown)}; expected: {', '.join(props)}")
-    missing = [p for p in tool.parameters["required"] if p not in args]
-    if missing:
-        raise ToolError(f"missing required argument(s): {', '.join(missing)}")
-    checks: dict[str, tuple[type, ...]] = {
-        "string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,),
-        "array": (list,),
-    }
-    for key, value in args.items():
-        expected = props[key]["type"]
-        ok = isinstance(value, checks[expected]) and not (
-            expected in ("integer", "number") and isinstance(value, bool)
-        )
-        if not ok:
-            article = "an" if expected[0] in "aeiou" else "a"
-            raise ToolError(f"argument {key} must be {article} {expected}, "
-                            f"got {type(value).__name__}")
-        if "enum" in props[key] and value not in props[key]["enum"]:
-            raise ToolError(f"argument {key} must be one of {props[key]['enum']}")
+    description, docs = param_docs(doc)
+    model = arguments_model(func, docs)
+    wants_ctx = "ctx" in inspect.signature(func).parameters
+    return Tool(name or func.__name__, description, schema_of(model), validator(model), func,
+                wants_ctx)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +98,11 @@ class ToolRegistry:
         self._tools: dict[str, Tool] = {}
 
     def add(self, func: ToolFunc, name: str | None = None) -> Tool:
-        tool = tool_from_function(func, name)
+        """Register a typed async function (see ``tool_from_function``)."""
+        return self.add_tool(tool_from_function(func, name))
+
+    def add_tool(self, tool: Tool) -> Tool:
+        """Register a Tool built elsewhere (its own schema and validator)."""
         if tool.name in self._tools:
             raise ValueError(f"tool {tool.name} registered twice")
         self._tools[tool.name] = tool
@@ -210,17 +149,7 @@ class ToolRegistry:
         if tool is None:
             available = ", ".join(self._tools) or "none"
             raise ToolError(f"no tool named {name!r}; available: {available}")
-        try:
-            args = json.loads(arguments) if arguments.strip() else {}
-        except json.JSONDecodeError as err:
-            raise ToolError(f"arguments are not valid JSON ({err.msg} at {err.pos}); "
-                            "send a JSON object matching the tool's schema") from None
-        if not isinstance(args, dict):
-            raise ToolError("arguments must be a JSON object")
-        # Models often send null for an optional argument they mean to leave out.
-        optional = set(tool.parameters["properties"]) - set(tool.parameters["required"])
-        args = {k: v for k, v in args.items() if not (v is None and k in optional)}
-        _check_args(tool, args)
+        args = tool.validate(decode(arguments))
         if tool.wants_ctx:
             args["ctx"] = ctx
         return tool, args

@@ -17,8 +17,9 @@ import math
 import re
 from datetime import datetime, timedelta
 
+from ganglion.durations import duration_text
 from ganglion.errors import ToolError
-from ganglion.storage.reminders import NewReminder, Reminder, duration_text, repeat_text
+from ganglion.storage.reminders import NewReminder, Reminder, repeat_text
 from ganglion.tools.registry import ToolContext, ToolFunc
 from ganglion.triggers import HEARTBEAT_THREAD, is_system_thread, system_thread
 from ganglion.triggers.reminders import BadSchedule, Reminders, cron_next, local_text

@@ -21,8 +21,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ganglion.durations import duration_text
 from ganglion.errors import ToolError
-from ganglion.tools.policy import fenced
+from ganglion.llm.untrusted import fenced
 from ganglion.tools.registry import ToolFunc
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ class Shell:
         """How a call is shown for approval: the exact command line."""
         command = str(args.get("command", ""))
         return (fenced(command, "sh") + f"\n\nin {self.cwd}, with a "
-                f"{self.timeout_seconds:g} s time limit")
+                f"{duration_text(self.timeout_seconds)} time limit")
 
     async def shell(self, command: str) -> str:
         """Run a command with /bin/sh in the scripts folder (data/scripts/) and return its exit
@@ -176,7 +177,7 @@ class Shell:
             reader.cancel()
             raise
         if timed_out:
-            status = (f"killed after the {self.timeout_seconds:g} s time limit "
+            status = (f"killed after the {duration_text(self.timeout_seconds)} time limit "
                       "(tools.shell_timeout_seconds), with everything it started")
         elif proc.returncode is not None and proc.returncode < 0:
             status = f"killed by signal {_signal_name(-proc.returncode)}"
