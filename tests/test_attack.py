@@ -286,7 +286,7 @@ async def test_files_holding_secrets_are_owner_only(
 async def test_the_matrix_store_and_its_files_are_owner_only(
     tmp_path: Path, umask_022: None
 ) -> None:
-    from ganglion.interfaces.matrix_session import make_client
+    from ganglion.interfaces.matrix.session import make_client
 
     store = tmp_path / "matrix-store"
     config = MatrixConfig(homeserver="http://127.0.0.1:9", user_id="@bot:example.org",

@@ -39,7 +39,7 @@ from synapse import Human, MatrixUser, Synapse, synapse  # noqa: F401  (fixture)
 from ganglion.app import App
 from ganglion.config import load_config
 from ganglion.errors import StartupError
-from ganglion.interfaces import matrix as matrix_interface
+from ganglion.interfaces.matrix import interface as matrix_interface
 from ganglion.messages import Inbound, Source, ThreadId
 
 HumanFactory = Callable[[MatrixUser], Awaitable[Human]]
@@ -256,7 +256,7 @@ async def test_a_busy_absence_is_caught_up_past_a_limited_timeline(
     humans: HumanFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="ganglion.interfaces.matrix")
+    caplog.set_level(logging.INFO, logger="ganglion.interfaces.matrix.interface")
     bot, person = await synapse.register("bot"), await synapse.register("human")
     store = tmp_path / "store"
     # The owner: not rate limited (a dozen messages in a few seconds).
@@ -753,7 +753,7 @@ async def test_a_message_whose_key_comes_late_is_answered_once_it_does(
     synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
     humans: HumanFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="ganglion.interfaces.matrix_keys")
+    caplog.set_level(logging.INFO, logger="ganglion.interfaces.matrix.keys")
     app, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path)
     matrix = app.matrix
     assert matrix is not None
@@ -856,7 +856,7 @@ async def test_login_asks_for_what_the_flags_leave_out(
 
 
 def test_token_placeholders_are_printed_not_written(tmp_path: Path) -> None:
-    from ganglion.interfaces.matrix_login import update_config_text
+    from ganglion.interfaces.matrix.login import update_config_text
 
     text = ("matrix:\n  enabled: true\n  access_token: ${GANGLION_MATRIX_TOKEN}\n"
             "  device_id: \"\"\n")
