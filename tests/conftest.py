@@ -1,4 +1,5 @@
-"""Shared fixtures: the fake OpenAI-compatible server, and a Ganglion app built on real parts."""
+"""Shared fixtures: the fake OpenAI-compatible server, a Ganglion app built on real parts, the
+session's Synapse and Chromium, and the per-test scan for secrets in logs."""
 
 from __future__ import annotations
 
@@ -6,14 +7,19 @@ import asyncio
 import contextlib
 import copy
 import logging
+import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import pytest_asyncio
 from fake_llm import FakeLLM, fake_llm, fake_llm_factory  # noqa: F401  (fixtures)
+from playwright.async_api import Browser, async_playwright
+from synapse import Human, HumanFactory, MatrixUser, Synapse, SynapseUnavailable, install
 
 from ganglion.app import App
 from ganglion.config import LoadedConfig, parse_config
@@ -22,7 +28,7 @@ from ganglion.logs import NOISY, SecretMask, file_handler, set_levels
 WEB_TOKEN = "test-web-token-5a1f0c9e7d"
 LLM_KEY = "sk-test-llm-key-93c1b7e2"
 RUNTIME_KEY = "sk-runtime-Key-4f9a2c7e1b"
-"""The key test_endpoints adds with /add_endpoint (test_attack checks they stay equal)."""
+"""The key test_endpoints adds with /add_endpoint."""
 TEST_SECRETS = (WEB_TOKEN, LLM_KEY, RUNTIME_KEY)
 SYNAPSE_TOKEN = re.compile(r"syt_[A-Za-z0-9]+_[A-Za-z0-9]{10,}_[A-Za-z0-9]{4,}")
 """Any access token the test Synapse issues (tests/synapse.py logs its users in)."""
@@ -214,3 +220,61 @@ async def app_factory(tmp_path: Path, fake_llm: FakeLLM) -> AsyncIterator[AppFac
         for app in reversed(apps):
             await app.stop()
         logs.close()
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """A missing browser or homeserver skips the test, except in CI, where it fails it."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+def chromium_path() -> str:
+    path = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium")
+    if not path:
+        skip_or_fail("Chromium not found: install Debian's chromium "
+                     "(apt-get install --no-install-recommends chromium) or set CHROMIUM_PATH")
+    return path
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def chromium() -> AsyncIterator[Browser]:
+    """One browser for the whole session; each test opens its own contexts."""
+    path = chromium_path()
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=path, args=["--disable-gpu", "--disable-quic"]
+        )
+        yield browser
+        await browser.close()
+
+
+@pytest.fixture(scope="session")
+def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synapse]:
+    """One Synapse for the whole session; tests register their own users on it."""
+    try:
+        python = install()
+        server = Synapse(python, tmp_path_factory.mktemp("synapse"))
+        server.start_blocking()
+    except (SynapseUnavailable, OSError, subprocess.SubprocessError) as err:
+        skip_or_fail(f"Synapse is not available: {err}")
+    try:
+        yield server
+    finally:
+        server.stop_blocking()
+
+
+@pytest_asyncio.fixture
+async def humans(synapse: Synapse, tmp_path: Path) -> AsyncIterator[HumanFactory]:
+    """``await humans(user)``: a synced Human client for ``user``; closed after the test."""
+    made: list[Human] = []
+
+    async def make(user: MatrixUser) -> Human:
+        human = Human(user, synapse.url, tmp_path / f"human-store-{len(made)}")
+        made.append(human)
+        await human.sync()
+        return human
+
+    yield make
+    for human in made:
+        await human.close()

@@ -29,13 +29,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 import yaml
 from nio import (
     AsyncClient,
@@ -430,27 +429,8 @@ class Human:
         await self.client.close()
 
 
-def _unavailable(reason: str) -> None:
-    message = f"Synapse is not available: {reason}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
-
-@pytest.fixture(scope="session")
-def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synapse]:
-    """One Synapse for the whole session; tests register their own users on it."""
-    try:
-        python = install()
-        server = Synapse(python, tmp_path_factory.mktemp("synapse"))
-        server.start_blocking()
-    except (SynapseUnavailable, OSError, subprocess.SubprocessError) as err:
-        _unavailable(str(err))
-        raise  # unreachable: skip/fail raise
-    try:
-        yield server
-    finally:
-        server.stop_blocking()
+HumanFactory = Callable[[MatrixUser], Awaitable[Human]]
+"""The ``humans`` fixture (conftest.py): ``await humans(user)`` is a synced Human."""
 
 
 def main() -> None:

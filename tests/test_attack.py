@@ -30,7 +30,6 @@ from conftest import (
 )
 from fake_llm import FakeLLM, Reply
 from playwright.async_api import Browser, expect
-from test_browser import chromium, chromium_path  # noqa: F401  (the session's browser fixture)
 from wsclient import ChatClient
 
 from ganglion.app import App
@@ -172,7 +171,7 @@ def test_model_output_renders_no_active_html() -> None:
 
 @pytest.mark.browser
 async def test_the_page_forbids_inline_script_and_model_output_runs_nothing(
-    app_factory: AppFactory, fake_llm: FakeLLM, chromium: Browser  # noqa: F811
+    app_factory: AppFactory, fake_llm: FakeLLM, chromium: Browser
 ) -> None:
     app = await app_factory()
     web = web_of(app)
@@ -336,9 +335,6 @@ def test_log_files_are_owner_only_also_after_rotation(tmp_path: Path, umask_022:
 
 
 def test_the_session_end_check_finds_every_kind_of_test_secret(tmp_path: Path) -> None:
-    import test_endpoints
-
-    assert test_endpoints.RUNTIME_KEY == RUNTIME_KEY
     assert {WEB_TOKEN, LLM_KEY, RUNTIME_KEY} <= set(TEST_SECRETS)
     logs = tmp_path / "run" / "logs"
     logs.mkdir(parents=True)
