@@ -141,6 +141,8 @@ class Synapse:
         self.output = workdir / "synapse-output.txt"
         self.proc: subprocess.Popen[bytes] | None = None
         self._users = 0
+        self.users: list[MatrixUser] = []
+        """Every user registered, in order (conftest's secret scan takes each test's own)."""
         self._write_config()
 
     @property
@@ -308,7 +310,9 @@ class Synapse:
                 data = await resp.json()
                 if resp.status != 200:
                     raise RuntimeError(f"register {localpart} failed: {resp.status} {data}")
-        return MatrixUser(data["user_id"], password, data["access_token"], data["device_id"])
+        user = MatrixUser(data["user_id"], password, data["access_token"], data["device_id"])
+        self.users.append(user)  # the test that registered it scans its logs for its token
+        return user
 
 
 HUMAN_FILTER = {"room": {"timeline": {"limit": 1000}}}
