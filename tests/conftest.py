@@ -182,7 +182,8 @@ async def app_factory(
         secret_scan.add(*secret_values(app.config))
         secret_scan.watch(app.loaded.log_dir)
         await app.start()
-        secret_scan.add(app.web_token)  # a generated one too
+        if app.web is not None:  # web.enabled: false leaves the App without a token
+            secret_scan.add(app.web_token)  # a generated one too
         apps.append(app)
         return app
 
