@@ -45,7 +45,7 @@ from ganglion.triggers.reminders import Reminders
 from ganglion.worker import Clock, Worker
 
 if TYPE_CHECKING:
-    from ganglion.interfaces.matrix import MatrixInterface
+    from ganglion.interfaces.matrix.interface import MatrixInterface
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class App:
 
         if cfg.matrix.enabled:
             # Imported here: nio takes about a second to import, paid only when Matrix is on.
-            from ganglion.interfaces.matrix import MatrixInterface  # noqa: PLC0415
+            from ganglion.interfaces.matrix.interface import MatrixInterface  # noqa: PLC0415
 
             # Transaction ids name this database too: after a reset of conversation.db its
             # message ids start again, and the homeserver would drop new replies as resends.

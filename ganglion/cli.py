@@ -17,7 +17,7 @@ import yaml
 from ganglion import __version__
 from ganglion.config import LoadedConfig, load_config, masked_dump, secret_values
 from ganglion.errors import ConfigError, StartupError
-from ganglion.interfaces.matrix_login import add_arguments, run_login
+from ganglion.interfaces.matrix.login import add_arguments, run_login
 from ganglion.logs import SecretMask, setup_logging
 
 if TYPE_CHECKING:

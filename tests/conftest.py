@@ -1,83 +1,56 @@
-"""Shared fixtures: the fake OpenAI-compatible server, and a Ganglion app built on real parts."""
+"""Shared fixtures: the fake OpenAI-compatible server, a Ganglion app built on real parts, the
+session's Synapse and Chromium, and the per-test scan for secrets in logs."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import logging
-import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import pytest_asyncio
 from fake_llm import FakeLLM, fake_llm, fake_llm_factory  # noqa: F401  (fixtures)
+from playwright.async_api import Browser, async_playwright
+from secret_scan import SecretScan
+from synapse import Human, HumanFactory, MatrixUser, Synapse, SynapseUnavailable, install
 
 from ganglion.app import App
-from ganglion.config import LoadedConfig, parse_config
+from ganglion.config import LoadedConfig, parse_config, secret_values
 from ganglion.logs import NOISY, SecretMask, file_handler, set_levels
 
 WEB_TOKEN = "test-web-token-5a1f0c9e7d"
 LLM_KEY = "sk-test-llm-key-93c1b7e2"
 RUNTIME_KEY = "sk-runtime-Key-4f9a2c7e1b"
-"""The key test_endpoints adds with /add_endpoint (test_attack checks they stay equal)."""
+"""The key test_endpoints adds with /add_endpoint."""
 TEST_SECRETS = (WEB_TOKEN, LLM_KEY, RUNTIME_KEY)
-SYNAPSE_TOKEN = re.compile(r"syt_[A-Za-z0-9]+_[A-Za-z0-9]{10,}_[A-Za-z0-9]{4,}")
-"""Any access token the test Synapse issues (tests/synapse.py logs its users in)."""
 
 
-CONSOLE_FILES = ("daemon-output.txt",)
-"""The daemon's console (stdout and stderr), as tests/daemon.py keeps it."""
-LOGIN_LINE = re.compile(r"\s*Open the chat: http://\S+/#token=\S+\s*")
-"""The one console line that carries the web token, by design (ganglion/cli.py)."""
-
-
-def leaked_secrets(root: Path) -> list[str]:
-    """``file: secret`` for every secret found under ``root`` in a log file (ganglion.log*) or
-    in the daemon's console output outside its login line. Secrets: the test secrets, Synapse
-    access tokens, and every web token a daemon generated (``web_token`` files)."""
-    secrets = list(TEST_SECRETS)
-    for path in root.rglob("web_token"):
-        with contextlib.suppress(OSError):
-            token = path.read_text(encoding="utf-8", errors="replace").strip()
-            if len(token) >= 16:
-                secrets.append(token)
-    files = [*root.rglob("ganglion.log*"), *(p for n in CONSOLE_FILES for p in root.rglob(n))]
-    found = []
-    for path in sorted(files):
-        try:
-            text = path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            continue
-        if path.name in CONSOLE_FILES:
-            text = "\n".join(line for line in text.splitlines()
-                              if not LOGIN_LINE.fullmatch(line))
-        hits = [s for s in secrets if s in text] + SYNAPSE_TOKEN.findall(text)
-        found += [f"{path}: {hit[:12]}…" for hit in hits]
-    return found
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """After the whole suite: no test secret may appear in any log file the daemon wrote."""
-    factory = getattr(session.config, "_tmp_path_factory", None)
-    if factory is None or session.config.option.collectonly:
-        return
-    try:
-        root = factory.getbasetemp()
-    except (OSError, ValueError):
-        return
-    leaks = leaked_secrets(root)
+@pytest.fixture(autouse=True)
+def secret_scan(request: pytest.FixtureRequest) -> Iterator[SecretScan]:
+    """Fails the test, at its teardown, if its logs (log files and daemon console under its
+    ``tmp_path`` and its Apps' log folders) hold one of its own secrets: TEST_SECRETS, what
+    it registered with ``add`` (``app_factory`` adds each App's config secrets and web
+    token), the tokens and passwords of the Synapse users it registered, the web tokens
+    generated and the config secrets written in its folders, any Synapse access token."""
+    scan = SecretScan(TEST_SECRETS)
+    if "tmp_path" in request.fixturenames:
+        scan.watch(request.getfixturevalue("tmp_path"))
+    server = request.getfixturevalue("synapse") if "synapse" in request.fixturenames else None
+    known_users = len(server.users) if server is not None else 0
+    yield scan
+    if server is not None:
+        for user in server.users[known_users:]:
+            scan.add(user.access_token, user.password)
+    leaks = scan.leaks()
     if leaks:
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        lines = ["A test secret appears in a log file:", *leaks]
-        if reporter is not None:
-            reporter.write_sep("=", "secrets in logs", red=True)
-            reporter.write_line("\n".join(lines))
-        else:
-            print("\n".join(lines))
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        pytest.fail("secrets of this test in its logs:\n" + "\n".join(leaks), pytrace=False)
+
 
 AppFactory = Callable[..., Awaitable[App]]
 
@@ -165,8 +138,7 @@ class _CopyTo(logging.Handler):
 class DaemonLog:
     """In-process Apps log as the daemon does (ganglion/cli.py): the daemon's own file handler
     and levels, behind each App's own mask (the App adds its web token to it, a generated one
-    too), into the App's ``log_dir/ganglion.log``, so the session-end scan covers these tests
-    too."""
+    too), into the App's ``log_dir/ganglion.log``, so the test's secret scan covers them."""
 
     def __init__(self) -> None:
         self.masks = _EveryMask()
@@ -194,9 +166,12 @@ class DaemonLog:
 
 
 @pytest_asyncio.fixture
-async def app_factory(tmp_path: Path, fake_llm: FakeLLM) -> AsyncIterator[AppFactory]:  # noqa: F811
+async def app_factory(
+    tmp_path: Path, fake_llm: FakeLLM, secret_scan: SecretScan  # noqa: F811
+) -> AsyncIterator[AppFactory]:
     """``await app_factory({...overrides})``: a started App on the fake LLM; stopped after.
-    It logs as the daemon does (see DaemonLog)."""
+    It logs as the daemon does (see DaemonLog); its secrets and log folder join the test's
+    secret scan."""
     apps: list[App] = []
     logs = DaemonLog()
 
@@ -204,7 +179,11 @@ async def app_factory(tmp_path: Path, fake_llm: FakeLLM) -> AsyncIterator[AppFac
         raw = merge(base_config(tmp_path, fake_llm), overrides or {})
         app = App(LoadedConfig(parse_config(raw, env={}), None, tmp_path), **kwargs)
         logs.add(app)
+        secret_scan.add(*secret_values(app.config))
+        secret_scan.watch(app.loaded.log_dir)
         await app.start()
+        if app.web is not None:  # web.enabled: false leaves the App without a token
+            secret_scan.add(app.web_token)  # a generated one too
         apps.append(app)
         return app
 
@@ -214,3 +193,61 @@ async def app_factory(tmp_path: Path, fake_llm: FakeLLM) -> AsyncIterator[AppFac
         for app in reversed(apps):
             await app.stop()
         logs.close()
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """A missing browser or homeserver skips the test, except in CI, where it fails it."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+def chromium_path() -> str:
+    path = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium")
+    if not path:
+        skip_or_fail("Chromium not found: install Debian's chromium "
+                     "(apt-get install --no-install-recommends chromium) or set CHROMIUM_PATH")
+    return path
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def chromium() -> AsyncIterator[Browser]:
+    """One browser for the whole session; each test opens its own contexts."""
+    path = chromium_path()
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=path, args=["--disable-gpu", "--disable-quic"]
+        )
+        yield browser
+        await browser.close()
+
+
+@pytest.fixture(scope="session")
+def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synapse]:
+    """One Synapse for the whole session; tests register their own users on it."""
+    try:
+        python = install()
+        server = Synapse(python, tmp_path_factory.mktemp("synapse"))
+        server.start_blocking()
+    except (SynapseUnavailable, OSError, subprocess.SubprocessError) as err:
+        skip_or_fail(f"Synapse is not available: {err}")
+    try:
+        yield server
+    finally:
+        server.stop_blocking()
+
+
+@pytest_asyncio.fixture
+async def humans(synapse: Synapse, tmp_path: Path) -> AsyncIterator[HumanFactory]:
+    """``await humans(user)``: a synced Human client for ``user``; closed after the test."""
+    made: list[Human] = []
+
+    async def make(user: MatrixUser) -> Human:
+        human = Human(user, synapse.url, tmp_path / f"human-store-{len(made)}")
+        made.append(human)
+        await human.sync()
+        return human
+
+    yield make
+    for human in made:
+        await human.close()

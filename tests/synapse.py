@@ -29,13 +29,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 import yaml
 from nio import (
     AsyncClient,
@@ -142,6 +141,8 @@ class Synapse:
         self.output = workdir / "synapse-output.txt"
         self.proc: subprocess.Popen[bytes] | None = None
         self._users = 0
+        self.users: list[MatrixUser] = []
+        """Every user registered, in order (conftest's secret scan takes each test's own)."""
         self._write_config()
 
     @property
@@ -309,7 +310,9 @@ class Synapse:
                 data = await resp.json()
                 if resp.status != 200:
                     raise RuntimeError(f"register {localpart} failed: {resp.status} {data}")
-        return MatrixUser(data["user_id"], password, data["access_token"], data["device_id"])
+        user = MatrixUser(data["user_id"], password, data["access_token"], data["device_id"])
+        self.users.append(user)  # the test that registered it scans its logs for its token
+        return user
 
 
 HUMAN_FILTER = {"room": {"timeline": {"limit": 1000}}}
@@ -430,27 +433,8 @@ class Human:
         await self.client.close()
 
 
-def _unavailable(reason: str) -> None:
-    message = f"Synapse is not available: {reason}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
-
-@pytest.fixture(scope="session")
-def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synapse]:
-    """One Synapse for the whole session; tests register their own users on it."""
-    try:
-        python = install()
-        server = Synapse(python, tmp_path_factory.mktemp("synapse"))
-        server.start_blocking()
-    except (SynapseUnavailable, OSError, subprocess.SubprocessError) as err:
-        _unavailable(str(err))
-        raise  # unreachable: skip/fail raise
-    try:
-        yield server
-    finally:
-        server.stop_blocking()
+HumanFactory = Callable[[MatrixUser], Awaitable[Human]]
+"""The ``humans`` fixture (conftest.py): ``await humans(user)`` is a synced Human."""
 
 
 def main() -> None:

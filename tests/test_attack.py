@@ -19,18 +19,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import (
-    LLM_KEY,
-    RUNTIME_KEY,
-    SYNAPSE_TOKEN,
-    TEST_SECRETS,
-    WEB_TOKEN,
-    AppFactory,
-    leaked_secrets,
-)
+from conftest import WEB_TOKEN, AppFactory
 from fake_llm import FakeLLM, Reply
 from playwright.async_api import Browser, expect
-from test_browser import chromium, chromium_path  # noqa: F401  (the session's browser fixture)
+from secret_scan import SecretScan
 from wsclient import ChatClient
 
 from ganglion.app import App
@@ -172,7 +164,7 @@ def test_model_output_renders_no_active_html() -> None:
 
 @pytest.mark.browser
 async def test_the_page_forbids_inline_script_and_model_output_runs_nothing(
-    app_factory: AppFactory, fake_llm: FakeLLM, chromium: Browser  # noqa: F811
+    app_factory: AppFactory, fake_llm: FakeLLM, chromium: Browser
 ) -> None:
     app = await app_factory()
     web = web_of(app)
@@ -286,7 +278,7 @@ async def test_files_holding_secrets_are_owner_only(
 async def test_the_matrix_store_and_its_files_are_owner_only(
     tmp_path: Path, umask_022: None
 ) -> None:
-    from ganglion.interfaces.matrix_session import make_client
+    from ganglion.interfaces.matrix.session import make_client
 
     store = tmp_path / "matrix-store"
     config = MatrixConfig(homeserver="http://127.0.0.1:9", user_id="@bot:example.org",
@@ -307,7 +299,9 @@ async def test_the_matrix_store_and_its_files_are_owner_only(
     assert private(store) and all(private(p) for p in store.iterdir())
 
 
-def test_log_files_are_owner_only_also_after_rotation(tmp_path: Path, umask_022: None) -> None:
+def test_log_files_are_owner_only_also_after_rotation(
+    tmp_path: Path, umask_022: None, secret_scan: SecretScan
+) -> None:
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
     try:
@@ -328,73 +322,5 @@ def test_log_files_are_owner_only_also_after_rotation(tmp_path: Path, umask_022:
     assert private(tmp_path / "logs")
     for path in logs:
         assert private(path), (path.name, oct(path.stat().st_mode))
-    assert leaked_secrets(tmp_path) == []
+    assert secret_scan.leaks() == []
     assert "token ***" in "".join(p.read_text() for p in logs)
-
-
-# -- the secrets check at the end of the session ------------------------------------------------
-
-
-def test_the_session_end_check_finds_every_kind_of_test_secret(tmp_path: Path) -> None:
-    import test_endpoints
-
-    assert test_endpoints.RUNTIME_KEY == RUNTIME_KEY
-    assert {WEB_TOKEN, LLM_KEY, RUNTIME_KEY} <= set(TEST_SECRETS)
-    logs = tmp_path / "run" / "logs"
-    logs.mkdir(parents=True)
-    (logs / "ganglion.log").write_text(f"ok\nBearer {LLM_KEY}\n")
-    (logs / "ganglion.log.2026-01-01").write_text("syt_Ym90_AbCdEfGhIjKlMnOpQrSt_1a2B3c\n")
-    (logs / "other.log").write_text(WEB_TOKEN)  # not the daemon's log: not scanned
-    try:
-        found = leaked_secrets(tmp_path)
-    finally:  # the session-end check scans this very folder
-        for path in logs.iterdir():
-            path.unlink()
-    assert len(found) == 2 and all("ganglion.log" in f for f in found)
-    assert all(LLM_KEY not in f for f in found)  # the report itself shows only a prefix
-    assert SYNAPSE_TOKEN.fullmatch("syt_Ym90_AbCdEfGhIjKlMnOpQrSt_1a2B3c")
-
-
-async def test_in_process_apps_log_to_their_log_dir_behind_the_mask_for_the_scan(
-    app_factory: AppFactory, tmp_path: Path
-) -> None:
-    app = await app_factory({"web": {"token": ""}})  # a generated token, masked once known
-    log = logging.getLogger("ganglion.test")
-    log.info("key %s, token %s", LLM_KEY, app.web_token)
-    planted = "syt_Ym90_AbCdEfGhIjKlMnOpQrSt_1a2B3c"  # no App knows it: not masked
-    log.warning("a token the mask does not know: %s", planted)
-    path = tmp_path / "logs" / "ganglion.log"
-    try:
-        text = path.read_text()
-        assert "key ***, token ***" in text and LLM_KEY not in text
-        assert "ganglion.app" in text  # the App's own start-up lines are there too
-        assert leaked_secrets(tmp_path) == [f"{path}: {planted[:12]}…"]
-    finally:
-        path.write_text("")  # the session-end check scans this very file
-
-
-def test_the_session_end_check_reads_the_console_and_allows_only_the_login_line(
-    tmp_path: Path
-) -> None:
-    run = tmp_path / "daemon"
-    (run / "data").mkdir(parents=True)
-    generated = "Gen3rated-web-token-0f9e8d7c6b5a"
-    (run / "data" / "web_token").write_text(generated + "\n")
-    login = f"  Open the chat: http://127.0.0.1:8080/#token={WEB_TOKEN}"
-    console = run / "daemon-output.txt"
-    try:
-        console.write_text(f"starting\n\n{login}\n\nready\n{login}\n")  # twice: two starts
-        assert leaked_secrets(tmp_path) == []
-        for leak in (f"INFO x: token={WEB_TOKEN}", f"{login} and again {WEB_TOKEN}",
-                     f"Traceback: {RUNTIME_KEY}", f"  Open the chat: {generated}",
-                     "syt_Ym90_AbCdEfGhIjKlMnOpQrSt_1a2B3c"):
-            console.write_text(f"{login}\n{leak}\n")
-            found = leaked_secrets(tmp_path)
-            assert len(found) == 1 and "daemon-output.txt" in found[0], (leak, found)
-        console.write_text(f"{login}\n")
-        (run / "ganglion.log").write_text(f"a generated token: {generated}\n")
-        assert [f.split(": ", 1)[0] for f in leaked_secrets(tmp_path)] == [
-            str(run / "ganglion.log")]
-    finally:  # the session-end check scans this very folder
-        for path in (console, run / "ganglion.log", run / "data" / "web_token"):
-            path.unlink(missing_ok=True)

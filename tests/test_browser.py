@@ -4,9 +4,7 @@ the visible state (errors too, and back to ready), light and dark."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,7 +18,6 @@ from playwright.async_api import (
     BrowserContext,
     Locator,
     Page,
-    async_playwright,
     expect,
 )
 
@@ -32,29 +29,6 @@ pytestmark = pytest.mark.browser
 SCREENSHOT = "/tmp/ganglion-web.png"
 ANSWERS = '.msg[data-role="assistant"]:not(.streaming)'
 """Final answers (a streaming one has the class ``streaming``), inside the log."""
-
-
-def chromium_path() -> str:
-    path = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium")
-    if path:
-        return path
-    reason = ("Chromium not found: install Debian's chromium "
-              "(apt-get install --no-install-recommends chromium) or set CHROMIUM_PATH")
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def chromium() -> AsyncIterator[Browser]:
-    """One browser for the whole session; each test opens its own contexts."""
-    path = chromium_path()
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path=path, args=["--disable-gpu", "--disable-quic"]
-        )
-        yield browser
-        await browser.close()
 
 
 @pytest_asyncio.fixture

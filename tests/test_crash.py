@@ -30,8 +30,8 @@ import pytest
 from conftest import WEB_TOKEN, daemon_config
 from daemon import Daemon
 from fake_llm import FakeLLM, Reply, _last_user_text
-from synapse import Synapse, synapse  # noqa: F401  (fixture)
-from test_matrix import HumanFactory, humans, matrix_section  # noqa: F401  (fixture)
+from matrix_rooms import matrix_section
+from synapse import HumanFactory, Synapse
 
 SEED = 7
 TABS = 20
@@ -253,7 +253,7 @@ async def test_sigkill_under_load_loses_nothing_and_answers_everything_once(
 
 @pytest.mark.matrix
 async def test_sigkill_with_matrix_rooms_answers_every_accepted_message_once(
-    synapse: Synapse, fake_llm: FakeLLM, humans: HumanFactory, tmp_path: Path,  # noqa: F811
+    synapse: Synapse, fake_llm: FakeLLM, humans: HumanFactory, tmp_path: Path,
 ) -> None:
     rng = random.Random(SEED + 1)
     rooms_n, per_room, kills_n = 2, 8, 3

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AppFactory
+from conftest import RUNTIME_KEY, AppFactory
 from fake_llm import FakeLLM, Reply
 from wsclient import ChatClient
 
@@ -24,7 +24,6 @@ from ganglion.logs import SecretMask
 from ganglion.messages import Inbound, Source, ThreadId
 
 Factory = Callable[..., Awaitable[FakeLLM]]
-RUNTIME_KEY = "sk-runtime-Key-4f9a2c7e1b"
 TRUSTED = "@trusted:example.org"
 ROOM = "!models:example.org"
 

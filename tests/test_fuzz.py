@@ -28,7 +28,7 @@ from wsclient import ChatClient
 
 from ganglion.app import App
 from ganglion.config import Config, ConfigError, MatrixConfig, load_config, parse_config
-from ganglion.interfaces.matrix import MatrixInterface
+from ganglion.interfaces.matrix.interface import MatrixInterface
 from ganglion.messages import Inbound, Source, ThreadId, is_web_thread
 from ganglion.render import MarkdownRenderer
 from ganglion.tools.registry import ToolContext

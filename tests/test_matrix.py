@@ -15,17 +15,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import yaml
 from conftest import LLM_KEY, AppFactory, daemon_config, eventually, eventually_async, merge
 from daemon import Daemon
 from fake_llm import FakeLLM, Reply
 from hs_proxy import HomeserverProxy, hs_proxy  # noqa: F401  (fixture)
+from matrix_rooms import joined_room, matrix_section, start_bot, talking_bot
 from nio import (
     AsyncClient,
     JoinResponse,
@@ -34,66 +33,13 @@ from nio import (
     ToDeviceMessage,
     ToDeviceResponse,
 )
-from synapse import Human, MatrixUser, Synapse, synapse  # noqa: F401  (fixture)
+from synapse import Human, HumanFactory, MatrixUser, Synapse
 
 from ganglion.app import App
 from ganglion.config import load_config
 from ganglion.errors import StartupError
-from ganglion.interfaces import matrix as matrix_interface
+from ganglion.interfaces.matrix import interface as matrix_interface
 from ganglion.messages import Inbound, Source, ThreadId
-
-HumanFactory = Callable[[MatrixUser], Awaitable[Human]]
-
-
-def matrix_section(server: Synapse, bot: MatrixUser, allowed: list[str], store: Path,
-                   **extra: Any) -> dict[str, Any]:
-    return {"matrix": {"enabled": True, "homeserver": server.url, "user_id": bot.user_id,
-                       "access_token": bot.access_token, "device_id": bot.device_id,
-                       "allowed_users": allowed, "store_path": str(store), **extra}}
-
-
-@pytest_asyncio.fixture
-async def humans(synapse: Synapse, tmp_path: Path) -> AsyncIterator[HumanFactory]:  # noqa: F811
-    """``await humans(user)``: a synced Human client for ``user``; closed after the test."""
-    made: list[Human] = []
-
-    async def make(user: MatrixUser) -> Human:
-        human = Human(user, synapse.url, tmp_path / f"human-store-{len(made)}")
-        made.append(human)
-        await human.sync()
-        return human
-
-    yield make
-    for human in made:
-        await human.close()
-
-
-async def start_bot(app_factory: AppFactory, synapse: Synapse, bot: MatrixUser,  # noqa: F811
-                    allowed: list[str], store: Path, **extra: Any) -> App:
-    app = await app_factory(matrix_section(synapse, bot, allowed, store, **extra))
-    assert app.matrix is not None
-    await asyncio.wait_for(app.matrix.ready.wait(), 20)
-    return app
-
-
-async def joined_room(human: Human, bot: MatrixUser, encrypted: bool = True) -> str:
-    """A new room of ``human``'s that the bot was invited to and joined."""
-    room = await human.create_room(invite=[bot.user_id], encrypted=encrypted)
-    await human.wait_joined(room, bot.user_id)
-    return room
-
-
-async def talking_bot(synapse: Synapse, app_factory: AppFactory,  # noqa: F811
-                      humans: HumanFactory, tmp_path: Path,
-                      **extra: Any) -> tuple[App, Human, str, MatrixUser]:
-    """A running bot (its interface's back-offs short) and a person in an encrypted room with it."""
-    bot, person = await synapse.register("bot"), await synapse.register("human")
-    app = await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store",
-                          **extra)
-    assert app.matrix is not None
-    app.matrix.backoff_max = app.matrix.sender.retry_max = 0.5
-    human = await humans(person)
-    return app, human, await joined_room(human, bot), bot
 
 
 async def echoed(human: Human, room: str, bot: MatrixUser, text: str, n: int) -> None:
@@ -112,7 +58,7 @@ def user_texts(body: dict[str, Any]) -> list[str]:
 
 @pytest.mark.matrix
 async def test_encrypted_room_invite_question_and_formatted_answer(
-    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
     humans: HumanFactory, tmp_path: Path,
 ) -> None:
     bot, person = await synapse.register("bot"), await synapse.register("human")
@@ -140,7 +86,7 @@ async def test_encrypted_room_invite_question_and_formatted_answer(
 
 @pytest.mark.matrix
 async def test_two_rooms_keep_separate_conversations(
-    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
     humans: HumanFactory, tmp_path: Path,
 ) -> None:
     bot, person = await synapse.register("bot"), await synapse.register("human")
@@ -175,7 +121,7 @@ def olm_sessions(client: Any, user_id: str, device_id: str) -> int:
 
 @pytest.mark.matrix
 async def test_restart_keeps_the_device_and_answers_what_came_meanwhile_once(
-    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
     humans: HumanFactory, tmp_path: Path,
 ) -> None:
     bot, person = await synapse.register("bot"), await synapse.register("human")
@@ -211,7 +157,7 @@ async def test_restart_keeps_the_device_and_answers_what_came_meanwhile_once(
 
 @pytest.mark.matrix
 async def test_replies_still_go_out_after_the_conversation_database_is_reset(
-    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
     humans: HumanFactory, tmp_path: Path,
 ) -> None:
     """Message ids start again in a new conversation.db; with the same device, a reply's
@@ -232,7 +178,7 @@ async def test_replies_still_go_out_after_the_conversation_database_is_reset(
 
 @pytest.mark.matrix
 async def test_after_a_restart_the_bot_speaks_first_in_a_quiet_encrypted_room(
-    synapse: Synapse, app_factory: AppFactory, humans: HumanFactory,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, humans: HumanFactory,
     tmp_path: Path,
 ) -> None:
     """nio keeps no room state: without a full-state sync the restarted bot would not know
@@ -252,11 +198,11 @@ async def test_after_a_restart_the_bot_speaks_first_in_a_quiet_encrypted_room(
 
 @pytest.mark.matrix
 async def test_a_busy_absence_is_caught_up_past_a_limited_timeline(
-    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
     humans: HumanFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="ganglion.interfaces.matrix")
+    caplog.set_level(logging.INFO, logger="ganglion.interfaces.matrix.interface")
     bot, person = await synapse.register("bot"), await synapse.register("human")
     store = tmp_path / "store"
     # The owner: not rate limited (a dozen messages in a few seconds).
@@ -283,7 +229,7 @@ async def test_a_busy_absence_is_caught_up_past_a_limited_timeline(
 
 @pytest.mark.matrix
 async def test_a_page_of_history_that_fails_is_fetched_again(
-    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
     humans: HumanFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     hs_proxy: HomeserverProxy,  # noqa: F811
 ) -> None:
@@ -310,7 +256,7 @@ async def test_a_page_of_history_that_fails_is_fetched_again(
 
 @pytest.mark.matrix
 async def test_a_homeserver_that_never_answers_a_sync_is_given_up_on_and_retried(
-    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
     humans: HumanFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     hs_proxy: HomeserverProxy,  # noqa: F811
 ) -> None:
@@ -331,7 +277,7 @@ async def test_a_homeserver_that_never_answers_a_sync_is_given_up_on_and_retried
 
 @pytest.mark.matrix
 async def test_the_bot_never_answers_itself_even_open_to_everyone(
-    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
     humans: HumanFactory, tmp_path: Path,
 ) -> None:
     bot, person = await synapse.register("bot"), await synapse.register("human")
@@ -345,7 +291,7 @@ async def test_the_bot_never_answers_itself_even_open_to_everyone(
 
 @pytest.mark.matrix
 async def test_a_stranger_is_ignored_and_their_invite_refused(
-    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
     humans: HumanFactory, tmp_path: Path,
 ) -> None:
     bot, person = await synapse.register("bot"), await synapse.register("human")
@@ -370,7 +316,7 @@ async def test_a_stranger_is_ignored_and_their_invite_refused(
 
 @pytest.mark.matrix
 async def test_history_from_before_the_first_start_is_not_answered(
-    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
     humans: HumanFactory, tmp_path: Path,
 ) -> None:
     bot, person = await synapse.register("bot"), await synapse.register("human")
@@ -393,7 +339,7 @@ async def test_history_from_before_the_first_start_is_not_answered(
 
 @pytest.mark.matrix
 async def test_what_a_room_said_before_the_bot_joined_is_not_answered(
-    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
     humans: HumanFactory, tmp_path: Path,
 ) -> None:
     bot, person = await synapse.register("bot"), await synapse.register("human")
@@ -425,7 +371,7 @@ async def test_what_a_room_said_before_the_bot_joined_is_not_answered(
 
 @pytest.mark.matrix
 async def test_allowed_rooms_limits_where_it_joins(
-    synapse: Synapse, app_factory: AppFactory, humans: HumanFactory,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, humans: HumanFactory,
     tmp_path: Path,
 ) -> None:
     bot, person = await synapse.register("bot"), await synapse.register("human")
@@ -438,7 +384,7 @@ async def test_allowed_rooms_limits_where_it_joins(
 
 @pytest.mark.matrix
 async def test_allowed_rooms_joins_a_listed_room_and_ignores_the_others(
-    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
     humans: HumanFactory, tmp_path: Path,
 ) -> None:
     bot, person = await synapse.register("bot"), await synapse.register("human")
@@ -463,7 +409,7 @@ async def test_allowed_rooms_joins_a_listed_room_and_ignores_the_others(
 
 @pytest.mark.matrix
 async def test_recovers_by_itself_when_the_homeserver_comes_back(
-    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
     humans: HumanFactory, tmp_path: Path,
 ) -> None:
     app, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path)
@@ -495,7 +441,7 @@ async def test_recovers_by_itself_when_the_homeserver_comes_back(
 
 @pytest.mark.matrix
 async def test_a_room_key_that_missed_a_device_is_made_anew_and_the_reply_is_readable(
-    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
     humans: HumanFactory, tmp_path: Path, hs_proxy: HomeserverProxy,  # noqa: F811
 ) -> None:
     _, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path,
@@ -510,7 +456,7 @@ async def test_a_room_key_that_missed_a_device_is_made_anew_and_the_reply_is_rea
 
 @pytest.mark.matrix
 async def test_a_reply_refused_for_good_is_dropped_and_the_next_ones_flow(
-    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
     humans: HumanFactory, tmp_path: Path, hs_proxy: HomeserverProxy,  # noqa: F811
 ) -> None:
     _, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path,
@@ -528,7 +474,7 @@ async def test_a_reply_refused_for_good_is_dropped_and_the_next_ones_flow(
 
 @pytest.mark.matrix
 async def test_a_message_the_disk_refuses_is_read_again_once_it_can_be_stored(
-    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
     humans: HumanFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
     app, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path)
@@ -554,7 +500,7 @@ async def test_a_message_the_disk_refuses_is_read_again_once_it_can_be_stored(
 
 @pytest.mark.matrix
 async def test_a_reply_the_homeserver_refuses_is_sent_again_by_itself(
-    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
     humans: HumanFactory, tmp_path: Path, hs_proxy: HomeserverProxy,  # noqa: F811
 ) -> None:
     """Sends fail (502) while syncs still work: no reconnect happens to re-send the reply."""
@@ -574,7 +520,7 @@ async def test_a_reply_the_homeserver_refuses_is_sent_again_by_itself(
 
 @pytest.mark.matrix
 async def test_a_typing_notice_shows_while_a_slow_turn_runs(
-    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
     humans: HumanFactory, tmp_path: Path,
 ) -> None:
     bot, person = await synapse.register("bot"), await synapse.register("human")
@@ -600,7 +546,7 @@ async def test_a_typing_notice_shows_while_a_slow_turn_runs(
 
 @pytest.mark.matrix
 async def test_an_empty_store_on_a_used_device_is_refused(
-    synapse: Synapse, app_factory: AppFactory, tmp_path: Path,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, tmp_path: Path,
 ) -> None:
     bot, person = await synapse.register("bot"), await synapse.register("human")
     app = await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
@@ -615,7 +561,7 @@ async def test_an_empty_store_on_a_used_device_is_refused(
 
 @pytest.mark.matrix
 async def test_a_dead_token_or_a_wrong_homeserver_stop_start_up_with_what_to_do(
-    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM, tmp_path: Path,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM, tmp_path: Path,
 ) -> None:
     bot, person = await synapse.register("bot"), await synapse.register("human")
     with pytest.raises(StartupError, match="did not answer like a Matrix homeserver"):
@@ -633,7 +579,7 @@ async def test_a_dead_token_or_a_wrong_homeserver_stop_start_up_with_what_to_do(
 
 @pytest.mark.matrix
 async def test_a_token_of_another_user_or_device_stops_start_up(
-    synapse: Synapse, app_factory: AppFactory, tmp_path: Path,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, tmp_path: Path,
 ) -> None:
     bot, person = await synapse.register("bot"), await synapse.register("human")
     section = matrix_section(synapse, bot, [person.user_id], tmp_path / "store")
@@ -649,7 +595,7 @@ async def test_a_token_of_another_user_or_device_stops_start_up(
 
 @pytest.mark.matrix
 async def test_commands_work_in_a_room_with_bang_and_slash(
-    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
     humans: HumanFactory, tmp_path: Path,
 ) -> None:
     bot, person = await synapse.register("bot"), await synapse.register("human")
@@ -682,7 +628,7 @@ async def test_commands_work_in_a_room_with_bang_and_slash(
 
 @pytest.mark.matrix
 async def test_an_undecryptable_message_is_reported_once(
-    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
     humans: HumanFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
     bot, person = await synapse.register("bot"), await synapse.register("human")
@@ -714,7 +660,7 @@ async def test_an_undecryptable_message_is_reported_once(
 
 @pytest.mark.matrix
 async def test_a_room_with_an_unreadable_message_is_told_before_the_bot_stops(
-    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
     humans: HumanFactory, tmp_path: Path,
 ) -> None:
     """Events waiting for a key live in memory only: a stop within the grace would lose
@@ -750,10 +696,10 @@ async def send_room_key_late(human: Human, bot: MatrixUser, room: str, key: str,
 
 @pytest.mark.matrix
 async def test_a_message_whose_key_comes_late_is_answered_once_it_does(
-    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
     humans: HumanFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="ganglion.interfaces.matrix_keys")
+    caplog.set_level(logging.INFO, logger="ganglion.interfaces.matrix.keys")
     app, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path)
     matrix = app.matrix
     assert matrix is not None
@@ -777,7 +723,7 @@ async def test_a_message_whose_key_comes_late_is_answered_once_it_does(
 
 @pytest.mark.matrix
 async def test_login_writes_a_working_config(
-    synapse: Synapse, fake_llm: FakeLLM, humans: HumanFactory, tmp_path: Path,  # noqa: F811
+    synapse: Synapse, fake_llm: FakeLLM, humans: HumanFactory, tmp_path: Path,
 ) -> None:
     bot, person = await synapse.register("bot"), await synapse.register("human")
     config_path = tmp_path / "config.yaml"
@@ -836,7 +782,7 @@ async def test_login_writes_a_working_config(
 
 @pytest.mark.matrix
 async def test_login_asks_for_what_the_flags_leave_out(
-    synapse: Synapse, tmp_path: Path,  # noqa: F811
+    synapse: Synapse, tmp_path: Path,
 ) -> None:
     bot = await synapse.register("bot")
     env = {k: v for k, v in os.environ.items() if not k.startswith("GANGLION_")}
@@ -856,7 +802,7 @@ async def test_login_asks_for_what_the_flags_leave_out(
 
 
 def test_token_placeholders_are_printed_not_written(tmp_path: Path) -> None:
-    from ganglion.interfaces.matrix_login import update_config_text
+    from ganglion.interfaces.matrix.login import update_config_text
 
     text = ("matrix:\n  enabled: true\n  access_token: ${GANGLION_MATRIX_TOKEN}\n"
             "  device_id: \"\"\n")
@@ -915,7 +861,7 @@ def test_the_token_is_masked_and_nio_is_not_imported_without_matrix() -> None:
 
 @pytest.mark.matrix
 async def test_the_daemon_survives_a_crash_stops_fast_and_never_logs_the_token(
-    synapse: Synapse, fake_llm: FakeLLM, humans: HumanFactory, tmp_path: Path,  # noqa: F811
+    synapse: Synapse, fake_llm: FakeLLM, humans: HumanFactory, tmp_path: Path,
 ) -> None:
     bot, person = await synapse.register("bot"), await synapse.register("human")
     config = daemon_config(
@@ -953,7 +899,7 @@ async def test_the_daemon_survives_a_crash_stops_fast_and_never_logs_the_token(
 
 @pytest.mark.matrix
 async def test_add_endpoint_only_in_an_encrypted_room_and_the_key_is_redacted(
-    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
     humans: HumanFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Every line of ours, debug included (libraries stay at INFO, as the daemon sets them).

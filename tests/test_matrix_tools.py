@@ -14,14 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import AppFactory, merge
 from fake_llm import FakeLLM, Reply
-from synapse import Human, Synapse, synapse  # noqa: F401  (fixture)
-from test_matrix import (  # noqa: F401  (humans: fixture)
-    HumanFactory,
-    humans,
-    joined_room,
-    matrix_section,
-    talking_bot,
-)
+from matrix_rooms import joined_room, matrix_section, talking_bot
+from synapse import Human, HumanFactory, Synapse
 
 from ganglion.app import App
 
@@ -38,8 +32,8 @@ async def ask_with_two_tool_calls(fake_llm: FakeLLM, human: Human, room: str) ->
 
 @pytest.mark.matrix
 async def test_tool_calls_are_short_notices_when_show_tool_calls_is_on(
-    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
-    humans: HumanFactory, tmp_path: Path,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
+    humans: HumanFactory, tmp_path: Path,
 ) -> None:
     _, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path,
                                             show_tool_calls=True)
@@ -64,8 +58,8 @@ async def test_tool_calls_are_short_notices_when_show_tool_calls_is_on(
 
 @pytest.mark.matrix
 async def test_no_tool_notices_when_show_tool_calls_is_off(
-    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
-    humans: HumanFactory, tmp_path: Path,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
+    humans: HumanFactory, tmp_path: Path,
 ) -> None:
     app, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path)
     await ask_with_two_tool_calls(fake_llm, human, room)
@@ -78,8 +72,8 @@ async def test_no_tool_notices_when_show_tool_calls_is_off(
 
 @pytest.mark.matrix
 async def test_a_reminder_reaches_a_quiet_encrypted_room(
-    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,  # noqa: F811
-    humans: HumanFactory, tmp_path: Path,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
+    humans: HumanFactory, tmp_path: Path,
 ) -> None:
     bot, person = await synapse.register("bot"), await synapse.register("human")
     fast = {"scheduler": {"timezone": "Asia/Kathmandu", "min_repeat_minutes": 0.01}}

@@ -9,84 +9,27 @@ right thread, never beside a turn of that thread".
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import Any
-from zoneinfo import ZoneInfo
 
 from conftest import AppFactory, eventually_async
 from fake_llm import FakeLLM, Reply
-from wsclient import ChatClient
+from reminder_helpers import (
+    FAST,
+    KATHMANDU,
+    TZ,
+    connect,
+    inbox_reminders,
+    mirrored,
+    next_reminder,
+    reminder_messages,
+    set_by_model,
+    tool_results,
+)
 
-from ganglion.app import App
 from ganglion.messages import Inbound, Outbound, OutKind, Source, ThreadId
 from ganglion.storage.reminders import NewReminder
 from ganglion.triggers.reminders import cron_next
-
-TZ = "Asia/Kathmandu"  # UTC+05:45 all year: a wrong zone is off by hours, not minutes
-KATHMANDU = ZoneInfo(TZ)
-FAST: dict[str, Any] = {"scheduler": {"timezone": TZ, "min_repeat_minutes": 0.01}}
-
-
-async def connect(app: App, thread_id: str | None = None) -> ChatClient:
-    assert app.web is not None
-    chat = ChatClient(app.web.url, app.web_token, thread_id)
-    await chat.connect()
-    return chat
-
-
-def tool_results(body: dict[str, Any]) -> list[str]:
-    return [m["content"] for m in body["messages"] if m["role"] == "tool"]
-
-
-async def set_by_model(chat: ChatClient, fake_llm: FakeLLM, **args: Any) -> str:
-    """The model calls set_reminder(**args) and answers; returns the tool's result text."""
-    fake_llm.script(Reply(tool_calls=[("set_reminder", args)]), Reply(text="Noted."))
-    reply = await chat.ask("please remind me")
-    assert reply["text"] == "Noted.", reply
-    return tool_results(fake_llm.requests[-1])[-1]
-
-
-async def reminder_messages(chat: ChatClient, seconds: float) -> list[tuple[float, str]]:
-    """(arrival time, text) of every reminder message arriving within ``seconds``."""
-    got: list[tuple[float, str]] = []
-    deadline = time.time() + seconds
-    while (left := deadline - time.time()) > 0:
-        try:
-            event = await chat.next_event(timeout=left)
-        except TimeoutError:
-            break
-        if event.get("type") == "message" and event.get("text", "").startswith("⏰"):
-            got.append((time.time(), event["text"]))
-    return got
-
-
-async def next_reminder(chat: ChatClient, timeout: float = 10) -> tuple[float, dict[str, Any]]:
-    while True:
-        event = await chat.next_event(timeout=timeout)
-        if event.get("type") == "message" and event.get("text", "").startswith("⏰"):
-            return time.time(), event
-
-
-async def mirrored(data_dir: Path, expected: list[tuple[Any, ...]]) -> dict[str, Any]:
-    """data/reminders.json once it lists (id, repeat, text) == ``expected`` (written in the
-    background, just after the change)."""
-    doc: dict[str, Any] = {}
-    for _ in range(300):
-        path = data_dir / "reminders.json"
-        if path.exists():
-            doc = json.loads(path.read_text())
-            if [(r["id"], r["repeat"], r["text"]) for r in doc["reminders"]] == expected:
-                return doc
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"reminders.json never showed {expected}: {doc}")
-
-
-async def inbox_reminders(app: App) -> list[str]:
-    rows = await app.db.fetchall("SELECT client_id FROM inbox WHERE source = 'reminder'")
-    return [r["client_id"] for r in rows]
 
 
 async def test_one_shot_reminder_fires_once_at_its_time_without_a_model_call(

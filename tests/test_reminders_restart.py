@@ -18,7 +18,7 @@ from pathlib import Path
 from conftest import AppFactory, daemon_config, eventually
 from daemon import Daemon
 from fake_llm import FakeLLM, Reply
-from test_reminders import (
+from reminder_helpers import (
     FAST,
     KATHMANDU,
     TZ,

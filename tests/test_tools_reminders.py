@@ -12,7 +12,7 @@ from typing import Any
 
 from conftest import AppFactory
 from fake_llm import FakeLLM, Reply
-from test_reminders import FAST, KATHMANDU, connect, tool_results
+from reminder_helpers import FAST, KATHMANDU, connect, tool_results
 
 from ganglion.messages import ThreadId
 from ganglion.storage.reminders import NewReminder

@@ -1,6 +1,6 @@
 """The Matrix interface: the sync loop, encrypted room events to the bus, replies back out.
 
-Translation at the edge, nothing more (the rules are in ``matrix_in``): events from before
+Translation at the edge, nothing more (the rules are in ``inbound``): events from before
 the very first start (the timeline of a sync without a stored token is history), what a room
 said before the bot joined, the bot's own events and those of users or rooms not allowed
 never reach the bus. Each room is one thread (its room id); the Matrix event id is the
@@ -8,9 +8,9 @@ message's ``client_id``, so a sync read again after a crash or a failure cannot 
 answer twice.
 
 The sync token is saved only once a sync's events are on the bus, waiting for their key
-(``matrix_keys``, kept in memory only) or dropped, and restored at start; the first sync
+(``keys``, kept in memory only) or dropped, and restored at start; the first sync
 after a start asks for the full room state (nio keeps none). A limited timeline is caught up
-by ``matrix_catchup``. Replies leave through the router's outbox and ``matrix_send``.
+by ``catchup``. Replies leave through the router's outbox and ``send``.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ from nio import JoinError, MegolmEvent, RoomLeaveError, RoomMessageText, SyncErr
 from ganglion.bus import Bus
 from ganglion.config import MatrixConfig
 from ganglion.errors import StartupError
-from ganglion.interfaces import matrix_in
-from ganglion.interfaces.matrix_catchup import after_own_join, missed_events
-from ganglion.interfaces.matrix_keys import WaitingForKeys
-from ganglion.interfaces.matrix_send import RoomSender
-from ganglion.interfaces.matrix_session import (
+from ganglion.interfaces.matrix import inbound
+from ganglion.interfaces.matrix.catchup import after_own_join, missed_events
+from ganglion.interfaces.matrix.keys import WaitingForKeys
+from ganglion.interfaces.matrix.send import RoomSender
+from ganglion.interfaces.matrix.session import (
     LOGIN_HINT,
     HomeserverUnavailable,
     TimedClient,
@@ -52,7 +52,7 @@ SYNC_FILTER = {
     "presence": {"not_types": ["*"]},
     "account_data": {"not_types": ["*"]},
     # More events than this in one room since the last sync and the homeserver sends only the
-    # newest, marked "limited": matrix_catchup pages back for the rest.
+    # newest, marked "limited": catchup pages back for the rest.
     "room": {"timeline": {"limit": TIMELINE_LIMIT}, "account_data": {"not_types": ["*"]},
              # Typing notices and read receipts (ours included) would only wake the loop.
              "ephemeral": {"not_types": ["*"]}},
@@ -307,7 +307,7 @@ class MatrixInterface:
     # -- events in -------------------------------------------------------------------------
 
     async def _on_timeline_event(self, room_id: str, event: Any, arrived: float) -> None:
-        why = matrix_in.refusal(self.config, event)
+        why = inbound.refusal(self.config, event)
         if why is not None:
             if why:
                 log.info("[%s] ignored %s", room_id, why)
@@ -319,7 +319,7 @@ class MatrixInterface:
         await self._submit(room_id, event, arrived)
 
     async def _submit(self, room_id: str, event: RoomMessageText, arrived: float) -> None:
-        msg = matrix_in.to_inbound(room_id, event)
+        msg = inbound.to_inbound(room_id, event)
         if msg is None:
             log.info("[%s] ignored an edit of an earlier message", room_id)
             return
@@ -336,10 +336,10 @@ class MatrixInterface:
                       event.sender, stored.id)
 
     def _on_invite(self, room_id: str, invite_state: list[Any]) -> None:
-        inviter = matrix_in.inviter(invite_state, self.config.user_id)
+        inviter = inbound.inviter(invite_state, self.config.user_id)
         if inviter is None or room_id in self._pending_invites:
             return
-        why = matrix_in.invite_refusal(self.config, room_id, inviter)
+        why = inbound.invite_refusal(self.config, room_id, inviter)
         log.info("[%s] invited by %s: %s", room_id, inviter,
                  "joining" if why is None else f"refusing ({why})")
         self._pending_invites[room_id] = why is None

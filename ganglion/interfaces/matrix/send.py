@@ -19,8 +19,8 @@ from typing import Any
 
 from nio import LocalProtocolError, RoomRedactError, RoomSendError
 
-from ganglion.interfaces.matrix_out import TypingNotices, reply_contents
-from ganglion.interfaces.matrix_session import TimedClient, http_status, retryable
+from ganglion.interfaces.matrix.outbound import TypingNotices, reply_contents
+from ganglion.interfaces.matrix.session import TimedClient, http_status, retryable
 from ganglion.messages import Outbound, OutKind, Role, ThreadId
 from ganglion.render import MarkdownRenderer
 from ganglion.router import Router

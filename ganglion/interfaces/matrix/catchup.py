@@ -19,7 +19,7 @@ from typing import Any
 
 from nio import AsyncClient, MessageDirection, RoomMemberEvent, RoomMessagesError
 
-from ganglion.interfaces.matrix_session import HomeserverUnavailable, http_status, retryable
+from ganglion.interfaces.matrix.session import HomeserverUnavailable, http_status, retryable
 
 log = logging.getLogger(__name__)
 
