@@ -102,7 +102,7 @@ async def test_the_matrix_key_store_keeps_its_pragmas_through_public_api(tmp_pat
     """WalStore sets WAL and synchronous=NORMAL with peewee's public pragma() now that it no
     longer overrides nio's private _create_database: also on a connection opened later."""
     from ganglion.config import MatrixConfig
-    from ganglion.interfaces.matrix_session import make_client
+    from ganglion.interfaces.matrix.session import make_client
 
     config = MatrixConfig(homeserver="http://127.0.0.1:9", user_id="@bot:example.org",
                           access_token="syt_Ym90_notarealtoken0000_0000", device_id="TESTDEV",
