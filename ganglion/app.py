@@ -20,6 +20,7 @@ from ganglion.interfaces.web import WebInterface
 from ganglion.llm.client import LLMClient
 from ganglion.llm.compaction import Compactor
 from ganglion.llm.endpoints import EndpointPool
+from ganglion.llm.memory_flush import MemoryFlush
 from ganglion.logs import SecretMask
 from ganglion.model_commands import ModelCommands, without_secrets
 from ganglion.render import MarkdownRenderer
@@ -33,7 +34,7 @@ from ganglion.storage.outbox import Outbox
 from ganglion.storage.reminders import HeartbeatLedger, ReminderStore
 from ganglion.storage.usage import UsageLog
 from ganglion.tools.files import FileTools, Workspace
-from ganglion.tools.memory import MemoryFlush, MemoryTools
+from ganglion.tools.memory import MemoryTools
 from ganglion.tools.names import TOOL_NAMES
 from ganglion.tools.policy import Approvals, ToolPolicy, ToolRunner
 from ganglion.tools.registry import ToolRegistry
