@@ -28,7 +28,8 @@ from ganglion.messages import (
 )
 from ganglion.router import Router
 from ganglion.storage.files import BASE_PROMPT, HEARTBEATS, MEMORIES, DataFiles
-from ganglion.storage.history import History, NewMessage, StoredMessage, estimate_tokens
+from ganglion.storage.history import History, NewMessage, StoredMessage
+from ganglion.tokens import message_tokens
 from ganglion.tools.policy import ToolRunner
 from ganglion.tools.registry import ToolContext, ToolRegistry
 
@@ -212,7 +213,7 @@ class Worker:
             log.info("[%s] resuming message #%d after %d tool step(s) of an earlier run", tid,
                      msg.id, steps_done)
         inputs = self._inputs(msg, context)
-        overhead = estimate_tokens(system_text(inputs))
+        overhead = message_tokens(system_text(inputs))
         if reviews is None and self.compactor.needed(context, overhead) and (
                 await self._compact(msg, context, overhead)):
             context = await self.history.context(tid)
