@@ -25,9 +25,10 @@ from ganglion.logs import SecretMask
 from ganglion.model_commands import ModelCommands, without_secrets
 from ganglion.render import MarkdownRenderer
 from ganglion.router import Router
+from ganglion.storage.atomic import atomic_write
 from ganglion.storage.catalog import Catalog
 from ganglion.storage.db import Database
-from ganglion.storage.files import SCRIPTS_DIR, DataFiles, atomic_write
+from ganglion.storage.files import SCRIPTS_DIR, DataFiles
 from ganglion.storage.history import History
 from ganglion.storage.inbox import Inbox
 from ganglion.storage.outbox import Outbox
@@ -67,7 +68,7 @@ def web_token(configured: str, data_dir: Path) -> str:
         if token:
             return token
     token = secrets.token_urlsafe(32)
-    atomic_write(path, token + "\n")
+    atomic_write(path, token + "\n", mode=0o600)
     return token
 
 

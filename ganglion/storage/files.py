@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from ganglion.storage.atomic import atomic_write
 
 BASE_PROMPT = "BASE_PROMPT.txt"
 MEMORIES = "MEMORIES.txt"
@@ -93,28 +93,8 @@ class DataFiles:
         return self._locks.setdefault(self.data_dir / name, asyncio.Lock())
 
     async def write(self, name: str, text: str) -> None:
-        """Replace a file atomically: temp file, fsync, rename. Caller holds ``lock(name)``."""
+        """Replace a file atomically (``atomic_write``). Caller holds ``lock(name)``."""
         path = self.data_dir / name
         await asyncio.to_thread(atomic_write, path, text)
         self._cache.pop(path, None)
 
-
-def atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
-    """Write ``text`` so that readers see the old file or the new one, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ganglion.messages import ThreadId
+from ganglion.storage.atomic import atomic_write
 from ganglion.storage.db import Database
-from ganglion.storage.files import atomic_write
 
 ACTIVE, DONE, CANCELLED = "active", "done", "cancelled"
 MIRROR_MAX = 5000
