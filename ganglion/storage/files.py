@@ -1,4 +1,4 @@
-"""The plain-text memory in data/: cached reads (re-read only when changed), atomic writes."""
+"""The plain-text memory in data/: its layout, cached reads (re-read only when changed), locks."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ class Skill:
 
 
 class DataFiles:
-    """Reads data/ files through a stat check; writes atomically under one lock per file."""
+    """Reads data/ files through a stat check; one lock per file for the tools that write."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
@@ -91,10 +91,3 @@ class DataFiles:
     def lock(self, name: str) -> asyncio.Lock:
         """The lock that serialises every change to one file."""
         return self._locks.setdefault(self.data_dir / name, asyncio.Lock())
-
-    async def write(self, name: str, text: str) -> None:
-        """Replace a file atomically (``atomic_write``). Caller holds ``lock(name)``."""
-        path = self.data_dir / name
-        await asyncio.to_thread(atomic_write, path, text)
-        self._cache.pop(path, None)
-

@@ -207,10 +207,6 @@ class History:
         )
         return [row_to_message(r) for r in rows]
 
-    async def get(self, message_id: int) -> StoredMessage | None:
-        r = await self.db.fetchone("SELECT * FROM messages WHERE id = ?", (message_id,))
-        return row_to_message(r) if r else None
-
     async def forget_context(self, thread_id: ThreadId) -> int:
         """/new: the model starts over; the transcript is cleared too. Returns rows dropped."""
         async with self.db.transaction() as conn:

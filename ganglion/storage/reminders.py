@@ -48,10 +48,6 @@ class Reminder:
     fired: int
     last_fired_at: float | None
 
-    @property
-    def recurring(self) -> bool:
-        return self.cron is not None or self.every_seconds is not None
-
 
 @dataclass(frozen=True, slots=True)
 class NewReminder:
@@ -107,15 +103,13 @@ class ReminderStore:
         self._mirrored = -1
 
     async def add(self, new: NewReminder) -> Reminder:
-        (rid,) = await self._insert([new])
+        (rid,) = await self.add_many([new])
         reminder = await self.get(rid)
         assert reminder is not None
         return reminder
 
     async def add_many(self, news: Sequence[NewReminder]) -> list[int]:
-        return await self._insert(news)
-
-    async def _insert(self, news: Sequence[NewReminder]) -> list[int]:
+        """Their ids, all stored in one transaction."""
         ids: list[int] = []
         now = time.time()
         async with self.db.transaction() as conn:

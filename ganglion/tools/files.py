@@ -182,15 +182,6 @@ class Workspace:
                     return TextPart(_decode(out), line_no + 1 if more else None, st.st_size)
                 line_no += 1
 
-    def exists(self, path: str) -> bool:
-        parts = self.parts(path)
-        try:
-            with self.folder(parts[:-1]) as dfd:
-                os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False)
-                return True
-        except (FileNotFoundError, ToolError):
-            return False
-
     def write_text(self, path: str, text: str, *, mode: int = 0o600) -> bool:
         """Replace (or create) a file atomically (``replace_in``); True if it was created."""
         parts = self.parts(path)
