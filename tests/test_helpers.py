@@ -1,4 +1,4 @@
-"""The small shared helpers: the one token estimate and the one atomic write."""
+"""The small shared helpers: the token estimate, the atomic write, the turn-step journal."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from ganglion.storage.atomic import atomic_write
+from ganglion.storage.history import NewMessage
 from ganglion.tokens import MESSAGE_OVERHEAD, estimate_tokens, message_tokens
+from ganglion.turn.journal import CUT_OFF, with_cut_off_results
 
 
 def test_the_token_estimate_rounds_up_and_a_message_costs_its_overhead() -> None:
@@ -67,3 +69,28 @@ def test_a_failed_atomic_write_leaves_the_old_file_and_no_temp_file(tmp_path: Pa
         atomic_write(tmp_path / "taken", "text")
     assert sorted(os.listdir(tmp_path)) == ["taken"]
     assert (tmp_path / "taken" / "inside").read_text() == "x"
+
+
+def _call(*ids: str) -> NewMessage:
+    return NewMessage("assistant", "", tool_calls=[
+        {"id": i, "type": "function", "function": {"name": f"tool_{i}", "arguments": "{}"}}
+        for i in ids], visible=False)
+
+
+def _result(call_id: str) -> NewMessage:
+    return NewMessage("tool", f"result {call_id}", tool_call_id=call_id, name=f"tool_{call_id}",
+                      visible=False)
+
+
+def test_the_journal_gives_each_call_cut_off_its_result_right_after_its_round() -> None:
+    """The model's API refuses a call without a result, and a result out of its round."""
+    steps = [_call("a", "b"), _result("a"), _call("c")]
+    out = with_cut_off_results(steps)
+    assert [(m.role, m.tool_call_id, m.content) for m in out] == [
+        ("assistant", None, ""),
+        ("tool", "a", "result a"),
+        ("tool", "b", CUT_OFF),  # cut off in the first round: before the second call
+        ("assistant", None, ""),
+        ("tool", "c", CUT_OFF),
+    ]
+    assert with_cut_off_results([_call("a"), _result("a")]) == [_call("a"), _result("a")]
