@@ -20,13 +20,15 @@ from ganglion.interfaces.web import WebInterface
 from ganglion.llm.client import LLMClient
 from ganglion.llm.compaction import Compactor
 from ganglion.llm.endpoints import EndpointPool
+from ganglion.llm.memory_flush import MemoryFlush
 from ganglion.logs import SecretMask
 from ganglion.model_commands import ModelCommands, without_secrets
 from ganglion.render import MarkdownRenderer
 from ganglion.router import Router
+from ganglion.storage.atomic import atomic_write
 from ganglion.storage.catalog import Catalog
 from ganglion.storage.db import Database
-from ganglion.storage.files import SCRIPTS_DIR, DataFiles, atomic_write
+from ganglion.storage.files import SCRIPTS_DIR, DataFiles
 from ganglion.storage.history import History
 from ganglion.storage.inbox import Inbox
 from ganglion.storage.outbox import Outbox
@@ -34,7 +36,7 @@ from ganglion.storage.reminders import HeartbeatLedger, ReminderStore
 from ganglion.storage.usage import UsageLog
 from ganglion.tool_names import TOOL_NAMES
 from ganglion.tools.files import FileTools, Workspace
-from ganglion.tools.memory import MemoryFlush, MemoryTools
+from ganglion.tools.memory import MemoryTools
 from ganglion.tools.policy import Approvals, ToolPolicy, ToolRunner
 from ganglion.tools.registry import ToolRegistry
 from ganglion.tools.reminders import ReminderTools
@@ -66,7 +68,7 @@ def web_token(configured: str, data_dir: Path) -> str:
         if token:
             return token
     token = secrets.token_urlsafe(32)
-    atomic_write(path, token + "\n")
+    atomic_write(path, token + "\n", mode=0o600)
     return token
 
 

@@ -252,7 +252,7 @@ async def test_a_system_reminder_runs_a_turn_and_sends_nothing(
     assert [m.content for m in kept if m.role == "assistant"] == ["The backup ran fine."]
     assert await app.outbox.threads_with_pending() == []
     # Nothing kept per thread once the turn is over (no person's turn would clear it later).
-    assert app.worker._quiet == set()
+    assert app.worker.progress.quiet == set()
     await chat.close()
 
 

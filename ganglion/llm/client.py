@@ -22,11 +22,11 @@ from ganglion.llm.failures import Failure, classify, retry_wait
 from ganglion.llm.received import Received
 from ganglion.llm.results import ChatResult, ToolCall, Usage
 from ganglion.llm.text_tools import new_call_id, text_tool_calls, tool_names
+from ganglion.tokens import estimate_tokens
 
 log = logging.getLogger(__name__)
 traffic_log = logging.getLogger("ganglion.llm.traffic")
 
-_CHARS_PER_TOKEN = 4
 
 
 def _stream_class() -> type[Any]:
@@ -286,8 +286,8 @@ class LLMClient:
                         await request.on_delta(rest)
                 content = rest
         usage = got.usage or Usage(
-            prompt_tokens=_estimate_tokens(json.dumps(request.messages, ensure_ascii=False)),
-            completion_tokens=_estimate_tokens(content + "".join(c.arguments for c in calls)),
+            prompt_tokens=estimate_tokens(json.dumps(request.messages, ensure_ascii=False)),
+            completion_tokens=estimate_tokens(content + "".join(c.arguments for c in calls)),
         )
         return ChatResult(content, calls, usage, got.model or request.model, ep.config.name)
 
@@ -314,6 +314,3 @@ class LLMClient:
             text = text.replace(secret, "***")
         return text
 
-
-def _estimate_tokens(text: str) -> int:
-    return (len(text) + _CHARS_PER_TOKEN - 1) // _CHARS_PER_TOKEN

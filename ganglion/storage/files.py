@@ -1,12 +1,12 @@
-"""The plain-text memory in data/: cached reads (re-read only when changed), atomic writes."""
+"""The plain-text memory in data/: its layout, cached reads (re-read only when changed), locks."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from ganglion.storage.atomic import atomic_write
 
 BASE_PROMPT = "BASE_PROMPT.txt"
 MEMORIES = "MEMORIES.txt"
@@ -37,7 +37,7 @@ class Skill:
 
 
 class DataFiles:
-    """Reads data/ files through a stat check; writes atomically under one lock per file."""
+    """Reads data/ files through a stat check; one lock per file for the tools that write."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
@@ -91,30 +91,3 @@ class DataFiles:
     def lock(self, name: str) -> asyncio.Lock:
         """The lock that serialises every change to one file."""
         return self._locks.setdefault(self.data_dir / name, asyncio.Lock())
-
-    async def write(self, name: str, text: str) -> None:
-        """Replace a file atomically: temp file, fsync, rename. Caller holds ``lock(name)``."""
-        path = self.data_dir / name
-        await asyncio.to_thread(atomic_write, path, text)
-        self._cache.pop(path, None)
-
-
-def atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
-    """Write ``text`` so that readers see the old file or the new one, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

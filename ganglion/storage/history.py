@@ -12,6 +12,7 @@ from typing import Any
 
 from ganglion.messages import Inbound, ThreadId
 from ganglion.storage.db import Database
+from ganglion.tokens import message_tokens
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,6 @@ class NewMessage:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def estimate_tokens(text: str) -> int:
-    """A cheap, model-independent estimate (about 4 characters a token)."""
-    return len(text) // 4 + 4
-
-
 def row_to_message(r: Any) -> StoredMessage:
     return StoredMessage(
         id=r["id"],
@@ -81,7 +77,7 @@ class History:
 
     async def begin_turn(self, msg: Inbound, content: str) -> None:
         """Put the inbound's user message into history (once, even when a turn is re-run)."""
-        now, tokens = time.time(), estimate_tokens(content)
+        now, tokens = time.time(), message_tokens(content)
         cur = await self.db.write(
             "INSERT INTO messages (thread_id, role, content, inbox_id, tokens, created_at)"
             " VALUES (?, 'user', ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -145,7 +141,7 @@ class History:
                     await conn.execute("DELETE FROM turn_steps WHERE inbox_id = ?",
                                        (inbox_id,))
             for m in new:
-                tokens = m.tokens or estimate_tokens(m.content)
+                tokens = m.tokens or message_tokens(m.content)
                 cur = await conn.execute(
                     "INSERT INTO messages (thread_id, role, content, tool_calls, tool_call_id,"
                     " name, inbox_id, in_context, visible, tokens, created_at)"
@@ -211,10 +207,6 @@ class History:
         )
         return [row_to_message(r) for r in rows]
 
-    async def get(self, message_id: int) -> StoredMessage | None:
-        r = await self.db.fetchone("SELECT * FROM messages WHERE id = ?", (message_id,))
-        return row_to_message(r) if r else None
-
     async def forget_context(self, thread_id: ThreadId) -> int:
         """/new: the model starts over; the transcript is cleared too. Returns rows dropped."""
         async with self.db.transaction() as conn:
@@ -245,7 +237,7 @@ class History:
             await conn.execute(
                 "INSERT INTO messages (thread_id, role, content, in_context, visible, tokens,"
                 " created_at) VALUES (?, 'summary', ?, 1, 0, ?, ?)",
-                (thread_id, summary, estimate_tokens(summary), now),
+                (thread_id, summary, message_tokens(summary), now),
             )
         self._contexts.pop(thread_id, None)  # re-read in its new order at the next turn
         return dropped

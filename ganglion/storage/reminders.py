@@ -19,8 +19,8 @@ from typing import Any
 
 from ganglion.durations import duration_text
 from ganglion.messages import ThreadId
+from ganglion.storage.atomic import atomic_write
 from ganglion.storage.db import Database
-from ganglion.storage.files import atomic_write
 
 ACTIVE, DONE, CANCELLED = "active", "done", "cancelled"
 MIRROR_MAX = 5000
@@ -48,10 +48,6 @@ class Reminder:
     created_by: str
     fired: int
     last_fired_at: float | None
-
-    @property
-    def recurring(self) -> bool:
-        return self.cron is not None or self.every_seconds is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,15 +91,13 @@ class ReminderStore:
         self._mirrored = -1
 
     async def add(self, new: NewReminder) -> Reminder:
-        (rid,) = await self._insert([new])
+        (rid,) = await self.add_many([new])
         reminder = await self.get(rid)
         assert reminder is not None
         return reminder
 
     async def add_many(self, news: Sequence[NewReminder]) -> list[int]:
-        return await self._insert(news)
-
-    async def _insert(self, news: Sequence[NewReminder]) -> list[int]:
+        """Their ids, all stored in one transaction."""
         ids: list[int] = []
         now = time.time()
         async with self.db.transaction() as conn:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ganglion.errors import ToolError
+from ganglion.storage.atomic import replace_in
 from ganglion.storage.files import DataFiles
 from ganglion.tools.registry import ToolFunc
 
@@ -199,22 +200,8 @@ class Workspace:
                     return TextPart(_decode(out), line_no + 1 if more else None, st.st_size)
                 line_no += 1
 
-    def exists(self, path: str) -> bool:
-        parts = self.parts(path)
-        try:
-            with self.folder(parts[:-1]) as dfd:
-                os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False)
-                return True
-        except (FileNotFoundError, ToolError):
-            return False
-
     def write_text(self, path: str, text: str, *, mode: int = 0o600) -> bool:
-        """Replace (or create) a file atomically: temp file, fsync, rename, folder fsync.
-
-        The new file is a new inode and its mtime is always later than the old one's, so
-        caches keyed on its stat, like the prompt's, see every change. Returns True if it
-        was created.
-        """
+        """Replace (or create) a file atomically (``replace_in``); True if it was created."""
         parts = self.parts(path)
         data = text.encode("utf-8")
         with self.folder(parts[:-1], create=True) as dfd:
@@ -229,25 +216,7 @@ class Workspace:
                 raise self._refused(dfd, parts, OSError(errno.ELOOP, "symbolic link"))
             if old is not None:
                 self._check_not_private(path, old)
-            tmp = f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, mode, dir_fd=dfd)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fchmod(fh.fileno(), mode)
-                    if old is not None:
-                        mtime = os.fstat(fh.fileno()).st_mtime_ns
-                        if mtime <= old.st_mtime_ns:
-                            os.utime(fh.fileno(), ns=(mtime, old.st_mtime_ns + 1))
-                    os.fsync(fh.fileno())
-                os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-            except BaseException:
-                with suppress(FileNotFoundError):
-                    os.unlink(tmp, dir_fd=dfd)
-                raise
-            os.fsync(dfd)
+            replace_in(dfd, name, data, mode)
         return old is None
 
     def list(self, path: str) -> list[str]:

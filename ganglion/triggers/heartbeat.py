@@ -30,8 +30,9 @@ from ganglion.llm.untrusted import neutralise
 from ganglion.messages import Inbound, Source, ThreadId
 from ganglion.router import Router
 from ganglion.storage.files import HEARTBEATS, DataFiles
-from ganglion.storage.history import NewMessage, StoredMessage, estimate_tokens
+from ganglion.storage.history import NewMessage, StoredMessage
 from ganglion.storage.reminders import HeartbeatLedger, Reminder, ReminderStore
+from ganglion.tokens import message_tokens
 from ganglion.triggers import HEARTBEAT_THREAD, is_system_thread
 from ganglion.triggers.reminders import local_text
 
@@ -125,7 +126,7 @@ class HeartbeatReviews:
                  if m.role in ("user", "assistant") and m.content and not m.tool_calls]
         recent = plain[-keep:] if keep else []
         prompt = StoredMessage(0, msg.thread_id, "user", msg.text,
-                               tokens=estimate_tokens(msg.text))
+                               tokens=message_tokens(msg.text))
         return [*recent, prompt]
 
     def is_silent(self, answer: str) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from ganglion.config import find_config_path
-from ganglion.storage.files import atomic_write
+from ganglion.storage.atomic import atomic_write
 
 DEFAULT_STORE = "data/matrix-store"
 _SECTION = re.compile(r"^matrix:[ \t]*(#.*)?$")
