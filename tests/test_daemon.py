@@ -276,6 +276,52 @@ async def test_a_second_daemon_on_a_port_in_use_exits_1_and_says_to_set_web_port
         first.kill()
 
 
+async def test_a_second_daemon_on_the_same_data_folder_exits_1_naming_the_first(
+    tmp_path: Path, fake_llm: FakeLLM
+) -> None:
+    """The data folder's lock (flock on data/ganglion.pid): the second daemon leaves before
+    it opens the database or the web port; the kernel lets go when the first is SIGKILLed."""
+    # No private files configured: the lock file stays private all the same.
+    first = Daemon(tmp_path, daemon_config(fake_llm, tools={"private_files": []}))
+    first.start()
+    (tmp_path / "second").mkdir()  # its own config and log, the first one's data folder
+    second = Daemon(tmp_path / "second", daemon_config(
+        fake_llm, paths={"data_dir": str(tmp_path / "data"), "log_dir": "logs"}))
+    try:
+        await first.wait_ready()
+        assert first.proc is not None
+        second.start()
+        assert await second.wait_exit(20) == 1, second.text()
+        said = second.text()
+        assert (f"another Ganglion (pid {first.proc.pid}) is running on the data folder "
+                f"{tmp_path / 'data'}") in said, said
+        assert "Traceback" not in said
+        assert f"listening on http://127.0.0.1:{second.port}" not in said
+        assert "ready in" not in said
+        assert first.proc.poll() is None  # the first keeps answering
+        fake_llm.script(Reply(tool_calls=[("read_file", {"path": "ganglion.pid"})]),
+                        Reply(tool_calls=[("write_file", {"path": "ganglion.pid",
+                                                          "content": "1"})]),
+                        Reply(text="done"))
+        chat = await first.connect()
+        assert (await chat.ask("look at the lock", timeout=15))["text"] == "done"
+        await chat.close()
+        results = [m["content"] for m in fake_llm.requests[-1]["messages"]
+                   if m["role"] == "tool"]
+        assert len(results) == 2 and all("private to the daemon" in r for r in results), results
+        assert (tmp_path / "data" / "ganglion.pid").read_text() == f"{first.proc.pid}\n"
+
+        first.kill()  # SIGKILL: no clean-up, the pid stays in the file
+        second.start()
+        await second.wait_ready()
+        assert second.proc is not None
+        assert (tmp_path / "data" / "ganglion.pid").read_text() == f"{second.proc.pid}\n"
+        assert await second.stop() == 0
+    finally:
+        second.kill()
+        first.kill()
+
+
 @pytest.mark.parametrize("bad", ["web:\n  port: eighty\n", "matrix:\n  enabeld: true\n"])
 async def test_daemon_refuses_a_bad_config_with_status_2(tmp_path: Path, bad: str) -> None:
     (tmp_path / "config.yaml").write_text(bad)
