@@ -23,6 +23,7 @@ from ganglion.notify import notify
 
 if TYPE_CHECKING:
     from ganglion.app import App
+    from ganglion.interfaces.web import WebInterface
 
 log = logging.getLogger("ganglion")
 
@@ -114,16 +115,28 @@ async def _serve(loaded: LoadedConfig, mask: SecretMask) -> int:
     if not started:
         return _stopped(app.stuck)
     if app.web is not None:
-        log.info("web UI at %s (the login URL with its token is printed on the console; the "
-                 "token is kept in %s)", app.web.url,
-                 "web.token" if loaded.config.web.token else loaded.data_dir / "web_token")
-        # The token goes to the console only, never to the log file.
-        print(f"\n  Open the chat: {app.web.login_url}\n", file=sys.stderr, flush=True)
+        _announce_web(app.web, loaded)
     # Every part has started (scheduler and reminders too): a service manager, or the
     # tests' harness, may count on the daemon from here on.
     notify("READY=1", "STATUS=running")
     await stop.wait()
     return _stopped(await app.stop())
+
+
+def _announce_web(web: WebInterface, loaded: LoadedConfig) -> None:
+    """Where the chat is; the login URL with its token only to a person's terminal."""
+    kept = (f"web.token in {loaded.source or 'the config'}" if loaded.config.web.token
+            else str(loaded.data_dir / "web_token"))
+    if sys.stderr.isatty():
+        log.info("web UI at %s (the login URL with its token is printed on the console; the "
+                 "token is kept in %s)", web.url, kept)
+        # Printed, not logged: the token never goes to the log file.
+        print(f"\n  Open the chat: {web.login_url}\n", file=sys.stderr, flush=True)
+    else:
+        # A service manager's journal or a redirected file keeps the console for anyone
+        # who may read it: say where the token is, not the token.
+        log.info("web UI at %s; open %s/#token=<the token>, which is kept in %s",
+                 web.url, web.url, kept)
 
 
 class _Signals:

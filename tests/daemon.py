@@ -65,7 +65,8 @@ class Daemon:
 
     def start(self, *args: str, command: Sequence[str] = (), **popen: Any) -> None:
         """Start ``python -m ganglion`` (or ``command`` before ``--config``), with a notify
-        socket of its own: what a previous run said is not read as this one's."""
+        socket of its own: what a previous run said is not read as this one's. ``popen``
+        goes to Popen (``stderr``: else it joins stdout in ``output``)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("GANGLION_")}
         if self.notices is not None:
             self.notices.close()
@@ -75,7 +76,7 @@ class Daemon:
         self.proc = subprocess.Popen(
             [*self.prefix, *(command or [sys.executable, "-m", "ganglion"]),
              "--config", str(self.config_path), *args],
-            cwd=self.workdir, env=env, stdout=out, stderr=subprocess.STDOUT, **popen,
+            cwd=self.workdir, env=env, stdout=out, **{"stderr": subprocess.STDOUT, **popen},
         )
         out.close()
 
