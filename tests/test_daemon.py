@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import errno
 import os
-import pty
 import re
 import signal
 import socket
@@ -139,36 +138,6 @@ async def test_a_signal_mid_turn_exits_fast_and_keeps_the_message(
     assert reply["text"] == "echo: answer me after a restart"
     assert inbox_rows(tmp_path / "data") == [("answer me after a restart", "done")]
     await chat.close()
-
-
-async def test_the_login_url_goes_to_a_terminal(tmp_path: Path, fake_llm: FakeLLM) -> None:
-    """stderr a terminal (a pty here): the login URL with its token is printed there, and
-    still not written to the log file."""
-    d = Daemon(tmp_path, daemon_config(fake_llm))
-    main, terminal = pty.openpty()
-    shown = bytearray()
-    loop = asyncio.get_running_loop()
-    os.set_blocking(main, False)
-
-    def read() -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            shown.extend(os.read(main, 65536))
-
-    loop.add_reader(main, read)  # read as it comes: a full terminal would block the daemon
-    try:
-        d.start(stderr=terminal)
-        os.close(terminal)
-        await d.wait_ready()  # notified after the URL was printed
-        read()
-        text = shown.decode(errors="replace")
-        assert f"Open the chat: {d.url}/#token={WEB_TOKEN}" in text, text
-        assert f"token is kept in web.token in {d.config_path}" in text, text
-        assert await d.stop() == 0
-    finally:
-        loop.remove_reader(main)
-        os.close(main)
-        d.kill()
-    assert WEB_TOKEN not in (tmp_path / "logs" / "ganglion.log").read_text()
 
 
 @contextlib.contextmanager

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import pty
 import shutil
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import daemon_config
+from conftest import WEB_TOKEN, daemon_config
 from daemon import Daemon
 from fake_llm import FakeLLM
 
@@ -62,3 +65,33 @@ async def test_a_signal_to_the_process_group_is_one_clean_stop(
         assert "the same stop" in d.text()
     finally:
         d.kill()
+
+
+async def test_the_login_url_goes_to_a_terminal(tmp_path: Path, fake_llm: FakeLLM) -> None:
+    """stderr a terminal (a pty here): the login URL with its token is printed there, and
+    still not written to the log file."""
+    d = Daemon(tmp_path, daemon_config(fake_llm))
+    main, terminal = pty.openpty()
+    shown = bytearray()
+    loop = asyncio.get_running_loop()
+    os.set_blocking(main, False)
+
+    def read() -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            shown.extend(os.read(main, 65536))
+
+    loop.add_reader(main, read)  # read as it comes: a full terminal would block the daemon
+    try:
+        d.start(stderr=terminal)
+        os.close(terminal)
+        await d.wait_ready()  # notified after the URL was printed
+        read()
+        text = shown.decode(errors="replace")
+        assert f"Open the chat: {d.url}/#token={WEB_TOKEN}" in text, text
+        assert f"token is kept in web.token in {d.config_path}" in text, text
+        assert await d.stop() == 0
+    finally:
+        loop.remove_reader(main)
+        os.close(main)
+        d.kill()
+    assert WEB_TOKEN not in (tmp_path / "logs" / "ganglion.log").read_text()
