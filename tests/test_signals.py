@@ -1,4 +1,4 @@
-"""The daemon as a person and a service manager run it: `uv run ganglion`, signals to its group."""
+"""The daemon as a person and a service manager run it: `uv run`, group signals, the login link."""
 
 from __future__ import annotations
 
