@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -10,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,13 +108,15 @@ class Daemon:
         self.proc.send_signal(sig)
 
     async def wait_exit(self, timeout: float) -> int:
-        started = time.monotonic()
+        """The exit status, once the daemon has exited (TimeoutError after ``timeout`` s)."""
         assert self.proc is not None
-        while self.proc.poll() is None:
-            if time.monotonic() - started > timeout:
-                raise TimeoutError(f"daemon still running after {timeout} s")
-            await asyncio.sleep(0.02)
-        return self.proc.returncode
+        if self.proc.poll() is None:  # not reaped: its pidfd can be had
+            try:
+                with exit_of(self.proc.pid) as exited:
+                    await asyncio.wait_for(exited, timeout)
+            except TimeoutError:
+                raise TimeoutError(f"daemon still running after {timeout} s") from None
+        return self.proc.wait()
 
     async def stop(self, timeout: float = 5) -> int:
         """SIGTERM, then the exit status once the daemon has exited (within ``timeout`` s)."""
@@ -138,6 +141,21 @@ class Daemon:
         return self.output.read_text(errors="replace") if self.output.exists() else ""
 
 
+@contextlib.contextmanager
+def exit_of(pid: int) -> Iterator[asyncio.Future[None]]:
+    """A future done once ``pid`` has exited: a pidfd, so the kernel says when, nothing is
+    polled. ProcessLookupError if the process was reaped already."""
+    loop = asyncio.get_running_loop()
+    pidfd = os.pidfd_open(pid)
+    exited: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+    try:
+        yield exited
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+
+
 class NotifySocket:
     """The receiving end of systemd's notify protocol, in the abstract namespace (no path,
     so no length limit from a deep tmp_path and nothing left behind)."""
@@ -157,29 +175,26 @@ class NotifySocket:
         if state in self.seen:
             return
         loop = asyncio.get_running_loop()
-        pidfd = os.pidfd_open(pid)
-        exited: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
         received: asyncio.Future[bytes] | None = None
         try:
-            while True:
-                received = asyncio.ensure_future(loop.sock_recv(self.sock, 4096))
-                await asyncio.wait({received, exited}, return_when=asyncio.FIRST_COMPLETED)
-                if not received.done():
-                    # Whatever it sent before exiting is in the socket already.
-                    while (left := self._read_now()) is not None:
-                        self.seen.extend(left.splitlines())
+            with exit_of(pid) as exited:
+                while True:
+                    received = asyncio.ensure_future(loop.sock_recv(self.sock, 4096))
+                    await asyncio.wait({received, exited}, return_when=asyncio.FIRST_COMPLETED)
+                    if not received.done():
+                        received.cancel()
+                        # Whatever it sent before exiting is in the socket already.
+                        while (left := self._read_now()) is not None:
+                            self.seen.extend(left.splitlines())
+                        if state in self.seen:
+                            return
+                        raise ProcessLookupError(pid)
+                    self.seen.extend(received.result().decode().splitlines())
                     if state in self.seen:
                         return
-                    raise ProcessLookupError(pid)
-                self.seen.extend(received.result().decode().splitlines())
-                if state in self.seen:
-                    return
         finally:
             if received is not None:
                 received.cancel()
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
 
     def _read_now(self) -> str | None:
         try:

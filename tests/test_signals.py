@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import WEB_TOKEN, daemon_config
 from daemon import Daemon
 from fake_llm import FakeLLM
@@ -48,6 +49,8 @@ async def test_a_signal_to_the_process_group_is_one_clean_stop(
     the whole group reaches uv and the daemon, and uv forwards its copy: the daemon gets it
     twice within milliseconds. 20 starts, each a clean stop: status 0 and "stopped"."""
     d = Daemon(tmp_path, daemon_config(fake_llm))
+    # Any free port, each start: one picked once could be taken by another test meanwhile.
+    d.config_path.write_text(yaml.safe_dump({**d.config, "web": {**d.config["web"], "port": 0}}))
     command = [uv(), "run", "--project", str(ROOT), "--locked", "ganglion"]
     try:
         for run in range(1, RUNS + 1):
