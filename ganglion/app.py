@@ -16,6 +16,7 @@ from ganglion.access import Access
 from ganglion.bus import Bus
 from ganglion.commands import CommandTable, Rank
 from ganglion.config import LoadedConfig, secret_values
+from ganglion.errors import StartupError
 from ganglion.interfaces.web import WebInterface
 from ganglion.llm.client import LLMClient
 from ganglion.llm.compaction import Compactor
@@ -31,6 +32,7 @@ from ganglion.storage.db import Database
 from ganglion.storage.files import SCRIPTS_DIR, DataFiles
 from ganglion.storage.history import History
 from ganglion.storage.inbox import Inbox
+from ganglion.storage.lock import LOCK_FILE, DataFolderInUse, DataLock
 from ganglion.storage.outbox import Outbox
 from ganglion.storage.reminders import HeartbeatLedger, ReminderStore
 from ganglion.storage.usage import UsageLog
@@ -109,6 +111,15 @@ class App:
     async def _start(self) -> None:
         started = time.monotonic()
         cfg = self.config
+        # First of all: a second daemon on this folder would answer the unanswered messages
+        # the bus re-runs at start a second time (two model calls, a memory written twice).
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        lock = DataLock(self.data_dir)
+        try:
+            lock.acquire()
+        except DataFolderInUse as err:
+            raise StartupError(str(err)) from None
+        self._stops.append(("data folder lock", _released(lock)))
         self.files.ensure_layout()
 
         self.db = await Database.open(self.data_dir / "conversation.db")
@@ -216,7 +227,9 @@ class App:
         workspace_dir = self.loaded.path(cfg.workspace) if cfg.workspace else self.data_dir
         workspace_dir.mkdir(parents=True, exist_ok=True)
         private = list(cfg.private_files)
-        for own in (self.loaded.path(self.config.matrix.store_path), self.data_dir / "web_token"):
+        # The daemon's own files stay private whatever tools.private_files says.
+        for own in (self.loaded.path(self.config.matrix.store_path), self.data_dir / "web_token",
+                    self.data_dir / LOCK_FILE):
             for root in (workspace_dir, self.data_dir):
                 if own.resolve().is_relative_to(root.resolve()):
                     private.append(own.resolve().relative_to(root.resolve()).as_posix())
@@ -293,6 +306,13 @@ class App:
             elif not task.cancelled() and (exc := task.exception()) is not None:
                 log.error("%s failed to stop cleanly", name, exc_info=exc)
         return stuck
+
+
+def _released(lock: DataLock) -> Callable[[], Awaitable[None]]:
+    """The lock's release as a stop: the last one, after the database has closed."""
+    async def release() -> None:
+        lock.release()
+    return release
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -19,9 +19,11 @@ from ganglion.config import LoadedConfig, load_config, masked_dump, secret_value
 from ganglion.errors import ConfigError, StartupError
 from ganglion.interfaces.matrix.login import add_arguments, run_login
 from ganglion.logs import SecretMask, setup_logging
+from ganglion.notify import notify
 
 if TYPE_CHECKING:
     from ganglion.app import App
+    from ganglion.interfaces.web import WebInterface
 
 log = logging.getLogger("ganglion")
 
@@ -30,6 +32,13 @@ EXIT_STUCK = 1
 """Stopped on a signal, but a part did not stop within app.STOP_SECONDS (it is logged)."""
 EXIT_AT_ONCE = 130
 """A second SIGINT or SIGTERM while stopping: out at once, nothing more is cleaned up."""
+DUPLICATE_SIGNAL_SECONDS = 1.0
+"""A signal this soon after the first is the same stop, not a second one: systemd (its
+default KillMode), ``kill -- -PGID`` and a terminal's Ctrl-C signal every process of the
+group, and ``uv run`` forwards its own copy to the daemon, so one stop arrives twice within
+milliseconds. A person's deliberate second Ctrl-C comes later."""
+ALL_SIGNALS_COUNT = "STATUS=stopping; a second SIGINT or SIGTERM now exits at once"
+"""Notified (see notify.py) when the duplicate window is over and the stop still runs."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,17 +99,10 @@ async def _serve(loaded: LoadedConfig, mask: SecretMask) -> int:
     from ganglion.app import App  # noqa: PLC0415  (here so `check-config` stays light)
 
     stop = asyncio.Event()
+    signals = _Signals(stop)
     loop = asyncio.get_running_loop()
-
-    def on_signal(signame: str) -> None:
-        if stop.is_set():
-            log.warning("second %s: exiting at once", signame)
-            os._exit(EXIT_AT_ONCE)
-        log.info("%s received: stopping", signame)
-        stop.set()
-
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig.name)
+        loop.add_signal_handler(sig, signals.received, sig.name)
 
     app = App(loaded, secret_mask=mask)
     source = loaded.source or (
@@ -113,13 +115,57 @@ async def _serve(loaded: LoadedConfig, mask: SecretMask) -> int:
     if not started:
         return _stopped(app.stuck)
     if app.web is not None:
-        log.info("web UI at %s (the login URL with its token is printed on the console; the "
-                 "token is kept in %s)", app.web.url,
-                 "web.token" if loaded.config.web.token else loaded.data_dir / "web_token")
-        # The token goes to the console only, never to the log file.
-        print(f"\n  Open the chat: {app.web.login_url}\n", file=sys.stderr, flush=True)
+        _announce_web(app.web, loaded)
+    # Every part has started (scheduler and reminders too): a service manager, or the
+    # tests' harness, may count on the daemon from here on.
+    notify("READY=1", "STATUS=running")
     await stop.wait()
     return _stopped(await app.stop())
+
+
+def _announce_web(web: WebInterface, loaded: LoadedConfig) -> None:
+    """Where the chat is; the login URL with its token only to a person's terminal."""
+    kept = (f"web.token in {loaded.source or 'the config'}" if loaded.config.web.token
+            else str(loaded.data_dir / "web_token"))
+    if sys.stderr.isatty():
+        log.info("web UI at %s (the login URL with its token is printed on the console; the "
+                 "token is kept in %s)", web.url, kept)
+        # Printed, not logged: the token never goes to the log file.
+        print(f"\n  Open the chat: {web.login_url}\n", file=sys.stderr, flush=True)
+    else:
+        # A service manager's journal or a redirected file keeps the console for anyone
+        # who may read it: say where the token is, not the token.
+        log.info("web UI at %s; open %s/#token=<the token>, which is kept in %s",
+                 web.url, web.url, kept)
+
+
+class _Signals:
+    """SIGINT and SIGTERM: the first stops cleanly, a duplicate of it is ignored, a later
+    one exits at once (a stop that hangs must not hold a person who presses Ctrl-C again)."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self.stop = stop
+        self.first_at: float | None = None
+
+    def received(self, signame: str) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self.first_at is None:
+            self.first_at = now
+            log.info("%s received: stopping", signame)
+            notify("STOPPING=1")
+            self.stop.set()
+            loop.call_later(DUPLICATE_SIGNAL_SECONDS, self._window_over)
+        elif now - self.first_at < DUPLICATE_SIGNAL_SECONDS:
+            log.info("%s %.3f s after the first signal: the same stop (sent to the whole "
+                     "process group, or forwarded by `uv run`)", signame, now - self.first_at)
+        else:
+            log.warning("second %s: exiting at once", signame)
+            os._exit(EXIT_AT_ONCE)
+
+    def _window_over(self) -> None:
+        log.info("still stopping; a second SIGINT or SIGTERM now exits at once")
+        notify(ALL_SIGNALS_COUNT)
 
 
 async def _start_unless_stopped(app: App, stop: asyncio.Event) -> bool:
