@@ -20,7 +20,6 @@ from ganglion.errors import LLMBadResponse, LLMUnavailable
 from ganglion.llm.client import LLMClient
 from ganglion.llm.compaction import Compactor
 from ganglion.llm.prompt import PromptInputs, build_messages, system_text
-from ganglion.llm.untrusted import neutralise
 from ganglion.messages import Inbound, Source, ThreadId, is_matrix_thread
 from ganglion.router import Router
 from ganglion.storage.files import BASE_PROMPT, HEARTBEATS, MEMORIES, DataFiles
@@ -32,6 +31,7 @@ from ganglion.turn.journal import StepJournal, tool_steps
 from ganglion.turn.progress import Progress
 from ganglion.turn.store import TurnStore, notice
 from ganglion.turn.tool_loop import ToolLoop, person_present
+from ganglion.untrusted import neutralise
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from wsclient import ChatClient
 from ganglion.app import App
 from ganglion.commands import CommandTable, parse_command
 from ganglion.errors import ConfigError
-from ganglion.llm.untrusted import as_data, neutralise
 from ganglion.messages import Inbound, Source, ThreadId
 from ganglion.tools.policy import Approvals, Decision
 from ganglion.tools.registry import ToolContext
+from ganglion.untrusted import as_data, neutralise
 
 Event = dict[str, Any]
 

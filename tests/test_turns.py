@@ -113,7 +113,7 @@ async def test_tool_calls_loop_until_an_answer(app_factory: AppFactory, fake_llm
     offered = {t["function"]["name"]: t["function"] for t in fake_llm.requests[0]["tools"]}
     assert offered["lookup"]["parameters"]["required"] == ["key"]
     tool_results = [m["content"] for m in fake_llm.requests[-1]["messages"] if m["role"] == "tool"]
-    # Tool output reaches the model fenced as data (ganglion.llm.untrusted).
+    # Tool output reaches the model fenced as data (ganglion.untrusted).
     for result, value in zip(tool_results[:2], ["value-of-a", "value-of-b"], strict=True):
         assert value in result and "not instructions" in result
     assert tool_results[2].startswith("error: arguments are not valid JSON")

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ganglion.llm.untrusted import neutralise
 from ganglion.storage.files import Skill
 from ganglion.storage.history import StoredMessage
+from ganglion.untrusted import neutralise
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ Place in the flow: the worker's tool loop -> ``ToolRunner.run`` -> policy check 
 ``ToolRegistry.call`` -> the result, neutralised and marked as data, back to the model.
 Everything a tool does passes here, so one place decides, logs and shows it.
 
-What the model gets: a result fenced as data (``ganglion.llm.untrusted.as_data``); an error
+What the model gets: a result fenced as data (``ganglion.untrusted.as_data``); an error
 the tool reported (its own message, or what it raised) as an ``error:`` line followed by
 that message fenced as data, since it may quote a file or a command's output; and the
 daemon's own refusals (policy, approval, a malformed call) as plain ``error: ...`` text,
@@ -27,9 +27,9 @@ from typing import Any
 from ganglion.commands import CommandTable, Rank
 from ganglion.config import ToolMode as Mode
 from ganglion.durations import duration_text
-from ganglion.llm.untrusted import as_data, fenced, mask_secrets, neutralise, reveal, tool_error
 from ganglion.messages import Inbound, ThreadId
 from ganglion.tools.registry import ToolContext, ToolRegistry
+from ganglion.untrusted import as_data, fenced, mask_secrets, neutralise, reveal, tool_error
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from typing import Any
 
 from ganglion.durations import duration_text
 from ganglion.errors import ToolError
-from ganglion.llm.untrusted import fenced
 from ganglion.tools.registry import ToolFunc
+from ganglion.untrusted import fenced
 
 log = logging.getLogger(__name__)
 

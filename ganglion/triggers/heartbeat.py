@@ -26,7 +26,6 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from ganglion.bus import Bus
 from ganglion.config import HeartbeatConfig
-from ganglion.llm.untrusted import neutralise
 from ganglion.messages import Inbound, Source, ThreadId
 from ganglion.router import Router
 from ganglion.storage.files import HEARTBEATS, DataFiles
@@ -35,6 +34,7 @@ from ganglion.storage.reminders import HeartbeatLedger, Reminder, ReminderStore
 from ganglion.tokens import message_tokens
 from ganglion.triggers import HEARTBEAT_THREAD, is_system_thread
 from ganglion.triggers.reminders import local_text
+from ganglion.untrusted import neutralise
 
 log = logging.getLogger(__name__)
 
