@@ -19,9 +19,7 @@ from ganglion.config import LoadedConfig, secret_values
 from ganglion.errors import StartupError
 from ganglion.interfaces.web import WebInterface
 from ganglion.llm.client import LLMClient
-from ganglion.llm.compaction import Compactor
 from ganglion.llm.endpoints import EndpointPool
-from ganglion.llm.memory_flush import MemoryFlush
 from ganglion.logs import SecretMask
 from ganglion.model_commands import ModelCommands, without_secrets
 from ganglion.render import MarkdownRenderer
@@ -46,6 +44,8 @@ from ganglion.tools.shell import Shell, shell_environment
 from ganglion.triggers import local_zone, new_scheduler, stop_scheduler, zone_clock
 from ganglion.triggers.heartbeat import Heartbeat, HeartbeatReviews
 from ganglion.triggers.reminders import Reminders
+from ganglion.turn.compaction import Compactor
+from ganglion.turn.memory_flush import MemoryFlush
 from ganglion.worker import Clock, Worker
 
 if TYPE_CHECKING:

@@ -18,7 +18,6 @@ from typing import Protocol
 from ganglion.commands import CommandTable, parse_command
 from ganglion.errors import LLMBadResponse, LLMUnavailable
 from ganglion.llm.client import LLMClient
-from ganglion.llm.compaction import Compactor
 from ganglion.llm.prompt import PromptInputs, build_messages, system_text
 from ganglion.messages import Inbound, Source, ThreadId, is_matrix_thread
 from ganglion.router import Router
@@ -27,6 +26,7 @@ from ganglion.storage.history import History, NewMessage, StoredMessage
 from ganglion.tokens import message_tokens
 from ganglion.tools.policy import ToolRunner
 from ganglion.tools.registry import ToolRegistry
+from ganglion.turn.compaction import Compactor
 from ganglion.turn.journal import StepJournal, tool_steps
 from ganglion.turn.progress import Progress
 from ganglion.turn.store import TurnStore, notice

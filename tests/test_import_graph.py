@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 
 def imported_by(module: str) -> list[str]:
@@ -27,3 +29,82 @@ def test_the_config_imports_nothing_of_the_tools() -> None:
 
 def test_the_tool_names_import_nothing() -> None:
     assert imported_by("ganglion.tool_names") == ["ganglion", "ganglion.tool_names"]
+
+
+# -- the arrows of docs/architecture.md, read statically (imports inside functions too) ------
+
+PACKAGE = Path(__file__).resolve().parent.parent / "ganglion"
+
+MAY_IMPORT: dict[str, set[str]] = {
+    # part: the parts of ours it may import (leaves such as messages, errors, tokens,
+    # durations, untrusted, tool_names are named where used)
+    "storage": {"messages", "tokens", "durations"},
+    "bus": {"messages", "storage"},
+    "router": {"messages", "storage"},
+    "interfaces": {"messages", "bus", "router", "storage", "config", "errors", "render"},
+    "triggers": {"messages", "bus", "router", "storage", "config", "tokens", "untrusted"},
+}
+NEVER: dict[str, set[str]] = {
+    # the worker's side never reaches back to the edges that feed it
+    "worker": {"interfaces", "triggers", "app", "cli"},
+    "turn": {"interfaces", "triggers", "worker", "app", "cli"},
+    "tools": {"interfaces", "worker", "turn", "llm", "app", "cli"},
+    "llm": {"interfaces", "triggers", "worker", "turn", "tools", "app", "cli"},
+}
+
+
+def _part(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "ganglion"
+
+
+def package_arrows() -> dict[str, dict[str, list[str]]]:
+    """part -> part it imports -> the files that do, for every ``ganglion.*`` import."""
+    arrows: dict[str, dict[str, list[str]]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE.parent).with_suffix("")
+        module = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        source = _part(module)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            for name in names:
+                if name.startswith("ganglion.") and (target := _part(name)) != source:
+                    arrows.setdefault(source, {}).setdefault(target, []).append(str(rel))
+    return arrows
+
+
+def test_each_part_imports_only_what_the_architecture_allows() -> None:
+    arrows = package_arrows()
+    assert {"storage", "bus", "router", "interfaces", "triggers", "worker", "turn"} <= set(arrows)
+    wrong = [f"{src} -> {dst} ({', '.join(sorted(set(files)))})"
+             for src, targets in arrows.items() for dst, files in targets.items()
+             if (src in MAY_IMPORT and dst not in MAY_IMPORT[src])
+             or dst in NEVER.get(src, set())
+             or (dst == "app" and src != "cli")
+             or (dst == "interfaces" and src not in {"app", "cli"})]
+    assert wrong == []
+
+
+def test_the_parts_form_no_cycle() -> None:
+    arrows = package_arrows()
+
+    def reachable(start: str) -> set[str]:
+        seen: set[str] = set()
+        todo = [start]
+        while todo:
+            for nxt in arrows.get(todo.pop(), {}):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    assert [part for part in arrows if part in reachable(part)] == []
+
+
+def test_the_arrow_reader_sees_imports_inside_functions(tmp_path: Path) -> None:
+    # The reader itself: a late import in a function body is an arrow too.
+    tree = ast.parse("def f():\n    from ganglion.worker import Worker\n")
+    found = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert found == ["ganglion.worker"]
+    assert _part("ganglion.interfaces.matrix.login") == "interfaces"

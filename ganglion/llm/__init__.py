@@ -1,1 +1,1 @@
-"""Talking to models: endpoints and failover (client), prompt assembly (prompt), compaction."""
+"""Talking to models: endpoints and failover (client), prompt assembly (prompt), replies read."""

@@ -1,1 +1,2 @@
-"""One turn's parts below the worker: its progress, the tool loop, its journal, its storing."""
+"""One turn's parts below the worker: compaction (with its memory flush), the tool loop, the
+step journal, storing the outcome, and the progress shown while it runs."""

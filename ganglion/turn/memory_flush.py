@@ -7,12 +7,12 @@ from collections.abc import Sequence
 
 from ganglion.errors import LLMBadResponse, LLMUnavailable
 from ganglion.llm.client import LLMClient
-from ganglion.llm.compaction import transcript_text
 from ganglion.messages import ThreadId
 from ganglion.storage.files import MEMORIES, DataFiles
 from ganglion.storage.history import StoredMessage
 from ganglion.tools.policy import ToolRunner
 from ganglion.tools.registry import ToolContext
+from ganglion.turn.compaction import transcript_text
 from ganglion.untrusted import neutralise
 
 log = logging.getLogger(__name__)
