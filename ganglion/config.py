@@ -71,6 +71,13 @@ class EndpointConfig(_Section):
         return shown_url(self.base_url)
 
 
+class ModelSettings(_Section):
+    """Settings for one model id (as the endpoint lists it, or an alias), over llm's own."""
+
+    context_tokens: Annotated[int, Field(ge=1024)] | None = None
+    max_tokens: Annotated[int, Field(ge=16)] | None = None
+
+
 class LLMConfig(_Section):
     endpoints: Annotated[list[EndpointConfig], Field(min_length=1)] = [
         EndpointConfig(name="local", base_url="http://127.0.0.1:11434/v1", api_key="none")
@@ -86,6 +93,18 @@ class LLMConfig(_Section):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     health_cooling_seconds: Annotated[float, Field(ge=0, le=86400)] = 60.0
     """A failing endpoint is skipped this long while another endpoint offers the model."""
+    max_tokens: Annotated[int, Field(ge=16)] = 4096
+    """The most tokens one answer may take (sent as max_tokens with every request)."""
+    models: dict[str, ModelSettings] = {}
+    """Per-model settings over the ones above, by model id (or alias)."""
+
+    def context_tokens_for(self, model: str) -> int:
+        own = self.models.get(model)
+        return own.context_tokens if own and own.context_tokens else self.context_tokens
+
+    def max_tokens_for(self, model: str) -> int:
+        own = self.models.get(model)
+        return own.max_tokens if own and own.max_tokens else self.max_tokens
 
     @field_validator("endpoints")
     @classmethod

@@ -354,3 +354,18 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
     assert "llm.endpoints[].api_key" in expected and "web.token" in expected
     missing = sorted(expected - written)
     assert not missing, f"config.yaml.example does not show these keys at their place: {missing}"
+
+
+def test_a_model_of_its_own_overrides_the_budget_and_the_answer_cap() -> None:
+    cfg = parse_config({"llm": {"context_tokens": 32768, "max_tokens": 2048, "models": {
+        "q05.gguf": {"context_tokens": 8192},
+        "big": {"max_tokens": 8000}}}})
+    assert (cfg.llm.context_tokens_for("q05.gguf"), cfg.llm.max_tokens_for("q05.gguf")) \
+        == (8192, 2048)
+    assert (cfg.llm.context_tokens_for("big"), cfg.llm.max_tokens_for("big")) == (32768, 8000)
+    assert (cfg.llm.context_tokens_for("other"), cfg.llm.max_tokens_for("other")) \
+        == (32768, 2048)
+    with pytest.raises(ConfigError, match=r"llm\.models\.'q05\.gguf'\.context_tokens"):
+        parse_config({"llm": {"models": {"q05.gguf": {"context_tokens": 100}}}})
+    with pytest.raises(ConfigError, match=r"llm\.models\.x\.max_token"):
+        parse_config({"llm": {"models": {"x": {"max_token": 100}}}})
