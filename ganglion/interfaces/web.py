@@ -12,6 +12,7 @@ import hmac
 import html
 import json
 import logging
+import math
 import re
 import sqlite3
 from collections.abc import Callable
@@ -52,6 +53,7 @@ STATIC_FILES = {
 HELLO_TIMEOUT = 10.0
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_BAD_THREAD = 4400
+CLOSE_THROTTLED = 4429
 CLIENT_ID_RE = re.compile(r"^[\x21-\x7e]{1,64}$")
 SEND_TIMEOUT = 5.0
 """A tab that cannot take a frame for this long is treated as gone (it resyncs on reconnect)."""
@@ -269,13 +271,15 @@ class WebInterface:
                 hello = json.loads(msg.data)
         is_hello = isinstance(hello, dict) and hello.get("type") == "hello"
         presented = hello.get("token") if is_hello else None
-        async with self._throttle.attempt(remote):
-            ok = isinstance(presented, str) and hmac.compare_digest(
-                presented.encode("utf-8", "replace"), self._token
-            )
-            if ok:
-                self._throttle.succeeded(remote)
-        if not ok:
+        # The right token first, whatever the address's failures: it never waits.
+        if isinstance(presented, str) and hmac.compare_digest(
+            presented.encode("utf-8", "replace"), self._token
+        ):
+            self._throttle.succeeded(remote)
+        elif (wait := self._throttle.retry_after(remote)) > 0:
+            await self._refuse_throttled(ws, remote, wait)
+            return None
+        else:
             reason = "wrong or missing token" if is_hello else "the first frame was not a hello"
             await self._refuse(ws, remote, reason)
             return None
@@ -302,6 +306,19 @@ class WebInterface:
                 "message": "Wrong or missing access token: open the login link ganglion printed.",
             })
         await ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
+
+    async def _refuse_throttled(self, ws: web.WebSocketResponse, remote: str,
+                                wait: float) -> None:
+        """A failed login while its address is throttled: at once, not counted, with the
+        seconds to wait (not logged one by one: a storm would flood the log)."""
+        seconds = max(1, math.ceil(wait))
+        log.debug("web: refused a WebSocket from %s: throttled for %d s", remote, seconds)
+        with suppress(ConnectionError, RuntimeError):
+            await ws.send_json({
+                "type": "error", "code": "throttled", "retry_after": seconds,
+                "message": f"Too many failed logins; retry in {seconds} s.",
+            })
+        await ws.close(code=CLOSE_THROTTLED, message=b"too many failed logins")
 
     async def _join(self, tab: _Tab) -> None:
         """Register the tab and send it ``ready``; events arriving meanwhile queue behind it."""
