@@ -213,31 +213,6 @@ async def test_a_socket_that_never_says_hello_is_closed_4401(
     assert await tab.frame() == {"type": "_closed", "code": 4401}
 
 
-async def test_repeated_failures_are_slowed_down_and_a_success_resets(
-    app: App, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.DEBUG)
-
-    async def attempt(token: str) -> tuple[float, dict[str, Any]]:
-        tab = await open_tab(session, app)
-        started = time.monotonic()
-        await tab.hello(token=token)
-        frame = await tab.frame()
-        await tab.ws.close()
-        return time.monotonic() - started, frame
-
-    for _ in range(3):
-        took, frame = await attempt("guess-guess")
-        assert frame["code"] == "unauthorized" and took < 0.5
-    took, frame = await attempt("guess-guess")  # the 4th waits 2**0 s
-    assert frame["code"] == "unauthorized" and took >= 0.9
-    took, frame = await attempt(WEB_TOKEN)  # the 5th waits 2**1 s, then succeeds
-    assert frame["type"] == "ready" and took >= 1.9
-    took, frame = await attempt("guess-guess")  # the count started over
-    assert frame["code"] == "unauthorized" and took < 0.5
-    assert WEB_TOKEN not in caplog.text and "guess-guess" not in caplog.text
-
-
 async def test_hello_thread_ids(app: App, session: aiohttp.ClientSession) -> None:
     _, ready = await ready_tab(session, app, None)
     assert re.fullmatch(r"web_[0-9a-f]{32}", ready["thread_id"])
