@@ -164,8 +164,8 @@ function connect() {
   };
 }
 
-// The server refused a login without looking further: say so with a countdown (not
-// "connecting", which would look like a dead server), then try again.
+// The server turns away failed logins from this address for a while: say so with a
+// countdown (not "connecting", which would look like a dead server), then try again.
 function waitThrottled(seconds) {
   let left = Math.max(1, Math.ceil(seconds));
   const tick = () => {
