@@ -14,6 +14,11 @@ are capped again per endpoint, FIFO, by the LLM client.)
 A message that arrives while its thread's turn runs waits for that turn to end and then
 gets a turn of its own, with the finished turn in its history.
 
+A runner that dies (a bug outside a turn's own error handling) is logged at once with its
+traceback and replaced, so the number of parallel turns never shrinks; the thread it held
+goes back in line with its message still first, so that message runs again (up to
+``RUNNER_DEATHS_PER_MESSAGE`` times; then it waits, unanswered, for the next start).
+
 A producer may bring its messages up to date when a start recovers them (``on_recover``): a
 reminder written on time before a crash says it is late when it is delivered after.
 """
@@ -21,6 +26,7 @@ reminder written on time before a crash says it is late when it is delivered aft
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,6 +36,10 @@ from ganglion.messages import Inbound, Source, ThreadId
 from ganglion.storage.inbox import Inbox
 
 log = logging.getLogger(__name__)
+
+RUNNER_DEATHS_PER_MESSAGE = 3
+"""A message that killed this many runners is not run again before the next start: a fault
+that recurs must not loop (each try may be a model call)."""
 
 
 class TurnHandler(Protocol):
@@ -59,7 +69,12 @@ class Bus:
         self._lanes: dict[ThreadId, deque[Inbound]] = {}
         self._ready: asyncio.Queue[ThreadId] = asyncio.Queue()
         self._running: dict[ThreadId, asyncio.Task[None]] = {}
-        self._runners: list[asyncio.Task[None]] = []
+        self._runners: set[asyncio.Task[None]] = set()
+        self._held: dict[asyncio.Task[None], ThreadId] = {}
+        """The thread each runner took from the line and has not put back or finished yet."""
+        self._names = itertools.count()
+        self._deaths: dict[int, int] = {}
+        """Runner deaths per inbox id of the message being run."""
         self._controls: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -117,11 +132,44 @@ class Bus:
             self._dispatch(msg)
         if pending:
             log.info("recovered %d unanswered message(s) from the last run", len(pending))
-        self._runners = [
-            asyncio.create_task(self._runner(), name=f"bus-runner-{i}")
-            for i in range(self.max_in_flight)
-        ]
+        for _ in range(self.max_in_flight):
+            self._start_runner()
         return len(pending)
+
+    def _start_runner(self) -> None:
+        runner = asyncio.create_task(self._runner(), name=f"bus-runner-{next(self._names)}")
+        self._runners.add(runner)
+        runner.add_done_callback(self._runner_ended)
+
+    def _runner_ended(self, runner: asyncio.Task[None]) -> None:
+        """A runner ended: at ``stop`` that is all; otherwise it died, so replace it."""
+        held = self._held.pop(runner, None)
+        supervised = runner in self._runners  # ``stop`` lets go of its runners first
+        self._runners.discard(runner)
+        if not supervised or runner.cancelled():  # ``stop``, or the end of the event loop
+            return
+        exc = runner.exception()
+        log.error("bus: %s died (%r); starting another in its place", runner.get_name(), exc,
+                  exc_info=exc)
+        if held is not None and held in self._lanes:
+            self._requeue_after_death(held)
+        self._start_runner()
+
+    def _requeue_after_death(self, thread_id: ThreadId) -> None:
+        """The dead runner's thread back in line, its unanswered message still first."""
+        lane = self._lanes[thread_id]
+        msg = lane[0]
+        deaths = self._deaths.get(msg.id, 0) + 1
+        self._deaths[msg.id] = deaths
+        if deaths >= RUNNER_DEATHS_PER_MESSAGE:
+            log.error("[%s] message %d was being run by %d runners that died; it stays "
+                      "unanswered until the next start", thread_id, msg.id, deaths)
+            del self._deaths[msg.id]
+            lane.popleft()
+        if lane:
+            self._ready.put_nowait(thread_id)
+        else:
+            self._lane_done(thread_id)
 
     async def _recovered(self, msg: Inbound) -> Inbound:
         recover = self._recover.get(msg.source)
@@ -139,10 +187,10 @@ class Bus:
     async def stop(self) -> None:
         """Cancel running turns (their input stays unanswered and is run at the next start)."""
         tasks = [*self._runners, *self._controls]
+        self._runners = set()  # their ends are no deaths: nothing replaces them
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._runners = []
 
     def is_busy(self, thread_id: ThreadId) -> bool:
         return thread_id in self._running
@@ -164,8 +212,11 @@ class Bus:
         await self._idle.wait()
 
     async def _runner(self) -> None:
+        me = asyncio.current_task()
+        assert me is not None
         while True:
             thread_id = await self._ready.get()
+            self._held[me] = thread_id
             lane = self._lanes[thread_id]
             msg = lane[0]
             turn = asyncio.create_task(self.handler.run_turn(msg), name=f"turn-{thread_id}")
@@ -184,12 +235,17 @@ class Bus:
             elif (exc := turn.exception()) is not None:
                 log.error("[%s] turn failed", thread_id, exc_info=exc)
             lane.popleft()
+            self._deaths.pop(msg.id, None)
+            del self._held[me]
             if lane:
                 self._ready.put_nowait(thread_id)  # more work: back to the end of the line
             else:
-                del self._lanes[thread_id]
-                if not self._lanes:
-                    self._idle.set()
+                self._lane_done(thread_id)
+
+    def _lane_done(self, thread_id: ThreadId) -> None:
+        del self._lanes[thread_id]
+        if not self._lanes:
+            self._idle.set()
 
     async def _after_user_stop(self, msg: Inbound) -> None:
         try:

@@ -23,8 +23,10 @@ class Interface(Protocol):
         ...
 
     async def send(self, out: Outbound) -> bool:
-        """Deliver one event. For MESSAGE/TOOL: True only once it reached the user's side
-        (a connected tab, a homeserver that accepted it); False keeps it in the outbox."""
+        """Deliver one event, without waiting on a slow reader. For MESSAGE/TOOL: True only
+        once the user's side has it or will show it for sure (a homeserver accepted it; a
+        connected tab queued it: a tab closed before writing it reads it in its transcript
+        when it reconnects); False keeps it in the outbox."""
         ...
 
     async def start(self) -> None: ...
@@ -69,7 +71,8 @@ class Router:
         return None
 
     async def publish(self, out: Outbound) -> None:
-        """An ephemeral event (delta, state): best effort, never stored."""
+        """An ephemeral event (delta, state): best effort, never stored. It must not wait on
+        a slow reader: a turn publishes while it holds its model endpoint's slot."""
         iface = self.owner(out.thread_id)
         if iface is not None:
             await iface.send(out)

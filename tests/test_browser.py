@@ -9,6 +9,7 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from conftest import WEB_TOKEN, AppFactory, eventually
@@ -23,6 +24,7 @@ from playwright.async_api import (
 
 from ganglion.app import App
 from ganglion.interfaces.web import WebInterface
+from ganglion.interfaces.web_guard import Throttle
 
 pytestmark = pytest.mark.browser
 
@@ -130,6 +132,42 @@ async def test_a_page_without_a_token_asks_for_it_and_a_wrong_one_is_forgotten(
     await expect(field).to_be_hidden()
     await say(page, "in at last")
     await expect(answers(page)).to_have_text(["echo: in at last"])
+
+
+async def test_a_throttled_wrong_token_says_so_and_retries_after_the_wait(
+    app_factory: AppFactory, context: BrowserContext, problems: Problems
+) -> None:
+    """Once the address is throttled, a wrong token shows "too many failed logins, retry in
+    N s" (not "connecting"), and the page tries again by itself after the wait."""
+    app = await app_factory()
+    web = web_of(app)
+    now = [1000.0]  # the throttle's clock, frozen: the window lasts until the test moves it
+    web._throttle = Throttle(free=3, cap=10.0, clock=lambda: now[0])
+    async with aiohttp.ClientSession() as session:
+        for n in range(1, 5):  # the 3rd failure throttles for 1 s, the 4th for 2 s
+            async with session.ws_connect(f"{web.url}/ws", origin=web.url) as ws:
+                await ws.send_json({"type": "hello", "token": "guess", "thread_id": None})
+                assert (await ws.receive_json(timeout=10))["code"] == "unauthorized"
+            if n == 3:
+                now[0] += 1
+    assert web._throttle.retry_after("127.0.0.1") == 2
+    page = await context.new_page()
+    problems.watch(page)
+    await page.goto(web.url + "/#token=not-the-token")
+    status = page.locator("#status")
+    await expect(status).to_have_text("too many failed logins, retry in 2 s")
+    await expect(status).to_have_attribute("data-state", "throttled")
+    await expect(page.get_by_label("Access token")).to_be_hidden()
+    # It counts down, tries again after the wait, and is still throttled (the clock did not
+    # move) ...
+    await expect(status).to_have_text("too many failed logins, retry in 1 s")
+    await expect(status).to_have_text("too many failed logins, retry in 2 s")
+    now[0] += 2  # ... and once the window is over, its next try is checked: refused
+    await expect(page.locator("#login-message")).to_contain_text("refused")
+    field = page.get_by_label("Access token")
+    await field.fill(WEB_TOKEN)
+    await page.get_by_role("button", name="Log in").click()
+    await expect(status).to_have_text("ready")
 
 
 async def test_two_tabs_chat_at_once_each_in_its_own_conversation(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
+from conftest import eventually
 
-from ganglion.bus import Bus
+from ganglion.bus import RUNNER_DEATHS_PER_MESSAGE, Bus
 from ganglion.messages import Inbound, Source, ThreadId
 from ganglion.storage.db import Database
 from ganglion.storage.inbox import Inbox
@@ -198,5 +200,89 @@ async def test_control_messages_do_not_wait_behind_the_running_turn(tmp_path: Pa
     assert [t for _, t in handler.started] == ["needs approval", "/approve"]
     handler.gate.set()
     await asyncio.wait_for(bus.wait_idle(), 5)
+    await bus.stop()
+    await db.close()
+
+
+class RunnerFault(BaseException):
+    """Not an Exception: no per-turn ``except Exception`` catches it, so it ends the runner."""
+
+
+class DyingOnStop(RecordingHandler):
+    """Records like RecordingHandler, but recording a stopped turn raises RunnerFault the first
+    ``deaths`` times: the runner awaits it outside the turn's task, so the runner dies."""
+
+    def __init__(self, deaths: int) -> None:
+        super().__init__()
+        self.deaths = deaths
+
+    async def turn_stopped(self, msg: Inbound) -> None:
+        if self.deaths > 0:
+            self.deaths -= 1
+            raise RunnerFault(f"recording the stop of {msg.text!r} failed")
+        await super().turn_stopped(msg)
+
+
+def deaths(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "starting another" in r.getMessage()]
+
+
+async def test_a_runner_that_dies_is_logged_and_replaced_and_its_message_runs_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    handler = DyingOnStop(deaths=1)
+    handler.gate = asyncio.Event()
+    bus, db = await make_bus(tmp_path, handler, cap=3)
+    a = ThreadId("web_" + "a" * 16)
+    await bus.submit(inbound(a, "long"))
+    await bus.submit(inbound(a, "after"))  # waits in its lane behind "long"
+    await eventually(lambda: handler.started == [(a, "long")])
+    assert bus.cancel_turn(a)
+    # The runner died recording the stop: logged at once, with the traceback.
+    await eventually(lambda: len(deaths(caplog)) == 1)
+    died = deaths(caplog)[0]
+    assert died.exc_info is not None and died.exc_info[0] is RunnerFault
+    assert "Traceback" in caplog.text and "recording the stop of 'long' failed" in caplog.text
+    # Its message was not lost: still unanswered, it runs again (and holds its thread).
+    await eventually(lambda: handler.started == [(a, "long"), (a, "long")])
+    assert bus.is_busy(a) and bus.queued(a) == 2
+    # Full concurrency: six new threads fill the two other places, up to the cap of three.
+    for i in range(6):
+        await bus.submit(inbound(f"web_{i:016x}", f"t{i}"))
+    await eventually(lambda: handler.running == 3)
+    assert [t for _, t in handler.started[2:]] == ["t0", "t1"]
+    handler.gate.set()
+    await asyncio.wait_for(bus.wait_idle(), 10)
+    assert handler.max_running == 3 and not handler.overlap_in_thread
+    assert [t for tid, t in handler.finished if tid == a] == ["long", "after"]
+    assert len(handler.finished) == 8
+    rows = await db.fetchall("SELECT status FROM inbox")
+    assert [r["status"] for r in rows] == ["done"] * 8
+    assert not bus.is_busy(a) and bus.queued(a) == 0
+    await bus.stop()
+    await db.close()
+
+
+async def test_a_message_that_keeps_killing_runners_waits_for_the_next_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    handler = DyingOnStop(deaths=RUNNER_DEATHS_PER_MESSAGE)
+    handler.gate = asyncio.Event()
+    bus, db = await make_bus(tmp_path, handler, cap=2)
+    a = ThreadId("web_" + "b" * 16)
+    await bus.submit(inbound(a, "poison"))
+    for n in range(1, RUNNER_DEATHS_PER_MESSAGE + 1):
+        await eventually(lambda n=n: len(handler.started) == n and bus.is_busy(a))
+        assert bus.cancel_turn(a)
+    await eventually(lambda: "stays unanswered until the next start" in caplog.text)
+    assert not bus.is_busy(a) and bus.queued(a) == 0
+    assert len(deaths(caplog)) == RUNNER_DEATHS_PER_MESSAGE
+    # The thread and the bus go on; the message is still pending for the next start.
+    handler.gate.set()
+    await bus.submit(inbound(a, "next"))
+    await asyncio.wait_for(bus.wait_idle(), 10)
+    assert handler.finished == [(a, "next")]
+    rows = await db.fetchall("SELECT text, status FROM inbox ORDER BY id")
+    assert [(r["text"], r["status"]) for r in rows] == [("poison", "pending"), ("next", "done")]
     await bus.stop()
     await db.close()

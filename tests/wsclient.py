@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import secrets
+import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -78,3 +82,82 @@ class ChatClient:
             await self._ws.close()
         if self._session is not None:
             await self._session.close()
+
+
+class RawTab:
+    """A tab on a bare socket that reads only when told to: with a small receive buffer it
+    stands for a browser that cannot keep up (the server's writes to it fill every buffer)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buffer = b""
+
+    @classmethod
+    async def connect(cls, url: str, token: str, thread_id: str,
+                      receive_buffer: int = 4096) -> RawTab:
+        """Upgrade to a WebSocket and say hello; reads nothing after the upgrade's answer."""
+        loop = asyncio.get_running_loop()
+        parts = urlsplit(url)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)  # before connect
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (host, port))
+        tab = cls(sock)
+        key = base64.b64encode(os.urandom(16)).decode()
+        await loop.sock_sendall(sock, (
+            f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\nOrigin: {url.rstrip('/')}\r\n\r\n").encode())
+        head = await tab._until(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        hello = {"type": "hello", "token": token, "thread_id": thread_id}
+        await loop.sock_sendall(sock, _client_frame(json.dumps(hello).encode()))
+        return tab
+
+    async def frame(self) -> tuple[int, bytes] | None:
+        """The next frame the server sent (opcode, payload); None once the connection ended."""
+        try:
+            b0, b1 = await self._exactly(2)
+            n = b1 & 0x7F
+            if n == 126:
+                n = int.from_bytes(await self._exactly(2), "big")
+            elif n == 127:
+                n = int.from_bytes(await self._exactly(8), "big")
+            return b0 & 0x0F, await self._exactly(n)
+        except (ConnectionError, EOFError):
+            return None
+
+    def close(self) -> None:
+        self.sock.close()
+
+    async def _recv(self) -> None:
+        data = await asyncio.get_running_loop().sock_recv(self.sock, 65536)
+        if not data:
+            raise EOFError("the server closed the connection")
+        self._buffer += data
+
+    async def _until(self, end: bytes) -> bytes:
+        while end not in self._buffer:
+            await self._recv()
+        head, self._buffer = self._buffer.split(end, 1)
+        return head
+
+    async def _exactly(self, n: int) -> bytes:
+        while len(self._buffer) < n:
+            await self._recv()
+        data, self._buffer = self._buffer[:n], self._buffer[n:]
+        return data
+
+
+def _client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """One final, masked frame (a client must mask what it sends)."""
+    mask = os.urandom(4)
+    n = len(payload)
+    if n < 126:
+        head = bytes([0x80 | opcode, 0x80 | n])
+    elif n < 1 << 16:
+        head = bytes([0x80 | opcode, 0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([0x80 | opcode, 0x80 | 127]) + n.to_bytes(8, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))

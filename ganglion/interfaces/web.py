@@ -12,6 +12,7 @@ import hmac
 import html
 import json
 import logging
+import math
 import re
 import sqlite3
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from ganglion.bus import Bus
 from ganglion.config import WebConfig
 from ganglion.errors import StartupError
 from ganglion.interfaces.web_guard import Guard, Throttle, add_security_headers
+from ganglion.interfaces.web_tab import Tab
 from ganglion.messages import (
     Inbound,
     Outbound,
@@ -52,33 +54,8 @@ STATIC_FILES = {
 HELLO_TIMEOUT = 10.0
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_BAD_THREAD = 4400
+CLOSE_THROTTLED = 4429
 CLIENT_ID_RE = re.compile(r"\A[\x21-\x7e]{1,64}\Z")
-SEND_TIMEOUT = 5.0
-"""A tab that cannot take a frame for this long is treated as gone (it resyncs on reconnect)."""
-
-
-class _Tab:
-    """One connected WebSocket of one thread; writes are serialised so frames keep their order."""
-
-    def __init__(self, ws: web.WebSocketResponse, thread_id: ThreadId) -> None:
-        self.ws = ws
-        self.thread_id = thread_id
-        self.lock = asyncio.Lock()
-
-    async def write(self, frame: dict[str, Any]) -> bool:
-        async with self.lock:
-            return await self.write_unlocked(frame)
-
-    async def write_unlocked(self, frame: dict[str, Any]) -> bool:
-        if self.ws.closed:
-            return False
-        try:
-            await asyncio.wait_for(self.ws.send_str(json.dumps(frame)), SEND_TIMEOUT)
-        except (ConnectionError, RuntimeError, TimeoutError):
-            return False
-        return True
-
-
 def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -115,7 +92,7 @@ class WebInterface:
         self._renderer = renderer
         self._guard = Guard(config)
         self._throttle = Throttle()
-        self._tabs: dict[ThreadId, set[_Tab]] = {}
+        self._tabs: dict[ThreadId, set[Tab]] = {}
         self._sockets: set[web.WebSocketResponse] = set()
         self._streaming: dict[ThreadId, list[str]] = {}
         """The answer in progress per thread, for a tab that (re)connects mid-answer."""
@@ -188,10 +165,9 @@ class WebInterface:
                 self._streaming.pop(tid, None)
             role = Role.TOOL if out.kind is OutKind.TOOL else out.role
             frame = self._message_frame(out.message_id, role, out.text, out.reply_to)
-        tabs = list(self._tabs.get(tid, ()))
-        if not tabs:
-            return False
-        results = await asyncio.gather(*(tab.write(frame) for tab in tabs))
+        # Queued, not yet written: a tab that closes before writing it reads it in its
+        # transcript when it reconnects, so the outbox may count it as delivered.
+        results = [tab.put(frame) for tab in list(self._tabs.get(tid, ()))]
         return any(results)
 
     # -- addresses -------------------------------------------------------------------------
@@ -234,28 +210,30 @@ class WebInterface:
         )
         await ws.prepare(request)
         self._sockets.add(ws)
-        tab: _Tab | None = None
+        tab: Tab | None = None
         try:
-            tab = await self._hello(ws, request.remote or "unknown")
-            if tab is None:
+            thread_id = await self._hello(ws, request.remote or "unknown")
+            if thread_id is None:
                 return ws
+            tab = Tab(ws, thread_id, request.transport)
             await self._join(tab)
             await self._router.deliver(tab.thread_id)
             async for msg in ws:
                 if msg.type is WSMsgType.TEXT:
                     await self._on_text(tab, msg.data)
                 elif msg.type is WSMsgType.BINARY:
-                    await self._bad_frame(tab, "binary frames are not accepted; send JSON text")
+                    self._bad_frame(tab, "binary frames are not accepted; send JSON text")
                 else:  # ERROR: aiohttp has already closed the socket
                     break
         finally:
             self._sockets.discard(ws)
             if tab is not None:
                 self._leave(tab)
+                await tab.stop()
         return ws
 
-    async def _hello(self, ws: web.WebSocketResponse, remote: str) -> _Tab | None:
-        """The first frame must carry the token; returns the authenticated tab or None."""
+    async def _hello(self, ws: web.WebSocketResponse, remote: str) -> ThreadId | None:
+        """The first frame must carry the token; returns the tab's thread, or None."""
         try:
             msg = await ws.receive(timeout=HELLO_TIMEOUT)
         except TimeoutError:
@@ -269,13 +247,15 @@ class WebInterface:
                 hello = json.loads(msg.data)
         is_hello = isinstance(hello, dict) and hello.get("type") == "hello"
         presented = hello.get("token") if is_hello else None
-        async with self._throttle.attempt(remote):
-            ok = isinstance(presented, str) and hmac.compare_digest(
-                presented.encode("utf-8", "replace"), self._token
-            )
-            if ok:
-                self._throttle.succeeded(remote)
-        if not ok:
+        # The right token first, whatever the address's failures: it never waits.
+        if isinstance(presented, str) and hmac.compare_digest(
+            presented.encode("utf-8", "replace"), self._token
+        ):
+            self._throttle.succeeded(remote)
+        elif (wait := self._throttle.retry_after(remote)) > 0:
+            await self._refuse_throttled(ws, remote, wait)
+            return None
+        else:
             reason = "wrong or missing token" if is_hello else "the first frame was not a hello"
             await self._refuse(ws, remote, reason)
             return None
@@ -291,7 +271,7 @@ class WebInterface:
             })
             await ws.close(code=CLOSE_BAD_THREAD, message=b"bad thread id")
             return None
-        return _Tab(ws, thread_id)
+        return thread_id
 
     async def _refuse(self, ws: web.WebSocketResponse, remote: str, reason: str) -> None:
         n = self._throttle.failed(remote)
@@ -303,60 +283,71 @@ class WebInterface:
             })
         await ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
 
-    async def _join(self, tab: _Tab) -> None:
-        """Register the tab and send it ``ready``; events arriving meanwhile queue behind it."""
-        tid = tab.thread_id
-        async with tab.lock:
-            self._tabs.setdefault(tid, set()).add(tab)
-            # Taken with the registration, before any await: a delta published from here on
-            # is appended to the live list and also written to this tab, queued on its lock
-            # behind ``ready``; joined later, the list would hold it too and the tab would
-            # show it twice.
-            streaming = self._streaming.get(tid)
-            partial = "".join(streaming) if streaming is not None else None
-            state = self._state.get(tid) or ("thinking" if self._bus.queued(tid) else "idle")
-            rows = await self._history.transcript(tid)
-            transcript = []
-            for m in rows:
-                if m.role not in ROLE_OF or (m.role == "assistant" and not m.content):
-                    continue  # summaries; assistant steps that only called tools
-                entry = self._message_frame(m.id, ROLE_OF[m.role], m.content, 0)
-                del entry["type"], entry["reply_to"]
-                if m.role == "tool" and m.name:
-                    entry["name"] = m.name  # the tool's name, for the collapsed summary
-                transcript.append(entry)
-            # A question whose turn has begun is in the transcript already.
-            started = {m.inbox_id for m in rows if m.role == "user"}
-            pending = [
-                {"id": cid, "text": self._shown(text)}  # it may not be masked in the inbox yet
-                for inbox_id, cid, text in await self._inbox.pending_for(tid)
-                if inbox_id not in started
-            ]
-            await tab.write_unlocked({
-                "type": "ready",
-                "thread_id": tid,
-                "transcript": transcript,
-                "pending": pending,
-                "streaming": partial,
-                "state": state,
-                "max_message_bytes": self.config.max_message_bytes,
+    async def _refuse_throttled(self, ws: web.WebSocketResponse, remote: str,
+                                wait: float) -> None:
+        """A failed login while its address is throttled: at once, not counted, with the
+        seconds to wait (not logged one by one: a storm would flood the log)."""
+        seconds = max(1, math.ceil(wait))
+        log.debug("web: refused a WebSocket from %s: throttled for %d s", remote, seconds)
+        with suppress(ConnectionError, RuntimeError):
+            await ws.send_json({
+                "type": "error", "code": "throttled", "retry_after": seconds,
+                "message": f"Too many failed logins; retry in {seconds} s.",
             })
+        await ws.close(code=CLOSE_THROTTLED, message=b"too many failed logins")
 
-    def _leave(self, tab: _Tab) -> None:
+    async def _join(self, tab: Tab) -> None:
+        """Register the tab and start it with ``ready``; events arriving meanwhile follow it."""
+        tid = tab.thread_id
+        self._tabs.setdefault(tid, set()).add(tab)
+        # Taken with the registration, before any await: a delta published from here on is
+        # appended to the live list and also put to this tab, to follow ``ready``; joined
+        # later, the list would hold it too and the tab would show it twice.
+        streaming = self._streaming.get(tid)
+        partial = "".join(streaming) if streaming is not None else None
+        state = self._state.get(tid) or ("thinking" if self._bus.queued(tid) else "idle")
+        rows = await self._history.transcript(tid)
+        transcript = []
+        for m in rows:
+            if m.role not in ROLE_OF or (m.role == "assistant" and not m.content):
+                continue  # summaries; assistant steps that only called tools
+            entry = self._message_frame(m.id, ROLE_OF[m.role], m.content, 0)
+            del entry["type"], entry["reply_to"]
+            if m.role == "tool" and m.name:
+                entry["name"] = m.name  # the tool's name, for the collapsed summary
+            transcript.append(entry)
+        # A question whose turn has begun is in the transcript already.
+        started = {m.inbox_id for m in rows if m.role == "user"}
+        pending = [
+            {"id": cid, "text": self._shown(text)}  # it may not be masked in the inbox yet
+            for inbox_id, cid, text in await self._inbox.pending_for(tid)
+            if inbox_id not in started
+        ]
+        tab.start({
+            "type": "ready",
+            "thread_id": tid,
+            "transcript": transcript,
+            "pending": pending,
+            "streaming": partial,
+            "state": state,
+            "max_message_bytes": self.config.max_message_bytes,
+        })
+
+    def _leave(self, tab: Tab) -> None:
         tabs = self._tabs.get(tab.thread_id)
         if tabs is not None:
             tabs.discard(tab)
             if not tabs:
                 del self._tabs[tab.thread_id]
 
-    async def _on_text(self, tab: _Tab, data: str) -> None:
+    async def _on_text(self, tab: Tab, data: str) -> None:
         try:
             frame = json.loads(data)
         except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
-            await self._bad_frame(tab, "the frame is not valid JSON")
+            self._bad_frame(tab, "the frame is not valid JSON")
             return
         if not isinstance(frame, dict):
-            await self._bad_frame(tab, "a frame must be a JSON object")
+            self._bad_frame(tab, "a frame must be a JSON object")
             return
         kind = frame.get("type")
         if kind == "send":
@@ -364,26 +355,26 @@ class WebInterface:
         elif kind == "stop":
             self._bus.cancel_turn(tab.thread_id)
         elif kind == "hello":
-            await self._bad_frame(tab, "already logged in: hello is only the first frame")
+            self._bad_frame(tab, "already logged in: hello is only the first frame")
         else:
-            await self._bad_frame(tab, f"unknown frame type {_short(kind)} (send, stop)")
+            self._bad_frame(tab, f"unknown frame type {_short(kind)} (send, stop)")
 
-    async def _on_send(self, tab: _Tab, frame: dict[str, Any]) -> None:
+    async def _on_send(self, tab: Tab, frame: dict[str, Any]) -> None:
         cid, text = frame.get("id"), frame.get("text")
         if not isinstance(cid, str) or not CLIENT_ID_RE.match(cid):
-            await self._bad_frame(tab, 'send needs "id": 1 to 64 visible ASCII characters')
+            self._bad_frame(tab, 'send needs "id": 1 to 64 visible ASCII characters')
             return
         if not isinstance(text, str) or not text.strip():
-            await self._bad_frame(tab, 'send needs "text": a non-empty string', cid)
+            self._bad_frame(tab, 'send needs "text": a non-empty string', cid)
             return
         try:
             size = len(text.encode("utf-8"))
         except UnicodeEncodeError:
-            await self._bad_frame(tab, '"text" is not valid Unicode (lone surrogate)', cid)
+            self._bad_frame(tab, '"text" is not valid Unicode (lone surrogate)', cid)
             return
         limit = self.config.max_message_bytes
         if size > limit:
-            await tab.write({
+            tab.put({
                 "type": "error", "id": cid, "code": "too_large",
                 "message": f"Message is {size:,} bytes; the limit is {limit:,}"
                 " (web.max_message_bytes).",
@@ -394,24 +385,25 @@ class WebInterface:
             _, is_new = await self._bus.submit(inbound)  # stored durably: now it may be acked
         except sqlite3.Error as err:  # the disk refused the write (read-only, full, broken)
             log.error("[%s] could not store a message: %s", tab.thread_id, err)
-            await tab.write({
+            tab.put({
                 "type": "error", "id": cid, "code": "not_stored",
                 "message": f"Could not store your message ({err}), so it was not sent. "
                 "The data folder refuses writes (full or read-only?); the page keeps it and "
                 "will send it again by itself until it is stored.",
             })
             return
-        await tab.write({"type": "ack", "id": cid, "duplicate": not is_new})
+        tab.put({"type": "ack", "id": cid, "duplicate": not is_new})
         if is_new:  # the thread's other tabs show the question too
             others = [t for t in self._tabs.get(tab.thread_id, ()) if t is not tab]
             pending = {"type": "pending", "id": cid, "text": self._shown(text)}
-            await asyncio.gather(*(t.write(pending) for t in others))
+            for other in others:
+                other.put(pending)
 
-    async def _bad_frame(self, tab: _Tab, reason: str, cid: str | None = None) -> None:
+    def _bad_frame(self, tab: Tab, reason: str, cid: str | None = None) -> None:
         frame: dict[str, Any] = {"type": "error", "code": "bad_frame", "message": reason}
         if cid is not None:
             frame["id"] = cid
-        await tab.write(frame)
+        tab.put(frame)
 
     def _message_frame(self, mid: int, role: Role, text: str, reply_to: int) -> dict[str, Any]:
         rendered = (

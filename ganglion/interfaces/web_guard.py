@@ -6,16 +6,16 @@ Why each exists: a loopback-bound server answers only loopback ``Host`` names (D
 rebinding: a page of evil.example resolving to 127.0.0.1 is same-origin with itself); a
 WebSocket must come from the page's own ``Origin`` (cross-site WebSocket hijacking); the
 Content-Security-Policy allows no inline script and nothing from elsewhere (model output is
-rendered as HTML); repeated wrong tokens from one address are slowed down.
+rendered as HTML); after repeated wrong tokens from one address, its further wrong ones are
+turned away at once for a while, with the time to wait (the right token always gets in).
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -37,44 +37,49 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Throttle:
-    """Slows down token guessing: after ``free`` failures from one address, each attempt from
-    it waits ``min(2**(n - free), cap)`` seconds, one attempt at a time. A success resets it."""
+    """Failed logins per address: after ``free`` failures in a row, the address is throttled
+    for ``min(2**(n - free), cap)`` seconds after its n-th failure. A success starts it over.
 
-    def __init__(self, free: int = 3, cap: float = 10.0, max_addresses: int = 10_000) -> None:
+    Nothing waits here: the caller checks the token first (a right one is never throttled,
+    so the owner gets in during a storm of wrong ones, also behind a reverse proxy where every
+    client is one address) and refuses a wrong one at once while ``retry_after`` is not 0,
+    without counting it. An abandoned attempt holds nothing, and the memory is
+    ``max_addresses`` entries at most (the least recently failed are forgotten first).
+    """
+
+    def __init__(self, free: int = 3, cap: float = 10.0, max_addresses: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.free = free
         self.cap = cap
         self.max_addresses = max_addresses
-        self._failures: dict[str, int] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._clock = clock
+        self._failures: dict[str, tuple[int, float]] = {}
+        """Per address: failures in a row, and until when (clock) it is throttled."""
 
-    def delay(self, addr: str) -> float:
-        n = self._failures.get(addr, 0)
-        return 0.0 if n < self.free else float(min(2 ** (n - self.free), self.cap))
+    def delay(self, failures: int) -> float:
+        """How long an address is throttled after its ``failures``-th failure in a row."""
+        return 0.0 if failures < self.free else float(min(2 ** (failures - self.free), self.cap))
 
-    @asynccontextmanager
-    async def attempt(self, addr: str) -> AsyncIterator[None]:
-        if self.delay(addr) == 0:
-            yield
-            return
-        # One attempt at a time per address, or parallel sockets would defeat the delay.
-        async with self._locks.setdefault(addr, asyncio.Lock()):
-            await asyncio.sleep(self.delay(addr))
-            yield
+    def retry_after(self, addr: str) -> float:
+        """Seconds until a failed login from ``addr`` is checked again (0: not throttled)."""
+        _, until = self._failures.get(addr, (0, 0.0))
+        return max(0.0, until - self._clock())
 
     def failed(self, addr: str) -> int:
-        n = self._failures.pop(addr, 0) + 1
-        self._failures[addr] = n  # re-inserted: the dict stays in least-recent order
+        """Count a checked failure; returns the failures in a row."""
+        n = self._failures.pop(addr, (0, 0.0))[0] + 1
+        # Re-inserted: the dict stays in least-recently-failed order.
+        self._failures[addr] = (n, self._clock() + self.delay(n))
         while len(self._failures) > self.max_addresses:
-            oldest = next(iter(self._failures))
-            del self._failures[oldest]
-            self._locks.pop(oldest, None)
+            del self._failures[next(iter(self._failures))]
         return n
 
     def succeeded(self, addr: str) -> None:
         self._failures.pop(addr, None)
-        lock = self._locks.get(addr)
-        if lock is not None and not lock.locked():
-            del self._locks[addr]
+
+    def __len__(self) -> int:
+        """Addresses remembered."""
+        return len(self._failures)
 
 
 def is_loopback_host(host_header: str) -> bool:

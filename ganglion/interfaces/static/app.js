@@ -12,6 +12,7 @@ const THREAD_RE = /^web_[0-9a-f]{16,64}$/;
 const BUSY = new Set(["thinking", "streaming", "tool"]);
 const CLOSE_UNAUTHORIZED = 4401;
 const CLOSE_BAD_THREAD = 4400;
+const CLOSE_THROTTLED = 4429; // too many failed logins from this address: wait, then retry
 const BACKOFF_FIRST = 250;
 const BACKOFF_MAX = 5000;
 const STORE_RETRY_FIRST = 500; // a message the server could not store goes again after
@@ -24,6 +25,7 @@ let generation = 0; // events of an older socket are ignored
 let ready = false;
 let backoff = BACKOFF_FIRST;
 let reconnectTimer = null;
+let retryAfter = 1; // seconds to wait, as the server's last "throttled" refusal said
 let maxBytes = 64000;
 let turnState = "idle";
 let failure = null; // what went wrong last (shown as the error state until the next send)
@@ -148,6 +150,10 @@ function connect() {
       showLogin("That access token was refused. Paste the current one or open the login link.");
       return;
     }
+    if (ev.code === CLOSE_THROTTLED) {
+      waitThrottled(retryAfter);
+      return;
+    }
     if (ev.code === CLOSE_BAD_THREAD) {
       threadId = newThread();
       clearView();
@@ -156,6 +162,22 @@ function connect() {
     reconnectTimer = setTimeout(connect, backoff);
     backoff = Math.min(backoff * 2, BACKOFF_MAX);
   };
+}
+
+// The server turns away failed logins from this address for a while: say so with a
+// countdown (not "connecting", which would look like a dead server), then try again.
+function waitThrottled(seconds) {
+  let left = Math.max(1, Math.ceil(seconds));
+  const tick = () => {
+    if (left <= 0) {
+      connect();
+      return;
+    }
+    setStatus(`too many failed logins, retry in ${left} s`, "throttled");
+    left -= 1;
+    reconnectTimer = setTimeout(tick, 1000);
+  };
+  tick();
 }
 
 function reconnectNow() {
@@ -200,8 +222,9 @@ function handle(f) {
       else setTurnState(f.state);
       break;
     case "error":
-      if (f.code === "unauthorized" || f.code === "bad_thread_id") {
-        // The socket closes next; its close code says what to do (log in, a new thread).
+      if (f.code === "unauthorized" || f.code === "bad_thread_id" || f.code === "throttled") {
+        // The socket closes next; its close code says what to do (log in, a new thread, wait).
+        if (f.code === "throttled" && f.retry_after > 0) retryAfter = f.retry_after;
       } else if (f.id && f.code === "not_stored") {
         // The server's disk refused it: kept in the outbox and sent again until stored.
         resending.delete(f.id);

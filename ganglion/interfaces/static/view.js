@@ -21,9 +21,9 @@ const DEFAULT_LOGIN_MESSAGE = ui.loginMessage.textContent;
 let seen = new Set(); // message ids already shown
 let streamEl = null; // the answer in progress
 
-export function setStatus(text) {
+export function setStatus(text, state = text) {
   ui.status.textContent = text;
-  ui.status.dataset.state = text;
+  ui.status.dataset.state = state;
 }
 
 function nearBottom() {
