@@ -278,6 +278,15 @@ class BusConfig(_Section):
     enough that a burst's first replies are not held back by the work of the last ones."""
 
 
+class StorageConfig(_Section):
+    """conversation.db's retention. See README, "Data"."""
+
+    keep_days: Annotated[int, Field(ge=1, le=36_500)] | None = 30
+    """Answered messages' inbox copies, delivered outbox rows and finished turns' tool steps
+    older than this are pruned (daily, from the start); null keeps them. The conversation
+    history and the usage that /stats counts are never pruned."""
+
+
 def _zone_name(value: str | None) -> str | None:
     if not value:
         return None
@@ -387,6 +396,7 @@ class Config(_Section):
     paths: PathsConfig = PathsConfig()
     logging: LoggingConfig = LoggingConfig()
     bus: BusConfig = BusConfig()
+    storage: StorageConfig = StorageConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     heartbeat: HeartbeatConfig = HeartbeatConfig()
     limits: LimitsConfig = LimitsConfig()
