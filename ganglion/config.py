@@ -282,9 +282,9 @@ class StorageConfig(_Section):
     """conversation.db's retention. See README, "Data"."""
 
     keep_days: Annotated[int, Field(ge=1, le=36_500)] | None = 30
-    """Answered messages' inbox copies, delivered outbox rows and finished turns' tool steps
-    older than this are pruned (daily, from the start); null keeps them. The conversation
-    history and the usage that /stats counts are never pruned."""
+    """Answered messages' inbox rows (their ids kept, so a resend is still known), delivered
+    outbox rows and tool steps left by answered turns, older than this, are pruned (at start,
+    then daily); null keeps them. The history and the usage /stats counts are never pruned."""
 
 
 def _zone_name(value: str | None) -> str | None:

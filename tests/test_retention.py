@@ -49,6 +49,11 @@ async def inbox_rows(db: Database) -> list[tuple[str, str, str, str]]:
     return [tuple(r) for r in rows]  # type: ignore[misc]
 
 
+async def pruned_keys(db: Database) -> list[tuple[str, str]]:
+    rows = await db.fetchall("SELECT thread_id, client_id FROM inbox_pruned ORDER BY 2")
+    return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
 async def test_old_rows_are_pruned_and_what_exactly_once_and_history_need_stays(
     tmp_path: Path,
 ) -> None:
@@ -72,12 +77,12 @@ async def test_old_rows_are_pruned_and_what_exactly_once_and_history_need_stays(
         assert await inbox_rows(db) == [("c1", "hello", '{"tab": "t1"}', "done"),
                                         ("c2", "still unanswered", '{"tab": "t1"}', "pending")]
 
-        # 31 days on: the answered message is reduced to its key, the step it left and its
-        # delivered outbox row go; the unanswered message, its step and the undelivered
-        # reply stay, and so do history and usage.
+        # 31 days on: the answered message's row goes but for its key, and so do the step it
+        # left and its delivered outbox row; the unanswered message, its step and the
+        # undelivered reply stay, and so do history and usage.
         assert await retention.prune(now=time.time() + 31 * DAY) == Pruned(1, 1, 1)
-        assert await inbox_rows(db) == [("c1", "", "{}", "done"),
-                                        ("c2", "still unanswered", '{"tab": "t1"}', "pending")]
+        assert await inbox_rows(db) == [("c2", "still unanswered", '{"tab": "t1"}', "pending")]
+        assert await pruned_keys(db) == [(TID, "c1")]
         assert await History(db).steps(answered.id) == []
         assert [m.content for m in await History(db).steps(pending.id)] == ["resume from here"]
         assert [m.content for _, m in await Outbox(db).pending(TID)] == ["for a closed tab"]
@@ -86,9 +91,11 @@ async def test_old_rows_are_pruned_and_what_exactly_once_and_history_need_stays(
         assert (await db.fetchone("SELECT count(*) FROM usage"))[0] == 1  # type: ignore[index]
 
         # Exactly once: a client resending the answered id a year later is not run again.
-        resent, new = await Inbox(db).add(web("c1", "hello"))
-        assert (resent.id, new) == (answered.id, False)
-        assert await Inbox(db).pending() == [pending]
+        assert await Inbox(db).add(web("c1", "hello")) == (web("c1", "hello"), False)
+        assert [new for _, new in await Inbox(db).add_many([web("c1", "hello"),
+                                                            web("c3", "new")])] == [False, True]
+        assert await Inbox(db).known(TID, ["c1", "c2", "c4"]) == {"c1", "c2"}
+        assert [m.client_id for m in await Inbox(db).pending()] == ["c2", "c3"]
 
         assert await retention.prune(now=time.time() + 31 * DAY) == Pruned()  # done is done
     finally:
@@ -96,8 +103,9 @@ async def test_old_rows_are_pruned_and_what_exactly_once_and_history_need_stays(
 
 
 async def test_pruning_goes_in_small_batches_each_committed_on_its_own(tmp_path: Path) -> None:
-    """Never one long transaction: each batch is one statement, so a turn's write waits for
-    one batch at most."""
+    """Never one long transaction: each batch commits on its own (the outbox's in one
+    statement, the inbox's in one short transaction), so a turn waits for one batch at
+    most."""
     db = await Database.open(tmp_path / "conversation.db")
     try:
         for i in range(25):
@@ -107,12 +115,17 @@ async def test_pruning_goes_in_small_batches_each_committed_on_its_own(tmp_path:
         pruned = await Retention(db, keep_days=1, batch=10).prune(now=time.time() + 2 * DAY)
         await db.conn.set_trace_callback(None)
         assert pruned == Pruned(inbox=25, steps=0, outbox=25)
-        changes = [s for s in statements if s.startswith(("UPDATE", "DELETE"))]
-        # The trace shows each statement with its values: count the ids in each.
-        sizes = [len(re.search(r"IN \(([^)]*)\)", s)[1].split(",")) for s in changes]  # type: ignore[index]
-        assert sizes == [10, 10, 5, 10, 10, 5]
-        assert not [s for s in statements if s.startswith("BEGIN")]
-        assert {r[1] for r in await inbox_rows(db)} == {""}
+
+        def sizes(starts: str) -> list[int]:  # the trace shows the values: count the ids
+            return [len(re.search(r"IN \(([^)]*)\)", s)[1].split(","))  # type: ignore[index]
+                    for s in statements if s.startswith(starts)]
+
+        assert sizes("DELETE FROM outbox") == [10, 10, 5]
+        assert sizes("DELETE FROM inbox") == [10, 10, 5]
+        assert [s for s in statements if s.startswith(("BEGIN", "COMMIT"))] == [
+            "BEGIN IMMEDIATE", "COMMIT"] * 3  # one short transaction per inbox batch
+        assert await inbox_rows(db) == []
+        assert len(await pruned_keys(db)) == 25
     finally:
         await db.close()
 
@@ -145,19 +158,20 @@ async def test_pruning_runs_at_start_and_then_once_a_day(tmp_path: Path) -> None
         await answer(db, "c1", "first")
         retention.start()
         assert await asked.get() == DAY  # the first pass is done and it waits a day
-        assert await inbox_rows(db) == [("c1", "", "{}", "done")]
+        assert await pruned_keys(db) == [(TID, "c1")]
         await answer(db, "c2", "second")
         next_day.set()
         assert await asked.get() == DAY
-        assert await inbox_rows(db) == [("c1", "", "{}", "done"), ("c2", "", "{}", "done")]
+        assert await pruned_keys(db) == [(TID, "c1"), (TID, "c2")]
+        assert await inbox_rows(db) == []
     finally:
         await retention.stop()  # cancels the wait for the next day
         await db.close()
 
 
 async def test_the_app_prunes_at_start(tmp_path: Path, app_factory: AppFactory) -> None:
-    """The composition root starts the retention task: a row answered long ago is reduced to
-    its key soon after start, and the log says what went."""
+    """The composition root starts the retention task: a row answered long ago goes (its key
+    kept) soon after start, and the log says what went."""
     path = tmp_path / "data" / "conversation.db"
     db = await Database.open(path)
     await answer(db, "c1", "long ago")
@@ -169,9 +183,10 @@ async def test_the_app_prunes_at_start(tmp_path: Path, app_factory: AppFactory) 
 
     log = tmp_path / "logs" / "ganglion.log"
     await eventually(lambda: "retention: " in log.read_text())  # the first pass is over
-    assert ("retention: 1 answered messages reduced to their id, 0 tool steps and"
-            " 1 delivered outbox rows pruned") in log.read_text()
-    assert await inbox_rows(app.db) == [("c1", "", "{}", "done")]
+    assert ("retention: 1 answered messages (their ids kept), 0 tool steps and"
+            " 1 delivered outbox rows pruned in ") in log.read_text()
+    assert await inbox_rows(app.db) == []
+    assert await pruned_keys(app.db) == [(TID, "c1")]
     assert await app.db.fetchall("SELECT id FROM outbox") == []
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT count(*) FROM messages").fetchone() == (2,)

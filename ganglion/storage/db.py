@@ -191,6 +191,21 @@ MIGRATIONS: list[Migration] = [  # applied once each, in order; recorded in ``mi
         )
         """,
     ),
+    Migration(
+        7,
+        "retention",
+        """
+        -- The keys of answered messages whose inbox row retention deleted: a resent id is
+        -- still known (exactly once) for a fraction of the row's size.
+        CREATE TABLE inbox_pruned (
+            thread_id TEXT NOT NULL,
+            client_id TEXT NOT NULL,
+            PRIMARY KEY (thread_id, client_id)
+        ) WITHOUT ROWID;
+        -- Retention unlinks history from the inbox rows it deletes (history itself stays).
+        CREATE INDEX messages_inbox ON messages (inbox_id) WHERE inbox_id IS NOT NULL
+        """,
+    ),
 ]
 
 

@@ -15,35 +15,25 @@ log = logging.getLogger(__name__)
 
 DAY = 86_400.0
 BATCH = 500
-"""Rows per statement: each commits on its own, so a turn never waits long behind pruning."""
+"""Rows per batch: each batch commits on its own, so a turn never waits long behind pruning."""
 
-# Each pair: which rows (ids after a watermark, older than the cutoff, a batch at most), and
-# what to do with them (the condition again: a row may have changed in between).
-_INBOX = (
-    # Answered messages keep their row, reduced to the dedup key (thread_id, client_id): a
-    # resent id must be known for ever (exactly once), and history's rows refer to it. The
-    # text is in history already; what goes is that copy and the meta.
-    "SELECT id FROM inbox WHERE id > ? AND status = 'done' AND done_at < ?"
-    " AND (text != '' OR meta != '{}') ORDER BY id LIMIT ?",
-    "UPDATE inbox SET text = '', meta = '{}' WHERE id IN ({ids}) AND status = 'done'",
+# Which rows: ids after a watermark, older than the cutoff, a batch at most.
+_OLD_INBOX = (
+    # Answered, and no reply still waits for delivery (the router links it to the question
+    # by the inbox row).
+    "SELECT id FROM inbox i WHERE id > ? AND status = 'done' AND done_at < ?"
+    " AND NOT EXISTS (SELECT 1 FROM messages m JOIN outbox o ON o.message_id = m.id"
+    " WHERE m.inbox_id = i.id AND o.delivered_at IS NULL) ORDER BY id LIMIT ?"
 )
-_STEPS = (
-    # Tool steps are read only to resume an unanswered message; finish_turn drops them with
-    # the answer, so what is left belongs to a message answered by another way.
-    "SELECT s.rowid FROM turn_steps s JOIN inbox i ON i.id = s.inbox_id"
-    " WHERE s.rowid > ? AND i.status = 'done' AND i.done_at < ? ORDER BY s.rowid LIMIT ?",
-    "DELETE FROM turn_steps WHERE rowid IN ({ids})",
-)
-_OUTBOX = (
+_OLD_OUTBOX = (
     # Delivered is done: the message itself stays in history.
-    "SELECT id FROM outbox WHERE id > ? AND delivered_at < ? ORDER BY id LIMIT ?",
-    "DELETE FROM outbox WHERE id IN ({ids}) AND delivered_at IS NOT NULL",
+    "SELECT id FROM outbox WHERE id > ? AND delivered_at < ? ORDER BY id LIMIT ?"
 )
 
 
 @dataclass(frozen=True, slots=True)
 class Pruned:
-    """What one pass changed: inbox rows reduced to their key, steps and outbox rows gone."""
+    """What one pass dropped: inbox rows (their keys kept), tool steps, outbox rows."""
 
     inbox: int = 0
     steps: int = 0
@@ -83,10 +73,11 @@ class Retention:
     async def _run(self) -> None:
         while True:
             try:
+                started = time.monotonic()
                 pruned = await self.prune()
-                log.info("retention: %d answered messages reduced to their id, %d tool steps"
-                         " and %d delivered outbox rows pruned", pruned.inbox, pruned.steps,
-                         pruned.outbox)
+                log.info("retention: %d answered messages (their ids kept), %d tool steps"
+                         " and %d delivered outbox rows pruned in %.2f s", pruned.inbox,
+                         pruned.steps, pruned.outbox, time.monotonic() - started)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a full or locked disk: tomorrow's pass takes what is left
@@ -98,18 +89,43 @@ class Retention:
         if self.keep_days is None:
             return Pruned()
         cutoff = (self.clock() if now is None else now) - self.keep_days * DAY
-        return Pruned(inbox=await self._in_batches(*_INBOX, cutoff),
-                      steps=await self._in_batches(*_STEPS, cutoff),
-                      outbox=await self._in_batches(*_OUTBOX, cutoff))
+        outbox = await self._in_batches(_OLD_OUTBOX, cutoff, self._drop_outbox)
+        steps: list[int] = []
+        inbox = await self._in_batches(
+            _OLD_INBOX, cutoff, lambda ids: self._drop_inbox(ids, steps))
+        return Pruned(inbox=inbox, steps=sum(steps), outbox=outbox)
 
-    async def _in_batches(self, select: str, change: str, cutoff: float) -> int:
-        changed, after = 0, 0
+    async def _drop_outbox(self, ids: list[int]) -> int:
+        marks = ",".join("?" * len(ids))
+        cur = await self.db.write(
+            f"DELETE FROM outbox WHERE id IN ({marks}) AND delivered_at IS NOT NULL", tuple(ids))
+        return cur.rowcount
+
+    async def _drop_inbox(self, ids: list[int], steps: list[int]) -> int:
+        """Answered inbox rows go, their key kept in inbox_pruned: a resent id, however late,
+        is still known (exactly once). History stays; its link to the row goes. So do tool
+        steps a turn left (finish_turn drops its own; these belong to a message answered by
+        another way, such as a Stop that lost the race)."""
+        marks = ",".join("?" * len(ids))
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT OR IGNORE INTO inbox_pruned (thread_id, client_id)"
+                f" SELECT thread_id, client_id FROM inbox WHERE id IN ({marks})", ids)
+            await conn.execute(
+                f"UPDATE messages SET inbox_id = NULL WHERE inbox_id IN ({marks})", ids)
+            cur = await conn.execute(f"DELETE FROM turn_steps WHERE inbox_id IN ({marks})", ids)
+            steps.append(cur.rowcount)
+            cur = await conn.execute(f"DELETE FROM inbox WHERE id IN ({marks})", ids)
+            return cur.rowcount
+
+    async def _in_batches(
+        self, select: str, cutoff: float, drop: Callable[[list[int]], Awaitable[int]]
+    ) -> int:
+        dropped, after = 0, 0
         while True:
             rows = await self.db.fetchall(select, (after, cutoff, self.batch))
             if not rows:
-                return changed
+                return dropped
             ids = [int(r[0]) for r in rows]
-            marks = ",".join("?" * len(ids))
-            cur = await self.db.write(change.replace("{ids}", marks), tuple(ids))
-            changed += cur.rowcount
+            dropped += await drop(ids)
             after = ids[-1]  # the watermark: rows kept (pending, newer) are not read again
