@@ -23,7 +23,8 @@ class Inbox:
         """Store ``msg``; returns it with its id, and whether it is new.
 
         A message whose (thread_id, client_id) is already stored is not stored again: the
-        stored one is returned with ``False`` (a resend after a lost acknowledgement).
+        stored one is returned with ``False`` (a resend after a lost acknowledgement), with
+        id 0 when retention has since kept only its key.
         """
         cur = await self.db.write(
             "INSERT INTO inbox (thread_id, client_id, source, sender, text, system, meta,"
