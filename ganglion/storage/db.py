@@ -284,8 +284,7 @@ class Database:
         _pass_on(error, cancel)
 
     async def _control(self, sql: str) -> None:
-        cursor = await self.conn.execute(sql)
-        await cursor.close()
+        await self.conn.execute(sql)  # no rows to read: one trip to aiosqlite's thread
 
     async def write(
         self,
