@@ -33,6 +33,7 @@ from ganglion.storage.inbox import Inbox
 from ganglion.storage.lock import LOCK_FILE, DataFolderInUse, DataLock
 from ganglion.storage.outbox import Outbox
 from ganglion.storage.reminders import HeartbeatLedger, ReminderStore
+from ganglion.storage.retention import Retention
 from ganglion.storage.usage import UsageLog
 from ganglion.tool_names import TOOL_NAMES
 from ganglion.tools.files import FileTools, Workspace
@@ -215,6 +216,10 @@ class App:
         self._stops.append(("reminders", self.reminders.stop))
         self.heartbeat.start()
         self._stops.append(("heartbeat", self.heartbeat.stop))
+        # Pruning runs beside the service, in small batches: never in the way of a turn.
+        self.retention = Retention(self.db, cfg.storage.keep_days)
+        self.retention.start()
+        self._stops.append(("retention", self.retention.stop))
 
         self.ready_seconds = time.monotonic() - started
         log.info("ready in %.2f s; LLM: %s", self.ready_seconds, self.llm.describe())

@@ -297,6 +297,15 @@ class BusConfig(_Section):
     enough that a burst's first replies are not held back by the work of the last ones."""
 
 
+class StorageConfig(_Section):
+    """conversation.db's retention. See README, "Data"."""
+
+    keep_days: Annotated[int, Field(ge=1, le=36_500)] | None = 30
+    """Answered messages' inbox rows (their ids kept, so a resend is still known), delivered
+    outbox rows and tool steps left by answered turns, older than this, are pruned (at start,
+    then daily); null keeps them. The history and the usage /stats counts are never pruned."""
+
+
 def _zone_name(value: str | None) -> str | None:
     if not value:
         return None
@@ -406,6 +415,7 @@ class Config(_Section):
     paths: PathsConfig = PathsConfig()
     logging: LoggingConfig = LoggingConfig()
     bus: BusConfig = BusConfig()
+    storage: StorageConfig = StorageConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     heartbeat: HeartbeatConfig = HeartbeatConfig()
     limits: LimitsConfig = LimitsConfig()

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import sys
+import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -123,4 +126,138 @@ async def test_a_read_never_sees_a_transaction_that_is_rolled_back(tmp_path: Pat
         await history.finish_turn(tid, None, [NewMessage("assistant", "it happened")])
         assert [m.content for m in await history.transcript(tid)] == ["it happened"]
     finally:
+        await db.close()
+
+
+# -- cancellation inside a transaction -------------------------------------------------------
+
+HOLD_WRITE_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.readline()
+conn.execute("COMMIT")
+print("released", flush=True)
+"""
+
+
+class OtherProcess:
+    """A second program holding the database's write lock (BEGIN IMMEDIATE) until released."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    async def __aenter__(self) -> OtherProcess:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", HOLD_WRITE_LOCK, str(self.path),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        assert self.proc.stdout is not None
+        assert await self.proc.stdout.readline() == b"locked\n"
+        return self
+
+    async def release(self) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(b"go\n")
+        await self.proc.stdin.drain()
+        assert await self.proc.stdout.readline() == b"released\n"
+        assert await self.proc.wait() == 0
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+def on_statement(db: Database, starts: str, then: Callable[[], None]) -> Awaitable[None]:
+    """Call ``then`` on the loop when the connection next starts running a statement that
+    starts with ``starts`` (SQLite's trace hook: before the statement waits for any lock);
+    once."""
+    loop = asyncio.get_running_loop()
+    seen = threading.Event()
+
+    def trace(sql: str) -> None:
+        if sql.startswith(starts) and not seen.is_set():
+            seen.set()
+            loop.call_soon_threadsafe(then)
+
+    return db.conn.set_trace_callback(trace)
+
+
+TID = ThreadId("web_" + "cd" * 16)
+
+
+async def test_a_cancel_while_begin_waits_for_the_lock_leaves_no_transaction_open(
+    tmp_path: Path,
+) -> None:
+    """Window A: a Stop lands while BEGIN IMMEDIATE waits for another program's write lock.
+    aiosqlite runs the BEGIN anyway once the lock is free; the connection must not be left
+    inside that transaction (every later transaction would fail)."""
+    path = tmp_path / "conversation.db"
+    db = await Database.open(path)
+    await db.write("PRAGMA busy_timeout = 600000")  # BEGIN waits for the release, however slow
+    history = History(db)
+    try:
+        async with OtherProcess(path) as other:
+            begun = asyncio.Event()
+            await on_statement(db, "BEGIN", begun.set)
+            turn = asyncio.create_task(
+                history.finish_turn(TID, None, [NewMessage("assistant", "stopped")]))
+            await begun.wait()  # the BEGIN runs, and waits for the other program's lock
+            turn.cancel()
+            await other.release()
+            with pytest.raises(asyncio.CancelledError):
+                await turn
+        await history.finish_turn(TID, None, [NewMessage("assistant", "next")])
+        assert not db.conn.in_transaction
+        assert [m.content for m in await history.transcript(TID)] == ["next"]
+    finally:
+        await db.close()
+    with sqlite3.connect(path) as conn:  # committed for every program, not only ours
+        assert conn.execute("SELECT content FROM messages").fetchall() == [("next",)]
+
+
+async def test_a_cancel_while_commit_is_pending_still_updates_the_context_cache(
+    tmp_path: Path,
+) -> None:
+    """Window B: a Stop lands after the turn's rows were written, while its COMMIT waits its
+    turn on aiosqlite's single worker thread (behind a read the test holds open). The COMMIT
+    runs anyway, so the cached context must show the answer as the database does."""
+    db = await Database.open(tmp_path / "conversation.db")
+    history = History(db)
+    release = threading.Event()
+    entered = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def block() -> int:
+        loop.call_soon_threadsafe(entered.set)
+        release.wait()
+        return 1
+
+    async def read_held_open() -> None:
+        async with db.conn.execute("SELECT block()") as cur:
+            await cur.fetchall()
+
+    await db.conn.create_function("block", 0, block)
+    await history.finish_turn(TID, None, [NewMessage("assistant", "earlier")])
+    assert [m.content for m in await history.context(TID)] == ["earlier"]  # now cached
+    reader: list[asyncio.Task[None]] = []
+    try:
+        # The read is queued right after the turn's last write, before the turn's COMMIT.
+        await on_statement(db, "INSERT INTO messages",
+                           lambda: reader.append(asyncio.create_task(read_held_open())))
+        turn = asyncio.create_task(
+            history.finish_turn(TID, None, [NewMessage("assistant", "answer")]))
+        await entered.wait()  # the turn's body is done: it waits for its COMMIT
+        turn.cancel()
+        release.set()
+        await reader[0]
+        with pytest.raises(asyncio.CancelledError):
+            await turn
+        rows = await db.fetchall("SELECT content FROM messages ORDER BY id")
+        assert [r["content"] for r in rows] == ["earlier", "answer"]  # committed
+        assert not db.conn.in_transaction
+        assert [m.content for m in await history.context(TID)] == ["earlier", "answer"]
+    finally:
+        release.set()
         await db.close()

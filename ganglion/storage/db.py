@@ -7,10 +7,11 @@ import contextlib
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
@@ -190,6 +191,21 @@ MIGRATIONS: list[Migration] = [  # applied once each, in order; recorded in ``mi
         )
         """,
     ),
+    Migration(
+        7,
+        "retention",
+        """
+        -- The keys of answered messages whose inbox row retention deleted: a resent id is
+        -- still known (exactly once) for a fraction of the row's size.
+        CREATE TABLE inbox_pruned (
+            thread_id TEXT NOT NULL,
+            client_id TEXT NOT NULL,
+            PRIMARY KEY (thread_id, client_id)
+        ) WITHOUT ROWID;
+        -- Retention unlinks history from the inbox rows it deletes (history itself stays).
+        CREATE INDEX messages_inbox ON messages (inbox_id) WHERE inbox_id IS NOT NULL
+        """,
+    ),
 ]
 
 
@@ -232,23 +248,69 @@ class Database:
         await self.conn.close()
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def transaction(
+        self, after_commit: Callable[[], None] | None = None
+    ) -> AsyncIterator[aiosqlite.Connection]:
+        """BEGIN IMMEDIATE, the body, COMMIT; ROLLBACK if the body raises.
+
+        Safe to cancel anywhere: BEGIN, COMMIT and ROLLBACK run to their end before a cancel
+        is passed on (aiosqlite runs a queued statement whether or not its caller still
+        waits), so the shared connection is never left inside a transaction.
+        ``after_commit`` runs once COMMIT succeeded, also when the caller was cancelled
+        meanwhile: the rows are there, so what mirrors them (a cache) must be updated.
+        """
         async with self._lock:
-            await self.conn.execute("BEGIN IMMEDIATE")
+            error, cancel = await _to_the_end(self._control("BEGIN IMMEDIATE"))
+            if error is not None or cancel is not None:
+                await self._roll_back()  # a BEGIN that succeeded after its caller left
+                _pass_on(error, cancel)
             try:
                 yield self.conn
             except BaseException:
-                await self.conn.execute("ROLLBACK")
+                await self._roll_back()
                 raise
-            await self.conn.execute("COMMIT")
+            error, cancel = await _to_the_end(self._control("COMMIT"))
+            if error is None and after_commit is not None:
+                after_commit()
+            if error is not None:
+                await self._roll_back()  # a COMMIT that failed may leave it open (SQLITE_BUSY)
+            _pass_on(error, cancel)
 
-    async def write(self, sql: str, params: tuple[object, ...] = ()) -> aiosqlite.Cursor:
+    async def _roll_back(self) -> None:
+        """ROLLBACK when a transaction is open (SQLite ends one by itself on some errors)."""
+        if not self.conn.in_transaction:
+            return
+        error, cancel = await _to_the_end(self._control("ROLLBACK"))
+        _pass_on(error, cancel)
+
+    async def _control(self, sql: str) -> None:
+        await self.conn.execute(sql)  # no rows to read: one trip to aiosqlite's thread
+
+    async def write(
+        self,
+        sql: str,
+        params: tuple[object, ...] = (),
+        then: Callable[[aiosqlite.Cursor], None] | None = None,
+    ) -> aiosqlite.Cursor:
         """One statement, committed on its own (SQLite makes a lone statement atomic): a third
-        of the round trips of BEGIN, statement, COMMIT. Waits for any open transaction."""
+        of the round trips of BEGIN, statement, COMMIT. Waits for any open transaction.
+
+        Like a transaction's COMMIT, the statement runs to its end before a cancel is passed
+        on, and ``then`` sees its cursor whenever it succeeded (keep caches true to the rows).
+        """
         async with self._lock:
-            cursor = await self.conn.execute(sql, params)
-            await cursor.close()  # rowcount and lastrowid stay readable
-            return cursor
+            result: list[aiosqlite.Cursor] = []
+
+            async def run() -> None:
+                cursor = await self.conn.execute(sql, params)
+                await cursor.close()  # rowcount and lastrowid stay readable
+                result.append(cursor)
+
+            error, cancel = await _to_the_end(run())
+            if error is None and then is not None:
+                then(result[0])
+            _pass_on(error, cancel)
+            return result[0]
 
     async def fetchall(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
         """Committed rows only: waits for any open transaction (see the class)."""
@@ -283,6 +345,36 @@ class Database:
                     "INSERT INTO migrations (number, name, applied_at) VALUES (?, ?, unixepoch())",
                     (m.number, m.name),
                 )
+
+
+async def _to_the_end(
+    work: Coroutine[Any, Any, None],
+) -> tuple[BaseException | None, asyncio.CancelledError | None]:
+    """Await ``work`` to its end even when the caller is cancelled meanwhile.
+
+    Returns the error ``work`` raised, if any, and the cancel that arrived meanwhile, if any:
+    the caller passes the cancel on once it has settled what ``work`` left behind.
+    """
+    task = asyncio.ensure_future(work)
+    cancel: asyncio.CancelledError | None = None
+    while True:
+        try:
+            await asyncio.shield(task)
+            return None, cancel
+        except asyncio.CancelledError as err:
+            if task.cancelled():  # the task itself (a loop shutting down): nothing to wait for
+                raise
+            cancel = err  # and wait on: the statement runs anyway
+        except Exception as err:
+            return err, cancel
+
+
+def _pass_on(error: BaseException | None, cancel: asyncio.CancelledError | None) -> None:
+    """Raise what ``_to_the_end`` reported: the cancel first (the caller asked to stop)."""
+    if cancel is not None:
+        raise cancel from error
+    if error is not None:
+        raise error
 
 
 def _split_sql(sql: str) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,10 @@ class DataFiles:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self._cache: dict[Path, _Cached] = {}
-        self._locks: dict[Path, asyncio.Lock] = {}
+        # Weak: a lock lives while someone holds or waits for it (``async with`` keeps it),
+        # so the file tools' arbitrary paths do not pile up a lock each for good.
+        self._locks: weakref.WeakValueDictionary[Path, asyncio.Lock] = (
+            weakref.WeakValueDictionary())
 
     def ensure_layout(self) -> None:
         """Create data/ with its empty templates where missing (never overwrites)."""
@@ -89,5 +93,10 @@ class DataFiles:
         return result
 
     def lock(self, name: str) -> asyncio.Lock:
-        """The lock that serialises every change to one file."""
-        return self._locks.setdefault(self.data_dir / name, asyncio.Lock())
+        """The lock that serialises every change to one file (the same object for as long
+        as anyone holds or awaits it)."""
+        path = self.data_dir / name
+        lock = self._locks.get(path)
+        if lock is None:
+            lock = self._locks[path] = asyncio.Lock()
+        return lock

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import aiosqlite
+
 from ganglion.messages import Inbound, ThreadId
 from ganglion.storage.db import Database
 from ganglion.tokens import message_tokens
@@ -78,24 +80,26 @@ class History:
     async def begin_turn(self, msg: Inbound, content: str) -> None:
         """Put the inbound's user message into history (once, even when a turn is re-run)."""
         now, tokens = time.time(), message_tokens(content)
-        cur = await self.db.write(
+
+        def cache(cur: aiosqlite.Cursor) -> None:  # also when a Stop landed meanwhile
+            if cur.rowcount == 1 and cur.lastrowid is not None:
+                self._append(StoredMessage(cur.lastrowid, msg.thread_id, "user", content,
+                                           tokens=tokens, created_at=now, inbox_id=msg.id))
+
+        await self.db.write(
             "INSERT INTO messages (thread_id, role, content, inbox_id, tokens, created_at)"
             " VALUES (?, 'user', ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (msg.thread_id, content, msg.id, tokens, now),
+            (msg.thread_id, content, msg.id, tokens, now), then=cache,
         )
-        if cur.rowcount == 1 and cur.lastrowid is not None:
-            self._append(StoredMessage(cur.lastrowid, msg.thread_id, "user", content,
-                                       tokens=tokens, created_at=now, inbox_id=msg.id))
 
     async def add_step(self, inbox_id: int, seq: int, message: NewMessage) -> None:
         """One message of a running turn's tool exchange, kept as it happens."""
-        await self._inbox_ids_with_steps()
+        stepped = await self._inbox_ids_with_steps()
         await self.db.write(
             "INSERT OR REPLACE INTO turn_steps (inbox_id, seq, message) VALUES (?, ?, ?)",
             (inbox_id, seq, json.dumps(asdict(message))),
+            then=lambda _: stepped.add(inbox_id),  # a re-run must find the step, Stop or not
         )
-        assert self._stepped is not None
-        self._stepped.add(inbox_id)
 
     async def steps(self, inbox_id: int) -> list[NewMessage]:
         """The tool exchange an earlier run of this turn got through, in order (no read at
@@ -128,7 +132,14 @@ class History:
         stored: list[StoredMessage] = []
         now = time.time()
         stepped = await self._inbox_ids_with_steps()
-        async with self.db.transaction() as conn:
+
+        def cache() -> None:  # once committed, also when the caller was cancelled meanwhile
+            if inbox_id:
+                stepped.discard(inbox_id)
+            for message in stored:
+                self._append(message)
+
+        async with self.db.transaction(after_commit=cache) as conn:
             if inbox_id:
                 cur = await conn.execute(
                     "UPDATE inbox SET status = 'done', done_at = ? WHERE id = ?"
@@ -171,10 +182,6 @@ class History:
                         (thread_id, cur.lastrowid, now),
                     )
                     queued.append((cur.lastrowid, m))
-        if inbox_id:
-            stepped.discard(inbox_id)
-        for message in stored:
-            self._append(message)
         return queued
 
     async def context(self, thread_id: ThreadId) -> list[StoredMessage]:
@@ -209,14 +216,16 @@ class History:
 
     async def forget_context(self, thread_id: ThreadId) -> int:
         """/new: the model starts over; the transcript is cleared too. Returns rows dropped."""
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(after_commit=lambda: self._forget(thread_id)) as conn:
             cur = await conn.execute(
                 "UPDATE messages SET in_context = 0, visible = 0"
                 " WHERE thread_id = ? AND (in_context = 1 OR visible = 1)",
                 (thread_id,),
             )
-        self._contexts.pop(thread_id, None)
         return cur.rowcount
+
+    def _forget(self, thread_id: ThreadId) -> None:
+        self._contexts.pop(thread_id, None)
 
     async def replace_with_summary(
         self, thread_id: ThreadId, up_to_id: int, summary: str
@@ -227,7 +236,8 @@ class History:
         context lists the summary first, whatever its id.
         """
         now = time.time()
-        async with self.db.transaction() as conn:
+        # The context is re-read in its new order at the next turn.
+        async with self.db.transaction(after_commit=lambda: self._forget(thread_id)) as conn:
             cur = await conn.execute(
                 "UPDATE messages SET in_context = 0"
                 " WHERE thread_id = ? AND in_context = 1 AND (id <= ? OR role = 'summary')",
@@ -239,5 +249,4 @@ class History:
                 " created_at) VALUES (?, 'summary', ?, 1, 0, ?, ?)",
                 (thread_id, summary, message_tokens(summary), now),
             )
-        self._contexts.pop(thread_id, None)  # re-read in its new order at the next turn
         return dropped

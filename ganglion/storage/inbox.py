@@ -10,6 +10,10 @@ from dataclasses import replace
 from ganglion.messages import Inbound, Source, ThreadId
 from ganglion.storage.db import Database
 
+NOT_PRUNED = ("NOT EXISTS (SELECT 1 FROM inbox_pruned WHERE thread_id = ?1"
+              " AND client_id = ?2)")
+"""The key was not answered long ago either (retention keeps only the keys of old rows)."""
+
 
 class Inbox:
     def __init__(self, db: Database) -> None:
@@ -19,11 +23,12 @@ class Inbox:
         """Store ``msg``; returns it with its id, and whether it is new.
 
         A message whose (thread_id, client_id) is already stored is not stored again: the
-        stored one is returned with ``False`` (a resend after a lost acknowledgement).
+        stored one is returned with ``False`` (a resend after a lost acknowledgement), with
+        id 0 when retention has since kept only its key.
         """
         cur = await self.db.write(
             "INSERT INTO inbox (thread_id, client_id, source, sender, text, system, meta,"
-            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            f" created_at) SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE {NOT_PRUNED}"
             " ON CONFLICT (thread_id, client_id) DO NOTHING",
             (
                 msg.thread_id,
@@ -42,8 +47,7 @@ class Inbox:
             "SELECT id FROM inbox WHERE thread_id = ? AND client_id = ?",
             (msg.thread_id, msg.client_id),
         )
-        assert row is not None
-        return replace(msg, id=row["id"]), False
+        return replace(msg, id=row["id"] if row else 0), False  # 0: answered, row pruned
 
     async def add_many(self, msgs: Sequence[Inbound]) -> list[tuple[Inbound, bool]]:
         """``add`` for many messages in one statement per 500 (a start that fires a thousand
@@ -60,7 +64,9 @@ class Inbox:
             rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
             async with self.db.transaction() as conn, conn.execute(
                 "INSERT INTO inbox (thread_id, client_id, source, sender, text, system,"
-                f" meta, created_at) VALUES {rows}"
+                f" meta, created_at) SELECT * FROM (VALUES {rows}) AS v WHERE NOT EXISTS"
+                " (SELECT 1 FROM inbox_pruned p WHERE p.thread_id = v.column1"
+                " AND p.client_id = v.column2)"
                 " ON CONFLICT (thread_id, client_id) DO NOTHING"
                 " RETURNING id, thread_id, client_id", params,
             ) as cur:
@@ -77,8 +83,10 @@ class Inbox:
             return set()
         marks = ",".join("?" * len(client_ids))
         rows = await self.db.fetchall(
-            f"SELECT client_id FROM inbox WHERE thread_id = ? AND client_id IN ({marks})",
-            (thread_id, *client_ids),
+            f"SELECT client_id FROM inbox WHERE thread_id = ? AND client_id IN ({marks})"
+            " UNION SELECT client_id FROM inbox_pruned WHERE thread_id = ?"
+            f" AND client_id IN ({marks})",
+            (thread_id, *client_ids, thread_id, *client_ids),
         )
         return {r["client_id"] for r in rows}
 

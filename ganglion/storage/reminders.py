@@ -100,7 +100,7 @@ class ReminderStore:
         """Their ids, all stored in one transaction."""
         ids: list[int] = []
         now = time.time()
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(after_commit=self._changed) as conn:
             for n in news:
                 cur = await conn.execute(
                     "INSERT INTO reminders (thread_id, text, system, cron, every_seconds, next_at,"
@@ -110,8 +110,12 @@ class ReminderStore:
                 )
                 assert cur.lastrowid is not None
                 ids.append(cur.lastrowid)
-        self._changes += 1
         return ids
+
+    def _changed(self) -> None:
+        """Counted once committed, also when the caller was cancelled meanwhile: the mirror
+        must follow the rows."""
+        self._changes += 1
 
     async def get(self, reminder_id: int) -> Reminder | None:
         r = await self.db.fetchone("SELECT * FROM reminders WHERE id = ?", (reminder_id,))
@@ -163,25 +167,22 @@ class ReminderStore:
         Only a row still active and still due at "fired for" changes (a reminder cancelled
         meanwhile stays cancelled).
         """
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(after_commit=self._changed) as conn:
             await conn.executemany(
                 "UPDATE reminders SET next_at = ?, status = ?, fired = fired + 1,"
                 " last_fired_at = ? WHERE id = ? AND status = 'active' AND next_at = ?",
                 [(next_at, ACTIVE if next_at is not None else DONE, fired_at, rid, fired_for)
                  for rid, fired_for, next_at in moves],
             )
-        self._changes += 1
 
     async def cancel(self, reminder_id: int) -> bool:
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(after_commit=self._changed) as conn:
             cur = await conn.execute(
                 "UPDATE reminders SET status = 'cancelled', next_at = NULL"
                 " WHERE id = ? AND status = 'active'",
                 (reminder_id,),
             )
-            changed = cur.rowcount == 1
-        self._changes += changed
-        return changed
+            return cur.rowcount == 1
 
     async def write_mirror(self) -> None:
         """Rewrite data/reminders.json if anything changed since it was last written.
