@@ -57,6 +57,41 @@ async def test_a_firing_resubmitted_after_a_crash_is_not_delivered_twice(
     await chat.close()
 
 
+async def test_a_recurring_firing_caught_in_the_crash_window_leaves_no_time_uncounted(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    """The crash window of an hourly reminder, the start 3.5 hours later: the firing stored
+    before the crash is sent as it was (it counted one time); the three times since are
+    counted by the next firing, at once, not moved past unsaid."""
+    app = await app_factory(FAST)
+    chat = await connect(app)
+    due = time.time() - 3.5 * 3600
+    async with app.db.transaction() as conn:
+        cur = await conn.execute(
+            "INSERT INTO reminders (thread_id, text, next_at, every_seconds, created_by,"
+            " created_at) VALUES (?, 'Drink water', ?, 3600, 'test', ?)",
+            (chat.thread_id, due, due - 60))
+        rid = cur.lastrowid
+    stored = Inbound(ThreadId(chat.thread_id), "⏰ Reminder: Drink water", "reminder",
+                     Source.REMINDER, f"reminder:{rid}:{round(due * 1000)}",
+                     meta={"reminder_id": str(rid), "due": str(due), "late": "0",
+                           "missed": "1", "exact": "1"})
+    async with app.db.transaction() as conn:  # stored, then the crash: the row not moved on
+        await conn.execute(
+            "INSERT INTO inbox (thread_id, client_id, source, sender, text, meta, created_at,"
+            " status) VALUES (?, ?, 'reminder', 'reminder', ?, ?, ?, 'done')",
+            (stored.thread_id, stored.client_id, stored.text, json.dumps(stored.meta), due))
+    await app.reminders.wake()
+    _, late = await next_reminder(chat)
+    assert late["text"].startswith("⏰ Reminder (late, was due "), late["text"]
+    assert late["text"].endswith(", and 2 more times since): Drink water"), late["text"]
+    assert await inbox_reminders(app) == [
+        f"reminder:{rid}:{round(due * 1000)}", f"reminder:{rid}:{round((due + 3600) * 1000)}"]
+    after = await app.reminder_store.get(rid)
+    assert after is not None and after.next_at == due + 4 * 3600
+    await chat.close()
+
+
 async def test_a_recurring_reminder_missed_while_stopped_fires_once_for_all_it_missed(
     app_factory: AppFactory, fake_llm: FakeLLM
 ) -> None:
