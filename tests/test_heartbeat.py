@@ -103,17 +103,6 @@ class Rounds:
         await eventually(lambda: self.done >= target, timeout)
 
 
-async def events_so_far(chat: ChatClient) -> list[dict[str, Any]]:
-    """Every event the server sent this tab until now: a frame it answers at once with no
-    other effect (an unknown type: a bad_frame error) goes round; what came before it is
-    what was sent before. No wait for time, and nothing that makes the tab active."""
-    await chat.send_raw({"type": "sync"})
-    got = []
-    while (event := await chat.next_event()).get("code") != "bad_frame":
-        got.append(event)
-    return got
-
-
 async def test_no_review_runs_when_there_is_nothing_to_review(
     app_factory: AppFactory, fake_llm: FakeLLM
 ) -> None:
@@ -142,7 +131,7 @@ async def test_a_review_with_nothing_to_say_sends_nothing_and_sees_a_light_conte
     async with asyncio.timeout(10):
         await fake_llm.wait_until(lambda: len(reviews(fake_llm, "thread")) >= 2)
         await app.bus.wait_idle()  # those reviews ended: whatever they sent was sent
-    assert await events_so_far(chat) == []  # no message, no "thinking", no delta: nothing
+    assert await chat.events_so_far() == []  # no message, no "thinking", no delta: nothing
 
     review = reviews(fake_llm, "thread")[0]
     roles = [m["role"] for m in review["messages"]]
@@ -185,7 +174,7 @@ async def test_a_review_with_something_to_say_is_delivered_to_its_thread(
     assert (event["role"], event["text"]) == ("assistant",
                                               "Did you confirm the dentist appointment?")
     # The round that reviewed ``chat`` passed ``other`` by: its review ended with its message.
-    assert [e for e in await events_so_far(other) if e["type"] == "message"] == []
+    assert [e for e in await other.events_so_far() if e["type"] == "message"] == []
     await chat.send("yes I did")
     while (await chat.reply())["text"] != "echo: yes I did":
         pass
@@ -215,7 +204,7 @@ async def test_reviews_stop_at_the_daily_budget_and_say_so_once(
     spent = len(reviews(fake_llm))
     assert spent >= 2  # 610 tokens each; reviews already queued may finish past the budget
     await rounds.more(3)  # three more rounds: no review, no second notice
-    assert await events_so_far(chat) == []
+    assert await chat.events_so_far() == []
     assert len(reviews(fake_llm)) == spent
     assert len([r for r in caplog.records if "paused until tomorrow" in r.getMessage()]) == 1
     # Said once: the one warning; the review that reached it says so in its own info line.
