@@ -95,10 +95,14 @@ class ModelCommands:
 
     # -- models ------------------------------------------------------------------------------
 
-    async def _models(self, msg: Inbound, args: str) -> str:
-        # Right after start the first discovery may still be running: wait for it, briefly.
+    async def _discovered(self) -> None:
+        """Right after start the first discovery may still be running: wait for it, briefly
+        (model numbers, and resolving one, come from it)."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.pool.discovered.wait(), DISCOVERY_TIMEOUT_SECONDS + 1)
+
+    async def _models(self, msg: Inbound, args: str) -> str:
+        await self._discovered()
         infos = self.pool.models()
         lines = ["Models (use the number, the name or an alias with `/model` or `/ask`):"]
         for info in infos:
@@ -134,6 +138,7 @@ class ModelCommands:
         return line
 
     async def _model(self, msg: Inbound, args: str) -> str:
+        await self._discovered()
         tid = msg.thread_id
         if not args:
             return (self._thread_line(tid) + " Change it with `/model <number|name|alias>`; "

@@ -99,6 +99,8 @@ class FakeLLM:
         """Chat requests whose client went away before the answer was complete."""
         self.model_lists = 0
         """Model lists served (GET /models): the daemon's start-up probe, for one."""
+        self.models_held: asyncio.Event | None = None
+        """When set to an event, model lists are answered only once the test sets it."""
         self._script: deque[Reply | ReplyFactory] = deque()
         self._handlers: set[asyncio.Task[Any]] = set()
         self._cutting: set[asyncio.Task[Any]] = set()
@@ -172,6 +174,8 @@ class FakeLLM:
     # --- handlers -------------------------------------------------------------------------
 
     async def _models(self, request: web.Request) -> web.Response:
+        if self.models_held is not None:
+            await self.models_held.wait()
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models]
         self.model_lists += 1
         self._notify()

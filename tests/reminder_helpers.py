@@ -40,18 +40,10 @@ async def set_by_model(chat: ChatClient, fake_llm: FakeLLM, **args: Any) -> str:
     return tool_results(fake_llm.requests[-1])[-1]
 
 
-async def reminder_messages(chat: ChatClient, seconds: float) -> list[tuple[float, str]]:
-    """(arrival time, text) of every reminder message arriving within ``seconds``."""
-    got: list[tuple[float, str]] = []
-    deadline = time.time() + seconds
-    while (left := deadline - time.time()) > 0:
-        try:
-            event = await chat.next_event(timeout=left)
-        except TimeoutError:
-            break
-        if event.get("type") == "message" and event.get("text", "").startswith("⏰"):
-            got.append((time.time(), event["text"]))
-    return got
+def reminders_so_far(events: list[dict[str, Any]]) -> list[str]:
+    """The reminder messages among ``events`` (as ``ChatClient.events_so_far`` returns)."""
+    return [e["text"] for e in events
+            if e.get("type") == "message" and e.get("text", "").startswith("⏰")]
 
 
 async def next_reminder(chat: ChatClient, timeout: float = 10) -> tuple[float, dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,13 @@ class RecordingHandler:
         self.gate: asyncio.Event | None = None
         self.inbox: Inbox | None = None
         self.stopped: list[str] = []
+        self._changed = asyncio.Condition()
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        """Until ``condition`` holds, looked at whenever a turn starts: a wait for the event,
+        not for time."""
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(condition), 10)
 
     async def run_turn(self, msg: Inbound) -> None:
         self.started.append((msg.thread_id, msg.text))
@@ -37,6 +45,8 @@ class RecordingHandler:
         n = self.per_thread_running.get(msg.thread_id, 0) + 1
         self.per_thread_running[msg.thread_id] = n
         self.overlap_in_thread |= n > 1
+        async with self._changed:
+            self._changed.notify_all()
         try:
             if self.gate is not None:
                 await self.gate.wait()
@@ -84,10 +94,13 @@ async def test_order_within_a_thread_and_no_overlap(tmp_path: Path) -> None:
 
 
 async def test_threads_run_concurrently_up_to_the_cap(tmp_path: Path) -> None:
-    handler = RecordingHandler(delay=0.05)
+    handler = RecordingHandler()
+    handler.gate = asyncio.Event()  # turns end when the test says, not after a delay
     bus, db = await make_bus(tmp_path, handler, cap=3)
     for i in range(9):
         await bus.submit(inbound(f"web_{i:016x}", "hi"))
+    await handler.until(lambda: handler.running == 3)
+    handler.gate.set()
     await asyncio.wait_for(bus.wait_idle(), 10)
     assert handler.max_running == 3
     assert len(handler.finished) == 9
@@ -133,7 +146,7 @@ async def test_unanswered_messages_are_recovered_once_at_start(tmp_path: Path) -
     handler.gate = asyncio.Event()  # never opened: the turn is running when we stop
     bus, db = await make_bus(tmp_path, handler, cap=2)
     await bus.submit(inbound("web_" + "c" * 16, "before stop"))
-    await asyncio.sleep(0.05)
+    await handler.until(lambda: bool(handler.started))
     assert handler.started == [("web_" + "c" * 16, "before stop")]
     await asyncio.wait_for(bus.stop(), 2)  # cancels the running turn
     await db.close()
@@ -145,9 +158,12 @@ async def test_unanswered_messages_are_recovered_once_at_start(tmp_path: Path) -
     await bus2.stop()
     await db2.close()
 
-    handler3 = RecordingHandler()
-    bus3, db3 = await make_bus(tmp_path, handler3, cap=2)  # answered now: nothing to redo
-    await asyncio.sleep(0.05)
+    handler3 = RecordingHandler()  # answered now: nothing to redo
+    db3 = await Database.open(tmp_path / "bus.db")
+    handler3.inbox = Inbox(db3)
+    bus3 = Bus(handler3.inbox, handler3, 2)
+    assert await bus3.start() == 0  # the recovery had its chance, and found nothing
+    await asyncio.wait_for(bus3.wait_idle(), 10)
     assert handler3.started == []
     await bus3.stop()
     await db3.close()
@@ -161,7 +177,7 @@ async def test_user_stop_cancels_only_that_turn(tmp_path: Path) -> None:
     await bus.submit(inbound(a, "long"))
     await bus.submit(inbound(b, "other"))
     await bus.submit(inbound(a, "next"))
-    await asyncio.sleep(0.05)
+    await handler.until(lambda: len(handler.started) == 2)  # "long" and "other"
     assert bus.is_busy(ThreadId(a))
     assert bus.cancel_turn(ThreadId(a))
     handler.gate.set()
@@ -180,7 +196,7 @@ async def test_stop_is_prompt_with_turns_running(tmp_path: Path, cap: int) -> No
     bus, db = await make_bus(tmp_path, handler, cap=cap)
     for i in range(10):
         await bus.submit(inbound(f"web_{i:016x}", "wait"))
-    await asyncio.sleep(0.02)
+    await handler.until(lambda: handler.running == cap)  # the stop finds turns running
     await asyncio.wait_for(bus.stop(), 1)
     rows = await db.fetchall("SELECT status FROM inbox")
     assert [r["status"] for r in rows] == ["pending"] * 10
@@ -193,10 +209,10 @@ async def test_control_messages_do_not_wait_behind_the_running_turn(tmp_path: Pa
     bus, db = await make_bus(tmp_path, handler, cap=2)
     thread = "web_" + "9" * 16
     await bus.submit(inbound(thread, "needs approval"))
-    await asyncio.sleep(0.02)
+    await handler.until(lambda: len(handler.started) == 1)
     await bus.submit(inbound(thread, "/approve"))
-    await asyncio.sleep(0.02)
-    # The control message started although its thread's turn is still running.
+    # The control message starts although its thread's turn is still running.
+    await handler.until(lambda: len(handler.started) == 2)
     assert [t for _, t in handler.started] == ["needs approval", "/approve"]
     handler.gate.set()
     await asyncio.wait_for(bus.wait_idle(), 5)

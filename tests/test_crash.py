@@ -211,7 +211,8 @@ async def test_sigkill_under_load_loses_nothing_and_answers_everything_once(
             await asyncio.sleep(0.3)  # a firing under way when it was cancelled ends
             while not idle(db):  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
-        await asyncio.sleep(0.3)  # time for a wrong second answer to show up
+        # No pause for "a wrong second answer": after the clean stop the database holds
+        # everything that ran, and it is what the checks below read.
         assert await d.stop() == 0
         assert sum(tab.reconnects for tab in tabs) >= KILLS, "the kills were not felt"
         # Kills landed mid-turn: model calls were cut off by them (each restart re-ran it).

@@ -223,7 +223,8 @@ async def test_sigkill_mid_turn_is_answered_exactly_once_after_restart(
     chat = await daemon.connect(chat.thread_id)
     reply = await chat.reply(timeout=15)
     assert reply["text"] == "echo: survive a crash"
-    await asyncio.sleep(0.3)  # time for a wrong second answer to show up
+    # Run again once: the start recovered it once, and its one run marked it answered.
+    assert daemon.text().count("recovered 1 unanswered message(s)") == 1
     assert assistant_rows(tmp_path / "data", chat.thread_id) == ["echo: survive a crash"]
     assert inbox_rows(tmp_path / "data") == [("survive a crash", "done")]
     await chat.close()
@@ -231,7 +232,9 @@ async def test_sigkill_mid_turn_is_answered_exactly_once_after_restart(
 
     daemon.start()  # and a third start does not answer it again
     await daemon.wait_ready()
-    await asyncio.sleep(0.3)
+    # The recovery, which would run it again, has had its chance once the start is over.
+    await eventually(lambda: daemon.text().count("ready in") == 3, 10)
+    assert daemon.text().count("recovered") == 1  # the second start's, above
     assert assistant_rows(tmp_path / "data", chat.thread_id) == ["echo: survive a crash"]
     with sqlite3.connect(tmp_path / "data" / "conversation.db") as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -208,7 +208,7 @@ async def test_a_read_only_data_folder_at_start_is_refused_clearly_then_starts_o
     chat = await daemon.connect()
     assert (await chat.ask("kept", timeout=10))["text"] == "echo: kept"
     await chat.close()
-    assert await daemon.stop(10) == 0
+    assert await daemon.stop(10) == 0, daemon.text()
 
     namespace.run("mount", "-o", "remount,ro", str(namespace.data))  # nothing open now
     daemon.start()

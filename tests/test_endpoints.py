@@ -6,6 +6,7 @@ failover and cooling, /ask parameters in the request body, endpoints added at ru
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -128,6 +129,21 @@ async def test_thread_model_routes_to_the_endpoint_that_has_it_and_persists(
     assert "the default" in await say(chat, "/model default")
     await say(chat, "back to a")
     assert a.requests[-1]["model"] == "alpha"
+    await chat.close()
+
+
+async def test_model_right_after_start_waits_for_the_first_discovery(
+    app_factory: AppFactory, pair: tuple[FakeLLM, FakeLLM]
+) -> None:
+    """``/model`` sent while the start-up's model lists are still on their way answers with
+    the model's number, as ``/models`` does (it answered without, by the clock's luck)."""
+    a, b = pair
+    a.models_held = b.models_held = asyncio.Event()
+    app = await app_factory(two_endpoints(a, b))
+    chat = await connect(app)
+    assert (await chat.send("/model"))["type"] == "ack"
+    a.models_held.set()  # the lists come only now, after the command
+    assert "`alpha` (model 1), the default" in (await chat.reply())["text"]
     await chat.close()
 
 

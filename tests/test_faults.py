@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from conftest import LLM_KEY, AppFactory
+from conftest import LLM_KEY, AppFactory, eventually
 from fake_llm import FakeLLM, Reply, completion_json
 from wsclient import ChatClient
 
@@ -313,7 +313,7 @@ async def test_a_message_the_disk_refuses_is_not_acked_and_says_so_then_works_ag
 
 
 async def test_an_answer_the_disk_refuses_is_announced_then_stored_and_sent_once_it_can(
-    app_factory: AppFactory, fake_llm: FakeLLM
+    app_factory: AppFactory, fake_llm: FakeLLM, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = await app_factory()
     chat = await connect(app)
@@ -328,7 +328,11 @@ async def test_an_answer_the_disk_refuses_is_announced_then_stored_and_sent_once
     assert notice["role"] == "system"
     assert "could not store my answer" in notice["text"]
     assert "keep trying" in notice["text"]
-    await asyncio.sleep(1.0)  # a few failed attempts
+    def attempts() -> int:
+        return sum("could not store the turn's answer" in r.getMessage()
+                   for r in caplog.records)
+
+    await eventually(lambda: attempts() >= 3)  # counted, not a pause: three failed attempts
     assert app.bus.is_busy(chat.thread_id)  # type: ignore[arg-type]
 
     await app.db.conn.execute("PRAGMA query_only = OFF")

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import AppFactory
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
+from conftest import AppFactory, eventually
 from fake_llm import FakeLLM, Reply
 from wsclient import ChatClient
 
@@ -24,6 +25,7 @@ from ganglion.app import App
 from ganglion.messages import Inbound, Source, ThreadId
 from ganglion.storage.history import NewMessage
 from ganglion.storage.reminders import HeartbeatLedger, NewReminder
+from ganglion.triggers.heartbeat import JOB
 
 FAST: dict[str, Any] = {"heartbeat": {"review_interval_minutes": 0.02, "context_messages": 4},
                         "scheduler": {"timezone": "Asia/Kathmandu"}}
@@ -83,26 +85,34 @@ async def said_hi(app: App, fake_llm: FakeLLM,
     return chat
 
 
-async def events_for(chat: ChatClient, seconds: float) -> list[dict[str, Any]]:
-    got: list[dict[str, Any]] = []
-    deadline = time.time() + seconds
-    while (left := deadline - time.time()) > 0:
-        try:
-            got.append(await chat.next_event(timeout=left))
-        except TimeoutError:
-            break
-    return got
+class Rounds:
+    """The heartbeat rounds run to their end, counted from the scheduler's own job events:
+    what proves the rounds had their chance before a test says they did nothing."""
+
+    def __init__(self, app: App) -> None:
+        self.done = 0
+        app.scheduler.add_listener(self._count, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+
+    def _count(self, event: Any) -> None:
+        if event.job_id == JOB:
+            self.done += 1
+
+    async def more(self, n: int, timeout: float = 20) -> None:
+        """Until ``n`` more rounds have ended (a round under way now counts as the first)."""
+        target = self.done + n
+        await eventually(lambda: self.done >= target, timeout)
 
 
 async def test_no_review_runs_when_there_is_nothing_to_review(
     app_factory: AppFactory, fake_llm: FakeLLM
 ) -> None:
     app = await app_factory(FAST)
+    rounds = Rounds(app)
     chat = await connect(app)
     await chat.ask("hello")  # an active conversation, but HEARTBEATS.txt is empty
     (app.data_dir / "HEARTBEATS.txt").write_text("# comments alone are not goals\n\n")
     calls = len(fake_llm.requests)
-    await asyncio.sleep(4.0)  # three rounds
+    await rounds.more(4)  # three whole rounds after the write
     assert len(fake_llm.requests) == calls
     row = await app.db.fetchone("SELECT count(*) AS n FROM inbox WHERE source = 'heartbeat'")
     assert row is not None and row["n"] == 0
@@ -120,7 +130,8 @@ async def test_a_review_with_nothing_to_say_sends_nothing_and_sees_a_light_conte
     (app.data_dir / "HEARTBEATS.txt").write_text(GOAL)
     async with asyncio.timeout(10):
         await fake_llm.wait_until(lambda: len(reviews(fake_llm, "thread")) >= 2)
-    assert await events_for(chat, 1.5) == []  # no message, no "thinking", no delta: nothing
+        await app.bus.wait_idle()  # those reviews ended: whatever they sent was sent
+    assert await chat.events_so_far() == []  # no message, no "thinking", no delta: nothing
 
     review = reviews(fake_llm, "thread")[0]
     roles = [m["role"] for m in review["messages"]]
@@ -162,7 +173,8 @@ async def test_a_review_with_something_to_say_is_delivered_to_its_thread(
     assert [e["type"] for e in seen] == ["message"]  # no progress shown for a review
     assert (event["role"], event["text"]) == ("assistant",
                                               "Did you confirm the dentist appointment?")
-    assert [e for e in await events_for(other, 0.5) if e["type"] == "message"] == []
+    # The round that reviewed ``chat`` passed ``other`` by: its review ended with its message.
+    assert [e for e in await other.events_so_far() if e["type"] == "message"] == []
     await chat.send("yes I did")
     while (await chat.reply())["text"] != "echo: yes I did":
         pass
@@ -179,16 +191,20 @@ async def test_reviews_stop_at_the_daily_budget_and_say_so_once(
     caplog.set_level(logging.INFO, logger="ganglion")
     config = {**FAST, "heartbeat": {**FAST["heartbeat"], "daily_token_budget": 1000}}
     app = await app_factory(config)
+    rounds = Rounds(app)
     chat = await said_hi(app, fake_llm, answering(usage=(600, 10)))
     (app.data_dir / "HEARTBEATS.txt").write_text(GOAL)
     notice = await chat.reply(timeout=15)
+    async with asyncio.timeout(10):
+        await app.bus.wait_idle()  # reviews queued before the budget ran out have ended
     assert notice["role"] == "system"
     assert notice["text"].startswith("Heartbeat reviews are paused until tomorrow")
     assert re.search(r"today's \d reviews used [\d,]+ tokens of the 1,000 allowed",
                      notice["text"])
     spent = len(reviews(fake_llm))
     assert spent >= 2  # 610 tokens each; reviews already queued may finish past the budget
-    assert await events_for(chat, 3.0) == []  # three more rounds: no review, no second notice
+    await rounds.more(3)  # three more rounds: no review, no second notice
+    assert await chat.events_so_far() == []
     assert len(reviews(fake_llm)) == spent
     assert len([r for r in caplog.records if "paused until tomorrow" in r.getMessage()]) == 1
     # Said once: the one warning; the review that reached it says so in its own info line.
@@ -202,8 +218,9 @@ async def test_reviews_stop_at_the_daily_budget_and_say_so_once(
 
     await app.stop()  # the day's sum is kept: a restart does not reset it
     app = await app_factory(config)
+    rounds = Rounds(app)
     chat = await connect(app, chat.thread_id)
-    await asyncio.sleep(3.0)
+    await rounds.more(3)
     assert len(reviews(fake_llm)) == spent
     assert len([r for r in caplog.records if "paused until tomorrow" in r.getMessage()]) == 1
     await chat.close()

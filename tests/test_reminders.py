@@ -22,7 +22,7 @@ from reminder_helpers import (
     inbox_reminders,
     mirrored,
     next_reminder,
-    reminder_messages,
+    reminders_so_far,
     set_by_model,
     tool_results,
 )
@@ -47,7 +47,8 @@ async def test_one_shot_reminder_fires_once_at_its_time_without_a_model_call(
     arrived, event = await next_reminder(chat)
     assert event["text"] == "⏰ Reminder: Stretch your legs" and event["role"] == "assistant"
     assert arrived >= reminder.next_at - 0.05  # never early
-    assert await reminder_messages(chat, 2.0) == []  # and only once
+    await app.bus.wait_idle()  # the firing's turn has ended: what it sent was sent
+    assert reminders_so_far(await chat.events_so_far()) == []  # and only once
     assert len(fake_llm.requests) == calls  # delivered as written: no model decides whether
     assert await inbox_reminders(app) == [f"reminder:1:{round(reminder.next_at * 1000)}"]
     done = await app.reminder_store.get(1)
@@ -86,8 +87,12 @@ async def test_recurring_reminder_fires_once_per_period_until_cancelled(
     while (await chat.reply())["text"] != "Stopped them.":
         pass
     assert "Reminder #1 cancelled" in tool_results(fake_llm.requests[-1])[-1]
-    await reminder_messages(chat, 0.3)  # one may have been on its way
-    assert await reminder_messages(chat, 2.5) == []
+    # A firing on its way at the cancel has been sent once its turn ends, and read; after
+    # it nothing can come: no active reminder is left and no wake-up is armed.
+    await app.bus.wait_idle()
+    assert len(reminders_so_far(await chat.events_so_far())) <= 1
+    assert await app.reminder_store.next_due_at() is None
+    assert app.scheduler.get_job("reminders") is None
     await mirrored(app.data_dir, [])
     await chat.close()
 
@@ -149,7 +154,8 @@ async def test_a_thread_bound_reminder_reaches_only_its_own_thread(
     await set_by_model(mine, fake_llm, text="Only for the first tab", in_minutes=0.02)
     _, event = await next_reminder(mine)
     assert event["text"] == "⏰ Reminder: Only for the first tab"
-    assert await reminder_messages(other, 1.0) == []
+    await app.bus.wait_idle()  # the firing has been delivered: to ``mine``, seen above
+    assert reminders_so_far(await other.events_so_far()) == []
     await other.close()
     other = await connect(app, other.thread_id)
     assert all(not m["text"].startswith("⏰") for m in other.ready["transcript"])
@@ -245,7 +251,7 @@ async def test_a_system_reminder_runs_a_turn_and_sends_nothing(
     assert "Check the backup log" in body["messages"][-1]["content"]
     assert "autonomous background task" in body["messages"][0]["content"]
     await app.bus.wait_idle()
-    assert await reminder_messages(chat, 1.0) == []  # nothing reached the tab
+    assert [e for e in await chat.events_so_far() if e["type"] == "message"] == []  # nothing
     events_in_tab = [m["text"] for m in (await connect(app, chat.thread_id)).ready["transcript"]]
     assert "The backup ran fine." not in events_in_tab
     kept = await app.history.context(ThreadId("system:reminder-1"))
@@ -305,7 +311,8 @@ async def test_a_cron_reminder_fires_at_its_time_and_moves_on_to_its_next_one(
     assert after.next_at == cron_next("* * * * *", after.last_fired_at, KATHMANDU)
     job = app.scheduler.get_job("reminders")
     assert job is not None and job.next_run_time.timestamp() == after.next_at
-    assert await reminder_messages(chat, 1.0) == []
+    await app.bus.wait_idle()  # the firing's turn has ended: what it sent was sent
+    assert reminders_so_far(await chat.events_so_far()) == []  # once, until the next minute
     await chat.close()
 
 

@@ -26,7 +26,7 @@ from reminder_helpers import (
     inbox_reminders,
     mirrored,
     next_reminder,
-    reminder_messages,
+    reminders_so_far,
     set_by_model,
     tool_results,
 )
@@ -49,11 +49,47 @@ async def test_a_firing_resubmitted_after_a_crash_is_not_delivered_twice(
     async with app.db.transaction() as conn:  # as if the advance had been lost
         await conn.execute("UPDATE reminders SET status = 'active', next_at = ?, fired = 0"
                            " WHERE id = 1", (before.next_at,))
-    await app.reminders.wake()
-    assert await reminder_messages(chat, 1.0) == []
+    await app.reminders.wake()  # the repeated firing had its chance here
+    await app.bus.wait_idle()
+    assert reminders_so_far(await chat.events_so_far()) == []
     assert len(await inbox_reminders(app)) == 1
     after = await app.reminder_store.get(1)
     assert after is not None and after.status == "done"
+    await chat.close()
+
+
+async def test_a_recurring_firing_caught_in_the_crash_window_leaves_no_time_uncounted(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    """The crash window of an hourly reminder, the start 3.5 hours later: the firing stored
+    before the crash is sent as it was (it counted one time); the three times since are
+    counted by the next firing, at once, not moved past unsaid."""
+    app = await app_factory(FAST)
+    chat = await connect(app)
+    due = time.time() - 3.5 * 3600
+    async with app.db.transaction() as conn:
+        cur = await conn.execute(
+            "INSERT INTO reminders (thread_id, text, next_at, every_seconds, created_by,"
+            " created_at) VALUES (?, 'Drink water', ?, 3600, 'test', ?)",
+            (chat.thread_id, due, due - 60))
+        rid = cur.lastrowid
+    stored = Inbound(ThreadId(chat.thread_id), "⏰ Reminder: Drink water", "reminder",
+                     Source.REMINDER, f"reminder:{rid}:{round(due * 1000)}",
+                     meta={"reminder_id": str(rid), "due": str(due), "late": "0",
+                           "missed": "1", "exact": "1"})
+    async with app.db.transaction() as conn:  # stored, then the crash: the row not moved on
+        await conn.execute(
+            "INSERT INTO inbox (thread_id, client_id, source, sender, text, meta, created_at,"
+            " status) VALUES (?, ?, 'reminder', 'reminder', ?, ?, ?, 'done')",
+            (stored.thread_id, stored.client_id, stored.text, json.dumps(stored.meta), due))
+    await app.reminders.wake()
+    _, late = await next_reminder(chat)
+    assert late["text"].startswith("⏰ Reminder (late, was due "), late["text"]
+    assert late["text"].endswith(", and 2 more times since): Drink water"), late["text"]
+    assert await inbox_reminders(app) == [
+        f"reminder:{rid}:{round(due * 1000)}", f"reminder:{rid}:{round((due + 3600) * 1000)}"]
+    after = await app.reminder_store.get(rid)
+    assert after is not None and after.next_at == due + 4 * 3600
     await chat.close()
 
 
@@ -130,6 +166,13 @@ async def test_a_cron_missed_while_stopped_fires_once_late_with_its_count_then_c
 # --- the real daemon: a reminder due while it is stopped ----------------------------------
 
 
+def firings(data: Path) -> list[str]:
+    """The client ids of every reminder firing the inbox holds."""
+    with closing(sqlite3.connect(data / "conversation.db")) as conn:
+        return [r[0] for r in conn.execute(
+            "SELECT client_id FROM inbox WHERE source = 'reminder'")]
+
+
 def reminder_rows(data: Path) -> list[str]:
     with sqlite3.connect(data / "conversation.db") as conn:
         return [r[0] for r in conn.execute(
@@ -153,19 +196,18 @@ async def test_a_reminder_due_while_the_daemon_is_stopped_arrives_once_after_res
 
         d.start()
         await d.wait_ready()
+        # What was due is fired during the start, before "ready in": then it had its chance.
+        await eventually(lambda: d.text().count("ready in") == 2, 10)
+        assert len(firings(tmp_path / "data")) == 1
         chat = await d.connect(chat.thread_id)
         seen = {m["id"]: m["text"] for m in chat.ready["transcript"]
                 if m["text"].startswith("⏰")}
-        deadline = time.time() + 2.0
-        while (left := deadline - time.time()) > 0:  # also sent from the outbox, same id
-            try:
-                event = await chat.next_event(timeout=left)
-            except TimeoutError:
-                break
-            if event.get("type") == "message" and event.get("text", "").startswith("⏰"):
-                seen[event["id"]] = event["text"]
+        while not seen:  # else from the outbox, once its turn has answered it
+            _, event = await next_reminder(chat)
+            seen[event["id"]] = event["text"]
+        await eventually(lambda: bool(reminder_rows(tmp_path / "data")), 10)
         texts = list(seen.values())
-        assert len(texts) == 1, texts
+        assert reminder_rows(tmp_path / "data") == texts, texts  # once
         # Seconds are shown only when the due time has some (local_text).
         clock = "%H:%M:%S" if due.second else "%H:%M"
         assert texts[0].startswith(f"⏰ Reminder (late, was due {due:%a %Y-%m-%d} {due:{clock}}")
@@ -175,7 +217,8 @@ async def test_a_reminder_due_while_the_daemon_is_stopped_arrives_once_after_res
 
         d.start()  # and a further restart does not send it again
         await d.wait_ready()
-        await asyncio.sleep(0.5)
+        await eventually(lambda: d.text().count("ready in") == 3, 10)  # its chance, as above
+        assert len(firings(tmp_path / "data")) == 1
         assert reminder_rows(tmp_path / "data") == texts
         await mirrored(tmp_path / "data", [])
 

@@ -3,9 +3,11 @@ environment, working directory, Stop."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from fake_llm import FakeLLM, Reply
 from wsclient import ChatClient
 
 from ganglion.app import App
+from ganglion.tools.shell import DEFAULT_PATH, Shell
 
 SHELL_ON = {"tools": {"policy": {"shell": "on"}}}
 
@@ -192,3 +195,43 @@ async def test_an_ordinary_command_is_asked_without_a_warning(
     assert command in ask["text"] and "invisible" not in ask["text"]
     assert (await chat.send("/deny"))["type"] == "ack"
     await chat.close()
+
+
+async def test_a_stop_while_the_command_starts_ends_the_call_and_the_command(
+    tmp_path: Path,
+) -> None:
+    """A Stop that lands while asyncio connects the new process's pipes, once the command has
+    started a child: the call ends at once and the whole group is killed. (asyncio killed only
+    the shell there and then waited for the pipe to close, which the child held open: the
+    Stop waited for the command to end by itself; CPython gh-103847.)"""
+    tool = Shell(tmp_path, {"PATH": DEFAULT_PATH}, timeout_seconds=600, max_output_bytes=1000)
+    sleep = f"sleep 306.{os.getpid()}"  # this run's own (other runs may be under way)
+    command = f"{sleep}; true"  # not the shell's last command: it forks the sleep
+    call = asyncio.create_task(tool.shell(command))
+    try:
+        # Pass by pass of the loop (no wait for time) until the shell runs: the call is then
+        # inside the process start, its pipes being connected on a later pass...
+        while not any(_cmdline(p).endswith(command + " ") for p in _processes()):
+            await asyncio.sleep(0)
+            assert not call.done()
+        # ...and held there, without yielding to the loop, until the shell has started its
+        # child, the holder of the pipe.
+        _until(lambda: any(sleep in _cmdline(p) for p in _processes()))
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(10):  # a bound on the hang, not a synchronisation
+                await call
+        await eventually(lambda: not any(sleep in _cmdline(p) for p in _processes()))
+    finally:  # whatever failed: no sleep left behind
+        for pid in _processes():
+            if sleep in _cmdline(pid):
+                os.kill(pid, 9)
+
+
+def _until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    """``eventually`` without yielding to the event loop: for a test that must keep a task
+    where it is while another process gets somewhere."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.01)

@@ -185,7 +185,8 @@ async def test_all_endpoints_failing_gives_a_clear_message_and_recovers(
 
 async def test_stop_cancels_the_running_turn(app_factory: AppFactory, fake_llm: FakeLLM) -> None:
     app = await app_factory()
-    fake_llm.script(Reply(text="one two three four five six", chunk_delay=0.3))
+    # Six words 1 s apart: the Stop, sent at the first, has 5 s before the answer ends.
+    fake_llm.script(Reply(text="one two three four five six", chunk_delay=1.0))
     chat = await connect(app)
     await chat.send("tell me a long story")
     while (await chat.next_event())["type"] != "delta":

@@ -63,6 +63,17 @@ class ChatClient:
         event: dict[str, Any] = json.loads(msg.data)
         return event
 
+    async def events_so_far(self) -> list[dict[str, Any]]:
+        """Every event the server sent this tab until now, without waiting for time: a frame
+        it answers at once with no other effect (an unknown type: a ``bad_frame`` error)
+        goes round, and what came before its answer was sent before. Nothing makes the tab's
+        conversation active."""
+        await self.send_raw({"type": "sync"})
+        got = []
+        while (event := await self.next_event()).get("code") != "bad_frame":
+            got.append(event)
+        return got
+
     async def reply(self, timeout: float = 10) -> dict[str, Any]:
         """The next final message of the assistant or the system."""
         while True:

@@ -140,6 +140,18 @@ class ReminderStore:
         )
         return float(row["t"]) if row is not None and row["t"] is not None else None
 
+    async def times_counted(self, client_ids: Sequence[str]) -> dict[str, int]:
+        """Of these firings, those already in the inbox that counted their scheduled times
+        exactly, with that count (``missed`` in their meta)."""
+        if not client_ids:
+            return {}
+        rows = await self.db.fetchall(
+            "SELECT client_id, meta FROM inbox WHERE source = 'reminder' AND client_id IN"
+            f" ({','.join('?' * len(client_ids))})", tuple(client_ids))
+        metas = {r["client_id"]: json.loads(r["meta"] or "{}") for r in rows}
+        return {cid: int(m.get("missed", "1")) for cid, m in metas.items()
+                if m.get("exact", "1") == "1"}
+
     async def due(self, now: float, limit: int = 500) -> list[Reminder]:
         """Active reminders whose time has come, oldest first."""
         rows = await self.db.fetchall(

@@ -110,6 +110,12 @@ async def kill_group(pgid: int, grace: float = KILL_GRACE_SECONDS) -> None:
     _signal_group(pgid, signal.SIGKILL)
 
 
+def _kill_started(start: asyncio.Task[asyncio.subprocess.Process]) -> None:
+    """A start whose call was stopped meanwhile: kill the process group it started."""
+    if not start.cancelled() and start.exception() is None:
+        _signal_group(start.result().pid, signal.SIGKILL)
+
+
 def _signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
@@ -148,11 +154,19 @@ class Shell:
         if not command.strip():
             raise ToolError("the command is empty")
         self.cwd.mkdir(parents=True, exist_ok=True)
-        proc = await asyncio.create_subprocess_exec(
+        start = asyncio.create_task(asyncio.create_subprocess_exec(
             "/bin/sh", "-c", command, cwd=self.cwd, env=self.env,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-        )
+        ), name="shell-start")
+        try:
+            # Shielded: cancelled while it connects the pipes, asyncio kills the shell alone
+            # and waits for the pipe to close, which a child of the shell holds open, so a
+            # Stop waited for the command (CPython gh-103847). The start finishes unseen.
+            proc = await asyncio.shield(start)
+        except asyncio.CancelledError:
+            start.add_done_callback(_kill_started)  # its owner from here: no grace either
+            raise
         assert proc.stdout is not None
         pgid = proc.pid  # start_new_session: the shell leads a new session and group
         capture = _Capture(self.max_output_bytes)

@@ -156,6 +156,17 @@ def catch_up(r: Reminder, now: float, tz: tzinfo) -> CatchUp:
     return CatchUp(t, missed)
 
 
+def resumed_after(r: Reminder, due: float, counted: int, tz: tzinfo) -> float | None:
+    """The time after the ``counted`` scheduled times from ``due`` (a firing stored before a
+    crash covers those it counted then, however many came due since)."""
+    if r.every_seconds is not None:
+        return due + counted * r.every_seconds
+    t: float | None = due
+    for _ in range(counted):
+        t = None if t is None or r.cron is None else cron_next(r.cron, t, tz)
+    return t
+
+
 def delivery_text(r: Reminder, due: float, late: bool, times: CatchUp, tz: tzinfo) -> str:
     """What the user reads (thread-bound), or the autonomous turn's instruction (system)."""
     when = local_text(due, tz)
@@ -324,10 +335,19 @@ class Reminders:
         if not firings:
             return
         submitted = await self.bus.submit_many([f.inbound for f in firings])
-        await self.store.advance([(f.reminder.id, f.due, f.times.next_at) for f in firings],
-                                 now)
-        for f, (_, is_new) in zip(firings, submitted, strict=True):
-            r, times, next_at = f.reminder, f.times, f.times.next_at
+        # A firing already stored (a crash came before its row moved on) is the one sent: it
+        # covers the times it counted then, so the row moves on from there and the next
+        # firing, at once, counts the rest. Moved on by today's count, those went unsaid.
+        counted = await self.store.times_counted(
+            [f.inbound.client_id for f, (_, new) in zip(firings, submitted, strict=True)
+             if not new])
+        moves = [(f.reminder.id, f.due, f.times.next_at if f.inbound.client_id not in counted
+                  or f.times.next_at is None or counted[f.inbound.client_id] >= f.times.missed
+                  else resumed_after(f.reminder, f.due, counted[f.inbound.client_id], self.tz))
+                 for f in firings]
+        await self.store.advance(moves, now)
+        for f, (_, is_new), (_, _, next_at) in zip(firings, submitted, moves, strict=True):
+            r, times = f.reminder, f.times
             thread = f.inbound.thread_id
             log.info("[%s] reminder #%d fired%s%s; %s", thread, r.id,
                      f" {now - f.due:.1f} s late" if f.late else "",
