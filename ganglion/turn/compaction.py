@@ -8,20 +8,18 @@ from collections.abc import Awaitable, Callable, Sequence
 from ganglion.llm.client import LLMClient
 from ganglion.messages import ThreadId
 from ganglion.storage.history import History, StoredMessage
+from ganglion.tokens import MESSAGE_OVERHEAD
+from ganglion.turn.summary import Summariser, summary_cap
 
 log = logging.getLogger(__name__)
 
 TRIGGER = 0.75
 """Compact when the context reaches this share of ``context_tokens``..."""
 KEEP = 0.25
-"""...and keep the most recent turns up to this share verbatim."""
-
-SUMMARY_INSTRUCTIONS = (
-    "You compress a conversation between a user and their assistant so that the assistant can "
-    "continue it without the full text. Write a concise summary in the conversation's language: "
-    "facts about the user, decisions made, open questions, tasks in progress and their state, "
-    "names, numbers and file paths that matter. Do not add anything that was not said."
-)
+"""...and keep the most recent turns up to this share verbatim..."""
+AFTER = 0.5
+"""...unless the context would then stay over this share (prompt and summary included): then
+less is kept, so the next turns do not compact again at once."""
 
 BeforeCompaction = Callable[[ThreadId, Sequence[StoredMessage]], Awaitable[None]]
 
@@ -74,6 +72,7 @@ class Compactor:
         self.history = history
         self.model = model
         self.context_tokens = context_tokens
+        self.summariser = Summariser(llm, model, context_tokens)
         self.before = before
         """Runs before a thread is summarised (the tools part saves durable facts there)."""
 
@@ -84,31 +83,45 @@ class Compactor:
         """Whether the model can still take the whole context (compaction only prepares)."""
         return context_size(context) + overhead_tokens < self.context_tokens
 
-    async def compact(
-        self, thread_id: ThreadId, context: Sequence[StoredMessage], *, force: bool = False
-    ) -> str | None:
-        """Summarise older messages; returns the notice for the user, or None if nothing to do."""
+    def plan(
+        self, context: Sequence[StoredMessage], overhead_tokens: int, *, force: bool = False
+    ) -> tuple[list[StoredMessage], list[StoredMessage]]:
+        """(to summarise, to keep): the most recent quarter kept, or less when that, the
+        prompt and the summary would still leave the context over AFTER."""
         keep = 0 if force else int(self.context_tokens * KEEP)
-        old, _kept = split_for_compaction(context, keep)
-        if len(old) < 2 and not (force and old):
+        while True:
+            old, kept = split_for_compaction(context, keep)
+            summary = summary_cap(context_size(old), self.context_tokens) + MESSAGE_OVERHEAD
+            after = overhead_tokens + context_size(kept) + summary
+            if keep == 0 or after < self.context_tokens * AFTER:
+                return old, kept
+            keep = keep // 2 if keep > 64 else 0
+
+    async def compact(
+        self, thread_id: ThreadId, context: Sequence[StoredMessage], *, force: bool = False,
+        overhead_tokens: int = 0,
+    ) -> str | None:
+        """Summarise older messages; returns the notice for the user, or None if nothing to do.
+
+        An earlier summary is summarised again with what follows it; alone, when it is larger
+        than a new summary may be (a model that ignored its cap, or a summary from before
+        caps existed)."""
+        old, _kept = self.plan(context, overhead_tokens, force=force)
+        size = context_size(old)
+        if not old or (len(old) < 2 and not force and
+                       size <= summary_cap(size, self.context_tokens) + MESSAGE_OVERHEAD):
             return None
         if self.before is not None:
             await self.before(thread_id, old)
-        result = await self.llm.chat(
-            [
-                {"role": "system", "content": SUMMARY_INSTRUCTIONS},
-                {"role": "user", "content": transcript_text(old)},
-            ],
-            model=self.model,
-            thread_id=thread_id,
-        )
-        summary = result.content.strip()
+        summary = await self.summariser.write(thread_id, transcript_text(old), size)
         if not summary:
             log.warning("[%s] compaction model returned an empty summary; nothing replaced",
                         thread_id)
             return None
-        await self.history.replace_with_summary(thread_id, old[-1].id, summary)
+        # A summary's id is newer than the messages kept after it: it never marks the cut.
+        up_to = max((m.id for m in old if m.role != "summary"), default=0)
+        await self.history.replace_with_summary(thread_id, up_to, summary)
         log.info("[%s] compacted %d messages (%d tokens) into %d characters",
-                 thread_id, len(old), context_size(old), len(summary))
+                 thread_id, len(old), size, len(summary))
         return (f"Compacted {len(old)} earlier messages into a summary to stay within the "
                 "model's context. Recent messages are kept as they were.")
