@@ -258,6 +258,7 @@ class Worker:
 
     async def _cmd_compact(self, msg: Inbound, args: str) -> str:
         context = await self.history.context(msg.thread_id)
+        await self.progress.state(msg.thread_id, "summarising")
         notice_text = await self.compactor.compact(msg.thread_id, context, force=True)
         return notice_text or "Nothing to compact yet."
 

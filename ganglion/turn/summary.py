@@ -51,17 +51,21 @@ def words_for(tokens: int) -> int:
     return max(10, int(tokens * WORDS_PER_TOKEN))
 
 
-def cut_summary(text: str, limit_tokens: int) -> str:
+def cut_summary(text: str, limit_tokens: int, *, ended: bool = True) -> str:
     """``text`` cut to at most ``limit_tokens`` (estimated) at its last sentence or line end,
-    else its last space, and marked as cut."""
+    else its last space, and marked as cut. A text that did not end (``ended=False``: the
+    server stopped it) loses its unfinished last sentence even when it is short enough."""
     room = max(0, (limit_tokens - estimate_tokens("\n" + CUT_MARK)) * CHARS_PER_TOKEN)
-    if len(text) <= room:
+    if ended and len(text) <= room:
         head = text
     else:
-        # One character past the room, so a full stop right at its edge counts.
-        ends = [m.end() for m in _BOUNDARY.finditer(text, 0, room + 1) if m.end() <= room]
-        end = ends[-1] if ends and ends[-1] >= room // 2 else text.rfind(" ", 0, room + 1)
-        head = text[:end if end > 0 else room]
+        edge = min(room, len(text))
+        # One character past the edge, so a full stop right at it counts.
+        ends = [m.end() for m in _BOUNDARY.finditer(text, 0, edge + 1) if m.end() <= edge]
+        # A sentence end, unless that loses more than half of a text that did end.
+        near = ends and (ends[-1] >= edge // 2 or not ended)
+        end = ends[-1] if near else text.rfind(" ", 0, edge + 1)
+        head = text[:end if end > 0 else edge]
     head = head.rstrip()
     return f"{head}\n{CUT_MARK}" if head else CUT_MARK
 
@@ -89,7 +93,7 @@ class Summariser:
             # Its start is sound; asking again would cost as long once more.
             log.warning("[%s] the summary reached its cap of %d tokens; cut at a sentence",
                         thread_id, cap)
-            return cut_summary(text, limit)
+            return cut_summary(text, limit, ended=False)
         had = estimate_tokens(text)
         if had <= limit:
             return text
@@ -107,7 +111,9 @@ class Summariser:
             return second
         log.warning("[%s] the summary was still over its %d tokens when asked again; cut at "
                     "a sentence", thread_id, limit)
-        return cut_summary(second or text, limit)
+        if not second:
+            return cut_summary(text, limit)
+        return cut_summary(second, limit, ended=again.finish_reason != "length")
 
     async def _ask(self, thread_id: ThreadId, transcript: str, cap: int, words: int,
                    tighter: str = "") -> ChatResult:
