@@ -15,7 +15,9 @@ from wsclient import ChatClient
 
 from ganglion.app import App
 from ganglion.messages import ThreadId
+from ganglion.storage.history import StoredMessage
 from ganglion.tokens import estimate_tokens, message_tokens
+from ganglion.turn.compaction import transcript_text, transcript_within
 from ganglion.turn.summary import CUT_MARK, cut_summary, summary_cap
 
 CONTEXT = 2048
@@ -180,6 +182,41 @@ async def test_an_old_large_summary_is_summarised_again(
     assert "SUMMARY: owls, shorter." in answer and "old barn" not in answer
     assert reply["text"] == "echo: and now?"
     await chat.close()
+
+
+async def test_a_summary_too_large_for_the_model_is_cut_before_it_is_summarised_again(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    """The issue's 27,939-character summary with a 2,048-token budget: the summary request
+    still fits the model's context."""
+    app = await app_factory({"llm": {"context_tokens": CONTEXT}})
+    fake_llm.script(*[model(lambda _b: Reply(text="SUMMARY: owls, shorter."))] * 10)
+    chat = await connect(app)
+    big = SENTENCE * 400  # 28,000 characters, ~7,000 tokens
+    await app.history.replace_with_summary(ThreadId(chat.thread_id), 0, big)
+    reply = await chat.ask("and now?")
+    while reply["role"] == "system":
+        reply = await chat.reply()
+    assert reply["text"] == "echo: and now?"
+    (request,) = summary_requests(fake_llm)
+    sent = request["messages"][1]["content"]
+    assert sent.startswith("[earlier summary]\n" + SENTENCE) and sent.endswith(CUT_MARK)
+    asked = sum(message_tokens(m["content"]) for m in request["messages"])
+    assert asked + request["max_tokens"] <= CONTEXT
+    assert await stored_summary(app, chat) == "SUMMARY: owls, shorter."
+
+
+def test_a_transcript_too_long_for_the_room_leaves_out_its_oldest_messages() -> None:
+    tid = ThreadId("web_" + "0" * 32)
+    old = [StoredMessage(0, tid, "summary", SENTENCE * 40)] + [
+        StoredMessage(i, tid, "user" if i % 2 else "assistant", f"message {i}: " + "owls " * 80)
+        for i in range(1, 11)]
+    text = transcript_within(old, 600)
+    assert estimate_tokens(text) <= 600
+    assert text.startswith("[earlier summary]\n" + SENTENCE) and CUT_MARK in text
+    assert "[6 earlier messages left out]" in text and "message 6:" not in text
+    assert "message 7:" in text and "message 10:" in text
+    assert transcript_within(old[1:3], 600) == transcript_text(old[1:3])  # it fits: whole
 
 
 async def test_a_wordy_model_compacts_a_bounded_number_of_times(

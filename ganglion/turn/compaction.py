@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from ganglion.llm.client import LLMClient
 from ganglion.messages import ThreadId
 from ganglion.storage.history import History, StoredMessage
-from ganglion.tokens import MESSAGE_OVERHEAD
-from ganglion.turn.summary import Summariser, summary_cap
+from ganglion.tokens import CHARS_PER_TOKEN, MESSAGE_OVERHEAD, estimate_tokens
+from ganglion.turn.summary import Summariser, cut_summary, summary_cap
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +44,41 @@ def split_for_compaction(
     return list(context[:cut]), list(context[cut:])
 
 
+def _part(m: StoredMessage) -> str:
+    if m.role == "summary":
+        return f"[earlier summary]\n{m.content}"
+    if m.role == "tool":
+        return f"[tool {m.name or ''} result]\n{m.content[:2000]}"
+    if m.role == "assistant" and m.tool_calls:
+        calls = ", ".join(c.get("function", {}).get("name", "?") for c in m.tool_calls)
+        return f"assistant (called {calls}): {m.content}"
+    return f"{m.role}: {m.content}"
+
+
 def transcript_text(messages: Sequence[StoredMessage]) -> str:
-    lines = []
-    for m in messages:
-        if m.role == "summary":
-            lines.append(f"[earlier summary]\n{m.content}")
-        elif m.role == "tool":
-            lines.append(f"[tool {m.name or ''} result]\n{m.content[:2000]}")
-        elif m.role == "assistant" and m.tool_calls:
-            calls = ", ".join(c.get("function", {}).get("name", "?") for c in m.tool_calls)
-            lines.append(f"assistant (called {calls}): {m.content}")
-        else:
-            lines.append(f"{m.role}: {m.content}")
-    return "\n\n".join(lines)
+    return "\n\n".join(_part(m) for m in messages)
+
+
+def transcript_within(messages: Sequence[StoredMessage], room_tokens: int) -> str:
+    """``transcript_text`` within ``room_tokens`` (estimated), so that the summary request
+    fits the model's context: an earlier summary is cut to a quarter of the room, then the
+    oldest messages are left out (the memory flush was offered them whole)."""
+    parts = [_part(m) for m in messages]
+    text = "\n\n".join(parts)
+    if estimate_tokens(text) <= room_tokens:
+        return text
+    first = 1 if messages and messages[0].role == "summary" else 0
+    if first:
+        parts[0] = "[earlier summary]\n" + cut_summary(messages[0].content, room_tokens // 4)
+    room = room_tokens * CHARS_PER_TOKEN - 40  # the note on what was left out
+    total = sum(len(p) + 2 for p in parts)
+    left_out = 0
+    while total > room and first + left_out < len(parts) - 1:
+        total -= len(parts[first + left_out]) + 2
+        left_out += 1
+    note = [f"[{left_out} earlier messages left out]"] if left_out else []
+    text = "\n\n".join([*parts[:first], *note, *parts[first + left_out:]])
+    return text if len(text) <= room else text[-room:]  # one message larger than the room
 
 
 class Compactor:
@@ -113,7 +135,8 @@ class Compactor:
             return None
         if self.before is not None:
             await self.before(thread_id, old)
-        summary = await self.summariser.write(thread_id, transcript_text(old), size)
+        transcript = transcript_within(old, self.summariser.room(size))
+        summary = await self.summariser.write(thread_id, transcript, size)
         if not summary:
             log.warning("[%s] compaction model returned an empty summary; nothing replaced",
                         thread_id)

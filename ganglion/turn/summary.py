@@ -38,6 +38,9 @@ TIGHTER = (
     "words; keep only what the assistant needs to go on."
 )
 
+REQUEST_TOKENS = 2 * estimate_tokens(INSTRUCTIONS + TIGHTER) + 64
+"""What a summary request costs besides the transcript (instructions, template), generously."""
+
 _BOUNDARY = re.compile(r"[.!?…](?=\s)|\n")
 
 
@@ -77,6 +80,11 @@ class Summariser:
         self.llm = llm
         self.model = model
         self.context_tokens = context_tokens
+
+    def room(self, input_tokens: int) -> int:
+        """How much transcript a summary request can carry and still fit the context."""
+        cap = summary_cap(input_tokens, self.context_tokens)
+        return max(256, self.context_tokens - cap - REQUEST_TOKENS)
 
     async def write(self, thread_id: ThreadId, transcript: str, input_tokens: int) -> str:
         """The summary of ``transcript`` (``input_tokens`` long in the context), or "" when
