@@ -172,7 +172,7 @@ async def test_an_old_large_summary_is_summarised_again(
     while reply["role"] == "system":
         notices.append(reply["text"])
         reply = await chat.reply()
-    assert any("Compacted 1 earlier message" in n for n in notices), notices
+    assert any("Compacted 1 earlier message into a summary" in n for n in notices), notices
     (request,) = summary_requests(fake_llm)
     assert request["messages"][1]["content"] == f"[earlier summary]\n{big}"
     # Its facts were offered to memory when it was written: no flush for it alone.

@@ -146,5 +146,6 @@ class Compactor:
         await self.history.replace_with_summary(thread_id, up_to, summary)
         log.info("[%s] compacted %d messages (%d tokens) into %d characters",
                  thread_id, len(old), size, len(summary))
-        return (f"Compacted {len(old)} earlier messages into a summary to stay within the "
-                "model's context. Recent messages are kept as they were.")
+        plural = "s" if len(old) != 1 else ""
+        return (f"Compacted {len(old)} earlier message{plural} into a summary to stay within "
+                "the model's context. Recent messages are kept as they were.")

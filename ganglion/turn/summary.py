@@ -90,9 +90,9 @@ class Summariser:
         """The summary of ``transcript`` (``input_tokens`` long in the context), or "" when
         the model said nothing. Raises what the client raises for the first request."""
         cap = summary_cap(input_tokens, self.context_tokens)
+        # What an accepted summary may cost (estimated): within its cap, and shorter than
+        # what it replaces (else compacting would grow the context).
         limit = max(1, min(cap, input_tokens - 1))
-        """What an accepted summary may cost (estimated): within its cap and shorter than
-        what it replaces."""
         result = await self._ask(thread_id, transcript, cap, words_for(limit))
         text = result.content.strip()
         if not text:
