@@ -212,8 +212,10 @@ class Worker:
         fits = self.compactor.fits(context, overhead)
         if fits and time.monotonic() < self._compaction_paused.get(tid, 0.0):
             return False
+        # A summary of a long history takes a while on a local model: the page says so.
+        await self.progress.state(tid, "summarising")
         try:
-            notice_text = await self.compactor.compact(tid, context)
+            notice_text = await self.compactor.compact(tid, context, overhead_tokens=overhead)
         except (LLMUnavailable, LLMBadResponse) as err:
             if not fits:
                 raise LLMUnavailable(
@@ -225,7 +227,9 @@ class Worker:
             self._compaction_paused[tid] = time.monotonic() + COMPACTION_PAUSE_SECONDS
             if len(self._compaction_paused) > 1000:
                 del self._compaction_paused[next(iter(self._compaction_paused))]
+            await self.progress.state(tid, "thinking")
             return False
+        await self.progress.state(tid, "thinking")
         self._compaction_paused.pop(tid, None)
         if notice_text is None:
             return False
@@ -254,6 +258,7 @@ class Worker:
 
     async def _cmd_compact(self, msg: Inbound, args: str) -> str:
         context = await self.history.context(msg.thread_id)
+        await self.progress.state(msg.thread_id, "summarising")
         notice_text = await self.compactor.compact(msg.thread_id, context, force=True)
         return notice_text or "Nothing to compact yet."
 

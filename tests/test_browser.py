@@ -3,6 +3,7 @@ the visible state (errors too, and back to ready), light and dark."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
@@ -25,6 +26,7 @@ from playwright.async_api import (
 from ganglion.app import App
 from ganglion.interfaces.web import WebInterface
 from ganglion.interfaces.web_guard import Throttle
+from ganglion.messages import ThreadId
 
 pytestmark = pytest.mark.browser
 
@@ -288,6 +290,27 @@ async def test_stop_ends_a_running_turn(
     await expect(page.locator('#log [data-role="system"]')).to_have_text(["Stopped."])
     await expect(stop).to_be_disabled()
     await expect(page.locator("#status")).to_have_text("ready")
+
+
+async def test_the_status_says_summarising_while_a_summary_is_written(
+    app_factory: AppFactory, fake_llm: FakeLLM, context: BrowserContext, problems: Problems
+) -> None:
+    app = await app_factory({"llm": {"context_tokens": 2048}})
+    held = asyncio.Event()
+    fake_llm.script(Reply(text="SUMMARY: owls.", held=held))  # then the answer: an echo
+    page = await open_page(context, app, problems)
+    thread = await page.evaluate("sessionStorage.getItem('ganglion.thread')")
+    # A summary too large for the budget: the next message compacts it first.
+    await app.history.replace_with_summary(ThreadId(thread), 0, "Owls nest in barns. " * 300)
+    await say(page, "and now?")
+    status = page.locator("#status")
+    await expect(status).to_have_text("summarising earlier messages")
+    await expect(status).to_have_attribute("data-state", "summarising")
+    await expect(page.get_by_role("button", name="Stop")).to_be_enabled()
+    await fake_llm.wait_until(lambda: len(fake_llm.requests) == 1)
+    held.set()  # the summary comes only now
+    await expect(answers(page)).to_have_text(["echo: and now?"])
+    await expect(status).to_have_text("ready")
 
 
 async def test_messages_typed_while_the_daemon_is_down_are_sent_after_it_returns(

@@ -113,7 +113,7 @@ async def test_deltas_arrive_in_order_and_join_to_content(
     assert len(pieces) >= 5  # streamed, not delivered in one lump
     assert "".join(pieces) == text == result.content
     assert rec.resets == 0
-    assert result == ChatResult(text, [], Usage(11, 7), "test-model", "local")
+    assert result == ChatResult(text, [], Usage(11, 7), "test-model", "local", "stop")
     assert result.usage.total == 18
 
 

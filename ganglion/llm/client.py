@@ -289,7 +289,8 @@ class LLMClient:
             prompt_tokens=estimate_tokens(json.dumps(request.messages, ensure_ascii=False)),
             completion_tokens=estimate_tokens(content + "".join(c.arguments for c in calls)),
         )
-        return ChatResult(content, calls, usage, got.model or request.model, ep.config.name)
+        return ChatResult(content, calls, usage, got.model or request.model, ep.config.name,
+                          got.finish_reason)
 
     def _unavailable_message(self, failures: list[tuple[Endpoint, Failure, int]]) -> str:
         parts = ["I could not get an answer from the language model."]

@@ -31,3 +31,5 @@ class ChatResult:
     model: str
     endpoint: str
     """Name of the endpoint that answered."""
+    finish_reason: str = ""
+    """Why the model stopped, as the server said ("stop", "length", "tool_calls"), or ""."""

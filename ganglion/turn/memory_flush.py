@@ -44,6 +44,8 @@ class MemoryFlush:
 
     async def __call__(self, thread_id: ThreadId, old: Sequence[StoredMessage]) -> None:
         allowed = [n for n in self.runner.offered(can_ask=False) if n in FLUSH_TOOLS]
+        # An earlier summary's facts were offered to memory when it was written.
+        old = [m for m in old if m.role != "summary"]
         if not allowed or not old:
             return
         memories = neutralise(self.files.read(MEMORIES).strip()) or "(empty)"

@@ -29,6 +29,8 @@ class Progress:
         return tid not in self.quiet
 
     async def state(self, tid: ThreadId, state: str) -> None:
+        """"thinking", "summarising" (compaction), "tool", "streaming"; the store ends the
+        turn with "idle" or "error"."""
         if self.shown(tid):
             await self.router.publish(Outbound(tid, OutKind.STATE, state))
 

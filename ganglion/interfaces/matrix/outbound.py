@@ -100,7 +100,8 @@ class TypingNotices:
         self._clearing: set[asyncio.Task[None]] = set()
 
     def update(self, thread_id: ThreadId, state: str) -> None:
-        """A worker STATE: "thinking"/"streaming"/"tool" start the notice, "idle" ends it."""
+        """A worker STATE: any busy one ("thinking", "summarising", "streaming", "tool")
+        starts the notice, "idle" ends it."""
         if state != "idle":
             if thread_id not in self._keepers:
                 self._keepers[thread_id] = asyncio.create_task(

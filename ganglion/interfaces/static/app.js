@@ -9,7 +9,9 @@ const TOKEN_KEY = "ganglion.token";
 const THREAD_KEY = "ganglion.thread";
 const OUTBOX_KEY = "ganglion.outbox";
 const THREAD_RE = /^web_[0-9a-f]{16,64}$/;
-const BUSY = new Set(["thinking", "streaming", "tool"]);
+const BUSY = new Set(["thinking", "summarising", "streaming", "tool"]);
+// What the status line says for a turn state (any other busy state reads "thinking").
+const STATUS_TEXT = { idle: "ready", streaming: "streaming", summarising: "summarising earlier messages" };
 const CLOSE_UNAUTHORIZED = 4401;
 const CLOSE_BAD_THREAD = 4400;
 const CLOSE_THROTTLED = 4429; // too many failed logins from this address: wait, then retry
@@ -87,7 +89,8 @@ function takeTokenFromFragment() {
 function refreshStatus() {
   if (!ready) return;
   if (waitingForStore() || (failure && !BUSY.has(turnState))) setStatus("error");
-  else setStatus(turnState === "idle" ? "ready" : turnState === "streaming" ? "streaming" : "thinking");
+  else if (turnState in STATUS_TEXT) setStatus(STATUS_TEXT[turnState], turnState === "idle" ? "ready" : turnState);
+  else setStatus("thinking");
   ui.status.title = waitingForStore() ? "A message is not stored yet; retrying" : failure || "";
 }
 
