@@ -19,6 +19,7 @@ from fake_llm import FakeLLM, fake_llm, fake_llm_factory  # noqa: F401  (fixture
 from playwright.async_api import Browser, async_playwright
 from secret_scan import SecretScan
 from synapse import Human, HumanFactory, MatrixUser, Synapse, SynapseUnavailable, install
+from wsclient import ChatClient
 
 from ganglion.app import App
 from ganglion.config import LoadedConfig, parse_config, secret_values
@@ -251,3 +252,11 @@ async def humans(synapse: Synapse, tmp_path: Path) -> AsyncIterator[HumanFactory
     yield make
     for human in made:
         await human.close()
+
+
+async def connect(app: App, thread_id: str | None = None) -> ChatClient:
+    """A tab on ``app``'s web interface (a new conversation, or ``thread_id``'s), connected."""
+    assert app.web is not None
+    chat = ChatClient(app.web.url, app.web_token, thread_id)
+    await chat.connect()
+    return chat

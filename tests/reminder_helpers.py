@@ -21,13 +21,6 @@ KATHMANDU = ZoneInfo(TZ)
 FAST: dict[str, Any] = {"scheduler": {"timezone": TZ, "min_repeat_minutes": 0.01}}
 
 
-async def connect(app: App, thread_id: str | None = None) -> ChatClient:
-    assert app.web is not None
-    chat = ChatClient(app.web.url, app.web_token, thread_id)
-    await chat.connect()
-    return chat
-
-
 def tool_results(body: dict[str, Any]) -> list[str]:
     return [m["content"] for m in body["messages"] if m["role"] == "tool"]
 

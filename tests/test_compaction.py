@@ -9,7 +9,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from conftest import AppFactory
+from conftest import AppFactory, connect
 from fake_llm import FakeLLM, Reply
 from wsclient import ChatClient
 
@@ -55,13 +55,6 @@ def longer_than_input(body: dict[str, Any]) -> Reply:
     """A wordy summariser: more sentences than the transcript has characters / 60."""
     transcript = body["messages"][1]["content"]
     return Reply(text=SENTENCE * (len(transcript) // len(SENTENCE) + 2))
-
-
-async def connect(app: App) -> ChatClient:
-    assert app.web is not None
-    chat = ChatClient(app.web.url, app.web_token)
-    await chat.connect()
-    return chat
 
 
 async def talk_until_compacted(chat: ChatClient, turns: int = 8) -> list[str]:

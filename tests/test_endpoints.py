@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RUNTIME_KEY, AppFactory
+from conftest import RUNTIME_KEY, AppFactory, connect
 from fake_llm import FakeLLM, Reply
 from wsclient import ChatClient
 
@@ -37,13 +37,6 @@ def two_endpoints(a: FakeLLM, b: FakeLLM, **llm: Any) -> dict[str, Any]:
         "heartbeat": {"enabled": False},
         "matrix": {"trusted_users": [TRUSTED]},
     }
-
-
-async def connect(app: App, thread_id: str | None = None) -> ChatClient:
-    assert app.web is not None
-    chat = ChatClient(app.web.url, app.web_token, thread_id)
-    await chat.connect()
-    return chat
 
 
 async def say(chat: ChatClient, text: str) -> str:

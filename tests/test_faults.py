@@ -33,20 +33,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from conftest import LLM_KEY, AppFactory, eventually
+from conftest import LLM_KEY, AppFactory, connect, eventually
 from fake_llm import FakeLLM, Reply, completion_json
 from wsclient import ChatClient
 
-from ganglion.app import App
 from ganglion.messages import ThreadId
 from ganglion.storage.reminders import NewReminder, Reminder, ReminderStore
-
-
-async def connect(app: App) -> ChatClient:
-    assert app.web is not None
-    chat = ChatClient(app.web.url, app.web_token)
-    await chat.connect()
-    return chat
 
 
 def one_endpoint(llm: FakeLLM, timeout: float = 10, retries: int = 1) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
-from conftest import AppFactory, eventually
+from conftest import AppFactory, connect, eventually
 from fake_llm import FakeLLM, Reply
 from wsclient import ChatClient
 
@@ -30,13 +30,6 @@ from ganglion.triggers.heartbeat import JOB
 FAST: dict[str, Any] = {"heartbeat": {"review_interval_minutes": 0.02, "context_messages": 4},
                         "scheduler": {"timezone": "Asia/Kathmandu"}}
 GOAL = "- ask whether the dentist appointment was confirmed\n"
-
-
-async def connect(app: App, thread_id: str | None = None) -> ChatClient:
-    assert app.web is not None
-    chat = ChatClient(app.web.url, app.web_token, thread_id)
-    await chat.connect()
-    return chat
 
 
 def last_user(body: dict[str, Any]) -> str:

@@ -12,13 +12,12 @@ import asyncio
 import time
 from datetime import datetime, timedelta
 
-from conftest import AppFactory, eventually_async
+from conftest import AppFactory, connect, eventually_async
 from fake_llm import FakeLLM, Reply
 from reminder_helpers import (
     FAST,
     KATHMANDU,
     TZ,
-    connect,
     inbox_reminders,
     mirrored,
     next_reminder,

@@ -15,14 +15,13 @@ from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 
-from conftest import AppFactory, daemon_config, eventually
+from conftest import AppFactory, connect, daemon_config, eventually
 from daemon import Daemon
 from fake_llm import FakeLLM, Reply
 from reminder_helpers import (
     FAST,
     KATHMANDU,
     TZ,
-    connect,
     inbox_reminders,
     mirrored,
     next_reminder,

@@ -8,21 +8,13 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import AppFactory, base_config
+from conftest import AppFactory, base_config, connect
 from fake_llm import FakeLLM, Reply
-from wsclient import ChatClient
 
 from ganglion.app import App
 from ganglion.config import LoadedConfig, parse_config
 from ganglion.errors import ToolError
 from ganglion.tools.files import Workspace
-
-
-async def connect(app: App) -> ChatClient:
-    assert app.web is not None
-    chat = ChatClient(app.web.url, app.web_token)
-    await chat.connect()
-    return chat
 
 
 def tool_results(body: dict[str, Any]) -> list[str]:

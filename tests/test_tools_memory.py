@@ -10,19 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AppFactory
+from conftest import AppFactory, connect
 from fake_llm import FakeLLM, Reply
-from wsclient import ChatClient
 
-from ganglion.app import App
 from ganglion.storage.files import DataFiles
-
-
-async def connect(app: App) -> ChatClient:
-    assert app.web is not None
-    chat = ChatClient(app.web.url, app.web_token)
-    await chat.connect()
-    return chat
 
 
 def tool_results(body: dict[str, Any]) -> list[str]:

@@ -11,11 +11,10 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import pytest
-from conftest import AppFactory, eventually
+from conftest import AppFactory, connect, eventually
 from fake_llm import FakeLLM, Reply
 from wsclient import ChatClient
 
-from ganglion.app import App
 from ganglion.commands import CommandTable, parse_command
 from ganglion.errors import ConfigError
 from ganglion.messages import Inbound, Source, ThreadId
@@ -24,13 +23,6 @@ from ganglion.tools.registry import ToolContext
 from ganglion.untrusted import as_data, neutralise
 
 Event = dict[str, Any]
-
-
-async def connect(app: App) -> ChatClient:
-    assert app.web is not None
-    chat = ChatClient(app.web.url, app.web_token)
-    await chat.connect()
-    return chat
 
 
 async def until(chat: ChatClient, pred: Callable[[Event], bool], timeout: float = 10) -> Event:

@@ -10,9 +10,9 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
-from conftest import AppFactory
+from conftest import AppFactory, connect
 from fake_llm import FakeLLM, Reply
-from reminder_helpers import FAST, KATHMANDU, connect, tool_results
+from reminder_helpers import FAST, KATHMANDU, tool_results
 
 from ganglion.messages import ThreadId
 from ganglion.storage.reminders import NewReminder

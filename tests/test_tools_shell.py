@@ -12,21 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import LLM_KEY, WEB_TOKEN, AppFactory, eventually
+from conftest import LLM_KEY, WEB_TOKEN, AppFactory, connect, eventually
 from fake_llm import FakeLLM, Reply
-from wsclient import ChatClient
 
 from ganglion.app import App
 from ganglion.tools.shell import DEFAULT_PATH, Shell
 
 SHELL_ON = {"tools": {"policy": {"shell": "on"}}}
-
-
-async def connect(app: App) -> ChatClient:
-    assert app.web is not None
-    chat = ChatClient(app.web.url, app.web_token)
-    await chat.connect()
-    return chat
 
 
 async def shell(app: App, fake_llm: FakeLLM, command: str, timeout: float = 20) -> str:

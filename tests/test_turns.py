@@ -5,19 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from conftest import AppFactory
+from conftest import AppFactory, connect
 from fake_llm import FakeLLM, Reply
-from wsclient import ChatClient
 
-from ganglion.app import App
 from ganglion.messages import Inbound, Source, ThreadId
-
-
-async def connect(app: App, thread_id: str | None = None) -> ChatClient:
-    assert app.web is not None
-    chat = ChatClient(app.web.url, app.web_token, thread_id)
-    await chat.connect()
-    return chat
 
 
 def user_texts(body: dict[str, Any]) -> list[str]:
