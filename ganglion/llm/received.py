@@ -37,6 +37,10 @@ class Received:
     """Choices taken: deltas, or a whole message (usage and content-filter chunks do not
     count)."""
     sent_delta: bool = False
+    finish_reason: str = ""
+    """The first choice's finish_reason ("stop", "length", "tool_calls"...), once sent."""
+    looping: bool = False
+    """The stream was closed early because the answer kept repeating itself."""
     _no_index_base: int = 0
     """Key of the first call in the latest chunk that started calls without ``index``."""
 
@@ -58,6 +62,7 @@ class Received:
                 raise LLMBadResponse("a streamed choice is not a JSON object")
             if choice.get("index", 0) != 0:
                 continue  # only the first choice is asked for; others are ignored
+            self._take_finish(choice)
             delta = choice.get("delta")
             if delta is None:
                 # The last chunk with only the finish reason, or Azure's content-filter
@@ -82,6 +87,7 @@ class Received:
         message = choice.get("message") if isinstance(choice, dict) else None
         if not isinstance(message, dict):
             raise LLMBadResponse("the reply's choice has no message object")
+        self._take_finish(choice)
         self.chunks += 1
         return self._take_message(message)
 
@@ -102,6 +108,11 @@ class Received:
             self.usage = Usage(
                 _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
             )
+
+    def _take_finish(self, choice: dict[str, Any]) -> None:
+        reason = choice.get("finish_reason")
+        if isinstance(reason, str) and reason:
+            self.finish_reason = reason
 
     def _take_message(self, delta: dict[str, Any]) -> str:
         """A delta or a whole message: its text and its (parts of) tool calls."""
