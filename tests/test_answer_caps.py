@@ -1,6 +1,6 @@
 """Answer caps over the web socket and real HTTP: max_tokens on every request, an answer cut at
-its cap marked and logged, a looping answer stopped (its stream closed) and marked, and text that
-merely repeats lines left alone."""
+its cap marked and logged, a looping answer stopped (its stream closed) and marked, text that
+merely repeats lines left alone, and a tool call written as text never shown as text."""
 
 from __future__ import annotations
 
@@ -146,3 +146,39 @@ async def test_a_tool_call_cut_at_the_cap_gets_the_malformed_arguments_error(
     assert chat.thread_id in line and "1 tool call(s) cut off" in line
     await chat.close()
 
+
+@pytest.mark.parametrize("call", [
+    '<tool_call>\n{"name": "read_file", "arguments": {"path": "a.txt"}}\n</tool_call>',
+    '```json\n{"name": "read_file", "arguments": {"path": "a.txt"}}\n```',
+    '{"name": "read_file", "arguments": {"path": "a.txt"}}',
+])
+async def test_a_tool_call_written_as_text_never_reaches_the_tab(
+    app_factory: AppFactory, fake_llm: FakeLLM, call: str
+) -> None:
+    app = await app_factory()
+    (app.data_dir / "a.txt").write_text("the note")
+    fake_llm.script(Reply(text=call), Reply(text="The note says: the note."))
+    chat = await connect(app)
+    assert (await chat.send("read a.txt"))["type"] == "ack"
+    deltas: list[str] = []
+    while (event := await chat.next_event())["type"] != "message" or event["role"] == "tool":
+        if event["type"] in ("delta", "reset"):
+            deltas.append(f"{event['type']}:{event.get('text', '')}")
+    assert event["text"] == "The note says: the note."
+    assert not any("read_file" in d or "reset" in d for d in deltas), deltas
+    assert len(deltas) > 1 and "".join(d.removeprefix("delta:") for d in deltas) == event["text"]
+    tool = next(m["content"] for m in fake_llm.requests[-1]["messages"] if m["role"] == "tool")
+    assert "the note" in tool  # it ran as a call
+    await chat.close()
+
+
+async def test_an_answer_that_only_starts_like_a_call_is_shown_whole(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory()
+    text = '{"name": "Ada", "born": 1815} is the record you asked for.'
+    fake_llm.script(Reply(text=text))
+    chat = await connect(app)
+    deltas, final = await turn(chat, "give me the record")
+    assert final["text"] == text and "".join(deltas) == text
+    await chat.close()

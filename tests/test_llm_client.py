@@ -680,3 +680,18 @@ async def test_finish_reason_length_marks_the_result_streamed_or_whole(
     done = await client.chat(user("again"))
     assert (done.cut, done.answer) == ("", "whole")  # a stop is no cut
 
+
+async def test_a_held_start_is_released_whole_when_it_proves_to_be_text(
+    fake_llm: FakeLLM, make_client: Callable[..., LLMClient]
+) -> None:
+    prose = " ".join(f"prose, sentence {i}." for i in range(150))
+    text = '{"name": "get_weather"} is how a call looks, ' + prose
+    fake_llm.script(Reply(text=text))
+    client = make_client(llm_config(endpoint("local", fake_llm.base_url)))
+    rec = Recorder()
+    result = await client.chat(user("hi"), tools=[WEATHER_TOOL], on_delta=rec.delta,
+                               on_reset=rec.reset)
+    assert result.content == rec.shown() == text
+    assert rec.resets == 0
+    # Held while it could be a call, then let through past the hold's limit: still streamed.
+    assert 1 < len(rec.events) < len(text.split())

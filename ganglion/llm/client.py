@@ -243,8 +243,9 @@ class LLMClient:
         self, ep: Endpoint, request: _Request, stream: Any, got: Received
     ) -> Failure | None:
         """Fold the reply into ``got`` (a stream, or one whole completion from a server that
-        ignores ``stream``), passing its text on as it comes; a stream that loops is left (the
-        caller closes it, so the server stops generating)."""
+        ignores ``stream``), passing its text on as it comes: the start of what may be a tool
+        call written as text is held back, and a stream that loops is left (the caller closes
+        it, so the server stops generating)."""
         whole = _is_json(stream)
         guard = RepetitionGuard()
         while True:
@@ -258,8 +259,10 @@ class LLMClient:
                 return self._failed(ep, err, got)
             # Outside the try: a failing callback is the caller's error, not the model's.
             if text and request.on_delta is not None:
-                got.sent_delta = True
-                await request.on_delta(text)
+                shown = got.hold.take(text) if request.tools else text
+                if shown:
+                    got.sent_delta = True
+                    await request.on_delta(shown)
             if whole:
                 return None
             if text and guard.looping(text):
@@ -291,15 +294,19 @@ class LLMClient:
             ToolCall(id=c.id or new_call_id(), name=c.name, arguments="".join(c.arguments) or "{}")
             for _, c in sorted(got.calls.items())
         ]
+        held = got.hold.release()
         if request.tools and not calls:
             rest, calls = text_tool_calls(content, tool_names(request.tools))
             if calls:
-                # The UI saw the call as text; show only what remains of the answer.
+                # The UI may have seen part of the call as text (past the hold's limit);
+                # show only what remains of the answer.
                 if got.sent_delta and request.on_reset is not None:
                     await request.on_reset()
-                    if rest and request.on_delta is not None:
-                        await request.on_delta(rest)
-                content = rest
+                if rest and request.on_delta is not None:
+                    await request.on_delta(rest)
+                content, held = rest, ""
+        if held and request.on_delta is not None:
+            await request.on_delta(held)
         usage = got.usage or Usage(
             prompt_tokens=estimate_tokens(json.dumps(request.messages, ensure_ascii=False)),
             completion_tokens=estimate_tokens(content + "".join(c.arguments for c in calls)),

@@ -16,6 +16,7 @@ from typing import Any
 
 from ganglion.errors import LLMBadResponse
 from ganglion.llm.results import Usage
+from ganglion.llm.text_tools import CallHold
 
 
 @dataclass(slots=True)
@@ -41,6 +42,8 @@ class Received:
     """The first choice's finish_reason ("stop", "length", "tool_calls"...), once sent."""
     looping: bool = False
     """The stream was closed early because the answer kept repeating itself."""
+    hold: CallHold = field(default_factory=CallHold)
+    """Text not yet passed on: it may be the start of a tool call written as text."""
     _no_index_base: int = 0
     """Key of the first call in the latest chunk that started calls without ``index``."""
 
