@@ -27,3 +27,9 @@ class InputRejected(GanglionError):
 
 class ToolError(GanglionError):
     """A tool refused or failed; the message is returned to the model as the tool result."""
+
+
+class BadArguments(ToolError):
+    """The call's arguments are wrong (malformed, missing, out of range): the message is the
+    daemon's own word on what to send instead, so the model gets it as plain guidance, not
+    fenced as data like other tool errors (which may quote a file or a command's output)."""

@@ -161,7 +161,7 @@ class ModelCommands:
             return refusal
         result = await self.llm.chat([{"role": "user", "content": request.prompt}],
                                      model=name, params=request.params, thread_id=msg.thread_id)
-        return f"{result.content.strip()}\n\n— `{name}` via {result.endpoint}"
+        return f"{result.answer.strip()}\n\n— `{name}` via {result.endpoint}"
 
     async def _reload_models(self, msg: Inbound, args: str) -> str:
         problems = await self.pool.discover()

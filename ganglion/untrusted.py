@@ -54,7 +54,8 @@ def as_data(source: str, text: str) -> str:
 
 def tool_error(name: str, text: str) -> str:
     """An error the tool reported, for the model: plainly an error, its message fenced as data
-    (it may quote a file, a page or a command's output)."""
+    (it may quote a file, a page or a command's output). Not for wrong arguments: those are
+    the daemon's guidance and reach the model plain (``BadArguments``)."""
     return f"error: {neutralise(name)} failed\n{as_data(name, text.removeprefix('error: '))}"
 
 

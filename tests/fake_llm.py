@@ -44,6 +44,11 @@ class Reply:
     """Seconds between streamed chunks."""
     cut_after_chunks: int | None = None
     """Stream this many chunks, then drop the connection mid-stream."""
+    stall_after_chunks: int | None = None
+    """Stream this many chunks, then send nothing more until the client leaves (a server
+    still generating): a client that returns has closed the stream before its end."""
+    finish: str | None = None
+    """The finish_reason sent ("length"...); by default "tool_calls" or "stop"."""
     garbage: bool = False
     """200 with a non-JSON body (or broken SSE data when streaming)."""
     raw_chunks: list[str] | None = None
@@ -276,7 +281,7 @@ class FakeLLM:
                         "index": 0,
                         "message": message,
                         "logprobs": None,
-                        "finish_reason": "tool_calls" if reply.tool_calls else "stop",
+                        "finish_reason": _finish(reply),
                     }
                 ],
                 "usage": usage,
@@ -339,7 +344,7 @@ class FakeLLM:
                 chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]})
                 for piece in _halves(_arguments(args))
             ]
-        chunks.append(chunk({}, "tool_calls" if reply.tool_calls else "stop"))
+        chunks.append(chunk({}, _finish(reply)))
         if include_usage and reply.usage_chunk:
             chunks.append(
                 {"object": "chat.completion.chunk", **meta, "choices": [], "usage": usage}
@@ -348,6 +353,8 @@ class FakeLLM:
         for sent, data in enumerate(chunks):
             if reply.cut_after_chunks is not None and sent >= reply.cut_after_chunks:
                 await self._cut(request)
+            if reply.stall_after_chunks is not None and sent >= reply.stall_after_chunks:
+                await asyncio.Event().wait()  # aiohttp cancels this once the client is gone
             if sent and reply.chunk_delay:
                 await asyncio.sleep(reply.chunk_delay)
             await response.write(b"data: " + json.dumps(data).encode() + b"\n\n")
@@ -383,7 +390,8 @@ class FakeLLM:
         }
 
 
-def completion_json(text: str, tool_calls: list[ToolCallSpec] | None = None) -> str:
+def completion_json(text: str, tool_calls: list[ToolCallSpec] | None = None,
+                    finish: str | None = None) -> str:
     """A whole (not streamed) chat completion, for ``Reply(raw_body=...)``."""
     message: dict[str, Any] = {"role": "assistant", "content": text or None}
     if tool_calls:
@@ -395,9 +403,13 @@ def completion_json(text: str, tool_calls: list[ToolCallSpec] | None = None) -> 
     return json.dumps({
         "id": "chatcmpl-raw", "object": "chat.completion", "created": 0, "model": "fake-model",
         "choices": [{"index": 0, "message": message,
-                     "finish_reason": "tool_calls" if tool_calls else "stop"}],
+                     "finish_reason": finish or ("tool_calls" if tool_calls else "stop")}],
         "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
     })
+
+
+def _finish(reply: Reply) -> str:
+    return reply.finish or ("tool_calls" if reply.tool_calls else "stop")
 
 
 def _arguments(args: dict[str, Any] | str) -> str:

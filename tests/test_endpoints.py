@@ -196,7 +196,8 @@ async def test_ask_parameters_reach_the_request_body(
     assert (body["max_tokens"], body["temperature"], body["top_p"]) == (50, 0.3, 0.9)
 
     await say(chat, "/ask 1 temperature=0 plain question")  # by number, parameter first
-    assert a.requests[-1]["temperature"] == 0 and "max_tokens" not in a.requests[-1]
+    # Without max_tokens= the model's own cap goes (llm.max_tokens, 4096 by default).
+    assert a.requests[-1]["temperature"] == 0 and a.requests[-1]["max_tokens"] == 4096
     assert a.requests[-1]["messages"][-1]["content"] == "plain question"
     await say(chat, "hello")  # the thread's model is unchanged by /ask
     assert a.requests[-1]["model"] == "alpha"

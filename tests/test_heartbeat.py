@@ -263,6 +263,38 @@ async def test_heartbeat_command_reviews_this_conversation_now(
     await chat.close()
 
 
+@pytest.mark.parametrize("text", [
+    "All is well: HEARTBEAT_OK for now, but the dentist still has to confirm.",
+    "HEARTBEAT_OK\n\nOne thing: the dentist has not confirmed yet.",
+    "I would say HEARTBEAT_OK.",
+])
+async def test_a_sentence_with_the_sentinel_is_text_and_delivered_as_written(
+    app_factory: AppFactory, fake_llm: FakeLLM, text: str
+) -> None:
+    app = await app_factory({"heartbeat": {"enabled": False}})
+    chat = await connect(app)
+    fake_llm.script(Reply(text=text))
+    await chat.ask("/heartbeat")
+    spoke = await chat.reply()
+    assert (spoke["role"], spoke["text"]) == ("assistant", text)
+    rows = await app.history.transcript(ThreadId(chat.thread_id))
+    assert rows[-1].content == text
+    await chat.close()
+
+
+@pytest.mark.parametrize(("answer", "silent"), [
+    ("HEARTBEAT_OK", True), ("  **HEARTBEAT_OK**.\n", True), ("`HEARTBEAT_OK`", True),
+    ("_HEARTBEAT_OK_!", True), ("", True), (" \n", True),
+    ("HEARTBEAT_OK HEARTBEAT_OK", False), ("Fine. HEARTBEAT_OK", False),
+    ("HEARTBEAT_OK, nothing new", False), ("HEARTBEAT", False), ("OK", False),
+])
+async def test_only_the_whole_trimmed_answer_is_the_sentinel(
+    app_factory: AppFactory, answer: str, silent: bool
+) -> None:
+    app = await app_factory({"heartbeat": {"enabled": False}})
+    assert app.reviews.is_silent(answer) is silent
+
+
 async def test_a_review_waits_for_the_users_turn_in_the_same_thread(
     app_factory: AppFactory, fake_llm: FakeLLM
 ) -> None:

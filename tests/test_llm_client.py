@@ -14,7 +14,7 @@ import openai
 import pytest
 import pytest_asyncio
 from conftest import AppFactory, eventually
-from fake_llm import FakeLLM, Reply, ReplyFactory
+from fake_llm import FakeLLM, Reply, ReplyFactory, completion_json
 
 from ganglion.config import EndpointConfig, LLMConfig, parse_config, secret_values
 from ganglion.errors import LLMUnavailable
@@ -611,7 +611,7 @@ async def test_a_whole_json_body_cut_off_is_a_broken_connection_and_retried(
     with httpx2's public exceptions mapped to the SDK's, it counts as a broken connection
     (retried), not as a bug that ends the turn."""
     from aiohttp import web
-    from fake_llm import completion_json
+
 
     served: list[str] = []
 
@@ -644,3 +644,54 @@ async def test_a_whole_json_body_cut_off_is_a_broken_connection_and_retried(
         assert served == ["cut", "whole"]
     finally:
         await runner.cleanup()
+
+
+# --- answer caps -------------------------------------------------------------------------------
+
+
+async def test_max_tokens_is_sent_per_model_and_params_override_it(
+    fake_llm: FakeLLM, make_client: Callable[..., LLMClient]
+) -> None:
+    config = llm_config(endpoint("local", fake_llm.base_url), max_tokens=2000,
+                        models={"small": {"max_tokens": 300}})
+    client = make_client(config)
+    await client.chat(user("a"))
+    await client.chat(user("b"), model="small")
+    await client.chat(user("c"), model="small", params={"max_tokens": 20})
+    assert [r["max_tokens"] for r in fake_llm.requests] == [2000, 300, 20]
+
+
+@pytest.mark.parametrize("whole", [False, True])
+async def test_finish_reason_length_marks_the_result_streamed_or_whole(
+    fake_llm: FakeLLM, make_client: Callable[..., LLMClient], whole: bool
+) -> None:
+    if whole:
+        fake_llm.script(Reply(raw_body=completion_json("half an ans", finish="length")))
+    else:
+        fake_llm.script(Reply(text="half an ans", finish="length"))
+    client = make_client(llm_config(endpoint("local", fake_llm.base_url), max_tokens=1500))
+    result = await client.chat(user("hi"), thread_id="web_t")
+    assert result.content == "half an ans"
+    assert result.cut == "[cut off at 1,500 tokens; ask me to go on]"
+    assert result.answer == "half an ans\n\n[cut off at 1,500 tokens; ask me to go on]"
+    fake_llm.script(Reply(text="```python\nprint(1)", finish="length"), Reply(text="whole"))
+    cut_code = await client.chat(user("code"))
+    assert cut_code.answer.endswith("print(1)\n```\n\n[cut off at 1,500 tokens; ask me to go on]")
+    done = await client.chat(user("again"))
+    assert (done.cut, done.answer) == ("", "whole")  # a stop is no cut
+
+
+async def test_a_held_start_is_released_whole_when_it_proves_to_be_text(
+    fake_llm: FakeLLM, make_client: Callable[..., LLMClient]
+) -> None:
+    prose = " ".join(f"prose, sentence {i}." for i in range(150))
+    text = '{"name": "get_weather"} is how a call looks, ' + prose
+    fake_llm.script(Reply(text=text))
+    client = make_client(llm_config(endpoint("local", fake_llm.base_url)))
+    rec = Recorder()
+    result = await client.chat(user("hi"), tools=[WEATHER_TOOL], on_delta=rec.delta,
+                               on_reset=rec.reset)
+    assert result.content == rec.shown() == text
+    assert rec.resets == 0
+    # Held while it could be a call, then let through past the hold's limit: still streamed.
+    assert 1 < len(rec.events) < len(text.split())

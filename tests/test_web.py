@@ -608,7 +608,10 @@ async def test_a_slow_tab_is_closed_and_never_holds_the_stream(
     # More than every buffer on the way to the slow tab holds: the kernel's largest send
     # buffer, aiohttp's, and the tab's queue; in deltas of 2 kB.
     size = send_buffer_max() + 2**16 + web_tab.SEND_QUEUE_FRAMES * 2100 + 2**20
-    words = [f"w{i:05d}" + "x" * 2000 for i in range(size // 2000)]
+    # Filler that does not repeat a short cycle (a run of one letter would be stopped as a
+    # looping answer: llm/repetition.py).
+    filler = secrets.token_hex(1000)
+    words = [f"w{i:05d}" + filler for i in range(size // 2000)]
     text = " ".join(words)
     fake_llm.script(Reply(text=text))
     ack = await fast.send("a long answer, please")

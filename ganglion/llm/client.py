@@ -20,6 +20,7 @@ from ganglion.errors import LLMBadResponse, LLMUnavailable
 from ganglion.llm.endpoints import Endpoint, EndpointPool
 from ganglion.llm.failures import Failure, classify, retry_wait
 from ganglion.llm.received import Received
+from ganglion.llm.repetition import RepetitionGuard
 from ganglion.llm.results import ChatResult, ToolCall, Usage
 from ganglion.llm.text_tools import new_call_id, text_tool_calls, tool_names
 from ganglion.tokens import estimate_tokens
@@ -27,6 +28,7 @@ from ganglion.tokens import estimate_tokens
 log = logging.getLogger(__name__)
 traffic_log = logging.getLogger("ganglion.llm.traffic")
 
+LOOPING = "[stopped: the answer was repeating itself]"
 
 
 def _stream_class() -> type[Any]:
@@ -90,6 +92,8 @@ class _Request:
     """Body fields beyond model/messages/tools (temperature, max_tokens...)."""
     on_delta: DeltaCallback | None
     on_reset: ResetCallback | None
+    where: str
+    """The log lines' prefix: the thread asking, if any."""
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -142,11 +146,13 @@ class LLMClient:
         Raises LLMUnavailable (plain words for the user) when every endpoint failed.
         """
         where = f"[{thread_id}] " if thread_id else ""
-        extra: dict[str, Any] = {}
+        model = model or self._config.model
+        # Every request is capped: a looping model otherwise runs to the server's own limit.
+        extra: dict[str, Any] = {"max_tokens": self._config.max_tokens_for(model)}
         if self._config.temperature is not None:
             extra["temperature"] = self._config.temperature
         extra.update(params or {})
-        request = _Request(model or self._config.model, messages, tools, extra, on_delta, on_reset)
+        request = _Request(model, messages, tools, extra, on_delta, on_reset, where)
         failures: list[tuple[Endpoint, Failure, int]] = []
         candidates = self._pool.candidates(request.model)
         for index, ep in enumerate(candidates):
@@ -237,8 +243,11 @@ class LLMClient:
         self, ep: Endpoint, request: _Request, stream: Any, got: Received
     ) -> Failure | None:
         """Fold the reply into ``got`` (a stream, or one whole completion from a server that
-        ignores ``stream``), passing its text on as it comes."""
+        ignores ``stream``), passing its text on as it comes: the start of what may be a tool
+        call written as text is held back, and a stream that loops is left (the caller closes
+        it, so the server stops generating)."""
         whole = _is_json(stream)
+        guard = RepetitionGuard()
         while True:
             try:
                 data = await _whole_body(stream) if whole else await anext(stream)
@@ -250,9 +259,18 @@ class LLMClient:
                 return self._failed(ep, err, got)
             # Outside the try: a failing callback is the caller's error, not the model's.
             if text and request.on_delta is not None:
-                got.sent_delta = True
-                await request.on_delta(text)
+                shown = got.hold.take(text) if request.tools else text
+                if shown:
+                    got.sent_delta = True
+                    await request.on_delta(shown)
             if whole:
+                return None
+            if text and guard.looping(text):
+                got.looping = True
+                log.warning("%s%s: the answer of %s kept repeating itself (a cycle of %d "
+                            "characters) after %d characters; stopped it", request.where,
+                            ep.config.name, request.model, guard.cycle,
+                            sum(map(len, got.content)))
                 return None
 
     def _log_received(self, ep: Endpoint, data: object) -> None:
@@ -276,21 +294,39 @@ class LLMClient:
             ToolCall(id=c.id or new_call_id(), name=c.name, arguments="".join(c.arguments) or "{}")
             for _, c in sorted(got.calls.items())
         ]
+        held = got.hold.release()
         if request.tools and not calls:
             rest, calls = text_tool_calls(content, tool_names(request.tools))
             if calls:
-                # The UI saw the call as text; show only what remains of the answer.
+                # The UI may have seen part of the call as text (past the hold's limit);
+                # show only what remains of the answer.
                 if got.sent_delta and request.on_reset is not None:
                     await request.on_reset()
-                    if rest and request.on_delta is not None:
-                        await request.on_delta(rest)
-                content = rest
+                if rest and request.on_delta is not None:
+                    await request.on_delta(rest)
+                content, held = rest, ""
+        if held and request.on_delta is not None:
+            await request.on_delta(held)
         usage = got.usage or Usage(
             prompt_tokens=estimate_tokens(json.dumps(request.messages, ensure_ascii=False)),
             completion_tokens=estimate_tokens(content + "".join(c.arguments for c in calls)),
         )
-        return ChatResult(content, calls, usage, got.model or request.model, ep.config.name,
-                          got.finish_reason)
+        model = got.model or request.model
+        return ChatResult(content, calls, usage, model, ep.config.name,
+                          got.finish_reason, cut=self._cut(request, got, model))
+
+    def _cut(self, request: _Request, got: Received, model: str) -> str:
+        """Why the answer ended early, for the user (logged), or "" if it ended by itself."""
+        if got.looping:
+            return LOOPING
+        if got.finish_reason != "length":
+            return ""
+        cap = request.extra.get("max_tokens")
+        calls = f" ({len(got.calls)} tool call(s) cut off)" if got.calls else ""
+        log.warning("%sthe answer of %s reached its cap of %s tokens (finish_reason "
+                    "length)%s", request.where, model, cap, calls)
+        at = f"{cap:,} tokens" if isinstance(cap, int) else "the server's limit"
+        return f"[cut off at {at}; ask me to go on]"
 
     def _unavailable_message(self, failures: list[tuple[Endpoint, Failure, int]]) -> str:
         parts = ["I could not get an answer from the language model."]

@@ -16,6 +16,7 @@ from typing import Any
 
 from ganglion.errors import LLMBadResponse
 from ganglion.llm.results import Usage
+from ganglion.llm.text_tools import CallHold
 
 
 @dataclass(slots=True)
@@ -38,6 +39,11 @@ class Received:
     count)."""
     sent_delta: bool = False
     finish_reason: str = ""
+    """The first choice's finish_reason ("stop", "length", "tool_calls"...), once sent."""
+    looping: bool = False
+    """The stream was closed early because the answer kept repeating itself."""
+    hold: CallHold = field(default_factory=CallHold)
+    """Text not yet passed on: it may be the start of a tool call written as text."""
     _no_index_base: int = 0
     """Key of the first call in the latest chunk that started calls without ``index``."""
 
@@ -107,8 +113,9 @@ class Received:
             )
 
     def _take_finish(self, choice: dict[str, Any]) -> None:
-        if isinstance(choice.get("finish_reason"), str):
-            self.finish_reason = choice["finish_reason"]
+        reason = choice.get("finish_reason")
+        if isinstance(reason, str) and reason:
+            self.finish_reason = reason
 
     def _take_message(self, delta: dict[str, Any]) -> str:
         """A delta or a whole message: its text and its (parts of) tool calls."""

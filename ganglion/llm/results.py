@@ -33,3 +33,17 @@ class ChatResult:
     """Name of the endpoint that answered."""
     finish_reason: str = ""
     """Why the model stopped, as the server said ("stop", "length", "tool_calls"), or ""."""
+    cut: str = ""
+    """Why the answer ended early, in words for the user ("[cut off at 4,096 tokens; ask me
+    to go on]"), or "" when it ended by itself."""
+
+    @property
+    def answer(self) -> str:
+        """The content as the user gets it: marked when it was cut (an open code block closed
+        first, so the mark reads as text)."""
+        if not self.cut:
+            return self.content
+        text = self.content.rstrip()
+        if text.count("```") % 2:
+            text += "\n```"
+        return f"{text}\n\n{self.cut}" if text else self.cut

@@ -18,10 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
-from ganglion.errors import ToolError
+from ganglion.errors import BadArguments
 
 Validate = Callable[[Mapping[str, Any]], dict[str, Any]]
-"""The keyword arguments for a call's decoded JSON object, or a ToolError saying what to fix."""
+"""The keyword arguments for a call's decoded JSON object, or a BadArguments saying what to fix."""
 
 
 class _CompactSchema(GenerateJsonSchema):
@@ -101,7 +101,7 @@ def validator(model: type[BaseModel]) -> Validate:
         try:
             checked = model.model_validate(given, strict=True)  # nested models too
         except ValidationError as err:
-            raise ToolError(_guidance(err, list(model.model_fields))) from None
+            raise BadArguments(_guidance(err, list(model.model_fields))) from None
         return {name: getattr(checked, name) for name in model.model_fields}
 
     return validate
@@ -136,12 +136,12 @@ def _wrong(error: Any) -> str:
 
 
 def decode(arguments: str) -> dict[str, Any]:
-    """A call's arguments as a JSON object ("" is {}), or a ToolError saying what to send."""
+    """A call's arguments as a JSON object ("" is {}), or a BadArguments saying what to send."""
     try:
         args = json.loads(arguments) if arguments.strip() else {}
     except json.JSONDecodeError as err:
-        raise ToolError(f"arguments are not valid JSON ({err.msg} at {err.pos}); "
-                        "send a JSON object matching the tool's schema") from None
+        raise BadArguments(f"arguments are not valid JSON ({err.msg} at {err.pos}); "
+                           "send a JSON object matching the tool's schema") from None
     if not isinstance(args, dict):
-        raise ToolError("arguments must be a JSON object")
+        raise BadArguments("arguments must be a JSON object")
     return args

@@ -19,7 +19,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from ganglion.errors import ToolError
+from ganglion.errors import BadArguments, ToolError
 from ganglion.storage.atomic import replace_in
 from ganglion.storage.files import DataFiles
 from ganglion.tools.registry import ToolFunc
@@ -64,23 +64,23 @@ class Workspace:
     def parts(self, path: str, *, allow_root: bool = False) -> list[str]:
         """The path's components, refusing anything that could leave the workspace."""
         if "\x00" in path:
-            raise ToolError("the path contains a NUL character")
+            raise BadArguments("the path contains a NUL character")
         stripped = path.strip()
         if stripped.startswith(("/", "\\")) or (len(stripped) > 1 and stripped[1] == ":"):
-            raise ToolError(f"{path!r} is an absolute path; give a path relative to the "
-                            "workspace, such as notes/todo.txt")
+            raise BadArguments(f"{path!r} is an absolute path; give a path relative to the "
+                               "workspace, such as notes/todo.txt")
         if stripped.startswith("~"):
-            raise ToolError(f"{path!r} points into a home folder; give a path relative to the "
-                            "workspace")
+            raise BadArguments(f"{path!r} points into a home folder; give a path relative to the "
+                               "workspace")
         parts = [p for p in stripped.replace("\\", "/").split("/") if p not in ("", ".")]
         if ".." in parts:
-            raise ToolError(f"{path!r} uses '..'; paths must stay inside the workspace")
+            raise BadArguments(f"{path!r} uses '..'; paths must stay inside the workspace")
         if not parts and not allow_root:
-            raise ToolError("give the path of a file inside the workspace")
+            raise BadArguments("give the path of a file inside the workspace")
         for i, part in enumerate(parts):
             if self.is_private(part) or self.is_private("/".join(parts[: i + 1])):
-                raise ToolError(f"{path!r} is private to the daemon; file tools do not "
-                                "touch it")
+                raise BadArguments(f"{path!r} is private to the daemon; file tools do not "
+                                   "touch it")
         return parts
 
     def is_private(self, name: str) -> bool:
@@ -132,7 +132,7 @@ class Workspace:
         except FileNotFoundError:
             raise Missing(f"{'/'.join(parts)} does not exist") from None
         except IsADirectoryError:
-            raise ToolError(f"{'/'.join(parts)} is a folder; use list_dir") from None
+            raise BadArguments(f"{'/'.join(parts)} is a folder; use list_dir") from None
         except OSError as err:
             raise self._refused(dir_fd, parts, err) from None
 
@@ -147,7 +147,7 @@ class Workspace:
             with os.fdopen(fd, "rb") as fh:
                 st = os.fstat(fh.fileno())
                 if not stat.S_ISREG(st.st_mode):
-                    raise ToolError(f"{path} is not a regular file")
+                    raise BadArguments(f"{path} is not a regular file")
                 self._check_not_private(path, st)
                 yield fh, st
 
@@ -161,13 +161,13 @@ class Workspace:
         bytes or not text (writing back a lossy decoding would damage it)."""
         data, size = self.read_bytes(path, limit + 1)
         if size > limit or len(data) > limit:
-            raise ToolError(f"{path} is {size:,} bytes; the limit is {limit:,}")
+            raise BadArguments(f"{path} is {size:,} bytes; the limit is {limit:,}")
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
-            raise ToolError(f"{path} is not UTF-8 text; it can only be replaced whole") from None
+            raise BadArguments(f"{path} is not UTF-8 text; it can only be replaced whole") from None
         if "\x00" in text:
-            raise ToolError(f"{path} looks binary; it can only be replaced whole")
+            raise BadArguments(f"{path} looks binary; it can only be replaced whole")
         return text
 
     def read_lines(self, path: str, start_line: int, limit: int) -> TextPart:
@@ -175,12 +175,12 @@ class Workspace:
         line, cut at ``limit`` if it is longer)."""
         with self._regular_file(path) as (fh, st):
             if b"\x00" in fh.peek(8192)[:8192]:
-                raise ToolError(f"{path} looks binary ({st.st_size:,} bytes); read_file "
-                                "shows text only")
+                raise BadArguments(f"{path} looks binary ({st.st_size:,} bytes); read_file "
+                                   "shows text only")
             line_no = 1
             while line_no < start_line:
                 if not fh.readline():
-                    raise ToolError(f"{path} has only {line_no - 1} lines")
+                    raise BadArguments(f"{path} has only {line_no - 1} lines")
                 line_no += 1
             out: list[bytes] = []
             used = 0
@@ -211,7 +211,7 @@ class Workspace:
             except FileNotFoundError:
                 old = None
             if old is not None and stat.S_ISDIR(old.st_mode):
-                raise ToolError(f"{path} is a folder")
+                raise BadArguments(f"{path} is a folder")
             if old is not None and stat.S_ISLNK(old.st_mode):
                 raise self._refused(dfd, parts, OSError(errno.ELOOP, "symbolic link"))
             if old is not None:
@@ -257,7 +257,7 @@ def replace_once(text: str, old: str, new: str, where: str) -> str:
     """``text`` with the one exact occurrence of ``old`` replaced; an error if absent or
     ambiguous."""
     if not old:
-        raise ToolError("old must not be empty: give the exact passage to replace")
+        raise BadArguments("old must not be empty: give the exact passage to replace")
     count = text.count(old)
     if count == 0:
         raise ToolError(f"the passage was not found in {where} (it must match exactly, "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 
-from ganglion.errors import ToolError
+from ganglion.errors import BadArguments, ToolError
 from ganglion.storage.files import HEARTBEATS, MEMORIES, SCRIPTS_DIR, SKILLS_DIR, DataFiles
 from ganglion.tools.files import Missing, Workspace, replace_once
 from ganglion.tools.registry import ToolFunc
@@ -30,8 +30,8 @@ def memory_file(name: str) -> str:
             return canonical
     if _NOTE.fullmatch(name) and not name.endswith((".tmp", ".")):
         return name
-    raise ToolError(f"{name!r} is not a memory file: use MEMORIES.txt, HEARTBEATS.txt, "
-                    "skills/<name>.md or scripts/<name> (letters, digits, . _ -)")
+    raise BadArguments(f"{name!r} is not a memory file: use MEMORIES.txt, HEARTBEATS.txt, "
+                       "skills/<name>.md or scripts/<name> (letters, digits, . _ -)")
 
 
 class MemoryTools:

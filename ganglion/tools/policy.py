@@ -8,8 +8,9 @@ Everything a tool does passes here, so one place decides, logs and shows it.
 What the model gets: a result fenced as data (``ganglion.untrusted.as_data``); an error
 the tool reported (its own message, or what it raised) as an ``error:`` line followed by
 that message fenced as data, since it may quote a file or a command's output; and the
-daemon's own refusals (policy, approval, a malformed call) as plain ``error: ...`` text,
-which is guidance the model should follow, not data.
+daemon's own refusals (policy, approval, a malformed call, arguments a tool found wrong:
+``BadArguments``) as plain ``error: ...`` text, which is guidance the model should follow,
+not data.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ganglion.errors import ToolError
+from ganglion.errors import BadArguments, ToolError
 from ganglion.messages import ThreadId
 from ganglion.tools.arguments import (
     Validate,
@@ -136,6 +136,9 @@ class ToolRegistry:
             ok = True
         except asyncio.CancelledError:
             raise
+        except BadArguments as err:  # the tool's own check of its arguments: guidance
+            return ToolOutcome(f"error: {err}", False, time.monotonic() - started,
+                               from_tool=False)
         except ToolError as err:
             text, ok = f"error: {err}", False
         except Exception as err:  # a tool's bug must not end the turn

@@ -18,7 +18,7 @@ import re
 from datetime import datetime, timedelta
 
 from ganglion.durations import duration_text
-from ganglion.errors import ToolError
+from ganglion.errors import BadArguments, ToolError
 from ganglion.storage.reminders import NewReminder, Reminder, repeat_text
 from ganglion.tools.registry import ToolContext, ToolFunc
 from ganglion.triggers import HEARTBEAT_THREAD, is_system_thread, system_thread
@@ -74,33 +74,33 @@ class ReminderTools:
         """
         text = text.strip()
         if not text:
-            raise ToolError("text is empty: say what to remind of, e.g. \"Call the dentist\"")
+            raise BadArguments("text is empty: say what to remind of, e.g. \"Call the dentist\"")
         if len(text) > MAX_TEXT:
-            raise ToolError(f"text is {len(text)} characters; keep it under {MAX_TEXT}")
+            raise BadArguments(f"text is {len(text)} characters; keep it under {MAX_TEXT}")
         if not system and is_system_thread(ctx.thread_id):
-            raise ToolError("this is an autonomous task with no conversation, so a message "
-                            "reminder set here would reach nobody: use system=true for a "
-                            "task later")
+            raise BadArguments("this is an autonomous task with no conversation, so a message "
+                               "reminder set here would reach nobody: use system=true for a "
+                               "task later")
         now = self.reminders.clock()
         start = [name for name, v in (("at", at), ("in_minutes", in_minutes)) if v is not None]
         if len(start) == 2:
-            raise ToolError("give either at or in_minutes, not both")
+            raise BadArguments("give either at or in_minutes, not both")
         if cron is not None and (start or every_minutes is not None):
-            raise ToolError("cron sets the times by itself: leave out at, in_minutes and "
-                            "every_minutes")
+            raise BadArguments("cron sets the times by itself: leave out at, in_minutes and "
+                               "every_minutes")
         if cron is None and every_minutes is None and not start:
-            raise ToolError("say when: at (local \"YYYY-MM-DDTHH:MM\"), in_minutes, "
-                            "every_minutes or cron")
+            raise BadArguments("say when: at (local \"YYYY-MM-DDTHH:MM\"), in_minutes, "
+                               "every_minutes or cron")
         every = None
         if every_minutes is not None:
             if not math.isfinite(every_minutes) or every_minutes < self.min_repeat_minutes:
-                raise ToolError(f"every_minutes must be at least {self.min_repeat_minutes:g} "
-                                "(scheduler.min_repeat_minutes)")
+                raise BadArguments(f"every_minutes must be at least {self.min_repeat_minutes:g} "
+                                   "(scheduler.min_repeat_minutes)")
             every = every_minutes * 60
         if in_minutes is not None:
             if not math.isfinite(in_minutes) or not 0 < in_minutes <= MAX_AHEAD_MINUTES:
-                raise ToolError("in_minutes must be more than 0 (0.5 is 30 seconds) and "
-                                "within ten years")
+                raise BadArguments("in_minutes must be more than 0 (0.5 is 30 seconds) and "
+                                   "within ten years")
             first = now.timestamp() + in_minutes * 60
         elif at is not None:
             first = self._parse_at(at, now)
@@ -108,10 +108,10 @@ class ReminderTools:
             try:
                 next_at = cron_next(cron, now.timestamp(), self.reminders.tz)
             except BadSchedule as err:
-                raise ToolError(f"cron {cron!r}: {err}; e.g. \"0 9 * * 1-5\" is 9:00 on "
-                                "weekdays") from None
+                raise BadArguments(f"cron {cron!r}: {err}; e.g. \"0 9 * * 1-5\" is 9:00 on "
+                                   "weekdays") from None
             if next_at is None:
-                raise ToolError(f"cron {cron!r} never matches a date; check day and month")
+                raise BadArguments(f"cron {cron!r} never matches a date; check day and month")
             first = next_at
         else:
             assert every is not None
@@ -121,7 +121,7 @@ class ReminderTools:
         try:
             reminder = await self.reminders.add(new)
         except BadSchedule as err:
-            raise ToolError(str(err)) from None
+            raise BadArguments(str(err)) from None
         return self._confirmation(reminder, first - now.timestamp())
 
     async def list_reminders(self, ctx: ToolContext) -> str:
@@ -179,20 +179,20 @@ class ReminderTools:
                 f"\"{tomorrow:%Y-%m-%d}T09:00\"")
         value = at.strip()
         if _DATE_ONLY.match(value):
-            raise ToolError(f"at {at!r} has no time of day: give \"YYYY-MM-DDTHH:MM\"; {hint}")
+            raise BadArguments(f"at {at!r} has no time of day: give \"YYYY-MM-DDTHH:MM\"; {hint}")
         try:
             when = datetime.fromisoformat(value)
         except ValueError:
-            raise ToolError(f"at {at!r} is not a local date and time like "
-                            f"\"{now:%Y-%m-%d}T18:30\" (use in_minutes for relative times); "
-                            f"{hint}") from None
+            raise BadArguments(f"at {at!r} is not a local date and time like "
+                               f"\"{now:%Y-%m-%d}T18:30\" (use in_minutes for relative times); "
+                               f"{hint}") from None
         if when.tzinfo is None:
             when = when.replace(tzinfo=tz)  # wall-clock time in the configured zone
         first = when.timestamp()
         if first <= now.timestamp():
-            raise ToolError(f"at {at!r} has passed; {hint}. Give a time in the future")
+            raise BadArguments(f"at {at!r} has passed; {hint}. Give a time in the future")
         if first - now.timestamp() > MAX_AHEAD_MINUTES * 60:
-            raise ToolError(f"at {at!r} is more than ten years away")
+            raise BadArguments(f"at {at!r} is more than ten years away")
         return first
 
     def _confirmation(self, r: Reminder, seconds_ahead: float) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ganglion.durations import duration_text
-from ganglion.errors import ToolError
+from ganglion.errors import BadArguments
 from ganglion.tools.registry import ToolFunc
 from ganglion.untrusted import fenced
 
@@ -152,7 +152,7 @@ class Shell:
             command: the command line, as typed in a terminal, e.g. "ls -la" or "sh backup.sh"
         """
         if not command.strip():
-            raise ToolError("the command is empty")
+            raise BadArguments("the command is empty")
         self.cwd.mkdir(parents=True, exist_ok=True)
         start = asyncio.create_task(asyncio.create_subprocess_exec(
             "/bin/sh", "-c", command, cwd=self.cwd, env=self.env,

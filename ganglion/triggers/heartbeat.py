@@ -130,8 +130,12 @@ class HeartbeatReviews:
         return [*recent, prompt]
 
     def is_silent(self, answer: str) -> bool:
-        """Only the sentinel (give or take markup and punctuation), or nothing at all."""
-        return not re.sub(r"[\W_]+", "", answer.replace(self.config.sentinel, ""))
+        """Only the sentinel as the whole answer (trimmed of whitespace, light markup such as
+        ``**`` or backticks, and a final period), or nothing at all. A sentence that mentions
+        the sentinel says something, and is delivered as written."""
+        markup = r"[\s*_`~]*"
+        whole = rf"{markup}{re.escape(self.config.sentinel)}{markup}[.!]?{markup}"
+        return not answer.strip() or re.fullmatch(whole, answer) is not None
 
     async def finished(
         self, msg: Inbound, new: Sequence[NewMessage], tokens: int
@@ -149,8 +153,7 @@ class HeartbeatReviews:
         kept: list[NewMessage] = []
         for m in new:
             if m is answer and not silent:
-                text = m.content.replace(self.config.sentinel, "").strip()
-                kept.append(replace(m, content=text, deliver=not msg.system))
+                kept.append(replace(m, content=m.content.strip(), deliver=not msg.system))
             elif m.role == "notice" and manual:
                 kept.append(m)  # an error the person who asked should see
             else:  # stored for the record only: not in the conversation, not shown

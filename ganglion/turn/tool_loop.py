@@ -69,7 +69,8 @@ class ToolLoop:
                     log.warning("[%s] %s sent an empty answer", tid, result.endpoint)
                     new.append(notice(msg, EMPTY_ANSWER.format(result.endpoint)))
                     return new
-                new.append(NewMessage("assistant", result.content, deliver=not msg.system,
+                # result.answer: the content, marked if it was cut off or stopped looping.
+                new.append(NewMessage("assistant", result.answer, deliver=not msg.system,
                                       tokens=result.usage.completion_tokens))
                 return new
             calls = [
