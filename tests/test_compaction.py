@@ -24,6 +24,17 @@ CONTEXT = 2048
 SENTENCE = "The user wrote at length about owls and their nests in the old barn. "
 
 
+def sentences(n: int) -> str:
+    """As long as ``n`` SENTENCEs (give or take one sentence), in sentences like it but each
+    numbered: wordy, yet no exact cycle for the client's repetition guard to stop (a model
+    repeating one sentence word for word would be stopped)."""
+    text, i = "", 0
+    while len(text) < n * len(SENTENCE):
+        text += SENTENCE.replace("owls", f"owls ({i})")
+        i += 1
+    return text
+
+
 def is_summary(body: dict[str, Any]) -> bool:
     return str(body["messages"][0]["content"]).startswith("You compress a conversation")
 
@@ -54,7 +65,7 @@ def model(summary: Callable[[dict[str, Any]], Reply], answer: str = "") -> Any:
 def longer_than_input(body: dict[str, Any]) -> Reply:
     """A wordy summariser: more sentences than the transcript has characters / 60."""
     transcript = body["messages"][1]["content"]
-    return Reply(text=SENTENCE * (len(transcript) // len(SENTENCE) + 2))
+    return Reply(text=sentences(len(transcript) // len(SENTENCE) + 2))
 
 
 async def talk_until_compacted(chat: ChatClient, turns: int = 8) -> list[str]:
@@ -89,7 +100,7 @@ def test_the_cap_is_a_quarter_of_the_input_within_bounds() -> None:
 
 
 def test_a_cut_ends_at_a_sentence_and_is_marked() -> None:
-    text = SENTENCE * 20
+    text = sentences(20)
     cut = cut_summary(text, 100)
     assert estimate_tokens(cut) <= 100 and cut.endswith("barn.\n" + CUT_MARK)
     # A text the server stopped loses its unfinished sentence, short as it is.
@@ -158,7 +169,7 @@ async def test_an_old_large_summary_is_summarised_again(
     app = await app_factory({"llm": {"context_tokens": CONTEXT}})
     fake_llm.script(*[model(lambda _b: Reply(text="SUMMARY: owls, shorter."))] * 10)
     chat = await connect(app)
-    big = SENTENCE * 80  # ~1,400 tokens: a summary from a model that ignored any cap
+    big = sentences(80)  # ~1,400 tokens: a summary from a model that ignored any cap
     await app.history.replace_with_summary(ThreadId(chat.thread_id), 0, big)
     notices = []
     reply = await chat.ask("and now?")
@@ -185,7 +196,7 @@ async def test_a_summary_too_large_for_the_model_is_cut_before_it_is_summarised_
     app = await app_factory({"llm": {"context_tokens": CONTEXT}})
     fake_llm.script(*[model(lambda _b: Reply(text="SUMMARY: owls, shorter."))] * 10)
     chat = await connect(app)
-    big = SENTENCE * 400  # 28,000 characters, ~7,000 tokens
+    big = sentences(400)  # 28,000 characters, ~7,000 tokens
     await app.history.replace_with_summary(ThreadId(chat.thread_id), 0, big)
     reply = await chat.ask("and now?")
     while reply["role"] == "system":
@@ -193,7 +204,7 @@ async def test_a_summary_too_large_for_the_model_is_cut_before_it_is_summarised_
     assert reply["text"] == "echo: and now?"
     (request,) = summary_requests(fake_llm)
     sent = request["messages"][1]["content"]
-    assert sent.startswith("[earlier summary]\n" + SENTENCE) and sent.endswith(CUT_MARK)
+    assert sent.startswith(f"[earlier summary]\n{big[:60]}") and sent.endswith(CUT_MARK)
     asked = sum(message_tokens(m["content"]) for m in request["messages"])
     assert asked + request["max_tokens"] <= CONTEXT
     assert await stored_summary(app, chat) == "SUMMARY: owls, shorter."
@@ -201,12 +212,12 @@ async def test_a_summary_too_large_for_the_model_is_cut_before_it_is_summarised_
 
 def test_a_transcript_too_long_for_the_room_leaves_out_its_oldest_messages() -> None:
     tid = ThreadId("web_" + "0" * 32)
-    old = [StoredMessage(0, tid, "summary", SENTENCE * 40)] + [
+    old = [StoredMessage(0, tid, "summary", sentences(40))] + [
         StoredMessage(i, tid, "user" if i % 2 else "assistant", f"message {i}: " + "owls " * 80)
         for i in range(1, 11)]
     text = transcript_within(old, 600)
     assert estimate_tokens(text) <= 600
-    assert text.startswith("[earlier summary]\n" + SENTENCE) and CUT_MARK in text
+    assert text.startswith(f"[earlier summary]\n{old[0].content[:60]}") and CUT_MARK in text
     assert "[6 earlier messages left out]" in text and "message 6:" not in text
     assert "message 7:" in text and "message 10:" in text
     assert transcript_within(old[1:3], 600) == transcript_text(old[1:3])  # it fits: whole
@@ -220,7 +231,7 @@ async def test_a_wordy_model_compacts_a_bounded_number_of_times(
     before the next (at 75%); and no prompt outgrows the budget (the summaries were kept
     whole, growing at each compaction: 5 compactions, prompts of 3,300 tokens)."""
     app = await app_factory({"llm": {"context_tokens": CONTEXT}})
-    fake_llm.script(*[model(longer_than_input, answer=SENTENCE * 18)] * 100)  # ~300 tokens
+    fake_llm.script(*[model(longer_than_input, answer=sentences(18))] * 100)  # ~300 tokens
     chat = await connect(app)
     compactions = 0
     for i in range(10):
@@ -248,7 +259,7 @@ async def test_the_tab_sees_summarising_before_the_answer(
 
     fake_llm.script(*[model(held_summary)] * 30)
     chat = await connect(app)
-    big = SENTENCE * 80
+    big = sentences(80)
     await app.history.replace_with_summary(ThreadId(chat.thread_id), 0, big)
     await chat.send("and now?")
     states = []
