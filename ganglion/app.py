@@ -166,6 +166,7 @@ class App:
             model=cfg.llm.model, max_tool_steps=cfg.llm.max_tool_steps, clock=self.clock,
             reviews=self.reviews, admit=self.access.admit,
             model_for=self.model_commands.model_for,
+            context_tokens_for=cfg.llm.context_tokens_for,
         )
         self.bus = Bus(self.inbox, self.worker, cfg.bus.max_turns_in_flight)
         self._add_triggers()

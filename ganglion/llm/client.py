@@ -288,6 +288,7 @@ class LLMClient:
         usage = got.usage or Usage(
             prompt_tokens=estimate_tokens(json.dumps(request.messages, ensure_ascii=False)),
             completion_tokens=estimate_tokens(content + "".join(c.arguments for c in calls)),
+            estimated=True,
         )
         return ChatResult(content, calls, usage, got.model or request.model, ep.config.name)
 

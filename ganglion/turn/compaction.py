@@ -77,12 +77,19 @@ class Compactor:
         self.before = before
         """Runs before a thread is summarised (the tools part saves durable facts there)."""
 
-    def needed(self, context: Sequence[StoredMessage], overhead_tokens: int) -> bool:
-        return context_size(context) + overhead_tokens >= self.context_tokens * TRIGGER
+    def needed(self, context: Sequence[StoredMessage], overhead_tokens: int, *,
+               context_tokens: int | None = None, scale: float = 1.0) -> bool:
+        """Whether the request (the context and ``overhead_tokens``: system text, tool
+        schemas), our estimate times ``scale`` (the server's own count per token we
+        estimate), nears ``context_tokens`` (the turn's model's; else the compactor's)."""
+        budget = context_tokens or self.context_tokens
+        return (context_size(context) + overhead_tokens) * scale >= budget * TRIGGER
 
-    def fits(self, context: Sequence[StoredMessage], overhead_tokens: int) -> bool:
+    def fits(self, context: Sequence[StoredMessage], overhead_tokens: int, *,
+             context_tokens: int | None = None, scale: float = 1.0) -> bool:
         """Whether the model can still take the whole context (compaction only prepares)."""
-        return context_size(context) + overhead_tokens < self.context_tokens
+        budget = context_tokens or self.context_tokens
+        return (context_size(context) + overhead_tokens) * scale < budget
 
     async def compact(
         self, thread_id: ThreadId, context: Sequence[StoredMessage], *, force: bool = False
