@@ -206,7 +206,7 @@ class Worker:
         budget, scale = self.context_tokens_for(model), self.calibration.ratio(model)
         if reviews is None and self.compactor.needed(
                 context, overhead, context_tokens=budget, scale=scale) and (
-                await self._compact(msg, context, self.compactor.fits(
+                await self._compact(msg, context, budget, self.compactor.fits(
                     context, overhead, context_tokens=budget, scale=scale))):
             context = await self.history.context(tid)
             inputs = self._inputs(msg, context, offered)
@@ -215,7 +215,8 @@ class Worker:
                                    allow_empty=reviews is not None,
                                    estimate=overhead + context_size(context))
 
-    async def _compact(self, msg: Inbound, context: list[StoredMessage], fits: bool) -> bool:
+    async def _compact(self, msg: Inbound, context: list[StoredMessage], budget: int,
+                       fits: bool) -> bool:
         """Summarise the thread's older part; True when the context changed (the user is
         notice_text). A failure while the whole history still fits answers with it, and waits
         COMPACTION_PAUSE_SECONDS before the next try (each costs a call and a memory flush);
@@ -224,7 +225,7 @@ class Worker:
         if fits and time.monotonic() < self._compaction_paused.get(tid, 0.0):
             return False
         try:
-            notice_text = await self.compactor.compact(tid, context)
+            notice_text = await self.compactor.compact(tid, context, context_tokens=budget)
         except (LLMUnavailable, LLMBadResponse) as err:
             if not fits:
                 raise LLMUnavailable(

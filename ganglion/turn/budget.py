@@ -16,8 +16,10 @@ from ganglion.tokens import estimate_tokens, message_tokens
 
 SMOOTHING = 0.5
 """How much of a new observation a model's ratio takes (the rest is its history)."""
-RATIO_BOUNDS = (0.25, 8.0)
-"""A report outside these (a server counting nothing, or a bug) is taken at the bound."""
+RATIO_BOUNDS = (1.0, 8.0)
+"""A report outside these is taken at the bound. Never below our own estimate: some servers
+count only the prompt tokens they did not have cached (or leave out the tools), and trusting
+that would start compaction after the server's limit instead of before it."""
 
 
 def fixed_tokens(texts: Sequence[str], tools: Sequence[dict[str, Any]] | None) -> int:

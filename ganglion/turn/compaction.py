@@ -92,10 +92,12 @@ class Compactor:
         return (context_size(context) + overhead_tokens) * scale < budget
 
     async def compact(
-        self, thread_id: ThreadId, context: Sequence[StoredMessage], *, force: bool = False
+        self, thread_id: ThreadId, context: Sequence[StoredMessage], *, force: bool = False,
+        context_tokens: int | None = None,
     ) -> str | None:
-        """Summarise older messages; returns the notice for the user, or None if nothing to do."""
-        keep = 0 if force else int(self.context_tokens * KEEP)
+        """Summarise older messages; returns the notice for the user, or None if nothing to do.
+        ``context_tokens``: the budget of the thread's model (else the compactor's)."""
+        keep = 0 if force else int((context_tokens or self.context_tokens) * KEEP)
         old, _kept = split_for_compaction(context, keep)
         if len(old) < 2 and not (force and old):
             return None
