@@ -46,9 +46,7 @@ def echo(body: dict[str, Any]) -> Reply:
 def turns(fake: FakeLLM) -> list[dict[str, Any]]:
     """The requests of conversation turns (not summaries, not memory flushes)."""
     return [b for b in fake.requests
-            if not b["messages"][0]["content"].startswith(COMPACT) and "tools" in b
-            and any(m["content"].startswith("Current local time:") for m in b["messages"]
-                    if m["role"] == "system")]
+            if b["messages"][0]["content"].startswith("You are Ganglion")]  # BASE_PROMPT.txt
 
 
 def compactions(fake: FakeLLM) -> list[dict[str, Any]]:
@@ -62,8 +60,11 @@ def wire(value: Any) -> str:
 
 def volatile_index(body: dict[str, Any]) -> int:
     """Where the time message is: everything before it is the cacheable prefix."""
-    return next(i for i, m in enumerate(body["messages"])
-                if m["role"] == "system" and m["content"].startswith("Current local time:"))
+    found = next((i for i, m in enumerate(body["messages"])
+                  if m["role"] == "system" and m["content"].startswith("Current local time:")),
+                 None)
+    assert found is not None, "the time is not in a message of its own"
+    return found
 
 
 class Clock:
