@@ -4,10 +4,14 @@ budget counts every token sent, calibrated by what the server counted."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import yaml
 from conftest import AppFactory
 from fake_llm import FakeLLM, Reply
 from wsclient import ChatClient
@@ -219,3 +223,36 @@ async def test_a_model_change_applies_to_the_next_turn_with_the_same_head(
     # Its own context_tokens (1,024) is the budget now, not llm.context_tokens (32,768).
     assert any("Compacted" in n for n in notices), notices
     await chat.close()
+
+
+def check_config(cfg: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GANGLION_")}
+    return subprocess.run([sys.executable, "-m", "ganglion", "--config", str(cfg),
+                           "check-config"], cwd=cfg.parent, env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_check_config_warns_when_the_fixed_part_alone_exceeds_a_models_context(
+    tmp_path: Path
+) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "llm": {"context_tokens": 1024, "models": {"small": {"context_tokens": 1100},
+                                                   "big": {"context_tokens": 65536}}},
+        "paths": {"data_dir": "data"}}))
+    result = check_config(cfg)
+    assert result.returncode == 0, result.stderr  # valid: a warning, not an error
+    assert "llm.context_tokens is 1,024 for model llama3.1" in result.stderr
+    assert "llm.models.small.context_tokens is 1,100" in result.stderr
+    assert "llm.models.big" not in result.stderr
+    assert not (tmp_path / "data").exists()  # a check creates nothing
+
+    # The memory files count as they are on disk now.
+    cfg.write_text(yaml.safe_dump({"llm": {"context_tokens": 8192},
+                                   "paths": {"data_dir": "data"}}))
+    assert "warning" not in check_config(cfg).stderr  # the same check, with room to spare
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "MEMORIES.txt").write_text("The user likes owls. " * 2000)
+    result = check_config(cfg)
+    assert result.returncode == 0
+    assert "llm.context_tokens is 8,192" in result.stderr, result.stderr
