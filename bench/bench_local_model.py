@@ -98,6 +98,8 @@ async def run_tree(label: str, tree: Path, args: argparse.Namespace) -> dict[str
             await chat.connect()
             async with aiohttp.ClientSession() as session:
                 for i in range(messages):
+                    if i:
+                        await asyncio.sleep(args.pause)
                     read, cached = await read_counters(session, server)
                     first, done = await one_message(chat, QUESTIONS[i % len(QUESTIONS)])
                     read_after, cached_after = await read_counters(session, server)
@@ -125,6 +127,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tree", action="append", default=[],
                         help="LABEL=PATH of a source tree (default: after=this one)")
     parser.add_argument("--messages", type=int, default=10)
+    parser.add_argument("--pause", type=float, default=20.0,
+                        help="seconds between an answer and the next message (a person "
+                             "reading and typing: the conversation crosses minute boundaries)")
     parser.add_argument("--context-tokens", type=int, default=8192)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()

@@ -324,10 +324,11 @@ def failing_summaries(body: dict[str, Any]) -> Reply:
 async def test_a_failing_compaction_still_answers_while_the_history_fits(
     app_factory: AppFactory, fake_llm: FakeLLM
 ) -> None:
-    app = await app_factory({"llm": {"context_tokens": 4096, "compaction_model": "absent"}})
+    # The system texts and the tool schemas take about 2,100 tokens of the 5,900.
+    app = await app_factory({"llm": {"context_tokens": 5900, "compaction_model": "absent"}})
     fake_llm.script(*[failing_summaries] * 40)
     chat = await connect(app)
-    filler = "owls " * 300  # ~375 tokens each: compaction is due from the 8th or so
+    filler = "owls " * 300  # ~375 tokens each: compaction is due from the 7th or so
     answers = []
     for i in range(9):
         await chat.send(f"message {i}: {filler}")
