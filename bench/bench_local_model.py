@@ -94,14 +94,19 @@ async def run_tree(label: str, tree: Path, args: argparse.Namespace) -> dict[str
         daemon.start(command=command)
         try:
             await daemon.wait_ready(60)
-            chat = ChatClient(daemon.url, TOKEN)
-            await chat.connect()
+            thread = None
             async with aiohttp.ClientSession() as session:
                 for i in range(messages):
                     if i:
                         await asyncio.sleep(args.pause)
+                    # The tab again each time (as a reload does): a socket nobody reads
+                    # during the pause misses the server's pings and is closed.
+                    chat = ChatClient(daemon.url, TOKEN, thread)
+                    await chat.connect()
+                    thread = chat.thread_id
                     read, cached = await read_counters(session, server)
                     first, done = await one_message(chat, QUESTIONS[i % len(QUESTIONS)])
+                    await chat.close()
                     read_after, cached_after = await read_counters(session, server)
                     rows.append({"message": i + 1, "first_token_s": round(first, 2),
                                  "answer_s": round(done, 2),
@@ -109,7 +114,6 @@ async def run_tree(label: str, tree: Path, args: argparse.Namespace) -> dict[str
                                  "prompt_tokens_cached": cached_after - cached,
                                  "at": time.strftime("%H:%M:%S")})
                     print(label, rows[-1], file=sys.stderr)
-            await chat.close()
         finally:
             daemon.kill()
     later = [r["first_token_s"] for r in rows[1:]]
