@@ -77,7 +77,26 @@ def _check_config(loaded: LoadedConfig) -> int:
     where = str(loaded.source) if loaded.source else "built-in defaults (no config file found)"
     print(f"# config OK: {where}")
     print(yaml.safe_dump(masked_dump(loaded.config), sort_keys=False), end="")
+    for warning in _budget_warnings(loaded):
+        print(f"ganglion: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _budget_warnings(loaded: LoadedConfig) -> list[str]:
+    """A model whose context_tokens the fixed part of every request alone exceeds: the base
+    prompt, the tool schemas, the memory files (the config is still valid: say so, exit 0)."""
+    from ganglion.app import fixed_prompt_tokens  # noqa: PLC0415  (only to warn)
+
+    llm = loaded.config.llm
+    fixed = fixed_prompt_tokens(loaded)
+    budgets = {"llm.context_tokens": (llm.model, llm.context_tokens)}
+    budgets |= {f"llm.models.{m}.context_tokens": (m, own.context_tokens)
+                for m, own in llm.models.items() if own.context_tokens}
+    return [f"{key} is {tokens:,} for model {model}, but the base prompt, the tool schemas "
+            f"and the memory files alone take about {fixed:,} tokens: every request would "
+            "overflow it. Raise it to what the model's server takes (llama.cpp: -c), switch "
+            "tools off in tools.policy, or shorten data/MEMORIES.txt."
+            for key, (model, tokens) in budgets.items() if fixed > tokens]
 
 
 def _run(loaded: LoadedConfig, *, debug: bool) -> int:

@@ -18,19 +18,19 @@ from typing import Protocol
 from ganglion.commands import CommandTable, parse_command
 from ganglion.errors import LLMBadResponse, LLMUnavailable
 from ganglion.llm.client import LLMClient
-from ganglion.llm.prompt import PromptInputs, build_messages, system_text
+from ganglion.llm.prompt import PromptInputs, build_messages, fixed_texts
 from ganglion.messages import Inbound, Source, ThreadId, is_matrix_thread
 from ganglion.router import Router
 from ganglion.storage.files import BASE_PROMPT, HEARTBEATS, MEMORIES, DataFiles
 from ganglion.storage.history import History, NewMessage, StoredMessage
-from ganglion.tokens import message_tokens
 from ganglion.tools.policy import ToolRunner
 from ganglion.tools.registry import ToolRegistry
-from ganglion.turn.compaction import Compactor
+from ganglion.turn.budget import Calibration, fixed_tokens
+from ganglion.turn.compaction import Compactor, context_size
 from ganglion.turn.journal import StepJournal, tool_steps
 from ganglion.turn.progress import Progress
 from ganglion.turn.store import TurnStore, notice
-from ganglion.turn.tool_loop import ToolLoop, person_present
+from ganglion.turn.tool_loop import ToolLoop
 from ganglion.untrusted import neutralise
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ class Worker:
         reviews: Reviews | None = None,
         admit: Callable[[Inbound], Awaitable[str | None]] | None = None,
         model_for: Callable[[ThreadId], str] | None = None,
+        context_tokens_for: Callable[[str], int] | None = None,
     ) -> None:
         self.history = history
         self.router = router
@@ -96,12 +97,15 @@ class Worker:
         self.admit = admit
         """Roles and limits (ganglion/access.py): None lets the turn run, "" skips it
         silently, any other text refuses it with that reply."""
+        self.context_tokens_for = context_tokens_for or (lambda _m: compactor.context_tokens)
+        """The context budget of a model (``llm.models.<id>.context_tokens``, else llm's)."""
+        self.calibration = Calibration()
         self.progress = Progress(router)
         self.journal = StepJournal(history)
         self.store = TurnStore(history, router, self.progress)
         self.loop = ToolLoop(
             llm=llm, router=router, tools=tools, runner=runner, journal=self.journal,
-            progress=self.progress, max_tool_steps=max_tool_steps,
+            progress=self.progress, max_tool_steps=max_tool_steps, calibration=self.calibration,
             # The thread's model (``/model``), else ``model``.
             model_for=model_for or (lambda _tid: self.model))
         self._compaction_paused: dict[ThreadId, float] = {}
@@ -193,29 +197,38 @@ class Worker:
         if new:
             log.info("[%s] resuming message #%d after %d tool step(s) of an earlier run", tid,
                      msg.id, tool_steps(new))
-        inputs = self._inputs(msg, context)
-        overhead = message_tokens(system_text(inputs))
-        if reviews is None and self.compactor.needed(context, overhead) and (
-                await self._compact(msg, context, overhead)):
+        offered, schemas = self.loop.offer(msg)
+        inputs = self._inputs(msg, context, offered)
+        # Everything the request carries counts: system texts, tool schemas, the history
+        # (the pending message in it), scaled by what the model's server counted before.
+        overhead = fixed_tokens(fixed_texts(inputs), schemas)
+        model = self.loop.model_for(tid)  # the thread's /model choice, for this turn
+        budget, scale = self.context_tokens_for(model), self.calibration.ratio(model)
+        if reviews is None and self.compactor.needed(
+                context, overhead, context_tokens=budget, scale=scale) and (
+                await self._compact(msg, context, overhead, budget, self.compactor.fits(
+                    context, overhead, context_tokens=budget, scale=scale))):
             context = await self.history.context(tid)
-            inputs = self._inputs(msg, context)
+            inputs = self._inputs(msg, context, offered)
+            overhead = fixed_tokens(fixed_texts(inputs), schemas)
         return await self.loop.run(msg, build_messages(inputs), new,
-                                   allow_empty=reviews is not None)
+                                   allow_empty=reviews is not None,
+                                   estimate=overhead + context_size(context))
 
-    async def _compact(self, msg: Inbound, context: list[StoredMessage],
-                       overhead: int) -> bool:
+    async def _compact(self, msg: Inbound, context: list[StoredMessage], overhead: int,
+                       budget: int, fits: bool) -> bool:
         """Summarise the thread's older part; True when the context changed (the user is
         notice_text). A failure while the whole history still fits answers with it, and waits
         COMPACTION_PAUSE_SECONDS before the next try (each costs a call and a memory flush);
         once it no longer fits, the turn fails saying what to do."""
         tid = msg.thread_id
-        fits = self.compactor.fits(context, overhead)
         if fits and time.monotonic() < self._compaction_paused.get(tid, 0.0):
             return False
         # A summary of a long history takes a while on a local model: the page says so.
         await self.progress.state(tid, "summarising")
         try:
-            notice_text = await self.compactor.compact(tid, context, overhead_tokens=overhead)
+            notice_text = await self.compactor.compact(
+                tid, context, overhead_tokens=overhead, context_tokens=budget)
         except (LLMUnavailable, LLMBadResponse) as err:
             if not fits:
                 raise LLMUnavailable(
@@ -237,7 +250,8 @@ class Worker:
             await self.router.broadcast(notice_text, msg.thread_id)
         return True
 
-    def _inputs(self, msg: Inbound, context: list[StoredMessage]) -> PromptInputs:
+    def _inputs(self, msg: Inbound, context: list[StoredMessage],
+                offered: Sequence[str]) -> PromptInputs:
         return PromptInputs(
             base_prompt=self.files.read(BASE_PROMPT),
             memories=neutralise(self.files.read(MEMORIES)),  # tools write them: untrusted
@@ -245,7 +259,7 @@ class Worker:
             skills=self.files.skills(),
             now=self.clock(),
             history=context,
-            tool_names=self.runner.offered(can_ask=person_present(msg)),
+            tool_names=offered,
             interface=_interface_of(msg),
         )
 

@@ -485,3 +485,10 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def system_of(body: dict[str, Any]) -> str:
+    """The system messages of a recorded request, joined: the prompt's head, the memory
+    files and the time are separate messages (ganglion/llm/prompt.py)."""
+    return "\n\n".join(str(m["content"]) for m in body.get("messages") or []
+                       if m.get("role") == "system")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import AppFactory
-from fake_llm import FakeLLM
+from fake_llm import FakeLLM, system_of
 from wsclient import ChatClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +24,7 @@ async def system_prompt(url: str, token: str, fake_llm: FakeLLM) -> str:
         await chat.ask("hello")
     finally:
         await chat.close()
-    return str(fake_llm.requests[-1]["messages"][0]["content"])
+    return system_of(fake_llm.requests[-1])
 
 
 async def test_a_first_start_creates_the_data_files_with_their_defaults(

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
 from conftest import AppFactory, connect, eventually
-from fake_llm import FakeLLM, Reply
+from fake_llm import FakeLLM, Reply, system_of
 from wsclient import ChatClient
 
 from ganglion.app import App
@@ -128,13 +128,15 @@ async def test_a_review_with_nothing_to_say_sends_nothing_and_sees_a_light_conte
 
     review = reviews(fake_llm, "thread")[0]
     roles = [m["role"] for m in review["messages"]]
-    assert roles == ["system", "user", "assistant", "user", "assistant", "user"]  # 4 + prompt
-    assert "dentist" in review["messages"][0]["content"]  # HEARTBEATS.txt, in the system prompt
-    assert [m["content"] for m in review["messages"][1:5]] == [
+    # The head, the memory files, 4 messages, the time and the prompt.
+    assert roles == ["system", "system", "user", "assistant", "user", "assistant", "system",
+                     "user"]
+    assert "dentist" in system_of(review)  # HEARTBEATS.txt, in the system prompt
+    assert [m["content"] for m in review["messages"][2:6]] == [
         "message 4", "echo: message 4", "message 5", "echo: message 5"]
     assert "answer exactly HEARTBEAT_OK" in last_user(review)
     glob = reviews(fake_llm, "global")[0]
-    assert "autonomous background task" in glob["messages"][0]["content"]
+    assert "autonomous background task" in system_of(glob)
 
     # The conversation itself never saw the review.
     await chat.send("still there?")
@@ -233,7 +235,7 @@ async def test_heartbeat_command_reviews_this_conversation_now(
     assert (silent["role"], silent["text"]) == ("system", "Heartbeat review: nothing to report.")
     review = fake_llm.requests[-1]
     assert "/heartbeat just now" in last_user(review)
-    assert [m["content"] for m in review["messages"][1:-1]] == [
+    assert [m["content"] for m in review["messages"][2:-2]] == [
         "I booked the dentist", "echo: I booked the dentist"]  # the light context
 
     (app.data_dir / "HEARTBEATS.txt").write_text(GOAL)
@@ -375,7 +377,7 @@ async def test_a_review_keeps_heartbeats_txt_current_with_the_memory_tools(
     await app.heartbeat.tick()
     await app.bus.wait_idle()
     assert kinds == ["global"] * 3, kinds
-    system = fake_llm.requests[-1]["messages"][0]["content"]
+    system = system_of(fake_llm.requests[-1])
     assert done.strip() in system and "ask whether" not in system
 
 

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from conftest import LLM_KEY, AppFactory, daemon_config, eventually, eventually_async, merge
 from daemon import Daemon
-from fake_llm import FakeLLM, Reply
+from fake_llm import FakeLLM, Reply, system_of
 from hs_proxy import HomeserverProxy, hs_proxy  # noqa: F401  (fixture)
 from matrix_rooms import joined_room, matrix_section, start_bot, talking_bot
 from nio import (
@@ -77,7 +77,7 @@ async def test_encrypted_room_invite_question_and_formatted_answer(
     assert "<strong>forty-two</strong>" in answer.formatted_body
     assert "<li>one</li>" in answer.formatted_body
     assert last_user_text(fake_llm.requests[-1]) == "what is the answer?"
-    system = fake_llm.requests[-1]["messages"][0]["content"]
+    system = system_of(fake_llm.requests[-1])
     assert room in system  # the prompt says which room it talks in
     rows = await app.db.fetchall("SELECT client_id, meta FROM inbox")
     assert [(r["client_id"], json.loads(r["meta"])) for r in rows] == [

@@ -13,7 +13,7 @@ import time
 from datetime import datetime, timedelta
 
 from conftest import AppFactory, connect, eventually_async
-from fake_llm import FakeLLM, Reply
+from fake_llm import FakeLLM, Reply, system_of
 from reminder_helpers import (
     FAST,
     KATHMANDU,
@@ -104,7 +104,7 @@ async def test_local_times_are_read_in_the_configured_zone(
     now = datetime.now(KATHMANDU).replace(microsecond=0)
     at = now + timedelta(seconds=5)
     result = await set_by_model(chat, fake_llm, text="Tea", at=at.strftime("%Y-%m-%dT%H:%M:%S"))
-    system = fake_llm.requests[0]["messages"][0]["content"]
+    system = system_of(fake_llm.requests[0])
     assert f"Current local time: {now:%A %Y-%m-%d}" in system and "UTC+0545" in system
     assert f"{at:%H:%M}" in result
     reminder = await app.reminder_store.get(1)
@@ -248,7 +248,7 @@ async def test_a_system_reminder_runs_a_turn_and_sends_nothing(
     body = fake_llm.requests[calls]
     assert body["messages"][-1]["content"].startswith("System reminder #1 (due ")
     assert "Check the backup log" in body["messages"][-1]["content"]
-    assert "autonomous background task" in body["messages"][0]["content"]
+    assert "autonomous background task" in system_of(body)
     await app.bus.wait_idle()
     assert [e for e in await chat.events_so_far() if e["type"] == "message"] == []  # nothing
     events_in_tab = [m["text"] for m in (await connect(app, chat.thread_id)).ready["transcript"]]

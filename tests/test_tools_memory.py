@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from conftest import AppFactory, connect
-from fake_llm import FakeLLM, Reply
+from fake_llm import FakeLLM, Reply, system_of
 
 from ganglion.storage.files import DataFiles
 
@@ -21,8 +21,7 @@ def tool_results(body: dict[str, Any]) -> list[str]:
 
 
 def system_prompt(body: dict[str, Any]) -> str:
-    content: str = body["messages"][0]["content"]
-    return content
+    return system_of(body)
 
 
 async def test_read_append_replace_rewrite(app_factory: AppFactory, fake_llm: FakeLLM) -> None:

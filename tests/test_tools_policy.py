@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import pytest
 from conftest import AppFactory, connect, eventually
-from fake_llm import FakeLLM, Reply
+from fake_llm import FakeLLM, Reply, system_of
 from wsclient import ChatClient
 
 from ganglion.commands import CommandTable, parse_command
@@ -144,7 +144,7 @@ async def test_off_tools_are_not_offered_nor_run(
     first = fake_llm.requests[0]
     assert "write_file" not in offered(first) and "shell" not in offered(first)
     assert "read_file" in offered(first)
-    system = first["messages"][0]["content"]
+    system = system_of(first)
     tools_line = next(ln for ln in system.splitlines() if ln.startswith("Tools you may use"))
     assert "read_file" in tools_line and "write_file" not in tools_line
     results = tool_results(fake_llm.requests[-1])

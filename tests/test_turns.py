@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from conftest import AppFactory, connect
-from fake_llm import FakeLLM, Reply
+from fake_llm import FakeLLM, Reply, system_of
 
 from ganglion.messages import Inbound, Source, ThreadId
 
@@ -37,9 +37,9 @@ async def test_a_turn_streams_deltas_then_the_final_message(
     assert states[:2] == ["thinking", "streaming"]
     body = fake_llm.requests[-1]
     assert body["model"] == "fake-model" and body["stream"] is True
-    system = body["messages"][0]
-    assert system["role"] == "system" and "Current local time:" in system["content"]
-    assert "You are Ganglion" in system["content"]  # data/BASE_PROMPT.txt
+    assert "You are Ganglion" in body["messages"][0]["content"]  # data/BASE_PROMPT.txt
+    assert body["messages"][-2]["role"] == "system"  # the time, just before the question
+    assert body["messages"][-2]["content"].startswith("Current local time:")
     await chat.close()
 
 
@@ -65,12 +65,12 @@ async def test_prompt_picks_up_memory_files_and_skills(
     (app.data_dir / "skills" / "backup.md").write_text("# Back up the laptop with restic\n")
     chat = await connect(app)
     await chat.ask("hi")
-    system = fake_llm.requests[-1]["messages"][0]["content"]
+    system = system_of(fake_llm.requests[-1])
     assert "Tiber" in system and "dentist" in system
     assert "skills/backup.md: Back up the laptop with restic" in system
     (app.data_dir / "MEMORIES.txt").write_text("The user's cat is called Nero now.\n")
     await chat.ask("again")
-    system = fake_llm.requests[-1]["messages"][0]["content"]
+    system = system_of(fake_llm.requests[-1])
     assert "Nero" in system and "Tiber" not in system
     await chat.close()
 
@@ -112,8 +112,8 @@ async def test_tool_calls_loop_until_an_answer(app_factory: AppFactory, fake_llm
     # The next turn's history holds the tool exchange in the right order.
     await chat.ask("thanks")
     roles = [m["role"] for m in fake_llm.requests[-1]["messages"]]
-    assert roles == ["system", "user", "assistant", "tool", "tool", "assistant", "tool",
-                     "assistant", "tool", "assistant", "user"]
+    assert roles == ["system", "system", "user", "assistant", "tool", "tool", "assistant",
+                     "tool", "assistant", "tool", "assistant", "system", "user"]
     await chat.close()
 
 
@@ -316,10 +316,11 @@ def failing_summaries(body: dict[str, Any]) -> Reply:
 async def test_a_failing_compaction_still_answers_while_the_history_fits(
     app_factory: AppFactory, fake_llm: FakeLLM
 ) -> None:
-    app = await app_factory({"llm": {"context_tokens": 4096, "compaction_model": "absent"}})
+    # The system texts and the tool schemas take about 2,100 tokens of the 5,900.
+    app = await app_factory({"llm": {"context_tokens": 5900, "compaction_model": "absent"}})
     fake_llm.script(*[failing_summaries] * 40)
     chat = await connect(app)
-    filler = "owls " * 300  # ~375 tokens each: compaction is due from the 8th or so
+    filler = "owls " * 300  # ~375 tokens each: compaction is due from the 7th or so
     answers = []
     for i in range(9):
         await chat.send(f"message {i}: {filler}")

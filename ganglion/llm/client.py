@@ -310,6 +310,7 @@ class LLMClient:
         usage = got.usage or Usage(
             prompt_tokens=estimate_tokens(json.dumps(request.messages, ensure_ascii=False)),
             completion_tokens=estimate_tokens(content + "".join(c.arguments for c in calls)),
+            estimated=True,
         )
         model = got.model or request.model
         return ChatResult(content, calls, usage, model, ep.config.name,

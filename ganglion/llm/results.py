@@ -17,6 +17,8 @@ class ToolCall:
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    estimated: bool = False
+    """True when the server reported no usage and these are our own estimates."""
 
     @property
     def total(self) -> int:

@@ -53,7 +53,7 @@ class ReminderTools:
         """Set a reminder. It is always delivered at its time, in this conversation, word for
         word; or, with system=true, it starts an autonomous task instead. Say when with
         exactly one of: at, in_minutes, cron; or every_minutes alone (first time one interval
-        from now). Times are local: the zone in "Current local time" above.
+        from now). Times are local: the zone is given with "Current local time".
 
         Args:
             text: What to remind the user of, as they should read it ("Call the dentist").

@@ -98,37 +98,49 @@ class Compactor:
         self.before = before
         """Runs before a thread is summarised (the tools part saves durable facts there)."""
 
-    def needed(self, context: Sequence[StoredMessage], overhead_tokens: int) -> bool:
-        return context_size(context) + overhead_tokens >= self.context_tokens * TRIGGER
+    def needed(self, context: Sequence[StoredMessage], overhead_tokens: int, *,
+               context_tokens: int | None = None, scale: float = 1.0) -> bool:
+        """Whether the request (the context and ``overhead_tokens``: system text, tool
+        schemas), our estimate times ``scale`` (the server's own count per token we
+        estimate), nears ``context_tokens`` (the turn's model's; else the compactor's)."""
+        budget = context_tokens or self.context_tokens
+        return (context_size(context) + overhead_tokens) * scale >= budget * TRIGGER
 
-    def fits(self, context: Sequence[StoredMessage], overhead_tokens: int) -> bool:
+    def fits(self, context: Sequence[StoredMessage], overhead_tokens: int, *,
+             context_tokens: int | None = None, scale: float = 1.0) -> bool:
         """Whether the model can still take the whole context (compaction only prepares)."""
-        return context_size(context) + overhead_tokens < self.context_tokens
+        budget = context_tokens or self.context_tokens
+        return (context_size(context) + overhead_tokens) * scale < budget
 
     def plan(
-        self, context: Sequence[StoredMessage], overhead_tokens: int, *, force: bool = False
+        self, context: Sequence[StoredMessage], overhead_tokens: int, *, force: bool = False,
+        context_tokens: int | None = None,
     ) -> tuple[list[StoredMessage], list[StoredMessage]]:
-        """(to summarise, to keep): the most recent quarter kept, or less when that, the
-        prompt and the summary would still leave the context over AFTER."""
-        keep = 0 if force else int(self.context_tokens * KEEP)
+        """(to summarise, to keep): the most recent quarter of ``context_tokens`` (the turn's
+        model's budget; else the compactor's) kept, or less when that, the prompt and the
+        summary would still leave the context over AFTER."""
+        budget = context_tokens or self.context_tokens
+        keep = 0 if force else int(budget * KEEP)
         while True:
             old, kept = split_for_compaction(context, keep)
             summary = summary_cap(context_size(old), self.context_tokens) + MESSAGE_OVERHEAD
             after = overhead_tokens + context_size(kept) + summary
-            if keep == 0 or after < self.context_tokens * AFTER:
+            if keep == 0 or after < budget * AFTER:
                 return old, kept
             keep = keep // 2 if keep > 64 else 0
 
     async def compact(
         self, thread_id: ThreadId, context: Sequence[StoredMessage], *, force: bool = False,
-        overhead_tokens: int = 0,
+        overhead_tokens: int = 0, context_tokens: int | None = None,
     ) -> str | None:
         """Summarise older messages; returns the notice for the user, or None if nothing to do.
 
         An earlier summary is summarised again with what follows it; alone, when it is larger
         than a new summary may be (a model that ignored its cap, or a summary from before
-        caps existed)."""
-        old, _kept = self.plan(context, overhead_tokens, force=force)
+        caps existed). ``context_tokens``: the budget of the turn's model (else the
+        compactor's)."""
+        old, _kept = self.plan(context, overhead_tokens, force=force,
+                               context_tokens=context_tokens)
         size = context_size(old)
         if not old or (len(old) < 2 and not force and
                        size <= summary_cap(size, self.context_tokens) + MESSAGE_OVERHEAD):

@@ -13,6 +13,7 @@ from ganglion.router import Router
 from ganglion.storage.history import NewMessage
 from ganglion.tools.policy import ToolRunner
 from ganglion.tools.registry import ToolContext, ToolRegistry
+from ganglion.turn.budget import Calibration
 from ganglion.turn.journal import StepJournal, tool_steps
 from ganglion.turn.progress import Progress
 from ganglion.turn.store import notice
@@ -38,6 +39,7 @@ class ToolLoop:
         progress: Progress,
         model_for: Callable[[ThreadId], str],
         max_tool_steps: int,
+        calibration: Calibration | None = None,
     ) -> None:
         self.llm = llm
         self.router = router
@@ -48,20 +50,37 @@ class ToolLoop:
         self.progress = progress
         self.model_for = model_for
         self.max_tool_steps = max_tool_steps
+        self.calibration = calibration if calibration is not None else Calibration()
+        """Fed with the server's count of each turn's first prompt (see ``run``)."""
+
+    def offer(self, msg: Inbound) -> tuple[list[str], list[dict[str, Any]] | None]:
+        """The tools this turn may use and their schemas, sorted by name: the schemas are
+        part of the prompt's lasting head (a server renders them near its top), so they
+        must come out byte-identical from turn to turn."""
+        offered = sorted(self.runner.offered(can_ask=person_present(msg)))
+        schemas = sorted(self.tools.schemas(set(offered)),
+                         key=lambda s: str(s["function"]["name"]))
+        return offered, schemas or None
 
     async def run(
         self, msg: Inbound, prompt: list[dict[str, Any]], new: list[NewMessage], *,
-        allow_empty: bool = False,
+        allow_empty: bool = False, estimate: int = 0,
     ) -> list[NewMessage]:
         """``new`` (the steps an earlier run kept) with this run's steps and its answer or
-        notice. ``allow_empty``: an empty answer is the answer (a review's "nothing")."""
+        notice. ``allow_empty``: an empty answer is the answer (a review's "nothing").
+        ``estimate``: our estimate of ``prompt`` with the tools, as the budget counts it;
+        the server's count of it calibrates the thread's model."""
         tid = msg.thread_id
         messages = prompt + [_model_message(m) for m in new]
-        offered = self.runner.offered(can_ask=person_present(msg))
-        schemas = self.tools.schemas(set(offered)) or None
+        offered, schemas = self.offer(msg)
         ctx = ToolContext(tid, msg.sender)
+        first = not new  # the request is exactly the one estimated
         for _step in range(tool_steps(new), self.max_tool_steps):
+            model = self.model_for(tid)
             result = await self._chat(tid, messages, schemas)
+            if first and not result.usage.estimated:
+                self.calibration.observe(model, estimate, result.usage.prompt_tokens)
+            first = False
             if not result.tool_calls:
                 if not result.content.strip() and not allow_empty:
                     # Well-formed but saying nothing: no empty bubble (a review's silence is
