@@ -229,22 +229,25 @@ async def test_a_wordy_model_compacts_a_bounded_number_of_times(
     """Long answers and summaries longer than their input: each compaction leaves the
     context under half the budget, and a turn adds ~300 tokens, so two turns at least pass
     before the next (at 75%); and no prompt outgrows the budget (the summaries were kept
-    whole, growing at each compaction: 5 compactions, prompts of 3,300 tokens)."""
-    app = await app_factory({"llm": {"context_tokens": CONTEXT}})
+    whole, growing at each compaction: 5 compactions, prompts of 3,300 tokens). The budget
+    makes room for what every request carries besides the history (system texts and tool
+    schemas, ~2,000 tokens), so that half of it still leaves the history room to grow."""
+    budget = 5120
+    app = await app_factory({"llm": {"context_tokens": budget}})
     fake_llm.script(*[model(longer_than_input, answer=sentences(18))] * 100)  # ~300 tokens
     chat = await connect(app)
     compactions = 0
-    for i in range(10):
+    for i in range(20):
         await chat.send(f"tell me more, part {i}")
         reply = await chat.reply()
         while reply["role"] == "system":
             compactions += "Compacted" in reply["text"]
             reply = await chat.reply()
         assert reply["text"].startswith("The user wrote")
-    assert 1 <= compactions <= 3
+    assert 2 <= compactions <= 6  # turns pass between two: each leaves room to grow
     prompts = [b["messages"] for b in fake_llm.requests if not (is_summary(b) or is_flush(b))]
-    assert len(prompts) == 10
-    assert all(sum(message_tokens(str(m["content"])) for m in p) < CONTEXT for p in prompts)
+    assert len(prompts) == 20
+    assert all(sum(message_tokens(str(m["content"])) for m in p) < budget for p in prompts)
     await chat.close()
 
 
