@@ -51,6 +51,8 @@ from nio import (
     TypingNoticeEvent,
 )
 
+from ganglion.interfaces.matrix.session import maintain_keys
+
 SYNAPSE_VERSION = "1.163.2"
 CACHE_DIR = Path(os.environ.get("GANGLION_TEST_CACHE", Path.home() / ".cache" / "ganglion-tests"))
 START_TIMEOUT = 60.0
@@ -358,14 +360,7 @@ class Human:
             self.events += [(room_id, e) for e in info.timeline.events]
             self.typing += [(room_id, list(e.users)) for e in info.ephemeral
                             if isinstance(e, TypingNoticeEvent)]
-        if client.outgoing_to_device_messages:
-            await client.send_to_device_messages()
-        if client.should_upload_keys:
-            await client.keys_upload()
-        if client.should_query_keys:
-            await client.keys_query()
-        if client.should_claim_keys:
-            await client.keys_claim(client.get_users_for_key_claiming())
+        await maintain_keys(client)  # as the bot does between syncs
 
     async def until(self, predicate: Callable[[], Any], timeout: float = 30) -> Any:
         """Sync until ``predicate()`` returns something truthy; returns it."""

@@ -39,6 +39,7 @@ from ganglion.interfaces.matrix.session import (
     HomeserverUnavailable,
     TimedClient,
     check_session,
+    maintain_keys,
     make_client,
 )
 from ganglion.messages import Outbound, ThreadId, is_matrix_thread, matrix_thread_id
@@ -265,7 +266,7 @@ class MatrixInterface:
                     await self._submit(room_id, event, arrived)
                 self.keys.forget(waited)  # on the bus now (a NotStored keeps it waiting)
         await self._settle_invites(client)
-        await self._maintain_keys(client)
+        await maintain_keys(client)
         self._since = client.next_batch  # every event up to here is on the bus (or dropped)
         self._told_not_stored.clear()
         if self._token_saved is None or time.monotonic() - self._token_saved >= TOKEN_SAVE_SECONDS:
@@ -292,17 +293,6 @@ class MatrixInterface:
         if self.client is not None and self._since:
             self.client.store.save_sync_token(self._since)
             self._token_saved = time.monotonic()
-
-    async def _maintain_keys(self, client: TimedClient) -> None:
-        """What nio's sync_forever does between syncs: key upload, query, claim, to-device."""
-        if client.outgoing_to_device_messages:
-            await client.send_to_device_messages()
-        if client.should_upload_keys:
-            await client.keys_upload()
-        if client.should_query_keys:
-            await client.keys_query()
-        if client.should_claim_keys:
-            await client.keys_claim(client.get_users_for_key_claiming())
 
     # -- events in -------------------------------------------------------------------------
 

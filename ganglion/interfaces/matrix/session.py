@@ -233,3 +233,16 @@ def retryable(status: int | None) -> bool:
     """Whether a failed request is worth trying again after a pause: the homeserver is
     struggling (5xx), limiting us (429), or gave no HTTP answer we could read."""
     return status is None or status >= 500 or status == 429
+
+
+async def maintain_keys(client: AsyncClient) -> None:
+    """What nio's sync_forever does between syncs: to-device messages out, then key upload,
+    query and claim, as the last sync said they are due."""
+    if client.outgoing_to_device_messages:
+        await client.send_to_device_messages()
+    if client.should_upload_keys:
+        await client.keys_upload()
+    if client.should_query_keys:
+        await client.keys_query()
+    if client.should_claim_keys:
+        await client.keys_claim(client.get_users_for_key_claiming())
