@@ -54,7 +54,7 @@ from ganglion.tools.shell import Shell, shell_environment
 from ganglion.triggers import local_zone, new_scheduler, stop_scheduler, zone_clock
 from ganglion.triggers.heartbeat import Heartbeat, HeartbeatReviews
 from ganglion.triggers.reminders import Reminders
-from ganglion.turn.budget import fixed_tokens
+from ganglion.turn.budget import fixed_tokens, schema_tokens
 from ganglion.turn.compaction import Compactor
 from ganglion.turn.memory_flush import MemoryFlush
 from ganglion.untrusted import neutralise
@@ -140,7 +140,7 @@ def fixed_prompt_tokens(loaded: LoadedConfig) -> int:
         heartbeats=neutralise(files.read(HEARTBEATS)), skills=files.skills(),
         now=datetime.now().astimezone(), history=(), tool_names=names,
         interface="a browser tab of the web UI")
-    return fixed_tokens(fixed_texts(inputs), registry.schemas(set(names)))
+    return fixed_tokens(fixed_texts(inputs), schema_tokens(registry.schemas(set(names))))
 
 
 class App:

@@ -12,6 +12,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Protocol
 
@@ -197,11 +198,12 @@ class Worker:
         if new:
             log.info("[%s] resuming message #%d after %d tool step(s) of an earlier run", tid,
                      msg.id, tool_steps(new))
-        offered, schemas = self.loop.offer(msg)
-        inputs = self._inputs(msg, context, offered)
+        offer = self.loop.offer(msg)
+        inputs = self._inputs(msg, context, offer.names)
+        fixed = fixed_texts(inputs)  # what the request carries besides the history
         # Everything the request carries counts: system texts, tool schemas, the history
         # (the pending message in it), scaled by what the model's server counted before.
-        overhead = fixed_tokens(fixed_texts(inputs), schemas)
+        overhead = fixed_tokens(fixed, offer.tokens)
         model = self.loop.model_for(tid)  # the thread's /model choice, for this turn
         budget, scale = self.context_tokens_for(model), self.calibration.ratio(model)
         if reviews is None and self.compactor.needed(
@@ -209,9 +211,8 @@ class Worker:
                 await self._compact(msg, context, overhead, budget, self.compactor.fits(
                     context, overhead, context_tokens=budget, scale=scale))):
             context = await self.history.context(tid)
-            inputs = self._inputs(msg, context, offered)
-            overhead = fixed_tokens(fixed_texts(inputs), schemas)
-        return await self.loop.run(msg, build_messages(inputs), new,
+            inputs = replace(inputs, history=context)
+        return await self.loop.run(msg, build_messages(inputs, fixed), new, offer,
                                    allow_empty=reviews is not None,
                                    estimate=overhead + context_size(context))
 

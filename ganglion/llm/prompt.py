@@ -94,21 +94,25 @@ def history_messages(history: Sequence[StoredMessage]) -> list[dict[str, Any]]:
 
 
 def fixed_texts(inp: PromptInputs) -> list[str]:
-    """The texts of the messages sent besides the history (each one message: for the budget)."""
+    """The texts of the messages sent besides the history, each one message: the lasting
+    head, the files, the time (none of them depends on the history)."""
     return [system_text(inp), files_text(inp), now_text(inp)]
 
 
-def build_messages(inp: PromptInputs) -> list[dict[str, Any]]:
-    """The full message list for one model call: lasting head first, the time last but one."""
+def build_messages(inp: PromptInputs, fixed: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The full message list for one model call: lasting head first, the time last but one.
+    ``fixed``: ``fixed_texts(inp)`` when the caller has them already (they do not depend on
+    the history)."""
+    head, files, now = fixed if fixed is not None else fixed_texts(inp)
     history = history_messages(inp.history)
     # Before the latest user message (the one this turn answers, or a review's instruction);
     # after everything when there is none.
     last_user = next((i for i in range(len(history) - 1, -1, -1)
                       if history[i]["role"] == "user"), len(history))
     return [
-        {"role": "system", "content": system_text(inp)},
-        {"role": "system", "content": files_text(inp)},
+        {"role": "system", "content": head},
+        {"role": "system", "content": files},
         *history[:last_user],
-        {"role": "system", "content": now_text(inp)},
+        {"role": "system", "content": now},
         *history[last_user:],
     ]

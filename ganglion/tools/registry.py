@@ -96,6 +96,9 @@ class ToolRegistry:
 
     def __init__(self) -> None:
         self._tools: dict[str, Tool] = {}
+        self.revision = 0
+        """Counts the tools added: what was derived from the set (a turn's offer) is stale
+        once it changes."""
 
     def add(self, func: ToolFunc, name: str | None = None) -> Tool:
         """Register a typed async function (see ``tool_from_function``)."""
@@ -106,6 +109,7 @@ class ToolRegistry:
         if tool.name in self._tools:
             raise ValueError(f"tool {tool.name} registered twice")
         self._tools[tool.name] = tool
+        self.revision += 1
         return tool
 
     def names(self) -> list[str]:

@@ -22,11 +22,15 @@ count only the prompt tokens they did not have cached (or leave out the tools), 
 that would start compaction after the server's limit instead of before it."""
 
 
-def fixed_tokens(texts: Sequence[str], tools: Sequence[dict[str, Any]] | None) -> int:
-    """What a request costs besides the history: its own messages and the ``tools`` JSON
-    (the server renders the schemas into the prompt: often the largest part)."""
-    schemas = estimate_tokens(json.dumps(list(tools), ensure_ascii=False)) if tools else 0
-    return sum(message_tokens(t) for t in texts) + schemas
+def schema_tokens(tools: Sequence[dict[str, Any]] | None) -> int:
+    """What the ``tools`` JSON costs (the server renders the schemas into the prompt: often
+    its largest part)."""
+    return estimate_tokens(json.dumps(list(tools), ensure_ascii=False)) if tools else 0
+
+
+def fixed_tokens(texts: Sequence[str], tools_tokens: int) -> int:
+    """What a request costs besides the history: its own messages and the tool schemas."""
+    return sum(message_tokens(t) for t in texts) + tools_tokens
 
 
 class Calibration:

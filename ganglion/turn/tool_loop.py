@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ganglion.llm.client import LLMClient
@@ -13,7 +14,7 @@ from ganglion.router import Router
 from ganglion.storage.history import NewMessage
 from ganglion.tools.policy import ToolRunner
 from ganglion.tools.registry import ToolContext, ToolRegistry
-from ganglion.turn.budget import Calibration
+from ganglion.turn.budget import Calibration, schema_tokens
 from ganglion.turn.journal import StepJournal, tool_steps
 from ganglion.turn.progress import Progress
 from ganglion.turn.store import notice
@@ -22,6 +23,16 @@ log = logging.getLogger(__name__)
 
 EMPTY_ANSWER = ("The language model (endpoint '{}') sent an empty answer. Please try again, "
                 "perhaps in other words; if it keeps happening, its server's log should say why.")
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """The tools one turn may use: their names and schemas, sorted by name (part of the
+    prompt's lasting head: byte-identical from turn to turn), and what the schemas cost."""
+
+    names: tuple[str, ...]
+    schemas: list[dict[str, Any]] | None
+    tokens: int
 
 
 class ToolLoop:
@@ -52,27 +63,35 @@ class ToolLoop:
         self.max_tool_steps = max_tool_steps
         self.calibration = calibration if calibration is not None else Calibration()
         """Fed with the server's count of each turn's first prompt (see ``run``)."""
+        self._offers: dict[tuple[int, tuple[str, ...]], Offer] = {}
+        """By the registry's revision and the names offered: the same few sets every turn,
+        their schemas built and measured once."""
 
-    def offer(self, msg: Inbound) -> tuple[list[str], list[dict[str, Any]] | None]:
-        """The tools this turn may use and their schemas, sorted by name: the schemas are
-        part of the prompt's lasting head (a server renders them near its top), so they
-        must come out byte-identical from turn to turn."""
-        offered = sorted(self.runner.offered(can_ask=person_present(msg)))
-        schemas = sorted(self.tools.schemas(set(offered)),
-                         key=lambda s: str(s["function"]["name"]))
-        return offered, schemas or None
+    def offer(self, msg: Inbound) -> Offer:
+        """The tools this turn may use (the policy's answer for who is present)."""
+        names = tuple(sorted(self.runner.offered(can_ask=person_present(msg))))
+        key = (self.tools.revision, names)
+        offer = self._offers.get(key)
+        if offer is None:
+            if any(rev != self.tools.revision for rev, _ in self._offers):
+                self._offers.clear()  # the registry changed: those sets are stale
+            schemas = sorted(self.tools.schemas(set(names)),
+                             key=lambda s: str(s["function"]["name"]))
+            offer = self._offers[key] = Offer(names, schemas or None, schema_tokens(schemas))
+        return offer
 
     async def run(
-        self, msg: Inbound, prompt: list[dict[str, Any]], new: list[NewMessage], *,
-        allow_empty: bool = False, estimate: int = 0,
+        self, msg: Inbound, prompt: list[dict[str, Any]], new: list[NewMessage], offer: Offer,
+        *, allow_empty: bool = False, estimate: int = 0,
     ) -> list[NewMessage]:
         """``new`` (the steps an earlier run kept) with this run's steps and its answer or
-        notice. ``allow_empty``: an empty answer is the answer (a review's "nothing").
-        ``estimate``: our estimate of ``prompt`` with the tools, as the budget counts it;
-        the server's count of it calibrates the thread's model."""
+        notice; ``offer``: the tools the prompt was built with. ``allow_empty``: an empty
+        answer is the answer (a review's "nothing"). ``estimate``: our estimate of
+        ``prompt`` with the tools, as the budget counts it; the server's count of it
+        calibrates the thread's model."""
         tid = msg.thread_id
         messages = prompt + [_model_message(m) for m in new]
-        offered, schemas = self.offer(msg)
+        offered, schemas = offer.names, offer.schemas
         ctx = ToolContext(tid, msg.sender)
         first = not new  # the request is exactly the one estimated
         for _step in range(tool_steps(new), self.max_tool_steps):
