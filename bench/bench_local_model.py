@@ -29,34 +29,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from common import report
 from daemon import Daemon
+from llama_server import QUESTIONS, prompt_counters
 from wsclient import ChatClient
 
 TOKEN = "bench-local-model-token-0123456789"
-QUESTIONS = [
-    "Hi! In one short sentence: what can you do?",
-    "Name three fruits, one line.",
-    "What is 12 times 7? Just the number.",
-    "Give me a synonym of 'quick', one word.",
-    "What day comes after Tuesday? One word.",
-    "Name a primary colour. One word.",
-    "What is the capital of France? One word.",
-    "Spell 'cat' backwards. One word.",
-    "How many legs does a spider have? Just the number.",
-    "Say goodbye in French. One word.",
-]
-
-
-async def read_counters(session: aiohttp.ClientSession, server: str) -> tuple[int, int]:
-    """The server's counts of prompt tokens read anew and reused from its cache."""
-    async with session.get(f"{server}/metrics") as resp:
-        text = await resp.text()
-    found = dict(line.split()[:2] for line in text.splitlines()
-                 if line.startswith("llamacpp:prompt_tokens_"))
-    try:
-        return (int(float(found["llamacpp:prompt_tokens_total"])),
-                int(float(found["llamacpp:prompt_tokens_cached_total"])))
-    except KeyError:
-        raise RuntimeError("no prompt token counters: start llama-server with --metrics") from None
 
 
 async def one_message(chat: ChatClient, text: str) -> tuple[float, float]:
@@ -104,10 +80,10 @@ async def run_tree(label: str, tree: Path, args: argparse.Namespace) -> dict[str
                     chat = ChatClient(daemon.url, TOKEN, thread)
                     await chat.connect()
                     thread = chat.thread_id
-                    read, cached = await read_counters(session, server)
+                    read, cached = await prompt_counters(session, server)
                     first, done = await one_message(chat, QUESTIONS[i % len(QUESTIONS)])
                     await chat.close()
-                    read_after, cached_after = await read_counters(session, server)
+                    read_after, cached_after = await prompt_counters(session, server)
                     rows.append({"message": i + 1, "first_token_s": round(first, 2),
                                  "answer_s": round(done, 2),
                                  "prompt_tokens_read": read_after - read,
