@@ -52,6 +52,15 @@ def as_data(source: str, text: str) -> str:
             f"{neutralise(text)}\n[end {tag}]")
 
 
+_TAG = re.compile(r"(?m)(; begin|^\[end) [0-9a-f]{8}\]")
+
+
+def untagged(text: str) -> str:
+    """``text`` with the random tags of its ``as_data`` markers taken out: the same data
+    fenced twice compares equal."""
+    return _TAG.sub(r"\1]", text)
+
+
 def tool_error(name: str, text: str) -> str:
     """An error the tool reported, for the model: plainly an error, its message fenced as data
     (it may quote a file, a page or a command's output). Not for wrong arguments: those are

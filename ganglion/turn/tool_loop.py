@@ -17,12 +17,16 @@ from ganglion.tools.registry import ToolContext, ToolRegistry
 from ganglion.turn.budget import Calibration, schema_tokens
 from ganglion.turn.journal import StepJournal, tool_steps
 from ganglion.turn.progress import Progress
+from ganglion.turn.repeats import Repeats
 from ganglion.turn.store import notice
 
 log = logging.getLogger(__name__)
 
 EMPTY_ANSWER = ("The language model (endpoint '{}') sent an empty answer. Please try again, "
                 "perhaps in other words; if it keeps happening, its server's log should say why.")
+
+REPEATING = ("I stopped: the model kept making the same call to `{}` with the same result "
+             "instead of answering. Ask again, perhaps in other words, or try another model.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +98,7 @@ class ToolLoop:
         offered, schemas = offer.names, offer.schemas
         ctx = ToolContext(tid, msg.sender)
         first = not new  # the request is exactly the one estimated
+        repeats = Repeats(new)
         for _step in range(tool_steps(new), self.max_tool_steps):
             model = self.model_for(tid)
             result = await self._chat(tid, messages, schemas)
@@ -120,13 +125,25 @@ class ToolLoop:
                                                          tool_calls=calls, visible=False))
             messages.append(_model_message(new[-1]))
             for c in result.tool_calls:
-                await self.progress.state(tid, "tool")
-                run = await self.runner.run(c.name, c.arguments, ctx, offered)
-                if not msg.system and self.progress.shown(tid):  # shown as it happens
-                    await self.router.broadcast(run.display, tid, role="tool")
-                await self.journal.add(msg, new, NewMessage("tool", run.text, tool_call_id=c.id,
+                text = repeats.hold(c.name, c.arguments)
+                if text is not None:
+                    log.info("[%s] %s called again with the same arguments and result: not run",
+                             tid, c.name)
+                else:
+                    await self.progress.state(tid, "tool")
+                    run = await self.runner.run(c.name, c.arguments, ctx, offered)
+                    if not msg.system and self.progress.shown(tid):  # shown as it happens
+                        await self.router.broadcast(run.display, tid, role="tool")
+                    text = run.text
+                    repeats.record(c.name, c.arguments, text)
+                await self.journal.add(msg, new, NewMessage("tool", text, tool_call_id=c.id,
                                                             name=c.name, visible=False))
                 messages.append(_model_message(new[-1]))
+            if repeats.stuck is not None:
+                log.warning("[%s] the model kept repeating a call to %s: turn ended", tid,
+                            repeats.stuck)
+                new.append(notice(msg, REPEATING.format(repeats.stuck)))
+                return new
         new.append(notice(
             msg, f"I stopped after {self.max_tool_steps} tool steps without a final answer "
                  "(llm.max_tool_steps). Ask me to continue if you want more."))
