@@ -198,7 +198,7 @@ class Worker:
         if new:
             log.info("[%s] resuming message #%d after %d tool step(s) of an earlier run", tid,
                      msg.id, tool_steps(new))
-        offer = self.loop.offer(msg)
+        offer = self.loop.offer()
         inputs = self._inputs(msg, context, offer.names)
         fixed = fixed_texts(inputs)  # what the request carries besides the history
         # Everything the request carries counts: system texts, tool schemas, the history
@@ -280,7 +280,8 @@ class Worker:
 
 def _interface_of(msg: Inbound) -> str:
     if msg.system:
-        return "an autonomous background task (nothing you write is shown to anyone)"
+        return ("an autonomous background task (nothing you write is shown to anyone; a tool "
+                "that needs a person's approval is refused here)")
     if is_matrix_thread(msg.thread_id):
         return f"the Matrix room {msg.thread_id}"
     return "a browser tab of the web UI"

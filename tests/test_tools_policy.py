@@ -4,6 +4,7 @@ time-outs, malformed arguments, untrusted output neutralised, every call logged.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import secrets
@@ -153,18 +154,28 @@ async def test_off_tools_are_not_offered_nor_run(
     await chat.close()
 
 
-async def test_background_turns_get_no_ask_tools(
+async def test_background_turns_are_offered_ask_tools_but_refused_them(
     app_factory: AppFactory, fake_llm: FakeLLM
 ) -> None:
+    # The same tools as a person's turn (a stable head for the server's prompt cache), but
+    # nobody can approve a background turn's shell call: refused, not run.
     app = await app_factory()
-    fake_llm.script(Reply(tool_calls=[("shell", {"command": "touch bg.txt"})]),
+    assert app.web is not None
+    fake_llm.script(Reply(text="hello"), Reply(tool_calls=[("shell", {"command": "touch bg.txt"})]),
                     Reply(text="nothing to report"))
+    chat = ChatClient(app.web.url, app.web_token)
+    await chat.connect()
+    await chat.ask("hi")
     await app.bus.submit(Inbound(ThreadId("web_" + "ab" * 16), "review", sender="heartbeat",
                                  source=Source.HEARTBEAT, client_id="hb1", system=True))
     await app.bus.wait_idle()
-    assert "shell" not in offered(fake_llm.requests[0])
+    person, background, _ = fake_llm.requests
+    assert "shell" in offered(background)
+    assert json.dumps(background["tools"]) == json.dumps(person["tools"])
+    assert background["messages"][0] == person["messages"][0]  # the head, tools line and all
     assert "needs a person's approval" in tool_results(fake_llm.requests[-1])[0]
     assert not (app.data_dir / "scripts" / "bg.txt").exists()
+    await chat.close()
 
 
 async def test_malformed_arguments_are_errors_and_never_asked(

@@ -71,9 +71,12 @@ class ToolLoop:
         """By the registry's revision and the names offered: the same few sets every turn,
         their schemas built and measured once."""
 
-    def offer(self, msg: Inbound) -> Offer:
-        """The tools this turn may use (the policy's answer for who is present)."""
-        names = tuple(sorted(self.runner.offered(can_ask=person_present(msg))))
+    def offer(self) -> Offer:
+        """The tools every turn is offered: the same for a background turn as for a
+        person's, so the prompt's head stays byte-identical for the server's cache (a
+        heartbeat's own set would make the next message re-read it all); a background turn
+        is refused its ``ask`` tools when it calls them (see ``run``)."""
+        names = tuple(sorted(self.runner.offered(can_ask=True)))
         key = (self.tools.revision, names)
         offer = self._offers.get(key)
         if offer is None:
@@ -95,7 +98,10 @@ class ToolLoop:
         calibrates the thread's model."""
         tid = msg.thread_id
         messages = prompt + [_model_message(m) for m in new]
-        offered, schemas = offer.names, offer.schemas
+        schemas = offer.schemas
+        # Who is present decides what runs: nobody can approve a background turn's call.
+        offered = (offer.names if person_present(msg) else
+                   frozenset(self.runner.offered(can_ask=False)))
         ctx = ToolContext(tid, msg.sender)
         first = not new  # the request is exactly the one estimated
         repeats = Repeats(new)
