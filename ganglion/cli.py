@@ -106,7 +106,7 @@ def _run(loaded: LoadedConfig, *, debug: bool) -> int:
             "logging": cfg.logging.model_copy(update={"level": "DEBUG", "debug_llm": True})})
         loaded = LoadedConfig(cfg, loaded.source, loaded.base_dir)
     mask = SecretMask(secret_values(cfg))
-    setup_logging(loaded.log_dir, cfg.logging.level, mask)
+    setup_logging(loaded.log_dir, cfg.logging.level, mask, cfg.logging.format)
     try:
         return asyncio.run(_serve(loaded, mask))
     except StartupError as err:

@@ -288,6 +288,9 @@ class LoggingConfig(_Section):
     level: Annotated[str, Field(pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")] = "INFO"
     debug_llm: bool = False
     """Log raw LLM requests and responses (at DEBUG, secrets still masked)."""
+    format: Literal["text", "json"] = "text"
+    """``json``: one JSON object a line (time, level, logger, message, thread_id,
+    exception), on the console and in the log file, for log shippers."""
 
 
 class BusConfig(_Section):

@@ -3,14 +3,53 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import logging.handlers
 import os
+import re
 import sys
 from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+_THREAD = re.compile(r"\A\[((?:web|matrix)_[^\]\s]+)\] ")
+"""A message about one conversation starts with its thread id in brackets."""
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line, for log shippers: ``time`` (ISO 8601, local offset),
+    ``level``, ``logger``, ``message``, ``thread_id`` when the message names one, and
+    ``exception`` when there is one. The secret mask has run before (a handler's filter):
+    the message and the exception text are the masked ones."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        out: dict[str, str] = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": message,
+        }
+        if (thread := _THREAD.match(message)) is not None:
+            out["thread_id"] = thread.group(1)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            out["exception"] = record.exc_text
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(out, ensure_ascii=False)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return datetime.fromtimestamp(record.created).astimezone().isoformat(
+            timespec="milliseconds")
+
+
+def formatter(style: str) -> logging.Formatter:
+    """``logging.format``: ``text`` (a line for people) or ``json`` (a line for machines)."""
+    return JsonFormatter() if style == "json" else logging.Formatter(FORMAT)
 
 
 class SecretMask(logging.Filter):
@@ -57,13 +96,14 @@ NOISY = ("aiosqlite", "httpx", "httpcore", "httpx2", "httpcore2", "openai", "asy
 package talks through httpx2/httpcore2; markdown_it logs every rule it tries.)"""
 
 
-def file_handler(log_dir: Path, mask: logging.Filter) -> PrivateRotatingFileHandler:
+def file_handler(log_dir: Path, mask: logging.Filter,
+                 style: str = "text") -> PrivateRotatingFileHandler:
     """``log_dir/ganglion.log``, rotated daily, owner-only, behind ``mask``."""
     log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     handler = PrivateRotatingFileHandler(
         log_dir / "ganglion.log", when="midnight", backupCount=14, encoding="utf-8"
     )
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setFormatter(formatter(style))
     handler.addFilter(mask)
     return handler
 
@@ -78,14 +118,14 @@ def set_levels(level: str) -> None:
     logging.getLogger("nio").setLevel(logging.WARNING)
 
 
-def setup_logging(log_dir: Path, level: str, mask: SecretMask) -> None:
-    """Console + daily-rotated file, both behind the same secret mask."""
+def setup_logging(log_dir: Path, level: str, mask: SecretMask, style: str = "text") -> None:
+    """Console + daily-rotated file, both behind the same secret mask, both in ``style``."""
     console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(logging.Formatter(FORMAT))
+    console.setFormatter(formatter(style))
     console.addFilter(mask)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(console)
-    root.addHandler(file_handler(log_dir, mask))
+    root.addHandler(file_handler(log_dir, mask, style))
     set_levels(level)
