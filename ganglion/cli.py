@@ -1,4 +1,5 @@
-"""Entry points: ``ganglion`` (run), ``check-config`` and ``login``; flags in, then hand over."""
+"""Entry points: ``ganglion`` (run), ``check-config``, ``login`` and ``service``; flags in, then
+hand over."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from ganglion.errors import ConfigError, StartupError
 from ganglion.interfaces.matrix.login import add_arguments, run_login
 from ganglion.logs import SecretMask, setup_logging
 from ganglion.notify import notify
+from ganglion.service import add_arguments as add_service_arguments
+from ganglion.service import run_service
 
 if TYPE_CHECKING:
     from ganglion.app import App
@@ -54,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     login = sub.add_parser(
         "login", help="log the Matrix bot in as a new device and write it into the config")
     add_arguments(login)
+    service = sub.add_parser(
+        "service", help="print (or install) a systemd unit that runs this daemon")
+    add_service_arguments(service)
     return p
 
 
@@ -70,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "check-config":
         return _check_config(loaded)
+    if args.command == "service":
+        from ganglion.app import STOP_SECONDS  # noqa: PLC0415  (only for the unit)
+
+        return run_service(loaded, args, STOP_SECONDS)
     return _run(loaded, debug=args.debug)
 
 
