@@ -28,7 +28,7 @@ from ganglion.render import MarkdownRenderer
 from ganglion.router import Router
 from ganglion.storage.atomic import atomic_write
 from ganglion.storage.catalog import Catalog
-from ganglion.storage.db import Database
+from ganglion.storage.db import Database, MigrationFailed
 from ganglion.storage.files import (
     BASE_PROMPT,
     DEFAULT_BASE_PROMPT,
@@ -191,7 +191,10 @@ class App:
         self._stops.append(("data folder lock", _released(lock)))
         self.files.ensure_layout()
 
-        self.db = await Database.open(self.data_dir / "conversation.db")
+        try:
+            self.db = await Database.open(self.data_dir / "conversation.db")
+        except MigrationFailed as err:
+            raise StartupError(str(err)) from None
         self._stops.append(("database", self.db.close))
         self.inbox = Inbox(self.db)
         self.history = History(self.db)

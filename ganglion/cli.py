@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
@@ -60,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     service = sub.add_parser(
         "service", help="print (or install) a systemd unit that runs this daemon")
     add_service_arguments(service)
+    backup = sub.add_parser(
+        "backup", help="write everything the daemon keeps into one archive (while it runs)")
+    backup.add_argument("file", type=Path, help="the archive to write (.tar.gz)")
+    backup.add_argument("--with-secrets", action="store_true",
+                        help="keep the config's secrets and the web token in the archive")
+    restore = sub.add_parser(
+        "restore", help="unpack a backup into an empty data folder (the daemon stopped)")
+    restore.add_argument("file", type=Path, help="the archive `ganglion backup` wrote")
     return p
 
 
@@ -76,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "check-config":
         return _check_config(loaded)
+    if args.command in ("backup", "restore"):
+        return _backup_or_restore(loaded, args)
     if args.command == "service":
         from ganglion.app import STOP_SECONDS  # noqa: PLC0415  (only for the unit)
 
@@ -89,6 +100,31 @@ def _check_config(loaded: LoadedConfig) -> int:
     print(yaml.safe_dump(masked_dump(loaded.config), sort_keys=False), end="")
     for warning in _budget_warnings(loaded):
         print(f"ganglion: warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _backup_or_restore(loaded: LoadedConfig, args: argparse.Namespace) -> int:
+    from ganglion.backups import BackupError, backup, restore  # noqa: PLC0415
+
+    try:
+        if args.command == "backup":
+            made = backup(loaded, args.file, with_secrets=args.with_secrets)
+            rows = sum(made["rows"].values())
+            print(f"backed up {made['files']} files ({rows:,} database rows) to {args.file} "
+                  f"in {made['seconds']:.1f} s"
+                  + ("" if args.with_secrets else "; secrets left out (--with-secrets keeps "
+                     "them)"))
+        else:
+            done = restore(loaded, args.file)
+            print(f"restored {args.file} into {loaded.data_dir}"
+                  + (f"; its config (for comparison) is at {done['config_copy']}"
+                     if "config_copy" in done else ""))
+    except BackupError as err:
+        print(f"ganglion {args.command}: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"ganglion {args.command}: {err.filename or ''}: {err.strerror}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,7 +16,13 @@ from typing import Any
 
 import aiosqlite
 
+from ganglion.storage.snapshot import snapshot
+
 log = logging.getLogger(__name__)
+
+
+BACKUPS_DIR = "backups"
+"""In the data folder: the copies taken before an upgrade's migrations."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +30,18 @@ class Migration:
     number: int
     name: str
     sql: str
+
+
+class MigrationFailed(Exception):
+    """A migration failed: it was rolled back, so the database is as it was before it."""
+
+    def __init__(self, migration: Migration, error: sqlite3.Error, copy: Path | None) -> None:
+        self.copy = copy
+        where = f"; a copy from before the upgrade is at {copy}" if copy else ""
+        super().__init__(
+            f"migration {migration.number:04d}_{migration.name} failed: {error}. It was rolled "
+            f"back: the database holds what it held before that migration{where}. Run the "
+            "version of Ganglion that made it, or report the error")
 
 
 MIGRATIONS: list[Migration] = [  # applied once each, in order; recorded in ``migrations``
@@ -334,17 +353,31 @@ class Database:
             " number INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
         )
         done = {r["number"] for r in await self.fetchall("SELECT number FROM migrations")}
-        for m in sorted(migrations, key=lambda m: m.number):
-            if m.number in done:
-                continue
+        pending = sorted((m for m in migrations if m.number not in done), key=lambda m: m.number)
+        # An upgrade changes a database that holds the user's history: a copy first (a new
+        # database has nothing to lose).
+        copy = await self._copy_before(pending[0]) if pending and done else None
+        for m in pending:
             log.info("applying migration %04d_%s to %s", m.number, m.name, self.path.name)
-            async with self.transaction() as conn:
-                for statement in _split_sql(m.sql):
-                    await conn.execute(statement)
-                await conn.execute(
-                    "INSERT INTO migrations (number, name, applied_at) VALUES (?, ?, unixepoch())",
-                    (m.number, m.name),
-                )
+            try:
+                async with self.transaction() as conn:
+                    for statement in _split_sql(m.sql):
+                        await conn.execute(statement)
+                    await conn.execute(
+                        "INSERT INTO migrations (number, name, applied_at) "
+                        "VALUES (?, ?, unixepoch())", (m.number, m.name))
+            except sqlite3.Error as err:
+                raise MigrationFailed(m, err, copy) from err
+
+    async def _copy_before(self, first: Migration) -> Path:
+        """A snapshot of the database in data/backups/, named for the migration it precedes."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target = self.path.parent / BACKUPS_DIR / (
+            f"{self.path.stem}-{stamp}-before-{first.number:04d}.db")
+        await asyncio.to_thread(snapshot, self.path, target)
+        log.warning("%s is about to be upgraded (migration %04d_%s on): a copy from before is "
+                    "at %s", self.path.name, first.number, first.name, target)
+        return target
 
 
 async def _to_the_end(
