@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from ganglion.access import Access
 from ganglion.bus import Bus
 from ganglion.commands import CommandTable, Rank
-from ganglion.config import LoadedConfig, WebToolsConfig, secret_values
+from ganglion.config import LoadedConfig, secret_values
 from ganglion.errors import StartupError
 from ganglion.interfaces.web import WebInterface
 from ganglion.llm.client import LLMClient
@@ -47,12 +47,11 @@ from ganglion.storage.usage import UsageLog
 from ganglion.tool_names import TOOL_NAMES
 from ganglion.tools.files import FileTools, Workspace
 from ganglion.tools.memory import MemoryTools
-from ganglion.tools.policy import Approvals, Describe, ToolPolicy, ToolRunner
+from ganglion.tools.policy import Approvals, ToolPolicy, ToolRunner
 from ganglion.tools.registry import ToolFunc, ToolRegistry
 from ganglion.tools.reminders import ReminderTools
 from ganglion.tools.shell import Shell, shell_environment
-from ganglion.tools.web import WebFetch
-from ganglion.tools.web_search import WebSearch, backend_for
+from ganglion.tools.web import web_tools
 from ganglion.triggers import local_zone, new_scheduler, stop_scheduler, zone_clock
 from ganglion.triggers.heartbeat import Heartbeat, HeartbeatReviews
 from ganglion.triggers.reminders import Reminders
@@ -118,20 +117,6 @@ def builtin_tools(loaded: LoadedConfig, files: DataFiles) -> tuple[list[ToolFunc
     file_tools = FileTools(Workspace(work, private, config_file), files,
                            max_read_bytes=cfg.max_read_bytes, max_write_bytes=cfg.max_write_bytes)
     return [*memory.tools(), *file_tools.tools(), *shell.tools()], shell
-
-
-def web_tools(cfg: WebToolsConfig) -> tuple[list[ToolFunc], dict[str, Describe]]:
-    """web_fetch, and web_search when a search service is configured; how each call is shown
-    for approval."""
-    fetch = WebFetch(cfg)
-    funcs = fetch.tools()
-    describe: dict[str, Describe] = {"web_fetch": fetch.describe}
-    backend = backend_for(cfg)
-    if backend is not None:
-        search = WebSearch(backend, cfg)
-        funcs += search.tools()
-        describe["web_search"] = search.describe
-    return funcs, describe
 
 
 def fixed_prompt_tokens(loaded: LoadedConfig) -> int:

@@ -55,6 +55,12 @@ async def test_json_is_pretty_printed(site: Site) -> None:
     assert '{\n  "a": [\n    1,\n    2\n  ],\n  "b": {\n    "c": "dé"\n  }\n}' in text
 
 
+async def test_an_error_page_is_shown_with_its_status(site: Site) -> None:
+    text = await fetcher().web_fetch(site.url("/missing"))
+    assert text.startswith(f"URL: {site.url('/missing')}\nStatus: 404 Not Found\n")
+    assert text.endswith("\n\nno such page")
+
+
 async def test_redirects_are_followed_hop_by_hop(site: Site) -> None:
     text = await fetcher().web_fetch(site.url("/hop/3"))
     assert text.startswith(f"URL: {site.url('/article')}\nTitle: The Article\n"
@@ -89,6 +95,9 @@ async def test_loopback_is_refused_however_it_is_reached(site: Site) -> None:
             await fetch.web_fetch(url)
         assert why in str(refused.value), url
         assert "tools.web.allow_private" in str(refused.value)
+    for url in (f"http://127.1:{port}/article", f"http://2130706433:{port}/article"):
+        with pytest.raises(ToolError, match="not a canonical IPv4 address"):  # aiohttp's own
+            await fetch.web_fetch(url)
     assert site.served(REFUSED_HOST) == ["/article"]  # the probe above, and nothing else
 
 

@@ -27,8 +27,10 @@ from yarl import URL
 from ganglion.config import WebToolsConfig
 from ganglion.durations import duration_text
 from ganglion.errors import BadArguments, ToolError
+from ganglion.tools.policy import Describe
 from ganglion.tools.registry import ToolFunc
 from ganglion.tools.web_guard import AddressGuard, AddressRefused, GuardedResolver
+from ganglion.tools.web_search import WebSearch, backend_for
 from ganglion.tools.web_text import kind_of, looks_binary, one_line, readable, sniff
 from ganglion.untrusted import fenced
 
@@ -210,6 +212,20 @@ class WebFetch:
             del body[cap:]
             cut = f"cut at {cap:,} bytes, tools.web.max_bytes; the rest was not downloaded"
         return bytes(body), cut
+
+
+def web_tools(cfg: WebToolsConfig) -> tuple[list[ToolFunc], dict[str, Describe]]:
+    """web_fetch, and web_search when a search service is configured; how each call is shown
+    for approval."""
+    fetch = WebFetch(cfg)
+    funcs = fetch.tools()
+    describe: dict[str, Describe] = {"web_fetch": fetch.describe}
+    backend = backend_for(cfg)
+    if backend is not None:
+        search = WebSearch(backend, cfg)
+        funcs += search.tools()
+        describe["web_search"] = search.describe
+    return funcs, describe
 
 
 def _parse(url: str) -> URL:

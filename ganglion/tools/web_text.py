@@ -2,32 +2,21 @@
 other text as it is, anything else described; every part bounded and stripped of controls.
 
 Place in the flow: ``web_fetch`` reads a capped body and hands it here (in a worker thread:
-parsing a large page takes a while). HTML goes through Beautiful Soup (Python's own HTML
-parser: no C library to install) and markdownify, both MIT-licensed and maintained; the
-page's scripts, styles, forms and hidden elements are dropped first, since what a reader of
-the page never sees is where injected instructions hide.
+parsing a large page takes a while); HTML goes on to ``web_html``.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import warnings
 from contextlib import suppress
 from dataclasses import dataclass
 
-from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning, Tag, XMLParsedAsHTMLWarning
-from markdownify import ATX, MarkdownConverter
 from yarl import URL
 
 MAX_TITLE = 200
 """Characters of a page's title shown."""
 
-_DROPPED = ("script", "style", "noscript", "template", "iframe", "frame", "frameset",
-            "object", "embed", "applet", "svg", "math", "canvas", "audio", "video", "map",
-            "head", "input", "select", "textarea", "button", "option", "datalist", "dialog",
-            "link", "meta", "base")
-_HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _BLANK_LINES = re.compile(r"\n{3,}")
 
@@ -90,17 +79,21 @@ class Readable:
 def readable(body: bytes, kind: str, charset: str | None, base: URL) -> Readable:
     """The text of a body of kind "html", "json" or "text"."""
     if kind == "html":
-        return html_text(body, charset, base)
-    text = body.decode(charset or "utf-8", errors="replace") if _known(charset) else (
-        body.decode("utf-8", errors="replace"))
+        # Imported at the first page: Beautiful Soup takes about 0.1 s to import, which
+        # every start of the daemon would pay otherwise.
+        from ganglion.tools.web_html import html_text  # noqa: PLC0415
+
+        return html_text(body, charset if known(charset) else None, base)
+    text = body.decode(charset if charset and known(charset) else "utf-8", errors="replace")
     if kind == "json":
         # Not JSON after all (or absurdly nested): shown as it came.
         with suppress(ValueError, RecursionError):
             text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
-    return Readable(_tidy(text), "")
+    return Readable(tidy(text), "")
 
 
-def _known(charset: str | None) -> bool:
+def known(charset: str | None) -> bool:
+    """Whether Python has a codec for ``charset``."""
     if not charset:
         return False
     try:
@@ -110,72 +103,7 @@ def _known(charset: str | None) -> bool:
     return True
 
 
-class _Converter(MarkdownConverter):
-    """markdownify with ATX headings and fenced code blocks."""
-
-    def __init__(self) -> None:
-        super().__init__(heading_style=ATX, bullets="-", escape_underscores=False,
-                         escape_asterisks=False)
-
-
-def html_text(body: bytes, charset: str | None, base: URL) -> Readable:
-    """An HTML page as Markdown-like text, and its title."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", MarkupResemblesLocatorWarning)
-        warnings.simplefilter("ignore", XMLParsedAsHTMLWarning)
-        soup = BeautifulSoup(body, "html.parser",
-                             from_encoding=charset if _known(charset) else None)
-    title = ""
-    if soup.title is not None:
-        title = one_line(soup.title.get_text(), MAX_TITLE)
-    for tag in soup.find_all(_DROPPED):
-        tag.decompose()
-    for tag in soup.find_all(_hidden):
-        tag.decompose()
-    _absolute_links(soup, base, budget=len(body))
-    try:
-        text = _Converter().convert_soup(soup)
-    except RecursionError:  # nested deeper than markdownify's recursion goes: plain text
-        text = soup.get_text("\n")
-    if not title:
-        heading = soup.find(["h1", "h2"])
-        title = one_line(heading.get_text(), MAX_TITLE) if heading is not None else ""
-    return Readable(_tidy(text), title)
-
-
-def _hidden(tag: Tag) -> bool:
-    if tag.has_attr("hidden") or str(tag.get("aria-hidden", "")).lower() == "true":
-        return True
-    return bool(_HIDDEN_STYLE.search(str(tag.get("style", ""))))
-
-
-def _absolute_links(soup: BeautifulSoup, base: URL, budget: int) -> None:
-    """Links and images made absolute (the model can fetch them), adding at most ``budget``
-    characters in all; images inlined as data: URLs lose their source (it is the file)."""
-    added = 0
-    for tag in soup.find_all(["a", "img"]):
-        attr = "href" if tag.name == "a" else "src"
-        value = tag.get(attr)
-        if not isinstance(value, str):
-            continue
-        value = value.strip()
-        if value.lower().startswith(("data:", "javascript:", "vbscript:")):
-            if tag.name == "img":  # its alt text alone
-                tag.replace_with(str(tag.get("alt") or ""))
-            else:
-                del tag[attr]
-            continue
-        if added > budget or value.startswith("#"):
-            continue
-        try:
-            joined = str(base.join(URL(value)))
-        except ValueError:
-            continue
-        added += max(len(joined) - len(value), 0)
-        tag[attr] = joined
-
-
-def _tidy(text: str) -> str:
+def tidy(text: str) -> str:
     """Controls removed, runs of blank lines made one, trailing spaces dropped."""
     lines = [line.rstrip() for line in clean(text).split("\n")]
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip("\n")
