@@ -14,7 +14,7 @@ from fake_llm import FakeLLM, Reply
 from web_pages import ALLOWED_HOST, FakeSearxng, Site
 from wsclient import ChatClient
 
-from ganglion.config import WebToolsConfig
+from ganglion.config import WebToolsConfig, parse_config, secret_values
 from ganglion.errors import BadArguments, ToolError
 from ganglion.tools.web_search import Searxng, WebSearch
 
@@ -89,6 +89,13 @@ async def test_the_search_path_is_added_once(searxng: FakeSearxng) -> None:
     for url in (searxng.url, searxng.url + "/", searxng.url + "/search"):
         assert "1. Result 1" in await searcher(url).web_search("q")
     assert len(searxng.queries) == 3
+
+
+def test_credentials_in_the_search_url_are_never_shown() -> None:
+    url = "https://bob:pw-secret-77@searx.example.org"
+    assert Searxng(url).label == "SearXNG at https://***@searx.example.org"
+    assert "pw-secret-77" in secret_values(parse_config({"tools": {"web": {"search_url": url}}},
+                                                        env={}))
 
 
 # -- through the daemon ------------------------------------------------------------------------

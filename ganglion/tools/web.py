@@ -119,6 +119,8 @@ class WebFetch:
             while True:
                 self.guard.check_url(url)
                 response = await self._request(session, url, deadline)
+                log.debug("web_fetch %s: %s %s", url, response.status,
+                          response.headers.get("Content-Type", "(no type)"))
                 try:
                     location = response.headers.get("Location")
                     if response.status not in REDIRECTS or not location:
