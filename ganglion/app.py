@@ -51,6 +51,7 @@ from ganglion.tools.policy import Approvals, ToolPolicy, ToolRunner
 from ganglion.tools.registry import ToolFunc, ToolRegistry
 from ganglion.tools.reminders import ReminderTools
 from ganglion.tools.shell import Shell, shell_environment
+from ganglion.tools.web import web_tools
 from ganglion.triggers import local_zone, new_scheduler, stop_scheduler, zone_clock
 from ganglion.triggers.heartbeat import Heartbeat, HeartbeatReviews
 from ganglion.triggers.reminders import Reminders
@@ -126,7 +127,7 @@ def fixed_prompt_tokens(loaded: LoadedConfig) -> int:
     files = DataFiles(loaded.data_dir)
     funcs, _shell = builtin_tools(loaded, files)
     registry = ToolRegistry()
-    for func in funcs:
+    for func in [*funcs, *web_tools(loaded.config.tools.web)[0]]:
         registry.add(func)
     # Only the reminder tools' signatures count here: an instance that is never run, as the
     # real one needs the scheduler and the bus of a started App.
@@ -243,11 +244,13 @@ class App:
         )
         self.bus = Bus(self.inbox, self.worker, cfg.bus.max_turns_in_flight)
         self._add_triggers()
-        # The config checked tools.policy against TOOL_NAMES; they must be these tools.
-        if set(self.tools.names()) != TOOL_NAMES:
+        # The config checked tools.policy against TOOL_NAMES; they must be these tools
+        # (web_search is there only with a search service).
+        unregistered = {"web_search"} if not cfg.tools.web.search_url else set()
+        if set(self.tools.names()) != TOOL_NAMES - unregistered:
             raise RuntimeError(
                 "ganglion/tool_names.py lists other tools than App registers: "
-                f"{sorted(TOOL_NAMES ^ set(self.tools.names()))}")
+                f"{sorted((TOOL_NAMES - unregistered) ^ set(self.tools.names()))}")
 
         # The bus first: it re-queues what the last run left unanswered before any interface
         # can add new work behind it. Replies produced before an interface is up wait in the
@@ -300,12 +303,17 @@ class App:
         self._stops.append(("llm probe", lambda: _cancel(probe)))
 
     def _add_tools(self) -> None:
-        """Memory, file and shell tools (their policy is applied by the ToolRunner)."""
+        """Memory, file, shell and web tools (their policy is applied by the ToolRunner)."""
         workspace_dir(self.loaded).mkdir(parents=True, exist_ok=True)
         funcs, shell = builtin_tools(self.loaded, self.files)
         for func in funcs:
             self.tools.add(func)
         self.tool_runner.describe_with("shell", shell.describe)
+        web_funcs, web_describe = web_tools(self.config.tools.web)
+        for func in web_funcs:
+            self.tools.add(func)
+        for name, describe in web_describe.items():
+            self.tool_runner.describe_with(name, describe)
 
     def _add_triggers(self) -> None:
         """Reminders and heartbeats: producers on the bus, on one APScheduler in this loop."""

@@ -387,12 +387,48 @@ def _tool_name(value: str) -> str:
 ToolName = Annotated[str, AfterValidator(_tool_name)]
 
 
+_HOST_NAME = re.compile(r"\A[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?"
+                        r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?\Z")
+
+
+def _private_entry(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        if not _HOST_NAME.match(value):
+            raise PydanticCustomError(
+                "allow_private", "not an address, a range or a host name: write e.g. "
+                "192.168.1.20, 192.168.1.0/24, fd00::/8 or nas.lan") from None
+    return value
+
+
+class WebToolsConfig(_Section):
+    """web_fetch and web_search. See README, "The web tools"."""
+
+    allow_private: list[Annotated[str, AfterValidator(_private_entry)]] = []
+    """Addresses, ranges (CIDR) and host names web_fetch may reach though they are not
+    public (loopback, private, link-local, CGNAT ...); nothing else of those is fetched."""
+    search_url: Annotated[str, Field(pattern=r"^(https?://\S+)?$")] = ""
+    """Your SearXNG's address, e.g. http://searx.lan:8080; empty = no web_search."""
+    max_bytes: Annotated[int, Field(ge=1024, le=100_000_000)] = 2_000_000
+    """A body is read up to this many bytes (the rest is not downloaded)."""
+    timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 20.0
+    """One fetch or search in all: redirects, headers and body."""
+    max_redirects: Annotated[int, Field(ge=0, le=20)] = 5
+    page_chars: Annotated[int, Field(ge=1000, le=1_000_000)] = 20_000
+    """Characters of a page's text per web_fetch answer; the next call reads on."""
+    max_results: Annotated[int, Field(ge=1, le=50)] = 8
+    """The most results one web_search returns."""
+    user_agent: Annotated[str, Field(pattern=r"^[ -~]{1,300}$")] = (
+        "Mozilla/5.0 (compatible; Ganglion/0.1; personal assistant)")
+
+
 class ToolsConfig(_Section):
     """What the assistant may do. See README, "Tools and memory"."""
 
     policy: dict[ToolName, ToolMode] = {}
     """Per tool: on (used freely), ask (a person approves each call), off (never offered).
-    Tools left out are on, except shell, which is ask."""
+    Tools left out are on, except shell, web_fetch and web_search, which are ask."""
     approval_timeout_seconds: Annotated[float, Field(gt=0, le=86400)] = 300.0
     """An ``ask`` call nobody approves within this long is denied."""
     workspace: str = ""
@@ -409,6 +445,7 @@ class ToolsConfig(_Section):
     shell_max_output_bytes: Annotated[int, Field(ge=256, le=10_000_000)] = 16_000
     shell_env: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = []
     """Environment variables passed to the shell beyond PATH, HOME, LANG, TZ and the like."""
+    web: WebToolsConfig = WebToolsConfig()
 
 
 class Config(_Section):
@@ -526,6 +563,7 @@ def secret_values(config: Config) -> list[str]:
                                                            config.matrix.access_token]
     for e in config.llm.endpoints:  # https://user:password@host: all of it, and the password
         values += url_secrets(e.base_url)
+    values += url_secrets(config.tools.web.search_url)
     return [v for v in values if v and v.lower() not in ("none", "null", "") and len(v) >= 4]
 
 

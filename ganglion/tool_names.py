@@ -22,5 +22,7 @@ TOOL_NAMES: frozenset[str] = frozenset({
     "shell",
     # ganglion/tools/reminders.py
     "set_reminder", "list_reminders", "cancel_reminder",
+    # ganglion/tools/web.py, web_search.py (web_search only when tools.web.search_url is set)
+    "web_fetch", "web_search",
 })
 """Every tool ``App`` registers; adding a tool means adding its name here."""

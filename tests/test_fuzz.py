@@ -377,8 +377,9 @@ async def test_any_command_line_gets_a_reply_and_never_reaches_the_model(
 
 # -- tool arguments from the model -----------------------------------------------------------
 
-EXECUTING = {"shell"}
-"""Tools that would run what the arguments say; fuzzed with ill-typed arguments only."""
+EXECUTING = {"shell", "web_fetch"}
+"""Tools that would run (or fetch) what the arguments say; fuzzed with ill-typed arguments
+only."""
 
 
 @fuzz(150)

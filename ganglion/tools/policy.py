@@ -34,7 +34,7 @@ from ganglion.untrusted import as_data, fenced, mask_secrets, neutralise, reveal
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODES: Mapping[str, Mode] = {"shell": "ask"}
+DEFAULT_MODES: Mapping[str, Mode] = {"shell": "ask", "web_fetch": "ask", "web_search": "ask"}
 """Modes of tools that ``tools.policy`` leaves out; any other tool is ``on``."""
 
 MAX_SHOWN_CALL = 20_000
