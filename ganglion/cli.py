@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import json
 import logging
 import os
 import signal
@@ -61,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     service = sub.add_parser(
         "service", help="print (or install) a systemd unit that runs this daemon")
     add_service_arguments(service)
+    doctor = sub.add_parser(
+        "doctor", help="check the config, the model servers, Matrix, folders, database, port "
+                       "and clock; say what to fix")
+    doctor.add_argument("--json", action="store_true", help="the checks as one JSON object")
     backup = sub.add_parser(
         "backup", help="write everything the daemon keeps into one archive (while it runs)")
     backup.add_argument("file", type=Path, help="the archive to write (.tar.gz)")
@@ -76,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "login":  # before the config is validated: it may lack the device yet
         return run_login(args)
+    if args.command == "doctor":
+        return _doctor(args)
     try:
         loaded = load_config(args.config)
     except ConfigError as err:
@@ -101,6 +108,22 @@ def _check_config(loaded: LoadedConfig) -> int:
     for warning in _budget_warnings(loaded):
         print(f"ganglion: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from ganglion import doctor  # noqa: PLC0415  (aiohttp, the endpoints: only for this)
+
+    # What the parts would log (a failed discovery) is in the checks: no stray lines.
+    logging.getLogger().addHandler(logging.NullHandler())
+    try:
+        checks = asyncio.run(doctor.diagnose(load_config(args.config)))
+    except ConfigError as err:
+        checks = doctor.config_failure(str(err))
+    if args.json:
+        print(json.dumps(doctor.as_json(checks), indent=2))
+    else:
+        print(doctor.report(checks))
+    return 0 if all(c.ok for c in checks) else 1
 
 
 def _backup_or_restore(loaded: LoadedConfig, args: argparse.Namespace) -> int:
