@@ -23,6 +23,7 @@ from ganglion.llm.client import LLMClient
 from ganglion.llm.endpoints import EndpointPool
 from ganglion.llm.prompt import PromptInputs, fixed_texts
 from ganglion.logs import SecretMask
+from ganglion.messages import Inbound
 from ganglion.model_commands import ModelCommands, without_secrets
 from ganglion.render import MarkdownRenderer
 from ganglion.router import Router
@@ -44,7 +45,7 @@ from ganglion.storage.outbox import Outbox
 from ganglion.storage.reminders import HeartbeatLedger, ReminderStore
 from ganglion.storage.retention import Retention
 from ganglion.storage.usage import UsageLog
-from ganglion.tool_names import TOOL_NAMES
+from ganglion.tool_names import TOOL_NAMES, mcp_server_of
 from ganglion.tools.files import FileTools, Workspace
 from ganglion.tools.memory import MemoryTools
 from ganglion.tools.policy import Approvals, ToolPolicy, ToolRunner
@@ -62,6 +63,7 @@ from ganglion.worker import Clock, Worker
 
 if TYPE_CHECKING:
     from ganglion.interfaces.matrix.interface import MatrixInterface
+    from ganglion.tools.mcp.manager import McpTools
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +166,7 @@ class App:
         self.files = DataFiles(self.data_dir)
         self.web: WebInterface | None = None
         self.matrix: MatrixInterface | None = None
+        self.mcp: McpTools | None = None
         self._stops: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         self.stuck: list[str] = []
         """The parts that did not stop in time when a failed or cancelled start stopped."""
@@ -223,6 +226,7 @@ class App:
         self.approvals.register(self.commands)
         self.tool_runner = ToolRunner(self.tools, ToolPolicy(cfg.tools.policy), self.approvals)
         self._add_tools()
+        self._add_mcp()
         summariser = cfg.llm.compaction_model or cfg.llm.model
         # The summary request must fit the compaction model's own context.
         self.compactor = Compactor(self.llm, self.history, summariser,
@@ -237,14 +241,20 @@ class App:
             reviews=self.reviews, admit=self.access.admit,
             model_for=self.model_commands.model_for,
             context_tokens_for=cfg.llm.context_tokens_for,
+            tools_note=self.mcp.down_note if self.mcp is not None else None,
         )
         self.bus = Bus(self.inbox, self.worker, cfg.bus.max_turns_in_flight)
         self._add_triggers()
-        # The config checked tools.policy against TOOL_NAMES; they must be these tools.
-        if set(self.tools.names()) != TOOL_NAMES:
+        # The config checked tools.policy against TOOL_NAMES; they must be these tools (MCP
+        # servers' tools come and go, named <server>__<tool>).
+        builtins = {n for n in self.tools.names() if mcp_server_of(n) is None}
+        if builtins != TOOL_NAMES:
             raise RuntimeError(
                 "ganglion/tool_names.py lists other tools than App registers: "
-                f"{sorted(TOOL_NAMES ^ set(self.tools.names()))}")
+                f"{sorted(TOOL_NAMES ^ builtins)}")
+        if self.mcp is not None:  # before the bus, so stopped after it: no turn calls a tool
+            self.mcp.start()
+            self._stops.append(("mcp servers", self.mcp.stop))
 
         # The bus first: it re-queues what the last run left unanswered before any interface
         # can add new work behind it. Replies produced before an interface is up wait in the
@@ -303,6 +313,30 @@ class App:
         for func in funcs:
             self.tools.add(func)
         self.tool_runner.describe_with("shell", shell.describe)
+
+    def _add_mcp(self) -> None:
+        """MCP servers (when configured): their tools join the registry as they connect."""
+        cfg = self.config
+        if any(server.enabled for server in cfg.mcp.servers.values()):
+            # Imported here: with no server configured nothing of MCP is loaded; the SDK
+            # itself is imported in the background once the daemon runs.
+            from ganglion.tools.mcp.manager import Limits, McpTools  # noqa: PLC0415
+
+            self.mcp = McpTools(
+                cfg.mcp.servers, self.tools,
+                Limits(cfg.tools.mcp_timeout_seconds, cfg.tools.mcp_max_output_bytes),
+                environ=os.environ, run_dir=self.data_dir / ".mcp", cwd=self.data_dir)
+        self.commands.add("tools", "/tools", "the tools the assistant may use here, their "
+                          "policy and, for MCP servers, their state", self._cmd_tools)
+
+    async def _cmd_tools(self, msg: Inbound, args: str) -> str:
+        from ganglion.tools.listing import render_rows, tool_rows  # noqa: PLC0415
+
+        servers = self.mcp.states() if self.mcp is not None else []
+        text = render_rows(tool_rows(self.tool_runner, servers, can_ask=not msg.system))
+        for secret in secret_values(self.config):  # a server's last words might hold one
+            text = text.replace(secret, "***")
+        return text
 
     def _add_triggers(self) -> None:
         """Reminders and heartbeats: producers on the bus, on one APScheduler in this loop."""
