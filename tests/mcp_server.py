@@ -23,11 +23,11 @@ from mcp.server.mcpserver.exceptions import ToolError
 server = MCPServer("ganglion-test")
 
 
-def logged(name: str, **args: object) -> None:
+def logged(tool: str, /, **args: object) -> None:
     path = os.environ.get("MCP_CALL_LOG")
     if path:
         with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"tool": name, "args": args, "pid": os.getpid()}) + "\n")
+            f.write(json.dumps({"tool": tool, "args": args, "pid": os.getpid()}) + "\n")
 
 
 @server.tool()

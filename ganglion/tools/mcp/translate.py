@@ -85,8 +85,8 @@ def _part_text(part: Any) -> str:
         return part.text
     if isinstance(part, types.ImageContent | types.AudioContent):
         kind = "image" if isinstance(part, types.ImageContent) else "audio"
-        size = len(part.data) * 3 // 4
-        return f"[{kind} ({part.mime_type}, about {size:,} bytes) left out: not readable as text]"
+        size = len(part.data) * 3 // 4 - part.data[-2:].count("=")  # base64
+        return f"[{kind} ({part.mime_type}, {size:,} bytes) left out: not readable as text]"
     if isinstance(part, types.EmbeddedResource):
         res = part.resource
         if isinstance(res, types.TextResourceContents):
