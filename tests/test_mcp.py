@@ -12,8 +12,17 @@ import pytest
 from conftest import AppFactory, connect, eventually
 from daemon import free_port
 from fake_llm import FakeLLM, Reply, system_of
-from mcp_helpers import SERVER, START_SECONDS, calls, mcp_config, stdio_server
-from test_tools_policy import message, offered, tool_results, until
+from mcp_helpers import (
+    SERVER,
+    START_SECONDS,
+    calls,
+    mcp_config,
+    message,
+    offered,
+    stdio_server,
+    tool_results,
+    until,
+)
 
 from ganglion.app import App
 from ganglion.config import parse_config

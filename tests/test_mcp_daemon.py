@@ -13,8 +13,7 @@ import pytest
 from conftest import daemon_config, eventually, eventually_async
 from daemon import Daemon
 from fake_llm import FakeLLM, Reply
-from mcp_helpers import START_SECONDS, calls, mcp_config, stdio_server
-from test_tools_shell import is_gone
+from mcp_helpers import START_SECONDS, calls, is_gone, mcp_config, stdio_server
 from wsclient import ChatClient
 
 from ganglion.app import STOP_SECONDS

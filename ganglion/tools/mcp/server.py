@@ -23,6 +23,7 @@ import shutil
 import signal
 import time
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -177,13 +178,13 @@ class ServerSupervisor:
                 self.m.limits.connect_seconds, read=self.m.limits.call_seconds + 5))
             return streamable_http_client(cfg.url, http_client=client)
         command = cfg.command or ""
-        env = self._environment()
+        cwd = self.m.cwd / cfg.cwd if cfg.cwd else self.m.cwd
+        env = self._environment(cwd)
         found = shutil.which(command, path=env.get("PATH"))
         if found is None:
             raise ServerDown(f"command not found: {command!r} (PATH={env.get('PATH')})")
         self._pid_file.unlink(missing_ok=True)
         errlog = self._stderr_file.open("w", encoding="utf-8")  # the server's stderr
-        cwd = self.m.cwd / cfg.cwd if cfg.cwd else self.m.cwd
         params = StdioServerParameters(
             command="/bin/sh", args=["-c", _LAUNCH, str(self._pid_file), found, *cfg.args],
             env=env, cwd=cwd)
@@ -198,10 +199,11 @@ class ServerSupervisor:
 
         return stdio()
 
-    def _environment(self) -> dict[str, str]:
+    def _environment(self, cwd: Path) -> dict[str, str]:
+        """As the shell's: PATH, HOME, LANG and the like, and what ``env`` names or gives."""
         env = self.cfg.env
         names = env if isinstance(env, list) else []
-        out = shell_environment(self.m.environ, names, (), self.m.cwd)
+        out = shell_environment(self.m.environ, names, (), cwd)
         if isinstance(env, dict):
             out.update(env)
         return out
