@@ -218,25 +218,41 @@ async def test_a_tool_list_change_is_offered_at_the_next_turn(
     assert "t__extra" in offered(fake_llm.requests[-2])
 
 
-@pytest.fixture
-def http_server(call_log: Path) -> Iterator[str]:
+class HttpServer:
     """The test server over streamable HTTP, in a child process on a free port."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, SERVER, "http", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/mcp"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, SERVER, "http", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def http_server(call_log: Path) -> Iterator[HttpServer]:
+    server = HttpServer()
+    server.start()
     try:
-        yield f"http://127.0.0.1:{port}/mcp"
+        yield server
     finally:
-        proc.terminate()
-        proc.wait(10)
+        server.stop()
 
 
-async def test_a_streamable_http_server_with_a_secret_header(
-    app_factory: AppFactory, fake_llm: FakeLLM, call_log: Path, http_server: str
+async def test_a_streamable_http_server_with_a_secret_header_gone_and_back(
+    app_factory: AppFactory, fake_llm: FakeLLM, call_log: Path, http_server: HttpServer
 ) -> None:
     # It may take the server a moment to listen: the supervisor's backoff tries again.
     app = await app_factory(mcp_config(
-        {"h": {"url": http_server, "headers": {"Authorization": "Bearer sekrit-header-123"}}},
+        {"h": {"url": http_server.url,
+               "headers": {"Authorization": "Bearer sekrit-header-123"}}},
         {"h__*": "on"}))
     await connected(app, "h__add")
     assert "5 + 6 = 11" in await turn(app, fake_llm, "h__add", {"a": 5, "b": 6})
@@ -244,6 +260,17 @@ async def test_a_streamable_http_server_with_a_secret_header(
     tools = (await chat.ask("/tools"))["text"]
     assert "`h__add`: on, MCP server `h`, connected" in tools
     assert "sekrit" not in tools
+    # The server goes away: a call fails, the tools are withdrawn, and once it is back
+    # (the same port) the supervisor's next try brings them back.
+    http_server.stop()
+    assert (await turn(app, fake_llm, "h__add", {"a": 1, "b": 1})).startswith("error:")
+    assert app.mcp is not None
+    await eventually(lambda: app.mcp.states()[0].state == "down",  # type: ignore[union-attr]
+                     timeout=START_SECONDS)
+    assert "h__add" not in app.tools.names()
+    http_server.start()
+    await connected(app, "h__add")
+    assert "2 + 2 = 4" in await turn(app, fake_llm, "h__add", {"a": 2, "b": 2})
     await chat.close()
 
 

@@ -212,6 +212,7 @@ class ServerSupervisor:
         if isinstance(message, types.ToolListChangedNotification):
             self._relist.set()
         elif isinstance(message, Exception):
+            # Not the end by itself: the transport closes the stream when it is over.
             log.warning("MCP server %s: transport error: %s", self.name, message)
 
     async def _list(self, session: ClientSession) -> None:
