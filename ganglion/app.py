@@ -253,7 +253,6 @@ class App:
                 "ganglion/tool_names.py lists other tools than App registers: "
                 f"{sorted(TOOL_NAMES ^ builtins)}")
         if self.mcp is not None:  # before the bus, so stopped after it: no turn calls a tool
-            self.mcp.start()
             self._stops.append(("mcp servers", self.mcp.stop))
 
         # The bus first: it re-queues what the last run left unanswered before any interface
@@ -305,6 +304,10 @@ class App:
         log.info("ready in %.2f s; LLM: %s", self.ready_seconds, self.llm.describe())
         probe = asyncio.create_task(self._report_llm(), name="llm-probe")
         self._stops.append(("llm probe", lambda: _cancel(probe)))
+        if self.mcp is not None:
+            # Once ready: the SDK's import (a second of CPU, in a thread) would hold the GIL
+            # against the start-up otherwise. The servers' tools appear as they connect.
+            self.mcp.start()
 
     def _add_tools(self) -> None:
         """Memory, file and shell tools (their policy is applied by the ToolRunner)."""
