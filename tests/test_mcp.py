@@ -320,3 +320,36 @@ def test_without_servers_nothing_of_mcp_is_imported() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(("healthy_seconds", "second_wait"), [(0.0, "1 s"), (3600.0, "2 s")])
+async def test_the_backoff_starts_again_after_a_healthy_period(
+    tmp_path: Path, call_log: Path, caplog: pytest.LogCaptureFixture,
+    healthy_seconds: float, second_wait: str
+) -> None:
+    import os
+
+    from ganglion.config_mcp import McpServerConfig
+    from ganglion.tools.mcp.manager import Limits, McpTools
+    from ganglion.tools.registry import ToolContext, ToolRegistry
+
+    registry = ToolRegistry()
+    mcp = McpTools({"t": McpServerConfig.model_validate(stdio_server())}, registry,
+                   Limits(10, 10_000, healthy_seconds=healthy_seconds),
+                   environ=os.environ, run_dir=tmp_path / ".mcp", cwd=tmp_path)
+    mcp.start()
+    ctx = ToolContext("web_test", "tester")  # type: ignore[arg-type]
+    try:
+        waits = []
+        for _ in range(2):
+            await eventually(lambda: "t__crash" in registry.names(), timeout=START_SECONDS)
+            caplog.clear()
+            assert not (await registry.call("t__crash", "{}", ctx)).ok
+            await eventually(lambda: any("is down" in r.getMessage() for r in caplog.records),
+                             timeout=START_SECONDS)
+            [down] = [r.getMessage() for r in caplog.records if "is down" in r.getMessage()]
+            waits.append(down.rsplit("next try in ", 1)[1])
+        # Connected for long enough (0 s here) the first wait again; else it doubles.
+        assert waits == ["1 s", second_wait]
+    finally:
+        await mcp.stop()

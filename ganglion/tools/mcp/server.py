@@ -67,8 +67,13 @@ class ServerSupervisor:
         self._relist = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._connected_at: float | None = None
+        """When (monotonic) the current or last connection was made; None before one."""
         self._pid_file = manager.run_dir / f"{self.name}.pid"
         self._stderr_file = manager.run_dir / f"{self.name}.stderr"
+        # Left by a daemon that was killed: that group is not ours to end (its id may be
+        # another process's by now).
+        self._pid_file.unlink(missing_ok=True)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"mcp-{self.name}")
@@ -95,9 +100,9 @@ class ServerSupervisor:
         backoff = self.m.limits.first_backoff_seconds
         while not self._stopping.is_set():
             self.state.state, self.state.retry_at = "starting", None
-            connected_at: float | None = None
+            self._connected_at = None
             try:
-                connected_at = await self._connect_and_serve()
+                await self._connect_and_serve()
                 why = "stopped"
             except asyncio.CancelledError:
                 raise
@@ -113,8 +118,7 @@ class ServerSupervisor:
                 break
             stderr = self._stderr_tail()
             why = f"{why}; its last words: {stderr}" if stderr else why
-            if connected_at is not None and (
-                    time.monotonic() - connected_at >= self.m.limits.healthy_seconds):
+            if self._was_healthy():
                 backoff = self.m.limits.first_backoff_seconds
             self.state.state, self.state.why = "down", why
             self.state.retry_at = time.monotonic() + backoff
@@ -125,8 +129,13 @@ class ServerSupervisor:
                     await self._stopping.wait()
             backoff = min(backoff * 2, self.m.limits.max_backoff_seconds)
 
-    async def _connect_and_serve(self) -> float:
-        """Connect, list the tools, serve until the connection ends; when it connected."""
+    def _was_healthy(self) -> bool:
+        """The connection that ended lasted long enough to start the backoff afresh."""
+        since = self._connected_at
+        return since is not None and time.monotonic() - since >= self.m.limits.healthy_seconds
+
+    async def _connect_and_serve(self) -> None:
+        """Connect, list the tools, serve until the connection ends (ServerDown) or stop."""
         async with AsyncExitStack() as stack:
             read, write = await stack.enter_async_context(self._transport())
             # A relay between the transport and the session: the end of the server's
@@ -149,7 +158,7 @@ class ServerSupervisor:
                 await session.initialize()
                 await self._list(session)
             self._session = session
-            connected_at = time.monotonic()
+            self._connected_at = time.monotonic()
             self.state.state, self.state.why = "connected", ""
             log.info("MCP server %s connected: %d tools", self.name, len(self.state.tools))
             while True:
@@ -162,7 +171,7 @@ class ServerSupervisor:
                     for w in waits:
                         w.cancel()
                 if self._stopping.is_set():
-                    return connected_at
+                    return
                 if ended.is_set():
                     raise ServerDown(self._exit_reason())
                 self._relist.clear()
