@@ -353,3 +353,18 @@ async def test_the_backoff_starts_again_after_a_healthy_period(
         assert waits == ["1 s", second_wait]
     finally:
         await mcp.stop()
+
+
+def test_tool_names_the_api_cannot_take_are_made_fit_and_stable() -> None:
+    from ganglion.tool_names import mcp_server_of
+    from ganglion.tools.mcp.translate import tool_name
+
+    assert tool_name("notes", "search", set()) == "notes__search"
+    assert tool_name("notes", "files/read.v2", set()) == "notes__files_read_v2"
+    long = tool_name("notes", "x" * 100, set())
+    assert len(long) == 64 and long == tool_name("notes", "x" * 100, set())  # the same each run
+    # Two names that become one: the second gets a hash of its own name.
+    first = tool_name("notes", "a.b", set())
+    second = tool_name("notes", "a/b", {first})
+    assert first == "notes__a_b" and second.startswith("notes__a_b_") and second != first
+    assert all(mcp_server_of(n) == "notes" for n in (first, second, long))
