@@ -572,6 +572,8 @@ def masked_dump(config: Config) -> dict[str, Any]:
             }
         if isinstance(node, list):
             return [mask(v) for v in node]
+        if isinstance(node, str) and url_credentials(node):  # an endpoint's or MCP server's
+            return shown_url(node)
         return node
 
     result: dict[str, Any] = mask(config.model_dump(mode="json"))

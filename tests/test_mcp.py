@@ -303,14 +303,16 @@ def test_a_tool_entry_beats_its_servers_star_and_secrets_are_masked() -> None:
 
     cfg = parse_config(mcp_config(
         {"t": {"command": "x", "env": {"KEY": "env-secret-1"}},
-         "h": {"url": "http://127.0.0.1:1/mcp", "headers": {"X-Key": "header-secret-2"}}},
+         "h": {"url": "http://me:url-secret-3@127.0.0.1:1/mcp",
+               "headers": {"X-Key": "header-secret-2"}}},
         {"t__*": "on", "t__rm": "off"}), env={})
     policy = ToolPolicy(cfg.tools.policy)
     assert [policy.mode(n) for n in ("t__add", "t__rm", "h__add", "shell", "read_file")] == [
         "on", "off", "ask", "ask", "on"]
-    assert {"env-secret-1", "header-secret-2"} <= set(secret_values(cfg))
-    dumped = str(masked_dump(cfg))
+    assert {"env-secret-1", "header-secret-2", "url-secret-3"} <= set(secret_values(cfg))
+    dumped = str(masked_dump(cfg))  # what check-config prints
     assert "env-secret-1" not in dumped and "header-secret-2" not in dumped
+    assert "url-secret-3" not in dumped and "http://***@127.0.0.1:1/mcp" in dumped
 
 
 def test_without_servers_nothing_of_mcp_is_imported() -> None:
