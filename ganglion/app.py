@@ -23,7 +23,6 @@ from ganglion.llm.client import LLMClient
 from ganglion.llm.endpoints import EndpointPool
 from ganglion.llm.prompt import PromptInputs, fixed_texts
 from ganglion.logs import SecretMask
-from ganglion.messages import Inbound
 from ganglion.model_commands import ModelCommands, without_secrets
 from ganglion.render import MarkdownRenderer
 from ganglion.router import Router
@@ -47,6 +46,7 @@ from ganglion.storage.retention import Retention
 from ganglion.storage.usage import UsageLog
 from ganglion.tool_names import TOOL_NAMES, mcp_server_of
 from ganglion.tools.files import FileTools, Workspace
+from ganglion.tools.listing import ToolsCommand
 from ganglion.tools.memory import MemoryTools
 from ganglion.tools.policy import Approvals, ToolPolicy, ToolRunner
 from ganglion.tools.registry import ToolFunc, ToolRegistry
@@ -329,17 +329,9 @@ class App:
                 cfg.mcp.servers, self.tools,
                 Limits(cfg.tools.mcp_timeout_seconds, cfg.tools.mcp_max_output_bytes),
                 environ=os.environ, run_dir=self.data_dir / ".mcp", cwd=self.data_dir)
-        self.commands.add("tools", "/tools", "the tools the assistant may use here, their "
-                          "policy and, for MCP servers, their state", self._cmd_tools)
-
-    async def _cmd_tools(self, msg: Inbound, args: str) -> str:
-        from ganglion.tools.listing import render_rows, tool_rows  # noqa: PLC0415
-
-        servers = self.mcp.states() if self.mcp is not None else []
-        text = render_rows(tool_rows(self.tool_runner, servers, can_ask=not msg.system))
-        for secret in secret_values(self.config):  # a server's last words might hold one
-            text = text.replace(secret, "***")
-        return text
+        mcp = self.mcp
+        ToolsCommand(self.tool_runner, lambda: mcp.states() if mcp is not None else [],
+                     secret_values(cfg)).register(self.commands)
 
     def _add_triggers(self) -> None:
         """Reminders and heartbeats: producers on the bus, on one APScheduler in this loop."""

@@ -36,8 +36,8 @@ class PromptInputs:
     history: Sequence[StoredMessage]
     tool_names: Sequence[str] = ()
     tools_note: str = ""
-    """Tools missing now and why (MCP servers down): after the tools line, in the head; it
-    changes only when a server comes or goes."""
+    """The tool servers that are down now (their tools missing): after the tools line, in
+    the head; it changes only when a server comes or goes."""
     interface: str = ""
     """Where the conversation happens ("a browser tab", "the Matrix room ...")."""
 

@@ -8,12 +8,17 @@ The rows are plain data so that another view (a settings page) can show the same
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from ganglion.commands import CommandTable
+from ganglion.messages import Inbound
 from ganglion.tool_names import MCP_SEPARATOR
-from ganglion.tools.mcp.manager import ServerState
 from ganglion.tools.policy import ToolRunner
+
+if TYPE_CHECKING:  # the MCP side is loaded only when servers are configured
+    from ganglion.tools.mcp.manager import ServerState
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,3 +61,24 @@ def render_rows(rows: Sequence[ToolRow]) -> str:
             line += f", MCP server `{row.server}`, {row.state}"
         lines.append(line)
     return "\n".join(lines)
+
+
+class ToolsCommand:
+    """``/tools``: the rows for the sender's conversation, secrets masked (a server's last
+    words, shown as why it is down, might hold one)."""
+
+    def __init__(self, runner: ToolRunner, servers: Callable[[], Sequence[ServerState]],
+                 secrets: Sequence[str]) -> None:
+        self.runner = runner
+        self.servers = servers
+        self.secrets = [s for s in secrets if s]
+
+    def register(self, commands: CommandTable) -> None:
+        commands.add("tools", "/tools", "the tools the assistant may use here, their policy "
+                     "and, for MCP servers, their state", self._cmd_tools)
+
+    async def _cmd_tools(self, msg: Inbound, args: str) -> str:
+        text = render_rows(tool_rows(self.runner, self.servers(), can_ask=not msg.system))
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
