@@ -44,8 +44,9 @@ from ganglion.storage.outbox import Outbox
 from ganglion.storage.reminders import HeartbeatLedger, ReminderStore
 from ganglion.storage.retention import Retention
 from ganglion.storage.usage import UsageLog
-from ganglion.tool_names import TOOL_NAMES
+from ganglion.tool_names import TOOL_NAMES, mcp_server_of
 from ganglion.tools.files import FileTools, Workspace
+from ganglion.tools.listing import ToolsCommand
 from ganglion.tools.memory import MemoryTools
 from ganglion.tools.policy import Approvals, ToolPolicy, ToolRunner
 from ganglion.tools.registry import ToolFunc, ToolRegistry
@@ -63,6 +64,7 @@ from ganglion.worker import Clock, Worker
 
 if TYPE_CHECKING:
     from ganglion.interfaces.matrix.interface import MatrixInterface
+    from ganglion.tools.mcp.manager import McpTools
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +167,7 @@ class App:
         self.files = DataFiles(self.data_dir)
         self.web: WebInterface | None = None
         self.matrix: MatrixInterface | None = None
+        self.mcp: McpTools | None = None
         self._stops: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         self.stuck: list[str] = []
         """The parts that did not stop in time when a failed or cancelled start stopped."""
@@ -227,6 +230,7 @@ class App:
         self.approvals.register(self.commands)
         self.tool_runner = ToolRunner(self.tools, ToolPolicy(cfg.tools.policy), self.approvals)
         self._add_tools()
+        self._add_mcp()
         summariser = cfg.llm.compaction_model or cfg.llm.model
         # The summary request must fit the compaction model's own context.
         self.compactor = Compactor(self.llm, self.history, summariser,
@@ -241,16 +245,21 @@ class App:
             reviews=self.reviews, admit=self.access.admit,
             model_for=self.model_commands.model_for,
             context_tokens_for=cfg.llm.context_tokens_for,
+            tools_note=self.mcp.down_note if self.mcp is not None else None,
         )
         self.bus = Bus(self.inbox, self.worker, cfg.bus.max_turns_in_flight)
         self._add_triggers()
         # The config checked tools.policy against TOOL_NAMES; they must be these tools
-        # (web_search is there only with a search service).
+        # (web_search is there only with a search service; MCP servers' tools come and go,
+        # named <server>__<tool>).
         unregistered = {"web_search"} if not cfg.tools.web.search_url else set()
-        if set(self.tools.names()) != TOOL_NAMES - unregistered:
+        builtins = {n for n in self.tools.names() if mcp_server_of(n) is None}
+        if builtins != TOOL_NAMES - unregistered:
             raise RuntimeError(
                 "ganglion/tool_names.py lists other tools than App registers: "
-                f"{sorted((TOOL_NAMES - unregistered) ^ set(self.tools.names()))}")
+                f"{sorted((TOOL_NAMES - unregistered) ^ builtins)}")
+        if self.mcp is not None:  # before the bus, so stopped after it: no turn calls a tool
+            self._stops.append(("mcp servers", self.mcp.stop))
 
         # The bus first: it re-queues what the last run left unanswered before any interface
         # can add new work behind it. Replies produced before an interface is up wait in the
@@ -301,6 +310,10 @@ class App:
         log.info("ready in %.2f s; LLM: %s", self.ready_seconds, self.llm.describe())
         probe = asyncio.create_task(self._report_llm(), name="llm-probe")
         self._stops.append(("llm probe", lambda: _cancel(probe)))
+        if self.mcp is not None:
+            # Once ready: the SDK's import (a second of CPU, in a thread) would hold the GIL
+            # against the start-up otherwise. The servers' tools appear as they connect.
+            self.mcp.start()
 
     def _add_tools(self) -> None:
         """Memory, file, shell and web tools (their policy is applied by the ToolRunner)."""
@@ -314,6 +327,22 @@ class App:
             self.tools.add(func)
         for name, describe in web_describe.items():
             self.tool_runner.describe_with(name, describe)
+
+    def _add_mcp(self) -> None:
+        """MCP servers (when configured): their tools join the registry as they connect."""
+        cfg = self.config
+        if any(server.enabled for server in cfg.mcp.servers.values()):
+            # Imported here: with no server configured nothing of MCP is loaded; the SDK
+            # itself is imported in the background once the daemon runs.
+            from ganglion.tools.mcp.manager import Limits, McpTools  # noqa: PLC0415
+
+            self.mcp = McpTools(
+                cfg.mcp.servers, self.tools,
+                Limits(cfg.tools.mcp_timeout_seconds, cfg.tools.mcp_max_output_bytes),
+                environ=os.environ, run_dir=self.data_dir / ".mcp", cwd=self.data_dir)
+        mcp = self.mcp
+        ToolsCommand(self.tool_runner, lambda: mcp.states() if mcp is not None else [],
+                     secret_values(cfg)).register(self.commands)
 
     def _add_triggers(self) -> None:
         """Reminders and heartbeats: producers on the bus, on one APScheduler in this loop."""

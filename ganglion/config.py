@@ -23,9 +23,10 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from ganglion.config_mcp import McpConfig
 from ganglion.config_source import expand_tree, loc_text, read_yaml
 from ganglion.errors import ConfigError
-from ganglion.tool_names import TOOL_NAMES
+from ganglion.tool_names import TOOL_NAMES, mcp_server_of
 
 
 class _Section(BaseModel):
@@ -376,11 +377,12 @@ ToolMode = Annotated[Literal["on", "ask", "off"], BeforeValidator(_yaml_bool_mod
 
 def _tool_name(value: str) -> str:
     # Checked here, not at start: a misspelt name would leave that tool in its default mode
-    # (on), and check-config must refuse the file the daemon would refuse.
-    if value not in TOOL_NAMES:
+    # (on), and check-config must refuse the file the daemon would refuse. An MCP name
+    # (<server>__<tool>, <server>__*) is checked against mcp.servers by Config.
+    if value not in TOOL_NAMES and mcp_server_of(value) is None:
         raise PydanticCustomError(
-            "tool_name", "no such tool; the tools are {tools}",
-            {"tools": ", ".join(sorted(TOOL_NAMES))})
+            "tool_name", "no such tool; the tools are {tools}, and an MCP server's as "
+            "<server>__<tool> or <server>__*", {"tools": ", ".join(sorted(TOOL_NAMES))})
     return value
 
 
@@ -446,6 +448,10 @@ class ToolsConfig(_Section):
     shell_env: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = []
     """Environment variables passed to the shell beyond PATH, HOME, LANG, TZ and the like."""
     web: WebToolsConfig = WebToolsConfig()
+    mcp_timeout_seconds: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    """One call of an MCP server's tool; then it fails (the server keeps running)."""
+    mcp_max_output_bytes: Annotated[int, Field(ge=256, le=10_000_000)] = 16_000
+    """An MCP tool's result beyond this is cut (its middle left out)."""
 
 
 class Config(_Section):
@@ -459,7 +465,26 @@ class Config(_Section):
     scheduler: SchedulerConfig = SchedulerConfig()
     heartbeat: HeartbeatConfig = HeartbeatConfig()
     limits: LimitsConfig = LimitsConfig()
+    mcp: McpConfig = McpConfig()
     tools: ToolsConfig = ToolsConfig()
+
+    @field_validator("tools")
+    @classmethod
+    def _policy_names_configured_servers(cls, tools: ToolsConfig,
+                                         info: ValidationInfo) -> ToolsConfig:
+        # After mcp (fields validate in order): a policy for a server that is not configured
+        # is a typo that would leave the intended server's tools at their default.
+        mcp = info.data.get("mcp")
+        servers = mcp.servers if isinstance(mcp, McpConfig) else {}
+        unknown = sorted(n for n in tools.policy
+                         if (server := mcp_server_of(n)) is not None and n not in TOOL_NAMES
+                         and server not in servers)
+        if unknown:
+            raise PydanticCustomError(
+                "mcp_policy", "policy.{names}: no such MCP server in mcp.servers ({servers})",
+                {"names": ", policy.".join(unknown),
+                 "servers": ", ".join(sorted(servers)) or "none configured"})
+        return tools
 
 
 @dataclass(frozen=True)
@@ -564,10 +589,15 @@ def secret_values(config: Config) -> list[str]:
     for e in config.llm.endpoints:  # https://user:password@host: all of it, and the password
         values += url_secrets(e.base_url)
     values += url_secrets(config.tools.web.search_url)
+    for server in config.mcp.servers.values():  # env values and headers given literally
+        values += server.secrets
+        values += url_secrets(server.url or "")
     return [v for v in values if v and v.lower() not in ("none", "null", "") and len(v) >= 4]
 
 
 SECRET_KEYS = ("api_key", "token", "access_token", "password")
+SECRET_MAPPINGS = ("headers", "env")
+"""Mappings whose every value is a secret (an MCP server's headers, its env given as values)."""
 
 
 def masked_dump(config: Config) -> dict[str, Any]:
@@ -576,11 +606,15 @@ def masked_dump(config: Config) -> dict[str, Any]:
     def mask(node: Any) -> Any:
         if isinstance(node, dict):
             return {
-                k: ("***" if k in SECRET_KEYS and v not in (None, "", "none") else mask(v))
+                k: ("***" if k in SECRET_KEYS and v not in (None, "", "none")
+                    else dict.fromkeys(v, "***") if k in SECRET_MAPPINGS and isinstance(v, dict)
+                    else mask(v))
                 for k, v in node.items()
             }
         if isinstance(node, list):
             return [mask(v) for v in node]
+        if isinstance(node, str) and url_credentials(node):  # an endpoint's or MCP server's
+            return shown_url(node)
         return node
 
     result: dict[str, Any] = mask(config.model_dump(mode="json"))

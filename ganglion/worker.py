@@ -85,6 +85,7 @@ class Worker:
         admit: Callable[[Inbound], Awaitable[str | None]] | None = None,
         model_for: Callable[[ThreadId], str] | None = None,
         context_tokens_for: Callable[[str], int] | None = None,
+        tools_note: Callable[[], str] | None = None,
     ) -> None:
         self.history = history
         self.router = router
@@ -100,6 +101,8 @@ class Worker:
         silently, any other text refuses it with that reply."""
         self.context_tokens_for = context_tokens_for or (lambda _m: compactor.context_tokens)
         """The context budget of a model (``llm.models.<id>.context_tokens``, else llm's)."""
+        self.tools_note = tools_note
+        """What the model is told of tools it lacks now (MCP servers down); "" for nothing."""
         self.calibration = Calibration()
         self.progress = Progress(router)
         self.journal = StepJournal(history)
@@ -261,6 +264,7 @@ class Worker:
             now=self.clock(),
             history=context,
             tool_names=offered,
+            tools_note=self.tools_note() if self.tools_note is not None else "",
             interface=_interface_of(msg),
         )
 

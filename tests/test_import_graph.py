@@ -108,3 +108,14 @@ def test_the_arrow_reader_sees_imports_inside_functions(tmp_path: Path) -> None:
     found = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     assert found == ["ganglion.worker"]
     assert _part("ganglion.interfaces.matrix.login") == "interfaces"
+
+
+def test_the_mcp_sdk_is_loaded_only_by_the_supervisor() -> None:
+    # App imports the manager (and /tools the listing) when servers are configured; the SDK
+    # itself is imported in a thread once the daemon runs (ganglion/tools/mcp/manager.py).
+    code = ("import json, sys; import ganglion.tools.mcp.manager, ganglion.tools.listing; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('mcp', 'mcp_types', 'jsonschema'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert json.loads(out) == []

@@ -35,6 +35,9 @@ class PromptInputs:
     """Aware local time: the model is told the date, time and zone."""
     history: Sequence[StoredMessage]
     tool_names: Sequence[str] = ()
+    tools_note: str = ""
+    """The tool servers that are down now (their tools missing): after the tools line, in
+    the head; it changes only when a server comes or goes."""
     interface: str = ""
     """Where the conversation happens ("a browser tab", "the Matrix room ...")."""
 
@@ -46,6 +49,8 @@ def system_text(inp: PromptInputs) -> str:
         parts.append("Tools you may use now: " + ", ".join(sorted(inp.tool_names)) + ".")
     else:
         parts.append("You have no tools in this conversation: answer from what you know.")
+    if inp.tools_note:
+        parts.append(inp.tools_note)
     return "\n\n".join(parts)
 
 

@@ -29,13 +29,17 @@ from ganglion.commands import CommandTable, Rank
 from ganglion.config import ToolMode as Mode
 from ganglion.durations import duration_text
 from ganglion.messages import Inbound, ThreadId
+from ganglion.tool_names import MCP_SEPARATOR, mcp_server_of
 from ganglion.tools.registry import ToolContext, ToolRegistry
 from ganglion.untrusted import as_data, fenced, mask_secrets, neutralise, reveal, tool_error
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODES: Mapping[str, Mode] = {"shell": "ask", "web_fetch": "ask", "web_search": "ask"}
-"""Modes of tools that ``tools.policy`` leaves out; any other tool is ``on``."""
+"""Modes of built-in tools that ``tools.policy`` leaves out; any other built-in is ``on``."""
+MCP_DEFAULT_MODE: Mode = "ask"
+"""An MCP server's tool that ``tools.policy`` leaves out (by its name or ``<server>__*``):
+code and data from elsewhere, so a person says yes to each call unless told otherwise."""
 
 MAX_SHOWN_CALL = 20_000
 """A call longer than this cannot be shown in full, so it is never put up for approval."""
@@ -53,7 +57,13 @@ class ToolPolicy:
         self._modes = {**DEFAULT_MODES, **modes}
 
     def mode(self, name: str) -> Mode:
-        return self._modes.get(name, "on")
+        mode = self._modes.get(name)
+        if mode is not None:
+            return mode
+        server = mcp_server_of(name)
+        if server is None:
+            return "on"
+        return self._modes.get(f"{server}{MCP_SEPARATOR}*", MCP_DEFAULT_MODE)
 
     def offered(self, names: Iterable[str], *, can_ask: bool) -> list[str]:
         """The tools a turn may use: ``on`` ones, and ``ask`` ones when someone can approve."""

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,8 +97,8 @@ class ToolRegistry:
     def __init__(self) -> None:
         self._tools: dict[str, Tool] = {}
         self.revision = 0
-        """Counts the tools added: what was derived from the set (a turn's offer) is stale
-        once it changes."""
+        """Counts the changes to the set (tools added, withdrawn): what was derived from it
+        (a turn's offer) is stale once it changes."""
 
     def add(self, func: ToolFunc, name: str | None = None) -> Tool:
         """Register a typed async function (see ``tool_from_function``)."""
@@ -111,6 +111,12 @@ class ToolRegistry:
         self._tools[tool.name] = tool
         self.revision += 1
         return tool
+
+    def remove(self, names: Iterable[str]) -> None:
+        """Withdraw tools (an MCP server's, when it goes down or lists others)."""
+        gone = [n for n in names if self._tools.pop(n, None) is not None]
+        if gone:
+            self.revision += 1
 
     def names(self) -> list[str]:
         return list(self._tools)
