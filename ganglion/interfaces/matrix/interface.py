@@ -2,8 +2,9 @@
 
 Translation at the edge, nothing more (the rules are in ``inbound``): events from before
 the very first start (the timeline of a sync without a stored token is history), what a room
-said before the bot joined, the bot's own events and those of users or rooms not allowed
-never reach the bus. Each room is one thread (its room id); the Matrix event id is the
+said before the bot was invited, the bot's own events and those of users or rooms not allowed
+never reach the bus; what was said between the invite and the join does (``catchup``: the
+first message of a new chat comes before the bot joins). Each room is one thread (its room id); the Matrix event id is the
 message's ``client_id``, so a sync read again after a crash or a failure cannot make the bot
 answer twice.
 
@@ -31,7 +32,15 @@ from ganglion.bus import Bus
 from ganglion.config import MatrixConfig
 from ganglion.errors import StartupError
 from ganglion.interfaces.matrix import inbound
-from ganglion.interfaces.matrix.catchup import after_own_join, missed_events
+from ganglion.interfaces.matrix.catchup import (
+    SINCE_INVITE_MAX,
+    invite_gap,
+    missed_events,
+    newest_messages,
+    since_invite,
+    split_at_join,
+    unreadable,
+)
 from ganglion.interfaces.matrix.keys import WaitingForKeys
 from ganglion.interfaces.matrix.send import RoomSender
 from ganglion.interfaces.matrix.session import (
@@ -246,8 +255,11 @@ class MatrixInterface:
             if not self.config.allows_room(room_id):  # nothing of it is read, nor caught up
                 log.debug("[%s] ignored: room not in matrix.allowed_rooms", room_id)
                 continue
-            events = after_own_join(info.timeline.events, self.config.user_id)
-            if events is None:  # a room the bot was in already
+            split = split_at_join(info.timeline.events, self.config.user_id)
+            if split is not None:  # joined in this sync
+                events = [*await self._since_invite(client, room_id, info.timeline,
+                                                    split[0]), *split[1]]
+            else:  # a room the bot was in already
                 events = info.timeline.events
                 if info.timeline.limited and info.timeline.prev_batch and self._since:
                     events = [*await self._missed(client, room_id, info.timeline.prev_batch,
@@ -282,6 +294,25 @@ class MatrixInterface:
         if missed:
             log.info("[%s] fetched %d event(s) a limited sync left out", room_id, len(missed))
         return missed
+
+    async def _since_invite(self, client: TimedClient, room_id: str, timeline: Any,
+                            before: list[Any]) -> list[Any]:
+        """What the room said between the bot's invite and its join (the first message of a
+        "start chat" comes before the bot joins), bounded; what came before the invite is
+        history, never answered, and only counted when it stays unreadable."""
+        said, found = since_invite(before, self.config.user_id)
+        history = before[:len(before) - len(said) - 1] if found else before
+        if not found and timeline.limited and timeline.prev_batch:
+            gap = await invite_gap(client, room_id, timeline.prev_batch,
+                                   own_id=self.config.user_id)
+            if gap is not None:
+                said, history = [*gap, *before], []
+        said = newest_messages(said, SINCE_INVITE_MAX)
+        if (count := unreadable(history)):
+            log.info("[%s] joined; %d encrypted message(s) from before the invite cannot be "
+                     "read by this device (their keys were never shared with it): ignored",
+                     room_id, count)
+        return said
 
     def _save_token(self) -> None:
         """Persist the last fully handled sync token.
