@@ -4,9 +4,9 @@ Translation at the edge, nothing more (the rules are in ``inbound``): events fro
 the very first start (the timeline of a sync without a stored token is history), what a room
 said before the bot was invited, the bot's own events and those of users or rooms not allowed
 never reach the bus; what was said between the invite and the join does (``catchup``: the
-first message of a new chat comes before the bot joins). Each room is one thread (its room id); the Matrix event id is the
-message's ``client_id``, so a sync read again after a crash or a failure cannot make the bot
-answer twice.
+first message of a new chat comes before the bot joins). Each room is one thread (its room
+id); the Matrix event id is the message's ``client_id``, so a sync read again after a crash
+or a failure cannot make the bot answer twice.
 
 The sync token is saved only once a sync's events are on the bus, waiting for their key
 (``keys``, kept in memory only) or dropped, and restored at start; the first sync
