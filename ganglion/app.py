@@ -237,6 +237,7 @@ class App:
             reviews=self.reviews, admit=self.access.admit,
             model_for=self.model_commands.model_for,
             context_tokens_for=cfg.llm.context_tokens_for,
+            sees_details=lambda msg: self.access.rank_of(msg) >= Rank.TRUSTED,
         )
         self.bus = Bus(self.inbox, self.worker, cfg.bus.max_turns_in_flight)
         self._add_triggers()

@@ -85,6 +85,7 @@ class Worker:
         admit: Callable[[Inbound], Awaitable[str | None]] | None = None,
         model_for: Callable[[ThreadId], str] | None = None,
         context_tokens_for: Callable[[str], int] | None = None,
+        sees_details: Callable[[Inbound], bool] | None = None,
     ) -> None:
         self.history = history
         self.router = router
@@ -98,6 +99,9 @@ class Worker:
         self.admit = admit
         """Roles and limits (ganglion/access.py): None lets the turn run, "" skips it
         silently, any other text refuses it with that reply."""
+        self.sees_details = sees_details or (lambda _msg: True)
+        """Whether the sender may read why the model failed (endpoints, addresses, config
+        keys): the owner and trusted users; the others get the error's ``brief``."""
         self.context_tokens_for = context_tokens_for or (lambda _m: compactor.context_tokens)
         """The context budget of a model (``llm.models.<id>.context_tokens``, else llm's)."""
         self.calibration = Calibration()
@@ -130,7 +134,8 @@ class Worker:
             failed = False
         except (LLMUnavailable, LLMBadResponse) as err:
             log.warning("[%s] turn failed: %s", tid, err)
-            new = [*await self.journal.kept(msg, or_none=True), notice(msg, str(err))]
+            told = str(err) if self.sees_details(msg) else err.brief
+            new = [*await self.journal.kept(msg, or_none=True), notice(msg, told)]
         except asyncio.CancelledError:
             raise
         except sqlite3.Error as err:  # the disk refused a write: say so, not "crashed"
@@ -235,7 +240,10 @@ class Worker:
                 raise LLMUnavailable(
                     f"This conversation is now too long for the model, and summarising its "
                     f"older part failed: {err} Start afresh with /new, or check "
-                    "llm.compaction_model.") from err
+                    "llm.compaction_model.",
+                    brief="This conversation is now too long for the model, and summarising "
+                          "its older part failed. Start afresh with /new, or try later."
+                ) from err
             log.warning("[%s] compaction failed, answering with the full history; next try "
                         "in %d s: %s", tid, COMPACTION_PAUSE_SECONDS, err)
             self._compaction_paused[tid] = time.monotonic() + COMPACTION_PAUSE_SECONDS
