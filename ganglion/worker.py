@@ -20,7 +20,7 @@ from ganglion.commands import CommandTable, parse_command
 from ganglion.errors import LLMBadResponse, LLMUnavailable
 from ganglion.llm.client import LLMClient
 from ganglion.llm.prompt import PromptInputs, build_messages, fixed_texts
-from ganglion.messages import Inbound, Source, ThreadId, is_matrix_thread
+from ganglion.messages import Inbound, Source, ThreadId, is_matrix_thread, matrix_room_of
 from ganglion.router import Router
 from ganglion.storage.files import BASE_PROMPT, HEARTBEATS, MEMORIES, DataFiles
 from ganglion.storage.history import History, NewMessage, StoredMessage
@@ -290,5 +290,8 @@ def _interface_of(msg: Inbound) -> str:
     if msg.system:
         return "an autonomous background task (nothing you write is shown to anyone)"
     if is_matrix_thread(msg.thread_id):
-        return f"the Matrix room {msg.thread_id}"
+        room = matrix_room_of(msg.thread_id)
+        if room != msg.thread_id:
+            return f"a thread of the Matrix room {room}"
+        return f"the Matrix room {room}"
     return "a browser tab of the web UI"

@@ -22,11 +22,12 @@ import logging
 import sqlite3
 import time
 from collections.abc import Coroutine
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from aiohttp import ClientError
-from nio import JoinError, MegolmEvent, RoomLeaveError, RoomMessageText, SyncError
+from nio import MegolmEvent, RoomMessageText, SyncError
 
 from ganglion.bus import Bus
 from ganglion.config import MatrixConfig
@@ -42,6 +43,8 @@ from ganglion.interfaces.matrix.catchup import (
     unreadable,
 )
 from ganglion.interfaces.matrix.keys import WaitingForKeys
+from ganglion.interfaces.matrix.membership import Membership
+from ganglion.interfaces.matrix.replies import quoted
 from ganglion.interfaces.matrix.send import RoomSender
 from ganglion.interfaces.matrix.session import (
     LOGIN_HINT,
@@ -51,7 +54,7 @@ from ganglion.interfaces.matrix.session import (
     maintain_keys,
     make_client,
 )
-from ganglion.messages import Outbound, ThreadId, is_matrix_thread, matrix_thread_id
+from ganglion.messages import Inbound, Outbound, ThreadId, is_matrix_thread, matrix_thread_id
 from ganglion.render import MarkdownRenderer
 from ganglion.router import Router
 
@@ -117,7 +120,9 @@ class MatrixInterface:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.sender = RoomSender(router, renderer, config.show_tool_calls, self._spawn,
                                  tx_prefix)
-        self._pending_invites: dict[str, bool] = {}
+        self.sender.reply_mode = config.reply_mode
+        self.sender.event_of = self._event_of
+        self.membership = Membership(config)
         self.keys = WaitingForKeys(self._tell_undecryptable, self._spawn)
         self._told_not_stored: set[str] = set()
         """Rooms told that a message waits for the disk; cleared once storing works again."""
@@ -248,7 +253,7 @@ class MatrixInterface:
         # No sync token yet: this timeline is history from before the very first start.
         history = self._since is None
         for room_id, info in resp.rooms.invite.items():
-            self._on_invite(room_id, info.invite_state)
+            self.membership.on_invite(room_id, info.invite_state)
         for room_id, info in resp.rooms.join.items():
             if history:
                 continue
@@ -277,7 +282,7 @@ class MatrixInterface:
                 if isinstance(event, RoomMessageText):
                     await self._submit(room_id, event, arrived)
                 self.keys.forget(waited)  # on the bus now (a NotStored keeps it waiting)
-        await self._settle_invites(client)
+        await self.membership.settle(client)
         await maintain_keys(client)
         self._since = client.next_batch  # every event up to here is on the bus (or dropped)
         self._told_not_stored.clear()
@@ -344,6 +349,7 @@ class MatrixInterface:
         if msg is None:
             log.info("[%s] ignored an edit of an earlier message", room_id)
             return
+        msg = await self._with_context(room_id, event, msg)
         try:
             stored, is_new = await self.bus.submit(msg)
         except sqlite3.Error as err:  # the disk refused the write (read-only, full, broken)
@@ -356,31 +362,28 @@ class MatrixInterface:
             log.debug("[%s] event %s from %s queued as #%d", room_id, event.event_id,
                       event.sender, stored.id)
 
-    def _on_invite(self, room_id: str, invite_state: list[Any]) -> None:
-        inviter = inbound.inviter(invite_state, self.config.user_id)
-        if inviter is None or room_id in self._pending_invites:
-            return
-        why = inbound.invite_refusal(self.config, room_id, inviter)
-        log.info("[%s] invited by %s: %s", room_id, inviter,
-                 "joining" if why is None else f"refusing ({why})")
-        self._pending_invites[room_id] = why is None
-
-    async def _settle_invites(self, client: TimedClient) -> None:
-        """Join or refuse; a request that could not be made is tried after the next sync."""
-        for room_id, accept in list(self._pending_invites.items()):
-            try:
-                resp = await (client.join(room_id) if accept else client.room_leave(room_id))
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:
-                log.warning("[%s] could not answer the invite yet (%s)", room_id, err)
-                continue
-            if isinstance(resp, JoinError | RoomLeaveError):
-                log.warning("[%s] answering the invite failed: %s", room_id, resp)
-            del self._pending_invites[room_id]
+    async def _with_context(self, room_id: str, event: RoomMessageText, msg: Inbound) -> Inbound:
+        """The message a reply answers, or for the first message of a thread the one the
+        thread began with, quoted after the text (the model would not know what is meant)."""
+        target = inbound.reply_target(event)
+        thread_start = False
+        if target is None and (root := inbound.thread_root(event)) is not None:
+            thread_start = not await self.bus.inbox.has_thread(msg.thread_id)
+            target = root if thread_start else None
+        if target is None or self.client is None:
+            return msg
+        found = await quoted(self.client, room_id, target)
+        if found is None:
+            return msg
+        return replace(msg, text=inbound.with_quote(msg.text, *found, thread_start))
 
     async def _tell_undecryptable(self, room_id: str) -> None:
         await self.router.broadcast(UNDECRYPTABLE_NOTICE, matrix_thread_id(room_id))
+
+    async def _event_of(self, inbox_id: int) -> str | None:
+        """The Matrix event behind an inbox row (the message an answer answers)."""
+        meta = await self.bus.inbox.meta_of(inbox_id)
+        return meta.get("event_id") if meta else None
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)
