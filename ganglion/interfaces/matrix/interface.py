@@ -260,6 +260,7 @@ class MatrixInterface:
             if not self.config.allows_room(room_id):  # nothing of it is read, nor caught up
                 log.debug("[%s] ignored: room not in matrix.allowed_rooms", room_id)
                 continue
+            self.membership.on_members(client, room_id, [*info.state, *info.timeline.events])
             split = split_at_join(info.timeline.events, self.config.user_id)
             if split is not None:  # joined in this sync
                 events = [*await self._since_invite(client, room_id, info.timeline,
