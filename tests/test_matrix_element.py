@@ -5,6 +5,7 @@ history it cannot read, and what it says when it may not redact.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -219,3 +220,31 @@ async def test_the_bot_leaves_a_room_no_allowed_user_remains_in(
     await guest.until(lambda: guest.member(room, bot.user_id) == "leave")
     assert any("no allowed user remains" in r.getMessage() and room in r.getMessage()
                for r in caplog.records)
+
+
+@pytest.mark.matrix
+async def test_unreadable_history_of_a_joined_room_is_one_log_line(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
+    humans: HumanFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Encrypted messages from before the invite were never meant for the bot's device:
+    nio's warning for each would bury the lines that matter."""
+    caplog.set_level(logging.INFO)
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    app = await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
+    human = await humans(person)
+    room = await human.create_room(invite=[])
+    for i in range(6):
+        await human.send(room, f"old {i}")
+    await human.invite(room, bot.user_id)
+    await human.wait_joined(room, bot.user_id)
+    await human.send(room, "new")
+    assert (await human.next_message(room, bot.user_id, 0)).body == "echo: new"
+    assert app.matrix is not None
+    await app.stop()  # the last sync's summary is written
+
+    lines = [r.getMessage() for r in caplog.records if room in r.getMessage()]
+    summaries = [line for line in lines if "could not be decrypted" in line]
+    assert len(summaries) == 1 and "6 encrypted event(s)" in summaries[0], lines
+    assert not [line for line in lines if line.startswith("Error decrypting megolm")]
+    assert [last_user_text(r) for r in fake_llm.requests] == ["new"]

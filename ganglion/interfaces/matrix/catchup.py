@@ -141,11 +141,6 @@ def newest_messages(events: list[Any], limit: int) -> list[Any]:
     return kept[::-1]
 
 
-def unreadable(events: list[Any]) -> int:
-    """How many of ``events`` stay encrypted (nio held no key for them)."""
-    return sum(isinstance(e, MegolmEvent) for e in events)
-
-
 def is_own_join(event: Any, own_id: str) -> bool:
     return (isinstance(event, RoomMemberEvent) and event.state_key == own_id
             and event.membership == "join"

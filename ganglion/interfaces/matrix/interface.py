@@ -40,9 +40,8 @@ from ganglion.interfaces.matrix.catchup import (
     newest_messages,
     since_invite,
     split_at_join,
-    unreadable,
 )
-from ganglion.interfaces.matrix.keys import WaitingForKeys
+from ganglion.interfaces.matrix.keys import NIO_CRYPTO_LOGGER, DecryptionWarnings, WaitingForKeys
 from ganglion.interfaces.matrix.membership import Membership
 from ganglion.interfaces.matrix.replies import quoted
 from ganglion.interfaces.matrix.send import RoomSender
@@ -124,6 +123,7 @@ class MatrixInterface:
         self.sender.event_of = self._event_of
         self.membership = Membership(config)
         self.keys = WaitingForKeys(self._tell_undecryptable, self._spawn)
+        self.warnings = DecryptionWarnings()
         self._told_not_stored: set[str] = set()
         """Rooms told that a message waits for the disk; cleared once storing works again."""
 
@@ -149,6 +149,7 @@ class MatrixInterface:
             log.warning("matrix: %s is not reachable now (%s); the bot keeps trying in the "
                         "background", self.config.homeserver, str(err) or type(err).__name__)
         self._since = client.store.load_sync_token() or None
+        logging.getLogger(NIO_CRYPTO_LOGGER).addFilter(self.warnings)
         self._sync_task = asyncio.create_task(self._sync_forever(), name="matrix-sync")
 
     async def stop(self) -> None:
@@ -166,6 +167,8 @@ class MatrixInterface:
             task.cancel()
         await asyncio.gather(*tasks, self.sender.typing.stop(), return_exceptions=True)
         self._sync_task = None
+        logging.getLogger(NIO_CRYPTO_LOGGER).removeFilter(self.warnings)
+        self.warnings.flush()
         self._set_connected(False)
         client, self.client = self.client, None  # what the worker still sends now waits
         if client is not None:
@@ -283,6 +286,7 @@ class MatrixInterface:
                 if isinstance(event, RoomMessageText):
                     await self._submit(room_id, event, arrived)
                 self.keys.forget(waited)  # on the bus now (a NotStored keeps it waiting)
+        self.warnings.flush()
         await self.membership.settle(client)
         await maintain_keys(client)
         self._since = client.next_batch  # every event up to here is on the bus (or dropped)
@@ -305,20 +309,15 @@ class MatrixInterface:
                             before: list[Any]) -> list[Any]:
         """What the room said between the bot's invite and its join (the first message of a
         "start chat" comes before the bot joins), bounded; what came before the invite is
-        history, never answered, and only counted when it stays unreadable."""
+        history, never answered (what of it stays unreadable is one log line:
+        ``DecryptionWarnings``)."""
         said, found = since_invite(before, self.config.user_id)
-        history = before[:len(before) - len(said) - 1] if found else before
         if not found and timeline.limited and timeline.prev_batch:
             gap = await invite_gap(client, room_id, timeline.prev_batch,
                                    own_id=self.config.user_id)
             if gap is not None:
-                said, history = [*gap, *before], []
-        said = newest_messages(said, SINCE_INVITE_MAX)
-        if (count := unreadable(history)):
-            log.info("[%s] joined; %d encrypted message(s) from before the invite cannot be "
-                     "read by this device (their keys were never shared with it): ignored",
-                     room_id, count)
-        return said
+                said = [*gap, *before]
+        return newest_messages(said, SINCE_INVITE_MAX)
 
     def _save_token(self) -> None:
         """Persist the last fully handled sync token.
