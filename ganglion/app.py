@@ -216,6 +216,7 @@ class App:
                                             self.inbox)
         await self.model_commands.load()
         self.model_commands.register(self.commands)
+        self.model_commands.tell_owner = self._tell_owner
         self.approvals = Approvals(
             lambda msg: self.access.rank_of(msg) >= Rank.TRUSTED,
             cfg.tools.approval_timeout_seconds,
@@ -296,6 +297,13 @@ class App:
         log.info("ready in %.2f s; LLM: %s", self.ready_seconds, self.llm.describe())
         probe = asyncio.create_task(self._report_llm(), name="llm-probe")
         self._stops.append(("llm probe", lambda: _cancel(probe)))
+
+    async def _tell_owner(self, text: str) -> None:
+        """A notice for the owner, in the conversation where they wrote last (a web tab, or a
+        Matrix room where matrix.owner wrote), as the heartbeat's budget notice."""
+        thread = await self.heartbeat_ledger.owner_thread(0.0, self.config.matrix.owner)
+        if thread is not None:
+            await self.router.broadcast(text, thread)
 
     def _add_tools(self) -> None:
         """Memory, file and shell tools (their policy is applied by the ToolRunner)."""

@@ -248,3 +248,34 @@ async def test_unreadable_history_of_a_joined_room_is_one_log_line(
     assert len(summaries) == 1 and "6 encrypted event(s)" in summaries[0], lines
     assert not [line for line in lines if line.startswith("Error decrypting megolm")]
     assert [last_user_text(r) for r in fake_llm.requests] == ["new"]
+
+
+@pytest.mark.matrix
+async def test_a_key_the_bot_may_not_redact_is_told_to_the_sender_and_once_to_the_owner(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
+    humans: HumanFactory, tmp_path: Path,
+) -> None:
+    bot = await synapse.register("bot")
+    boss_user, ted_user = await synapse.register("owner"), await synapse.register("trusted")
+    await start_bot(app_factory, synapse, bot, [boss_user.user_id, ted_user.user_id],
+                    tmp_path / "store", owner=boss_user.user_id,
+                    trusted_users=[ted_user.user_id])
+    boss, ted = await humans(boss_user), await humans(ted_user)
+    dm = await joined_room(boss, bot)
+    await boss.send(dm, "hi")  # where the owner wrote last
+    assert (await boss.next_message(dm, bot.user_id, 0)).body == "echo: hi"
+
+    room = await joined_room(ted, bot)  # Ted's room: the bot has power level 0 there
+    for i, name in enumerate(("first", "second")):
+        await ted.send(room, f"!add_endpoint {name} {fake_llm.base_url} sk-{name}-key-5e3c9a1")
+        reply = await ted.next_message(room, bot.user_id, i)
+        assert ("I could not remove your message: I lack the power to remove other people's "
+                "messages in this room (it takes power level 50; mine is 0)") in reply.body
+        assert "delete the message yourself" in reply.body
+
+    await boss.send(dm, "anything new?")  # behind the owner's notice, if there were two
+    assert (await boss.next_message(dm, bot.user_id, 2)).body == "echo: anything new?"
+    said = bodies(boss, dm, bot)
+    assert len(said) == 3 and said[0] == "echo: hi" and said[2] == "echo: anything new?"
+    assert ted_user.user_id in said[1] and room in said[1]
+    assert "could not remove the message: I lack the power" in said[1]

@@ -32,7 +32,7 @@ from nio import MegolmEvent, RoomMessageText, SyncError
 from ganglion.bus import Bus
 from ganglion.config import MatrixConfig
 from ganglion.errors import StartupError
-from ganglion.interfaces.matrix import inbound
+from ganglion.interfaces.matrix import inbound, redaction
 from ganglion.interfaces.matrix.catchup import (
     SINCE_INVITE_MAX,
     invite_gap,
@@ -53,7 +53,14 @@ from ganglion.interfaces.matrix.session import (
     maintain_keys,
     make_client,
 )
-from ganglion.messages import Inbound, Outbound, ThreadId, is_matrix_thread, matrix_thread_id
+from ganglion.messages import (
+    Inbound,
+    Outbound,
+    ThreadId,
+    is_matrix_thread,
+    matrix_room_of,
+    matrix_thread_id,
+)
 from ganglion.render import MarkdownRenderer
 from ganglion.router import Router
 
@@ -179,8 +186,10 @@ class MatrixInterface:
     async def send(self, out: Outbound) -> bool:
         return await self.sender.send(out)
 
-    async def redact(self, thread_id: ThreadId, event_id: str, reason: str) -> bool:
-        return await self.sender.redact(thread_id, event_id, reason)
+    async def redact(self, thread_id: ThreadId, event_id: str, reason: str) -> str:
+        """"" once the event is removed; else why not, in words for its sender."""
+        return await redaction.redact(self.sender.client, matrix_room_of(thread_id), event_id,
+                                      reason)
 
     @property
     def connected(self) -> bool:

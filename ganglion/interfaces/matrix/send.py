@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from nio import LocalProtocolError, RoomRedactError, RoomSendError
+from nio import LocalProtocolError, RoomSendError
 
 from ganglion.interfaces.matrix.outbound import TypingNotices, reply_contents
 from ganglion.interfaces.matrix.relations import relates_to
@@ -144,28 +144,6 @@ class RoomSender:
             raise
         except Exception as err:
             log.warning("[%s] could not send a notice: %s", room_id, err)
-
-    async def redact(self, thread_id: ThreadId, event_id: str, reason: str) -> bool:
-        """Remove an event's content from the room (a message holding a secret).
-
-        True once the homeserver accepted; False when it refused (the bot may not redact
-        other people's messages without the power to) or could not be reached.
-        """
-        if self.client is None:
-            return False
-        try:
-            resp = await self.client.room_redact(matrix_room_of(thread_id), event_id,
-                                                 reason=reason)
-        except asyncio.CancelledError:
-            raise
-        except Exception as err:
-            log.warning("[%s] could not redact %s: %s", thread_id, event_id, err)
-            return False
-        if isinstance(resp, RoomRedactError):
-            log.warning("[%s] the homeserver refused to redact %s: %s", thread_id, event_id,
-                        resp)
-            return False
-        return True
 
     def _relation(self, thread_id: ThreadId, answers: str | None,
                   first: bool) -> dict[str, Any] | None:
