@@ -18,6 +18,9 @@ from matrix_rooms import joined_room, start_bot, talking_bot
 from nio import RoomLeaveResponse, RoomSendResponse
 from synapse import Human, HumanFactory, MatrixUser, Synapse
 
+from ganglion.interfaces.matrix import interface as matrix_interface
+from ganglion.interfaces.matrix.catchup import SINCE_INVITE_MAX
+
 
 def last_user_text(body: dict[str, Any]) -> str:
     return [m["content"] for m in body["messages"] if m["role"] == "user"][-1]
@@ -279,3 +282,51 @@ async def test_a_key_the_bot_may_not_redact_is_told_to_the_sender_and_once_to_th
     assert len(said) == 3 and said[0] == "echo: hi" and said[2] == "echo: anything new?"
     assert ted_user.user_id in said[1] and room in said[1]
     assert "could not remove the message: I lack the power" in said[1]
+
+
+@pytest.mark.matrix
+async def test_a_long_wait_for_the_join_is_read_back_to_the_invite_and_bounded(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
+    humans: HumanFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    store = tmp_path / "store"
+    extra = {"owner": person.user_id}  # not rate limited: a dozen messages at once
+    first = await start_bot(app_factory, synapse, bot, [person.user_id], store, **extra)
+    await first.stop()
+    human = await humans(person)
+    room = await human.create_room(invite=[bot.user_id])
+    said = [f"waiting {i}" for i in range(SINCE_INVITE_MAX + 2)]
+    for text in said:
+        await human.send(room, text)
+    # The join's timeline holds the newest 3 events: the rest is read back to the invite.
+    monkeypatch.setitem(matrix_interface.SYNC_FILTER["room"]["timeline"], "limit", 3)
+    app = await start_bot(app_factory, synapse, bot, [person.user_id], store, **extra)
+    answered = said[-SINCE_INVITE_MAX:]  # the newest ones
+    await human.until(lambda: len(human.messages_from(room, bot.user_id)) >= len(answered), 60)
+    await app.bus.wait_idle()
+    await human.sync()
+    assert bodies(human, room, bot) == [f"echo: {text}" for text in answered]
+    assert [last_user_text(r) for r in fake_llm.requests] == answered
+
+
+@pytest.mark.matrix
+async def test_a_first_message_the_bot_cannot_decrypt_is_reported(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
+    humans: HumanFactory, tmp_path: Path,
+) -> None:
+    """The sender's client did not share the room key with the invited device: never silence."""
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    store = tmp_path / "store"
+    first = await start_bot(app_factory, synapse, bot, [person.user_id], store)
+    await first.stop()
+    human = await humans(person)
+    room = await human.create_room(invite=[bot.user_id])
+    device = await human.until(
+        lambda: human.client.device_store[bot.user_id].get(bot.device_id))
+    human.client.blacklist_device(device)
+    await human.send(room, "can you read this?")
+    await start_bot(app_factory, synapse, bot, [person.user_id], store)
+    notice = await human.next_message(room, bot.user_id, 0)
+    assert "could not read a message" in notice.body
+    assert fake_llm.requests == []
