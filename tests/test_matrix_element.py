@@ -176,7 +176,7 @@ async def test_answers_are_replies_in_a_room_of_three_and_plain_in_a_dm(
 
 
 def test_the_relation_of_an_answer_follows_reply_mode() -> None:
-    from ganglion.interfaces.matrix.relations import relates_to
+    from ganglion.interfaces.matrix.relations import names_target, relates_to
 
     room, asked = "!r:example.org", "$asked"
     thread = f"{room}/$root"
@@ -190,6 +190,10 @@ def test_the_relation_of_an_answer_follows_reply_mode() -> None:
         in_thread = relates_to(thread, asked, 2, mode)
         assert in_thread is not None and in_thread["rel_type"] == "m.thread"
         assert in_thread["is_falling_back"] is (group is None)
+        # The answered event is looked up only where a relation names it.
+        assert names_target(room, 1, mode) is (dm is not None)
+        assert names_target(room, 2, mode) is (group is not None)
+        assert names_target(thread, 1, mode)
     rest = relates_to(thread, asked, 5, "always", first=False)
     assert rest == {"rel_type": "m.thread", "event_id": "$root", "is_falling_back": True,
                     "m.in_reply_to": {"event_id": "$root"}}

@@ -18,6 +18,13 @@ from ganglion.messages import matrix_thread_root
 REPLY_MODES = ("auto", "always", "never")
 
 
+def names_target(thread_id: str, others: int, mode: str) -> bool:
+    """Whether the first event of an answer names the message it answers (worth looking up:
+    most answers, in a room of two, do not)."""
+    return (matrix_thread_root(thread_id) is not None or mode == "always"
+            or (mode == "auto" and others > 1))
+
+
 def relates_to(thread_id: str, answers: str | None, others: int, mode: str, *,
                first: bool = True) -> dict[str, Any] | None:
     """The ``m.relates_to`` of an event of an answer, or None for a plain message.

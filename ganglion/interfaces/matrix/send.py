@@ -20,7 +20,7 @@ from typing import Any
 from nio import LocalProtocolError, RoomSendError
 
 from ganglion.interfaces.matrix.outbound import TypingNotices, reply_contents
-from ganglion.interfaces.matrix.relations import relates_to
+from ganglion.interfaces.matrix.relations import names_target, relates_to
 from ganglion.interfaces.matrix.session import TimedClient, http_status, retryable
 from ganglion.messages import Outbound, OutKind, Role, ThreadId, matrix_room_of
 from ganglion.render import MarkdownRenderer
@@ -79,7 +79,7 @@ class RoomSender:
             return False
         started = time.monotonic()
         encrypting = 0.0
-        answers = await self.event_of(out.reply_to) if out.reply_to and self.event_of else None
+        answers = await self._answered(out)
         for i, content in enumerate(reply_contents(out, self.renderer)):
             relation = self._relation(out.thread_id, answers, first=i == 0)
             if relation is not None:  # into its m.thread, or a reply
@@ -145,11 +145,23 @@ class RoomSender:
         except Exception as err:
             log.warning("[%s] could not send a notice: %s", room_id, err)
 
+    async def _answered(self, out: Outbound) -> str | None:
+        """The event id of the message ``out`` answers, looked up only when its relation
+        names it (``relations``)."""
+        if not out.reply_to or self.event_of is None or not names_target(
+                out.thread_id, self._others(out.thread_id), self.reply_mode):
+            return None
+        return await self.event_of(out.reply_to)
+
     def _relation(self, thread_id: ThreadId, answers: str | None,
                   first: bool) -> dict[str, Any] | None:
+        return relates_to(thread_id, answers, self._others(thread_id), self.reply_mode,
+                          first=first)
+
+    def _others(self, thread_id: ThreadId) -> int:
+        """The room's joined members besides the bot."""
         room = self.client.rooms.get(matrix_room_of(thread_id)) if self.client else None
-        others = room.joined_count - 1 if room is not None else 0
-        return relates_to(thread_id, answers, others, self.reply_mode, first=first)
+        return room.joined_count - 1 if room is not None else 0
 
     def _retry_later(self, thread_id: ThreadId) -> None:
         """Deliver this room again after a growing pause (reset by a success; the end of an
