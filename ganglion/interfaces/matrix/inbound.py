@@ -78,12 +78,14 @@ def reply_target(event: Any) -> str | None:
     return target if isinstance(target, str) else None
 
 
+def quotable(text: str) -> bool:
+    """Whether a message may carry a quote: not a command (its arguments are its own)."""
+    return not text.lstrip().startswith(("/", "!"))
+
+
 def with_quote(text: str, sender: str, quoted: str, thread_start: bool) -> str:
     """``text`` followed by the message it replies to (or its thread's first message), fenced
-    as untrusted quoted text: context for the model, never instructions. A command is left
-    as it is (its arguments are its own)."""
-    if text.lstrip().startswith(("/", "!")):
-        return text
+    as untrusted quoted text: context for the model, never instructions."""
     what = (f"the message of {sender} that began this thread" if thread_start
             else f"the message of {sender} this replies to")
     return f"{text}\n\n{as_data(what, quoted)}"

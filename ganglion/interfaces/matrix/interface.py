@@ -5,8 +5,9 @@ the very first start (the timeline of a sync without a stored token is history),
 said before the bot was invited, the bot's own events and those of users or rooms not allowed
 never reach the bus; what was said between the invite and the join does (``catchup``: the
 first message of a new chat comes before the bot joins). Each room is one thread (its room
-id); the Matrix event id is the message's ``client_id``, so a sync read again after a crash
-or a failure cannot make the bot answer twice.
+id), and so is each ``m.thread`` in it (``<room id>/<root>``); the Matrix event id is the
+message's ``client_id``, so a sync read again after a crash or a failure cannot make the bot
+answer twice.
 
 The sync token is saved only once a sync's events are on the bus, waiting for their key
 (``keys``, kept in memory only) or dropped, and restored at start; the first sync
@@ -22,7 +23,6 @@ import logging
 import sqlite3
 import time
 from collections.abc import Coroutine
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from ganglion.interfaces.matrix.catchup import (
 )
 from ganglion.interfaces.matrix.keys import NIO_CRYPTO_LOGGER, DecryptionWarnings, WaitingForKeys
 from ganglion.interfaces.matrix.membership import Membership
-from ganglion.interfaces.matrix.replies import quoted
+from ganglion.interfaces.matrix.replies import with_context
 from ganglion.interfaces.matrix.send import RoomSender
 from ganglion.interfaces.matrix.session import (
     LOGIN_HINT,
@@ -54,7 +54,6 @@ from ganglion.interfaces.matrix.session import (
     make_client,
 )
 from ganglion.messages import (
-    Inbound,
     Outbound,
     ThreadId,
     is_matrix_thread,
@@ -358,7 +357,8 @@ class MatrixInterface:
         if msg is None:
             log.info("[%s] ignored an edit of an earlier message", room_id)
             return
-        msg = await self._with_context(room_id, event, msg)
+        if self.client is not None:
+            msg = await with_context(self.client, self.bus.inbox, room_id, event, msg)
         try:
             stored, is_new = await self.bus.submit(msg)
         except sqlite3.Error as err:  # the disk refused the write (read-only, full, broken)
@@ -370,21 +370,6 @@ class MatrixInterface:
             self.sender.received(stored.id, arrived)
             log.debug("[%s] event %s from %s queued as #%d", room_id, event.event_id,
                       event.sender, stored.id)
-
-    async def _with_context(self, room_id: str, event: RoomMessageText, msg: Inbound) -> Inbound:
-        """The message a reply answers, or for the first message of a thread the one the
-        thread began with, quoted after the text (the model would not know what is meant)."""
-        target = inbound.reply_target(event)
-        thread_start = False
-        if target is None and (root := inbound.thread_root(event)) is not None:
-            thread_start = not await self.bus.inbox.has_thread(msg.thread_id)
-            target = root if thread_start else None
-        if target is None or self.client is None:
-            return msg
-        found = await quoted(self.client, room_id, target)
-        if found is None:
-            return msg
-        return replace(msg, text=inbound.with_quote(msg.text, *found, thread_start))
 
     async def _tell_undecryptable(self, room_id: str) -> None:
         await self.router.broadcast(UNDECRYPTABLE_NOTICE, matrix_thread_id(room_id))
