@@ -58,6 +58,11 @@ class Access:
 
     # -- roles ---------------------------------------------------------------------------------
 
+    @property
+    def owner(self) -> str | None:
+        """matrix.owner."""
+        return self._matrix.owner
+
     def rank_of(self, msg: Inbound) -> Rank:
         if msg.source is Source.WEB:
             return Rank.OWNER

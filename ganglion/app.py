@@ -223,6 +223,7 @@ class App:
                                             self.inbox)
         await self.model_commands.load()
         self.model_commands.register(self.commands)
+        self.model_commands.tell_owner = self._tell_owner
         self.approvals = Approvals(
             lambda msg: self.access.rank_of(msg) >= Rank.TRUSTED,
             cfg.tools.approval_timeout_seconds,
@@ -246,6 +247,7 @@ class App:
             model_for=self.model_commands.model_for,
             context_tokens_for=cfg.llm.context_tokens_for,
             tools_note=self.mcp.down_note if self.mcp is not None else None,
+            sees_details=lambda msg: self.access.rank_of(msg) >= Rank.TRUSTED,
         )
         self.bus = Bus(self.inbox, self.worker, cfg.bus.max_turns_in_flight)
         self._add_triggers()
@@ -314,6 +316,13 @@ class App:
             # Once ready: the SDK's import (a second of CPU, in a thread) would hold the GIL
             # against the start-up otherwise. The servers' tools appear as they connect.
             self.mcp.start()
+
+    async def _tell_owner(self, text: str) -> None:
+        """A notice for the owner, in the conversation where they wrote last (a web tab, or a
+        Matrix room where matrix.owner wrote), as the heartbeat's budget notice."""
+        thread = await self.heartbeat_ledger.owner_thread(0.0, self.config.matrix.owner)
+        if thread is not None:
+            await self.router.broadcast(text, thread)
 
     def _add_tools(self) -> None:
         """Memory, file, shell and web tools (their policy is applied by the ToolRunner)."""

@@ -233,6 +233,9 @@ class MatrixConfig(_Section):
     trusted_users: list[MatrixUserId] = []
     """May approve tool runs and run trusted commands (with the owner)."""
     show_tool_calls: bool = False
+    reply_mode: Literal["auto", "always", "never"] = "auto"
+    """Answers as replies (``m.in_reply_to``) to the message they answer: ``auto`` in rooms
+    with more than one person besides the bot, ``always``, or ``never``."""
 
     @model_validator(mode="after")
     def _complete_when_enabled(self) -> MatrixConfig:

@@ -13,12 +13,26 @@ class StartupError(GanglionError):
     """A part could not start (port in use, store refused); the message says how to fix it."""
 
 
+MODEL_UNAVAILABLE = "The model is unavailable, try later."
+"""What anyone but the owner and trusted users is told when a turn finds no model: the full
+message names endpoints, their addresses and the config keys to change."""
+
+
 class LLMUnavailable(GanglionError):
-    """Every endpoint failed for this request after retries and failover."""
+    """Every endpoint failed for this request after retries and failover.
+
+    The message is for the owner and trusted users; ``brief`` is what anyone may be told.
+    """
+
+    def __init__(self, message: str, brief: str = MODEL_UNAVAILABLE) -> None:
+        super().__init__(message)
+        self.brief = brief
 
 
 class LLMBadResponse(GanglionError):
     """An endpoint answered with something that is not a usable completion."""
+
+    brief = MODEL_UNAVAILABLE
 
 
 class InputRejected(GanglionError):

@@ -9,17 +9,22 @@ from enum import StrEnum
 from typing import NewType
 
 ThreadId = NewType("ThreadId", str)
-"""One conversation: a Matrix room id (``!abc:server``) or a browser tab (``web_<hex>``).
+"""One conversation: a Matrix room id (``!abc:server``), a Matrix ``m.thread`` in a room
+(``!abc:server/$root``), or a browser tab (``web_<hex>``).
 
-"Thread" here never means an OS thread nor a Matrix ``m.thread``: it is the unit of
-ordering (turns in one thread run one after another) and of history.
+"Thread" here never means an OS thread: it is the unit of ordering (turns in one thread run
+one after another) and of history. A Matrix ``m.thread`` is a conversation of its own, apart
+from its room's main timeline.
 """
 
 # \A...\Z, never ^...$: "$" also matches before a final newline, and an id that ends in
 # one would pass the check and then name a different thread in every lookup.
 WEB_THREAD_RE = re.compile(r"\Aweb_[0-9a-f]{16,64}\Z")
-MATRIX_ROOM_RE = re.compile(r"\A![^\s:]+(:\S+)?\Z")
-"""``!opaque:server``; from room version 12 on, ``!opaque`` alone (no server part)."""
+MATRIX_ROOM_RE = re.compile(r"\A![^\s:/]+(:[^\s/]+)?\Z")
+"""``!opaque:server``; from room version 12 on, ``!opaque`` alone (no server part). Neither
+part holds a ``/`` (a server name cannot; a v12 id is URL-safe base64)."""
+MATRIX_THREAD_RE = re.compile(r"\A(![^\s:/]+(?::[^\s/]+)?)/(\$\S+)\Z")
+"""A room id, ``/``, the thread root's event id (which may hold a ``/``: room version 3)."""
 
 
 def web_thread_id(hex_part: str | None = None) -> ThreadId:
@@ -30,11 +35,29 @@ def web_thread_id(hex_part: str | None = None) -> ThreadId:
     return ThreadId(tid)
 
 
-def matrix_thread_id(room_id: str) -> ThreadId:
-    """The thread id of a Matrix room is the room id itself."""
+def matrix_thread_id(room_id: str, root: str | None = None) -> ThreadId:
+    """The thread id of a Matrix room is the room id itself (what every room's history was
+    stored under); an ``m.thread`` in it is ``<room id>/<root event id>``."""
     if not MATRIX_ROOM_RE.match(room_id):
         raise ValueError(f"not a Matrix room id: {room_id!r}")
-    return ThreadId(room_id)
+    if root is None:
+        return ThreadId(room_id)
+    tid = f"{room_id}/{root}"
+    if not MATRIX_THREAD_RE.match(tid):
+        raise ValueError(f"not a Matrix thread root: {root!r}")
+    return ThreadId(tid)
+
+
+def matrix_room_of(thread_id: str) -> str:
+    """The room a Matrix thread id belongs to (itself for a room's main timeline)."""
+    found = MATRIX_THREAD_RE.match(thread_id)
+    return found.group(1) if found else thread_id
+
+
+def matrix_thread_root(thread_id: str) -> str | None:
+    """The root event of an ``m.thread`` thread id; None for a room's main timeline."""
+    found = MATRIX_THREAD_RE.match(thread_id)
+    return found.group(2) if found else None
 
 
 def is_web_thread(thread_id: str) -> bool:
@@ -42,7 +65,8 @@ def is_web_thread(thread_id: str) -> bool:
 
 
 def is_matrix_thread(thread_id: str) -> bool:
-    return bool(MATRIX_ROOM_RE.match(thread_id))
+    """A Matrix room or an ``m.thread`` in one."""
+    return bool(MATRIX_ROOM_RE.match(thread_id) or MATRIX_THREAD_RE.match(thread_id))
 
 
 class Source(StrEnum):

@@ -32,8 +32,11 @@ from ganglion.storage.inbox import Inbox
 
 log = logging.getLogger(__name__)
 
-Redactor = Callable[[ThreadId, str, str], Awaitable[bool]]
-"""(room thread id, event id, reason) -> True once the homeserver accepted the redaction."""
+Redactor = Callable[[ThreadId, str, str], Awaitable[str]]
+"""(room thread id, event id, reason) -> "" once the homeserver accepted the redaction, else
+why not, in words for the sender ("I lack the power to remove other people's messages ...")."""
+TellOwner = Callable[[str], Awaitable[None]]
+"""Tell matrix.owner something (in the conversation where they wrote last)."""
 
 ENCRYPTED_META = "encrypted"
 EVENT_ID_META = "event_id"
@@ -62,6 +65,9 @@ class ModelCommands:
         self.access = access
         self.inbox = inbox
         self.redact: Redactor | None = None
+        self.tell_owner: TellOwner | None = None
+        self._owner_told: set[ThreadId] = set()
+        """Rooms the owner heard about (once each): the bot may not redact there."""
         self._thread_models: dict[ThreadId, str] = {}
 
     async def load(self) -> None:
@@ -236,18 +242,35 @@ class ModelCommands:
         if msg.source is not Source.MATRIX:
             return ""
         event_id = msg.meta.get(EVENT_ID_META) or msg.client_id
-        done = False
+        why = "I cannot remove messages here"
         if self.redact is not None:
             try:
-                done = await self.redact(msg.thread_id, event_id, "contains an API key")
+                why = await self.redact(msg.thread_id, event_id, "contains an API key")
             except Exception:  # the user must hear about it; the command goes on
                 log.exception("[%s] could not redact the /add_endpoint message", msg.thread_id)
-        if done:
+        if not why:
             return ""
-        log.warning("[%s] the /add_endpoint message %s was NOT redacted; its sender should "
-                    "delete it", msg.thread_id, event_id)
-        return ("\n\nI could not redact your message, so the key is still visible in this "
-                "room: delete the message yourself.")
+        log.warning("[%s] the /add_endpoint message %s was NOT redacted (%s); its sender should "
+                    "delete it", msg.thread_id, event_id, why)
+        await self._tell_owner_once(msg, why)
+        return (f"\n\nI could not remove your message: {why}. Your key is still visible in "
+                "this room: delete the message yourself.")
+
+    async def _tell_owner_once(self, msg: Inbound, why: str) -> None:
+        """The owner hears once per room that secrets posted there stay visible (the sender
+        is told in the reply; an owner who is the sender needs no second message)."""
+        owner = self.access.owner
+        if (self.tell_owner is None or owner is None or msg.sender == owner
+                or msg.thread_id in self._owner_told):
+            return
+        self._owner_told.add(msg.thread_id)
+        try:
+            await self.tell_owner(
+                f"{msg.sender} posted an API key in the Matrix room {msg.thread_id} and I could "
+                f"not remove the message: {why}. The key stays visible there until someone "
+                "deletes it; consider it exposed.")
+        except Exception:  # the sender was told; the command goes on
+            log.exception("[%s] could not tell the owner", msg.thread_id)
 
     async def _remove_endpoint(self, msg: Inbound, args: str) -> str:
         if not args or len(args.split()) != 1:

@@ -20,7 +20,7 @@ from ganglion.commands import CommandTable, parse_command
 from ganglion.errors import LLMBadResponse, LLMUnavailable
 from ganglion.llm.client import LLMClient
 from ganglion.llm.prompt import PromptInputs, build_messages, fixed_texts
-from ganglion.messages import Inbound, Source, ThreadId, is_matrix_thread
+from ganglion.messages import Inbound, Source, ThreadId, is_matrix_thread, matrix_room_of
 from ganglion.router import Router
 from ganglion.storage.files import BASE_PROMPT, HEARTBEATS, MEMORIES, DataFiles
 from ganglion.storage.history import History, NewMessage, StoredMessage
@@ -86,6 +86,7 @@ class Worker:
         model_for: Callable[[ThreadId], str] | None = None,
         context_tokens_for: Callable[[str], int] | None = None,
         tools_note: Callable[[], str] | None = None,
+        sees_details: Callable[[Inbound], bool] | None = None,
     ) -> None:
         self.history = history
         self.router = router
@@ -99,6 +100,9 @@ class Worker:
         self.admit = admit
         """Roles and limits (ganglion/access.py): None lets the turn run, "" skips it
         silently, any other text refuses it with that reply."""
+        self.sees_details = sees_details or (lambda _msg: True)
+        """Whether the sender may read why the model failed (endpoints, addresses, config
+        keys): the owner and trusted users; the others get the error's ``brief``."""
         self.context_tokens_for = context_tokens_for or (lambda _m: compactor.context_tokens)
         """The context budget of a model (``llm.models.<id>.context_tokens``, else llm's)."""
         self.tools_note = tools_note
@@ -133,7 +137,8 @@ class Worker:
             failed = False
         except (LLMUnavailable, LLMBadResponse) as err:
             log.warning("[%s] turn failed: %s", tid, err)
-            new = [*await self.journal.kept(msg, or_none=True), notice(msg, str(err))]
+            told = str(err) if self.sees_details(msg) else err.brief
+            new = [*await self.journal.kept(msg, or_none=True), notice(msg, told)]
         except asyncio.CancelledError:
             raise
         except sqlite3.Error as err:  # the disk refused a write: say so, not "crashed"
@@ -238,7 +243,10 @@ class Worker:
                 raise LLMUnavailable(
                     f"This conversation is now too long for the model, and summarising its "
                     f"older part failed: {err} Start afresh with /new, or check "
-                    "llm.compaction_model.") from err
+                    "llm.compaction_model.",
+                    brief="This conversation is now too long for the model, and summarising "
+                          "its older part failed. Start afresh with /new, or try later."
+                ) from err
             log.warning("[%s] compaction failed, answering with the full history; next try "
                         "in %d s: %s", tid, COMPACTION_PAUSE_SECONDS, err)
             self._compaction_paused[tid] = time.monotonic() + COMPACTION_PAUSE_SECONDS
@@ -287,5 +295,8 @@ def _interface_of(msg: Inbound) -> str:
         return ("an autonomous background task (nothing you write is shown to anyone; a tool "
                 "that needs a person's approval is refused here)")
     if is_matrix_thread(msg.thread_id):
-        return f"the Matrix room {msg.thread_id}"
+        room = matrix_room_of(msg.thread_id)
+        if room != msg.thread_id:
+            return f"a thread of the Matrix room {room}"
+        return f"the Matrix room {room}"
     return "a browser tab of the web UI"

@@ -321,18 +321,18 @@ async def test_add_endpoint_in_matrix_needs_an_encrypted_room_and_redacts(
 
     reply, msg = await matrix_say(app, command, TRUSTED)
     assert "only in an end-to-end encrypted room" in reply and "rotate" in reply
-    assert "could not redact" in reply  # no redaction hook is wired here
+    assert "could not remove your message" in reply  # no redaction hook is wired here
     assert app.endpoints.get("extra") is None
 
     redacted: list[tuple[str, str, str]] = []
 
-    async def redact(thread_id: ThreadId, event_id: str, reason: str) -> bool:
+    async def redact(thread_id: ThreadId, event_id: str, reason: str) -> str:
         redacted.append((thread_id, event_id, reason))
-        return True
+        return ""
 
     app.model_commands.redact = redact
     reply, msg = await matrix_say(app, command, TRUSTED, meta={"encrypted": "1"})
-    assert "Added endpoint 'extra'" in reply and "could not redact" not in reply
+    assert "Added endpoint 'extra'" in reply and "could not remove" not in reply
     assert redacted == [(ROOM, msg.client_id, "contains an API key")]
     assert RUNTIME_KEY not in reply
     reply, _ = await matrix_say(app, "/remove_endpoint extra", TRUSTED)

@@ -41,7 +41,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "storage": {"messages", "tokens", "durations"},
     "bus": {"messages", "storage"},
     "router": {"messages", "storage"},
-    "interfaces": {"messages", "bus", "router", "storage", "config", "errors", "render"},
+    "interfaces": {"messages", "bus", "router", "storage", "config", "errors", "render",
+                   "untrusted"},
     "triggers": {"messages", "bus", "router", "storage", "config", "tokens", "untrusted"},
 }
 NEVER: dict[str, set[str]] = {

@@ -415,3 +415,23 @@ async def test_many_threads_at_once_all_answered(
     assert [r["text"] for r in replies] == [f"echo: hi from {i}" for i in range(20)]
     for c in chats:
         await c.close()
+
+
+async def test_the_model_down_notice_names_endpoints_only_to_the_owner_and_trusted(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    """Endpoint names, addresses and config keys are for whoever runs the bot."""
+    owner, trusted, user = "@owner:localhost", "@trusted:localhost", "@user:localhost"
+    app = await app_factory({"matrix": {"owner": owner, "trusted_users": [trusted],
+                                        "allowed_users": [owner, trusted, user]}})
+    fake_llm.script(*[Reply(status=500)] * 6)  # every try of every turn fails
+    rooms = {who: ThreadId(f"!room{i}:localhost") for i, who in enumerate((owner, trusted, user))}
+    for who, room in rooms.items():
+        await app.bus.submit(Inbound(room, "hello", who, Source.MATRIX, f"$event-{room}"))
+    await app.bus.wait_idle()
+    told = {who: [m.content for _, m in await app.outbox.pending(room)]
+            for who, room in rooms.items()}
+    for who in (owner, trusted):
+        assert len(told[who]) == 1 and "could not get an answer" in told[who][0]
+        assert "Endpoint 'fake'" in told[who][0] and "llm.endpoints" in told[who][0]
+    assert told[user] == ["The model is unavailable, try later."]

@@ -15,7 +15,14 @@ import pytest
 from conftest import WEB_TOKEN, AppFactory
 
 from ganglion.config import ConfigError, parse_config
-from ganglion.messages import is_matrix_thread, is_web_thread, matrix_thread_id, web_thread_id
+from ganglion.messages import (
+    is_matrix_thread,
+    is_web_thread,
+    matrix_room_of,
+    matrix_thread_id,
+    matrix_thread_root,
+    web_thread_id,
+)
 
 
 def test_thread_ids_with_a_trailing_newline_are_refused() -> None:
@@ -28,6 +35,24 @@ def test_thread_ids_with_a_trailing_newline_are_refused() -> None:
     assert not is_matrix_thread("!room:example.org\n")
     with pytest.raises(ValueError, match="not a Matrix room id"):
         matrix_thread_id("!room:example.org\n")
+    with pytest.raises(ValueError, match="not a Matrix thread root"):
+        matrix_thread_id("!room:example.org", "$root\n")
+
+
+def test_a_matrix_thread_is_its_own_conversation_and_rooms_keep_their_ids() -> None:
+    room = "!abcDEF:example.org"
+    assert matrix_thread_id(room) == room  # every room's stored history stays reachable
+    assert matrix_room_of(room) == room and matrix_thread_root(room) is None
+    # Room version 3 event ids are standard base64: a "/" in the root is fine.
+    for root in ("$Ab-c_D", "$a/b+c", "$old:example.org"):
+        tid = matrix_thread_id(room, root)
+        assert tid != room and is_matrix_thread(tid)
+        assert matrix_room_of(tid) == room and matrix_thread_root(tid) == root
+    v12 = "!" + "A" * 43  # room version 12: no server part
+    assert matrix_room_of(matrix_thread_id(v12, "$x")) == v12
+    for bad in ("!room:example.org/", "!room:example.org/x", "!room:exa/mple.org",
+                "!room:example.org/$a b"):
+        assert not is_matrix_thread(bad), bad
 
 
 async def _hello(session: aiohttp.ClientSession, url: str,

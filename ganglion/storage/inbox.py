@@ -90,6 +90,18 @@ class Inbox:
         )
         return {r["client_id"] for r in rows}
 
+    async def meta_of(self, inbox_id: int) -> dict[str, str] | None:
+        """A stored message's meta (its Matrix event id ...); None once the row is gone."""
+        row = await self.db.fetchone("SELECT meta FROM inbox WHERE id = ?", (inbox_id,))
+        return json.loads(row["meta"]) if row else None
+
+    async def has_thread(self, thread_id: ThreadId) -> bool:
+        """Whether this thread has any message yet (answered, pending or pruned)."""
+        row = await self.db.fetchone(
+            "SELECT 1 FROM inbox WHERE thread_id = ?1"
+            " UNION ALL SELECT 1 FROM inbox_pruned WHERE thread_id = ?1 LIMIT 1", (thread_id,))
+        return row is not None
+
     async def pending(self) -> list[Inbound]:
         """Accepted but unanswered messages, oldest first (recovered at start)."""
         rows = await self.db.fetchall(

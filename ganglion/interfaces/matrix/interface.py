@@ -2,8 +2,10 @@
 
 Translation at the edge, nothing more (the rules are in ``inbound``): events from before
 the very first start (the timeline of a sync without a stored token is history), what a room
-said before the bot joined, the bot's own events and those of users or rooms not allowed
-never reach the bus. Each room is one thread (its room id); the Matrix event id is the
+said before the bot was invited, the bot's own events and those of users or rooms not allowed
+never reach the bus; what was said between the invite and the join does (``catchup``: the
+first message of a new chat comes before the bot joins). Each room is one thread (its room
+id), and so is each ``m.thread`` in it (``<room id>/<root>``); the Matrix event id is the
 message's ``client_id``, so a sync read again after a crash or a failure cannot make the bot
 answer twice.
 
@@ -25,14 +27,23 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import ClientError
-from nio import JoinError, MegolmEvent, RoomLeaveError, RoomMessageText, SyncError
+from nio import MegolmEvent, RoomMessageText, SyncError
 
 from ganglion.bus import Bus
 from ganglion.config import MatrixConfig
 from ganglion.errors import StartupError
-from ganglion.interfaces.matrix import inbound
-from ganglion.interfaces.matrix.catchup import after_own_join, missed_events
-from ganglion.interfaces.matrix.keys import WaitingForKeys
+from ganglion.interfaces.matrix import inbound, redaction
+from ganglion.interfaces.matrix.catchup import (
+    SINCE_INVITE_MAX,
+    invite_gap,
+    missed_events,
+    newest_messages,
+    since_invite,
+    split_at_join,
+)
+from ganglion.interfaces.matrix.keys import NIO_CRYPTO_LOGGER, DecryptionWarnings, WaitingForKeys
+from ganglion.interfaces.matrix.membership import Membership
+from ganglion.interfaces.matrix.replies import with_context
 from ganglion.interfaces.matrix.send import RoomSender
 from ganglion.interfaces.matrix.session import (
     LOGIN_HINT,
@@ -42,7 +53,13 @@ from ganglion.interfaces.matrix.session import (
     maintain_keys,
     make_client,
 )
-from ganglion.messages import Outbound, ThreadId, is_matrix_thread, matrix_thread_id
+from ganglion.messages import (
+    Outbound,
+    ThreadId,
+    is_matrix_thread,
+    matrix_room_of,
+    matrix_thread_id,
+)
 from ganglion.render import MarkdownRenderer
 from ganglion.router import Router
 
@@ -108,8 +125,11 @@ class MatrixInterface:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.sender = RoomSender(router, renderer, config.show_tool_calls, self._spawn,
                                  tx_prefix)
-        self._pending_invites: dict[str, bool] = {}
+        self.sender.reply_mode = config.reply_mode
+        self.sender.event_of = self._event_of
+        self.membership = Membership(config)
         self.keys = WaitingForKeys(self._tell_undecryptable, self._spawn)
+        self.warnings = DecryptionWarnings()
         self._told_not_stored: set[str] = set()
         """Rooms told that a message waits for the disk; cleared once storing works again."""
 
@@ -135,6 +155,7 @@ class MatrixInterface:
             log.warning("matrix: %s is not reachable now (%s); the bot keeps trying in the "
                         "background", self.config.homeserver, str(err) or type(err).__name__)
         self._since = client.store.load_sync_token() or None
+        logging.getLogger(NIO_CRYPTO_LOGGER).addFilter(self.warnings)
         self._sync_task = asyncio.create_task(self._sync_forever(), name="matrix-sync")
 
     async def stop(self) -> None:
@@ -152,6 +173,8 @@ class MatrixInterface:
             task.cancel()
         await asyncio.gather(*tasks, self.sender.typing.stop(), return_exceptions=True)
         self._sync_task = None
+        logging.getLogger(NIO_CRYPTO_LOGGER).removeFilter(self.warnings)
+        self.warnings.flush()
         self._set_connected(False)
         client, self.client = self.client, None  # what the worker still sends now waits
         if client is not None:
@@ -162,8 +185,10 @@ class MatrixInterface:
     async def send(self, out: Outbound) -> bool:
         return await self.sender.send(out)
 
-    async def redact(self, thread_id: ThreadId, event_id: str, reason: str) -> bool:
-        return await self.sender.redact(thread_id, event_id, reason)
+    async def redact(self, thread_id: ThreadId, event_id: str, reason: str) -> str:
+        """"" once the event is removed; else why not, in words for its sender."""
+        return await redaction.redact(self.sender.client, matrix_room_of(thread_id), event_id,
+                                      reason)
 
     @property
     def connected(self) -> bool:
@@ -239,15 +264,19 @@ class MatrixInterface:
         # No sync token yet: this timeline is history from before the very first start.
         history = self._since is None
         for room_id, info in resp.rooms.invite.items():
-            self._on_invite(room_id, info.invite_state)
+            self.membership.on_invite(room_id, info.invite_state)
         for room_id, info in resp.rooms.join.items():
             if history:
                 continue
             if not self.config.allows_room(room_id):  # nothing of it is read, nor caught up
                 log.debug("[%s] ignored: room not in matrix.allowed_rooms", room_id)
                 continue
-            events = after_own_join(info.timeline.events, self.config.user_id)
-            if events is None:  # a room the bot was in already
+            self.membership.on_members(client, room_id, [*info.state, *info.timeline.events])
+            split = split_at_join(info.timeline.events, self.config.user_id)
+            if split is not None:  # joined in this sync
+                events = [*await self._since_invite(client, room_id, info.timeline,
+                                                    split[0]), *split[1]]
+            else:  # a room the bot was in already
                 events = info.timeline.events
                 if info.timeline.limited and info.timeline.prev_batch and self._since:
                     events = [*await self._missed(client, room_id, info.timeline.prev_batch,
@@ -265,7 +294,8 @@ class MatrixInterface:
                 if isinstance(event, RoomMessageText):
                     await self._submit(room_id, event, arrived)
                 self.keys.forget(waited)  # on the bus now (a NotStored keeps it waiting)
-        await self._settle_invites(client)
+        self.warnings.flush()
+        await self.membership.settle(client)
         await maintain_keys(client)
         self._since = client.next_batch  # every event up to here is on the bus (or dropped)
         self._told_not_stored.clear()
@@ -282,6 +312,20 @@ class MatrixInterface:
         if missed:
             log.info("[%s] fetched %d event(s) a limited sync left out", room_id, len(missed))
         return missed
+
+    async def _since_invite(self, client: TimedClient, room_id: str, timeline: Any,
+                            before: list[Any]) -> list[Any]:
+        """What the room said between the bot's invite and its join (the first message of a
+        "start chat" comes before the bot joins), bounded; what came before the invite is
+        history, never answered (what of it stays unreadable is one log line:
+        ``DecryptionWarnings``)."""
+        said, found = since_invite(before, self.config.user_id)
+        if not found and timeline.limited and timeline.prev_batch:
+            gap = await invite_gap(client, room_id, timeline.prev_batch,
+                                   own_id=self.config.user_id)
+            if gap is not None:
+                said = [*gap, *before]
+        return newest_messages(said, SINCE_INVITE_MAX)
 
     def _save_token(self) -> None:
         """Persist the last fully handled sync token.
@@ -313,6 +357,8 @@ class MatrixInterface:
         if msg is None:
             log.info("[%s] ignored an edit of an earlier message", room_id)
             return
+        if self.client is not None:
+            msg = await with_context(self.client, self.bus.inbox, room_id, event, msg)
         try:
             stored, is_new = await self.bus.submit(msg)
         except sqlite3.Error as err:  # the disk refused the write (read-only, full, broken)
@@ -325,31 +371,13 @@ class MatrixInterface:
             log.debug("[%s] event %s from %s queued as #%d", room_id, event.event_id,
                       event.sender, stored.id)
 
-    def _on_invite(self, room_id: str, invite_state: list[Any]) -> None:
-        inviter = inbound.inviter(invite_state, self.config.user_id)
-        if inviter is None or room_id in self._pending_invites:
-            return
-        why = inbound.invite_refusal(self.config, room_id, inviter)
-        log.info("[%s] invited by %s: %s", room_id, inviter,
-                 "joining" if why is None else f"refusing ({why})")
-        self._pending_invites[room_id] = why is None
-
-    async def _settle_invites(self, client: TimedClient) -> None:
-        """Join or refuse; a request that could not be made is tried after the next sync."""
-        for room_id, accept in list(self._pending_invites.items()):
-            try:
-                resp = await (client.join(room_id) if accept else client.room_leave(room_id))
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:
-                log.warning("[%s] could not answer the invite yet (%s)", room_id, err)
-                continue
-            if isinstance(resp, JoinError | RoomLeaveError):
-                log.warning("[%s] answering the invite failed: %s", room_id, resp)
-            del self._pending_invites[room_id]
-
     async def _tell_undecryptable(self, room_id: str) -> None:
         await self.router.broadcast(UNDECRYPTABLE_NOTICE, matrix_thread_id(room_id))
+
+    async def _event_of(self, inbox_id: int) -> str | None:
+        """The Matrix event behind an inbox row (the message an answer answers)."""
+        meta = await self.bus.inbox.meta_of(inbox_id)
+        return meta.get("event_id") if meta else None
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)

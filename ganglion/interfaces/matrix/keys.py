@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -20,6 +21,9 @@ from nio import AsyncClient, LocalProtocolError, MegolmEvent
 
 log = logging.getLogger(__name__)
 
+NIO_CRYPTO_LOGGER = "nio.crypto.log"
+_NO_SESSION = re.compile(r"\AError decrypting megolm event, no session found with session "
+                         r"id \S+ for room (\S+)\Z")
 MAX_SESSIONS = 100
 """Sessions whose key never comes (and rooms told) are forgotten, oldest first, beyond this."""
 
@@ -110,3 +114,33 @@ async def _request_key(client: AsyncClient, event: MegolmEvent) -> None:
         return  # already requested for this session
     if event.sender != client.user_id:
         await client.to_device(event.as_key_request(event.sender, client.device_id))
+
+
+class DecryptionWarnings(logging.Filter):
+    """nio's warning for each event it holds no room key for, as one line per room and sync.
+
+    A room joined with encrypted history logs one warning per message from before the bot
+    was invited (their keys were never meant for it): dozens of lines that bury the ones that
+    matter. Those that matter, events addressed to the bot, are logged one by one by
+    ``WaitingForKeys.add``. Installed on nio's crypto logger by the interface; ``flush`` after
+    each sync writes the summary.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rooms: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        found = _NO_SESSION.match(record.getMessage())
+        if found is None:
+            return True
+        room_id = found.group(1)
+        self._rooms[room_id] = self._rooms.get(room_id, 0) + 1
+        return False
+
+    def flush(self) -> None:
+        rooms, self._rooms = self._rooms, {}
+        for room_id, count in rooms.items():
+            log.info("[%s] %d encrypted event(s) could not be decrypted: this device holds no "
+                     "key for them (history from before the bot was invited, or a key still "
+                     "to come; messages for the bot are logged one by one)", room_id, count)

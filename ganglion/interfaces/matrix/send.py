@@ -14,14 +14,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from nio import LocalProtocolError, RoomRedactError, RoomSendError
+from nio import LocalProtocolError, RoomSendError
 
 from ganglion.interfaces.matrix.outbound import TypingNotices, reply_contents
+from ganglion.interfaces.matrix.relations import names_target, relates_to
 from ganglion.interfaces.matrix.session import TimedClient, http_status, retryable
-from ganglion.messages import Outbound, OutKind, Role, ThreadId
+from ganglion.messages import Outbound, OutKind, Role, ThreadId, matrix_room_of
 from ganglion.render import MarkdownRenderer
 from ganglion.router import Router
 
@@ -50,6 +51,10 @@ class RoomSender:
         self._received: dict[int, float] = {}
         self._retrying: set[ThreadId] = set()
         self._retry_delay: dict[ThreadId, float] = {}
+        self.reply_mode = "never"
+        """``matrix.reply_mode`` (``relations``)."""
+        self.event_of: Callable[[int], Awaitable[str | None]] | None = None
+        """The Matrix event id of an inbox row: the message an answer answers."""
 
     def received(self, inbox_id: int, at: float) -> None:
         """When the event behind inbox row ``inbox_id`` reached the daemon (for the timing)."""
@@ -74,12 +79,16 @@ class RoomSender:
             return False
         started = time.monotonic()
         encrypting = 0.0
+        answers = await self._answered(out)
         for i, content in enumerate(reply_contents(out, self.renderer)):
+            relation = self._relation(out.thread_id, answers, first=i == 0)
+            if relation is not None:  # into its m.thread, or a reply
+                content["m.relates_to"] = relation
             tx_id = f"{self.tx_prefix}-{out.message_id}" + (f"-{i}" if i else "")
             sent = await self._send_one(client, out, content, tx_id)
             if sent is not True:
                 return sent is None  # None: dropped for good, the next replies may go
-            encrypting += client.encrypt_seconds.pop(out.thread_id, 0.0)
+            encrypting += client.encrypt_seconds.pop(matrix_room_of(out.thread_id), 0.0)
         self._retry_delay.pop(out.thread_id, None)
         arrived = self._received.pop(out.reply_to, None)
         if arrived is not None:
@@ -94,7 +103,7 @@ class RoomSender:
                         tx_id: str) -> bool | None:
         """True: taken. False: to be tried again. None: refused for good (dropped)."""
         try:
-            resp = await client.room_send(out.thread_id, "m.room.message", content,
+            resp = await client.room_send(matrix_room_of(out.thread_id), "m.room.message", content,
                                           tx_id=tx_id, ignore_unverified_devices=True)
         except asyncio.CancelledError:
             raise
@@ -136,26 +145,23 @@ class RoomSender:
         except Exception as err:
             log.warning("[%s] could not send a notice: %s", room_id, err)
 
-    async def redact(self, thread_id: ThreadId, event_id: str, reason: str) -> bool:
-        """Remove an event's content from the room (a message holding a secret).
+    async def _answered(self, out: Outbound) -> str | None:
+        """The event id of the message ``out`` answers, looked up only when its relation
+        names it (``relations``)."""
+        if not out.reply_to or self.event_of is None or not names_target(
+                out.thread_id, self._others(out.thread_id), self.reply_mode):
+            return None
+        return await self.event_of(out.reply_to)
 
-        True once the homeserver accepted; False when it refused (the bot may not redact
-        other people's messages without the power to) or could not be reached.
-        """
-        if self.client is None:
-            return False
-        try:
-            resp = await self.client.room_redact(thread_id, event_id, reason=reason)
-        except asyncio.CancelledError:
-            raise
-        except Exception as err:
-            log.warning("[%s] could not redact %s: %s", thread_id, event_id, err)
-            return False
-        if isinstance(resp, RoomRedactError):
-            log.warning("[%s] the homeserver refused to redact %s: %s", thread_id, event_id,
-                        resp)
-            return False
-        return True
+    def _relation(self, thread_id: ThreadId, answers: str | None,
+                  first: bool) -> dict[str, Any] | None:
+        return relates_to(thread_id, answers, self._others(thread_id), self.reply_mode,
+                          first=first)
+
+    def _others(self, thread_id: ThreadId) -> int:
+        """The room's joined members besides the bot."""
+        room = self.client.rooms.get(matrix_room_of(thread_id)) if self.client else None
+        return room.joined_count - 1 if room is not None else 0
 
     def _retry_later(self, thread_id: ThreadId) -> None:
         """Deliver this room again after a growing pause (reset by a success; the end of an
@@ -179,7 +185,8 @@ class RoomSender:
         if self.client is None:
             return
         try:
-            await self.client.room_typing(thread_id, typing_state=on, timeout=TYPING_MS)
+            await self.client.room_typing(matrix_room_of(thread_id), typing_state=on,
+                                          timeout=TYPING_MS)
         except asyncio.CancelledError:
             raise
         except Exception as err:

@@ -82,13 +82,17 @@ class TimedClient(AsyncClient):  # type: ignore[misc]  # nio is untyped
                 and olm.session_store.get(device.curve25519)}
 
     def encrypt(self, room_id: str, message_type: str,
-                content: dict[Any, Any]) -> tuple[str, dict[str, str]]:
+                content: dict[Any, Any]) -> tuple[str, dict[str, Any]]:
         started = time.perf_counter()
         try:
-            result: tuple[str, dict[str, str]] = super().encrypt(room_id, message_type, content)
-            return result
+            result: tuple[str, dict[str, Any]] = super().encrypt(room_id, message_type, content)
         finally:
             self.encrypt_seconds[room_id] = time.perf_counter() - started
+        # The spec keeps a relation (thread, reply, edit) in the clear, beside the ciphertext:
+        # homeservers group threads by it, and Element reads it there; nio leaves it out.
+        if "m.relates_to" in content and result[0] == "m.room.encrypted":
+            result[1]["m.relates_to"] = content["m.relates_to"]
+        return result
 
     async def create_matrix_response(self, response_class: type, transport_response: Any,
                                      *args: Any, **kwargs: Any) -> Any:
