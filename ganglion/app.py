@@ -9,7 +9,6 @@ import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +20,6 @@ from ganglion.errors import StartupError
 from ganglion.interfaces.web import WebInterface
 from ganglion.llm.client import LLMClient
 from ganglion.llm.endpoints import EndpointPool
-from ganglion.llm.prompt import PromptInputs, fixed_texts
 from ganglion.logs import SecretMask
 from ganglion.model_commands import ModelCommands, without_secrets
 from ganglion.render import MarkdownRenderer
@@ -30,36 +28,27 @@ from ganglion.storage.atomic import atomic_write
 from ganglion.storage.catalog import Catalog
 from ganglion.storage.db import Database, MigrationFailed
 from ganglion.storage.files import (
-    BASE_PROMPT,
-    DEFAULT_BASE_PROMPT,
-    HEARTBEATS,
-    MEMORIES,
-    SCRIPTS_DIR,
     DataFiles,
 )
 from ganglion.storage.history import History
 from ganglion.storage.inbox import Inbox
-from ganglion.storage.lock import LOCK_FILE, DataFolderInUse, DataLock
+from ganglion.storage.lock import DataFolderInUse, DataLock
 from ganglion.storage.outbox import Outbox
 from ganglion.storage.reminders import HeartbeatLedger, ReminderStore
 from ganglion.storage.retention import Retention
 from ganglion.storage.usage import UsageLog
 from ganglion.tool_names import TOOL_NAMES, mcp_server_of
-from ganglion.tools.files import FileTools, Workspace
+from ganglion.toolbox import builtin_tools, workspace_dir
 from ganglion.tools.listing import ToolsCommand
-from ganglion.tools.memory import MemoryTools
 from ganglion.tools.policy import Approvals, ToolPolicy, ToolRunner
-from ganglion.tools.registry import ToolFunc, ToolRegistry
+from ganglion.tools.registry import ToolRegistry
 from ganglion.tools.reminders import ReminderTools
-from ganglion.tools.shell import Shell, shell_environment
 from ganglion.tools.web import web_tools
 from ganglion.triggers import local_zone, new_scheduler, stop_scheduler, zone_clock
 from ganglion.triggers.heartbeat import Heartbeat, HeartbeatReviews
 from ganglion.triggers.reminders import Reminders
-from ganglion.turn.budget import fixed_tokens, schema_tokens
 from ganglion.turn.compaction import Compactor
 from ganglion.turn.memory_flush import MemoryFlush
-from ganglion.untrusted import neutralise
 from ganglion.worker import Clock, Worker
 
 if TYPE_CHECKING:
@@ -87,63 +76,6 @@ def web_token(configured: str, data_dir: Path) -> str:
     token = secrets.token_urlsafe(32)
     atomic_write(path, token + "\n", mode=0o600)
     return token
-
-
-def workspace_dir(loaded: LoadedConfig) -> Path:
-    """Where the file tools work: tools.workspace, else the data folder."""
-    cfg = loaded.config.tools
-    return loaded.path(cfg.workspace) if cfg.workspace else loaded.data_dir
-
-
-def builtin_tools(loaded: LoadedConfig, files: DataFiles) -> tuple[list[ToolFunc], Shell]:
-    """The memory, file and shell tools, and the shell (it describes a call for approval)."""
-    config = loaded.config
-    cfg = config.tools
-    data_dir = loaded.data_dir
-    work = workspace_dir(loaded)
-    private = list(cfg.private_files)
-    # The daemon's own files stay private whatever tools.private_files says.
-    for own in (loaded.path(config.matrix.store_path), data_dir / "web_token",
-                data_dir / LOCK_FILE):
-        for root in (work, data_dir):
-            if own.resolve().is_relative_to(root.resolve()):
-                private.append(own.resolve().relative_to(root.resolve()).as_posix())
-    scripts = data_dir / SCRIPTS_DIR
-    shell = Shell(scripts, shell_environment(os.environ, cfg.shell_env,
-                                             secret_values(config), scripts),
-                  timeout_seconds=cfg.shell_timeout_seconds,
-                  max_output_bytes=cfg.shell_max_output_bytes)
-    config_file = [loaded.source] if loaded.source else []  # wherever it lies
-    memory = MemoryTools(files, Workspace(data_dir, private, config_file),
-                         max_bytes=cfg.memory_max_bytes)
-    file_tools = FileTools(Workspace(work, private, config_file), files,
-                           max_read_bytes=cfg.max_read_bytes, max_write_bytes=cfg.max_write_bytes)
-    return [*memory.tools(), *file_tools.tools(), *shell.tools()], shell
-
-
-def fixed_prompt_tokens(loaded: LoadedConfig) -> int:
-    """Our estimate of what every request carries before any history: the base prompt, the
-    tools line and the schemas of every tool the policy does not switch off, the skills
-    index and the memory files as they are on disk now (check-config warns with it). Builds
-    the tools as App does, without starting anything; nothing is created on disk."""
-    files = DataFiles(loaded.data_dir)
-    funcs, _shell = builtin_tools(loaded, files)
-    registry = ToolRegistry()
-    for func in [*funcs, *web_tools(loaded.config.tools.web)[0]]:
-        registry.add(func)
-    # Only the reminder tools' signatures count here: an instance that is never run, as the
-    # real one needs the scheduler and the bus of a started App.
-    for func in ReminderTools(Reminders.__new__(Reminders), 0).tools():
-        registry.add(func)
-    names = sorted(ToolPolicy(loaded.config.tools.policy).offered(registry.names(),
-                                                                  can_ask=True))
-    base = files.read(BASE_PROMPT) or DEFAULT_BASE_PROMPT.read_text(encoding="utf-8")
-    inputs = PromptInputs(
-        base_prompt=base, memories=neutralise(files.read(MEMORIES)),
-        heartbeats=neutralise(files.read(HEARTBEATS)), skills=files.skills(),
-        now=datetime.now().astimezone(), history=(), tool_names=names,
-        interface="a browser tab of the web UI")
-    return fixed_tokens(fixed_texts(inputs), schema_tokens(registry.schemas(set(names))))
 
 
 class App:

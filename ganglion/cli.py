@@ -154,7 +154,7 @@ def _backup_or_restore(loaded: LoadedConfig, args: argparse.Namespace) -> int:
 def _budget_warnings(loaded: LoadedConfig) -> list[str]:
     """A model whose context_tokens the fixed part of every request alone exceeds: the base
     prompt, the tool schemas, the memory files (the config is still valid: say so, exit 0)."""
-    from ganglion.app import fixed_prompt_tokens  # noqa: PLC0415  (only to warn)
+    from ganglion.toolbox import fixed_prompt_tokens  # noqa: PLC0415  (only to warn)
 
     llm = loaded.config.llm
     fixed = fixed_prompt_tokens(loaded)
