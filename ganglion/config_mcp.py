@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from ganglion.tool_names import is_server_name
@@ -16,9 +16,7 @@ from ganglion.tool_names import is_server_name
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
-class _Section(BaseModel):
-    # As ganglion.config's sections: unknown keys and wrong types refused.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+from ganglion.config_base import Section as _Section  # noqa: E402
 
 
 class McpServerConfig(_Section):

@@ -15,7 +15,7 @@ import pytest_asyncio
 from web_pages import ALLOWED_HOST, REFUSED_HOST, Site
 from yarl import URL
 
-from ganglion.config import WebToolsConfig
+from ganglion.config_tools import WebToolsConfig
 from ganglion.errors import BadArguments, ToolError
 from ganglion.tools.web import WebFetch
 from ganglion.tools.web_guard import special_range

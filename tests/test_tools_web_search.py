@@ -14,7 +14,8 @@ from fake_llm import FakeLLM, Reply
 from web_pages import ALLOWED_HOST, FakeSearxng, Site
 from wsclient import ChatClient
 
-from ganglion.config import WebToolsConfig, parse_config, secret_values
+from ganglion.config import parse_config, secret_values
+from ganglion.config_tools import WebToolsConfig
 from ganglion.errors import BadArguments, ToolError
 from ganglion.tools.web_search import Searxng, WebSearch
 

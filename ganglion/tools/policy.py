@@ -26,7 +26,7 @@ from enum import StrEnum
 from typing import Any
 
 from ganglion.commands import CommandTable, Rank
-from ganglion.config import ToolMode as Mode
+from ganglion.config_tools import ToolMode as Mode
 from ganglion.durations import duration_text
 from ganglion.messages import Inbound, ThreadId
 from ganglion.tool_names import MCP_SEPARATOR, mcp_server_of

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from ganglion.config import WebToolsConfig
+from ganglion.config_tools import WebToolsConfig
 from ganglion.durations import duration_text
 from ganglion.errors import BadArguments, ToolError
 from ganglion.tools.policy import Describe

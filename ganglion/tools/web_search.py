@@ -20,7 +20,8 @@ from typing import Any, Protocol
 import aiohttp
 from yarl import URL
 
-from ganglion.config import WebToolsConfig, shown_url
+from ganglion.config import shown_url
+from ganglion.config_tools import WebToolsConfig
 from ganglion.durations import duration_text
 from ganglion.errors import BadArguments, ToolError
 from ganglion.tools.registry import ToolFunc
