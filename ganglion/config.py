@@ -232,6 +232,13 @@ class MatrixConfig(_Section):
     trusted_users: list[MatrixUserId] = []
     """May approve tool runs and run trusted commands (with the owner)."""
     show_tool_calls: bool = False
+    streaming: bool = True
+    """Post a long answer early and edit it in place as it grows; the final edit holds it all."""
+    edit_interval_seconds: Annotated[float, Field(ge=0.2, le=60)] = 1.5
+    """At most one edit of a streaming answer per this many seconds."""
+    ack_reaction: str = ""
+    """A reaction (e.g. "👀") put on each accepted message and removed once it is answered;
+    empty: none."""
 
     @model_validator(mode="after")
     def _complete_when_enabled(self) -> MatrixConfig:

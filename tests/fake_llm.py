@@ -47,6 +47,10 @@ class Reply:
     stall_after_chunks: int | None = None
     """Stream this many chunks, then send nothing more until the client leaves (a server
     still generating): a client that returns has closed the stream before its end."""
+    held_before_chunks: dict[int, asyncio.Event] = field(default_factory=dict)
+    """Streaming: before chunk ``i`` (the role chunk is 0, word ``n`` is chunk ``n + 1``),
+    wait for its event: a slow model whose pace the test sets, with no race against the
+    clock."""
     finish: str | None = None
     """The finish_reason sent ("length"...); by default "tool_calls" or "stop"."""
     garbage: bool = False
@@ -355,6 +359,8 @@ class FakeLLM:
                 await self._cut(request)
             if reply.stall_after_chunks is not None and sent >= reply.stall_after_chunks:
                 await asyncio.Event().wait()  # aiohttp cancels this once the client is gone
+            if sent in reply.held_before_chunks:
+                await reply.held_before_chunks[sent].wait()
             if sent and reply.chunk_delay:
                 await asyncio.sleep(reply.chunk_delay)
             await response.write(b"data: " + json.dumps(data).encode() + b"\n\n")

@@ -106,8 +106,8 @@ class MatrixInterface:
         self._token_saved: float | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.sender = RoomSender(router, renderer, config.show_tool_calls, self._spawn,
-                                 tx_prefix)
+        self.sender = RoomSender(router, renderer, config, store_path, self._spawn,
+                                 tx_prefix=tx_prefix)
         self._pending_invites: dict[str, bool] = {}
         self.keys = WaitingForKeys(self._tell_undecryptable, self._spawn)
         self._told_not_stored: set[str] = set()
@@ -150,7 +150,7 @@ class MatrixInterface:
         tasks = [t for t in (self._sync_task, *self._tasks) if t]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, self.sender.typing.stop(), return_exceptions=True)
+        await asyncio.gather(*tasks, self.sender.stop(), return_exceptions=True)
         self._sync_task = None
         self._set_connected(False)
         client, self.client = self.client, None  # what the worker still sends now waits
@@ -322,6 +322,7 @@ class MatrixInterface:
             raise NotStored(f"event {event.event_id} in {room_id}: {err}") from err
         if is_new:
             self.sender.received(stored.id, arrived)
+            self.sender.receipts.accepted(room_id, event.event_id, stored.id)
             log.debug("[%s] event %s from %s queued as #%d", room_id, event.event_id,
                       event.sender, stored.id)
 

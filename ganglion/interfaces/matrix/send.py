@@ -15,12 +15,22 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from nio import LocalProtocolError, RoomRedactError, RoomSendError
 
-from ganglion.interfaces.matrix.outbound import TypingNotices, reply_contents
+from ganglion.config import MatrixConfig
+from ganglion.interfaces.matrix.outbound import (
+    TypingNotices,
+    final_edit,
+    progress_content,
+    replacement,
+    reply_contents,
+)
+from ganglion.interfaces.matrix.receipts import Receipts
 from ganglion.interfaces.matrix.session import TimedClient, http_status, retryable
+from ganglion.interfaces.matrix.stream import Streams
 from ganglion.messages import Outbound, OutKind, Role, ThreadId
 from ganglion.render import MarkdownRenderer
 from ganglion.router import Router
@@ -35,11 +45,12 @@ RETRY_FIRST = 0.5
 
 
 class RoomSender:
-    def __init__(self, router: Router, renderer: MarkdownRenderer, show_tool_calls: bool,
-                 spawn: Callable[[Coroutine[Any, Any, Any]], None], tx_prefix: str) -> None:
+    def __init__(self, router: Router, renderer: MarkdownRenderer, config: MatrixConfig,
+                 store_path: Path, spawn: Callable[[Coroutine[Any, Any, Any]], None], *,
+                 tx_prefix: str) -> None:
         self.router = router
         self.renderer = renderer
-        self.show_tool_calls = show_tool_calls
+        self.show_tool_calls = config.show_tool_calls
         self.tx_prefix = tx_prefix
         self._spawn = spawn
         self.client: TimedClient | None = None
@@ -47,9 +58,17 @@ class RoomSender:
         self.retry_max = 15.0
         """Seconds before a refused send is tried again (doubling up to this)."""
         self.typing = TypingNotices(self._set_typing)
+        self.streams = (Streams(self._show_progress, config.edit_interval_seconds, store_path,
+                                tx_prefix) if config.streaming else None)
+        self.receipts = Receipts(lambda: self.client, config.ack_reaction, tx_prefix, spawn)
         self._received: dict[int, float] = {}
         self._retrying: set[ThreadId] = set()
         self._retry_delay: dict[ThreadId, float] = {}
+
+    async def stop(self) -> None:
+        """Typing notices, edits and receipts in flight are cancelled (best effort all)."""
+        await asyncio.gather(self.typing.stop(), self.receipts.stop(),
+                             *([self.streams.stop()] if self.streams else []))
 
     def received(self, inbox_id: int, at: float) -> None:
         """When the event behind inbox row ``inbox_id`` reached the daemon (for the timing)."""
@@ -58,14 +77,20 @@ class RoomSender:
             del self._received[next(iter(self._received))]
 
     async def send(self, out: Outbound) -> bool:
-        """STATE turns into typing notices; MESSAGE (and TOOL if shown) into room messages."""
-        if out.kind is OutKind.STATE:
-            self.typing.update(out.thread_id, out.text)
+        """STATE turns into typing notices; DELTA and RESET into an answer's early post and
+        its edits (``matrix.streaming``); MESSAGE (and TOOL if shown) into room messages."""
+        if out.kind in (OutKind.STATE, OutKind.DELTA, OutKind.RESET):
+            if out.kind is OutKind.STATE:
+                self.typing.update(out.thread_id, out.text)
+                if out.text in ("idle", "error") and out.reply_to:
+                    self.receipts.done(out.reply_to)
+            if self.streams is not None:
+                self.streams.update(out)
             return True
         if out.kind is not OutKind.MESSAGE and not (
             out.kind is OutKind.TOOL and self.show_tool_calls
         ):
-            return True  # deltas and resets: no streaming edits in Matrix
+            return True
         if out.role is Role.USER or not out.text.strip():
             return True  # the user's own words are already in the room
         client = self.client
@@ -74,13 +99,25 @@ class RoomSender:
             return False
         started = time.monotonic()
         encrypting = 0.0
-        for i, content in enumerate(reply_contents(out, self.renderer)):
+        early = None
+        if self.streams is not None and out.kind is OutKind.MESSAGE and out.role is Role.ASSISTANT:
+            early = await self.streams.early_post(out)
+        if early is not None:
+            contents = final_edit(out, self.renderer, early)
+        else:
+            contents = reply_contents(out, self.renderer)
+            contents[0] = self.first_content(out.thread_id, out.reply_to, contents[0])
+        for i, content in enumerate(contents):
             tx_id = f"{self.tx_prefix}-{out.message_id}" + (f"-{i}" if i else "")
             sent = await self._send_one(client, out, content, tx_id)
             if sent is not True:
                 return sent is None  # None: dropped for good, the next replies may go
             encrypting += client.encrypt_seconds.pop(out.thread_id, 0.0)
         self._retry_delay.pop(out.thread_id, None)
+        if out.kind is OutKind.MESSAGE and out.reply_to:
+            self.receipts.done(out.reply_to)
+            if self.streams is not None:
+                await self.streams.delivered(out)
         arrived = self._received.pop(out.reply_to, None)
         if arrived is not None:
             done = time.monotonic()
@@ -89,6 +126,44 @@ class RoomSender:
                       (done - arrived) * 1000, (started - arrived + encrypting) * 1000,
                       encrypting * 1000, (done - started - encrypting) * 1000)
         return True
+
+    def first_content(self, thread_id: ThreadId, answering: int,
+                      content: dict[str, Any]) -> dict[str, Any]:
+        """The content of an answer's first event (the early post of a streamed answer, else
+        its first part): the one place where what it relates to would be added."""
+        return content
+
+    async def _show_progress(self, thread_id: ThreadId, answering: int, text: str,
+                             event_id: str | None, edit: int) -> str | None:
+        """An answer in progress: its early post (``event_id`` None) or an edit of it; the
+        id of the event the homeserver took, None when it did not (best effort)."""
+        client = self.client
+        if client is None:
+            return None
+        content = progress_content(text, self.renderer)
+        if event_id is None:
+            content = self.first_content(thread_id, answering, content)
+            # From the inbox id: a run of the same turn after a crash gets this event back.
+            tx_id = self.streams.key(answering) if self.streams and answering else None
+        else:
+            content, tx_id = replacement(content, event_id), None
+        try:
+            resp = await client.room_send(thread_id, "m.room.message", content, tx_id=tx_id,
+                                          ignore_unverified_devices=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            log.info("[%s] answer in progress not shown (%s: %s)", thread_id,
+                     type(err).__name__, err)
+            return None
+        client.encrypt_seconds.pop(thread_id, None)
+        if isinstance(resp, RoomSendError):
+            log.info("[%s] answer in progress not shown: %s", thread_id, resp)
+            return None
+        log.debug("[%s] answer in progress %s as %s", thread_id,
+                  "posted" if event_id is None else f"edited ({edit + 1})", resp.event_id)
+        shown: str = resp.event_id
+        return shown
 
     async def _send_one(self, client: TimedClient, out: Outbound, content: dict[str, Any],
                         tx_id: str) -> bool | None:

@@ -1,0 +1,170 @@
+"""Streaming answers, read receipts and the ack reaction, against a real Synapse with E2EE.
+
+The person's client (tests/synapse.py's ``Human``) reads the raw events, so each test sees
+both what an edit-aware client shows (the early post replaced by its edits' ``m.new_content``)
+and what a plain one does (every event as it is, the final edit's fallback ``body``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import AppFactory, eventually
+from fake_llm import FakeLLM, Reply
+from matrix_rooms import joined_room, start_bot, talking_bot
+from nio import ReactionEvent, RedactionEvent
+from synapse import Human, HumanFactory, MatrixUser, Synapse
+
+from ganglion.interfaces.matrix.stream import EARLY_FILE, IN_PROGRESS
+
+INTERVAL = 0.3
+WORDS = [f"word{i}" for i in range(60)]
+ANSWER = "Here is **a long** answer: " + " ".join(WORDS)
+
+
+def edit_of(event: Any) -> str | None:
+    """The event id ``event`` replaces, if it is an edit."""
+    relates = event.source["content"].get("m.relates_to") or {}
+    return relates.get("event_id") if relates.get("rel_type") == "m.replace" else None
+
+
+def bot_messages(human: Human, room: str, bot: MatrixUser) -> list[Any]:
+    return human.messages_from(room, bot.user_id)
+
+
+def originals(human: Human, room: str, bot: MatrixUser) -> list[Any]:
+    return [e for e in bot_messages(human, room, bot) if edit_of(e) is None]
+
+
+async def final_edit(human: Human, room: str, bot: MatrixUser, text: str) -> Any:
+    """The bot's edit whose new content is ``text``, once it arrived."""
+    def found() -> Any:
+        return next((e for e in bot_messages(human, room, bot) if edit_of(e)
+                     and e.source["content"]["m.new_content"]["body"] == text), None)
+    return await human.until(found)
+
+
+@pytest.mark.matrix
+async def test_a_slow_answer_is_posted_early_and_edited_at_most_once_per_interval(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
+    humans: HumanFactory, tmp_path: Path,
+) -> None:
+    _app, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path,
+                                               edit_interval_seconds=INTERVAL)
+    more, rest = asyncio.Event(), asyncio.Event()
+    # The model writes 9 words, waits, 30 more at once, waits, then the last ones slowly.
+    fake_llm.script(Reply(text=ANSWER, held_before_chunks={10: more, 40: rest},
+                          chunk_delay=0.02))
+    await human.send(room, "tell me a lot")
+
+    early = await human.next_message(room, bot.user_id, 0)
+    assert early.decrypted and edit_of(early) is None
+    assert early.body.endswith(IN_PROGRESS) and ANSWER.startswith(early.body[:-2])
+    more.set()
+    await human.until(lambda: len(bot_messages(human, room, bot)) > 1)
+    rest.set()
+    final = await final_edit(human, room, bot, ANSWER)
+
+    events = bot_messages(human, room, bot)
+    assert originals(human, room, bot) == [early]  # one message; everything else edits it
+    assert all(edit_of(e) == early.event_id for e in events[1:])
+    assert events[-1] is final
+    in_progress = events[1:-1]
+    assert in_progress and all(e.body.endswith(IN_PROGRESS) for e in in_progress)
+    assert all(e.decrypted for e in events)  # edits are encrypted like any message
+    # The rate limit, by the homeserver's clock: an edit is sent an interval after the
+    # previous post or edit was taken (the final is the outbox's and does not wait).
+    stamps = [e.server_timestamp for e in events[:-1]]
+    assert all(b - a >= INTERVAL * 1000 - 1 for a, b in itertools.pairwise(stamps))
+    # An edit-aware client shows the whole answer, formatted...
+    new = final.source["content"]["m.new_content"]
+    assert new["body"] == ANSWER
+    assert "<strong>a long</strong>" in new["formatted_body"]
+    assert new["m.mentions"] == {}
+    # ... and one that ignores edits shows every event as a message: the last one holds the
+    # whole final text after the "* " the spec gives a fallback.
+    assert final.body == "* " + ANSWER
+    assert final.formatted_body.startswith("* ")
+    assert "<strong>a long</strong>" in final.formatted_body
+
+
+@pytest.mark.matrix
+@pytest.mark.parametrize("early_file", ["kept", "lost"])
+async def test_a_restart_mid_stream_finishes_the_early_post_instead_of_a_second_answer(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
+    humans: HumanFactory, tmp_path: Path, early_file: str,
+) -> None:
+    """The early post is known after a restart from the store folder's file ("kept"), or, if
+    the daemon died before writing it ("lost"), from the homeserver: the rerun's early post
+    has the same transaction id, so it gets the same event back."""
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    store = tmp_path / "store"
+    first = await start_bot(app_factory, synapse, bot, [person.user_id], store,
+                            edit_interval_seconds=INTERVAL)
+    human = await humans(person)
+    room = await joined_room(human, bot)
+    fake_llm.script(Reply(text=ANSWER, held_before_chunks={10: asyncio.Event()}))
+    await human.send(room, "tell me a lot")
+    early = await human.next_message(room, bot.user_id, 0)
+    assert early.body.endswith(IN_PROGRESS)
+    assert (store / EARLY_FILE).exists()
+    await first.stop()  # mid-stream: the message stays unanswered and runs again
+    if early_file == "lost":
+        (store / EARLY_FILE).unlink()
+        fake_llm.script(Reply(text=ANSWER, chunk_delay=0.02))  # long enough to post early
+    else:
+        fake_llm.script(Reply(text=ANSWER))
+
+    await start_bot(app_factory, synapse, bot, [person.user_id], store,
+                    edit_interval_seconds=INTERVAL)
+    final = await final_edit(human, room, bot, ANSWER)
+    assert edit_of(final) == early.event_id
+    assert originals(human, room, bot) == [early]  # no second answer
+    assert all(edit_of(e) == early.event_id for e in bot_messages(human, room, bot)[1:])
+    assert len(fake_llm.requests) == 2
+    # Delivered: the early post is forgotten.
+    await eventually(lambda: early.event_id not in (store / EARLY_FILE).read_text())
+
+
+@pytest.mark.matrix
+async def test_a_quick_answer_is_one_message_and_streaming_can_be_switched_off(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
+    humans: HumanFactory, tmp_path: Path,
+) -> None:
+    _app, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path,
+                                               streaming=False, edit_interval_seconds=INTERVAL)
+    fake_llm.script(Reply(text=ANSWER, chunk_delay=0.02))  # streams for over a second
+    await human.send(room, "tell me a lot")
+    answer = await human.next_message(room, bot.user_id, 0)
+    assert answer.body == ANSWER and edit_of(answer) is None
+    await human.send(room, "and now?")  # its echo comes after anything the first caused
+    assert (await human.next_message(room, bot.user_id, 1)).body == "echo: and now?"
+    assert len(bot_messages(human, room, bot)) == 2
+
+
+@pytest.mark.matrix
+async def test_an_accepted_message_is_marked_read_and_acknowledged_until_answered(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
+    humans: HumanFactory, tmp_path: Path,
+) -> None:
+    _app, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path,
+                                               ack_reaction="👀")
+    answer_now = asyncio.Event()
+    fake_llm.script(Reply(text="there you go", held=answer_now))
+    question = await human.send(room, "please look")
+
+    def reaction() -> Any:
+        return next((e for r, e in human.events if r == room and isinstance(e, ReactionEvent)
+                     and e.sender == bot.user_id and e.reacts_to == question), None)
+    ack = await human.until(reaction)
+    assert ack.key == "👀"
+    await human.until(lambda: (room, question, bot.user_id) in human.receipts)
+    answer_now.set()
+    assert (await human.next_message(room, bot.user_id, 0)).body == "there you go"
+    await human.until(lambda: any(
+        r == room and isinstance(e, RedactionEvent) and e.redacts == ack.event_id
+        for r, e in human.events))
