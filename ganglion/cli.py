@@ -41,18 +41,30 @@ ALL_SIGNALS_COUNT = "STATUS=stopping; a second SIGINT or SIGTERM now exits at on
 """Notified (see notify.py) when the duplicate window is over and the stop still runs."""
 
 
+def _global_options(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
+    # After the command, SUPPRESS: a command given without them keeps the values given
+    # before it, instead of setting its own defaults over them.
+    suppress = argparse.SUPPRESS if after_command else None
+    parser.add_argument("--config", metavar="PATH", default=suppress,
+                        help="config file (default: $GANGLION_CONFIG, else ./config.yaml if "
+                        "present)")
+    parser.add_argument("--debug", action="store_true", default=suppress or False,
+                        help="log at DEBUG, including raw LLM traffic (secrets stay masked)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ganglion", description="Personal AI assistant daemon.")
     p.add_argument("--version", action="version", version=f"ganglion {__version__}")
-    p.add_argument("--config", metavar="PATH",
-                   help="config file (default: $GANGLION_CONFIG, else ./config.yaml if present)")
-    p.add_argument("--debug", action="store_true",
-                   help="log at DEBUG, including raw LLM traffic (secrets stay masked)")
+    _global_options(p, after_command=False)
+    after = argparse.ArgumentParser(add_help=False)  # the same after the command too
+    _global_options(after, after_command=True)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("run", help="run the daemon (the default)")
-    sub.add_parser("check-config", help="validate the config and print it with secrets masked")
+    sub.add_parser("run", parents=[after], help="run the daemon (the default)")
+    sub.add_parser("check-config", parents=[after],
+                   help="validate the config and print it with secrets masked")
     login = sub.add_parser(
-        "login", help="log the Matrix bot in as a new device and write it into the config")
+        "login", parents=[after],
+        help="log the Matrix bot in as a new device and write it into the config")
     add_arguments(login)
     return p
 
