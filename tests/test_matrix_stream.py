@@ -153,18 +153,22 @@ async def test_an_accepted_message_is_marked_read_and_acknowledged_until_answere
 ) -> None:
     _app, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path,
                                                ack_reaction="👀")
+    quick = await human.send(room, "hi")  # answered at once: the answer says it was read
+    assert (await human.next_message(room, bot.user_id, 0)).body == "echo: hi"
     answer_now = asyncio.Event()
     fake_llm.script(Reply(text="there you go", held=answer_now))
     question = await human.send(room, "please look")
 
-    def reaction() -> Any:
+    def reaction(to: str) -> Any:
         return next((e for r, e in human.events if r == room and isinstance(e, ReactionEvent)
-                     and e.sender == bot.user_id and e.reacts_to == question), None)
-    ack = await human.until(reaction)
+                     and e.sender == bot.user_id and e.reacts_to == to), None)
+    ack = await human.until(lambda: reaction(question))
     assert ack.key == "👀"
     await human.until(lambda: (room, question, bot.user_id) in human.receipts)
+    # The quick one's would have come first (it was accepted first, its wait ended first).
+    assert (room, quick, bot.user_id) not in human.receipts and not reaction(quick)
     answer_now.set()
-    assert (await human.next_message(room, bot.user_id, 0)).body == "there you go"
+    assert (await human.next_message(room, bot.user_id, 1)).body == "there you go"
     await human.until(lambda: any(
         r == room and isinstance(e, RedactionEvent) and e.redacts == ack.event_id
         for r, e in human.events))

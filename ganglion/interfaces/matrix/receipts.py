@@ -1,9 +1,12 @@
 """What a person sees of a message the bot accepted: a read receipt, and the ack reaction.
 
-Once a message is on the bus (queued or running), the bot marks it read, so the sender's
-client shows it was seen, and, with ``matrix.ack_reaction`` set, reacts to it (e.g. "👀").
-The reaction is redacted when the turn is over or its answer delivered, whichever comes
-first to succeed. All best effort: a request that fails is logged, never retried (the answer
+Once a message is on the bus (queued or running) and not answered within ``delay`` seconds,
+the bot marks it read, so the sender's client shows it was seen, and, with
+``matrix.ack_reaction`` set, reacts to it (e.g. "👀"). A quicker answer needs neither: clients
+take a person's own message as read up to it, and a reaction would come and go at once; each
+would cost a homeserver request (and the homeserver's time) in the middle of the turn. The
+reaction is redacted when the turn is over or its answer delivered, whichever comes first to
+succeed. All best effort: a request that fails is logged, never retried (the answer
 is what counts). The reaction's transaction id comes from the inbox id, so a second try of
 the same message never reacts twice.
 """
@@ -20,6 +23,8 @@ from nio import AsyncClient, RoomReadMarkersError, RoomRedactError, RoomSendErro
 log = logging.getLogger(__name__)
 
 ACKS_KEPT = 1000
+DELAY = 0.5
+"""Seconds an accepted message waits for its answer before it is marked read (as typing)."""
 
 
 class Receipts:
@@ -29,25 +34,34 @@ class Receipts:
         self.reaction = reaction
         self.tx_prefix = tx_prefix
         self._spawn = spawn
+        self.delay = DELAY
         self._acks: dict[int, tuple[str, asyncio.Task[str | None]]] = {}
-        """Inbox id -> (room, the task reacting to it, whose result is the reaction's id)."""
+        """Inbox id -> (room, the task marking it read and reacting to it, whose result is
+        the reaction's id), until its turn is done."""
+        self._delayed: set[int] = set()
+        """Inbox ids whose task still waits out ``delay`` (nothing sent yet)."""
         self._running: set[asyncio.Task[str | None]] = set()
 
     def accepted(self, room_id: str, event_id: str, inbox_id: int) -> None:
         """The message ``event_id`` is stored as inbox row ``inbox_id``."""
         task = asyncio.create_task(self._accept(room_id, event_id, inbox_id),
                                    name=f"matrix-ack-{inbox_id}")
-        if self.reaction:
-            self._acks[inbox_id] = (room_id, task)
-            while len(self._acks) > ACKS_KEPT:
-                self._acks.pop(next(iter(self._acks)))[1].cancel()
+        self._delayed.add(inbox_id)
+        self._acks[inbox_id] = (room_id, task)
+        while len(self._acks) > ACKS_KEPT:
+            self._acks.pop(next(iter(self._acks)))[1].cancel()
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
     def done(self, inbox_id: int) -> None:
         """The turn of ``inbox_id`` is over (or its answer is in the room)."""
         ack = self._acks.pop(inbox_id, None)
-        if ack is not None:
+        if ack is None:
+            return
+        if inbox_id in self._delayed:  # answered before anything was sent: nothing to send
+            self._delayed.discard(inbox_id)
+            ack[1].cancel()
+        elif self.reaction:
             self._spawn(self._unreact(inbox_id, *ack))
 
     async def stop(self) -> None:
@@ -56,6 +70,10 @@ class Receipts:
         await asyncio.gather(*self._running, return_exceptions=True)
 
     async def _accept(self, room_id: str, event_id: str, inbox_id: int) -> str | None:
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            self._delayed.discard(inbox_id)
         client = self._client()
         if client is None:
             return None
