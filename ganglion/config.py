@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from ganglion.config_source import expand_tree, loc_text, read_yaml
+from ganglion.config_source import expand_env, expand_tree, loc_text, read_yaml
 from ganglion.errors import ConfigError
 from ganglion.tool_names import TOOL_NAMES
 
@@ -479,6 +479,12 @@ def _format_error(err: ValidationError) -> str:
                 msg = f"{msg} (got {shown})"
         lines.append(f"config error: {path}: {msg}")
     return "\n".join(lines)
+
+
+def expand_value(value: str, where: str, env: dict[str, str] | None = None) -> str:
+    """One configured text with its ``${VAR}`` references read from ``env`` (this process's
+    environment by default); ConfigError when one is unset or malformed."""
+    return expand_env(value, dict(os.environ) if env is None else env, where)
 
 
 def parse_config(raw: Any, env: dict[str, str] | None = None) -> Config:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import AppFactory, eventually
 from fake_llm import FakeLLM, Reply
+from hs_proxy import HomeserverProxy, hs_proxy  # noqa: F401  (fixture)
 from matrix_rooms import joined_room, start_bot, talking_bot
 from nio import ReactionEvent, RedactionEvent
 from synapse import Human, HumanFactory, MatrixUser, Synapse
@@ -172,3 +174,26 @@ async def test_an_accepted_message_is_marked_read_and_acknowledged_until_answere
     await human.until(lambda: any(
         r == room and isinstance(e, RedactionEvent) and e.redacts == ack.event_id
         for r, e in human.events))
+
+
+@pytest.mark.matrix
+async def test_a_homeserver_refusing_sends_mid_stream_still_gets_one_answer(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
+    humans: HumanFactory, tmp_path: Path, hs_proxy: HomeserverProxy,  # noqa: F811
+) -> None:
+    """Edits are best effort and skipped while sends fail; the final waits in the outbox and
+    then edits the early post, so the room still holds one answer."""
+    _app, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path,
+                                               homeserver=hs_proxy.url,
+                                               edit_interval_seconds=INTERVAL)
+    rest = asyncio.Event()
+    fake_llm.script(Reply(text=ANSWER, held_before_chunks={10: rest}))
+    await human.send(room, "tell me a lot")
+    early = await human.next_message(room, bot.user_id, 0)
+    hs_proxy.fail = re.compile(r"^PUT .*/rooms/[^/]+/send/")
+    rest.set()
+    await hs_proxy.wait_failures(2)  # the final's first try, and a retry
+    hs_proxy.fail = None
+    final = await final_edit(human, room, bot, ANSWER)
+    assert edit_of(final) == early.event_id
+    assert originals(human, room, bot) == [early]

@@ -16,7 +16,6 @@ import asyncio
 import getpass
 import json
 import logging
-import os
 import re
 import sys
 from dataclasses import dataclass
@@ -25,8 +24,7 @@ from typing import Any
 
 import yaml
 
-from ganglion.config import find_config_path
-from ganglion.config_source import expand_env
+from ganglion.config import expand_value, find_config_path
 from ganglion.errors import ConfigError
 from ganglion.storage.atomic import atomic_write
 
@@ -112,8 +110,7 @@ def _configured_session(existing: dict[str, Any]) -> Session | None:
     for key in ("homeserver", "user_id", "device_id", "access_token"):
         value = existing.get(key)
         try:
-            value = expand_env(value, dict(os.environ), f"matrix.{key}") \
-                if isinstance(value, str) else ""
+            value = expand_value(value, f"matrix.{key}") if isinstance(value, str) else ""
         except ConfigError:
             value = ""
         if not value:
