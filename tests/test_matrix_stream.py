@@ -197,3 +197,31 @@ async def test_a_homeserver_refusing_sends_mid_stream_still_gets_one_answer(
     final = await final_edit(human, room, bot, ANSWER)
     assert edit_of(final) == early.event_id
     assert originals(human, room, bot) == [early]
+
+
+@pytest.mark.matrix
+async def test_a_long_streamed_answer_still_splits_the_edit_holding_its_first_part(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
+    humans: HumanFactory, tmp_path: Path,
+) -> None:
+    """An edit holds its text twice (new content and fallback), so its part is smaller than a
+    plain message's; the homeserver takes every event (encrypted, under its 64 KiB)."""
+    _app, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path,
+                                               edit_interval_seconds=INTERVAL)
+    lines = [f"Line {i}: " + " ".join(f"w{i}x{j}" for j in range(12)) for i in range(600)]
+    long_answer = "\n".join(lines)  # about 55,000 characters
+    rest = asyncio.Event()
+    fake_llm.script(Reply(text=long_answer, held_before_chunks={10: rest}))
+    await human.send(room, "write a book")
+    early = await human.next_message(room, bot.user_id, 0)
+    rest.set()
+    last_line = lines[-1]
+    await human.until(lambda: any(last_line in m.body
+                                  for m in bot_messages(human, room, bot)[1:]))
+    events = bot_messages(human, room, bot)
+    edits = [e for e in events if edit_of(e) == early.event_id]
+    parts = [e for e in events[1:] if edit_of(e) is None]
+    final = edits[-1].source["content"]["m.new_content"]
+    assert final["body"] + "".join(p.body for p in parts) == long_answer
+    assert len(parts) >= 2 and all(e.decrypted for e in events)
+    assert edits[-1].body == "* " + final["body"]  # what a client without edits shows

@@ -74,6 +74,8 @@ class Streams:
         prefix an old early post is never taken for a new answer's."""
         self._path = store_path / EARLY_FILE
         self._streams: dict[ThreadId, _Stream] = {}
+        self._saving = asyncio.Lock()
+        """One write of EARLY_FILE at a time: two rooms' writes must not land out of order."""
         self._early: dict[str, tuple[str, str]] = _load(self._path)
         """``key`` -> (room, event id) of early posts whose final is not delivered yet."""
 
@@ -202,10 +204,11 @@ class Streams:
         del self._streams[tid]
 
     async def _save(self) -> None:
-        data = {k: list(v) for k, v in self._early.items()}
         try:
-            # In a thread: the fsyncs of an atomic write would hold the event loop.
-            await asyncio.to_thread(atomic_write, self._path, json.dumps(data))
+            async with self._saving:
+                data = json.dumps({k: list(v) for k, v in self._early.items()})
+                # In a thread: the fsyncs of an atomic write would hold the event loop.
+                await asyncio.to_thread(atomic_write, self._path, data)
         except OSError as err:
             log.warning("matrix: could not save %s (%s); a restart before the answer is "
                         "delivered would post it anew", self._path, err)
