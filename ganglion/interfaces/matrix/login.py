@@ -200,15 +200,16 @@ async def _login(homeserver: str, user: str, password: str, device_name: str, *,
 def _write_config(path: Path, session: Session) -> None:
     values = {"homeserver": session.homeserver, "user_id": session.user_id,
               "access_token": session.access_token, "device_id": session.device_id}
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
     try:
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
         new_text, from_env = update_config_text(text, values)
-    except ValueError as err:
-        print(f"Could not edit {path} safely ({err}). Put these lines in its matrix section:")
+        atomic_write(path, new_text, mode=0o600)  # it holds the access token now
+    except (ValueError, OSError) as err:  # the device exists now: say what to write
+        why = err.strerror if isinstance(err, OSError) else err
+        print(f"Could not edit {path} ({why}). Put these lines in its matrix section:")
         for key, value in values.items():
             print(f"  {key}: {json.dumps(value)}")
         return
-    atomic_write(path, new_text, mode=0o600)  # it holds the access token now
     written = [k for k in values if k not in from_env]
     print(f"Wrote matrix.{', matrix.'.join(written)} to {path} (mode 0600).")
     for key, var in from_env.items():
