@@ -225,3 +225,28 @@ async def test_a_long_streamed_answer_still_splits_the_edit_holding_its_first_pa
     assert final["body"] + "".join(p.body for p in parts) == long_answer
     assert len(parts) >= 2 and all(e.decrypted for e in events)
     assert edits[-1].body == "* " + final["body"]  # what a client without edits shows
+
+
+@pytest.mark.matrix
+async def test_what_the_model_said_before_a_tool_call_is_replaced_by_its_answer(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
+    humans: HumanFactory, tmp_path: Path,
+) -> None:
+    """The model streams a preamble, calls a tool, then answers: one early post, finished
+    with the answer; the tool's notice is a message of its own."""
+    _app, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path,
+                                               show_tool_calls=True,
+                                               edit_interval_seconds=INTERVAL)
+    call_now = asyncio.Event()
+    preamble = "Let me look at your folder first, it will take a moment to list."
+    fake_llm.script(Reply(text=preamble, tool_calls=[("list_dir", {})],
+                          held_before_chunks={8: call_now}),
+                    Reply(text=ANSWER))
+    await human.send(room, "what is in my folder?")
+    early = await human.next_message(room, bot.user_id, 0)
+    assert early.body.endswith(IN_PROGRESS) and preamble.startswith(early.body[:-2])
+    call_now.set()
+    final = await final_edit(human, room, bot, ANSWER)
+    assert edit_of(final) == early.event_id
+    notices = [e for e in originals(human, room, bot) if e is not early]
+    assert len(notices) == 1 and notices[0].body.startswith("Tool list_dir · ok")
