@@ -50,12 +50,13 @@ edit number) -> the event id the homeserver gave, or None when it did not take i
 class _Stream:
     answering: int
     """The inbox id of the message this answer answers (0: unknown)."""
-    text: str = ""
+    pieces: list[str] = field(default_factory=list)
+    """The deltas so far (joined only when shown: a long answer has thousands)."""
+    length: int = 0
     event_id: str | None = None
     shown: int = 0
-    """Characters of ``text`` shown by the last post or edit."""
+    """Characters shown by the last post or edit."""
     edits: int = 0
-    started: float = field(default_factory=time.monotonic)
     last: float = 0.0
     grown: asyncio.Event = field(default_factory=asyncio.Event)
     flusher: asyncio.Task[None] | None = None
@@ -102,18 +103,19 @@ class Streams:
                 # The model called a tool: what it said so far is replaced by its next call's
                 # answer (in the same early post).
                 self._stop_flusher(stream)
-                stream.text, stream.shown = "", 0
+                _clear(stream)
             return
         if stream is None:
             stream = self._streams[tid] = _Stream(0)
         if out.kind is OutKind.RESET:
-            stream.text, stream.shown = "", 0
+            _clear(stream)
             return
         if out.kind is OutKind.DELTA:
-            stream.text += out.text
+            stream.pieces.append(out.text)
+            stream.length += len(out.text)
             stream.grown.set()
             if stream.flusher is None:
-                stream.started = stream.last = time.monotonic()
+                stream.last = time.monotonic()  # the early post waits an interval too
                 stream.flusher = asyncio.create_task(self._flush(tid, stream),
                                                      name=f"matrix-stream-{tid}")
 
@@ -164,7 +166,7 @@ class Streams:
             wait = stream.last + self.interval - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-            if stream.event_id is not None and len(stream.text) - stream.shown < MIN_NEW_CHARS:
+            if stream.event_id is not None and stream.length - stream.shown < MIN_NEW_CHARS:
                 continue
             if stream.event_id is not None and stream.shown >= PREVIEW_CHARS:
                 return  # the preview is full; the rest comes with the final
@@ -174,8 +176,8 @@ class Streams:
             stream.last = time.monotonic()
 
     async def _show(self, tid: ThreadId, stream: _Stream) -> None:
-        text = stream.text[:PREVIEW_CHARS]
-        shown = len(stream.text)
+        text = "".join(stream.pieces)[:PREVIEW_CHARS]
+        shown = stream.length
         if not text.strip():
             return
         first = stream.event_id is None
@@ -212,6 +214,11 @@ class Streams:
         except OSError as err:
             log.warning("matrix: could not save %s (%s); a restart before the answer is "
                         "delivered would post it anew", self._path, err)
+
+
+def _clear(stream: _Stream) -> None:
+    stream.pieces.clear()
+    stream.length = stream.shown = 0
 
 
 def _load(path: Path) -> dict[str, tuple[str, str]]:
