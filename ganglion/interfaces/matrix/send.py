@@ -113,6 +113,7 @@ class RoomSender:
             if sent is not True:
                 return sent is None  # None: dropped for good, the next replies may go
             encrypting += client.encrypt_seconds.pop(out.thread_id, 0.0)
+        done = time.monotonic()
         self._retry_delay.pop(out.thread_id, None)
         if out.kind is OutKind.MESSAGE and out.reply_to:
             self.receipts.done(out.reply_to)
@@ -120,7 +121,6 @@ class RoomSender:
                 await self.streams.delivered(out)
         arrived = self._received.pop(out.reply_to, None)
         if arrived is not None:
-            done = time.monotonic()
             log.debug("[%s] reply sent %.1f ms after its event arrived (daemon %.1f ms with "
                       "encryption %.1f ms, homeserver send %.1f ms)", out.thread_id,
                       (done - arrived) * 1000, (started - arrived + encrypting) * 1000,
