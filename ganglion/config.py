@@ -237,8 +237,8 @@ class MatrixConfig(_Section):
     edit_interval_seconds: Annotated[float, Field(ge=0.2, le=60)] = 1.5
     """At most one edit of a streaming answer per this many seconds."""
     ack_reaction: str = ""
-    """A reaction (e.g. "👀") put on each accepted message and removed once it is answered;
-    empty: none."""
+    """A reaction (e.g. "👀") put on an accepted message not answered within 0.5 s (with its
+    read receipt), removed once it is answered; empty: none."""
 
     @model_validator(mode="after")
     def _complete_when_enabled(self) -> MatrixConfig:
