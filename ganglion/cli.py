@@ -46,33 +46,48 @@ ALL_SIGNALS_COUNT = "STATUS=stopping; a second SIGINT or SIGTERM now exits at on
 """Notified (see notify.py) when the duplicate window is over and the stop still runs."""
 
 
+def _global_options(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
+    # After the command, SUPPRESS: a command given without them keeps the values given
+    # before it, instead of setting its own defaults over them.
+    suppress = argparse.SUPPRESS if after_command else None
+    parser.add_argument("--config", metavar="PATH", default=suppress,
+                        help="config file (default: $GANGLION_CONFIG, else ./config.yaml if "
+                        "present)")
+    parser.add_argument("--debug", action="store_true", default=suppress or False,
+                        help="log at DEBUG, including raw LLM traffic (secrets stay masked)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ganglion", description="Personal AI assistant daemon.")
     p.add_argument("--version", action="version", version=f"ganglion {__version__}")
-    p.add_argument("--config", metavar="PATH",
-                   help="config file (default: $GANGLION_CONFIG, else ./config.yaml if present)")
-    p.add_argument("--debug", action="store_true",
-                   help="log at DEBUG, including raw LLM traffic (secrets stay masked)")
+    _global_options(p, after_command=False)
+    after = argparse.ArgumentParser(add_help=False)  # the same after the command too
+    _global_options(after, after_command=True)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("run", help="run the daemon (the default)")
-    sub.add_parser("check-config", help="validate the config and print it with secrets masked")
+    sub.add_parser("run", parents=[after], help="run the daemon (the default)")
+    sub.add_parser("check-config", parents=[after],
+                   help="validate the config and print it with secrets masked")
     login = sub.add_parser(
-        "login", help="log the Matrix bot in as a new device and write it into the config")
+        "login", parents=[after],
+        help="log the Matrix bot in as a new device and write it into the config")
     add_arguments(login)
     service = sub.add_parser(
-        "service", help="print (or install) a systemd unit that runs this daemon")
+        "service", parents=[after], help="print (or install) a systemd unit that runs this daemon")
     add_service_arguments(service)
     doctor = sub.add_parser(
-        "doctor", help="check the config, the model servers, Matrix, folders, database, port "
-                       "and clock; say what to fix")
+        "doctor", parents=[after],
+        help="check the config, the model servers, Matrix, folders, database, port and clock; "
+             "say what to fix")
     doctor.add_argument("--json", action="store_true", help="the checks as one JSON object")
     backup = sub.add_parser(
-        "backup", help="write everything the daemon keeps into one archive (while it runs)")
+        "backup", parents=[after],
+        help="write everything the daemon keeps into one archive (while it runs)")
     backup.add_argument("file", type=Path, help="the archive to write (.tar.gz)")
     backup.add_argument("--with-secrets", action="store_true",
                         help="keep the config's secrets and the web token in the archive")
     restore = sub.add_parser(
-        "restore", help="unpack a backup into an empty data folder (the daemon stopped)")
+        "restore", parents=[after],
+        help="unpack a backup into an empty data folder (the daemon stopped)")
     restore.add_argument("file", type=Path, help="the archive `ganglion backup` wrote")
     return p
 

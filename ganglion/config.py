@@ -22,7 +22,7 @@ from pydantic_core import PydanticCustomError
 
 from ganglion.config_base import Section as _Section
 from ganglion.config_mcp import McpConfig
-from ganglion.config_source import expand_tree, loc_text, read_yaml
+from ganglion.config_source import expand_env, expand_tree, loc_text, read_yaml
 from ganglion.config_tools import ToolsConfig
 from ganglion.errors import ConfigError
 from ganglion.tool_names import TOOL_NAMES, mcp_server_of
@@ -223,6 +223,13 @@ class MatrixConfig(_Section):
     reply_mode: Literal["auto", "always", "never"] = "auto"
     """Answers as replies (``m.in_reply_to``) to the message they answer: ``auto`` in rooms
     with more than one person besides the bot, ``always``, or ``never``."""
+    streaming: bool = True
+    """Post a long answer early and edit it in place as it grows; the final edit holds it all."""
+    edit_interval_seconds: Annotated[float, Field(ge=0.2, le=60)] = 1.5
+    """At most one edit of a streaming answer per this many seconds."""
+    ack_reaction: str = ""
+    """A reaction (e.g. "👀") put on an accepted message not answered within 0.5 s (with its
+    read receipt), removed once it is answered; empty: none."""
 
     @model_validator(mode="after")
     def _complete_when_enabled(self) -> MatrixConfig:
@@ -435,6 +442,12 @@ def _format_error(err: ValidationError) -> str:
                 msg = f"{msg} (got {shown})"
         lines.append(f"config error: {path}: {msg}")
     return "\n".join(lines)
+
+
+def expand_value(value: str, where: str, env: dict[str, str] | None = None) -> str:
+    """One configured text with its ``${VAR}`` references read from ``env`` (this process's
+    environment by default); ConfigError when one is unset or malformed."""
+    return expand_env(value, dict(os.environ) if env is None else env, where)
 
 
 def parse_config(raw: Any, env: dict[str, str] | None = None) -> Config:

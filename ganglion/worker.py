@@ -129,7 +129,8 @@ class Worker:
         started = time.monotonic()
         control = self.is_immediate(msg)  # runs beside the thread's turn: leave its state be
         if not control:
-            self.progress.begin(tid, quiet=msg.source in (Source.REMINDER, Source.HEARTBEAT))
+            self.progress.begin(tid, quiet=msg.source in (Source.REMINDER, Source.HEARTBEAT),
+                                answering=msg.id)
             await self.progress.state(tid, "thinking")
         failed = True  # unless the turn returns
         try:

@@ -47,6 +47,10 @@ class Reply:
     stall_after_chunks: int | None = None
     """Stream this many chunks, then send nothing more until the client leaves (a server
     still generating): a client that returns has closed the stream before its end."""
+    held_before_chunks: dict[int, asyncio.Event] = field(default_factory=dict)
+    """Streaming: before chunk ``i`` (the role chunk is 0, word ``n`` is chunk ``n + 1``),
+    wait for its event: a slow model whose pace the test sets, with no race against the
+    clock."""
     finish: str | None = None
     """The finish_reason sent ("length"...); by default "tool_calls" or "stop"."""
     garbage: bool = False
@@ -107,6 +111,8 @@ class FakeLLM:
         self.models_held: asyncio.Event | None = None
         """When set to an event, model lists are answered only once the test sets it."""
         self._script: deque[Reply | ReplyFactory] = deque()
+        self.default: ReplyFactory | None = None
+        """What answers when nothing is scripted (None: an echo of the last user message)."""
         self._handlers: set[asyncio.Task[Any]] = set()
         self._cutting: set[asyncio.Task[Any]] = set()
         self._changed = asyncio.Event()
@@ -195,7 +201,7 @@ class FakeLLM:
             return _error(400, "request body must be an object", "invalid_request_error")
         self.requests.append(body)
         self.request_headers.append({k.lower(): v for k, v in request.headers.items()})
-        item = self._script.popleft() if self._script else None
+        item = self._script.popleft() if self._script else self.default
         if item is None:
             reply = Reply(text=f"echo: {_last_user_text(body)}")
         else:
@@ -355,6 +361,8 @@ class FakeLLM:
                 await self._cut(request)
             if reply.stall_after_chunks is not None and sent >= reply.stall_after_chunks:
                 await asyncio.Event().wait()  # aiohttp cancels this once the client is gone
+            if sent in reply.held_before_chunks:
+                await reply.held_before_chunks[sent].wait()
             if sent and reply.chunk_delay:
                 await asyncio.sleep(reply.chunk_delay)
             await response.write(b"data: " + json.dumps(data).encode() + b"\n\n")
@@ -458,8 +466,20 @@ async def fake_llm_factory() -> AsyncIterator[Callable[..., Awaitable[FakeLLM]]]
 # --- standalone ---------------------------------------------------------------------------
 
 
-async def _serve_forever(port: int, models: list[str]) -> None:
+def slow_replies(words: int, delay: float) -> ReplyFactory:
+    """Echo, except that a message starting with "slow" gets ``words`` words streamed
+    ``delay`` seconds apart (a model writing a long answer, for the streaming benchmark)."""
+    def reply(body: dict[str, Any]) -> Reply:
+        text = _last_user_text(body)
+        if not text.startswith("slow"):
+            return Reply(text=f"echo: {text}")
+        return Reply(text=" ".join(f"word{i}" for i in range(words)), chunk_delay=delay)
+    return reply
+
+
+async def _serve_forever(port: int, models: list[str], slow: ReplyFactory | None) -> None:
     fake = FakeLLM(models=models)
+    fake.default = slow
     await fake.start(port)
     print(f"fake LLM serving echo replies at {fake.base_url}", flush=True)
     try:
@@ -478,9 +498,15 @@ def main() -> None:
         default=None,
         help="a model id to list (repeatable)",
     )
+    parser.add_argument("--slow-words", type=int, default=60,
+                        help='words of the answer to a message starting with "slow"')
+    parser.add_argument("--slow-delay", type=float, default=0.0,
+                        help='seconds between the streamed words of that answer (0: no '
+                        'slow answers)')
     args = parser.parse_args()
+    slow = slow_replies(args.slow_words, args.slow_delay) if args.slow_delay else None
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve_forever(args.port, args.models or ["fake-model"]))
+        asyncio.run(_serve_forever(args.port, args.models or ["fake-model"], slow))
 
 
 if __name__ == "__main__":

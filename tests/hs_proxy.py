@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest_asyncio
@@ -30,6 +31,10 @@ class HomeserverProxy:
         self.hang: re.Pattern[str] | None = None
         """Requests matching this are held, unanswered, until ``release()``."""
         self.hung: list[str] = []
+        self.seen: list[str] = []
+        """``METHOD path`` of every request, in order (the benchmark counts them)."""
+        self.well_known: dict[str, Any] | None = None
+        """Served as /.well-known/matrix/client when set (Synapse here serves none)."""
         self._released = asyncio.Event()
         self._failures = asyncio.Condition()
         self.url = ""
@@ -67,6 +72,9 @@ class HomeserverProxy:
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         line = f"{request.method} {request.path}"
+        self.seen.append(line)
+        if self.well_known is not None and request.path == "/.well-known/matrix/client":
+            return web.json_response(self.well_known)
         if self.hang is not None and self.hang.search(line):
             self.hung.append(line)
             await self._released.wait()

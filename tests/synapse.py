@@ -41,6 +41,7 @@ from nio import (
     AsyncClientConfig,
     JoinResponse,
     MegolmEvent,
+    ReceiptEvent,
     RoomCreateResponse,
     RoomInviteResponse,
     RoomMemberEvent,
@@ -339,6 +340,8 @@ class Human:
         self.membership: dict[tuple[str, str], str] = {}
         self.typing: list[tuple[str, list[str]]] = []
         """(room id, users typing) for every typing notice seen, in order."""
+        self.receipts: list[tuple[str, str, str]] = []
+        """(room id, event id, user) for every read receipt seen, in order."""
         self.synced = False
         self.to_device: list[Any] = []
         """Every to-device event received (key requests among them)."""
@@ -360,6 +363,8 @@ class Human:
             self.events += [(room_id, e) for e in info.timeline.events]
             self.typing += [(room_id, list(e.users)) for e in info.ephemeral
                             if isinstance(e, TypingNoticeEvent)]
+            self.receipts += [(room_id, r.event_id, r.user_id) for e in info.ephemeral
+                              if isinstance(e, ReceiptEvent) for r in e.receipts]
         await maintain_keys(client)  # as the bot does between syncs
 
     async def until(self, predicate: Callable[[], Any], timeout: float = 30) -> Any:

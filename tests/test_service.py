@@ -22,7 +22,7 @@ GANGLION = [sys.executable, "-m", "ganglion"]
 
 def service(config: Path, *args: str, env: dict[str, str] | None = None
             ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*GANGLION, "--config", str(config), "service", *args],
+    return subprocess.run([*GANGLION, "service", "--config", str(config), *args],
                           capture_output=True, text=True, env=env, timeout=60)
 
 

@@ -18,9 +18,13 @@ class Progress:
         events. Emptied at the end of each turn, so it holds only running turns."""
         self.spent: dict[ThreadId, int] = {}
         """Tokens of the running turn."""
+        self.answering: dict[ThreadId, int] = {}
+        """The inbox id of the thread's latest turn, sent with its states (an interface
+        ties the answer streaming to the message it answers); kept until the next turn."""
 
-    def begin(self, tid: ThreadId, *, quiet: bool) -> None:
+    def begin(self, tid: ThreadId, *, quiet: bool, answering: int = 0) -> None:
         self.spent[tid] = 0
+        self.answering[tid] = answering
         if quiet:
             self.quiet.add(tid)
 
@@ -32,7 +36,8 @@ class Progress:
         """"thinking", "summarising" (compaction), "tool", "streaming"; the store ends the
         turn with "idle" or "error"."""
         if self.shown(tid):
-            await self.router.publish(Outbound(tid, OutKind.STATE, state))
+            await self.router.publish(Outbound(tid, OutKind.STATE, state,
+                                               reply_to=self.answering.get(tid, 0)))
 
     def stream(self, tid: ThreadId) -> list[str]:
         """The buffer of a model call that starts streaming (a call's answer replaces the

@@ -123,8 +123,8 @@ class MatrixInterface:
         self._token_saved: float | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.sender = RoomSender(router, renderer, config.show_tool_calls, self._spawn,
-                                 tx_prefix)
+        self.sender = RoomSender(router, renderer, config, store_path, self._spawn,
+                                 tx_prefix=tx_prefix)
         self.sender.reply_mode = config.reply_mode
         self.sender.event_of = self._event_of
         self.membership = Membership(config)
@@ -171,7 +171,7 @@ class MatrixInterface:
         tasks = [t for t in (self._sync_task, *self._tasks) if t]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, self.sender.typing.stop(), return_exceptions=True)
+        await asyncio.gather(*tasks, self.sender.stop(), return_exceptions=True)
         self._sync_task = None
         logging.getLogger(NIO_CRYPTO_LOGGER).removeFilter(self.warnings)
         self.warnings.flush()
@@ -368,6 +368,7 @@ class MatrixInterface:
             raise NotStored(f"event {event.event_id} in {room_id}: {err}") from err
         if is_new:
             self.sender.received(stored.id, arrived)
+            self.sender.receipts.accepted(room_id, event.event_id, stored.id)
             log.debug("[%s] event %s from %s queued as #%d", room_id, event.event_id,
                       event.sender, stored.id)
 

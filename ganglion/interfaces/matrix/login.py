@@ -1,7 +1,10 @@
 """``ganglion login``: log the bot in as a NEW Matrix device and write it into the config.
 
 A fresh device with a fresh, empty store is the only safe start for an encrypted bot (a used
-device on an empty store breaks encryption for good; see shared/notes/matrix-e2ee.md). The
+device on an empty store breaks encryption for good; see shared/notes/matrix-e2ee.md). Each
+login makes a device, so none is made while the config's session still works (asked with
+whoami) unless ``--new-device`` says so. The homeserver address is kept as the user gave it;
+what its ``.well-known`` names instead is shown, and used with ``--use-well-known``. The
 config file is edited line by line so that comments and layout stay as they were; a value
 kept in an environment variable (``${VAR}``) is printed with where to put it, never written.
 """
@@ -21,7 +24,8 @@ from typing import Any
 
 import yaml
 
-from ganglion.config import find_config_path
+from ganglion.config import expand_value, find_config_path
+from ganglion.errors import ConfigError
 from ganglion.storage.atomic import atomic_write
 
 DEFAULT_STORE = "data/matrix-store"
@@ -38,6 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="read the password from the first line of this file")
     parser.add_argument("--device-name", default="Ganglion",
                         help="the name other clients show for the new device")
+    parser.add_argument("--new-device", action="store_true",
+                        help="log in as a new device even when the config's session works")
+    parser.add_argument("--use-well-known", action="store_true",
+                        help="use the client API address the homeserver's .well-known names "
+                        "instead of the one given")
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,11 @@ def run_login(args: argparse.Namespace) -> int:
     logging.getLogger("nio").setLevel(logging.CRITICAL)  # its schema warnings are noise here
     path = find_config_path(args.config) or Path("config.yaml")
     existing = _matrix_section(path)
+    current = None if args.new_device else _configured_session(existing)
+    if current is not None:
+        done = asyncio.run(_check_session(current, path))
+        if done is not None:
+            return done
     homeserver = args.homeserver or _ask(
         "Homeserver", _plain(existing.get("homeserver")) or "https://matrix.example.org")
     user = args.user or _ask("Bot account", _plain(existing.get("user_id")) or "@bot:example.org")
@@ -70,15 +84,15 @@ def run_login(args: argparse.Namespace) -> int:
     if not re.match(r"^https?://", homeserver):
         homeserver = "https://" + homeserver
     try:
-        session = asyncio.run(_login(homeserver.rstrip("/"), user, password, args.device_name))
+        session = asyncio.run(_login(homeserver.rstrip("/"), user, password, args.device_name,
+                                     use_well_known=args.use_well_known))
     except LoginFailed as err:
         print(f"ganglion login: {err}", file=sys.stderr)
         return 1
     print(f"Logged in as {session.user_id} on {session.homeserver}: new device "
           f"{session.device_id} ({args.device_name!r}).")
     _write_config(path, session)
-    store = _prepare_store(path, existing)
-    print(f"Key store for this device: {store} (new and empty; keep it with the device).")
+    print(_prepare_store(path, existing, session))
     old = _plain(existing.get("device_id"))
     if old and old != session.device_id:
         print(f"The previous device {old} still exists: remove it in your client "
@@ -90,7 +104,60 @@ def run_login(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _login(homeserver: str, user: str, password: str, device_name: str) -> Session:
+def _configured_session(existing: dict[str, Any]) -> Session | None:
+    """The session the config holds (``${VAR}`` values read from the environment), if whole."""
+    values = []
+    for key in ("homeserver", "user_id", "device_id", "access_token"):
+        value = existing.get(key)
+        try:
+            value = expand_value(value, f"matrix.{key}") if isinstance(value, str) else ""
+        except ConfigError:
+            value = ""
+        if not value:
+            return None
+        values.append(value)
+    return Session(*values)
+
+
+async def _check_session(current: Session, path: Path) -> int | None:
+    """Whether the config's session still works: an exit code to stop with (it works, or
+    that could not be found out), or None to log in (the homeserver rejected its token)."""
+    from nio import AsyncClient, AsyncClientConfig, WhoamiError  # noqa: PLC0415  (see _login)
+
+    client = AsyncClient(current.homeserver, current.user_id, config=AsyncClientConfig(
+        encryption_enabled=False, max_timeouts=0, request_timeout=30))
+    client.restore_login(current.user_id, current.device_id, current.access_token)
+    try:
+        resp = await client.whoami()
+    except Exception as err:
+        resp = WhoamiError(f"{type(err).__name__}: {err}")
+    finally:
+        await client.close()
+    if isinstance(resp, WhoamiError):
+        if resp.status_code in ("M_UNKNOWN_TOKEN", "M_MISSING_TOKEN"):
+            print(f"The access token in {path} no longer works ({resp.status_code}): "
+                  "logging in as a new device.")
+            return None
+        print(f"ganglion login: could not check the session in {path} with "
+              f"{current.homeserver} ({resp}); nothing was changed. Run it again once the "
+              "homeserver answers, or with --new-device to log in as a new device anyway.",
+              file=sys.stderr)
+        return 1
+    if resp.device_id and resp.device_id != current.device_id:
+        print(f"The access token in {path} works, but it belongs to device {resp.device_id}, "
+              f"not matrix.device_id {current.device_id}: set matrix.device_id: "
+              f"{resp.device_id} if the key store holds that device's keys, or run "
+              "`ganglion login --new-device`.")
+        return 1
+    print(f"The config {path} already holds a working session: {resp.user_id} on "
+          f"{current.homeserver}, device {current.device_id}. Nothing to do. Logging in again "
+          "would make a new device with an empty key store; to do that anyway (the store was "
+          "lost, say), run `ganglion login --new-device`.")
+    return 0
+
+
+async def _login(homeserver: str, user: str, password: str, device_name: str, *,
+                 use_well_known: bool = False) -> Session:
     # nio takes a second to import: only here, so that `ganglion --help` stays quick.
     from nio import (  # noqa: PLC0415
         AsyncClient,
@@ -103,10 +170,20 @@ async def _login(homeserver: str, user: str, password: str, device_name: str) ->
         encryption_enabled=False, max_timeouts=0, request_timeout=30))
     try:
         try:
-            # example.org may delegate to matrix.example.org through .well-known.
+            # example.org may delegate to matrix.example.org through .well-known: said, and
+            # followed only when asked (the address given is the one the user knows works).
             info = await client.discovery_info()
-            if isinstance(info, DiscoveryInfoResponse) and info.homeserver_url:
-                client.homeserver = str(info.homeserver_url).rstrip("/")
+            named = (str(info.homeserver_url).rstrip("/")
+                     if isinstance(info, DiscoveryInfoResponse) and info.homeserver_url else "")
+            if named and named != homeserver:
+                if use_well_known:
+                    print(f"Using {named}, the client API address {homeserver}/.well-known/"
+                          "matrix/client names.")
+                    client.homeserver = named
+                else:
+                    print(f"Note: {homeserver}/.well-known/matrix/client names {named} as the "
+                          f"client API address; keeping {homeserver} as given "
+                          "(--use-well-known uses the other).")
             resp = await client.login(password=password, device_name=device_name)
         except Exception as err:
             raise LoginFailed(f"cannot reach {homeserver} ({type(err).__name__}: {err}); "
@@ -123,15 +200,16 @@ async def _login(homeserver: str, user: str, password: str, device_name: str) ->
 def _write_config(path: Path, session: Session) -> None:
     values = {"homeserver": session.homeserver, "user_id": session.user_id,
               "access_token": session.access_token, "device_id": session.device_id}
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
     try:
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
         new_text, from_env = update_config_text(text, values)
-    except ValueError as err:
-        print(f"Could not edit {path} safely ({err}). Put these lines in its matrix section:")
+        atomic_write(path, new_text, mode=0o600)  # it holds the access token now
+    except (ValueError, OSError) as err:  # the device exists now: say what to write
+        why = err.strerror if isinstance(err, OSError) else err
+        print(f"Could not edit {path} ({why}). Put these lines in its matrix section:")
         for key, value in values.items():
             print(f"  {key}: {json.dumps(value)}")
         return
-    atomic_write(path, new_text, mode=0o600)  # it holds the access token now
     written = [k for k in values if k not in from_env]
     print(f"Wrote matrix.{', matrix.'.join(written)} to {path} (mode 0600).")
     for key, var in from_env.items():
@@ -219,12 +297,21 @@ def _plain(value: Any) -> str:
     return value if isinstance(value, str) and "${" not in value else ""
 
 
-def _prepare_store(config_path: Path, existing: dict[str, Any]) -> Path:
+def _prepare_store(config_path: Path, existing: dict[str, Any], session: Session) -> str:
+    """Make the store folder; what to say about it (a leftover store is not an empty one)."""
     store = Path(_plain(existing.get("store_path")) or DEFAULT_STORE).expanduser()
     if not store.is_absolute():
         store = config_path.resolve().parent / store
     store.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return store
+    # nio keeps each device's keys in a database of its own there: "<user>_<device>.db".
+    others = sorted(p.name.removesuffix(".db").rpartition("_")[2] for p in store.glob("*.db"))
+    if not others:
+        return (f"Key store for this device: {store} (empty: the new device makes its keys "
+                "there at its first start; keep the folder with the device).")
+    return (f"Key store for this device: {store}. It is not empty: it holds the keys of "
+            f"earlier device(s) {', '.join(others)}, left as they are; device "
+            f"{session.device_id} keeps its own keys there, in a database of its own. Delete "
+            "an old device's files once that device is removed.")
 
 
 def _ask(what: str, default: str) -> str:

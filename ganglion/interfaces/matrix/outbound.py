@@ -37,6 +37,43 @@ def reply_contents(out: Outbound, renderer: MarkdownRenderer) -> list[dict[str, 
     return contents
 
 
+def final_edit(out: Outbound, renderer: MarkdownRenderer,
+               event_id: str) -> list[dict[str, Any]]:
+    """A streamed answer's final: an edit of its early post ``event_id`` with the answer's
+    (first part), then any further parts as events of their own.
+
+    Smaller parts than ``reply_contents`` makes when needed: an edit holds its text twice
+    (``m.new_content`` and the fallback for clients without edits, which show the whole text
+    after "* ")."""
+    notice = out.role is Role.SYSTEM
+    for limit in (0, CHUNK_CHARS, CHUNK_CHARS // 2, CHUNK_CHARS // 4, CHUNK_CHARS // 8):
+        parts = split_text(out.text, limit) if limit else [out.text]
+        first = replacement(_content(parts[0], notice, renderer), event_id)
+        if len(json.dumps(first)) <= MAX_CONTENT_BYTES:
+            break
+    return [first, *(_content(part, notice, renderer) for part in parts[1:])]
+
+
+def progress_content(text: str, renderer: MarkdownRenderer) -> dict[str, Any]:
+    """An answer in progress (its early post, or an edit's new content)."""
+    return _content(text, False, renderer)
+
+
+def replacement(content: dict[str, Any], event_id: str) -> dict[str, Any]:
+    """An ``m.replace`` edit of ``event_id`` to ``content`` (its relations stay the original's:
+    an edit cannot change them)."""
+    new = {k: v for k, v in content.items() if k != "m.relates_to"}
+    edit: dict[str, Any] = {"msgtype": new["msgtype"], "body": "* " + new["body"],
+                            "m.new_content": new, "m.mentions": {},
+                            "m.relates_to": {"rel_type": "m.replace", "event_id": event_id}}
+    if "formatted_body" in new:
+        edit["format"] = new["format"]
+        edit["formatted_body"] = "* " + new["formatted_body"]
+        if len(json.dumps(edit)) > MAX_CONTENT_BYTES:  # edit-aware clients lose nothing
+            del edit["format"], edit["formatted_body"]
+    return edit
+
+
 def tool_notice(display: str) -> dict[str, Any]:
     """One ``m.notice`` line for a tool call: the call and its outcome (``shell: ls -l · ok in
     12 ms, 340 characters``), from the first two paragraphs of the worker's tool entry

@@ -15,13 +15,23 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from nio import LocalProtocolError, RoomSendError
 
-from ganglion.interfaces.matrix.outbound import TypingNotices, reply_contents
+from ganglion.config import MatrixConfig
+from ganglion.interfaces.matrix.outbound import (
+    TypingNotices,
+    final_edit,
+    progress_content,
+    replacement,
+    reply_contents,
+)
+from ganglion.interfaces.matrix.receipts import Receipts
 from ganglion.interfaces.matrix.relations import names_target, relates_to
 from ganglion.interfaces.matrix.session import TimedClient, http_status, retryable
+from ganglion.interfaces.matrix.stream import Streams
 from ganglion.messages import Outbound, OutKind, Role, ThreadId, matrix_room_of
 from ganglion.render import MarkdownRenderer
 from ganglion.router import Router
@@ -36,11 +46,12 @@ RETRY_FIRST = 0.5
 
 
 class RoomSender:
-    def __init__(self, router: Router, renderer: MarkdownRenderer, show_tool_calls: bool,
-                 spawn: Callable[[Coroutine[Any, Any, Any]], None], tx_prefix: str) -> None:
+    def __init__(self, router: Router, renderer: MarkdownRenderer, config: MatrixConfig,
+                 store_path: Path, spawn: Callable[[Coroutine[Any, Any, Any]], None], *,
+                 tx_prefix: str) -> None:
         self.router = router
         self.renderer = renderer
-        self.show_tool_calls = show_tool_calls
+        self.show_tool_calls = config.show_tool_calls
         self.tx_prefix = tx_prefix
         self._spawn = spawn
         self.client: TimedClient | None = None
@@ -48,6 +59,9 @@ class RoomSender:
         self.retry_max = 15.0
         """Seconds before a refused send is tried again (doubling up to this)."""
         self.typing = TypingNotices(self._set_typing)
+        self.streams = (Streams(self._show_progress, config.edit_interval_seconds, store_path,
+                                tx_prefix) if config.streaming else None)
+        self.receipts = Receipts(lambda: self.client, config.ack_reaction, tx_prefix, spawn)
         self._received: dict[int, float] = {}
         self._retrying: set[ThreadId] = set()
         self._retry_delay: dict[ThreadId, float] = {}
@@ -56,6 +70,11 @@ class RoomSender:
         self.event_of: Callable[[int], Awaitable[str | None]] | None = None
         """The Matrix event id of an inbox row: the message an answer answers."""
 
+    async def stop(self) -> None:
+        """Typing notices, edits and receipts in flight are cancelled (best effort all)."""
+        await asyncio.gather(self.typing.stop(), self.receipts.stop(),
+                             *([self.streams.stop()] if self.streams else []))
+
     def received(self, inbox_id: int, at: float) -> None:
         """When the event behind inbox row ``inbox_id`` reached the daemon (for the timing)."""
         self._received[inbox_id] = at
@@ -63,14 +82,20 @@ class RoomSender:
             del self._received[next(iter(self._received))]
 
     async def send(self, out: Outbound) -> bool:
-        """STATE turns into typing notices; MESSAGE (and TOOL if shown) into room messages."""
-        if out.kind is OutKind.STATE:
-            self.typing.update(out.thread_id, out.text)
+        """STATE turns into typing notices; DELTA and RESET into an answer's early post and
+        its edits (``matrix.streaming``); MESSAGE (and TOOL if shown) into room messages."""
+        if out.kind in (OutKind.STATE, OutKind.DELTA, OutKind.RESET):
+            if out.kind is OutKind.STATE:
+                self.typing.update(out.thread_id, out.text)
+                if out.text in ("idle", "error") and out.reply_to:
+                    self.receipts.done(out.reply_to)
+            if self.streams is not None:
+                self.streams.update(out)
             return True
         if out.kind is not OutKind.MESSAGE and not (
             out.kind is OutKind.TOOL and self.show_tool_calls
         ):
-            return True  # deltas and resets: no streaming edits in Matrix
+            return True
         if out.role is Role.USER or not out.text.strip():
             return True  # the user's own words are already in the room
         client = self.client
@@ -79,25 +104,82 @@ class RoomSender:
             return False
         started = time.monotonic()
         encrypting = 0.0
-        answers = await self._answered(out)
-        for i, content in enumerate(reply_contents(out, self.renderer)):
-            relation = self._relation(out.thread_id, answers, first=i == 0)
-            if relation is not None:  # into its m.thread, or a reply
-                content["m.relates_to"] = relation
+        early = None
+        if self.streams is not None and out.kind is OutKind.MESSAGE and out.role is Role.ASSISTANT:
+            early = await self.streams.early_post(out)
+        if early is not None:  # the early post (posted with the relation) edited: the rest new
+            contents = final_edit(out, self.renderer, early)
+            contents[1:] = [self._later_content(out.thread_id, c) for c in contents[1:]]
+        else:
+            contents = reply_contents(out, self.renderer)
+            contents[0] = await self.first_content(out.thread_id, out.reply_to, contents[0])
+            contents[1:] = [self._later_content(out.thread_id, c) for c in contents[1:]]
+        for i, content in enumerate(contents):
             tx_id = f"{self.tx_prefix}-{out.message_id}" + (f"-{i}" if i else "")
             sent = await self._send_one(client, out, content, tx_id)
             if sent is not True:
                 return sent is None  # None: dropped for good, the next replies may go
             encrypting += client.encrypt_seconds.pop(matrix_room_of(out.thread_id), 0.0)
+        done = time.monotonic()
         self._retry_delay.pop(out.thread_id, None)
+        if out.kind is OutKind.MESSAGE and out.reply_to:
+            self.receipts.done(out.reply_to)
+            if self.streams is not None:
+                await self.streams.delivered(out)
         arrived = self._received.pop(out.reply_to, None)
         if arrived is not None:
-            done = time.monotonic()
             log.debug("[%s] reply sent %.1f ms after its event arrived (daemon %.1f ms with "
                       "encryption %.1f ms, homeserver send %.1f ms)", out.thread_id,
                       (done - arrived) * 1000, (started - arrived + encrypting) * 1000,
                       encrypting * 1000, (done - started - encrypting) * 1000)
         return True
+
+    async def first_content(self, thread_id: ThreadId, answering: int,
+                            content: dict[str, Any]) -> dict[str, Any]:
+        """The content of an answer's first event (the early post of a streamed answer, else
+        its first part), with what it relates to (``relations``): its thread, the message it
+        answers."""
+        answers = await self._answered(thread_id, answering)
+        relation = self._relation(thread_id, answers, first=True)
+        return content if relation is None else {**content, "m.relates_to": relation}
+
+    def _later_content(self, thread_id: ThreadId, content: dict[str, Any]) -> dict[str, Any]:
+        """A later part of a long answer: a new event, in the answer's thread if it has one
+        (no reply: only the first part answers)."""
+        relation = self._relation(thread_id, None, first=False)
+        return content if relation is None else {**content, "m.relates_to": relation}
+
+    async def _show_progress(self, thread_id: ThreadId, answering: int, text: str,
+                             event_id: str | None, edit: int) -> str | None:
+        """An answer in progress: its early post (``event_id`` None) or an edit of it; the
+        id of the event the homeserver took, None when it did not (best effort)."""
+        client = self.client
+        if client is None:
+            return None
+        content = progress_content(text, self.renderer)
+        if event_id is None:
+            content = await self.first_content(thread_id, answering, content)
+            # From the inbox id: a run of the same turn after a crash gets this event back.
+            tx_id = self.streams.key(answering) if self.streams and answering else None
+        else:
+            content, tx_id = replacement(content, event_id), None
+        try:
+            resp = await client.room_send(matrix_room_of(thread_id), "m.room.message", content,
+                                          tx_id=tx_id, ignore_unverified_devices=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            log.info("[%s] answer in progress not shown (%s: %s)", thread_id,
+                     type(err).__name__, err)
+            return None
+        client.encrypt_seconds.pop(matrix_room_of(thread_id), None)
+        if isinstance(resp, RoomSendError):
+            log.info("[%s] answer in progress not shown: %s", thread_id, resp)
+            return None
+        log.debug("[%s] answer in progress %s as %s", thread_id,
+                  "posted" if event_id is None else f"edited ({edit + 1})", resp.event_id)
+        shown: str = resp.event_id
+        return shown
 
     async def _send_one(self, client: TimedClient, out: Outbound, content: dict[str, Any],
                         tx_id: str) -> bool | None:
@@ -145,13 +227,13 @@ class RoomSender:
         except Exception as err:
             log.warning("[%s] could not send a notice: %s", room_id, err)
 
-    async def _answered(self, out: Outbound) -> str | None:
-        """The event id of the message ``out`` answers, looked up only when its relation
-        names it (``relations``)."""
-        if not out.reply_to or self.event_of is None or not names_target(
-                out.thread_id, self._others(out.thread_id), self.reply_mode):
+    async def _answered(self, thread_id: ThreadId, answering: int) -> str | None:
+        """The event id of the message (inbox row ``answering``) an answer answers, looked up
+        only when its relation names it (``relations``)."""
+        if not answering or self.event_of is None or not names_target(
+                thread_id, self._others(thread_id), self.reply_mode):
             return None
-        return await self.event_of(out.reply_to)
+        return await self.event_of(answering)
 
     def _relation(self, thread_id: ThreadId, answers: str | None,
                   first: bool) -> dict[str, Any] | None:
