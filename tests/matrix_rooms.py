@@ -1,6 +1,6 @@
 """A bot and its people in Matrix rooms, for the tests on the real Synapse: the bot's config
-section, a started bot, a room it joined (the ``synapse`` and ``humans`` fixtures are in
-conftest.py)."""
+section, a started bot, a room it joined, messages in a thread and the relations of events
+(the ``synapse`` and ``humans`` fixtures are in conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import AppFactory
+from nio import RoomSendResponse
 from synapse import Human, HumanFactory, MatrixUser, Synapse
 
 from ganglion.app import App
@@ -47,3 +48,27 @@ async def talking_bot(synapse: Synapse, app_factory: AppFactory,
     app.matrix.backoff_max = app.matrix.sender.retry_max = 0.5
     human = await humans(person)
     return app, human, await joined_room(human, bot), bot
+
+
+def relation(event: Any) -> dict[str, Any] | None:
+    """The ``m.relates_to`` of a message as its reader sees it (decrypted)."""
+    related: dict[str, Any] | None = event.source["content"].get("m.relates_to")
+    return related
+
+
+async def send_content(human: Human, room: str, content: dict[str, Any]) -> str:
+    """As ``Human.send``, with a content of the test's own (a thread, a reply)."""
+    if human.client.should_query_keys:
+        await human.client.keys_query()
+    resp = await human.client.room_send(room, "m.room.message", content,
+                                        ignore_unverified_devices=True)
+    assert isinstance(resp, RoomSendResponse), resp
+    event_id: str = resp.event_id
+    return event_id
+
+
+def in_thread(root: str, text: str, latest: str | None = None) -> dict[str, Any]:
+    """A message in the thread of ``root``, as Element sends it (not shown as a reply)."""
+    return {"msgtype": "m.text", "body": text,
+            "m.relates_to": {"rel_type": "m.thread", "event_id": root, "is_falling_back": True,
+                             "m.in_reply_to": {"event_id": latest or root}}}

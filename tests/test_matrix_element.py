@@ -14,8 +14,15 @@ import aiohttp
 import pytest
 from conftest import AppFactory
 from fake_llm import FakeLLM
-from matrix_rooms import joined_room, start_bot, talking_bot
-from nio import RoomLeaveResponse, RoomSendResponse
+from matrix_rooms import (
+    in_thread,
+    joined_room,
+    relation,
+    send_content,
+    start_bot,
+    talking_bot,
+)
+from nio import RoomLeaveResponse
 from synapse import Human, HumanFactory, MatrixUser, Synapse
 
 from ganglion.interfaces.matrix import interface as matrix_interface
@@ -34,23 +41,6 @@ def bodies(human: Human, room: str, bot: MatrixUser) -> list[str]:
     return [m.body for m in human.messages_from(room, bot.user_id)]
 
 
-def relation(event: Any) -> dict[str, Any] | None:
-    """The ``m.relates_to`` of a message as its reader sees it (decrypted)."""
-    related: dict[str, Any] | None = event.source["content"].get("m.relates_to")
-    return related
-
-
-async def send_content(human: Human, room: str, content: dict[str, Any]) -> str:
-    """As ``Human.send``, with a content of the test's own (a thread, a reply)."""
-    if human.client.should_query_keys:
-        await human.client.keys_query()
-    resp = await human.client.room_send(room, "m.room.message", content,
-                                        ignore_unverified_devices=True)
-    assert isinstance(resp, RoomSendResponse), resp
-    event_id: str = resp.event_id
-    return event_id
-
-
 async def raw_event(synapse: Synapse, human: Human, room: str, event_id: str) -> Any:
     """An event as the homeserver holds it (nio would decrypt it)."""
     url = f"{synapse.url}/_matrix/client/v3/rooms/{quote(room)}/event/{quote(event_id)}"
@@ -58,13 +48,6 @@ async def raw_event(synapse: Synapse, human: Human, room: str, event_id: str) ->
     async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as resp:
         assert resp.status == 200, await resp.text()
         return await resp.json()
-
-
-def in_thread(root: str, text: str, latest: str | None = None) -> dict[str, Any]:
-    """A message in the thread of ``root``, as Element sends it (not shown as a reply)."""
-    return {"msgtype": "m.text", "body": text,
-            "m.relates_to": {"rel_type": "m.thread", "event_id": root, "is_falling_back": True,
-                             "m.in_reply_to": {"event_id": latest or root}}}
 
 
 @pytest.mark.matrix

@@ -17,7 +17,14 @@ import pytest
 from conftest import AppFactory, eventually
 from fake_llm import FakeLLM, Reply
 from hs_proxy import HomeserverProxy, hs_proxy  # noqa: F401  (fixture)
-from matrix_rooms import joined_room, start_bot, talking_bot
+from matrix_rooms import (
+    in_thread,
+    joined_room,
+    relation,
+    send_content,
+    start_bot,
+    talking_bot,
+)
 from nio import ReactionEvent, RedactionEvent
 from synapse import Human, HumanFactory, MatrixUser, Synapse
 
@@ -250,3 +257,26 @@ async def test_what_the_model_said_before_a_tool_call_is_replaced_by_its_answer(
     assert edit_of(final) == early.event_id
     notices = [e for e in originals(human, room, bot) if e is not early]
     assert len(notices) == 1 and notices[0].body.startswith("Tool list_dir · ok")
+
+
+@pytest.mark.matrix
+async def test_a_streamed_answer_in_a_thread_stays_in_the_thread(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
+    humans: HumanFactory, tmp_path: Path,
+) -> None:
+    # The early post carries the thread relation (the edits carry only m.replace).
+    _app, human, room, bot = await talking_bot(synapse, app_factory, humans, tmp_path,
+                                               edit_interval_seconds=INTERVAL)
+    root = await human.send(room, "a thread starts here")
+    await human.next_message(room, bot.user_id, 0)
+    more = asyncio.Event()
+    fake_llm.script(Reply(text=ANSWER, held_before_chunks={10: more}, chunk_delay=0.02))
+    asked = await send_content(human, room, in_thread(root, "tell me a lot"))
+    early = await human.next_message(room, bot.user_id, 1)
+    assert early.body.endswith(IN_PROGRESS)
+    assert relation(early) == {"rel_type": "m.thread", "event_id": root,
+                               "is_falling_back": True, "m.in_reply_to": {"event_id": asked}}
+    more.set()
+    final = await final_edit(human, room, bot, ANSWER)
+    assert relation(final) == {"rel_type": "m.replace", "event_id": early.event_id}
+    assert "m.relates_to" not in final.source["content"]["m.new_content"]
