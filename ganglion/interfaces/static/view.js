@@ -119,6 +119,28 @@ export function addNotice(text) {
   place(el, true);
 }
 
+// Streaming costs time linear in the answer: deltas are buffered and written at most
+// STREAM_FLUSH_MS apart, as one text node, with one look at the scroll position. Written one
+// by one, each delta forced a layout of the whole growing answer (a 60 kB answer kept the
+// page busy for minutes). The final message replaces it, rendered once by the server.
+const STREAM_FLUSH_MS = 150;
+let streamBuffer = [];
+let streamTimer = null;
+// For tests and benchmarks: deltas received and writes to the page while streaming.
+export const stats = { deltas: 0, flushes: 0 };
+globalThis.ganglionStats = stats;
+
+function flushStream() {
+  clearTimeout(streamTimer);
+  streamTimer = null;
+  if (!streamEl || streamBuffer.length === 0) return;
+  const follow = nearBottom();
+  streamEl.firstChild.append(document.createTextNode(streamBuffer.join("")));
+  streamBuffer = [];
+  stats.flushes += 1;
+  if (follow) scrollDown();
+}
+
 export function appendDelta(text) {
   if (!streamEl) {
     const [el, body] = bubble("assistant");
@@ -127,22 +149,31 @@ export function appendDelta(text) {
     streamEl = el;
     place(el, true);
   }
-  const follow = nearBottom();
-  streamEl.firstChild.append(document.createTextNode(text)); // plain text while streaming
-  if (follow) scrollDown();
+  stats.deltas += 1;
+  streamBuffer.push(text); // plain text while streaming
+  if (streamTimer === null) streamTimer = setTimeout(flushStream, STREAM_FLUSH_MS);
+}
+
+function dropBuffer() {
+  clearTimeout(streamTimer);
+  streamTimer = null;
+  streamBuffer = [];
 }
 
 // "reset": the model's partial answer is void; what comes next starts it again.
 export function resetStream() {
+  dropBuffer();
   if (streamEl) streamEl.firstChild.replaceChildren();
 }
 
 export function dropStream() {
+  dropBuffer();
   if (streamEl) streamEl.remove();
   streamEl = null;
 }
 
 export function clearView() {
+  dropBuffer();
   ui.log.replaceChildren();
   seen = new Set();
   streamEl = null;
