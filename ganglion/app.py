@@ -23,6 +23,7 @@ from ganglion.llm.client import LLMClient
 from ganglion.llm.endpoints import EndpointPool
 from ganglion.llm.prompt import PromptInputs, fixed_texts
 from ganglion.logs import SecretMask
+from ganglion.messages import Outbound, OutKind
 from ganglion.model_commands import ModelCommands, without_secrets
 from ganglion.render import MarkdownRenderer
 from ganglion.router import Router
@@ -219,7 +220,10 @@ class App:
         self.approvals = Approvals(
             lambda msg: self.access.rank_of(msg) >= Rank.TRUSTED,
             cfg.tools.approval_timeout_seconds,
-            lambda tid, text: self.router.broadcast(text, tid))
+            lambda tid, text: self.router.broadcast(text, tid),
+            # While a call waits the page says so; once answered the call runs (or not).
+            lambda tid, waiting: self.router.publish(
+                Outbound(tid, OutKind.STATE, "approval" if waiting else "tool")))
         self.approvals.register(self.commands)
         self.tool_runner = ToolRunner(self.tools, ToolPolicy(cfg.tools.policy), self.approvals)
         self._add_tools()

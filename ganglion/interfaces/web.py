@@ -56,6 +56,8 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_BAD_THREAD = 4400
 CLOSE_THROTTLED = 4429
 CLIENT_ID_RE = re.compile(r"\A[\x21-\x7e]{1,64}\Z")
+APPROVAL_RE = re.compile(r"\A\*\*Approval needed\*\* \(`([0-9a-f]{1,16})`\)")
+"""The card ``tools.policy.Approvals`` posts: the page adds Approve and Deny buttons to it."""
 def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -406,12 +408,16 @@ class WebInterface:
         tab.put(frame)
 
     def _message_frame(self, mid: int, role: Role, text: str, reply_to: int) -> dict[str, Any]:
+        """A message as the page draws it: server-rendered HTML, an approval card marked."""
         rendered = (
             self._renderer.html(text) if role in (Role.ASSISTANT, Role.SYSTEM)
             else html.escape(text)
         )
-        return {"type": "message", "id": mid, "role": role.value, "text": text,
-                "html": rendered, "reply_to": reply_to}
+        frame = {"type": "message", "id": mid, "role": role.value, "text": text,
+                 "html": rendered, "reply_to": reply_to}
+        if role is Role.SYSTEM and (card := APPROVAL_RE.match(text)):
+            frame["approval"] = card[1]
+        return frame
 
 
 WEB_KEY = web.AppKey("ganglion_web", WebInterface)

@@ -2,16 +2,19 @@
 // The connection and the outbox live here; view.js draws what they decide.
 import {
   ui, setStatus, scrollDown, addMessage, userBubble, addUser, setNote, markFailed, addNotice,
-  appendDelta, resetStream, dropStream, clearView, showLogin, hideLogin,
+  appendDelta, resetStream, dropStream, clearView, showLogin, hideLogin, actions, setTurn,
 } from "./view.js";
 
 const TOKEN_KEY = "ganglion.token";
 const THREAD_KEY = "ganglion.thread";
 const OUTBOX_KEY = "ganglion.outbox";
 const THREAD_RE = /^web_[0-9a-f]{16,64}$/;
-const BUSY = new Set(["thinking", "summarising", "streaming", "tool"]);
+const BUSY = new Set(["thinking", "summarising", "streaming", "tool", "approval"]);
 // What the status line says for a turn state (any other busy state reads "thinking").
-const STATUS_TEXT = { idle: "ready", streaming: "streaming", summarising: "summarising earlier messages" };
+const STATUS_TEXT = {
+  idle: "ready", streaming: "streaming", summarising: "summarising earlier messages",
+  approval: "waiting for your approval",
+};
 const CLOSE_UNAUTHORIZED = 4401;
 const CLOSE_BAD_THREAD = 4400;
 const CLOSE_THROTTLED = 4429; // too many failed logins from this address: wait, then retry
@@ -104,6 +107,7 @@ function setTurnState(state) {
   if (state === "thinking") failure = null; // a new turn began
   ui.stop.disabled = !(ready && BUSY.has(state));
   ui.log.setAttribute("aria-busy", state === "streaming" ? "true" : "false");
+  setTurn(state);
   refreshStatus();
 }
 
@@ -323,24 +327,30 @@ function onReady(f) {
 // -- input --------------------------------------------------------------------------------
 
 function sendCurrent() {
-  const text = ui.message.value;
-  if (!text.trim()) return;
+  if (sendText(ui.message.value)) ui.message.value = "";
+}
+
+// A message to the thread through the outbox (kept until the server acknowledges it).
+function sendText(text) {
+  if (!text.trim()) return false;
   const size = new TextEncoder().encode(text).length;
   if (size > maxBytes) {
     const fmt = (n) => n.toLocaleString("en-US");
     const why = `Message is ${fmt(size)} bytes; the limit is ${fmt(maxBytes)}. Shorten it and send again.`;
     addNotice(why);
     fail(why);
-    return;
+    return false;
   }
   failure = null; // something new is under way
   refreshStatus();
   const id = randomHex(16);
   saveOutbox([...loadOutbox(), { id, text, thread: threadId }]);
   addUser(text, id, "sending");
-  ui.message.value = "";
   if (ready) sendFrame({ type: "send", id, text });
+  return true;
 }
+
+actions.answerApproval = sendText;
 
 ui.composer.addEventListener("submit", (e) => {
   e.preventDefault();

@@ -62,7 +62,13 @@ export function addMessage(m) {
     a.target = "_blank"; // never navigate the chat away
     a.rel = "noopener noreferrer";
   }
-  if (m.role === "tool") {
+  if (m.approval) {
+    // The whole command stays readable (CSS wraps it); the buttons send /approve or /deny.
+    el.classList.add("approval");
+    for (const old of ui.log.querySelectorAll(".msg.approval.latest")) old.classList.remove("latest");
+    el.classList.add("latest");
+    el.append(body, approvalChoices(m.approval));
+  } else if (m.role === "tool") {
     const details = document.createElement("details");
     const summary = document.createElement("summary");
     const first = (m.text || "").split("\n", 1)[0].slice(0, 80);
@@ -73,6 +79,28 @@ export function addMessage(m) {
     el.append(body);
   }
   place(el, false);
+}
+
+// What the page does with a click on Approve or Deny (app.js sends the command).
+export const actions = { answerApproval: (_command) => {} };
+
+function approvalChoices(id) {
+  const choices = document.createElement("div");
+  choices.className = "choices";
+  for (const [label, command] of [["Approve", "/approve"], ["Deny", "/deny"]]) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = label;
+    button.className = command === "/deny" ? "secondary" : "";
+    button.addEventListener("click", () => actions.answerApproval(`${command} ${id}`));
+    choices.append(button);
+  }
+  return choices;
+}
+
+// The turn's state on the log, for what shows only in some states (the approval buttons).
+export function setTurn(state) {
+  ui.log.dataset.turn = state;
 }
 
 export function userBubble(clientId) {
