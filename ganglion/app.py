@@ -23,7 +23,7 @@ from ganglion.llm.client import LLMClient
 from ganglion.llm.endpoints import EndpointPool
 from ganglion.llm.prompt import PromptInputs, fixed_texts
 from ganglion.logs import SecretMask
-from ganglion.messages import Outbound, OutKind
+from ganglion.messages import Inbound, Outbound, OutKind
 from ganglion.model_commands import ModelCommands, without_secrets
 from ganglion.render import MarkdownRenderer
 from ganglion.router import Router
@@ -243,6 +243,10 @@ class App:
             context_tokens_for=cfg.llm.context_tokens_for,
         )
         self.bus = Bus(self.inbox, self.worker, cfg.bus.max_turns_in_flight)
+        # Immediate: the messages it drops wait in the lane it would otherwise wait in.
+        self.commands.add("cancel", "/cancel", "drop the messages waiting for an answer in "
+                          "this conversation (Stop ends the one being answered)",
+                          self._cancel_queued, immediate=True)
         self._add_triggers()
         # The config checked tools.policy against TOOL_NAMES; they must be these tools.
         if set(self.tools.names()) != TOOL_NAMES:
@@ -326,6 +330,14 @@ class App:
         self.commands.add("heartbeat", "/heartbeat",
                           "review this conversation against HEARTBEATS.txt now",
                           self.heartbeat.cmd_heartbeat)
+
+    async def _cancel_queued(self, msg: Inbound, args: str) -> str:
+        cancelled = await self.bus.cancel_queued(msg.thread_id)
+        if not cancelled:
+            return "No message is waiting in this conversation."
+        if len(cancelled) == 1:
+            return "Cancelled 1 queued message; it will not be answered."
+        return f"Cancelled {len(cancelled)} queued messages; they will not be answered."
 
     async def _report_llm(self) -> None:
         """Say plainly, once, whether the configured endpoint answers and how to change it."""

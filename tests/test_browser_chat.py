@@ -3,6 +3,8 @@ the approval card and its buttons, queued messages cancelled."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from conftest import AppFactory
 from fake_llm import FakeLLM, Reply
@@ -72,3 +74,34 @@ async def test_the_approval_card_shows_the_whole_command_and_its_buttons_answer_
     await expect(answers(page)).to_have_text(["I will not run it then.", "It ran."])
     tool = page.locator('#log [data-role="tool"]')
     await expect(tool.last).to_contain_text("echo approved-ran")
+
+
+async def test_queued_messages_are_cancelled_from_the_page_and_with_slash_cancel(
+    app_factory: AppFactory, fake_llm: FakeLLM, context: BrowserContext, problems: Problems
+) -> None:
+    app = await app_factory()
+    held = asyncio.Event()
+    fake_llm.script(Reply(text="first answer", held=held), Reply(text="fourth answer"))
+    page = await open_page(context, app, problems)
+    await say(page, "first")
+    await expect(page.locator("#status")).to_have_text("thinking")
+    for text in ("second", "third"):
+        await say(page, text)
+    user = page.locator('#log .msg[data-role="user"]')
+    await expect(user.locator('xpath=self::*[@data-status="sent"]')).to_have_count(3)
+    await page.get_by_role("button", name="Cancel queued").click()
+    cancelled = page.locator('#log .msg[data-status="cancelled"]')
+    await expect(cancelled).to_have_count(2)
+    await expect(cancelled.first).to_contain_text("Cancelled: it will not be answered.")
+    await say(page, "fourth")
+    await say(page, "/cancel")
+    await expect(page.locator('#log [data-role="system"]')).to_contain_text(
+        ["Cancelled 1 queued message; it will not be answered."])
+    await expect(cancelled).to_have_count(3)
+    held.set()
+    await expect(answers(page)).to_have_text(["first answer"])
+    await expect(page.locator("#status")).to_have_text("ready")
+    await page.reload()  # still shown as cancelled, in their places
+    await expect(page.locator("#status")).to_have_text("ready")
+    await expect(cancelled).to_have_count(3)
+    await expect(cancelled).to_contain_text(["second", "third", "fourth"])

@@ -52,6 +52,8 @@ STATIC_FILES = {
     "app.css": "text/css; charset=utf-8",
 }
 HELLO_TIMEOUT = 10.0
+PENDING_SHOWN = 100
+"""Queued messages a joining tab is shown (the newest); it is told how many more wait."""
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_BAD_THREAD = 4400
 CLOSE_THROTTLED = 4429
@@ -102,6 +104,7 @@ class WebInterface:
         self._static: dict[str, bytes] = {}
         self._runner: web.AppRunner | None = None
         self.port = 0
+        bus.on_cancelled(self._cancelled)
 
     # -- the Interface protocol ------------------------------------------------------------
 
@@ -313,23 +316,29 @@ class WebInterface:
         for m in rows:
             if m.role not in ROLE_OF or (m.role == "assistant" and not m.content):
                 continue  # summaries; assistant steps that only called tools
-            entry = self._message_frame(m.id, ROLE_OF[m.role], m.content, 0)
+            cancelled = m.role == "user" and m.name == "cancelled"
+            text = self._shown(m.content) if cancelled else m.content  # as when queued
+            entry = self._message_frame(m.id, ROLE_OF[m.role], text, 0)
             del entry["type"], entry["reply_to"]
             if m.role == "tool" and m.name:
                 entry["name"] = m.name  # the tool's name, for the collapsed summary
+            if cancelled:
+                entry["cancelled"] = True
             transcript.append(entry)
         # A question whose turn has begun is in the transcript already.
         started = {m.inbox_id for m in rows if m.role == "user"}
+        waiting = [p for p in await self._inbox.pending_for(tid) if p[0] not in started]
+        # A long backlog is shown as its newest few and a count: the page stays quick.
         pending = [
             {"id": cid, "text": self._shown(text)}  # it may not be masked in the inbox yet
-            for inbox_id, cid, text in await self._inbox.pending_for(tid)
-            if inbox_id not in started
+            for _, cid, text in waiting[-PENDING_SHOWN:]
         ]
         tab.start({
             "type": "ready",
             "thread_id": tid,
             "transcript": transcript,
             "pending": pending,
+            "pending_hidden": len(waiting) - len(pending),
             "streaming": partial,
             "state": state,
             "max_message_bytes": self.config.max_message_bytes,
@@ -356,10 +365,12 @@ class WebInterface:
             await self._on_send(tab, frame)
         elif kind == "stop":
             self._bus.cancel_turn(tab.thread_id)
+        elif kind == "cancel":  # the queued messages; each tab marks them (``_cancelled``)
+            await self._bus.cancel_queued(tab.thread_id)
         elif kind == "hello":
             self._bad_frame(tab, "already logged in: hello is only the first frame")
         else:
-            self._bad_frame(tab, f"unknown frame type {_short(kind)} (send, stop)")
+            self._bad_frame(tab, f"unknown frame type {_short(kind)} (send, stop, cancel)")
 
     async def _on_send(self, tab: Tab, frame: dict[str, Any]) -> None:
         cid, text = frame.get("id"), frame.get("text")
@@ -400,6 +411,11 @@ class WebInterface:
             pending = {"type": "pending", "id": cid, "text": self._shown(text)}
             for other in others:
                 other.put(pending)
+
+    def _cancelled(self, thread_id: ThreadId, msgs: list[Inbound]) -> None:
+        frame = {"type": "cancelled", "ids": [m.client_id for m in msgs]}
+        for tab in list(self._tabs.get(thread_id, ())):
+            tab.put(frame)
 
     def _bad_frame(self, tab: Tab, reason: str, cid: str | None = None) -> None:
         frame: dict[str, Any] = {"type": "error", "code": "bad_frame", "message": reason}

@@ -3,6 +3,7 @@
 import {
   ui, setStatus, scrollDown, addMessage, userBubble, addUser, setNote, markFailed, addNotice,
   appendDelta, resetStream, dropStream, clearView, showLogin, hideLogin, actions, setTurn,
+  batch, markCancelled,
 } from "./view.js";
 
 const TOKEN_KEY = "ganglion.token";
@@ -106,6 +107,7 @@ function setTurnState(state) {
   turnState = state;
   if (state === "thinking") failure = null; // a new turn began
   ui.stop.disabled = !(ready && BUSY.has(state));
+  ui.cancelQueued.disabled = ui.stop.disabled;
   ui.log.setAttribute("aria-busy", state === "streaming" ? "true" : "false");
   setTurn(state);
   refreshStatus();
@@ -129,6 +131,7 @@ function connect() {
   ready = false;
   setStatus("connecting");
   ui.stop.disabled = true;
+  ui.cancelQueued.disabled = true;
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   const sock = new WebSocket(`${scheme}//${location.host}/ws`);
   ws = sock;
@@ -216,6 +219,9 @@ function handle(f) {
       break;
     case "message":
       addMessage(f);
+      break;
+    case "cancelled":
+      for (const id of f.ids) markCancelled(id);
       break;
     case "delta":
       appendDelta(f.text);
@@ -312,11 +318,17 @@ function onReady(f) {
   retrying = new Set();
   resending = new Set();
   cancelStoreRetry();
-  for (const m of f.transcript) addMessage(m);
-  for (const p of f.pending) addUser(p.text, p.id, "sent");
   const outbox = loadOutbox().filter((e) => e.thread === threadId);
   saveOutbox(outbox);
-  for (const e of outbox) addUser(e.text, e.id, "sending");
+  batch(() => {
+    for (const m of f.transcript) addMessage(m);
+    if (f.pending_hidden > 0) {
+      addNotice(`${f.pending_hidden} earlier queued messages are not shown here; they are `
+        + "answered first, in order (Cancel queued drops them all).");
+    }
+    for (const p of f.pending) addUser(p.text, p.id, "sent");
+    for (const e of outbox) addUser(e.text, e.id, "sending");
+  });
   if (f.streaming !== null && f.streaming !== undefined) appendDelta(f.streaming);
   setTurnState(f.state);
   scrollDown();
@@ -366,6 +378,10 @@ ui.message.addEventListener("keydown", (e) => {
 
 ui.stop.addEventListener("click", () => {
   sendFrame({ type: "stop" });
+});
+
+ui.cancelQueued.addEventListener("click", () => {
+  sendFrame({ type: "cancel" });
 });
 
 ui.newChat.addEventListener("click", () => {

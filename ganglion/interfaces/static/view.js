@@ -14,6 +14,7 @@ export const ui = {
   message: $("message"),
   send: $("send"),
   stop: $("stop"),
+  cancelQueued: $("cancel-queued"),
   newChat: $("new-chat"),
 };
 const DEFAULT_LOGIN_MESSAGE = ui.loginMessage.textContent;
@@ -35,7 +36,22 @@ export function scrollDown() {
   ui.log.scrollTop = ui.log.scrollHeight;
 }
 
+let batching = false; // while a whole transcript is drawn: no scrolling (layout) per message
+
+export function batch(draw) {
+  batching = true;
+  try {
+    draw();
+  } finally {
+    batching = false;
+  }
+}
+
 function place(el, force) {
+  if (batching) {
+    ui.log.append(el);
+    return;
+  }
   const follow = force || nearBottom();
   if (streamEl && el !== streamEl) ui.log.insertBefore(el, streamEl);
   else ui.log.append(el);
@@ -78,7 +94,17 @@ export function addMessage(m) {
   } else {
     el.append(body);
   }
+  if (m.cancelled) {
+    el.dataset.status = "cancelled";
+    setNote(el, CANCELLED_NOTE);
+  }
   place(el, false);
+}
+
+const CANCELLED_NOTE = "Cancelled: it will not be answered.";
+
+export function markCancelled(clientId) {
+  markFailed(clientId, "cancelled", CANCELLED_NOTE);
 }
 
 // What the page does with a click on Approve or Deny (app.js sends the command).
