@@ -206,6 +206,27 @@ MIGRATIONS: list[Migration] = [  # applied once each, in order; recorded in ``mi
         CREATE INDEX messages_inbox ON messages (inbox_id) WHERE inbox_id IS NOT NULL
         """,
     ),
+    Migration(
+        8,
+        "conversations",
+        """
+        -- The web conversations the page lists: a title (the first words until the model
+        -- gives a short one, or the person's own), archived or not, and when last active.
+        CREATE TABLE conversations (
+            thread_id TEXT PRIMARY KEY,
+            title TEXT NOT NULL,
+            title_by TEXT NOT NULL DEFAULT 'words' CHECK (title_by IN ('words', 'model', 'person')),
+            archived INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            last_active REAL NOT NULL
+        );
+        CREATE INDEX conversations_recent ON conversations (last_active);
+        -- The web threads of earlier runs, titled by their first message.
+        INSERT INTO conversations (thread_id, title, created_at, last_active)
+            SELECT thread_id, substr(text, 1, 200), min(created_at), max(created_at)
+            FROM inbox WHERE thread_id GLOB 'web_*' AND system = 0 GROUP BY thread_id
+        """,
+    ),
 ]
 
 

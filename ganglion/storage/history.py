@@ -227,6 +227,10 @@ class History:
     def _forget(self, thread_id: ThreadId) -> None:
         self._contexts.pop(thread_id, None)
 
+    def evict(self, thread_id: ThreadId) -> None:
+        """The thread's rows were deleted elsewhere (``Conversations.delete``): forget them."""
+        self._forget(thread_id)
+
     async def replace_with_summary(
         self, thread_id: ThreadId, up_to_id: int, summary: str
     ) -> int:
