@@ -265,7 +265,7 @@ class App:
             self.secret_mask.add(self.web_token)  # a generated one is known from here on
             self.web = WebInterface(cfg.web, self.web_token, self.bus, self.router,
                                     self.history, self.inbox, MarkdownRenderer(),
-                                    shown=without_secrets)
+                                    shown=without_secrets, deleted=self.reminders.rearm)
             self.router.register(self.web)
             await self.web.start()
             self._stops.append(("web", self.web.stop))

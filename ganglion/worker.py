@@ -23,7 +23,7 @@ from ganglion.llm.prompt import PromptInputs, build_messages, fixed_texts
 from ganglion.messages import Inbound, Source, ThreadId, is_matrix_thread
 from ganglion.router import Router
 from ganglion.storage.files import BASE_PROMPT, HEARTBEATS, MEMORIES, DataFiles
-from ganglion.storage.history import History, NewMessage, StoredMessage
+from ganglion.storage.history import NEW_CONVERSATION, History, NewMessage, StoredMessage
 from ganglion.tools.policy import ToolRunner
 from ganglion.tools.registry import ToolRegistry
 from ganglion.turn.budget import Calibration, fixed_tokens
@@ -268,7 +268,7 @@ class Worker:
 
     async def _cmd_new(self, msg: Inbound, args: str) -> str:
         dropped = await self.history.forget_context(msg.thread_id)
-        return ("Started a fresh conversation." if dropped else
+        return (NEW_CONVERSATION if dropped else
                 "This conversation was already empty.") + " Memory files are kept."
 
     async def _cmd_compact(self, msg: Inbound, args: str) -> str:

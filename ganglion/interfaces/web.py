@@ -53,6 +53,7 @@ STATIC_FILES = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "view.js": "text/javascript; charset=utf-8",
+    "sidebar.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
 }
 FRAME_TYPES = ", ".join(["send", "stop", "cancel", *sorted(KINDS)])

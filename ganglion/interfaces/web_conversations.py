@@ -20,7 +20,7 @@ from ganglion.messages import Role, ThreadId, is_web_thread
 from ganglion.render import MarkdownRenderer
 from ganglion.router import ROLE_OF
 from ganglion.storage.conversations import Conversation, Conversations
-from ganglion.storage.history import History, StoredMessage
+from ganglion.storage.history import NEW_CONVERSATION, History, StoredMessage
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,8 @@ def message_frame(renderer: MarkdownRenderer, mid: int, role: Role, text: str,
                 else html.escape(text))
     frame = {"type": "message", "id": mid, "role": role.value, "text": text,
              "html": rendered, "reply_to": reply_to}
+    if role is Role.SYSTEM and text.startswith(NEW_CONVERSATION):
+        frame["divider"] = True
     if role is Role.SYSTEM and text.startswith(APPROVAL_PREFIX):
         card = text[len(APPROVAL_PREFIX):].split("`", 1)[0]
         if card.isalnum():
@@ -117,8 +119,6 @@ def transcript(renderer: MarkdownRenderer, rows: Iterable[StoredMessage],
             entry["name"] = m.name  # the tool's name, for the collapsed summary
         if cancelled:
             entry["cancelled"] = True
-        if m.role == "notice" and m.name == "divider":
-            entry["divider"] = True
         entries.append(entry)
     return entries
 

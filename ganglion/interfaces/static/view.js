@@ -94,6 +94,7 @@ export function addMessage(m) {
   } else {
     el.append(body);
   }
+  if (m.divider) el.classList.add("divider"); // /new: what is above left the model's context
   if (m.cancelled) {
     el.dataset.status = "cancelled";
     setNote(el, CANCELLED_NOTE);
