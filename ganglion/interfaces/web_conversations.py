@@ -43,7 +43,7 @@ class RenameFrame(_Frame):
     type: Literal["rename"]
     thread_id: WebThread
     title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
-                                            max_length=200)]
+                                            max_length=1000)]
 
 
 class ArchiveFrame(_Frame):
