@@ -4,7 +4,6 @@ the database and from a second tab), a reminder fired into a closed tab reached 
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 
@@ -39,9 +38,9 @@ def answer_dialog(page: Page, text: str | None = None) -> list[str]:
     """Accept the next dialog (with ``text`` for a prompt); returns what it said."""
     said: list[str] = []
 
-    def on_dialog(dialog: Dialog) -> None:
+    async def on_dialog(dialog: Dialog) -> None:  # Playwright runs it as a task
         said.append(dialog.message)
-        asyncio.ensure_future(dialog.accept(text) if text is not None else dialog.accept())
+        await (dialog.accept(text) if text is not None else dialog.accept())
 
     page.once("dialog", on_dialog)
     return said
