@@ -29,6 +29,7 @@ from ganglion.render import MarkdownRenderer
 from ganglion.router import Router
 from ganglion.storage.atomic import atomic_write
 from ganglion.storage.catalog import Catalog
+from ganglion.storage.conversations import Conversations
 from ganglion.storage.db import Database
 from ganglion.storage.files import (
     BASE_PROMPT,
@@ -58,6 +59,7 @@ from ganglion.triggers.reminders import Reminders
 from ganglion.turn.budget import fixed_tokens, schema_tokens
 from ganglion.turn.compaction import Compactor
 from ganglion.turn.memory_flush import MemoryFlush
+from ganglion.turn.title import Titler
 from ganglion.untrusted import neutralise
 from ganglion.worker import Clock, Worker
 
@@ -233,6 +235,9 @@ class App:
                                    cfg.llm.context_tokens_for(summariser),
                                    before=MemoryFlush(self.llm, cfg.llm.model, self.tool_runner,
                                                       self.files))
+        self.conversations = Conversations(self.db)
+        self.titler = Titler(self.llm, self.conversations, self.router, summariser)
+        self._stops.append(("titles", self.titler.stop))
         self.worker = Worker(
             llm=self.llm, history=self.history, router=self.router, files=self.files,
             tools=self.tools, runner=self.tool_runner, commands=self.commands,
@@ -241,6 +246,7 @@ class App:
             reviews=self.reviews, admit=self.access.admit,
             model_for=self.model_commands.model_for,
             context_tokens_for=cfg.llm.context_tokens_for,
+            titles=self.titler if cfg.web.titles == "model" else None,
         )
         self.bus = Bus(self.inbox, self.worker, cfg.bus.max_turns_in_flight)
         # Immediate: the messages it drops wait in the lane it would otherwise wait in.
@@ -265,7 +271,8 @@ class App:
             self.secret_mask.add(self.web_token)  # a generated one is known from here on
             self.web = WebInterface(cfg.web, self.web_token, self.bus, self.router,
                                     self.history, self.inbox, MarkdownRenderer(),
-                                    shown=without_secrets, deleted=self.reminders.rearm)
+                                    shown=without_secrets, deleted=self.reminders.rearm,
+                                    conversations=self.conversations)
             self.router.register(self.web)
             await self.web.start()
             self._stops.append(("web", self.web.stop))

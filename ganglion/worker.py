@@ -31,6 +31,7 @@ from ganglion.turn.compaction import Compactor, context_size
 from ganglion.turn.journal import StepJournal, tool_steps
 from ganglion.turn.progress import Progress
 from ganglion.turn.store import TurnStore, notice
+from ganglion.turn.title import Titler
 from ganglion.turn.tool_loop import ToolLoop
 from ganglion.untrusted import neutralise
 
@@ -85,6 +86,7 @@ class Worker:
         admit: Callable[[Inbound], Awaitable[str | None]] | None = None,
         model_for: Callable[[ThreadId], str] | None = None,
         context_tokens_for: Callable[[str], int] | None = None,
+        titles: Titler | None = None,
     ) -> None:
         self.history = history
         self.router = router
@@ -100,6 +102,8 @@ class Worker:
         silently, any other text refuses it with that reply."""
         self.context_tokens_for = context_tokens_for or (lambda _m: compactor.context_tokens)
         """The context budget of a model (``llm.models.<id>.context_tokens``, else llm's)."""
+        self.titles = titles
+        """Asks a web conversation's short title after its first exchange (background)."""
         self.calibration = Calibration()
         self.progress = Progress(router)
         self.journal = StepJournal(history)
@@ -122,6 +126,8 @@ class Worker:
         started = time.monotonic()
         control = self.is_immediate(msg)  # runs beside the thread's turn: leave its state be
         if not control:
+            if self.titles is not None:
+                self.titles.turn_begins(tid)
             self.progress.begin(tid, quiet=msg.source in (Source.REMINDER, Source.HEARTBEAT))
             await self.progress.state(tid, "thinking")
         failed = True  # unless the turn returns
@@ -212,9 +218,13 @@ class Worker:
                     context, overhead, context_tokens=budget, scale=scale))):
             context = await self.history.context(tid)
             inputs = replace(inputs, history=context)
-        return await self.loop.run(msg, build_messages(inputs, fixed), new, offer,
-                                   allow_empty=reviews is not None,
-                                   estimate=overhead + context_size(context))
+        prompt = build_messages(inputs, fixed)
+        new = await self.loop.run(msg, list(prompt), new, offer,
+                                  allow_empty=reviews is not None,
+                                  estimate=overhead + context_size(context))
+        if self.titles is not None and reviews is None:
+            self.titles.consider(msg, prompt, new, offer.schemas)
+        return new
 
     async def _compact(self, msg: Inbound, context: list[StoredMessage], overhead: int,
                        budget: int, fits: bool) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from conftest import AppFactory, connect
+from conftest import AppFactory, connect, eventually
 from fake_llm import FakeLLM, Reply
 from wsclient import ChatClient
 
@@ -140,3 +140,51 @@ async def test_matrix_rooms_are_listed_and_read_but_not_writable(
     assert (await frame_of(chat, "error"))["code"] == "bad_frame"
     assert len(await app.history.transcript(room)) == 2
     await chat.close()
+
+
+async def test_the_model_titles_a_conversation_after_its_first_exchange_from_the_same_prompt(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory({"web": {"titles": "model"}})
+    fake_llm.script(Reply(text="Leeks are in season."),
+                    Reply(text='"<b>Leek</b> dinner ideas."\nMore text'),
+                    Reply(text="Try a gratin."))
+    chat = await connect(app)
+    watcher = await connect(app)  # another tab's sidebar
+    assert (await chat.ask("What can I cook with leeks?"))["text"] == "Leeks are in season."
+    item = (await frame_of(watcher, "conversation"))["item"]
+    assert item["title"] == "What can I cook with leeks?" and item["title_by"] == "words"
+    item = (await frame_of(watcher, "conversation"))["item"]
+    assert item["title"] == "<b>Leek</b> dinner ideas" and item["title_by"] == "model"
+    turn, title = fake_llm.requests[0], fake_llm.requests[1]
+    # The turn's own request, its answer, one instruction: the cached prefix is shared.
+    assert title["messages"][:len(turn["messages"])] == turn["messages"]
+    assert title.get("tools") == turn.get("tools")
+    assert title["messages"][len(turn["messages"])] == {
+        "role": "assistant", "content": "Leeks are in season."}
+    assert "short title" in title["messages"][-1]["content"]
+    assert len(title["messages"]) == len(turn["messages"]) + 2
+    # Asked once: the next exchange keeps the title and makes no title request.
+    assert (await chat.ask("And a side?"))["text"] == "Try a gratin."
+    await app.bus.wait_idle()
+    assert len(fake_llm.requests) == 3
+    conversation = await app.conversations.get(ThreadId(chat.thread_id))
+    assert conversation is not None and conversation.title == "<b>Leek</b> dinner ideas"
+    await chat.close()
+    await watcher.close()
+
+
+async def test_a_failed_title_request_keeps_the_first_words(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory({"web": {"titles": "model"}})
+    fake_llm.script(Reply(text="Sure."), Reply(status=500), Reply(status=500))
+    chat = await connect(app)
+    await chat.ask("Plan my week please")
+    await eventually(lambda: len(fake_llm.requests) >= 3)  # the title asked, and retried
+    await app.titler.stop()  # its task has ended: nothing is pending
+    conversation = await app.conversations.get(ThreadId(chat.thread_id))
+    assert conversation is not None
+    assert (conversation.title, conversation.title_by) == ("Plan my week please", "words")
+    await chat.close()
+

@@ -161,6 +161,9 @@ class WebInterface:
         elif out.kind is OutKind.RESET:
             self._streaming.pop(tid, None)
             frame = {"type": "reset"}
+        elif out.kind is OutKind.TITLE:  # every sidebar shows it
+            await self.conversations.changed(tid)
+            return True
         elif out.kind is OutKind.STATE:
             # "error": the turn failed (its notice came first) and "idle" follows; tabs show
             # it, a tab that joins later reads the notice instead.
