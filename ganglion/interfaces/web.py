@@ -54,6 +54,8 @@ STATIC_FILES = {
     "app.js": "text/javascript; charset=utf-8",
     "view.js": "text/javascript; charset=utf-8",
     "sidebar.js": "text/javascript; charset=utf-8",
+    "conversations.js": "text/javascript; charset=utf-8",
+    "local.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
 }
 FRAME_TYPES = ", ".join(["send", "stop", "cancel", *sorted(KINDS)])

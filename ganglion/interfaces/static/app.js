@@ -5,15 +5,13 @@ import {
   appendDelta, resetStream, dropStream, clearView, showLogin, hideLogin, actions, setTurn,
   batch, markCancelled,
 } from "./view.js";
+import { CONVERSATION_RE, touched, setCurrent } from "./sidebar.js";
 import {
-  CONVERSATION_RE, conversationHref, initSidebar, showList, upsert, forget, touched, titleOf,
-  setCurrent,
-} from "./sidebar.js";
+  TOKEN_KEY, randomHex, newThread, loadThread, showInAddress, loadOutbox, saveOutbox,
+  takeTokenFromFragment,
+} from "./local.js";
+import { initConversations, conversationFrame, roomShown, leaveRoom, roomAfterReady } from "./conversations.js";
 
-const TOKEN_KEY = "ganglion.token";
-const THREAD_KEY = "ganglion.thread";
-const OUTBOX_KEY = "ganglion.outbox";
-const THREAD_RE = /^web_[0-9a-f]{16,64}$/;
 const BUSY = new Set(["thinking", "summarising", "streaming", "tool", "approval"]);
 // What the status line says for a turn state (any other busy state reads "thinking").
 const STATUS_TEXT = {
@@ -43,77 +41,18 @@ let retrying = new Set(); // ids the server could not store; the outbox keeps th
 let resending = new Set(); // of those, the ones sent again and not answered yet
 let storeRetryTimer = null;
 let storeBackoff = STORE_RETRY_FIRST;
-let viewingRoom = null; // a Matrix room shown read-only instead of this tab's conversation
 
-// -- storage ------------------------------------------------------------------------------
-
-function randomHex(bytes) {
-  const a = new Uint8Array(bytes);
-  crypto.getRandomValues(a);
-  return Array.from(a, (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-function newThread() {
-  const tid = "web_" + randomHex(16);
-  sessionStorage.setItem(THREAD_KEY, tid);
-  return tid;
-}
-
-// The address names the conversation (#/c/<thread>: bookmarkable, opens in a new tab);
-// without one, this tab's last conversation, or a new one.
-function loadThread() {
-  const m = CONVERSATION_RE.exec(location.hash);
-  if (m) {
-    sessionStorage.setItem(THREAD_KEY, m[1]);
-    return m[1];
-  }
-  const tid = sessionStorage.getItem(THREAD_KEY);
-  return tid && THREAD_RE.test(tid) ? tid : newThread();
-}
-
-function showThreadInAddress() {
-  if (location.hash !== conversationHref(threadId)) {
-    history.replaceState(null, "", location.pathname + location.search + conversationHref(threadId));
-  }
-}
+// -- conversations ------------------------------------------------------------------------
 
 // Another conversation, in this tab: the socket is opened again on it.
 function openThread(tid) {
   threadId = tid;
-  sessionStorage.setItem(THREAD_KEY, tid);
-  showThreadInAddress();
-  viewingRoom = null;
+  showInAddress(tid);
+  leaveRoom();
   clearView();
   forgetFailures();
   turnState = "idle";
   if (token) reconnectNow();
-}
-
-function loadOutbox() {
-  try {
-    const list = JSON.parse(sessionStorage.getItem(OUTBOX_KEY) || "[]");
-    return Array.isArray(list) ? list : [];
-  } catch {
-    return [];
-  }
-}
-
-function saveOutbox(list) {
-  sessionStorage.setItem(OUTBOX_KEY, JSON.stringify(list));
-}
-
-function takeTokenFromFragment() {
-  const m = /^#token=(.+)$/.exec(location.hash);
-  if (!m) return;
-  let value = m[1];
-  try {
-    value = decodeURIComponent(value);
-  } catch {
-    // keep it as it is
-  }
-  localStorage.setItem(TOKEN_KEY, value);
-  // The fragment never reaches a server; remove it from the address bar and history too.
-  history.replaceState(null, "", location.pathname + location.search);
 }
 
 // -- state --------------------------------------------------------------------------------
@@ -228,39 +167,9 @@ function reconnectNow() {
   connect();
 }
 
-// What only concerns this tab's conversation waits while a Matrix room is shown.
-const CONVERSATION_FRAMES = new Set(["pending", "message", "delta", "reset", "cancelled"]);
-
 function handle(f) {
-  if (viewingRoom && CONVERSATION_FRAMES.has(f.type)) return; // drawn again on return
+  if (conversationFrame(f)) return; // the list, a room, or what waits while a room is shown
   switch (f.type) {
-    case "conversations":
-      showList(f);
-      setCurrent(threadId);
-      break;
-    case "conversation":
-      upsert(f.item);
-      setCurrent(threadId);
-      break;
-    case "conversation_deleted":
-      forget(f.thread_id);
-      if (f.thread_id === threadId) {
-        saveOutbox([]);
-        openThread(newThread());
-      }
-      break;
-    case "contents": {
-      const n = (count, one, many) => `${count} ${count === 1 ? one : many}`;
-      const what = `${n(f.messages, "message", "messages")}, ${n(f.pending, "pending turn", "pending turns")}`
-        + ` and ${n(f.reminders, "reminder", "reminders")}`;
-      if (confirm(`Delete "${titleOf(f.thread_id)}"? This removes ${what}, for good.`)) {
-        sendFrame({ type: "delete", thread_id: f.thread_id });
-      }
-      break;
-    }
-    case "room":
-      if (f.thread_id === viewingRoom) showRoom(f);
-      break;
     case "ready":
       onReady(f);
       break;
@@ -368,30 +277,14 @@ function forgetFailures() {
   storeBackoff = STORE_RETRY_FIRST;
 }
 
-function showRoom(f) {
-  clearView();
-  batch(() => {
-    addNotice(`Matrix room ${f.thread_id}, read-only: answer it in Matrix.`);
-    for (const m of f.transcript) addMessage(m);
-  });
-  ui.log.dataset.readonly = "true";
-  setStatus("read-only", "ready");
-  scrollDown();
-}
-
 function onReady(f) {
   ready = true;
   backoff = BACKOFF_FIRST;
   threadId = f.thread_id;
-  sessionStorage.setItem(THREAD_KEY, threadId);
-  showThreadInAddress();
+  showInAddress(threadId);
   setCurrent(threadId);
   sendFrame({ type: "list" });
-  if (viewingRoom) {
-    sendFrame({ type: "read", thread_id: viewingRoom });
-    return;
-  }
-  delete ui.log.dataset.readonly;
+  if (roomAfterReady()) return;
   if (f.max_message_bytes) maxBytes = f.max_message_bytes;
   clearView();
   // The outbox is sent again below; what the server still cannot store comes back.
@@ -473,26 +366,16 @@ ui.newChat.addEventListener("click", () => {
 
 window.addEventListener("hashchange", () => {
   const m = CONVERSATION_RE.exec(location.hash);
-  if (m && (m[1] !== threadId || viewingRoom)) openThread(m[1]);
+  if (m && (m[1] !== threadId || roomShown())) openThread(m[1]);
 });
 
-initSidebar({
-  open(tid) {
-    if (tid === threadId && viewingRoom) openThread(tid); // the address did not change
-  },
-  rename(tid, title) {
-    const wanted = prompt("Rename the conversation", title);
-    if (wanted !== null && wanted.trim()) sendFrame({ type: "rename", thread_id: tid, title: wanted });
-  },
-  archive(tid, archived) {
-    sendFrame({ type: "archive", thread_id: tid, archived });
-  },
-  remove(tid) {
-    sendFrame({ type: "contents", thread_id: tid }); // counted first, then confirmed
-  },
-  room(tid) {
-    viewingRoom = tid;
-    sendFrame({ type: "read", thread_id: tid });
+initConversations({
+  send: sendFrame,
+  current: () => threadId,
+  open: openThread,
+  openNew() {
+    saveOutbox([]);
+    openThread(newThread());
   },
 });
 

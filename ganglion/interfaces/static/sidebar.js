@@ -26,22 +26,58 @@ export function conversationHref(threadId) {
   return `#/c/${threadId}`;
 }
 
+// Formatters made once: made per call, they cost most of a long list's drawing.
+const TIME = new Intl.DateTimeFormat([], { hour: "2-digit", minute: "2-digit" });
+const DAY = new Intl.DateTimeFormat([], { month: "short", day: "numeric" });
+
 function when(seconds) {
   const d = new Date(seconds * 1000);
-  const today = new Date();
-  if (d.toDateString() === today.toDateString()) {
-    return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-  }
-  return d.toLocaleDateString([], { month: "short", day: "numeric" });
+  return (d.toDateString() === new Date().toDateString() ? TIME : DAY).format(d);
 }
 
-function actionButton(label, onClick) {
+function actionButton(label, action) {
   const b = document.createElement("button");
   b.type = "button";
   b.className = "link";
   b.textContent = label;
-  b.addEventListener("click", onClick);
+  b.dataset.action = action;
   return b;
+}
+
+// An item's Rename / Archive / Delete: drawn for the current one, the archived ones, and
+// the one the pointer or the focus reaches (a thousand rows of buttons slowed the list).
+function addActions(li) {
+  if (li.querySelector(".conv-actions")) return;
+  const item = items.get(li.dataset.thread);
+  if (!item) return;
+  const actions = document.createElement("div");
+  actions.className = "conv-actions";
+  actions.append(
+    actionButton("Rename", "rename"),
+    actionButton(item.archived ? "Unarchive" : "Archive", "archive"),
+    actionButton("Delete", "delete"),
+  );
+  li.append(actions);
+}
+
+function onListClick(e) {
+  const li = e.target.closest("li[data-thread]");
+  if (!li) return;
+  const tid = li.dataset.thread;
+  const item = items.get(tid);
+  const action = e.target.closest("button[data-action]")?.dataset.action;
+  if (action === "rename") handlers.rename(tid, item?.title || "");
+  else if (action === "archive") handlers.archive(tid, !item?.archived);
+  else if (action === "delete") handlers.remove(tid);
+  else if (e.target.closest("a")) {
+    closeDrawer();
+    handlers.open(tid);
+  }
+}
+
+function onListReach(e) {
+  const li = e.target.closest?.("li[data-thread]");
+  if (li) addActions(li);
 }
 
 function row(item) {
@@ -57,23 +93,11 @@ function row(item) {
   title.title = item.title;
   const time = document.createElement("time");
   time.className = "conv-time";
-  time.dateTime = new Date(item.last_active * 1000).toISOString();
   time.textContent = when(item.last_active);
   a.append(title, time);
-  a.addEventListener("click", () => {
-    closeDrawer();
-    handlers.open(item.thread_id);
-  });
-  const actions = document.createElement("div");
-  actions.className = "conv-actions";
-  actions.append(
-    actionButton("Rename", () => handlers.rename(item.thread_id, items.get(item.thread_id)?.title || "")),
-    actionButton(item.archived ? "Unarchive" : "Archive",
-      () => handlers.archive(item.thread_id, !item.archived)),
-    actionButton("Delete", () => handlers.remove(item.thread_id)),
-  );
-  li.append(a, actions);
+  li.append(a);
   if (item.thread_id === current) li.setAttribute("aria-current", "true");
+  if (item.thread_id === current || item.archived) addActions(li);
   return li;
 }
 
@@ -103,6 +127,11 @@ function draw() {
 
 export function initSidebar(h) {
   handlers = h;
+  for (const list of [ui.list, ui.archived]) {
+    list.addEventListener("click", onListClick);
+    list.addEventListener("pointerover", onListReach);
+    list.addEventListener("focusin", onListReach);
+  }
   ui.toggle.addEventListener("click", () => {
     const open = !ui.sidebar.classList.contains("open");
     ui.sidebar.classList.toggle("open", open);
@@ -126,7 +155,8 @@ export function showList(frame) {
   for (const r of frame.rooms) {
     const li = document.createElement("li");
     li.className = "conv";
-    const b = actionButton(r.thread_id, () => {
+    const b = actionButton(r.thread_id, "room");
+    b.addEventListener("click", () => {
       closeDrawer();
       handlers.room(r.thread_id);
     });
@@ -168,5 +198,8 @@ export function setCurrent(threadId) {
   current = threadId;
   for (const li of ui.sidebar.querySelectorAll("li[aria-current]")) li.removeAttribute("aria-current");
   const li = ui.sidebar.querySelector(`li[data-thread="${CSS.escape(threadId)}"]`);
-  if (li) li.setAttribute("aria-current", "true");
+  if (li) {
+    li.setAttribute("aria-current", "true");
+    addActions(li);
+  }
 }
