@@ -300,10 +300,16 @@ class WebInterface:
             await self._on_send(tab, frame)
         elif kind == "stop":
             self._bus.cancel_turn(tab.thread_id)
-        elif kind == "cancel":  # the queued messages; each tab marks them (``_cancelled``)
-            await self._bus.cancel_queued(tab.thread_id)
-        elif isinstance(kind, str) and kind in KINDS:
-            await self.conversations.handle(tab.put, frame)
+        elif kind == "cancel" or (isinstance(kind, str) and kind in KINDS):
+            try:
+                if kind == "cancel":  # the queued messages; each tab marks them (_cancelled)
+                    await self._bus.cancel_queued(tab.thread_id)
+                else:
+                    await self.conversations.handle(tab.put, frame)
+            except sqlite3.Error as err:  # the disk refused: say so, keep the socket
+                log.error("[%s] web: %s failed: %s", tab.thread_id, kind, err)
+                tab.put({"type": "error", "code": "not_stored",
+                         "message": f"{kind}: the database refused it ({err}); try again"})
         elif kind == "hello":
             self._bad_frame(tab, "already logged in: hello is only the first frame")
         else:
