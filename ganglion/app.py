@@ -236,7 +236,8 @@ class App:
                                    before=MemoryFlush(self.llm, cfg.llm.model, self.tool_runner,
                                                       self.files))
         self.conversations = Conversations(self.db)
-        self.titler = Titler(self.llm, self.conversations, self.router, summariser)
+        self.titler = Titler(self.llm, self.conversations, self.router, summariser,
+                             idle=lambda: self.bus.wait_idle())  # noqa: PLW0108 (built below)
         self._stops.append(("titles", self.titler.stop))
         self.worker = Worker(
             llm=self.llm, history=self.history, router=self.router, files=self.files,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ganglion.errors import LLMBadResponse, LLMUnavailable
@@ -42,11 +43,17 @@ class Titler:
     """One background title request per conversation at a time; tried once per run."""
 
     def __init__(self, llm: LLMClient, conversations: Conversations, router: Router,
-                 model: str) -> None:
+                 model: str, idle: Callable[[], Awaitable[None]] | None = None) -> None:
         self.llm = llm
         self.conversations = conversations
         self.router = router
         self.model = model
+        self.idle = idle
+        """Until no turn runs or waits anywhere (the bus's): a title takes no endpoint slot
+        a turn could use (50 new conversations at once answered in twice the time when
+        their titles were asked beside them)."""
+        self._one = asyncio.Lock()
+        """Titles are asked one at a time."""
         self._tasks: dict[ThreadId, asyncio.Task[None]] = {}
         self._tried: set[ThreadId] = set()
 
@@ -84,11 +91,15 @@ class Titler:
     async def _ask(self, tid: ThreadId, request: list[dict[str, Any]],
                    tools: list[dict[str, Any]] | None) -> None:
         try:
-            found = await self.conversations.get(tid)
-            if found is None or found.title_by != "words":
-                return
-            result = await self.llm.chat(request, model=self.model, tools=tools,
-                                         thread_id=tid, params={"max_tokens": TITLE_TOKENS})
+            async with self._one:
+                if self.idle is not None:
+                    await self.idle()
+                found = await self.conversations.get(tid)
+                if found is None or found.title_by != "words":
+                    return
+                result = await self.llm.chat(request, model=self.model, tools=tools,
+                                             thread_id=tid,
+                                             params={"max_tokens": TITLE_TOKENS})
             title = "" if result.tool_calls else title_of(result.content)
             if not title:
                 log.info("[%s] no title from the model; the first words stay", tid)
