@@ -4,11 +4,13 @@ run, also after a restart, each shown as cancelled; the running turn goes on."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from conftest import AppFactory, connect
 from fake_llm import FakeLLM, Reply
+from wsclient import ChatClient
 
-from ganglion.messages import ThreadId
+from ganglion.messages import Inbound, Source, ThreadId
 
 
 async def test_cancel_drops_the_queued_messages_for_good_and_the_running_turn_goes_on(
@@ -102,3 +104,35 @@ async def test_a_lane_emptied_by_cancel_before_its_turn_began_is_let_go(
     assert (await chat.ask("now?"))["text"] == "fine again"
     await busy.close()
     await chat.close()
+
+
+async def test_a_long_backlog_is_shown_as_its_newest_messages_and_a_count(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory()
+    held = asyncio.Event()
+    fake_llm.script(Reply(text="first answer", held=held))
+    tid = ThreadId("web_" + "c" * 32)
+    await app.bus.submit(Inbound(tid, "first", "web", Source.WEB, "q0"))
+    await app.bus.submit_many([Inbound(tid, f"queued {i}", "web", Source.WEB, f"q{i}")
+                               for i in range(1, 251)])
+    await fake_llm.wait_until(lambda: bool(fake_llm.requests))  # "first" has begun
+    chat = await connect(app, tid)
+    # The running one is in the transcript; of the 250 waiting, the newest 100 and a count.
+    assert [m["text"] for m in chat.ready["transcript"]] == ["first"]
+    assert [p["id"] for p in chat.ready["pending"]] == [f"q{i}" for i in range(151, 251)]
+    assert chat.ready["pending_hidden"] == 150
+    await chat.send_raw({"type": "cancel"})
+    event = await next_of(chat, "cancelled")
+    assert event["ids"] == [f"q{i}" for i in range(1, 251)]
+    held.set()
+    assert (await chat.reply())["text"] == "first answer"
+    await app.bus.wait_idle()
+    assert len(fake_llm.requests) == 1
+    await chat.close()
+
+
+async def next_of(chat: ChatClient, kind: str) -> dict[str, Any]:
+    while (event := await chat.next_event()).get("type") != kind:
+        pass
+    return event
