@@ -11,9 +11,10 @@ import pytest
 from conftest import AppFactory, eventually_async
 from fake_llm import FakeLLM
 from playwright.async_api import Browser, BrowserContext, Dialog, Page, expect
-from test_browser import Problems, answers, context, open_page, problems, say
+from test_browser import ANSWERS, Problems, answers, context, open_page, problems, say
 
 from ganglion.messages import ThreadId
+from ganglion.storage.history import NewMessage
 from ganglion.storage.reminders import NewReminder
 
 pytestmark = pytest.mark.browser
@@ -199,3 +200,26 @@ async def test_at_phone_width_the_list_is_a_drawer_and_nothing_scrolls_sideways(
         await ctx.close()
 
 
+
+
+async def test_a_matrix_room_is_read_in_the_page_without_a_composer(
+    app_factory: AppFactory, context: BrowserContext, problems: Problems
+) -> None:
+    app = await app_factory()
+    room = ThreadId("!room:example.org")
+    await app.history.finish_turn(room, None, [NewMessage("user", "hello from matrix"),
+                                              NewMessage("assistant", "**hi** there")])
+    page = await open_page(context, app, problems)
+    await say(page, "a web one")
+    await expect(answers(page)).to_have_text(["echo: a web one"])
+    await page.get_by_text("Matrix rooms (read-only)").click()
+    await page.get_by_role("list", name="Matrix rooms").get_by_role(
+        "button", name="!room:example.org").click()
+    log = page.get_by_role("log")
+    await expect(log.locator('[data-role="user"]')).to_have_text(["hello from matrix"])
+    await expect(log.locator(f"{ANSWERS} strong")).to_have_text("hi")
+    await expect(page.get_by_role("textbox", name="Message")).to_be_hidden()
+    # Back to the web conversation: its own messages and the composer again.
+    await sidebar(page).get_by_role("link", name=re.compile("a web one")).click()
+    await expect(answers(page)).to_have_text(["echo: a web one"])
+    await expect(page.get_by_role("textbox", name="Message")).to_be_visible()
