@@ -21,11 +21,13 @@ from ganglion.interfaces.web import WebInterface
 from ganglion.llm.client import LLMClient
 from ganglion.llm.endpoints import EndpointPool
 from ganglion.logs import SecretMask
+from ganglion.messages import Inbound, Outbound, OutKind
 from ganglion.model_commands import ModelCommands, without_secrets
 from ganglion.render import MarkdownRenderer
 from ganglion.router import Router
 from ganglion.storage.atomic import atomic_write
 from ganglion.storage.catalog import Catalog
+from ganglion.storage.conversations import Conversations
 from ganglion.storage.db import Database, MigrationFailed
 from ganglion.storage.files import (
     DataFiles,
@@ -49,6 +51,7 @@ from ganglion.triggers.heartbeat import Heartbeat, HeartbeatReviews
 from ganglion.triggers.reminders import Reminders
 from ganglion.turn.compaction import Compactor
 from ganglion.turn.memory_flush import MemoryFlush
+from ganglion.turn.title import Titler
 from ganglion.worker import Clock, Worker
 
 if TYPE_CHECKING:
@@ -159,7 +162,10 @@ class App:
         self.approvals = Approvals(
             lambda msg: self.access.rank_of(msg) >= Rank.TRUSTED,
             cfg.tools.approval_timeout_seconds,
-            lambda tid, text: self.router.broadcast(text, tid))
+            lambda tid, text: self.router.broadcast(text, tid),
+            # While a call waits the page says so; once answered the call runs (or not).
+            lambda tid, waiting: self.router.publish(
+                Outbound(tid, OutKind.STATE, "approval" if waiting else "tool")))
         self.approvals.register(self.commands)
         self.tool_runner = ToolRunner(self.tools, ToolPolicy(cfg.tools.policy), self.approvals)
         self._add_tools()
@@ -170,6 +176,10 @@ class App:
                                    cfg.llm.context_tokens_for(summariser),
                                    before=MemoryFlush(self.llm, cfg.llm.model, self.tool_runner,
                                                       self.files))
+        self.conversations = Conversations(self.db)
+        self.titler = Titler(self.llm, self.conversations, self.router, summariser,
+                             idle=lambda: self.bus.wait_idle())  # noqa: PLW0108 (built below)
+        self._stops.append(("titles", self.titler.stop))
         self.worker = Worker(
             llm=self.llm, history=self.history, router=self.router, files=self.files,
             tools=self.tools, runner=self.tool_runner, commands=self.commands,
@@ -180,8 +190,13 @@ class App:
             context_tokens_for=cfg.llm.context_tokens_for,
             tools_note=self.mcp.down_note if self.mcp is not None else None,
             sees_details=lambda msg: self.access.rank_of(msg) >= Rank.TRUSTED,
+            titles=self.titler if cfg.web.titles == "model" else None,
         )
         self.bus = Bus(self.inbox, self.worker, cfg.bus.max_turns_in_flight)
+        # Immediate: the messages it drops wait in the lane it would otherwise wait in.
+        self.commands.add("cancel", "/cancel", "drop the messages waiting for an answer in "
+                          "this conversation (Stop ends the one being answered)",
+                          self._cancel_queued, immediate=True)
         self._add_triggers()
         # The config checked tools.policy against TOOL_NAMES; they must be these tools
         # (web_search is there only with a search service; MCP servers' tools come and go,
@@ -206,7 +221,8 @@ class App:
             self.secret_mask.add(self.web_token)  # a generated one is known from here on
             self.web = WebInterface(cfg.web, self.web_token, self.bus, self.router,
                                     self.history, self.inbox, MarkdownRenderer(),
-                                    shown=without_secrets)
+                                    shown=without_secrets, deleted=self.reminders.rearm,
+                                    conversations=self.conversations)
             self.router.register(self.web)
             await self.web.start()
             self._stops.append(("web", self.web.stop))
@@ -303,6 +319,14 @@ class App:
         self.commands.add("heartbeat", "/heartbeat",
                           "review this conversation against HEARTBEATS.txt now",
                           self.heartbeat.cmd_heartbeat)
+
+    async def _cancel_queued(self, msg: Inbound, args: str) -> str:
+        cancelled = await self.bus.cancel_queued(msg.thread_id)
+        if not cancelled:
+            return "No message is waiting in this conversation."
+        if len(cancelled) == 1:
+            return "Cancelled 1 queued message; it will not be answered."
+        return f"Cancelled {len(cancelled)} queued messages; they will not be answered."
 
     async def _report_llm(self) -> None:
         """Say plainly, once, whether the configured endpoint answers and how to change it."""

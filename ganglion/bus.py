@@ -57,6 +57,9 @@ class TurnHandler(Protocol):
         ...
 
 
+Cancelled = Callable[[ThreadId, list[Inbound]], None]
+"""Told which queued messages of a thread were cancelled (an interface marks them so)."""
+
 Recover = Callable[[Inbound], Awaitable[Inbound]]
 """A message the last run left unanswered, as it should run now (same thread, same id)."""
 
@@ -79,6 +82,7 @@ class Bus:
         self._idle = asyncio.Event()
         self._idle.set()
         self._recover: dict[Source, Recover] = {}
+        self._on_cancelled: list[Cancelled] = []
 
     async def submit(self, msg: Inbound) -> tuple[Inbound, bool]:
         """Store ``msg`` durably and queue it. Returns (stored msg, False if it was a resend)."""
@@ -207,6 +211,33 @@ class Bus:
         task.cancel("stopped by the user")
         return True
 
+    def on_cancelled(self, listener: Cancelled) -> None:
+        self._on_cancelled.append(listener)
+
+    async def cancel_queued(self, thread_id: ThreadId) -> list[Inbound]:
+        """Drop the thread's messages waiting behind its running turn (or all of them when
+        none runs yet): they are never run, also after a restart. The running turn goes
+        on (Stop ends it). Returns the cancelled messages, oldest first."""
+        lane = self._lanes.get(thread_id)
+        if not lane:
+            return []
+        # A runner holds the lane from taking it until it let go of its first message.
+        running = 1 if thread_id in self._held.values() else 0
+        # Out of the lane before the write, so that no runner starts one meanwhile; an
+        # emptied lane stays until a runner takes it from the line and lets it go.
+        queued = [lane.pop() for _ in range(len(lane) - running)][::-1]
+        try:
+            done = {i for i, _ in await self.inbox.cancel([m.id for m in queued])}
+        except BaseException:
+            lane.extend(queued)  # still pending in the inbox: they run after all
+            raise
+        cancelled = [m for m in queued if m.id in done]
+        if cancelled:
+            log.info("[%s] %d queued message(s) cancelled", thread_id, len(cancelled))
+            for listener in self._on_cancelled:
+                listener(thread_id, cancelled)
+        return cancelled
+
     async def wait_idle(self) -> None:
         """Until no thread has work (for tests and benchmarks)."""
         await self._idle.wait()
@@ -216,8 +247,11 @@ class Bus:
         assert me is not None
         while True:
             thread_id = await self._ready.get()
-            self._held[me] = thread_id
             lane = self._lanes[thread_id]
+            if not lane:  # every message of it was cancelled while it waited in line
+                self._lane_done(thread_id)
+                continue
+            self._held[me] = thread_id
             msg = lane[0]
             turn = asyncio.create_task(self.handler.run_turn(msg), name=f"turn-{thread_id}")
             self._running[thread_id] = turn

@@ -135,6 +135,9 @@ class WebConfig(_Section):
     max_message_bytes: Annotated[int, Field(ge=16, le=10_000_000)] = 64_000
     allowed_origins: list[Annotated[str, AfterValidator(_origin)]] = []
     """Extra Origins allowed to open the WebSocket (the page's own origin always is)."""
+    titles: Literal["model", "words"] = "model"
+    """How conversations are titled in the page's list: a short title the compaction model
+    gives after the first exchange, or the first words only (no extra model call)."""
 
     @field_validator("token")
     @classmethod

@@ -106,6 +106,7 @@ class OutKind(StrEnum):
     MESSAGE = "message"  # a final message: durable, delivered exactly once per interface
     STATE = "state"  # ephemeral: idle / thinking / streaming / tool / error (a failed turn)
     TOOL = "tool"  # a tool call made during the turn (durable, shown collapsed)
+    TITLE = "title"  # ephemeral: the web conversation's new short title (stored already)
 
 
 class Role(StrEnum):

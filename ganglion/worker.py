@@ -23,7 +23,7 @@ from ganglion.llm.prompt import PromptInputs, build_messages, fixed_texts
 from ganglion.messages import Inbound, Source, ThreadId, is_matrix_thread, matrix_room_of
 from ganglion.router import Router
 from ganglion.storage.files import BASE_PROMPT, HEARTBEATS, MEMORIES, DataFiles
-from ganglion.storage.history import History, NewMessage, StoredMessage
+from ganglion.storage.history import NEW_CONVERSATION, History, NewMessage, StoredMessage
 from ganglion.tools.policy import ToolRunner
 from ganglion.tools.registry import ToolRegistry
 from ganglion.turn.budget import Calibration, fixed_tokens
@@ -31,6 +31,7 @@ from ganglion.turn.compaction import Compactor, context_size
 from ganglion.turn.journal import StepJournal, tool_steps
 from ganglion.turn.progress import Progress
 from ganglion.turn.store import TurnStore, notice
+from ganglion.turn.title import Titler
 from ganglion.turn.tool_loop import ToolLoop
 from ganglion.untrusted import neutralise
 
@@ -87,6 +88,7 @@ class Worker:
         context_tokens_for: Callable[[str], int] | None = None,
         tools_note: Callable[[], str] | None = None,
         sees_details: Callable[[Inbound], bool] | None = None,
+        titles: Titler | None = None,
     ) -> None:
         self.history = history
         self.router = router
@@ -107,6 +109,8 @@ class Worker:
         """The context budget of a model (``llm.models.<id>.context_tokens``, else llm's)."""
         self.tools_note = tools_note
         """What the model is told of tools it lacks now (MCP servers down); "" for nothing."""
+        self.titles = titles
+        """Asks a web conversation's short title after its first exchange (background)."""
         self.calibration = Calibration()
         self.progress = Progress(router)
         self.journal = StepJournal(history)
@@ -129,6 +133,8 @@ class Worker:
         started = time.monotonic()
         control = self.is_immediate(msg)  # runs beside the thread's turn: leave its state be
         if not control:
+            if self.titles is not None:
+                self.titles.turn_begins(tid)
             self.progress.begin(tid, quiet=msg.source in (Source.REMINDER, Source.HEARTBEAT),
                                 answering=msg.id)
             await self.progress.state(tid, "thinking")
@@ -221,9 +227,13 @@ class Worker:
                     context, overhead, context_tokens=budget, scale=scale))):
             context = await self.history.context(tid)
             inputs = replace(inputs, history=context)
-        return await self.loop.run(msg, build_messages(inputs, fixed), new, offer,
-                                   allow_empty=reviews is not None,
-                                   estimate=overhead + context_size(context))
+        prompt = build_messages(inputs, fixed)
+        new = await self.loop.run(msg, list(prompt), new, offer,
+                                  allow_empty=reviews is not None,
+                                  estimate=overhead + context_size(context))
+        if self.titles is not None and reviews is None:
+            self.titles.consider(msg, prompt, new, offer.schemas)
+        return new
 
     async def _compact(self, msg: Inbound, context: list[StoredMessage], overhead: int,
                        budget: int, fits: bool) -> bool:
@@ -281,7 +291,7 @@ class Worker:
 
     async def _cmd_new(self, msg: Inbound, args: str) -> str:
         dropped = await self.history.forget_context(msg.thread_id)
-        return ("Started a fresh conversation." if dropped else
+        return (NEW_CONVERSATION if dropped else
                 "This conversation was already empty.") + " Memory files are kept."
 
     async def _cmd_compact(self, msg: Inbound, args: str) -> str:

@@ -90,7 +90,9 @@ def base_config(tmp_path: Path, llm: FakeLLM) -> dict[str, Any]:
             "retries": 1,
             "backoff_seconds": 0.01,
         },
-        "web": {"port": 0, "token": WEB_TOKEN},
+        # No title requests: tests script the model's replies in order (test_conversations
+        # turns them on).
+        "web": {"port": 0, "token": WEB_TOKEN, "titles": "words"},
         "paths": {"data_dir": str(tmp_path / "data"), "log_dir": str(tmp_path / "logs")},
     }
 
@@ -101,7 +103,7 @@ def daemon_config(llm: FakeLLM, **sections: Any) -> dict[str, Any]:
         "llm": {"endpoints": [{"name": "fake", "base_url": llm.base_url, "api_key": LLM_KEY,
                                "timeout_seconds": 30}],
                 "model": "fake-model", "retries": 0, "backoff_seconds": 0.01},
-        "web": {"token": WEB_TOKEN},
+        "web": {"token": WEB_TOKEN, "titles": "words"},  # no title requests (see above)
         "paths": {"data_dir": "data", "log_dir": "logs"},  # next to the config file
         **sections,
     }

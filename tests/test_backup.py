@@ -19,7 +19,8 @@ from conftest import LLM_KEY, WEB_TOKEN, daemon_config
 from daemon import Daemon
 from fake_llm import FakeLLM, Reply
 
-from ganglion.storage.db import Database, Migration, MigrationFailed
+from ganglion.storage.db import Database, MigrationFailed
+from ganglion.storage.migrations import Migration
 
 FIRST = 25
 """Conversations answered before the backup; as many again are in flight during it."""

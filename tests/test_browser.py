@@ -105,7 +105,9 @@ async def test_login_link_stores_the_token_and_removes_it_from_the_url(
 ) -> None:
     app = await app_factory()
     page = await open_page(context, app, problems)
-    assert "#" not in page.url and WEB_TOKEN not in page.url
+    # The token left the address; the conversation took its place (#/c/<thread>).
+    assert WEB_TOKEN not in page.url and "token" not in page.url
+    assert re.search(r"/#/c/web_[0-9a-f]{32}$", page.url), page.url
     assert await page.evaluate("localStorage.getItem('ganglion.token')") == WEB_TOKEN
     await say(page, "hello there")
     log = page.get_by_role("log")

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from ganglion.messages import ThreadId
-from ganglion.storage.db import MIGRATIONS, Database
+from ganglion.storage.db import Database
 from ganglion.storage.history import History, NewMessage
+from ganglion.storage.migrations import MIGRATIONS
 
 
 async def applied(db: Database) -> list[tuple[int, str]]:

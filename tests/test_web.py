@@ -19,7 +19,7 @@ from conftest import WEB_TOKEN, AppFactory, eventually, eventually_async
 from fake_llm import FakeLLM, Reply
 from wsclient import RawTab
 
-import ganglion.interfaces.web as web_module
+import ganglion.interfaces.web_login as web_module
 from ganglion.app import App
 from ganglion.interfaces import web_tab
 from ganglion.interfaces.web import WebInterface

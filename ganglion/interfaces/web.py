@@ -8,15 +8,11 @@ wrong tokens are in ``web_guard.py``.
 from __future__ import annotations
 
 import asyncio
-import hmac
-import html
 import json
 import logging
-import math
 import re
 import sqlite3
 from collections.abc import Callable
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +21,15 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from ganglion.bus import Bus
 from ganglion.config import WebConfig
 from ganglion.errors import StartupError
+from ganglion.interfaces.web_conversations import (
+    KINDS,
+    ConversationFrames,
+    Deleted,
+    message_frame,
+    transcript,
+)
 from ganglion.interfaces.web_guard import Guard, Throttle, add_security_headers
+from ganglion.interfaces.web_login import hello
 from ganglion.interfaces.web_tab import Tab
 from ganglion.messages import (
     Inbound,
@@ -35,10 +39,10 @@ from ganglion.messages import (
     Source,
     ThreadId,
     is_web_thread,
-    web_thread_id,
 )
 from ganglion.render import MarkdownRenderer
-from ganglion.router import ROLE_OF, Router
+from ganglion.router import Router
+from ganglion.storage.conversations import Conversations
 from ganglion.storage.history import History
 from ganglion.storage.inbox import Inbox
 
@@ -49,12 +53,14 @@ STATIC_FILES = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "view.js": "text/javascript; charset=utf-8",
+    "sidebar.js": "text/javascript; charset=utf-8",
+    "conversations.js": "text/javascript; charset=utf-8",
+    "local.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
 }
-HELLO_TIMEOUT = 10.0
-CLOSE_UNAUTHORIZED = 4401
-CLOSE_BAD_THREAD = 4400
-CLOSE_THROTTLED = 4429
+FRAME_TYPES = ", ".join(["send", "stop", "cancel", *sorted(KINDS)])
+PENDING_SHOWN = 100
+"""Queued messages a joining tab is shown (the newest); it is told how many more wait."""
 CLIENT_ID_RE = re.compile(r"\A[\x21-\x7e]{1,64}\Z")
 def _short(value: object) -> str:
     text = repr(value)
@@ -77,6 +83,8 @@ class WebInterface:
         renderer: MarkdownRenderer,
         *,
         shown: Callable[[str], str] = lambda text: text,
+        conversations: Conversations | None = None,
+        deleted: Deleted | None = None,
     ) -> None:
         if not token:
             raise ValueError("the web interface needs a non-empty token")
@@ -100,6 +108,10 @@ class WebInterface:
         self._static: dict[str, bytes] = {}
         self._runner: web.AppRunner | None = None
         self.port = 0
+        bus.on_cancelled(self._cancelled)
+        self.conversations = ConversationFrames(
+            conversations or Conversations(history.db), history, bus, renderer, self._to_all,
+            deleted)
 
     # -- the Interface protocol ------------------------------------------------------------
 
@@ -151,6 +163,9 @@ class WebInterface:
         elif out.kind is OutKind.RESET:
             self._streaming.pop(tid, None)
             frame = {"type": "reset"}
+        elif out.kind is OutKind.TITLE:  # every sidebar shows it
+            await self.conversations.changed(tid)
+            return True
         elif out.kind is OutKind.STATE:
             # "error": the turn failed (its notice came first) and "idle" follows; tabs show
             # it, a tab that joins later reads the notice instead.
@@ -212,7 +227,8 @@ class WebInterface:
         self._sockets.add(ws)
         tab: Tab | None = None
         try:
-            thread_id = await self._hello(ws, request.remote or "unknown")
+            thread_id = await hello(ws, request.remote or "unknown", self._token,
+                                    self._throttle)
             if thread_id is None:
                 return ws
             tab = Tab(ws, thread_id, request.transport)
@@ -232,70 +248,6 @@ class WebInterface:
                 await tab.stop()
         return ws
 
-    async def _hello(self, ws: web.WebSocketResponse, remote: str) -> ThreadId | None:
-        """The first frame must carry the token; returns the tab's thread, or None."""
-        try:
-            msg = await ws.receive(timeout=HELLO_TIMEOUT)
-        except TimeoutError:
-            await self._refuse(ws, remote, "no hello frame within 10 s")
-            return None
-        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
-            return None
-        hello: Any = None
-        if msg.type is WSMsgType.TEXT:
-            with suppress(ValueError, RecursionError):
-                hello = json.loads(msg.data)
-        is_hello = isinstance(hello, dict) and hello.get("type") == "hello"
-        presented = hello.get("token") if is_hello else None
-        # The right token first, whatever the address's failures: it never waits.
-        if isinstance(presented, str) and hmac.compare_digest(
-            presented.encode("utf-8", "replace"), self._token
-        ):
-            self._throttle.succeeded(remote)
-        elif (wait := self._throttle.retry_after(remote)) > 0:
-            await self._refuse_throttled(ws, remote, wait)
-            return None
-        else:
-            reason = "wrong or missing token" if is_hello else "the first frame was not a hello"
-            await self._refuse(ws, remote, reason)
-            return None
-        raw_tid = hello.get("thread_id")
-        if raw_tid is None:
-            thread_id = web_thread_id()
-        elif isinstance(raw_tid, str) and is_web_thread(raw_tid):
-            thread_id = ThreadId(raw_tid)
-        else:
-            await ws.send_json({
-                "type": "error", "code": "bad_thread_id",
-                "message": "thread_id must be null or web_ followed by 16 to 64 hex digits",
-            })
-            await ws.close(code=CLOSE_BAD_THREAD, message=b"bad thread id")
-            return None
-        return thread_id
-
-    async def _refuse(self, ws: web.WebSocketResponse, remote: str, reason: str) -> None:
-        n = self._throttle.failed(remote)
-        log.warning("web: refused a WebSocket from %s: %s (failure %d in a row)", remote, reason, n)
-        with suppress(ConnectionError, RuntimeError):
-            await ws.send_json({
-                "type": "error", "code": "unauthorized",
-                "message": "Wrong or missing access token: open the login link ganglion printed.",
-            })
-        await ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
-
-    async def _refuse_throttled(self, ws: web.WebSocketResponse, remote: str,
-                                wait: float) -> None:
-        """A failed login while its address is throttled: at once, not counted, with the
-        seconds to wait (not logged one by one: a storm would flood the log)."""
-        seconds = max(1, math.ceil(wait))
-        log.debug("web: refused a WebSocket from %s: throttled for %d s", remote, seconds)
-        with suppress(ConnectionError, RuntimeError):
-            await ws.send_json({
-                "type": "error", "code": "throttled", "retry_after": seconds,
-                "message": f"Too many failed logins; retry in {seconds} s.",
-            })
-        await ws.close(code=CLOSE_THROTTLED, message=b"too many failed logins")
-
     async def _join(self, tab: Tab) -> None:
         """Register the tab and start it with ``ready``; events arriving meanwhile follow it."""
         tid = tab.thread_id
@@ -307,27 +259,21 @@ class WebInterface:
         partial = "".join(streaming) if streaming is not None else None
         state = self._state.get(tid) or ("thinking" if self._bus.queued(tid) else "idle")
         rows = await self._history.transcript(tid)
-        transcript = []
-        for m in rows:
-            if m.role not in ROLE_OF or (m.role == "assistant" and not m.content):
-                continue  # summaries; assistant steps that only called tools
-            entry = self._message_frame(m.id, ROLE_OF[m.role], m.content, 0)
-            del entry["type"], entry["reply_to"]
-            if m.role == "tool" and m.name:
-                entry["name"] = m.name  # the tool's name, for the collapsed summary
-            transcript.append(entry)
+        entries = transcript(self._renderer, rows, self._shown)
         # A question whose turn has begun is in the transcript already.
         started = {m.inbox_id for m in rows if m.role == "user"}
+        waiting = [p for p in await self._inbox.pending_for(tid) if p[0] not in started]
+        # A long backlog is shown as its newest few and a count: the page stays quick.
         pending = [
             {"id": cid, "text": self._shown(text)}  # it may not be masked in the inbox yet
-            for inbox_id, cid, text in await self._inbox.pending_for(tid)
-            if inbox_id not in started
+            for _, cid, text in waiting[-PENDING_SHOWN:]
         ]
         tab.start({
             "type": "ready",
             "thread_id": tid,
-            "transcript": transcript,
+            "transcript": entries,
             "pending": pending,
+            "pending_hidden": len(waiting) - len(pending),
             "streaming": partial,
             "state": state,
             "max_message_bytes": self.config.max_message_bytes,
@@ -354,10 +300,20 @@ class WebInterface:
             await self._on_send(tab, frame)
         elif kind == "stop":
             self._bus.cancel_turn(tab.thread_id)
+        elif kind == "cancel" or (isinstance(kind, str) and kind in KINDS):
+            try:
+                if kind == "cancel":  # the queued messages; each tab marks them (_cancelled)
+                    await self._bus.cancel_queued(tab.thread_id)
+                else:
+                    await self.conversations.handle(tab.put, frame)
+            except sqlite3.Error as err:  # the disk refused: say so, keep the socket
+                log.error("[%s] web: %s failed: %s", tab.thread_id, kind, err)
+                tab.put({"type": "error", "code": "not_stored",
+                         "message": f"{kind}: the database refused it ({err}); try again"})
         elif kind == "hello":
             self._bad_frame(tab, "already logged in: hello is only the first frame")
         else:
-            self._bad_frame(tab, f"unknown frame type {_short(kind)} (send, stop)")
+            self._bad_frame(tab, f"unknown frame type {_short(kind)} ({FRAME_TYPES})")
 
     async def _on_send(self, tab: Tab, frame: dict[str, Any]) -> None:
         cid, text = frame.get("id"), frame.get("text")
@@ -393,11 +349,26 @@ class WebInterface:
             })
             return
         tab.put({"type": "ack", "id": cid, "duplicate": not is_new})
-        if is_new:  # the thread's other tabs show the question too
+        if is_new:
+            await self.conversations.added(tab.thread_id, self._shown(text))
+            # The thread's other tabs show the question too.
             others = [t for t in self._tabs.get(tab.thread_id, ()) if t is not tab]
             pending = {"type": "pending", "id": cid, "text": self._shown(text)}
             for other in others:
                 other.put(pending)
+
+    def _to_all(self, frame: dict[str, Any]) -> None:
+        if frame["type"] == "conversation_deleted":  # what it streamed is gone with it
+            self._streaming.pop(frame["thread_id"], None)
+            self._state.pop(frame["thread_id"], None)
+        for tabs in list(self._tabs.values()):
+            for tab in list(tabs):
+                tab.put(frame)
+
+    def _cancelled(self, thread_id: ThreadId, msgs: list[Inbound]) -> None:
+        frame = {"type": "cancelled", "ids": [m.client_id for m in msgs]}
+        for tab in list(self._tabs.get(thread_id, ())):
+            tab.put(frame)
 
     def _bad_frame(self, tab: Tab, reason: str, cid: str | None = None) -> None:
         frame: dict[str, Any] = {"type": "error", "code": "bad_frame", "message": reason}
@@ -406,12 +377,7 @@ class WebInterface:
         tab.put(frame)
 
     def _message_frame(self, mid: int, role: Role, text: str, reply_to: int) -> dict[str, Any]:
-        rendered = (
-            self._renderer.html(text) if role in (Role.ASSISTANT, Role.SYSTEM)
-            else html.escape(text)
-        )
-        return {"type": "message", "id": mid, "role": role.value, "text": text,
-                "html": rendered, "reply_to": reply_to}
+        return message_frame(self._renderer, mid, role, text, reply_to)
 
 
 WEB_KEY = web.AppKey("ganglion_web", WebInterface)

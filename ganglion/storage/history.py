@@ -18,6 +18,10 @@ from ganglion.tokens import message_tokens
 
 log = logging.getLogger(__name__)
 
+NEW_CONVERSATION = ("Started a fresh conversation from here: earlier messages are no longer "
+                    "in the model's context.")
+"""How /new answers; an interface may draw a notice starting so as a divider."""
+
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
@@ -215,17 +219,21 @@ class History:
         return [row_to_message(r) for r in rows]
 
     async def forget_context(self, thread_id: ThreadId) -> int:
-        """/new: the model starts over; the transcript is cleared too. Returns rows dropped."""
+        """/new: the model starts over. The transcript keeps what was said (the page draws
+        the reply, ``NEW_CONVERSATION``, as a divider). Returns the rows dropped."""
         async with self.db.transaction(after_commit=lambda: self._forget(thread_id)) as conn:
             cur = await conn.execute(
-                "UPDATE messages SET in_context = 0, visible = 0"
-                " WHERE thread_id = ? AND (in_context = 1 OR visible = 1)",
+                "UPDATE messages SET in_context = 0 WHERE thread_id = ? AND in_context = 1",
                 (thread_id,),
             )
         return cur.rowcount
 
     def _forget(self, thread_id: ThreadId) -> None:
         self._contexts.pop(thread_id, None)
+
+    def evict(self, thread_id: ThreadId) -> None:
+        """The thread's rows were deleted elsewhere (``Conversations.delete``): forget them."""
+        self._forget(thread_id)
 
     async def replace_with_summary(
         self, thread_id: ThreadId, up_to_id: int, summary: str

@@ -130,6 +130,29 @@ class Inbox:
         )
         return [(r["id"], r["client_id"], r["text"]) for r in rows]
 
+    async def cancel(self, inbox_ids: Sequence[int]) -> list[tuple[int, str]]:
+        """Mark these queued messages answered without running them (the person cancelled
+        them), each kept in the transcript as a cancelled question, out of the model's
+        context. Returns (id, client_id) of those that were still pending, in order."""
+        if not inbox_ids:
+            return []
+        now = time.time()
+        marks = ",".join("?" * len(inbox_ids))
+        async with self.db.transaction() as conn:
+            async with conn.execute(
+                f"UPDATE inbox SET status = 'done', done_at = ? WHERE id IN ({marks})"
+                " AND status = 'pending' RETURNING id, client_id, thread_id, text",
+                (now, *inbox_ids),
+            ) as cur:
+                rows = sorted(await cur.fetchall(), key=lambda r: r["id"])
+            await conn.executemany(
+                "INSERT INTO messages (thread_id, role, content, name, inbox_id, in_context,"
+                " visible, created_at) VALUES (?, 'user', ?, 'cancelled', ?, 0, 1, ?)"
+                " ON CONFLICT DO NOTHING",
+                [(r["thread_id"], r["text"], r["id"], now) for r in rows],
+            )
+        return [(r["id"], r["client_id"]) for r in rows]
+
     async def redact(self, inbox_id: int, text: str) -> None:
         """Replace a stored message's text (a command carrying a secret, once it is read)."""
         async with self.db.transaction() as conn:

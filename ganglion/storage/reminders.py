@@ -117,6 +117,10 @@ class ReminderStore:
         must follow the rows."""
         self._changes += 1
 
+    def changed_elsewhere(self) -> None:
+        """Rows were changed by another verb (a conversation deleted with its reminders)."""
+        self._changed()
+
     async def get(self, reminder_id: int) -> Reminder | None:
         r = await self.db.fetchone("SELECT * FROM reminders WHERE id = ?", (reminder_id,))
         return _row(r) if r is not None else None

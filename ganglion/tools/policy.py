@@ -86,6 +86,10 @@ class _Pending:
     future: asyncio.Future[tuple[Decision, str]]
 
 
+Waiting = Callable[[ThreadId, bool], Awaitable[None]]
+"""Told when a thread starts (True) and stops (False) waiting for an answer: the page says
+"waiting for your approval" instead of "thinking"."""
+
 Approver = Callable[[Inbound], bool]
 """Who may approve: the web UI (it holds the token), matrix.owner and matrix.trusted_users;
 the composition root answers from ``Access.rank_of``, the one place that ranks senders."""
@@ -94,10 +98,12 @@ the composition root answers from ``Access.rank_of``, the one place that ranks s
 class Approvals:
     """Calls waiting for a person's yes or no, one at most per thread (its turn waits)."""
 
-    def __init__(self, is_approver: Approver, timeout_seconds: float, post: Post) -> None:
+    def __init__(self, is_approver: Approver, timeout_seconds: float, post: Post,
+                 waiting: Waiting | None = None) -> None:
         self.is_approver = is_approver
         self.timeout_seconds = timeout_seconds
         self.post = post
+        self.waiting_changed = waiting
         self._pending: dict[ThreadId, _Pending] = {}
 
     def register(self, commands: CommandTable) -> None:
@@ -126,6 +132,8 @@ class Approvals:
                 f"**Approval needed** (`{pending.id}`): the assistant wants to use "
                 f"`{tool}`:\n\n{shown}\n\nReply `/approve` or `/deny`. No answer within "
                 f"{minutes} denies it."))
+            if self.waiting_changed is not None:
+                await self.waiting_changed(thread_id, True)
             try:
                 async with asyncio.timeout(self.timeout_seconds):
                     return await pending.future
@@ -135,6 +143,8 @@ class Approvals:
                 return Decision.TIMED_OUT, "nobody"
         finally:
             self._pending.pop(thread_id, None)
+            if self.waiting_changed is not None:
+                await self.waiting_changed(thread_id, False)
 
     async def _approve(self, msg: Inbound, args: str) -> str:
         return self._answer(msg, args, Decision.APPROVED)

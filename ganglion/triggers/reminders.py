@@ -30,7 +30,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 
 from ganglion.bus import Bus
-from ganglion.messages import Inbound, Source
+from ganglion.messages import Inbound, Source, ThreadId
 from ganglion.storage.reminders import NewReminder, Reminder, ReminderStore, repeat_text
 from ganglion.triggers import system_thread
 
@@ -279,6 +279,15 @@ class Reminders:
             log.info("reminder #%d cancelled", reminder_id)
             self._mirror_due.set()
         return cancelled
+
+    async def rearm(self, thread_id: ThreadId) -> None:
+        """The thread's reminders were deleted with it: the timer is set for the next one
+        left, and the mirror rewritten."""
+        async with self._lock:
+            await self._arm()
+        self.store.changed_elsewhere()
+        self._mirror_due.set()
+        log.info("[%s] reminders of a deleted conversation unscheduled", thread_id)
 
     async def wake(self) -> None:
         """The APScheduler job: fire every due reminder, then arm for the next one.

@@ -2,16 +2,22 @@
 // The connection and the outbox live here; view.js draws what they decide.
 import {
   ui, setStatus, scrollDown, addMessage, userBubble, addUser, setNote, markFailed, addNotice,
-  appendDelta, resetStream, dropStream, clearView, showLogin, hideLogin,
+  appendDelta, resetStream, dropStream, clearView, showLogin, hideLogin, actions, setTurn,
+  batch, markCancelled,
 } from "./view.js";
+import { CONVERSATION_RE, touched, setCurrent } from "./sidebar.js";
+import {
+  TOKEN_KEY, randomHex, newThread, loadThread, showInAddress, loadOutbox, saveOutbox,
+  takeTokenFromFragment,
+} from "./local.js";
+import { initConversations, conversationFrame, roomShown, leaveRoom, roomAfterReady } from "./conversations.js";
 
-const TOKEN_KEY = "ganglion.token";
-const THREAD_KEY = "ganglion.thread";
-const OUTBOX_KEY = "ganglion.outbox";
-const THREAD_RE = /^web_[0-9a-f]{16,64}$/;
-const BUSY = new Set(["thinking", "summarising", "streaming", "tool"]);
+const BUSY = new Set(["thinking", "summarising", "streaming", "tool", "approval"]);
 // What the status line says for a turn state (any other busy state reads "thinking").
-const STATUS_TEXT = { idle: "ready", streaming: "streaming", summarising: "summarising earlier messages" };
+const STATUS_TEXT = {
+  idle: "ready", streaming: "streaming", summarising: "summarising earlier messages",
+  approval: "waiting for your approval",
+};
 const CLOSE_UNAUTHORIZED = 4401;
 const CLOSE_BAD_THREAD = 4400;
 const CLOSE_THROTTLED = 4429; // too many failed logins from this address: wait, then retry
@@ -36,50 +42,17 @@ let resending = new Set(); // of those, the ones sent again and not answered yet
 let storeRetryTimer = null;
 let storeBackoff = STORE_RETRY_FIRST;
 
-// -- storage ------------------------------------------------------------------------------
+// -- conversations ------------------------------------------------------------------------
 
-function randomHex(bytes) {
-  const a = new Uint8Array(bytes);
-  crypto.getRandomValues(a);
-  return Array.from(a, (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-function newThread() {
-  const tid = "web_" + randomHex(16);
-  sessionStorage.setItem(THREAD_KEY, tid);
-  return tid;
-}
-
-function loadThread() {
-  const tid = sessionStorage.getItem(THREAD_KEY);
-  return tid && THREAD_RE.test(tid) ? tid : newThread();
-}
-
-function loadOutbox() {
-  try {
-    const list = JSON.parse(sessionStorage.getItem(OUTBOX_KEY) || "[]");
-    return Array.isArray(list) ? list : [];
-  } catch {
-    return [];
-  }
-}
-
-function saveOutbox(list) {
-  sessionStorage.setItem(OUTBOX_KEY, JSON.stringify(list));
-}
-
-function takeTokenFromFragment() {
-  const m = /^#token=(.+)$/.exec(location.hash);
-  if (!m) return;
-  let value = m[1];
-  try {
-    value = decodeURIComponent(value);
-  } catch {
-    // keep it as it is
-  }
-  localStorage.setItem(TOKEN_KEY, value);
-  // The fragment never reaches a server; remove it from the address bar and history too.
-  history.replaceState(null, "", location.pathname + location.search);
+// Another conversation, in this tab: the socket is opened again on it.
+function openThread(tid) {
+  threadId = tid;
+  showInAddress(tid);
+  leaveRoom();
+  clearView();
+  forgetFailures();
+  turnState = "idle";
+  if (token) reconnectNow();
 }
 
 // -- state --------------------------------------------------------------------------------
@@ -103,7 +76,9 @@ function setTurnState(state) {
   turnState = state;
   if (state === "thinking") failure = null; // a new turn began
   ui.stop.disabled = !(ready && BUSY.has(state));
+  ui.cancelQueued.disabled = ui.stop.disabled;
   ui.log.setAttribute("aria-busy", state === "streaming" ? "true" : "false");
+  setTurn(state);
   refreshStatus();
 }
 
@@ -125,6 +100,7 @@ function connect() {
   ready = false;
   setStatus("connecting");
   ui.stop.disabled = true;
+  ui.cancelQueued.disabled = true;
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   const sock = new WebSocket(`${scheme}//${location.host}/ws`);
   ws = sock;
@@ -192,6 +168,7 @@ function reconnectNow() {
 }
 
 function handle(f) {
+  if (conversationFrame(f)) return; // the list, a room, or what waits while a room is shown
   switch (f.type) {
     case "ready":
       onReady(f);
@@ -212,6 +189,9 @@ function handle(f) {
       break;
     case "message":
       addMessage(f);
+      break;
+    case "cancelled":
+      for (const id of f.ids) markCancelled(id);
       break;
     case "delta":
       appendDelta(f.text);
@@ -301,18 +281,27 @@ function onReady(f) {
   ready = true;
   backoff = BACKOFF_FIRST;
   threadId = f.thread_id;
-  sessionStorage.setItem(THREAD_KEY, threadId);
+  showInAddress(threadId);
+  setCurrent(threadId);
+  sendFrame({ type: "list" });
+  if (roomAfterReady()) return;
   if (f.max_message_bytes) maxBytes = f.max_message_bytes;
   clearView();
   // The outbox is sent again below; what the server still cannot store comes back.
   retrying = new Set();
   resending = new Set();
   cancelStoreRetry();
-  for (const m of f.transcript) addMessage(m);
-  for (const p of f.pending) addUser(p.text, p.id, "sent");
   const outbox = loadOutbox().filter((e) => e.thread === threadId);
   saveOutbox(outbox);
-  for (const e of outbox) addUser(e.text, e.id, "sending");
+  batch(() => {
+    for (const m of f.transcript) addMessage(m);
+    if (f.pending_hidden > 0) {
+      addNotice(`${f.pending_hidden} earlier queued messages are not shown here; they are `
+        + "answered first, in order (Cancel queued drops them all).");
+    }
+    for (const p of f.pending) addUser(p.text, p.id, "sent");
+    for (const e of outbox) addUser(e.text, e.id, "sending");
+  });
   if (f.streaming !== null && f.streaming !== undefined) appendDelta(f.streaming);
   setTurnState(f.state);
   scrollDown();
@@ -323,24 +312,31 @@ function onReady(f) {
 // -- input --------------------------------------------------------------------------------
 
 function sendCurrent() {
-  const text = ui.message.value;
-  if (!text.trim()) return;
+  if (sendText(ui.message.value)) ui.message.value = "";
+}
+
+// A message to the thread through the outbox (kept until the server acknowledges it).
+function sendText(text) {
+  if (!text.trim()) return false;
   const size = new TextEncoder().encode(text).length;
   if (size > maxBytes) {
     const fmt = (n) => n.toLocaleString("en-US");
     const why = `Message is ${fmt(size)} bytes; the limit is ${fmt(maxBytes)}. Shorten it and send again.`;
     addNotice(why);
     fail(why);
-    return;
+    return false;
   }
   failure = null; // something new is under way
   refreshStatus();
   const id = randomHex(16);
   saveOutbox([...loadOutbox(), { id, text, thread: threadId }]);
   addUser(text, id, "sending");
-  ui.message.value = "";
   if (ready) sendFrame({ type: "send", id, text });
+  touched(threadId);
+  return true;
 }
+
+actions.answerApproval = sendText;
 
 ui.composer.addEventListener("submit", (e) => {
   e.preventDefault();
@@ -358,14 +354,29 @@ ui.stop.addEventListener("click", () => {
   sendFrame({ type: "stop" });
 });
 
+ui.cancelQueued.addEventListener("click", () => {
+  sendFrame({ type: "cancel" });
+});
+
 ui.newChat.addEventListener("click", () => {
-  threadId = newThread();
   saveOutbox([]);
-  clearView();
-  forgetFailures();
-  turnState = "idle";
-  if (token) reconnectNow();
+  openThread(newThread());
   ui.message.focus();
+});
+
+window.addEventListener("hashchange", () => {
+  const m = CONVERSATION_RE.exec(location.hash);
+  if (m && (m[1] !== threadId || roomShown())) openThread(m[1]);
+});
+
+initConversations({
+  send: sendFrame,
+  current: () => threadId,
+  open: openThread,
+  openNew() {
+    saveOutbox([]);
+    openThread(newThread());
+  },
 });
 
 ui.loginForm.addEventListener("submit", (e) => {

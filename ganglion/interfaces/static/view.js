@@ -14,6 +14,7 @@ export const ui = {
   message: $("message"),
   send: $("send"),
   stop: $("stop"),
+  cancelQueued: $("cancel-queued"),
   newChat: $("new-chat"),
 };
 const DEFAULT_LOGIN_MESSAGE = ui.loginMessage.textContent;
@@ -35,7 +36,22 @@ export function scrollDown() {
   ui.log.scrollTop = ui.log.scrollHeight;
 }
 
+let batching = false; // while a whole transcript is drawn: no scrolling (layout) per message
+
+export function batch(draw) {
+  batching = true;
+  try {
+    draw();
+  } finally {
+    batching = false;
+  }
+}
+
 function place(el, force) {
+  if (batching) {
+    ui.log.append(el);
+    return;
+  }
   const follow = force || nearBottom();
   if (streamEl && el !== streamEl) ui.log.insertBefore(el, streamEl);
   else ui.log.append(el);
@@ -62,7 +78,13 @@ export function addMessage(m) {
     a.target = "_blank"; // never navigate the chat away
     a.rel = "noopener noreferrer";
   }
-  if (m.role === "tool") {
+  if (m.approval) {
+    // The whole command stays readable (CSS wraps it); the buttons send /approve or /deny.
+    el.classList.add("approval");
+    for (const old of ui.log.querySelectorAll(".msg.approval.latest")) old.classList.remove("latest");
+    el.classList.add("latest");
+    el.append(body, approvalChoices(m.approval));
+  } else if (m.role === "tool") {
     const details = document.createElement("details");
     const summary = document.createElement("summary");
     const first = (m.text || "").split("\n", 1)[0].slice(0, 80);
@@ -72,7 +94,40 @@ export function addMessage(m) {
   } else {
     el.append(body);
   }
+  if (m.divider) el.classList.add("divider"); // /new: what is above left the model's context
+  if (m.cancelled) {
+    el.dataset.status = "cancelled";
+    setNote(el, CANCELLED_NOTE);
+  }
   place(el, false);
+}
+
+const CANCELLED_NOTE = "Cancelled: it will not be answered.";
+
+export function markCancelled(clientId) {
+  markFailed(clientId, "cancelled", CANCELLED_NOTE);
+}
+
+// What the page does with a click on Approve or Deny (app.js sends the command).
+export const actions = { answerApproval: (_command) => {} };
+
+function approvalChoices(id) {
+  const choices = document.createElement("div");
+  choices.className = "choices";
+  for (const [label, command] of [["Approve", "/approve"], ["Deny", "/deny"]]) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = label;
+    button.className = command === "/deny" ? "secondary" : "";
+    button.addEventListener("click", () => actions.answerApproval(`${command} ${id}`));
+    choices.append(button);
+  }
+  return choices;
+}
+
+// The turn's state on the log, for what shows only in some states (the approval buttons).
+export function setTurn(state) {
+  ui.log.dataset.turn = state;
 }
 
 export function userBubble(clientId) {
@@ -119,6 +174,28 @@ export function addNotice(text) {
   place(el, true);
 }
 
+// Streaming costs time linear in the answer: deltas are buffered and written at most
+// STREAM_FLUSH_MS apart, as one text node, with one look at the scroll position. Written one
+// by one, each delta forced a layout of the whole growing answer (a 60 kB answer kept the
+// page busy for minutes). The final message replaces it, rendered once by the server.
+const STREAM_FLUSH_MS = 150;
+let streamBuffer = [];
+let streamTimer = null;
+// For tests and benchmarks: deltas received and writes to the page while streaming.
+export const stats = { deltas: 0, flushes: 0 };
+globalThis.ganglionStats = stats;
+
+function flushStream() {
+  clearTimeout(streamTimer);
+  streamTimer = null;
+  if (!streamEl || streamBuffer.length === 0) return;
+  const follow = nearBottom();
+  streamEl.firstChild.append(document.createTextNode(streamBuffer.join("")));
+  streamBuffer = [];
+  stats.flushes += 1;
+  if (follow) scrollDown();
+}
+
 export function appendDelta(text) {
   if (!streamEl) {
     const [el, body] = bubble("assistant");
@@ -127,22 +204,31 @@ export function appendDelta(text) {
     streamEl = el;
     place(el, true);
   }
-  const follow = nearBottom();
-  streamEl.firstChild.append(document.createTextNode(text)); // plain text while streaming
-  if (follow) scrollDown();
+  stats.deltas += 1;
+  streamBuffer.push(text); // plain text while streaming
+  if (streamTimer === null) streamTimer = setTimeout(flushStream, STREAM_FLUSH_MS);
+}
+
+function dropBuffer() {
+  clearTimeout(streamTimer);
+  streamTimer = null;
+  streamBuffer = [];
 }
 
 // "reset": the model's partial answer is void; what comes next starts it again.
 export function resetStream() {
+  dropBuffer();
   if (streamEl) streamEl.firstChild.replaceChildren();
 }
 
 export function dropStream() {
+  dropBuffer();
   if (streamEl) streamEl.remove();
   streamEl = null;
 }
 
 export function clearView() {
+  dropBuffer();
   ui.log.replaceChildren();
   seen = new Set();
   streamEl = null;

@@ -1,0 +1,217 @@
+"""The database's schema: numbered migrations, applied once each, in order (``Database``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Migration:
+    number: int
+    name: str
+    sql: str
+
+
+MIGRATIONS: list[Migration] = [  # applied once each, in order; recorded in ``migrations``
+    Migration(
+        1,
+        "foundation",
+        """
+        CREATE TABLE inbox (
+            id INTEGER PRIMARY KEY,
+            thread_id TEXT NOT NULL,
+            client_id TEXT NOT NULL,
+            source TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            text TEXT NOT NULL,
+            system INTEGER NOT NULL DEFAULT 0,
+            meta TEXT NOT NULL DEFAULT '{}',
+            status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'done')),
+            created_at REAL NOT NULL,
+            done_at REAL,
+            UNIQUE (thread_id, client_id)
+        );
+        CREATE INDEX inbox_pending ON inbox (id) WHERE status = 'pending';
+
+        CREATE TABLE messages (
+            id INTEGER PRIMARY KEY,
+            thread_id TEXT NOT NULL,
+            role TEXT NOT NULL
+                CHECK (role IN ('user', 'assistant', 'tool', 'summary', 'notice')),
+            content TEXT NOT NULL,
+            tool_calls TEXT,
+            tool_call_id TEXT,
+            name TEXT,
+            inbox_id INTEGER REFERENCES inbox (id),
+            in_context INTEGER NOT NULL DEFAULT 1,
+            visible INTEGER NOT NULL DEFAULT 1,
+            tokens INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX messages_context ON messages (thread_id, id) WHERE in_context = 1;
+        CREATE INDEX messages_visible ON messages (thread_id, id) WHERE visible = 1;
+        CREATE UNIQUE INDEX messages_user_inbox ON messages (inbox_id) WHERE role = 'user';
+
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            thread_id TEXT NOT NULL,
+            message_id INTEGER NOT NULL REFERENCES messages (id),
+            created_at REAL NOT NULL,
+            delivered_at REAL
+        );
+        CREATE INDEX outbox_pending ON outbox (thread_id, id) WHERE delivered_at IS NULL;
+
+        CREATE TABLE thread_settings (
+            thread_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY (thread_id, key)
+        );
+        """,
+    ),
+    Migration(
+        2,
+        "reminders",
+        """
+        CREATE TABLE reminders (
+            id INTEGER PRIMARY KEY,
+            thread_id TEXT NOT NULL,
+            text TEXT NOT NULL,
+            system INTEGER NOT NULL DEFAULT 0,
+            cron TEXT,
+            every_seconds REAL CHECK (every_seconds IS NULL OR every_seconds > 0),
+            next_at REAL,
+            status TEXT NOT NULL DEFAULT 'active'
+                CHECK (status IN ('active', 'done', 'cancelled')),
+            created_by TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL,
+            fired INTEGER NOT NULL DEFAULT 0,
+            last_fired_at REAL,
+            CHECK (status != 'active' OR next_at IS NOT NULL),
+            CHECK (cron IS NULL OR every_seconds IS NULL)
+        );
+        CREATE INDEX reminders_due ON reminders (next_at) WHERE status = 'active';
+
+        CREATE TABLE heartbeat_usage (
+            day TEXT PRIMARY KEY,
+            tokens INTEGER NOT NULL DEFAULT 0,
+            reviews INTEGER NOT NULL DEFAULT 0,
+            budget_noticed INTEGER NOT NULL DEFAULT 0
+        );
+        """,
+    ),
+    # There is no 0003, on purpose: a database records each migration by number, so numbers
+    # are never reused or renumbered, and a gap is harmless (they run in number order).
+    Migration(
+        4,
+        "endpoints_usage",
+        """
+        CREATE TABLE endpoints (
+            name TEXT PRIMARY KEY,
+            base_url TEXT NOT NULL,
+            api_key TEXT NOT NULL,
+            added_by TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+
+        CREATE TABLE models (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL UNIQUE,
+            first_seen REAL NOT NULL
+        );
+
+        CREATE TABLE endpoint_models (
+            endpoint TEXT NOT NULL,
+            model_id INTEGER NOT NULL REFERENCES models (id),
+            position INTEGER NOT NULL,
+            PRIMARY KEY (endpoint, model_id)
+        );
+
+        CREATE TABLE aliases (
+            alias TEXT PRIMARY KEY,
+            model TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+
+        CREATE TABLE usage (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            account TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            thread_id TEXT NOT NULL,
+            source TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('message', 'call')),
+            model TEXT,
+            endpoint TEXT,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX usage_account
+            ON usage (account, kind, at, prompt_tokens, completion_tokens);
+        CREATE INDEX usage_thread ON usage (thread_id)
+        """,
+    ),
+    Migration(
+        5,
+        "instance",
+        """
+        -- Tells this database apart from an earlier one at the same path (a reset): message
+        -- ids start again at 1, so what is derived from them (Matrix transaction ids) must
+        -- carry this too.
+        CREATE TABLE instance (id TEXT NOT NULL);
+        INSERT INTO instance (id) VALUES (lower(hex(randomblob(6))))
+        """,
+    ),
+    Migration(
+        6,
+        "turn_steps",
+        """
+        -- A turn's tool exchange, kept step by step while the turn runs: a turn re-run after
+        -- a crash resumes from here instead of calling its tools (set_reminder, shell) again.
+        -- Gone when the turn's outcome is stored.
+        CREATE TABLE turn_steps (
+            inbox_id INTEGER NOT NULL REFERENCES inbox (id),
+            seq INTEGER NOT NULL,
+            message TEXT NOT NULL,
+            PRIMARY KEY (inbox_id, seq)
+        )
+        """,
+    ),
+    Migration(
+        7,
+        "retention",
+        """
+        -- The keys of answered messages whose inbox row retention deleted: a resent id is
+        -- still known (exactly once) for a fraction of the row's size.
+        CREATE TABLE inbox_pruned (
+            thread_id TEXT NOT NULL,
+            client_id TEXT NOT NULL,
+            PRIMARY KEY (thread_id, client_id)
+        ) WITHOUT ROWID;
+        -- Retention unlinks history from the inbox rows it deletes (history itself stays).
+        CREATE INDEX messages_inbox ON messages (inbox_id) WHERE inbox_id IS NOT NULL
+        """,
+    ),
+    Migration(
+        8,
+        "conversations",
+        """
+        -- The web conversations the page lists: a title (the first words until the model
+        -- gives a short one, or the person's own), archived or not, and when last active.
+        CREATE TABLE conversations (
+            thread_id TEXT PRIMARY KEY,
+            title TEXT NOT NULL,
+            title_by TEXT NOT NULL DEFAULT 'words' CHECK (title_by IN ('words', 'model', 'person')),
+            archived INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            last_active REAL NOT NULL
+        );
+        CREATE INDEX conversations_recent ON conversations (last_active);
+        -- The web threads of earlier runs, titled by their first message.
+        INSERT INTO conversations (thread_id, title, created_at, last_active)
+            SELECT thread_id, substr(text, 1, 200), min(created_at), max(created_at)
+            FROM inbox WHERE thread_id GLOB 'web_*' AND system = 0 GROUP BY thread_id
+        """,
+    ),
+]
