@@ -15,8 +15,9 @@ from typing import Any, NoReturn
 
 import pytest
 import pytest_asyncio
+from browser_page import Problems
 from fake_llm import FakeLLM, fake_llm, fake_llm_factory  # noqa: F401  (fixtures)
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser, BrowserContext, async_playwright
 from secret_scan import SecretScan
 from synapse import Human, HumanFactory, MatrixUser, Synapse, SynapseUnavailable, install
 from wsclient import ChatClient
@@ -262,3 +263,18 @@ async def connect(app: App, thread_id: str | None = None) -> ChatClient:
     chat = ChatClient(app.web.url, app.web_token, thread_id)
     await chat.connect()
     return chat
+
+
+@pytest_asyncio.fixture
+async def context(chromium: Browser) -> AsyncIterator[BrowserContext]:
+    ctx = await chromium.new_context(viewport={"width": 900, "height": 700})
+    ctx.set_default_timeout(10_000)
+    yield ctx
+    await ctx.close()
+
+
+@pytest_asyncio.fixture
+async def problems() -> AsyncIterator[Problems]:
+    found = Problems()
+    yield found
+    assert found.items == []

@@ -7,87 +7,26 @@ import asyncio
 import json
 import re
 import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-import pytest_asyncio
+from browser_page import ANSWERS, Problems, answers, open_page, say, web_of
 from conftest import WEB_TOKEN, AppFactory, eventually
 from fake_llm import FakeLLM, Reply
 from playwright.async_api import (
     Browser,
     BrowserContext,
-    Locator,
     Page,
     expect,
 )
 
-from ganglion.app import App
-from ganglion.interfaces.web import WebInterface
 from ganglion.interfaces.web_guard import Throttle
 from ganglion.messages import ThreadId
 
 pytestmark = pytest.mark.browser
 
 SCREENSHOT = "/tmp/ganglion-web.png"
-ANSWERS = '.msg[data-role="assistant"]:not(.streaming)'
-"""Final answers (a streaming one has the class ``streaming``), inside the log."""
-
-
-@pytest_asyncio.fixture
-async def context(chromium: Browser) -> AsyncIterator[BrowserContext]:
-    ctx = await chromium.new_context(viewport={"width": 900, "height": 700})
-    ctx.set_default_timeout(10_000)
-    yield ctx
-    await ctx.close()
-
-
-class Problems:
-    """Console errors and uncaught exceptions of every page opened through ``open_page``."""
-
-    def __init__(self) -> None:
-        self.items: list[str] = []
-
-    def watch(self, page: Page) -> None:
-        page.on("console", lambda m: self.items.append(f"console.{m.type}: {m.text}")
-                if m.type in ("error", "warning") else None)
-        page.on("pageerror", lambda e: self.items.append(f"pageerror: {e}"))
-
-
-@pytest_asyncio.fixture
-async def problems() -> AsyncIterator[Problems]:
-    found = Problems()
-    yield found
-    assert found.items == []
-
-
-def web_of(app: App) -> WebInterface:
-    assert app.web is not None
-    return app.web
-
-
-async def open_page(
-    context: BrowserContext, app: App, problems: Problems, *, login: bool = True
-) -> Page:
-    page = await context.new_page()
-    problems.watch(page)
-    web = web_of(app)
-    await page.goto(web.login_url if login else web.url + "/")
-    if login:
-        await expect(page.locator("#status")).to_have_text("ready")
-    return page
-
-
-def answers(page: Page) -> Locator:
-    return page.get_by_role("log").locator(ANSWERS)
-
-
-async def say(page: Page, text: str) -> None:
-    await page.get_by_role("textbox", name="Message").fill(text)
-    await page.get_by_role("button", name="Send").click()
-
-
 def echo_slowly(body: dict[str, Any]) -> Reply:
     last = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
     return Reply(text=f"echo: {last}", chunk_delay=0.05)

@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from browser_page import Problems, answers, open_page, say
 from conftest import AppFactory
 from fake_llm import FakeLLM, Reply
 from playwright.async_api import BrowserContext, expect
-from test_browser import Problems, answers, context, open_page, problems, say
 
 pytestmark = pytest.mark.browser
-__all__ = ["context", "problems"]  # fixtures of test_browser, used here by name
 
 
 async def test_a_100_kb_answer_streams_in_few_writes_and_the_page_stays_responsive(

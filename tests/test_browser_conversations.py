@@ -8,17 +8,16 @@ import re
 import time
 
 import pytest
+from browser_page import ANSWERS, Problems, answers, open_page, say
 from conftest import AppFactory, eventually_async
 from fake_llm import FakeLLM
 from playwright.async_api import Browser, BrowserContext, Dialog, Page, expect
-from test_browser import ANSWERS, Problems, answers, context, open_page, problems, say
 
 from ganglion.messages import ThreadId
 from ganglion.storage.history import NewMessage
 from ganglion.storage.reminders import NewReminder
 
 pytestmark = pytest.mark.browser
-__all__ = ["context", "problems"]  # fixtures of test_browser, used here by name
 
 
 def sidebar(page: Page):  # type: ignore[no-untyped-def]
