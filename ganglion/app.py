@@ -321,9 +321,14 @@ class App:
                           self.heartbeat.cmd_heartbeat)
 
     async def _cancel_queued(self, msg: Inbound, args: str) -> str:
-        cancelled = await self.bus.cancel_queued(msg.thread_id)
+        # In a shared room, a member drops only their own messages; the owner, trusted users
+        # and the web UI (the owner's) drop everyone's.
+        everyone = self.access.rank_of(msg) >= Rank.TRUSTED
+        cancelled = await self.bus.cancel_queued(msg.thread_id,
+                                                 None if everyone else msg.sender)
         if not cancelled:
-            return "No message is waiting in this conversation."
+            return ("No message is waiting in this conversation." if everyone else
+                    "No message of yours is waiting in this conversation.")
         if len(cancelled) == 1:
             return "Cancelled 1 queued message; it will not be answered."
         return f"Cancelled {len(cancelled)} queued messages; they will not be answered."

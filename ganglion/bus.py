@@ -214,22 +214,31 @@ class Bus:
     def on_cancelled(self, listener: Cancelled) -> None:
         self._on_cancelled.append(listener)
 
-    async def cancel_queued(self, thread_id: ThreadId) -> list[Inbound]:
+    async def cancel_queued(self, thread_id: ThreadId,
+                            sender: str | None = None) -> list[Inbound]:
         """Drop the thread's messages waiting behind its running turn (or all of them when
-        none runs yet): they are never run, also after a restart. The running turn goes
-        on (Stop ends it). Returns the cancelled messages, oldest first."""
+        none runs yet), or only ``sender``'s: they are never run, also after a restart. The
+        running turn goes on (Stop ends it). Returns the cancelled messages, oldest first."""
         lane = self._lanes.get(thread_id)
         if not lane:
             return []
         # A runner holds the lane from taking it until it let go of its first message.
         running = 1 if thread_id in self._held.values() else 0
+        before = list(lane)
+        queued = [m for m in before[running:] if sender is None or m.sender == sender]
         # Out of the lane before the write, so that no runner starts one meanwhile; an
         # emptied lane stays until a runner takes it from the line and lets it go.
-        queued = [lane.pop() for _ in range(len(lane) - running)][::-1]
+        lane.clear()
+        lane.extend(m for i, m in enumerate(before) if i < running or m not in queued)
         try:
             done = {i for i, _ in await self.inbox.cancel([m.id for m in queued])}
         except BaseException:
-            lane.extend(queued)  # still pending in the inbox: they run after all
+            # Still pending in the inbox: they run after all, in their order (the running
+            # head may have finished meanwhile, and new messages come after).
+            now = list(lane)
+            lane.clear()
+            lane.extend([m for m in before if m in now or m in queued]
+                        + [m for m in now if m not in before])
             raise
         cancelled = [m for m in queued if m.id in done]
         if cancelled:

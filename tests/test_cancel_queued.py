@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from conftest import AppFactory, connect
+from conftest import AppFactory, connect, eventually_async
 from fake_llm import FakeLLM, Reply
 from wsclient import ChatClient
 
@@ -136,3 +136,40 @@ async def next_of(chat: ChatClient, kind: str) -> dict[str, Any]:
     while (event := await chat.next_event()).get("type") != kind:
         pass
     return event
+
+
+async def test_a_member_of_a_shared_room_cancels_only_their_own(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    # Two allowed users in one Matrix room: /cancel from one drops only that one's queued
+    # messages; the owner's drops everyone's. (Submitted as the Matrix interface does; the
+    # replies wait in the outbox, as no homeserver is configured here.)
+    app = await app_factory({"matrix": {"owner": "@own:x"}})
+    room = ThreadId("!room:x")
+    held = asyncio.Event()
+    fake_llm.script(Reply(text="first answer", held=held))
+
+    def said(sender: str, text: str, n: int) -> Inbound:
+        return Inbound(room, text, sender=sender, source=Source.MATRIX, client_id=f"$e{n}")
+
+    await app.bus.submit(said("@ann:x", "first", 0))
+    async with asyncio.timeout(10):
+        await fake_llm.wait_until(lambda: fake_llm.in_flight == 1)
+    for n, sender in enumerate(["@ann:x", "@bob:x", "@ann:x", "@bob:x"], start=1):
+        await app.bus.submit(said(sender, f"queued {n}", n))
+    async def cancelled(count: int) -> bool:
+        rows = await app.db.fetchall("SELECT content FROM messages WHERE name = 'cancelled' "
+                                     "ORDER BY inbox_id")
+        texts[:] = [r["content"] for r in rows]
+        return len(texts) >= count
+
+    texts: list[str] = []
+    await app.bus.submit(said("@bob:x", "/cancel", 10))
+    await eventually_async(lambda: cancelled(2))
+    assert texts == ["queued 2", "queued 4"]
+    await app.bus.submit(said("@own:x", "/cancel", 11))
+    await eventually_async(lambda: cancelled(4))
+    assert texts == ["queued 1", "queued 2", "queued 3", "queued 4"]
+    held.set()
+    await app.bus.wait_idle()
+    assert len(fake_llm.requests) == 1
