@@ -24,7 +24,7 @@ from secret_scan import SecretScan
 from wsclient import ChatClient
 
 from ganglion.app import App
-from ganglion.config import MatrixConfig
+from ganglion.config_matrix import MatrixConfig
 from ganglion.interfaces.web import WebInterface
 from ganglion.interfaces.web_guard import SECURITY_HEADERS
 from ganglion.logs import SecretMask, setup_logging

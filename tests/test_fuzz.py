@@ -27,7 +27,8 @@ from nio import Event, RoomMessageText
 from wsclient import ChatClient
 
 from ganglion.app import App
-from ganglion.config import Config, ConfigError, MatrixConfig, load_config, parse_config
+from ganglion.config import Config, ConfigError, load_config, parse_config
+from ganglion.config_matrix import MatrixConfig
 from ganglion.interfaces.matrix.interface import MatrixInterface
 from ganglion.messages import Inbound, Source, ThreadId, is_web_thread
 from ganglion.render import MarkdownRenderer

@@ -101,7 +101,7 @@ def test_ganglion_uses_no_private_api_of_its_dependencies() -> None:
 async def test_the_matrix_key_store_keeps_its_pragmas_through_public_api(tmp_path: Path) -> None:
     """WalStore sets WAL and synchronous=NORMAL with peewee's public pragma() now that it no
     longer overrides nio's private _create_database: also on a connection opened later."""
-    from ganglion.config import MatrixConfig
+    from ganglion.config_matrix import MatrixConfig
     from ganglion.interfaces.matrix.session import make_client
 
     config = MatrixConfig(homeserver="http://127.0.0.1:9", user_id="@bot:example.org",

@@ -16,7 +16,7 @@ from typing import Any
 
 from nio import InviteMemberEvent, MegolmEvent, RoomMessageText
 
-from ganglion.config import MatrixConfig
+from ganglion.config_matrix import MatrixConfig
 from ganglion.messages import Inbound, Source, ThreadId, matrix_thread_id
 from ganglion.untrusted import as_data
 

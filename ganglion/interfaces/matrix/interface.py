@@ -30,7 +30,7 @@ from aiohttp import ClientError
 from nio import MegolmEvent, RoomMessageText, SyncError
 
 from ganglion.bus import Bus
-from ganglion.config import MatrixConfig
+from ganglion.config_matrix import MatrixConfig
 from ganglion.errors import StartupError
 from ganglion.interfaces.matrix import inbound, redaction
 from ganglion.interfaces.matrix.catchup import (

@@ -14,7 +14,7 @@ from typing import Any
 
 from nio import AsyncClient, JoinError, RoomLeaveError, RoomMemberEvent
 
-from ganglion.config import MatrixConfig
+from ganglion.config_matrix import MatrixConfig
 from ganglion.interfaces.matrix import inbound
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from typing import Any
 
 from nio import LocalProtocolError, RoomSendError
 
-from ganglion.config import MatrixConfig
+from ganglion.config_matrix import MatrixConfig
 from ganglion.interfaces.matrix.outbound import (
     TypingNotices,
     final_edit,

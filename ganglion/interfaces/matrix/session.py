@@ -19,7 +19,7 @@ from nio import AsyncClient, AsyncClientConfig, ShareGroupSessionError, WhoamiEr
 from nio.crypto import ENCRYPTION_ENABLED
 from nio.store import DefaultStore
 
-from ganglion.config import MatrixConfig
+from ganglion.config_matrix import MatrixConfig
 from ganglion.errors import StartupError
 
 log = logging.getLogger(__name__)
