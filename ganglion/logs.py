@@ -14,8 +14,9 @@ from datetime import datetime
 from pathlib import Path
 
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-_THREAD = re.compile(r"\A\[((?:web|matrix)_[^\]\s]+)\] ")
-"""A message about one conversation starts with its thread id in brackets."""
+_THREAD = re.compile(r"\A\[(web_[0-9a-f]+|![^\]\s]+)\] ")
+"""A message about one conversation starts with its thread id in brackets: a tab's
+(``web_<hex>``), a Matrix room's or a thread's (``!room:server``, ``!room:server/$root``)."""
 
 
 class JsonFormatter(logging.Formatter):

@@ -98,8 +98,10 @@ async def test_json_logs_are_one_masked_object_a_line(tmp_path: Path, fake_llm: 
         datetime.fromisoformat(records[0]["time"])  # ISO 8601, with the local offset
         # The secrets had their chance: the raw request was logged, masked.
         assert any("my keys are ***" in r["message"] for r in records), source
+        # The turn's lines carry its thread (those logged before the reply: the daemon is
+        # stopped once the reply is read, and a later line may not be written by then).
         mine = [r for r in records if r.get("thread_id") == chat.thread_id]
-        assert any(r["message"].startswith(f"[{chat.thread_id}] turn done") for r in mine)
+        assert any(r["message"].startswith(f"[{chat.thread_id}] ") for r in mine), source
 
 
 def test_a_json_log_line_carries_the_masked_exception(tmp_path: Path) -> None:
@@ -118,3 +120,17 @@ def test_a_json_log_line_carries_the_masked_exception(tmp_path: Path) -> None:
     assert record["message"].endswith("failed with ***")
     assert "ValueError: bad password ***" in record["exception"]
     assert "hunter2" not in json.dumps(record)
+
+
+def test_a_json_log_line_names_a_matrix_room_or_thread(tmp_path: Path) -> None:
+    handler = file_handler(tmp_path, SecretMask(), "json")
+    log = logging.Logger("ganglion.test")
+    log.addHandler(handler)
+    for thread in ("!room:example.org", "!room:example.org/$root:example.org"):
+        log.info("[%s] event queued", thread)
+    log.info("[not a thread] plain")
+    handler.close()
+    records = [json.loads(line) for line in (tmp_path / "ganglion.log").read_text()
+               .splitlines()]
+    assert [r.get("thread_id") for r in records] == [
+        "!room:example.org", "!room:example.org/$root:example.org", None]

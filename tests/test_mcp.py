@@ -160,7 +160,10 @@ async def test_a_crash_mid_call_ends_the_call_and_the_server_comes_back(
     result = await turn(app, fake_llm, "t__crash", {})
     assert "stopped during the call" in result
     assert app.mcp is not None
-    # Withdrawn, then started again with its tools: a call works and is a new process.
+    # Withdrawn (the supervisor says so, after the call's result), then started again with
+    # its tools: a call works and is a new process.
+    await eventually(lambda: any("MCP server t is down" in r.getMessage()
+                                 for r in caplog.records), timeout=START_SECONDS)
     await connected(app)
     assert app.mcp.states()[0].state == "connected"
     assert "3 + 4 = 7" in await turn(app, fake_llm, "t__add", {"a": 3, "b": 4})
