@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import time
@@ -13,11 +14,14 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import LLM_KEY, WEB_TOKEN, AppFactory, connect, daemon_config
+from conftest import LLM_KEY, WEB_TOKEN, AppFactory, connect, daemon_config, eventually
 from daemon import Daemon, free_port
 from fake_llm import FakeLLM, Reply
+from hs_proxy import HomeserverProxy, hs_proxy  # noqa: F401  (fixture)
+from matrix_rooms import matrix_section
 from prometheus_client.parser import text_string_to_metric_families
 from reminder_helpers import FAST, next_reminder
+from synapse import Synapse
 from wsclient import ChatClient
 
 from ganglion.app import App
@@ -190,6 +194,35 @@ async def test_a_reminder_on_time_is_not_counted_late(
     assert samples[("ganglion_reminders_fired_total", ())] == 1
     assert samples[("ganglion_reminders_late_total", ())] == 0
     await chat.close()
+
+
+@pytest.mark.matrix
+async def test_matrix_sync_state_and_lag_follow_the_homeserver(
+    app_factory: AppFactory, synapse: Synapse, hs_proxy: HomeserverProxy,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    app = await app_factory(matrix_section(synapse, bot, [person.user_id], tmp_path / "store",
+                                           homeserver=hs_proxy.url))
+    assert app.matrix is not None
+    matrix = app.matrix
+    # Set before the first sync ends (nothing awaited since the start): short long-polls,
+    # so a refused sync comes soon.
+    matrix.sync_timeout_ms, matrix.backoff_max = 200, 0.2
+    await asyncio.wait_for(matrix.ready.wait(), 20)
+    assert (await status_of(app))["matrix"]["state"] == "syncing"
+    assert ("ganglion_matrix_sync_lag_seconds", ()) in await scrape(app)
+
+    hs_proxy.fail = re.compile(r"^GET .*/sync")
+    await hs_proxy.wait_failures(2)  # the loop has seen the refusal and tried again
+    await eventually(lambda: matrix.sync_state == "unreachable")
+    lag = (await scrape(app))[("ganglion_matrix_sync_lag_seconds", ())]
+    status = (await status_of(app))["matrix"]
+    assert status["state"] == "unreachable" and status["lag_seconds"] >= round(lag, 1)
+    healed = time.monotonic()
+    hs_proxy.fail = None
+    await eventually(lambda: matrix.sync_state == "syncing", timeout=20)
+    assert matrix.sync_lag() <= time.monotonic() - healed  # counted from the new sync
 
 
 def ganglion_status(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
