@@ -4,7 +4,9 @@ The daemon is a child process, the zero-delay fake LLM another (bench_web.py's).
 ``--turns`` turns spread over ``--conversations`` conversations, it times ``--scrapes``
 sequential GETs of /metrics over one keep-alive connection, on the web port with the token
 and on the loopback listener (``web.metrics_bind``) without, and of /status; the figure is
-the whole round trip as a scraper sees it. Usage:
+the whole round trip as a scraper sees it. It also times, in this process, what one turn
+adds to the daemon's work: the callbacks a turn makes (``turn_done``, ``llm_call``,
+``charged``). Usage:
 
     uv run python bench/bench_metrics.py [--turns 300] [--scrapes 1000] [--json out.json]
 """
@@ -30,6 +32,8 @@ from common import report, wait_port
 from daemon import Daemon, free_port
 from prometheus_client.parser import text_string_to_metric_families
 from wsclient import ChatClient
+
+from ganglion.metrics import Metrics
 
 TOKEN = "bench-token-0123456789"
 
@@ -62,6 +66,17 @@ async def timed_gets(url: str, n: int, headers: dict[str, str]) -> tuple[dict[st
             "max_ms": times[-1]}, body
 
 
+def callbacks_per_turn_us(n: int = 100_000) -> float:
+    """Microseconds of the metric updates one turn with one LLM call makes."""
+    metrics = Metrics()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        metrics.turn_done(0.012)
+        metrics.llm_call("fake", 0.008)
+        metrics.charged("web", 120)
+    return (time.perf_counter() - t0) / n * 1e6
+
+
 async def main() -> dict[str, Any]:
     ap = argparse.ArgumentParser()
     ap.add_argument("--turns", type=int, default=300)
@@ -83,7 +98,8 @@ async def main() -> dict[str, Any]:
         "logging": {"level": "WARNING"},
         "paths": {"data_dir": "data", "log_dir": "logs"},
     })
-    results: dict[str, Any] = {"turns": args.turns, "scrapes": args.scrapes}
+    results: dict[str, Any] = {"turns": args.turns, "scrapes": args.scrapes,
+                               "callbacks_per_turn_us": callbacks_per_turn_us()}
     try:
         await wait_port(llm_port)
         d.start()
