@@ -42,7 +42,7 @@ class Metrics:
             "ganglion_reminders_fired", "Reminder firings put on the bus", registry=r)
         self.reminders_late = Counter(
             "ganglion_reminders_late", "Reminder firings more than a minute after their due "
-            "time (one missed while the daemon was down too)", registry=r)
+            "time (those that came due while the daemon was down too)", registry=r)
         self.queue_depth = Gauge(
             "ganglion_queue_depth", "Messages waiting for a turn (not yet running)", registry=r)
         self.turns_in_flight = Gauge(

@@ -132,7 +132,7 @@ def text(status: dict[str, Any]) -> str:
     """The status for a person."""
     lines = [
         f"Ganglion {status['version']}, up {duration_text(status['uptime_seconds'])}",
-        f"queue: {status['queue_depth']} waiting, {status['turns_in_flight']} turns running",
+        f"queue: {status['queue_depth']} waiting, {status['turns_in_flight']} running",
         "LLM endpoints:",
     ]
     for ep in status["endpoints"]:
