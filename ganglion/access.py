@@ -50,11 +50,14 @@ def _local_now() -> datetime:
 
 
 class Access:
-    def __init__(self, config: Config, usage: UsageLog, *, clock: LocalClock = _local_now) -> None:
+    def __init__(self, config: Config, usage: UsageLog, *, clock: LocalClock = _local_now,
+                 on_charged: Callable[[str, int], None] | None = None) -> None:
         self._matrix = config.matrix
         self._limits = config.limits
         self._usage = usage
         self._clock = clock
+        self._on_charged = on_charged
+        """Told each answer's account and tokens (the /metrics counter)."""
 
     # -- roles ---------------------------------------------------------------------------------
 
@@ -142,6 +145,9 @@ class Access:
     async def charge(self, result: ChatResult) -> None:
         """The LLM client's usage sink: one row per answer, charged to the turn's payer."""
         payer = _payer.get() or UNATTRIBUTED
+        if self._on_charged is not None:
+            self._on_charged(payer.account,
+                             result.usage.prompt_tokens + result.usage.completion_tokens)
         try:
             await self._usage.record_call(
                 payer, model=result.model, endpoint=result.endpoint,

@@ -18,13 +18,16 @@ from ganglion.commands import CommandTable, Rank
 from ganglion.config import LoadedConfig, secret_values
 from ganglion.errors import StartupError
 from ganglion.interfaces.web import WebInterface
+from ganglion.interfaces.web_status import MetricsListener, StatusRoutes
 from ganglion.llm.client import LLMClient
 from ganglion.llm.endpoints import EndpointPool
 from ganglion.logs import SecretMask
 from ganglion.messages import Inbound, Outbound, OutKind
+from ganglion.metrics import Metrics
 from ganglion.model_commands import ModelCommands, without_secrets
 from ganglion.render import MarkdownRenderer
 from ganglion.router import Router
+from ganglion.status import StatusReport
 from ganglion.storage.atomic import atomic_write
 from ganglion.storage.catalog import Catalog
 from ganglion.storage.conversations import Conversations
@@ -103,6 +106,9 @@ class App:
         self.web: WebInterface | None = None
         self.matrix: MatrixInterface | None = None
         self.mcp: McpTools | None = None
+        self.metrics = Metrics()
+        """This App's own: tests build many Apps in one process."""
+        self.metrics_listener: MetricsListener | None = None
         self._stops: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         self.stuck: list[str] = []
         """The parts that did not stop in time when a failed or cancelled start stopped."""
@@ -119,6 +125,7 @@ class App:
     async def _start(self) -> None:
         started = time.monotonic()
         cfg = self.config
+        metrics = self.metrics
         # First of all: a second daemon on this folder would answer the unanswered messages
         # the bus re-runs at start a second time (two model calls, a memory written twice).
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -143,12 +150,14 @@ class App:
         self.reviews = HeartbeatReviews(cfg.heartbeat, self.heartbeat_ledger, self.clock)
 
         self.catalog = Catalog(self.db)
-        self.endpoints = EndpointPool(cfg.llm, self.catalog, on_secret=self.secret_mask.add)
+        self.endpoints = EndpointPool(cfg.llm, self.catalog, on_secret=self.secret_mask.add,
+                                      on_failed=metrics.endpoint_failed)
         await self.endpoints.load()
         self._stops.append(("endpoints", self.endpoints.close))
-        self.access = Access(cfg, UsageLog(self.db), clock=self.clock)
+        self.usage = UsageLog(self.db)
+        self.access = Access(cfg, self.usage, clock=self.clock, on_charged=metrics.charged)
         self.llm = LLMClient(cfg.llm, debug=cfg.logging.debug_llm, pool=self.endpoints,
-                             usage_sink=self.access.charge)
+                             usage_sink=self.access.charge, on_call=metrics.llm_call)
         self._stops.append(("llm client", self.llm.close))
         self.router = Router(self.history, self.outbox)
         self.tools = ToolRegistry()
@@ -191,8 +200,12 @@ class App:
             tools_note=self.mcp.down_note if self.mcp is not None else None,
             sees_details=lambda msg: self.access.rank_of(msg) >= Rank.TRUSTED,
             titles=self.titler if cfg.web.titles == "model" else None,
+            on_turn_done=metrics.turn_done,
         )
         self.bus = Bus(self.inbox, self.worker, cfg.bus.max_turns_in_flight)
+        metrics.read_queue(self.bus.depth, self.bus.in_flight)
+        self.status = StatusReport(self.bus, self.endpoints, self.reminder_store, self.usage,
+                                   self.clock, self.secret_mask.masked, started=started)
         # Immediate: the messages it drops wait in the lane it would otherwise wait in.
         self.commands.add("cancel", "/cancel", "drop the messages waiting for an answer in "
                           "this conversation (Stop ends the one being answered)",
@@ -219,10 +232,12 @@ class App:
         if cfg.web.enabled:
             self.web_token = web_token(cfg.web.token, self.data_dir)
             self.secret_mask.add(self.web_token)  # a generated one is known from here on
+            status = StatusRoutes(cfg.web, self.web_token, self.status.report,
+                                  metrics.exposition)
             self.web = WebInterface(cfg.web, self.web_token, self.bus, self.router,
                                     self.history, self.inbox, MarkdownRenderer(),
                                     shown=without_secrets, deleted=self.reminders.rearm,
-                                    conversations=self.conversations)
+                                    conversations=self.conversations, routes=status.add_to)
             self.router.register(self.web)
             await self.web.start()
             self._stops.append(("web", self.web.stop))
@@ -237,9 +252,16 @@ class App:
                                           self.bus, self.router, MarkdownRenderer(),
                                           tx_prefix=f"ganglion-{await self.db.instance_id()}")
             self.router.register(self.matrix)
+            self.status.matrix = self.matrix
+            metrics.read_matrix_lag(self.matrix.sync_lag)
             self.model_commands.redact = self.matrix.redact
             self._stops.append(("matrix", self.matrix.stop))
             await self.matrix.start()
+
+        if cfg.web.metrics_bind:
+            self.metrics_listener = MetricsListener(cfg.web.metrics_bind, metrics.exposition)
+            await self.metrics_listener.start()
+            self._stops.append(("metrics", self.metrics_listener.stop))
 
         await self.router.deliver_all()
 
@@ -307,7 +329,8 @@ class App:
         self.scheduler = new_scheduler(self.tz)
         self.reminders = Reminders(self.reminder_store, self.bus, self.scheduler, self.tz,
                                    self.clock,
-                                   sees_all=lambda msg: self.commands.rank_of(msg) >= Rank.TRUSTED)
+                                   sees_all=lambda msg: self.commands.rank_of(msg) >= Rank.TRUSTED,
+                                   on_fired=self.metrics.reminder_fired)
         self.heartbeat = Heartbeat(cfg.heartbeat, self.reviews, self.heartbeat_ledger,
                                    self.reminder_store, self.bus, self.router, self.files,
                                    self.scheduler, self.tz, owner=cfg.matrix.owner)

@@ -199,6 +199,14 @@ class Bus:
     def is_busy(self, thread_id: ThreadId) -> bool:
         return thread_id in self._running
 
+    def depth(self) -> int:
+        """Messages waiting for a turn, in every thread (those running not counted)."""
+        return sum(len(lane) for lane in self._lanes.values()) - len(self._running)
+
+    def in_flight(self) -> int:
+        """Turns running now."""
+        return len(self._running)
+
     def queued(self, thread_id: ThreadId) -> int:
         """Messages of this thread waiting or running."""
         return len(self._lanes.get(thread_id, ()))

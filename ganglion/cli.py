@@ -1,5 +1,5 @@
-"""Entry points: ``ganglion`` (run), ``check-config``, ``login`` and ``service``; flags in, then
-hand over."""
+"""Entry points: ``ganglion`` (run), ``check-config``, ``login``, ``service``, ``status``...;
+flags in, then hand over."""
 
 from __future__ import annotations
 
@@ -89,6 +89,10 @@ def _parser() -> argparse.ArgumentParser:
         "restore", parents=[after],
         help="unpack a backup into an empty data folder (the daemon stopped)")
     restore.add_argument("file", type=Path, help="the archive `ganglion backup` wrote")
+    status = sub.add_parser(
+        "status", parents=[after],
+        help="ask the running daemon how it is: queue, endpoints, Matrix, reminders, tokens")
+    status.add_argument("--json", action="store_true", help="its answer as one JSON object")
     return p
 
 
@@ -109,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(loaded)
     if args.command in ("backup", "restore"):
         return _backup_or_restore(loaded, args)
+    if args.command == "status":
+        return _status(loaded, as_json=args.json)
     if args.command == "service":
         from ganglion.app import STOP_SECONDS  # noqa: PLC0415  (only for the unit)
 
@@ -163,6 +169,19 @@ def _backup_or_restore(loaded: LoadedConfig, args: argparse.Namespace) -> int:
     except OSError as err:
         print(f"ganglion {args.command}: {err.filename or ''}: {err.strerror}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _status(loaded: LoadedConfig, *, as_json: bool) -> int:
+    from ganglion.status import NoDaemon, daemon_address, fetch, text  # noqa: PLC0415
+
+    try:
+        url, token = daemon_address(loaded.config.web, loaded.data_dir)
+        status = fetch(url, token)
+    except NoDaemon as err:
+        print(f"ganglion status: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(status, indent=2) if as_json else text(status))
     return 0
 
 

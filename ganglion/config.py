@@ -113,6 +113,33 @@ def _origin(value: str) -> str:
     return value
 
 
+def split_bind(value: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:port`` for IPv6) as its parts; ValueError when it is not one."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(value)
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def _metrics_bind(value: str) -> str:
+    # No token on this listener: only this machine may reach it, as web.host's rules demand
+    # a token beyond loopback.
+    if not value:
+        return value
+    try:
+        host, _ = split_bind(value)
+    except ValueError:
+        raise PydanticCustomError(
+            "metrics_bind", 'not host:port: write e.g. "127.0.0.1:9464" ("" = /metrics only '
+            "on the web port, with the token)") from None
+    if not is_loopback_bind(host):
+        raise PydanticCustomError(
+            "metrics_bind_exposed", "{host} is reachable from other machines and this listener "
+            "has no token: bind it to 127.0.0.1 or ::1 (a scraper elsewhere uses /metrics on "
+            "the web port with the token)", {"host": repr(host)})
+    return value
+
+
 MIN_EXPOSED_TOKEN = 16
 """Characters a web token needs when the server is reachable from other machines."""
 
@@ -138,6 +165,8 @@ class WebConfig(_Section):
     titles: Literal["model", "words"] = "model"
     """How conversations are titled in the page's list: a short title the compaction model
     gives after the first exchange, or the first words only (no extra model call)."""
+    metrics_bind: Annotated[str, AfterValidator(_metrics_bind)] = ""
+    """host:port of a loopback listener serving /metrics without the token; "" for none."""
 
     @field_validator("token")
     @classmethod

@@ -64,6 +64,12 @@ class SecretMask(logging.Filter):
     def add(self, *secrets: str) -> None:
         self._secrets.update(s for s in secrets if s and len(s) >= 4)
 
+    def masked(self, text: str) -> str:
+        """``text`` with every secret replaced by ``***`` (for what /status shows)."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
     def filter(self, record: logging.LogRecord) -> bool:
         if not self._secrets:
             return True

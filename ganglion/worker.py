@@ -89,8 +89,11 @@ class Worker:
         tools_note: Callable[[], str] | None = None,
         sees_details: Callable[[Inbound], bool] | None = None,
         titles: Titler | None = None,
+        on_turn_done: Callable[[float], None] | None = None,
     ) -> None:
         self.history = history
+        self.on_turn_done = on_turn_done
+        """Told each finished turn's seconds (the /metrics histogram)."""
         self.router = router
         self.files = files
         self.runner = runner
@@ -168,8 +171,10 @@ class Worker:
         finally:
             if not control:
                 self.progress.end(tid)
-        log.info("[%s] turn done in %.1f ms, %d tokens", tid,
-                 (time.monotonic() - started) * 1000, tokens)
+        took = time.monotonic() - started
+        log.info("[%s] turn done in %.1f ms, %d tokens", tid, took * 1000, tokens)
+        if self.on_turn_done is not None:
+            self.on_turn_done(took)
 
     def is_immediate(self, msg: Inbound) -> bool:
         call = parse_command(msg.text)

@@ -85,11 +85,14 @@ class WebInterface:
         shown: Callable[[str], str] = lambda text: text,
         conversations: Conversations | None = None,
         deleted: Deleted | None = None,
+        routes: Callable[[web.Application], None] | None = None,
     ) -> None:
         if not token:
             raise ValueError("the web interface needs a non-empty token")
         self.config = config
         self._shown = shown
+        self._routes = routes
+        """Adds the routes of other modules (/status, /metrics: web_status.py)."""
         """A question as the thread's other tabs may see it (a command's secret masked, as
         it is stored once read); the composition root passes the commands' rule."""
         self._token = token.encode()
@@ -127,6 +130,8 @@ class WebInterface:
         app.router.add_get("/static/{file}", _static_file)
         app.router.add_get("/healthz", _healthz)
         app.router.add_get("/ws", _websocket)
+        if self._routes is not None:
+            self._routes(app)
         runner = web.AppRunner(app, shutdown_timeout=0.5)
         await runner.setup()
         try:

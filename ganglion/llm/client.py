@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -122,12 +123,15 @@ class LLMClient:
         debug: bool = False,
         pool: EndpointPool | None = None,
         usage_sink: UsageSink | None = None,
+        on_call: Callable[[str, float], None] | None = None,
     ) -> None:
         self._config = config
         self._debug = debug
         self._owns_pool = pool is None
         self._pool = pool if pool is not None else EndpointPool(config)
         self._usage_sink = usage_sink
+        self._on_call = on_call
+        """Told each answered request's endpoint and seconds (the /metrics histogram)."""
 
     async def chat(
         self,
@@ -160,8 +164,11 @@ class LLMClient:
             while True:
                 attempt += 1
                 got = Received()
+                began = time.monotonic()
                 failure = await self._attempt(ep, request, got)
                 if failure is None:
+                    if self._on_call is not None:
+                        self._on_call(ep.name, time.monotonic() - began)
                     self._pool.mark_ok(ep)
                     result = await self._result(ep, request, got)
                     if self._usage_sink is not None:

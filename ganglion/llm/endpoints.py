@@ -143,7 +143,10 @@ class EndpointPool:
         *,
         on_secret: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_failed: Callable[[str], None] | None = None,
     ) -> None:
+        self.on_failed = on_failed
+        """Told the name of each endpoint a request failed at, after its retries."""
         self.default_model = config.model
         self.cooling_seconds = config.health_cooling_seconds
         self._catalog = catalog
@@ -282,6 +285,8 @@ class EndpointPool:
 
     def mark_failed(self, ep: Endpoint, failure: Failure) -> None:
         """After its retries: skip ``ep`` for the cooling period (unless the request was bad)."""
+        if self.on_failed is not None:
+            self.on_failed(ep.name)
         if failure.hint in (HINT_NOT_FOUND, HINT_REJECTED):
             return  # a bad model name or parameter is the request's fault, not the server's
         ep.unhealthy_until = self._clock() + self.cooling_seconds

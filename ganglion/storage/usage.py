@@ -161,6 +161,13 @@ class UsageLog:
         )
         return int(row["n"]) if row else 0
 
+    async def all_tokens_since(self, start: float) -> int:
+        """Tokens of every account since ``start`` (today's, for /status)."""
+        row = await self.db.fetchone(
+            "SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS n FROM usage"
+            " WHERE kind = 'call' AND at >= ?", (start,))
+        return int(row["n"]) if row else 0
+
     async def stats(self, account: str, thread_id: str, *, top: int = 5,
                     apart: tuple[str, ...] = ()) -> Stats:
         """Totals, this account's and this thread's; the ``top`` accounts and threads by name

@@ -204,8 +204,11 @@ class Reminders:
     def __init__(
         self, store: ReminderStore, bus: Bus, scheduler: Any, tz: tzinfo,
         clock: Callable[[], datetime], *, sees_all: Callable[[Inbound], bool] = lambda m: True,
+        on_fired: Callable[[float], None] | None = None,
     ) -> None:
         self.store = store
+        self.on_fired = on_fired
+        """Told each new firing's seconds after its due time (the /metrics counters)."""
         self.sees_all = sees_all
         """Whether the sender of ``/reminders`` may see other conversations' reminders."""
         self.bus = bus
@@ -366,6 +369,8 @@ class Reminders:
             if not is_new:
                 log.info("[%s] reminder #%d was submitted before a restart; not sent twice",
                          thread, r.id)
+            elif self.on_fired is not None:
+                self.on_fired(now - f.due)
 
     def _firing(self, r: Reminder, now: float) -> _Firing:
         assert r.next_at is not None

@@ -119,6 +119,9 @@ class MatrixInterface:
         self.sync_timeout_ms = 30_000
         self._checked = False
         self._synced = False
+        self._started_at = time.monotonic()
+        self._last_sync: float | None = None
+        """When (monotonic) the last sync succeeded: the lag /status and /metrics show."""
         self._since: str | None = None
         self._token_saved: float | None = None
         self._sync_task: asyncio.Task[None] | None = None
@@ -155,6 +158,7 @@ class MatrixInterface:
             log.warning("matrix: %s is not reachable now (%s); the bot keeps trying in the "
                         "background", self.config.homeserver, str(err) or type(err).__name__)
         self._since = client.store.load_sync_token() or None
+        self._started_at = time.monotonic()
         logging.getLogger(NIO_CRYPTO_LOGGER).addFilter(self.warnings)
         self._sync_task = asyncio.create_task(self._sync_forever(), name="matrix-sync")
 
@@ -194,6 +198,20 @@ class MatrixInterface:
     def connected(self) -> bool:
         """The last sync worked: replies go out (the sender holds the client only then)."""
         return self.sender.client is not None
+
+    @property
+    def sync_state(self) -> str:
+        """For /status: syncing, connecting (no sync yet), unreachable, or stopped (a login
+        the homeserver refused)."""
+        if self._sync_task is None or self._sync_task.done():
+            return "stopped"
+        if self.connected:
+            return "syncing"
+        return "connecting" if self._last_sync is None else "unreachable"
+
+    def sync_lag(self) -> float:
+        """Seconds since the last successful sync (since the start before the first)."""
+        return time.monotonic() - (self._last_sync or self._started_at)
 
     def _set_connected(self, connected: bool) -> None:
         self.sender.client = self.client if connected else None
@@ -237,6 +255,7 @@ class MatrixInterface:
                 delay = min(delay * 2, self.backoff_max)
                 continue
             delay = self.backoff_initial
+            self._last_sync = time.monotonic()
             if not self.connected:
                 self._set_connected(True)
                 log.info("matrix: syncing with %s", self.config.homeserver)
