@@ -31,7 +31,8 @@ from fake_llm import FakeLLM, Reply
 from playwright.async_api import Page, async_playwright
 
 from ganglion.app import App
-from ganglion.config import LoadedConfig, WebConfig, parse_config
+from ganglion.config import LoadedConfig, parse_config
+from ganglion.config_web import WebConfig
 from ganglion.messages import Inbound, Source, ThreadId
 
 TOKEN = "bench-token-0123456789"

@@ -6,10 +6,8 @@ import asyncio
 import importlib
 import logging
 import os
-import secrets
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ganglion.access import Access
@@ -28,12 +26,12 @@ from ganglion.model_commands import ModelCommands, without_secrets
 from ganglion.render import MarkdownRenderer
 from ganglion.router import Router
 from ganglion.status import StatusReport
-from ganglion.storage.atomic import atomic_write
 from ganglion.storage.catalog import Catalog
 from ganglion.storage.conversations import Conversations
 from ganglion.storage.db import Database, MigrationFailed
 from ganglion.storage.files import (
     DataFiles,
+    web_token,
 )
 from ganglion.storage.history import History
 from ganglion.storage.inbox import Inbox
@@ -68,20 +66,6 @@ STOP_SECONDS = 4.0
 STOP_FLOOR_SECONDS = 0.05
 """A part still gets this long when an earlier one used up the time: enough for a healthy
 part to cancel its tasks (the database to close), little enough that ten such stay in 5 s."""
-
-
-def web_token(configured: str, data_dir: Path) -> str:
-    """The configured token, else the one kept in data/web_token (generated once, mode 0600)."""
-    if configured:
-        return configured
-    path = data_dir / "web_token"
-    if path.is_file():
-        token = path.read_text(encoding="utf-8").strip()
-        if token:
-            return token
-    token = secrets.token_urlsafe(32)
-    atomic_write(path, token + "\n", mode=0o600)
-    return token
 
 
 class App:

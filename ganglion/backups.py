@@ -29,13 +29,14 @@ from typing import Any
 from ganglion import __version__
 from ganglion.config import LoadedConfig, secret_values
 from ganglion.storage.db import BACKUPS_DIR
+from ganglion.storage.files import WEB_TOKEN
 from ganglion.storage.lock import LOCK_FILE, DataFolderInUse, DataLock
 from ganglion.storage.snapshot import check, snapshot
 
 DATABASE = "conversation.db"
 SKIPPED = {LOCK_FILE, BACKUPS_DIR}
 """Top-level names of the data folder never archived."""
-SECRET_FILES = {"web_token"}
+SECRET_FILES = {WEB_TOKEN}
 """Archived only with ``--with-secrets``."""
 REMOVED = "***removed from the backup***"
 

@@ -25,6 +25,7 @@ from ganglion.logs import SecretMask, setup_logging
 from ganglion.notify import notify
 from ganglion.service import add_arguments as add_service_arguments
 from ganglion.service import run_service
+from ganglion.storage.files import WEB_TOKEN
 
 if TYPE_CHECKING:
     from ganglion.app import App
@@ -248,7 +249,7 @@ async def _serve(loaded: LoadedConfig, mask: SecretMask) -> int:
 def _announce_web(web: WebInterface, loaded: LoadedConfig) -> None:
     """Where the chat is; the login URL with its token only to a person's terminal."""
     kept = (f"web.token in {loaded.source or 'the config'}" if loaded.config.web.token
-            else str(loaded.data_dir / "web_token"))
+            else str(loaded.data_dir / WEB_TOKEN))
     if sys.stderr.isatty():
         log.info("web UI at %s (the login URL with its token is printed on the console; the "
                  "token is kept in %s)", web.url, kept)

@@ -20,9 +20,10 @@ from typing import Any, Protocol
 
 from ganglion import __version__
 from ganglion.bus import Bus
-from ganglion.config import WebConfig
+from ganglion.config_web import WebConfig
 from ganglion.durations import duration_text
 from ganglion.llm.endpoints import EndpointPool
+from ganglion.storage.files import WEB_TOKEN
 from ganglion.storage.reminders import ReminderStore
 from ganglion.storage.usage import UsageLog
 
@@ -100,9 +101,9 @@ def daemon_address(config: WebConfig, data_dir: Path) -> tuple[str, str]:
     token = config.token
     if not token:
         try:
-            token = (data_dir / "web_token").read_text(encoding="utf-8").strip()
+            token = (data_dir / WEB_TOKEN).read_text(encoding="utf-8").strip()
         except OSError:
-            raise NoDaemon(f"no web token: web.token is empty and {data_dir / 'web_token'} "
+            raise NoDaemon(f"no web token: web.token is empty and {data_dir / WEB_TOKEN} "
                            "is missing (the daemon writes it at its first start)") from None
     return f"http://{host}:{config.port}", token
 

@@ -16,6 +16,7 @@ from ganglion.storage.files import (
     HEARTBEATS,
     MEMORIES,
     SCRIPTS_DIR,
+    WEB_TOKEN,
     DataFiles,
 )
 from ganglion.storage.lock import LOCK_FILE
@@ -45,7 +46,7 @@ def builtin_tools(loaded: LoadedConfig, files: DataFiles) -> tuple[list[ToolFunc
     work = workspace_dir(loaded)
     private = list(cfg.private_files)
     # The daemon's own files stay private whatever tools.private_files says.
-    for own in (loaded.path(config.matrix.store_path), data_dir / "web_token",
+    for own in (loaded.path(config.matrix.store_path), data_dir / WEB_TOKEN,
                 data_dir / LOCK_FILE):
         for root in (work, data_dir):
             if own.resolve().is_relative_to(root.resolve()):

@@ -41,8 +41,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "storage": {"messages", "tokens", "durations"},
     "bus": {"messages", "storage"},
     "router": {"messages", "storage"},
-    "interfaces": {"messages", "bus", "router", "storage", "config", "config_matrix", "errors",
-                   "render", "untrusted"},
+    "interfaces": {"messages", "bus", "router", "storage", "config", "config_matrix",
+                   "config_web", "errors", "render", "untrusted"},
     "triggers": {"messages", "bus", "router", "storage", "config", "tokens", "untrusted"},
 }
 NEVER: dict[str, set[str]] = {

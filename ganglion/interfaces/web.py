@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ganglion.bus import Bus
-from ganglion.config import WebConfig
+from ganglion.config_web import WebConfig
 from ganglion.errors import StartupError
 from ganglion.interfaces.web_conversations import (
     KINDS,

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from ganglion.config import WebConfig
+from ganglion.config_web import WebConfig
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ganglion.config import WebConfig, split_bind
+from ganglion.config_web import WebConfig, split_bind
 from ganglion.errors import StartupError
 from ganglion.interfaces.web_guard import Guard, Handler, Throttle, add_security_headers
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ MEMORIES = "MEMORIES.txt"
 HEARTBEATS = "HEARTBEATS.txt"
 SKILLS_DIR = "skills"
 SCRIPTS_DIR = "scripts"
+WEB_TOKEN = "web_token"
+"""The generated web token, when web.token is empty (owner-only, made at first start)."""
 DEFAULT_BASE_PROMPT = Path(__file__).resolve().parent.parent / "defaults" / BASE_PROMPT
 """The shipped base prompt, copied into a data folder that has none (edit the copy)."""
 
@@ -100,3 +103,17 @@ class DataFiles:
         if lock is None:
             lock = self._locks[path] = asyncio.Lock()
         return lock
+
+
+def web_token(configured: str, data_dir: Path) -> str:
+    """The configured token, else the one kept in data/web_token (generated once, mode 0600)."""
+    if configured:
+        return configured
+    path = data_dir / WEB_TOKEN
+    if path.is_file():
+        token = path.read_text(encoding="utf-8").strip()
+        if token:
+            return token
+    token = secrets.token_urlsafe(32)
+    atomic_write(path, token + "\n", mode=0o600)
+    return token
