@@ -518,3 +518,13 @@ def system_of(body: dict[str, Any]) -> str:
     files and the time are separate messages (ganglion/llm/prompt.py)."""
     return "\n\n".join(str(m["content"]) for m in body.get("messages") or []
                        if m.get("role") == "system")
+
+
+def tool_results(body: dict[str, Any]) -> list[str]:
+    """The tool results a recorded request carried, in order."""
+    return [m["content"] for m in body["messages"] if m["role"] == "tool"]
+
+
+def offered(body: dict[str, Any]) -> list[str]:
+    """The names of the tools a recorded request offered, sorted."""
+    return sorted(t["function"]["name"] for t in body.get("tools") or [])

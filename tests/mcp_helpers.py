@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-from wsclient import ChatClient
 
 SERVER = str(Path(__file__).resolve().parent / "mcp_server.py")
 START_SECONDS = 30
@@ -32,29 +29,9 @@ def calls(log: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
 
-Event = dict[str, Any]
 
 
-async def until(chat: ChatClient, pred: Callable[[Event], bool], timeout: float = 10) -> Event:
-    """The first event matching ``pred`` (the others are dropped)."""
-    while True:
-        event = await chat.next_event(timeout)
-        if event.get("type") == "_closed":
-            raise ConnectionError(event)
-        if pred(event):
-            return event
 
-
-def message(role: str, contains: str = "") -> Callable[[Event], bool]:
-    return lambda e: e.get("type") == "message" and e["role"] == role and contains in e["text"]
-
-
-def tool_results(body: dict[str, Any]) -> list[str]:
-    return [m["content"] for m in body["messages"] if m["role"] == "tool"]
-
-
-def offered(body: dict[str, Any]) -> list[str]:
-    return sorted(t["function"]["name"] for t in body.get("tools") or [])
 
 
 def is_gone(pid: int) -> bool:

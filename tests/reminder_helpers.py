@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from fake_llm import FakeLLM, Reply
+from fake_llm import FakeLLM, Reply, tool_results
 from wsclient import ChatClient
 
 from ganglion.app import App
@@ -20,9 +20,6 @@ TZ = "Asia/Kathmandu"  # UTC+05:45 all year: a wrong zone is off by hours, not m
 KATHMANDU = ZoneInfo(TZ)
 FAST: dict[str, Any] = {"scheduler": {"timezone": TZ, "min_repeat_minutes": 0.01}}
 
-
-def tool_results(body: dict[str, Any]) -> list[str]:
-    return [m["content"] for m in body["messages"] if m["role"] == "tool"]
 
 
 async def set_by_model(chat: ChatClient, fake_llm: FakeLLM, **args: Any) -> str:

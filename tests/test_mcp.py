@@ -11,18 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import AppFactory, connect, eventually
 from daemon import free_port
-from fake_llm import FakeLLM, Reply, system_of
-from mcp_helpers import (
-    SERVER,
-    START_SECONDS,
-    calls,
-    mcp_config,
-    message,
-    offered,
-    stdio_server,
-    tool_results,
-    until,
-)
+from fake_llm import FakeLLM, Reply, offered, system_of, tool_results
+from mcp_helpers import SERVER, START_SECONDS, calls, mcp_config, stdio_server
+from wsclient import message, until
 
 from ganglion.app import App
 from ganglion.config import parse_config

@@ -3,19 +3,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from conftest import AppFactory
-from fake_llm import FakeLLM, Reply
+from fake_llm import FakeLLM, Reply, tool_results
 from wsclient import ChatClient
 
 from ganglion.storage.history import NewMessage
 from ganglion.turn.repeats import Repeats
 from ganglion.untrusted import as_data, untagged
-
-
-def tool_results(body: dict[str, Any]) -> list[str]:
-    return [m["content"] for m in body["messages"] if m["role"] == "tool"]
 
 
 async def test_argument_errors_reach_the_model_as_plain_guidance(

@@ -9,16 +9,12 @@ from typing import Any
 import pytest
 import yaml
 from conftest import AppFactory, base_config, connect
-from fake_llm import FakeLLM, Reply
+from fake_llm import FakeLLM, Reply, tool_results
 
 from ganglion.app import App
 from ganglion.config import LoadedConfig, parse_config
 from ganglion.errors import ToolError
 from ganglion.tools.files import Workspace
-
-
-def tool_results(body: dict[str, Any]) -> list[str]:
-    return [m["content"] for m in body["messages"] if m["role"] == "tool"]
 
 
 async def run_calls(app: App, fake_llm: FakeLLM, *calls: tuple[str, Any]) -> list[str]:

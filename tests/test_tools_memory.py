@@ -11,13 +11,9 @@ from typing import Any
 
 import pytest
 from conftest import AppFactory, connect
-from fake_llm import FakeLLM, Reply, system_of
+from fake_llm import FakeLLM, Reply, system_of, tool_results
 
 from ganglion.storage.files import DataFiles
-
-
-def tool_results(body: dict[str, Any]) -> list[str]:
-    return [m["content"] for m in body["messages"] if m["role"] == "tool"]
 
 
 def system_prompt(body: dict[str, Any]) -> str:

@@ -8,13 +8,12 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 import pytest
 from conftest import AppFactory, connect, eventually
-from fake_llm import FakeLLM, Reply, system_of
-from wsclient import ChatClient
+from fake_llm import FakeLLM, Reply, offered, system_of, tool_results
+from wsclient import ChatClient, message, until
 
 from ganglion.commands import CommandTable, parse_command
 from ganglion.errors import ConfigError
@@ -22,30 +21,6 @@ from ganglion.messages import Inbound, Source, ThreadId
 from ganglion.tools.policy import Approvals, Decision
 from ganglion.tools.registry import ToolContext
 from ganglion.untrusted import as_data, neutralise
-
-Event = dict[str, Any]
-
-
-async def until(chat: ChatClient, pred: Callable[[Event], bool], timeout: float = 10) -> Event:
-    """The first event matching ``pred`` (the others are dropped)."""
-    while True:
-        event = await chat.next_event(timeout)
-        if event.get("type") == "_closed":
-            raise ConnectionError(event)
-        if pred(event):
-            return event
-
-
-def message(role: str, contains: str = "") -> Callable[[Event], bool]:
-    return lambda e: e.get("type") == "message" and e["role"] == role and contains in e["text"]
-
-
-def tool_results(body: dict[str, Any]) -> list[str]:
-    return [m["content"] for m in body["messages"] if m["role"] == "tool"]
-
-
-def offered(body: dict[str, Any]) -> list[str]:
-    return sorted(t["function"]["name"] for t in body.get("tools") or [])
 
 
 async def test_ask_posts_the_exact_command_and_runs_it_once_approved(

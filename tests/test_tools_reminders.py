@@ -11,8 +11,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from conftest import AppFactory, connect
-from fake_llm import FakeLLM, Reply
-from reminder_helpers import FAST, KATHMANDU, tool_results
+from fake_llm import FakeLLM, Reply, tool_results
+from reminder_helpers import FAST, KATHMANDU
 
 from ganglion.messages import ThreadId
 from ganglion.storage.reminders import NewReminder

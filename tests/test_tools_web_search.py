@@ -10,16 +10,14 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from conftest import AppFactory, connect
-from fake_llm import FakeLLM, Reply
+from fake_llm import FakeLLM, Reply, offered
 from web_pages import ALLOWED_HOST, FakeSearxng, Site
-from wsclient import ChatClient
+from wsclient import Event, until
 
 from ganglion.config import parse_config, secret_values
 from ganglion.config_tools import WebToolsConfig
 from ganglion.errors import BadArguments, ToolError
 from ganglion.tools.web_search import Searxng, WebSearch
-
-Event = dict[str, Any]
 
 
 @pytest_asyncio.fixture
@@ -102,17 +100,6 @@ def test_credentials_in_the_search_url_are_never_shown() -> None:
 # -- through the daemon ------------------------------------------------------------------------
 
 
-def offered(body: dict[str, Any]) -> list[str]:
-    return sorted(t["function"]["name"] for t in body.get("tools") or [])
-
-
-async def until(chat: ChatClient, pred: Callable[[Event], bool], timeout: float = 10) -> Event:
-    while True:
-        event = await chat.next_event(timeout)
-        if event.get("type") == "_closed":
-            raise ConnectionError(event)
-        if pred(event):
-            return event
 
 
 def system(contains: str) -> Callable[[Event], bool]:

@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import socket
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -172,3 +173,21 @@ def _client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
     else:
         head = bytes([0x80 | opcode, 0x80 | 127]) + n.to_bytes(8, "big")
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+Event = dict[str, Any]
+
+
+async def until(chat: ChatClient, pred: Callable[[Event], bool], timeout: float = 10) -> Event:
+    """The first event of ``chat`` matching ``pred`` (the others are dropped)."""
+    while True:
+        event = await chat.next_event(timeout)
+        if event.get("type") == "_closed":
+            raise ConnectionError(event)
+        if pred(event):
+            return event
+
+
+def message(role: str, contains: str = "") -> Callable[[Event], bool]:
+    """A final message of ``role`` holding ``contains``."""
+    return lambda e: e.get("type") == "message" and e["role"] == role and contains in e["text"]
