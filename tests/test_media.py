@@ -4,15 +4,18 @@ SQLite, the fake LLM over HTTP; images made and read back with Pillow."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from conftest import WEB_TOKEN, AppFactory, connect
+from conftest import WEB_TOKEN, AppFactory, connect, daemon_config
+from daemon import Daemon
 from fake_llm import FakeLLM, Reply, image_parts, user_messages
 from PIL import Image
 
@@ -214,3 +217,44 @@ async def test_retention_removes_old_unreferenced_files_and_keeps_a_pending_ones
     # The row stays (the history can still describe it); it is attachable no more.
     row = await app.db.fetchone("SELECT removed_at FROM media WHERE id = ?", (old["id"],))
     assert row is not None and row["removed_at"] is not None
+
+
+async def test_sigkill_between_upload_send_and_answer_reruns_with_the_same_image_once(
+    tmp_path: Path, fake_llm: FakeLLM
+) -> None:
+    held = asyncio.Event()
+    fake_llm.script(Reply(text="never seen", held=held), Reply(text="a noisy square"))
+    config = daemon_config(fake_llm)
+    config["llm"]["vision_models"] = ["fake-model"]
+    d = Daemon(tmp_path, config)
+    async with d:
+        png = photo(32, 32)
+        async with aiohttp.ClientSession() as session, session.post(
+                f"{d.url}/upload", data=png,
+                headers={"Authorization": f"Bearer {WEB_TOKEN}"}) as resp:
+            info = await resp.json()
+        chat = await d.connect()
+        await chat.send_raw({"type": "send", "id": "m1", "text": "what?",
+                             "attachments": [info["id"]]})
+        async with asyncio.timeout(20):
+            await fake_llm.wait_until(lambda: fake_llm.in_flight > 0)
+        assert len(image_parts(user_messages(fake_llm.requests[0])[-1])) == 1
+        d.kill()  # SIGKILL while the model answers: no cleanup at all
+        held.set()
+        await chat.close()
+        d.start()
+        await d.wait_ready()
+        chat = await d.connect(chat.thread_id)
+        answer = await chat.reply(20)
+        assert answer["text"] == "a noisy square"
+        rerun = user_messages(fake_llm.requests[-1])
+        assert len(rerun) == 1  # the question once, its image once, the same bytes
+        (_, data), = image_parts(rerun[0])
+        with Image.open(io.BytesIO(data)) as seen:
+            assert seen.size == (32, 32)
+        assert await d.stop() == 0
+    db = sqlite3.connect(tmp_path / "data" / "conversation.db")
+    answers = db.execute("SELECT content FROM messages WHERE role = 'assistant'").fetchall()
+    assert answers == [("a noisy square",)]
+    assert db.execute("SELECT count(*) FROM inbox WHERE status = 'pending'").fetchone() == (0,)
+    db.close()
