@@ -20,6 +20,7 @@ from fake_llm import FakeLLM, Reply, image_parts, user_messages
 from PIL import Image
 
 from ganglion.app import App
+from ganglion.config import parse_config
 from ganglion.messages import Inbound, Source, ThreadId, web_thread_id
 from ganglion.storage.retention import Retention
 
@@ -258,3 +259,10 @@ async def test_sigkill_between_upload_send_and_answer_reruns_with_the_same_image
     assert answers == [("a noisy square",)]
     assert db.execute("SELECT count(*) FROM inbox WHERE status = 'pending'").fetchone() == (0,)
     db.close()
+
+
+def test_which_models_see_images_the_list_and_the_per_model_flag() -> None:
+    llm = parse_config({"llm": {"vision_models": ["a", "b"],
+                                "models": {"b": {"vision": False}, "c": {"vision": True}}}},
+                       env={}).llm
+    assert [m for m in "abcd" if llm.sees_images(m)] == ["a", "c"]  # the flag wins
