@@ -31,6 +31,11 @@ MEDIA_ID_LEN = 64
 """A media id is the sha256 of the bytes, in hex."""
 
 
+_UNWANTED = ("NOT EXISTS (SELECT 1 FROM media_refs r JOIN inbox i ON i.id = r.inbox_id"
+             " WHERE r.media_id = m.id AND i.status = 'pending')")
+"""No unanswered message attaches media row ``m``: its turn is still to read the file."""
+
+
 class MediaRefused(Exception):
     """An upload that is not stored; the text says why and what to do."""
 
@@ -92,6 +97,9 @@ class MediaStore:
         self.db = db
         self.root = root
         self.max_bytes = max_bytes
+        self._placing = asyncio.Lock()
+        """Held while a file is put in place with its row, or removed with it: retention
+        never unlinks a file an upload of the same bytes has just brought back."""
 
     def path(self, media_id: str) -> Path:
         return self.root / media_id
@@ -111,26 +119,27 @@ class MediaStore:
                     if size > self.max_bytes:
                         raise MediaTooLarge(self.too_large(size, partial=True))
                     digest.update(chunk)
-                    out.write(chunk)
+                    out.write(chunk)  # into the page cache: one fsync at the end, in a thread
                 out.flush()
                 await asyncio.to_thread(os.fsync, out.fileno())
             if size == 0:
                 raise MediaRefused("the upload is empty")
             kind, width, height = await asyncio.to_thread(_identify, tmp)
             media_id = digest.hexdigest()
-            os.replace(tmp, self.path(media_id))  # the same bytes: the same file, kept once
+            async with self._placing:
+                os.replace(tmp, self.path(media_id))  # the same bytes: one file, kept once
+                now = time.time()
+                async with self.db.transaction() as conn:
+                    await conn.execute(
+                        "INSERT INTO media (id, type, bytes, width, height, created_at,"
+                        " last_used) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
+                        " SET last_used = excluded.last_used, removed_at = NULL",
+                        (media_id, kind, size, width, height, now, now))
+                    await conn.execute("INSERT OR IGNORE INTO media_owners (media_id, owner)"
+                                       " VALUES (?, ?)", (media_id, owner))
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
-        now = time.time()
-        async with self.db.transaction() as conn:
-            await conn.execute(
-                "INSERT INTO media (id, type, bytes, width, height, created_at, last_used)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
-                " last_used = excluded.last_used, removed_at = NULL",
-                (media_id, kind, size, width, height, now, now))
-            await conn.execute("INSERT OR IGNORE INTO media_owners (media_id, owner)"
-                               " VALUES (?, ?)", (media_id, owner))
         return Media(media_id, kind, size, width, height)
 
     def too_large(self, size: int, partial: bool = False) -> str:
@@ -174,18 +183,18 @@ class MediaStore:
         (its turn must find them); their rows stay for the history. Returns files removed."""
         cutoff = (time.time() if now is None else now) - keep_days * 86_400
         rows = await self.db.fetchall(
-            "SELECT id FROM media m WHERE removed_at IS NULL AND last_used < ?"
-            " AND NOT EXISTS (SELECT 1 FROM media_refs r JOIN inbox i ON i.id = r.inbox_id"
-            " WHERE r.media_id = m.id AND i.status = 'pending')", (cutoff,))
+            f"SELECT id FROM media m WHERE removed_at IS NULL AND last_used < ? AND {_UNWANTED}",
+            (cutoff,))
         removed = 0
         for r in rows:
             # The row first: were the daemon to die between the two, a file would be left
             # over (found again by nothing), never a row naming a missing file as present.
-            cur = await self.db.write(
-                "UPDATE media SET removed_at = ? WHERE id = ? AND last_used < ?"
-                " AND removed_at IS NULL", (time.time(), r["id"], cutoff))
-            if cur.rowcount:
-                with contextlib.suppress(FileNotFoundError):
-                    self.path(r["id"]).unlink()
-                removed += 1
+            async with self._placing:
+                cur = await self.db.write(
+                    "UPDATE media AS m SET removed_at = ? WHERE id = ? AND last_used < ?"
+                    f" AND removed_at IS NULL AND {_UNWANTED}", (time.time(), r["id"], cutoff))
+                if cur.rowcount:
+                    with contextlib.suppress(FileNotFoundError):
+                        self.path(r["id"]).unlink()
+                    removed += 1
         return removed
