@@ -35,7 +35,7 @@ from ganglion.storage.files import (
 from ganglion.storage.history import History
 from ganglion.storage.inbox import Inbox
 from ganglion.storage.lock import DataFolderInUse, DataLock
-from ganglion.storage.media import MediaStore
+from ganglion.storage.media import MEDIA_DIR, MediaStore
 from ganglion.storage.outbox import Outbox
 from ganglion.storage.reminders import HeartbeatLedger, ReminderStore
 from ganglion.storage.retention import Retention
@@ -179,7 +179,7 @@ class App:
                                    before=MemoryFlush(self.llm, cfg.llm.model, self.tool_runner,
                                                       self.files))
         self.conversations = Conversations(self.db)
-        self.media = MediaStore(self.db, self.data_dir / "media", cfg.media.max_bytes)
+        self.media = MediaStore(self.db, self.data_dir / MEDIA_DIR, cfg.media.max_bytes)
         self.titler = Titler(self.llm, self.conversations, self.router, summariser,
                              idle=lambda: self.bus.wait_idle())  # noqa: PLW0108 (built below)
         self._stops.append(("titles", self.titler.stop))

@@ -27,6 +27,8 @@ from ganglion.storage.db import Database
 IMAGE_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif",
                "WEBP": "image/webp"}
 """What Pillow names a format -> the type stored; what else arrives is refused for now."""
+MEDIA_DIR = "media"
+"""In the data folder: the files, named by their sha256."""
 MEDIA_ID_LEN = 64
 """A media id is the sha256 of the bytes, in hex."""
 
