@@ -233,8 +233,9 @@ class Worker:
                     context, overhead, context_tokens=budget, scale=scale))):
             context = await self.history.context(tid)
             inputs = replace(inputs, history=context)
-            if vision is not None:
-                looks = await vision.look(context, model)
+            if vision is not None:  # the images that left the context cost no more
+                before, looks = looks.tokens, await vision.look(context, model)
+                overhead += looks.tokens - before
         prompt = build_messages(inputs, fixed)
         seen = await vision.apply(prompt, context, looks) if vision is not None else prompt
         new = await self.loop.run(msg, list(seen), new, offer,
