@@ -22,7 +22,9 @@ from PIL import Image
 from ganglion.app import App
 from ganglion.config import parse_config
 from ganglion.messages import Inbound, Source, ThreadId, web_thread_id
+from ganglion.storage.history import StoredMessage
 from ganglion.storage.retention import Retention
+from ganglion.turn.vision import Vision, image_tokens, placeholder
 
 VISION = {"llm": {"vision_models": ["fake-model"]}}
 
@@ -266,3 +268,25 @@ def test_which_models_see_images_the_list_and_the_per_model_flag() -> None:
                                 "models": {"b": {"vision": False}, "c": {"vision": True}}}},
                        env={}).llm
     assert [m for m in "abcd" if llm.sees_images(m)] == ["a", "c"]  # the flag wins
+
+
+async def test_the_budget_counts_each_image_sent_at_the_size_it_is_sent(
+    app_factory: AppFactory,
+) -> None:
+    app = await app_factory({**VISION, "media": {"history_images": 1}})
+    _, big = await upload(app, photo(1600, 1200, "JPEG"))
+    _, small = await upload(app, photo(300, 200))
+    tid = web_thread_id()
+    rows = []
+    for n, media_id in enumerate((big["id"], small["id"])):
+        msg, _ = await app.inbox.add(Inbound(tid, "look", "web", Source.WEB, f"c{n}",
+                                             attachments=(media_id,)))
+        rows.append(StoredMessage(n + 1, tid, "user", "look", inbox_id=msg.id))
+    vision = Vision(app.media, lambda _m: True, 1568 * 1568, history_images=1)
+    looks = await vision.look(rows, "m")
+    # The latest image is sent (300x200: 80 tokens); the older one is a line of text now.
+    assert looks.shown == {rows[1].inbox_id}
+    assert looks.tokens == 80 + len(placeholder(looks.attached[rows[0].inbox_id][0])) // 4 + 1
+    both = await Vision(app.media, lambda _m: True, 1568 * 1568, 2).look(rows, "m")
+    assert both.tokens == 80 + 2560  # 1600x1200 is sent whole: 1,920,000 / 750
+    assert image_tokens(looks.attached[rows[0].inbox_id][0], 480_000) == 640  # 800x600
