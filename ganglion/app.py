@@ -36,6 +36,7 @@ from ganglion.storage.files import (
 from ganglion.storage.history import History
 from ganglion.storage.inbox import Inbox
 from ganglion.storage.lock import DataFolderInUse, DataLock
+from ganglion.storage.media import MEDIA_DIR, MediaStore
 from ganglion.storage.outbox import Outbox
 from ganglion.storage.reminders import HeartbeatLedger, ReminderStore
 from ganglion.storage.retention import Retention
@@ -53,6 +54,7 @@ from ganglion.triggers.reminders import Reminders
 from ganglion.turn.compaction import Compactor
 from ganglion.turn.memory_flush import MemoryFlush
 from ganglion.turn.title import Titler
+from ganglion.turn.vision import Vision
 from ganglion.worker import Clock, Worker
 
 if TYPE_CHECKING:
@@ -170,6 +172,7 @@ class App:
                                    before=MemoryFlush(self.llm, cfg.llm.model, self.tool_runner,
                                                       self.files))
         self.conversations = Conversations(self.db)
+        self.media = MediaStore(self.db, self.data_dir / MEDIA_DIR, cfg.media.max_bytes)
         self.titler = Titler(self.llm, self.conversations, self.router, summariser,
                              idle=lambda: self.bus.wait_idle())  # noqa: PLW0108 (built below)
         self._stops.append(("titles", self.titler.stop))
@@ -185,6 +188,8 @@ class App:
             sees_details=lambda msg: self.access.rank_of(msg) >= Rank.TRUSTED,
             titles=self.titler if cfg.web.titles == "model" else None,
             on_turn_done=metrics.turn_done,
+            vision=Vision(self.media, cfg.llm.sees_images, cfg.media.max_image_pixels,
+                          cfg.media.history_images),
         )
         self.bus = Bus(self.inbox, self.worker, cfg.bus.max_turns_in_flight)
         metrics.read_queue(self.bus.depth, self.bus.in_flight)
@@ -221,7 +226,8 @@ class App:
             self.web = WebInterface(cfg.web, self.web_token, self.bus, self.router,
                                     self.history, self.inbox, MarkdownRenderer(),
                                     shown=without_secrets, deleted=self.reminders.rearm,
-                                    conversations=self.conversations, routes=status.add_to)
+                                    conversations=self.conversations, routes=status.add_to,
+                                    media=self.media)
             self.router.register(self.web)
             await self.web.start()
             self._stops.append(("web", self.web.stop))
@@ -258,7 +264,8 @@ class App:
         self.heartbeat.start()
         self._stops.append(("heartbeat", self.heartbeat.stop))
         # Pruning runs beside the service, in small batches: never in the way of a turn.
-        self.retention = Retention(self.db, cfg.storage.keep_days)
+        self.retention = Retention(self.db, cfg.storage.keep_days, media=self.media,
+                                   media_days=cfg.media.keep_days)
         self.retention.start()
         self._stops.append(("retention", self.retention.stop))
 

@@ -21,6 +21,7 @@ from pydantic_core import PydanticCustomError
 from ganglion.config_base import Section as _Section
 from ganglion.config_matrix import MatrixConfig
 from ganglion.config_mcp import McpConfig
+from ganglion.config_media import MediaConfig
 from ganglion.config_source import expand_env, expand_tree, loc_text, read_yaml
 from ganglion.config_tools import ToolsConfig
 from ganglion.config_web import WebConfig
@@ -64,6 +65,8 @@ class ModelSettings(_Section):
 
     context_tokens: Annotated[int, Field(ge=1024)] | None = None
     max_tokens: Annotated[int, Field(ge=16)] | None = None
+    vision: bool | None = None
+    """The model accepts images (over ``llm.vision_models``)."""
 
 
 class LLMConfig(_Section):
@@ -85,6 +88,14 @@ class LLMConfig(_Section):
     """The most tokens one answer may take (sent as max_tokens with every request)."""
     models: dict[str, ModelSettings] = {}
     """Per-model settings over the ones above, by model id (or alias)."""
+    vision_models: list[str] = []
+    """Model ids that accept images (OpenAI ``image_url`` content parts)."""
+
+    def sees_images(self, model: str) -> bool:
+        own = self.models.get(model)
+        if own is not None and own.vision is not None:
+            return own.vision
+        return model in self.vision_models
 
     def context_tokens_for(self, model: str) -> int:
         own = self.models.get(model)
@@ -199,6 +210,7 @@ class Config(_Section):
     limits: LimitsConfig = LimitsConfig()
     mcp: McpConfig = McpConfig()
     tools: ToolsConfig = ToolsConfig()
+    media: MediaConfig = MediaConfig()
 
     @field_validator("tools")
     @classmethod

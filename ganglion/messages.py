@@ -96,6 +96,8 @@ class Inbound:
     id: int = 0
     """The inbox row id, assigned when the bus stores the message."""
     meta: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+    attachments: tuple[str, ...] = ()
+    """Media ids (``storage/media.py``) sent with the text, stored with the inbox row."""
 
 
 class OutKind(StrEnum):

@@ -20,6 +20,7 @@ from ganglion.storage.files import (
     DataFiles,
 )
 from ganglion.storage.lock import LOCK_FILE
+from ganglion.storage.media import MEDIA_DIR
 from ganglion.tools.files import FileTools, Workspace
 from ganglion.tools.memory import MemoryTools
 from ganglion.tools.policy import ToolPolicy
@@ -45,9 +46,10 @@ def builtin_tools(loaded: LoadedConfig, files: DataFiles) -> tuple[list[ToolFunc
     data_dir = loaded.data_dir
     work = workspace_dir(loaded)
     private = list(cfg.private_files)
-    # The daemon's own files stay private whatever tools.private_files says.
+    # The daemon's own files stay private whatever tools.private_files says; so do the
+    # files people sent (data/media/: they reach the model as images, not as files).
     for own in (loaded.path(config.matrix.store_path), data_dir / WEB_TOKEN,
-                data_dir / LOCK_FILE):
+                data_dir / LOCK_FILE, data_dir / MEDIA_DIR):
         for root in (work, data_dir):
             if own.resolve().is_relative_to(root.resolve()):
                 private.append(own.resolve().relative_to(root.resolve()).as_posix())

@@ -33,6 +33,7 @@ from ganglion.turn.progress import Progress
 from ganglion.turn.store import TurnStore, notice
 from ganglion.turn.title import Titler
 from ganglion.turn.tool_loop import ToolLoop
+from ganglion.turn.vision import Looks, Vision
 from ganglion.untrusted import neutralise
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class Worker:
         sees_details: Callable[[Inbound], bool] | None = None,
         titles: Titler | None = None,
         on_turn_done: Callable[[float], None] | None = None,
+        vision: Vision | None = None,
     ) -> None:
         self.history = history
         self.on_turn_done = on_turn_done
@@ -114,6 +116,8 @@ class Worker:
         """What the model is told of tools it lacks now (MCP servers down); "" for nothing."""
         self.titles = titles
         """Asks a web conversation's short title after its first exchange (background)."""
+        self.vision = vision
+        """Puts the context's images into the prompt (None: no media store, text only)."""
         self.calibration = Calibration()
         self.progress = Progress(router)
         self.journal = StepJournal(history)
@@ -223,8 +227,10 @@ class Worker:
         fixed = fixed_texts(inputs)  # what the request carries besides the history
         # Everything the request carries counts: system texts, tool schemas, the history
         # (the pending message in it), scaled by what the model's server counted before.
-        overhead = fixed_tokens(fixed, offer.tokens)
         model = self.loop.model_for(tid)  # the thread's /model choice, for this turn
+        vision = self.vision if reviews is None else None
+        looks = await vision.look(context, model) if vision is not None else Looks()
+        overhead = fixed_tokens(fixed, offer.tokens) + looks.tokens
         budget, scale = self.context_tokens_for(model), self.calibration.ratio(model)
         if reviews is None and self.compactor.needed(
                 context, overhead, context_tokens=budget, scale=scale) and (
@@ -232,11 +238,18 @@ class Worker:
                     context, overhead, context_tokens=budget, scale=scale))):
             context = await self.history.context(tid)
             inputs = replace(inputs, history=context)
+            if vision is not None:  # the images that left the context cost no more
+                before, looks = looks.tokens, await vision.look(context, model)
+                overhead += looks.tokens - before
         prompt = build_messages(inputs, fixed)
-        new = await self.loop.run(msg, list(prompt), new, offer,
+        seen = await vision.apply(prompt, context, looks) if vision is not None else prompt
+        new = await self.loop.run(msg, list(seen), new, offer,
                                   allow_empty=reviews is not None,
                                   estimate=overhead + context_size(context))
-        if self.titles is not None and reviews is None:
+        blind = vision.cannot_see(msg.attachments, model) if vision is not None else None
+        if blind is not None:  # told first, then the answer to the text
+            new.insert(0, notice(msg, blind))
+        if self.titles is not None and reviews is None:  # the text: the title model may be blind
             self.titles.consider(msg, prompt, new, offer.schemas)
         return new
 

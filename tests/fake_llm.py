@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import re
@@ -528,3 +529,24 @@ def tool_results(body: dict[str, Any]) -> list[str]:
 def offered(body: dict[str, Any]) -> list[str]:
     """The names of the tools a recorded request offered, sorted."""
     return sorted(t["function"]["name"] for t in body.get("tools") or [])
+
+
+def image_parts(message: dict[str, Any]) -> list[tuple[str, bytes]]:
+    """The images of one recorded message's content parts: (type, bytes) of each
+    ``image_url`` part, which must be a base64 data URL."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return []
+    out = []
+    for part in content:
+        if part.get("type") != "image_url":
+            continue
+        url = part["image_url"]["url"]
+        head, _, data = url.partition(",")
+        assert head.startswith("data:") and head.endswith(";base64"), head[:40]
+        out.append((head[5:-7], base64.b64decode(data, validate=True)))
+    return out
+
+
+def user_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    return [m for m in body.get("messages") or [] if m.get("role") == "user"]

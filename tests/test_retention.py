@@ -183,8 +183,8 @@ async def test_the_app_prunes_at_start(tmp_path: Path, app_factory: AppFactory) 
 
     log = tmp_path / "logs" / "ganglion.log"
     await eventually(lambda: "retention: " in log.read_text())  # the first pass is over
-    assert ("retention: 1 answered messages (their ids kept), 0 tool steps and"
-            " 1 delivered outbox rows pruned in ") in log.read_text()
+    assert ("retention: 1 answered messages (their ids kept), 0 tool steps,"
+            " 1 delivered outbox rows and 0 media files pruned in ") in log.read_text()
     assert await inbox_rows(app.db) == []
     assert await pruned_keys(app.db) == [(TID, "c1")]
     assert await app.db.fetchall("SELECT id FROM outbox") == []

@@ -195,3 +195,18 @@ async def test_the_config_file_is_private_under_any_name_and_through_a_hard_link
     assert "Replaced notes.txt" in results[6]
     assert yaml.safe_load(config_file.read_text()) == raw
     assert (data / "copy.txt").stat().st_ino == config_file.stat().st_ino  # still linked
+
+
+async def test_the_files_people_sent_are_private_to_the_daemon(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    """data/media/ holds every upload (any sender's): the model sees them as images in the
+    conversation they were sent to, never through the file tools."""
+    app = await app_factory()
+    (app.data_dir / "media").mkdir()
+    (app.data_dir / "media" / ("ab" * 32)).write_bytes(b"someone's photo")
+    results = await run_calls(app, fake_llm, ("read_file", {"path": "media/" + "ab" * 32}),
+                              ("list_dir", {"path": "media"}), ("list_dir", {"path": "."}))
+    for r in results[:2]:
+        assert "private to the daemon" in r, r
+    assert "media" not in results[2]

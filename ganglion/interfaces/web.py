@@ -31,6 +31,7 @@ from ganglion.interfaces.web_conversations import (
 from ganglion.interfaces.web_guard import Guard, Throttle, add_security_headers
 from ganglion.interfaces.web_login import hello
 from ganglion.interfaces.web_tab import Tab
+from ganglion.interfaces.web_upload import Uploads
 from ganglion.messages import (
     Inbound,
     Outbound,
@@ -45,6 +46,7 @@ from ganglion.router import Router
 from ganglion.storage.conversations import Conversations
 from ganglion.storage.history import History
 from ganglion.storage.inbox import Inbox
+from ganglion.storage.media import MediaRefused, MediaStore
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,7 @@ class WebInterface:
         conversations: Conversations | None = None,
         deleted: Deleted | None = None,
         routes: Callable[[web.Application], None] | None = None,
+        media: MediaStore | None = None,
     ) -> None:
         if not token:
             raise ValueError("the web interface needs a non-empty token")
@@ -103,6 +106,8 @@ class WebInterface:
         self._renderer = renderer
         self._guard = Guard(config)
         self._throttle = Throttle()
+        self._uploads = (Uploads(media, self._token, self._guard, self._throttle)
+                         if media is not None else None)
         self._tabs: dict[ThreadId, set[Tab]] = {}
         self._sockets: set[web.WebSocketResponse] = set()
         self._streaming: dict[ThreadId, list[str]] = {}
@@ -132,6 +137,8 @@ class WebInterface:
         app.router.add_get("/ws", _websocket)
         if self._routes is not None:
             self._routes(app)
+        if self._uploads is not None:
+            app.router.add_post("/upload", self._uploads.handle)
         runner = web.AppRunner(app, shutdown_timeout=0.5)
         await runner.setup()
         try:
@@ -341,7 +348,14 @@ class WebInterface:
                 " (web.max_message_bytes).",
             })
             return
-        inbound = Inbound(tab.thread_id, text, sender="web", source=Source.WEB, client_id=cid)
+        try:  # uploads of this server only; refused: nothing is stored
+            attached = (await self._uploads.attachments(frame.get("attachments"))
+                        if self._uploads is not None else ())
+        except MediaRefused as err:
+            tab.put({"type": "error", "id": cid, "code": "bad_attachment", "message": str(err)})
+            return
+        inbound = Inbound(tab.thread_id, text, sender="web", source=Source.WEB, client_id=cid,
+                          attachments=attached)
         try:
             _, is_new = await self._bus.submit(inbound)  # stored durably: now it may be acked
         except sqlite3.Error as err:  # the disk refused the write (read-only, full, broken)

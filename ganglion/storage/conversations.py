@@ -130,6 +130,9 @@ class Conversations:
             await conn.execute(
                 "DELETE FROM turn_steps WHERE inbox_id IN"
                 " (SELECT id FROM inbox WHERE thread_id = ?)", (thread_id,))
+            await conn.execute(  # the files stay until media.keep_days: another may share one
+                "DELETE FROM media_refs WHERE inbox_id IN"
+                " (SELECT id FROM inbox WHERE thread_id = ?)", (thread_id,))
             await conn.execute("DELETE FROM outbox WHERE thread_id = ?", (thread_id,))
             await conn.execute("DELETE FROM messages WHERE thread_id = ?", (thread_id,))
             await conn.execute("DELETE FROM inbox WHERE thread_id = ?", (thread_id,))

@@ -26,21 +26,22 @@ class Inbox:
         stored one is returned with ``False`` (a resend after a lost acknowledgement), with
         id 0 when retention has since kept only its key.
         """
-        cur = await self.db.write(
+        insert = (
             "INSERT INTO inbox (thread_id, client_id, source, sender, text, system, meta,"
             f" created_at) SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE {NOT_PRUNED}"
-            " ON CONFLICT (thread_id, client_id) DO NOTHING",
-            (
-                msg.thread_id,
-                msg.client_id,
-                msg.source.value,
-                msg.sender,
-                msg.text,
-                int(msg.system),
-                json.dumps(msg.meta),
-                time.time(),
-            ),
-        )
+            " ON CONFLICT (thread_id, client_id) DO NOTHING")
+        params = (msg.thread_id, msg.client_id, msg.source.value, msg.sender, msg.text,
+                  int(msg.system), json.dumps(msg.meta), time.time())
+        if msg.attachments:  # the message and what it attaches: one commit
+            async with self.db.transaction() as conn:
+                cur = await conn.execute(insert, params)
+                if cur.rowcount == 1 and cur.lastrowid is not None:
+                    await conn.executemany(
+                        "INSERT INTO media_refs (inbox_id, seq, media_id) VALUES (?, ?, ?)",
+                        [(cur.lastrowid, seq, media_id)
+                         for seq, media_id in enumerate(msg.attachments)])
+        else:
+            cur = await self.db.write(insert, params)
         if cur.rowcount == 1 and cur.lastrowid is not None:
             return replace(msg, id=cur.lastrowid), True
         row = await self.db.fetchone(
@@ -105,7 +106,9 @@ class Inbox:
     async def pending(self) -> list[Inbound]:
         """Accepted but unanswered messages, oldest first (recovered at start)."""
         rows = await self.db.fetchall(
-            "SELECT * FROM inbox WHERE status = 'pending' ORDER BY id"
+            "SELECT i.*, (SELECT json_group_array(media_id) FROM (SELECT media_id FROM"
+            " media_refs r WHERE r.inbox_id = i.id ORDER BY seq)) AS attachments"
+            " FROM inbox i WHERE status = 'pending' ORDER BY id"
         )
         return [
             Inbound(
@@ -117,6 +120,7 @@ class Inbox:
                 system=bool(r["system"]),
                 id=r["id"],
                 meta=json.loads(r["meta"]),
+                attachments=tuple(json.loads(r["attachments"])),
             )
             for r in rows
         ]

@@ -214,4 +214,38 @@ MIGRATIONS: list[Migration] = [  # applied once each, in order; recorded in ``mi
             FROM inbox WHERE thread_id GLOB 'web_*' AND system = 0 GROUP BY thread_id
         """,
     ),
+    Migration(
+        9,
+        "media",
+        """
+        -- Files that came with messages (images first): one row per content (the id is the
+        -- sha256 of the bytes, the file data/media/<id>). The row outlives the file, which
+        -- retention removes (removed_at), so the history can still say what was there.
+        CREATE TABLE media (
+            id TEXT PRIMARY KEY,
+            type TEXT NOT NULL,
+            bytes INTEGER NOT NULL,
+            width INTEGER,
+            height INTEGER,
+            created_at REAL NOT NULL,
+            last_used REAL NOT NULL,
+            removed_at REAL
+        );
+        -- Who sent the file in (an interface: "web"): a message may attach only its own.
+        CREATE TABLE media_owners (
+            media_id TEXT NOT NULL REFERENCES media (id),
+            owner TEXT NOT NULL,
+            PRIMARY KEY (media_id, owner)
+        ) WITHOUT ROWID;
+        -- The attachments of a message, stored with it: a crash before the answer re-runs
+        -- the message with the same files. What deletes inbox rows deletes these first.
+        CREATE TABLE media_refs (
+            inbox_id INTEGER NOT NULL REFERENCES inbox (id),
+            seq INTEGER NOT NULL,
+            media_id TEXT NOT NULL REFERENCES media (id),
+            PRIMARY KEY (inbox_id, seq)
+        ) WITHOUT ROWID;
+        CREATE INDEX media_refs_media ON media_refs (media_id)
+        """,
+    ),
 ]

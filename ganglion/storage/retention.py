@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ganglion.storage.db import Database
+from ganglion.storage.media import MediaStore
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,13 @@ _OLD_OUTBOX = (
 
 @dataclass(frozen=True, slots=True)
 class Pruned:
-    """What one pass dropped: inbox rows (their keys kept), tool steps, outbox rows."""
+    """What one pass dropped: inbox rows (their keys kept), tool steps, outbox rows, media
+    files (their rows kept)."""
 
     inbox: int = 0
     steps: int = 0
     outbox: int = 0
+    media: int = 0
 
 
 class Retention:
@@ -51,9 +54,14 @@ class Retention:
         batch: int = BATCH,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        media: MediaStore | None = None,
+        media_days: int | None = None,
     ) -> None:
         self.db = db
         self.keep_days = keep_days
+        self.media = media
+        self.media_days = media_days
+        """data/media/'s files unused this long go (``media.keep_days``); None keeps them."""
         self.batch = batch
         self.clock = clock
         self._sleep = sleep
@@ -61,7 +69,7 @@ class Retention:
 
     def start(self) -> None:
         """Prune now (beside the rest of the start, not before it) and then once a day."""
-        if self.keep_days is not None:
+        if self.keep_days is not None or (self.media and self.media_days is not None):
             self._task = asyncio.create_task(self._run(), name="retention")
 
     async def stop(self) -> None:
@@ -75,9 +83,10 @@ class Retention:
             try:
                 started = time.monotonic()
                 pruned = await self.prune()
-                log.info("retention: %d answered messages (their ids kept), %d tool steps"
-                         " and %d delivered outbox rows pruned in %.2f s", pruned.inbox,
-                         pruned.steps, pruned.outbox, time.monotonic() - started)
+                log.info("retention: %d answered messages (their ids kept), %d tool steps,"
+                         " %d delivered outbox rows and %d media files pruned in %.2f s",
+                         pruned.inbox, pruned.steps, pruned.outbox, pruned.media,
+                         time.monotonic() - started)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a full or locked disk: tomorrow's pass takes what is left
@@ -86,14 +95,17 @@ class Retention:
 
     async def prune(self, now: float | None = None) -> Pruned:
         """One pass over every kind, older than ``keep_days`` before ``now``."""
+        now = self.clock() if now is None else now
+        media = (await self.media.prune(self.media_days, now)
+                 if self.media is not None and self.media_days is not None else 0)
         if self.keep_days is None:
-            return Pruned()
-        cutoff = (self.clock() if now is None else now) - self.keep_days * DAY
+            return Pruned(media=media)
+        cutoff = now - self.keep_days * DAY
         outbox = await self._in_batches(_OLD_OUTBOX, cutoff, self._drop_outbox)
         steps: list[int] = []
         inbox = await self._in_batches(
             _OLD_INBOX, cutoff, lambda ids: self._drop_inbox(ids, steps))
-        return Pruned(inbox=inbox, steps=sum(steps), outbox=outbox)
+        return Pruned(inbox=inbox, steps=sum(steps), outbox=outbox, media=media)
 
     async def _drop_outbox(self, ids: list[int]) -> int:
         marks = ",".join("?" * len(ids))
@@ -115,6 +127,8 @@ class Retention:
                 f"UPDATE messages SET inbox_id = NULL WHERE inbox_id IN ({marks})", ids)
             cur = await conn.execute(f"DELETE FROM turn_steps WHERE inbox_id IN ({marks})", ids)
             steps.append(cur.rowcount)
+            # What the message attached: the files go by media.keep_days, on their own.
+            await conn.execute(f"DELETE FROM media_refs WHERE inbox_id IN ({marks})", ids)
             cur = await conn.execute(f"DELETE FROM inbox WHERE id IN ({marks})", ids)
             return cur.rowcount
 

@@ -1,0 +1,115 @@
+"""The web edge's uploads: POST /upload streams a file into the media store, over HTTP with
+the token, and answers its id; a ``send`` frame then names the ids it attaches.
+
+Why over HTTP and not in the WebSocket: a photo is megabytes, the WebSocket frame limit is
+``web.max_message_bytes``; and a body streamed to disk is never held in memory, so
+``media.max_bytes`` is checked as it comes. The token travels in ``Authorization: Bearer``
+(never in the URL), the ``Origin`` is checked like the WebSocket's, wrong tokens are
+throttled like the login's.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+
+from ganglion.interfaces.web_guard import Guard, Throttle
+from ganglion.storage.media import MEDIA_ID_LEN, Media, MediaRefused, MediaStore, MediaTooLarge
+
+log = logging.getLogger(__name__)
+
+OWNER = "web"
+"""Whose uploads these are: a web message may attach only these."""
+CHUNK = 64 * 1024
+MAX_ATTACHMENTS = 10
+
+
+def media_json(media: Media) -> dict[str, Any]:
+    return {"id": media.id, "type": media.type, "bytes": media.bytes,
+            "width": media.width, "height": media.height}
+
+
+class Uploads:
+    """The upload route of one web server, and the check of a frame's attachments."""
+
+    def __init__(self, store: MediaStore, token: bytes, guard: Guard, throttle: Throttle):
+        self.store = store
+        self._token = token
+        self._guard = guard
+        self._throttle = throttle
+
+    async def handle(self, request: web.Request) -> web.Response:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        length = request.content_length
+        if length is not None and length > self.store.max_bytes:  # not read at all
+            return _error(413, self.store.too_large(length))
+        try:
+            media = await self.store.receive(await _body(request), OWNER)
+        except MediaTooLarge as err:
+            return _error(413, str(err))
+        except MediaRefused as err:
+            return _error(415, str(err))
+        log.info("web: stored upload %s (%s, %d bytes)", media.id[:16], media.type, media.bytes)
+        return web.json_response(media_json(media))
+
+    def _refused(self, request: web.Request) -> web.Response | None:
+        """401/403/429 for a request that may not upload; None when it may."""
+        reason = self._guard.origin_refused(request)
+        if reason is not None:
+            log.warning("web: refused an upload from %s: %s", request.remote, reason)
+            return _error(403, reason.replace("WebSocket", "request"))
+        addr = request.remote or "unknown"
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(),
+                                                              self._token):
+            self._throttle.succeeded(addr)
+            return None
+        wait = self._throttle.retry_after(addr)
+        if wait > 0:
+            return _error(429, f"too many wrong tokens; try again in {wait:.0f} s",
+                          {"Retry-After": str(max(1, round(wait)))})
+        self._throttle.failed(addr)
+        return _error(401, "upload needs the token: Authorization: Bearer <token>",
+                      {"WWW-Authenticate": "Bearer"})
+
+    async def attachments(self, value: object) -> tuple[str, ...]:
+        """The ids a ``send`` frame attaches, each an upload of this server; MediaRefused
+        with what to say otherwise (and then the message is not stored)."""
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(
+                isinstance(v, str) and len(v) == MEDIA_ID_LEN for v in value):
+            raise MediaRefused('"attachments" must be a list of ids the upload returned')
+        if len(value) > MAX_ATTACHMENTS:
+            raise MediaRefused(f"at most {MAX_ATTACHMENTS} attachments per message")
+        ids = list(dict.fromkeys(v.lower() for v in value))
+        await self.store.attachable(ids, OWNER)
+        return tuple(ids)
+
+
+async def _body(request: web.Request) -> AsyncIterator[bytes]:
+    """The file's bytes: the first file part of a multipart form, else the raw body."""
+    if request.content_type.startswith("multipart/"):
+        reader = await request.multipart()
+        while True:
+            part = await reader.next()
+            if part is None:
+                raise MediaRefused("the form holds no file")
+            if isinstance(part, BodyPartReader) and (part.filename or part.name == "file"):
+                return _part_chunks(part)
+    return request.content.iter_chunked(CHUNK)
+
+
+async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(CHUNK):
+        yield chunk
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
