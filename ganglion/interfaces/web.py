@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ from ganglion.interfaces.web_conversations import (
 )
 from ganglion.interfaces.web_guard import Guard, Throttle, add_security_headers
 from ganglion.interfaces.web_login import hello
+from ganglion.interfaces.web_send import Refused, checked_send
 from ganglion.interfaces.web_tab import Tab
 from ganglion.interfaces.web_upload import Uploads
 from ganglion.messages import (
@@ -63,7 +63,8 @@ STATIC_FILES = {
 FRAME_TYPES = ", ".join(["send", "stop", "cancel", *sorted(KINDS)])
 PENDING_SHOWN = 100
 """Queued messages a joining tab is shown (the newest); it is told how many more wait."""
-CLIENT_ID_RE = re.compile(r"\A[\x21-\x7e]{1,64}\Z")
+
+
 def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -328,26 +329,15 @@ class WebInterface:
             self._bad_frame(tab, f"unknown frame type {_short(kind)} ({FRAME_TYPES})")
 
     async def _on_send(self, tab: Tab, frame: dict[str, Any]) -> None:
-        cid, text = frame.get("id"), frame.get("text")
-        if not isinstance(cid, str) or not CLIENT_ID_RE.match(cid):
-            self._bad_frame(tab, 'send needs "id": 1 to 64 visible ASCII characters')
+        checked = checked_send(frame, self.config.max_message_bytes)
+        if isinstance(checked, Refused):
+            if checked.code == "bad_frame":
+                self._bad_frame(tab, checked.message, checked.cid)
+            else:
+                tab.put({"type": "error", "id": checked.cid, "code": checked.code,
+                         "message": checked.message})
             return
-        if not isinstance(text, str) or not text.strip():
-            self._bad_frame(tab, 'send needs "text": a non-empty string', cid)
-            return
-        try:
-            size = len(text.encode("utf-8"))
-        except UnicodeEncodeError:
-            self._bad_frame(tab, '"text" is not valid Unicode (lone surrogate)', cid)
-            return
-        limit = self.config.max_message_bytes
-        if size > limit:
-            tab.put({
-                "type": "error", "id": cid, "code": "too_large",
-                "message": f"Message is {size:,} bytes; the limit is {limit:,}"
-                " (web.max_message_bytes).",
-            })
-            return
+        cid, text = checked
         try:  # uploads of this server only; refused: nothing is stored
             attached = (await self._uploads.attachments(frame.get("attachments"))
                         if self._uploads is not None else ())
