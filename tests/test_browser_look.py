@@ -44,11 +44,13 @@ async def test_code_is_highlighted_and_copied_and_only_http_urls_are_links(
     size = await code.evaluate("e => parseFloat(getComputedStyle(e).fontSize)")
     assert size >= 14, size
 
+    meta = answer.locator(".meta")  # the message's time and Copy: shown on hover
+    await expect(meta).to_have_css("opacity", "0")
+    await answer.hover()
+    await expect(meta).to_have_css("opacity", "1")
+    assert await meta.locator("time").get_attribute("datetime")
     await answer.get_by_role("button", name="Copy code").click()
     assert await clipboard(page) == CODE
-    await answer.hover()  # the time and Copy of a message show on hover
-    await expect(answer.locator(".meta time")).to_be_visible()
-    assert await answer.locator(".meta time").get_attribute("datetime")
     await answer.get_by_role("button", name="Copy message").click()
     assert await clipboard(page) == ANSWER  # the Markdown, as written
     assert "Copy" not in await answer.inner_text()  # button words are not message text

@@ -279,6 +279,7 @@ export function dropStream() {
 export function clearView() {
   dropBuffer();
   ui.log.replaceChildren();
+  ui.jump.hidden = true;
   seen = new Set();
   streamEl = null;
 }
