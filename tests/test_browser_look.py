@@ -224,3 +224,24 @@ async def test_every_button_has_a_name_and_connecting_and_unsent_are_said_in_wor
     await expect(offline).to_be_hidden()
     await expect(page.get_by_role("log").locator('[data-role="user"] .note')).to_have_count(0)
     problems.items = [p for p in problems.items if "WebSocket connection" not in p]
+
+
+async def test_a_tool_entry_says_its_call_once(
+    app_factory: AppFactory, fake_llm: FakeLLM, context: BrowserContext, problems: Problems
+) -> None:
+    app = await app_factory()
+    fake_llm.script(Reply(tool_calls=[("list_reminders", {})]), Reply(text="None set."))
+    page = await open_page(context, app, problems)
+    await say(page, "any reminders?")
+    await expect(answers(page)).to_have_text(["None set."])
+    for reloaded in (False, True):  # live, then from the transcript (which names the tool)
+        if reloaded:
+            await page.reload()
+            await expect(answers(page)).to_have_text(["None set."])
+        tool = page.get_by_role("log").locator('[data-role="tool"]')
+        summary = tool.locator("summary")
+        await expect(summary).to_have_text("list_reminders:")  # the call's line
+        await summary.click()
+        await expect(tool.locator(".body")).to_contain_text("No active reminders")
+        visible = await tool.inner_text()
+        assert visible.count("list_reminders") == 1, visible

@@ -117,17 +117,14 @@ export function addMessage(m) {
     el.classList.add("latest");
     el.append(body, approvalChoices(m.approval));
   } else if (m.role === "tool") {
-    // The first line previews the output while closed; open, the output says it itself.
+    // The call's line ("shell: ls -l", naming the tool) is the title, said once; the
+    // outcome and the output below it. (It was "Tool shell: shell: ls -l", then the line
+    // again in the body.) The text is set as text: the server sent it escaped, never Markdown.
     const details = document.createElement("details");
     const summary = document.createElement("summary");
-    const first = (m.text || "").split("\n", 1)[0].slice(0, 80);
-    summary.textContent = m.name ? `Tool ${m.name}` : "Tool";
-    if (first) {
-      const preview = document.createElement("span");
-      preview.className = "preview";
-      preview.textContent = `: ${first}`;
-      summary.append(preview);
-    }
+    const [call, ...rest] = (m.text || "").split("\n");
+    summary.textContent = call.trim() ? call : m.name || "Tool";
+    body.textContent = rest.join("\n").replace(/^\n+/, "");
     details.append(summary, body);
     el.append(details);
   } else {
