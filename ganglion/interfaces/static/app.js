@@ -3,7 +3,7 @@
 import {
   ui, setStatus, scrollDown, addMessage, userBubble, addUser, setNote, markFailed, addNotice,
   appendDelta, resetStream, dropStream, clearView, showLogin, hideLogin, actions, setTurn,
-  batch, markCancelled, noteUnsent,
+  batch, markCancelled, noteUnsent, showOffline,
 } from "./view.js";
 import { initControls } from "./controls.js";
 import { StoreRetry } from "./retry.js";
@@ -135,6 +135,8 @@ function connect() {
     if (ev.code === CLOSE_BAD_THREAD) {
       threadId = newThread();
       clearView();
+    } else {
+      showOffline(true);
     }
     setStatus("connecting");
     reconnectTimer = setTimeout(connect, backoff);
@@ -235,6 +237,7 @@ function forgetFailures() {
 
 function onReady(f) {
   ready = true;
+  showOffline(false);
   backoff = BACKOFF_FIRST;
   threadId = f.thread_id;
   showInAddress(threadId);

@@ -28,7 +28,11 @@ let streamEl = null; // the answer in progress
 export function setStatus(text, state = text) {
   ui.status.textContent = text;
   ui.status.dataset.state = state;
-  ui.offline.hidden = state !== "connecting"; // said plainly, not only by a grey dot
+}
+
+// The connection was lost (or never made): said plainly, not only by a grey dot.
+export function showOffline(lost) {
+  ui.offline.hidden = !lost;
 }
 
 function nearBottom() {
@@ -285,6 +289,7 @@ export function showLogin(message) {
   ui.app.classList.add("logged-out");
   ui.login.hidden = false;
   ui.loginMessage.textContent = message || DEFAULT_LOGIN_MESSAGE;
+  showOffline(false);
   setStatus(message ? "error" : "logged out");
   ui.stop.disabled = true;
   ui.tokenInput.focus();
