@@ -206,8 +206,9 @@ async def test_tool_calls_show_collapsed_in_the_transcript(
         tool = page.locator('#log [data-role="tool"]')
         await expect(tool).to_have_count(1)
         summary = tool.locator("details > summary")
-        # The entry names the call; its body adds the result (ganglion.tools.policy).
-        await expect(summary).to_have_text("Tool: weather: city=Lyon")
+        # The entry's title is the call, said once; its body adds the result
+        # (ganglion.tools.policy).
+        await expect(summary).to_have_text("weather: city=Lyon")
         body = tool.locator(".body")
         await expect(body).to_be_hidden()
         await summary.click()

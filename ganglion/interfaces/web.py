@@ -58,8 +58,16 @@ STATIC_FILES = {
     "sidebar.js": "text/javascript; charset=utf-8",
     "conversations.js": "text/javascript; charset=utf-8",
     "local.js": "text/javascript; charset=utf-8",
+    "retry.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
+    "theme.js": "text/javascript; charset=utf-8",
+    "controls.js": "text/javascript; charset=utf-8",
+    "code.js": "text/javascript; charset=utf-8",
+    "code.css": "text/css; charset=utf-8",
+    "highlight.min.js": "text/javascript; charset=utf-8",
 }
+VENDORED = {"highlight.min.js": "vendor/highlight.js/highlight.min.js"}
+"""Served by name, kept under static/vendor/ with their licence (vendor/README.md: how made)."""
 FRAME_TYPES = ", ".join(["send", "stop", "cancel", *sorted(KINDS)])
 PENDING_SHOWN = 100
 """Queued messages a joining tab is shown (the newest); it is told how many more wait."""
@@ -128,7 +136,8 @@ class WebInterface:
         return is_web_thread(thread_id)
 
     async def start(self) -> None:
-        self._static = {name: (STATIC_DIR / name).read_bytes() for name in STATIC_FILES}
+        self._static = {name: (STATIC_DIR / VENDORED.get(name, name)).read_bytes()
+                        for name in STATIC_FILES}
         app = web.Application(middlewares=[self._guard.middleware()])
         app[WEB_KEY] = self
         app.on_response_prepare.append(add_security_headers)

@@ -115,6 +115,7 @@ def transcript(renderer: MarkdownRenderer, rows: Iterable[StoredMessage],
         text = shown(m.content) if cancelled else m.content  # as when it was queued
         entry = message_frame(renderer, m.id, ROLE_OF[m.role], text, 0)
         del entry["type"], entry["reply_to"]
+        entry["at"] = m.created_at  # shown on hover
         if m.role == "tool" and m.name:
             entry["name"] = m.name  # the tool's name, for the collapsed summary
         if cancelled:

@@ -3,8 +3,10 @@
 import {
   ui, setStatus, scrollDown, addMessage, userBubble, addUser, setNote, markFailed, addNotice,
   appendDelta, resetStream, dropStream, clearView, showLogin, hideLogin, actions, setTurn,
-  batch, markCancelled,
+  batch, markCancelled, noteUnsent, showOffline,
 } from "./view.js";
+import { initControls } from "./controls.js";
+import { StoreRetry } from "./retry.js";
 import { CONVERSATION_RE, touched, setCurrent } from "./sidebar.js";
 import {
   TOKEN_KEY, randomHex, newThread, loadThread, showInAddress, loadOutbox, saveOutbox,
@@ -23,8 +25,6 @@ const CLOSE_BAD_THREAD = 4400;
 const CLOSE_THROTTLED = 4429; // too many failed logins from this address: wait, then retry
 const BACKOFF_FIRST = 250;
 const BACKOFF_MAX = 5000;
-const STORE_RETRY_FIRST = 500; // a message the server could not store goes again after
-const STORE_RETRY_MAX = 10000; // this long, then twice as long each time, up to this
 
 let token = null;
 let threadId = null;
@@ -37,10 +37,8 @@ let retryAfter = 1; // seconds to wait, as the server's last "throttled" refusal
 let maxBytes = 64000;
 let turnState = "idle";
 let failure = null; // what went wrong last (shown as the error state until the next send)
-let retrying = new Set(); // ids the server could not store; the outbox keeps them
-let resending = new Set(); // of those, the ones sent again and not answered yet
-let storeRetryTimer = null;
-let storeBackoff = STORE_RETRY_FIRST;
+const store = new StoreRetry(loadOutbox, (e) => sendFrame({ type: "send", id: e.id, text: e.text }),
+  () => ready);
 
 // -- conversations ------------------------------------------------------------------------
 
@@ -61,10 +59,10 @@ function openThread(tid) {
 // unstored message) and nothing newer happened. Not connected: set by connect/onclose.
 function refreshStatus() {
   if (!ready) return;
-  if (waitingForStore() || (failure && !BUSY.has(turnState))) setStatus("error");
+  if (store.waiting() || (failure && !BUSY.has(turnState))) setStatus("error");
   else if (turnState in STATUS_TEXT) setStatus(STATUS_TEXT[turnState], turnState === "idle" ? "ready" : turnState);
   else setStatus("thinking");
-  ui.status.title = waitingForStore() ? "A message is not stored yet; retrying" : failure || "";
+  ui.status.title = store.waiting() ? "A message is not stored yet; retrying" : failure || "";
 }
 
 function fail(text) {
@@ -99,6 +97,7 @@ function connect() {
   const gen = ++generation;
   ready = false;
   setStatus("connecting");
+  noteUnsent();
   ui.stop.disabled = true;
   ui.cancelQueued.disabled = true;
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
@@ -136,6 +135,8 @@ function connect() {
     if (ev.code === CLOSE_BAD_THREAD) {
       threadId = newThread();
       clearView();
+    } else {
+      showOffline(true);
     }
     setStatus("connecting");
     reconnectTimer = setTimeout(connect, backoff);
@@ -180,7 +181,7 @@ function handle(f) {
         el.dataset.status = "sent";
         setNote(el, "");
       }
-      if (resending.delete(f.id) || retrying.delete(f.id)) storeWorks();
+      store.stored(f.id);
       refreshStatus();
       break;
     }
@@ -210,16 +211,13 @@ function handle(f) {
         if (f.code === "throttled" && f.retry_after > 0) retryAfter = f.retry_after;
       } else if (f.id && f.code === "not_stored") {
         // The server's disk refused it: kept in the outbox and sent again until stored.
-        resending.delete(f.id);
-        retrying.add(f.id);
+        store.refused(f.id);
         markFailed(f.id, "retrying", `${f.message} Not sent yet: trying again by itself.`);
-        scheduleStoreRetry();
         refreshStatus();
       } else if (f.id) {
         // Refused for good (too large, malformed): resending would not help.
         saveOutbox(loadOutbox().filter((e) => e.id !== f.id));
-        retrying.delete(f.id);
-        resending.delete(f.id);
+        store.drop(f.id);
         markFailed(f.id, "failed", f.message);
         fail(f.message);
       } else {
@@ -232,53 +230,14 @@ function handle(f) {
   }
 }
 
-// -- messages the server could not store: sent again, with backoff, until it can ---------
-
-function waitingForStore() {
-  return retrying.size > 0 || resending.size > 0;
-}
-
-// Each waiting message is sent once a round: an ack or a refusal ends its round.
-function resendRetrying() {
-  for (const e of loadOutbox()) {
-    if (!retrying.has(e.id)) continue;
-    retrying.delete(e.id);
-    resending.add(e.id);
-    sendFrame({ type: "send", id: e.id, text: e.text });
-  }
-}
-
-function cancelStoreRetry() {
-  clearTimeout(storeRetryTimer);
-  storeRetryTimer = null;
-}
-
-function scheduleStoreRetry() {
-  if (storeRetryTimer !== null) return;
-  storeRetryTimer = setTimeout(() => {
-    storeRetryTimer = null;
-    if (ready) resendRetrying(); // else the next ready sends the whole outbox anyway
-  }, storeBackoff);
-  storeBackoff = Math.min(storeBackoff * 2, STORE_RETRY_MAX);
-}
-
-// One of them was stored: the disk works again, so the others need not wait their turn.
-function storeWorks() {
-  cancelStoreRetry();
-  storeBackoff = STORE_RETRY_FIRST;
-  resendRetrying();
-}
-
 function forgetFailures() {
   failure = null;
-  retrying = new Set();
-  resending = new Set();
-  cancelStoreRetry();
-  storeBackoff = STORE_RETRY_FIRST;
+  store.clear({ forget: true });
 }
 
 function onReady(f) {
   ready = true;
+  showOffline(false);
   backoff = BACKOFF_FIRST;
   threadId = f.thread_id;
   showInAddress(threadId);
@@ -288,9 +247,7 @@ function onReady(f) {
   if (f.max_message_bytes) maxBytes = f.max_message_bytes;
   clearView();
   // The outbox is sent again below; what the server still cannot store comes back.
-  retrying = new Set();
-  resending = new Set();
-  cancelStoreRetry();
+  store.clear();
   const outbox = loadOutbox().filter((e) => e.thread === threadId);
   saveOutbox(outbox);
   batch(() => {
@@ -332,6 +289,7 @@ function sendText(text) {
   saveOutbox([...loadOutbox(), { id, text, thread: threadId }]);
   addUser(text, id, "sending");
   if (ready) sendFrame({ type: "send", id, text });
+  else noteUnsent();
   touched(threadId);
   return true;
 }
@@ -358,10 +316,36 @@ ui.cancelQueued.addEventListener("click", () => {
   sendFrame({ type: "cancel" });
 });
 
-ui.newChat.addEventListener("click", () => {
+function startNewChat() {
   saveOutbox([]);
   openThread(newThread());
   ui.message.focus();
+}
+
+ui.newChat.addEventListener("click", startNewChat);
+
+// Log out: the token is forgotten in this browser (a reload stays logged out).
+function logOut() {
+  token = null;
+  localStorage.removeItem(TOKEN_KEY);
+  generation++; // the socket's close event is ignored
+  clearTimeout(reconnectTimer);
+  if (ws) ws.close(1000);
+  ws = null;
+  ready = false;
+  forgetFailures();
+  clearView();
+  showLogin("");
+}
+
+initControls({
+  stop() {
+    if (ui.stop.disabled) return false;
+    sendFrame({ type: "stop" });
+    return true;
+  },
+  newChat: startNewChat,
+  logOut,
 });
 
 window.addEventListener("hashchange", () => {

@@ -1,5 +1,6 @@
 // What the chat page shows: the transcript, the answer streaming in, the status, the login.
 // Only this module touches the page's elements; app.js decides what to show and when.
+import { copyButton, decorateCode } from "./code.js";
 
 const $ = (id) => document.getElementById(id);
 export const ui = {
@@ -16,6 +17,8 @@ export const ui = {
   stop: $("stop"),
   cancelQueued: $("cancel-queued"),
   newChat: $("new-chat"),
+  offline: $("offline"),
+  jump: $("jump"),
 };
 const DEFAULT_LOGIN_MESSAGE = ui.loginMessage.textContent;
 
@@ -27,6 +30,11 @@ export function setStatus(text, state = text) {
   ui.status.dataset.state = state;
 }
 
+// The connection was lost (or never made): said plainly, not only by a grey dot.
+export function showOffline(lost) {
+  ui.offline.hidden = !lost;
+}
+
 function nearBottom() {
   const l = ui.log;
   return l.scrollHeight - l.scrollTop - l.clientHeight < 80;
@@ -34,7 +42,18 @@ function nearBottom() {
 
 export function scrollDown() {
   ui.log.scrollTop = ui.log.scrollHeight;
+  ui.jump.hidden = true;
 }
+
+// "Jump to latest": shown while the view is scrolled up from the end of the conversation.
+function updateJump() {
+  ui.jump.hidden = nearBottom();
+}
+ui.log.addEventListener("scroll", updateJump, { passive: true });
+ui.jump.addEventListener("click", () => {
+  scrollDown();
+  ui.message.focus();
+});
 
 let batching = false; // while a whole transcript is drawn: no scrolling (layout) per message
 
@@ -56,6 +75,7 @@ function place(el, force) {
   if (streamEl && el !== streamEl) ui.log.insertBefore(el, streamEl);
   else ui.log.append(el);
   if (follow) scrollDown();
+  else updateJump();
 }
 
 function bubble(role) {
@@ -65,6 +85,22 @@ function bubble(role) {
   const body = document.createElement("div");
   body.className = "body";
   return [el, body];
+}
+
+const STAMP = new Intl.DateTimeFormat([], { dateStyle: "medium", timeStyle: "short" });
+
+// A message's footer: when it was written (shown on hover or focus) and a Copy button.
+function footer(el, at, text) {
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  const time = document.createElement("time");
+  const when = at ? new Date(at * 1000) : new Date();
+  time.dateTime = when.toISOString();
+  time.dataset.label = STAMP.format(when); // drawn by CSS: not part of the message's text
+  time.title = time.dataset.label;
+  meta.append(time);
+  if (text) meta.append(copyButton("Copy message", () => text));
+  el.append(meta);
 }
 
 export function addMessage(m) {
@@ -85,15 +121,21 @@ export function addMessage(m) {
     el.classList.add("latest");
     el.append(body, approvalChoices(m.approval));
   } else if (m.role === "tool") {
+    // The call's line ("shell: ls -l", naming the tool) is the title, said once; the
+    // outcome and the output below it. (It was "Tool shell: shell: ls -l", then the line
+    // again in the body.) The text is set as text: the server sent it escaped, never Markdown.
     const details = document.createElement("details");
     const summary = document.createElement("summary");
-    const first = (m.text || "").split("\n", 1)[0].slice(0, 80);
-    summary.textContent = (m.name ? `Tool ${m.name}` : "Tool") + (first ? `: ${first}` : "");
+    const [call, ...rest] = (m.text || "").split("\n");
+    summary.textContent = call.trim() ? call : m.name || "Tool";
+    body.textContent = rest.join("\n").replace(/^\n+/, "");
     details.append(summary, body);
     el.append(details);
   } else {
     el.append(body);
   }
+  if (m.role === "assistant" || m.role === "system") decorateCode(body);
+  if (m.role === "assistant" || m.role === "user") footer(el, m.at, m.text);
   if (m.divider) el.classList.add("divider"); // /new: what is above left the model's context
   if (m.cancelled) {
     el.dataset.status = "cancelled";
@@ -141,7 +183,15 @@ export function addUser(text, clientId, status) {
   el.dataset.status = status;
   body.textContent = text;
   el.append(body);
+  footer(el, 0, text);
   place(el, true);
+}
+
+const UNSENT_NOTE = "Not sent yet: it goes by itself once connected.";
+
+// Not connected: every message still waiting for the server says so.
+export function noteUnsent() {
+  for (const el of ui.log.querySelectorAll('.msg[data-status="sending"]')) setNote(el, UNSENT_NOTE);
 }
 
 export function setNote(el, message) {
@@ -230,6 +280,7 @@ export function dropStream() {
 export function clearView() {
   dropBuffer();
   ui.log.replaceChildren();
+  ui.jump.hidden = true;
   seen = new Set();
   streamEl = null;
 }
@@ -238,6 +289,7 @@ export function showLogin(message) {
   ui.app.classList.add("logged-out");
   ui.login.hidden = false;
   ui.loginMessage.textContent = message || DEFAULT_LOGIN_MESSAGE;
+  showOffline(false);
   setStatus(message ? "error" : "logged out");
   ui.stop.disabled = true;
   ui.tokenInput.focus();
