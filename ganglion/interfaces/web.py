@@ -12,7 +12,6 @@ import json
 import logging
 import sqlite3
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -30,6 +29,7 @@ from ganglion.interfaces.web_conversations import (
 from ganglion.interfaces.web_guard import Guard, Throttle, add_security_headers
 from ganglion.interfaces.web_login import hello
 from ganglion.interfaces.web_send import Refused, checked_send
+from ganglion.interfaces.web_static import StaticFiles
 from ganglion.interfaces.web_tab import Tab
 from ganglion.interfaces.web_upload import Uploads
 from ganglion.messages import (
@@ -50,24 +50,6 @@ from ganglion.storage.media import MediaRefused, MediaStore
 
 log = logging.getLogger(__name__)
 
-STATIC_DIR = Path(__file__).parent / "static"
-STATIC_FILES = {
-    "index.html": "text/html; charset=utf-8",
-    "app.js": "text/javascript; charset=utf-8",
-    "view.js": "text/javascript; charset=utf-8",
-    "sidebar.js": "text/javascript; charset=utf-8",
-    "conversations.js": "text/javascript; charset=utf-8",
-    "local.js": "text/javascript; charset=utf-8",
-    "retry.js": "text/javascript; charset=utf-8",
-    "app.css": "text/css; charset=utf-8",
-    "theme.js": "text/javascript; charset=utf-8",
-    "controls.js": "text/javascript; charset=utf-8",
-    "code.js": "text/javascript; charset=utf-8",
-    "code.css": "text/css; charset=utf-8",
-    "highlight.min.js": "text/javascript; charset=utf-8",
-}
-VENDORED = {"highlight.min.js": "vendor/highlight.js/highlight.min.js"}
-"""Served by name, kept under static/vendor/ with their licence (vendor/README.md: how made)."""
 FRAME_TYPES = ", ".join(["send", "stop", "cancel", *sorted(KINDS)])
 PENDING_SHOWN = 100
 """Queued messages a joining tab is shown (the newest); it is told how many more wait."""
@@ -122,7 +104,7 @@ class WebInterface:
         self._streaming: dict[ThreadId, list[str]] = {}
         """The answer in progress per thread, for a tab that (re)connects mid-answer."""
         self._state: dict[ThreadId, str] = {}
-        self._static: dict[str, bytes] = {}
+        self._static: StaticFiles | None = None
         self._runner: web.AppRunner | None = None
         self.port = 0
         bus.on_cancelled(self._cancelled)
@@ -136,8 +118,7 @@ class WebInterface:
         return is_web_thread(thread_id)
 
     async def start(self) -> None:
-        self._static = {name: (STATIC_DIR / VENDORED.get(name, name)).read_bytes()
-                        for name in STATIC_FILES}
+        self._static = StaticFiles()
         app = web.Application(middlewares=[self._guard.middleware()])
         app[WEB_KEY] = self
         app.on_response_prepare.append(add_security_headers)
@@ -226,13 +207,9 @@ class WebInterface:
     # -- HTTP ------------------------------------------------------------------------------
 
     def static_response(self, name: str) -> web.Response:
-        body = self._static.get(name)
-        if body is None:
+        if self._static is None:  # not started
             raise web.HTTPNotFound()
-        return web.Response(
-            body=body,
-            headers={"Content-Type": STATIC_FILES[name], "Cache-Control": "no-cache"},
-        )
+        return self._static.response(name)
 
     # -- WebSocket -------------------------------------------------------------------------
 
