@@ -4,6 +4,7 @@ frames refused whole, Matrix rooms read-only."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -188,3 +189,32 @@ async def test_a_failed_title_request_keeps_the_first_words(
     assert (conversation.title, conversation.title_by) == ("Plan my week please", "words")
     await chat.close()
 
+
+
+async def test_a_title_that_keeps_giving_way_is_asked_three_times_at_most(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    # A person writing fast: each title request is still held when the next message comes,
+    # so it gives way; after three, no more are started in this run.
+    app = await app_factory({"web": {"titles": "model"}})
+    never = asyncio.Event()
+
+    def is_title(body: dict[str, Any]) -> bool:
+        return "short title" in str(body["messages"][-1].get("content"))
+
+    def answer(body: dict[str, Any]) -> Reply:
+        return Reply(text="A title", held=never) if is_title(body) else Reply(text="answer")
+
+    fake_llm.script(*[answer] * 20)
+    chat = await connect(app)
+    for n in range(5):
+        assert (await chat.ask(f"question {n}"))["text"] == "answer"
+        if n < 3:  # its title request starts once the bus is idle, and is held
+            async with asyncio.timeout(10):
+                await fake_llm.wait_until(
+                    lambda n=n: sum(map(is_title, fake_llm.requests)) == n + 1
+                    and fake_llm.in_flight == 1)
+        else:  # the turn ended without starting one: none is being asked
+            assert not app.titler.asking(ThreadId(chat.thread_id))
+    assert sum(map(is_title, fake_llm.requests)) == 3
+    await chat.close()

@@ -103,6 +103,14 @@ class MediaStore:
         self._placing = asyncio.Lock()
         """Held while a file is put in place with its row, or removed with it: retention
         never unlinks a file an upload of the same bytes has just brought back."""
+        self._any: bool | None = None
+        """Whether any file was ever stored (rows are never deleted): until one is, no turn
+        asks which of its messages have attachments."""
+
+    async def any_media(self) -> bool:
+        if self._any is None:
+            self._any = await self.db.fetchone("SELECT 1 FROM media LIMIT 1") is not None
+        return self._any
 
     def path(self, media_id: str) -> Path:
         return self.root / media_id
@@ -140,6 +148,7 @@ class MediaStore:
                         (media_id, kind, size, width, height, now, now))
                     await conn.execute("INSERT OR IGNORE INTO media_owners (media_id, owner)"
                                        " VALUES (?, ?)", (media_id, owner))
+                self._any = True
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()

@@ -39,6 +39,11 @@ def title_of(answer: str) -> str:
     return clean_title(line.strip("\"'`*").rstrip(".").strip())
 
 
+MAX_DROPPED = 3
+"""Title requests of one conversation given way to its next turn, in one run, before no
+more are asked (its first words stay its title until the next start)."""
+
+
 class Titler:
     """One background title request per conversation at a time; tried once per run."""
 
@@ -56,6 +61,15 @@ class Titler:
         """Titles are asked one at a time."""
         self._tasks: dict[ThreadId, asyncio.Task[None]] = {}
         self._tried: set[ThreadId] = set()
+        self._titled: set[ThreadId] = set()
+        self._dropped: dict[ThreadId, int] = {}
+        """Conversations whose title is no longer the first words (the model's, or the
+        person's): nothing is asked for them again, not even whether they are."""
+
+    def asking(self, tid: ThreadId) -> bool:
+        """Whether a title of this conversation is being asked (or waits for its turn)."""
+        task = self._tasks.get(tid)
+        return task is not None and not task.done()
 
     def turn_begins(self, tid: ThreadId) -> None:
         """The thread's next turn goes first: a title still being asked is dropped (it is
@@ -63,7 +77,11 @@ class Titler:
         task = self._tasks.pop(tid, None)
         if task is not None and not task.done():
             task.cancel()
-            self._tried.discard(tid)
+            # Asked again after a later exchange, a few times at most: a person writing
+            # fast would otherwise cost a started and dropped title request every turn.
+            self._dropped[tid] = self._dropped.get(tid, 0) + 1
+            if self._dropped[tid] < MAX_DROPPED:
+                self._tried.discard(tid)
 
     def consider(self, msg: Inbound, prompt: list[dict[str, Any]], new: list[NewMessage],
                  tools: list[dict[str, Any]] | None) -> None:
@@ -72,7 +90,8 @@ class Titler:
         answer = next((m.content for m in reversed(new) if m.role == "assistant"
                        and m.content and not m.tool_calls), "")
         if (msg.system or msg.source is not Source.WEB or not is_web_thread(tid)
-                or not answer or tid in self._tried or tid in self._tasks):
+                or not answer or tid in self._tried or tid in self._tasks
+                or tid in self._titled):
             return
         self._tried.add(tid)
         # As the tool loop sent the steps (the server has them cached so), then the answer.
@@ -96,6 +115,7 @@ class Titler:
                     await self.idle()
                 found = await self.conversations.get(tid)
                 if found is None or found.title_by != "words":
+                    self._titled.add(tid)  # renamed or titled meanwhile: never asked again
                     return
                 result = await self.llm.chat(request, model=self.model, tools=tools,
                                              thread_id=tid,
@@ -105,6 +125,7 @@ class Titler:
                 log.info("[%s] no title from the model; the first words stay", tid)
                 return
             if await self.conversations.rename(tid, title, by="model"):
+                self._titled.add(tid)
                 log.info("[%s] titled %r", tid, title)
                 await self.router.publish(Outbound(tid, OutKind.TITLE, title))
         except asyncio.CancelledError:

@@ -107,6 +107,8 @@ class Vision:
         return CANNOT_SEE.format(model=model) if attachments and not self.sees(model) else None
 
     async def look(self, context: Sequence[StoredMessage], model: str) -> Looks:
+        if not await self.store.any_media():  # a daemon that never saw an image: no query
+            return Looks()
         users = [m.inbox_id for m in context if m.role == "user" and m.inbox_id]
         attached = await self.store.of_inboxes(users) if users else {}
         if not attached:
