@@ -54,6 +54,14 @@ async def test_a_backup_during_a_burst_restores_into_a_daemon_that_answers_the_s
                     Reply(text="reminder set"))
     async with Daemon(home, daemon_config(fake_llm)) as daemon:
         (home / "data" / "MEMORIES.txt").write_text("The user's cat is called Miso.\n")
+        # A Matrix key store where the default store_path puts it: a SQLite file in WAL mode
+        # with a row only in its log, as nio's store is while the daemon runs.
+        (home / "data" / "matrix-store").mkdir()
+        store = sqlite3.connect(home / "data" / "matrix-store" / "bot_DEVICE.db")
+        store.execute("PRAGMA journal_mode = WAL")
+        store.execute("CREATE TABLE accounts (account BLOB)")
+        store.execute("INSERT INTO accounts VALUES (x'0102')")
+        store.commit()
         chats = [await daemon.connect() for _ in range(2 * FIRST)]
         assert (await chats[0].ask("hello 0"))["text"] == "reminder set"
         await asyncio.gather(*(c.ask(f"hello {i}", timeout=60)
@@ -66,6 +74,7 @@ async def test_a_backup_during_a_burst_restores_into_a_daemon_that_answers_the_s
             await fake_llm.wait_until(lambda: fake_llm.in_flight > 0)  # turns in flight
         made = await asyncio.to_thread(ganglion, daemon.config_path, "backup", str(archive))
         assert made.returncode == 0, made.stderr
+        store.close()
         assert fake_llm.in_flight > 0  # still in flight: the backup waited for none of them
         gate.set()
         late = await asyncio.gather(*(c.reply(timeout=60) for c in chats[FIRST:]))
@@ -80,6 +89,7 @@ async def test_a_backup_during_a_burst_restores_into_a_daemon_that_answers_the_s
         config_text = tar.extractfile("config.yaml").read().decode()  # type: ignore[union-attr]
     assert "data/conversation.db" in names and "data/MEMORIES.txt" in names
     assert not any(n.endswith(("-wal", "-shm", "ganglion.pid")) for n in names)
+    assert "data/matrix-store/bot_DEVICE.db" in names
     assert LLM_KEY not in config_text and WEB_TOKEN not in config_text
     assert "***removed from the backup***" in config_text
 
@@ -94,6 +104,8 @@ async def test_a_backup_during_a_burst_restores_into_a_daemon_that_answers_the_s
     assert len(answered) == FIRST - 1  # every answer given before the backup (one: the tool)
     assert rows(copy, REMINDERS) == rows(original, REMINDERS) != []
     assert (fresh / "data" / "MEMORIES.txt").read_text() == "The user's cat is called Miso.\n"
+    assert rows(fresh / "data" / "matrix-store" / "bot_DEVICE.db",
+                "SELECT hex(account) FROM accounts") == [("0102",)]
     assert (fresh / "config.from-backup.yaml").read_text() == config_text
 
     # The restored daemon answers from the restored history and memory.
