@@ -182,7 +182,7 @@ class ConversationFrames:
         except EmptyQuery as err:
             put({"type": "error", "code": "bad_frame", "message": f"{err}; nothing was changed"})
             return
-        titles = {c.thread_id: c.title for c in await self.conversations.listed()}
+        titles = await self.conversations.titles({h.thread_id for h in hits})
         results = [
             {"thread_id": h.thread_id, "id": h.message_id, "role": h.role, "at": h.created_at,
              "title": titles.get(h.thread_id, h.thread_id), "room": h.thread_id.startswith("!"),
