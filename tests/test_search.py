@@ -1,16 +1,22 @@
 """Search over the WebSocket: hits across conversations and Matrix rooms, newest first, with
-the match marked; a hostile query is plain words; deleted conversations are gone from it."""
+the match marked; a hostile query is plain words; deleted conversations are gone from it;
+an upgrade indexes the history already there."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import AppFactory, connect
 from fake_llm import FakeLLM, Reply
 from wsclient import ChatClient
 
 from ganglion.messages import ThreadId
-from ganglion.storage.history import NewMessage
+from ganglion.storage.db import Database
+from ganglion.storage.history import History, NewMessage
+from ganglion.storage.migrations import MIGRATIONS
+from ganglion.storage.search import EmptyQuery, Search, parts
 
 
 async def frame_of(chat: ChatClient, kind: str) -> dict[str, Any]:
@@ -114,3 +120,30 @@ async def test_a_matrix_rooms_message_is_found(app_factory: AppFactory) -> None:
     assert [(h["thread_id"], h["title"], h["room"]) for h in hits] == [(room, room, True)]
     assert marked(hits[0]) == ["rutabaga"]
     await chat.close()
+
+
+async def test_an_upgrade_indexes_the_existing_history_and_the_verb_refuses_an_empty_query(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "conversation.db"
+    old = await Database.open(path, [m for m in MIGRATIONS if m.number < 10])
+    room = ThreadId("!room:example.org")
+    await History(old).finish_turn(room, None, [
+        NewMessage("user", "an old salsify question"),
+        NewMessage("tool", "salsify in a tool result", tool_call_id="c", name="read_file"),
+        NewMessage("assistant", "an old salsify answer")])
+    await old.close()
+    db = await Database.open(path)  # migration 10 runs on the history of the earlier run
+    search = Search(db)
+    hits = await search.search("salsify")
+    assert [(h.role, parts(h.snippet)) for h in hits] == [
+        ("assistant", [("an old ", False), ("salsify", True), (" answer", False)]),
+        ("user", [("an old ", False), ("salsify", True), (" question", False)])]
+    with pytest.raises(EmptyQuery, match="empty"):
+        await search.search("  \n ")
+    # A question cancelled while queued is stored as it was queued: never searchable.
+    await db.write("INSERT INTO messages (thread_id, role, content, name, in_context, visible,"
+                   " created_at) VALUES (?, 'user', 'salsify queued', 'cancelled', 0, 1, 0)",
+                   (room,))
+    assert len(await search.search("salsify")) == 2
+    await db.close()
