@@ -59,6 +59,7 @@ function hitRow(hit) {
   b.append(title, snippet(hit.snippet));
   b.addEventListener("click", () => {
     target = { thread: hit.thread_id, id: hit.id };
+    if ($("sidebar").classList.contains("open")) $("close-sidebar").click(); // the drawer
     openHit(hit);
   });
   li.append(b);
