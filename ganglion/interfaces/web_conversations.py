@@ -21,6 +21,7 @@ from ganglion.render import MarkdownRenderer
 from ganglion.router import ROLE_OF
 from ganglion.storage.conversations import Conversation, Conversations
 from ganglion.storage.history import NEW_CONVERSATION, History, StoredMessage
+from ganglion.storage.search import EmptyQuery, Search, parts
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +68,20 @@ class ReadFrame(_Frame):
     thread_id: RoomThread
 
 
+class SearchFrame(_Frame):
+    type: Literal["search"]
+    query: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
+                                            max_length=500)]
+    limit: Annotated[int, Field(ge=1, le=100)] = 20
+
+
 AnyFrame = Annotated[
-    ListFrame | RenameFrame | ArchiveFrame | ContentsFrame | DeleteFrame | ReadFrame,
+    ListFrame | RenameFrame | ArchiveFrame | ContentsFrame | DeleteFrame | ReadFrame
+    | SearchFrame,
     Field(discriminator="type"),
 ]
 FRAMES: TypeAdapter[AnyFrame] = TypeAdapter(AnyFrame)
-KINDS = frozenset({"list", "rename", "archive", "contents", "delete", "read"})
+KINDS = frozenset({"list", "rename", "archive", "contents", "delete", "read", "search"})
 
 Put = Callable[[dict[str, Any]], object]
 """Queue a frame for one tab."""
@@ -136,6 +145,7 @@ class ConversationFrames:
         self._renderer = renderer
         self._to_all = to_all
         self._deleted = deleted
+        self._search_verb = Search(history.db)
 
     async def handle(self, put: Put, raw: dict[str, Any]) -> None:
         try:
@@ -157,10 +167,28 @@ class ConversationFrames:
                  "reminders": counted.reminders})
         elif isinstance(frame, DeleteFrame):
             await self._delete(put, ThreadId(frame.thread_id))
+        elif isinstance(frame, SearchFrame):
+            await self._search(put, frame)
         else:
             rows = await self._history.transcript(ThreadId(frame.thread_id))
             put({"type": "room", "thread_id": frame.thread_id,
                  "transcript": transcript(self._renderer, rows, lambda t: t)})
+
+    async def _search(self, put: Put, frame: SearchFrame) -> None:
+        """The newest hits in the web conversations and Matrix rooms (the owner's page sees
+        them all), each titled as the sidebar titles it."""
+        try:
+            hits = await self._search_verb.search(frame.query, frame.limit)
+        except EmptyQuery as err:
+            put({"type": "error", "code": "bad_frame", "message": f"{err}; nothing was changed"})
+            return
+        titles = await self.conversations.titles({h.thread_id for h in hits})
+        results = [
+            {"thread_id": h.thread_id, "id": h.message_id, "role": h.role, "at": h.created_at,
+             "title": titles.get(h.thread_id, h.thread_id), "room": h.thread_id.startswith("!"),
+             "snippet": [[text, marked] for text, marked in parts(h.snippet)]}
+            for h in hits if h.thread_id in titles or h.thread_id.startswith("!")]
+        put({"type": "search_results", "query": frame.query, "results": results})
 
     async def listing(self) -> dict[str, Any]:
         return {"type": "conversations",

@@ -20,6 +20,8 @@ STATIC_FILES = {
     "controls.js": "text/javascript; charset=utf-8",
     "code.js": "text/javascript; charset=utf-8",
     "code.css": "text/css; charset=utf-8",
+    "search.js": "text/javascript; charset=utf-8",
+    "search.css": "text/css; charset=utf-8",
     "highlight.min.js": "text/javascript; charset=utf-8",
 }
 VENDORED = {"highlight.min.js": "vendor/highlight.js/highlight.min.js"}

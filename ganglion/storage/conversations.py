@@ -89,6 +89,15 @@ class Conversations:
             " FROM conversations c ORDER BY last_active DESC, c.rowid DESC")
         return [_conversation(r) for r in rows]
 
+    async def titles(self, thread_ids: set[ThreadId]) -> dict[ThreadId, str]:
+        """The titles of those of these threads that are listed conversations."""
+        ids = sorted(thread_ids)
+        marks = ", ".join("?" * len(ids))
+        rows = await self.db.fetchall(
+            f"SELECT thread_id, title FROM conversations WHERE thread_id IN ({marks})",
+            tuple(ids)) if ids else []
+        return {ThreadId(r["thread_id"]): r["title"] for r in rows}
+
     async def rooms(self) -> list[tuple[ThreadId, float]]:
         """The Matrix rooms with a visible history, newest activity first (read-only)."""
         rows = await self.db.fetchall(

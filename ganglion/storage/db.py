@@ -222,7 +222,19 @@ def _pass_on(error: BaseException | None, cancel: asyncio.CancelledError | None)
 
 
 def _split_sql(sql: str) -> list[str]:
-    return [s.strip() for s in sql.split(";") if s.strip()]
+    """The statements of a script, one by one: split at each ";" that ends a statement (a
+    trigger's body holds several, so a piece is joined to the next until SQLite says the
+    statement is complete)."""
+    statements, pending = [], ""
+    for piece in sql.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending.strip())
+            pending = ""
+    if pending.strip(" \n;"):
+        statements.append(pending.strip())
+    return statements
 
 
 def _create_private(path: Path) -> None:

@@ -248,4 +248,53 @@ MIGRATIONS: list[Migration] = [  # applied once each, in order; recorded in ``mi
         CREATE INDEX media_refs_media ON media_refs (media_id)
         """,
     ),
+    Migration(
+        10,
+        "search",
+        """
+        -- Full-text search over what a person sees of the history: user and assistant text
+        -- (not tool results, summaries, hidden rows, nor a cancelled question,
+        -- which is kept as it was queued, unmasked). An external-content index: the text
+        -- stays in messages only, the triggers keep the index in step with every write, so
+        -- deleting a conversation's messages takes them out of search too. Only rows that
+        -- were indexed are ever deleted from it (deleting one that was not corrupts it).
+        CREATE VIRTUAL TABLE messages_fts USING fts5 (
+            content, content = 'messages', content_rowid = 'id',
+            tokenize = 'unicode61 remove_diacritics 2'
+        );
+        CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages
+            WHEN new.role IN ('user', 'assistant') AND new.visible = 1 AND new.content != ''
+                AND coalesce(new.name, '') != 'cancelled'
+        BEGIN
+            INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+        END;
+        CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages
+            WHEN old.role IN ('user', 'assistant') AND old.visible = 1 AND old.content != ''
+                AND coalesce(old.name, '') != 'cancelled'
+        BEGIN
+            INSERT INTO messages_fts (messages_fts, rowid, content)
+                VALUES ('delete', old.id, old.content);
+        END;
+        CREATE TRIGGER messages_fts_update_old AFTER UPDATE OF role, content, visible, name
+            ON messages
+            WHEN old.role IN ('user', 'assistant') AND old.visible = 1 AND old.content != ''
+                AND coalesce(old.name, '') != 'cancelled'
+        BEGIN
+            INSERT INTO messages_fts (messages_fts, rowid, content)
+                VALUES ('delete', old.id, old.content);
+        END;
+        CREATE TRIGGER messages_fts_update_new AFTER UPDATE OF role, content, visible, name
+            ON messages
+            WHEN new.role IN ('user', 'assistant') AND new.visible = 1 AND new.content != ''
+                AND coalesce(new.name, '') != 'cancelled'
+        BEGIN
+            INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+        END;
+        -- The history of earlier runs, indexed once.
+        INSERT INTO messages_fts (rowid, content)
+            SELECT id, content FROM messages
+            WHERE role IN ('user', 'assistant') AND visible = 1 AND content != ''
+                AND coalesce(name, '') != 'cancelled'
+        """,
+    ),
 ]

@@ -12,7 +12,7 @@ import {
   TOKEN_KEY, randomHex, newThread, loadThread, showInAddress, loadOutbox, saveOutbox,
   takeTokenFromFragment,
 } from "./local.js";
-import { initConversations, conversationFrame, roomShown, leaveRoom, roomAfterReady } from "./conversations.js";
+import { initConversations, conversationFrame, roomShown, leaveRoom, roomAfterReady, revealTarget } from "./conversations.js";
 
 const BUSY = new Set(["thinking", "summarising", "streaming", "tool", "approval"]);
 // What the status line says for a turn state (any other busy state reads "thinking").
@@ -261,7 +261,7 @@ function onReady(f) {
   });
   if (f.streaming !== null && f.streaming !== undefined) appendDelta(f.streaming);
   setTurnState(f.state);
-  scrollDown();
+  if (!revealTarget(threadId)) scrollDown(); // a search hit's message, or the latest
   // Unacknowledged messages go again with the same id: the server keeps each id once.
   for (const e of outbox) sendFrame({ type: "send", id: e.id, text: e.text });
 }

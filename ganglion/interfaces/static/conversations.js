@@ -1,7 +1,8 @@
 // The conversation verbs of the page: the list's frames, rename / archive / delete (counted,
 // then confirmed), and a Matrix room shown read-only. app.js owns the socket and the thread.
 import { ui, clearView, batch, addNotice, addMessage, setStatus, scrollDown } from "./view.js";
-import { initSidebar, showList, upsert, forget, titleOf, setCurrent } from "./sidebar.js";
+import { initSidebar, showList, upsert, forget, titleOf, setCurrent, conversationHref } from "./sidebar.js";
+import { initSearch, showResults, revealTarget } from "./search.js";
 
 let app = null; // { send, current, open, openNew } from app.js
 let room = null; // the Matrix room shown instead of this tab's conversation, if any
@@ -21,8 +22,24 @@ function showRoom(f) {
   });
   ui.log.dataset.readonly = "true";
   setStatus("read-only", "ready");
-  scrollDown();
+  if (!revealTarget(f.thread_id)) scrollDown();
 }
+
+// A search hit clicked: its conversation opened (or this one's message shown at once).
+function openHit(hit) {
+  if (hit.room) {
+    room = hit.thread_id;
+    app.send({ type: "read", thread_id: hit.thread_id });
+  } else if (hit.thread_id === app.current() && room === null) {
+    revealTarget(hit.thread_id);
+  } else if (location.hash === conversationHref(hit.thread_id)) {
+    app.open(hit.thread_id); // the address does not change: no hashchange
+  } else {
+    location.hash = conversationHref(hit.thread_id);
+  }
+}
+
+export { revealTarget };
 
 export function roomShown() {
   return room !== null;
@@ -68,6 +85,9 @@ export function conversationFrame(f) {
       }
       return true;
     }
+    case "search_results":
+      showResults(f);
+      return true;
     case "room":
       if (f.thread_id === room) showRoom(f);
       return true;
@@ -78,6 +98,7 @@ export function conversationFrame(f) {
 
 export function initConversations(api) {
   app = api;
+  initSearch({ send: app.send, open: openHit });
   initSidebar({
     open(tid) {
       if (tid === app.current() && room !== null) app.open(tid); // the address did not change
