@@ -263,3 +263,12 @@ async def test_ganglion_status_says_so_when_no_daemon_answers(
     assert done.returncode == 1
     assert "no Ganglion daemon answers at http://127.0.0.1:" in done.stderr
     assert done.stdout == ""
+
+
+def test_prometheus_client_is_imported_at_the_first_scrape_not_at_start() -> None:
+    # A daemon nobody scrapes does not pay the library's memory (idle RSS is measured).
+    code = ("import sys, ganglion.app, ganglion.cli; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'prometheus_client'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
