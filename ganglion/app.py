@@ -221,8 +221,7 @@ class App:
         if cfg.web.enabled:
             self.web_token = web_token(cfg.web.token, self.data_dir)
             self.secret_mask.add(self.web_token)  # a generated one is known from here on
-            status = StatusRoutes(cfg.web, self.web_token, self.status.report,
-                                  metrics.exposition)
+            status = StatusRoutes(self.status.report, metrics.exposition)
             self.web = WebInterface(cfg.web, self.web_token, self.bus, self.router,
                                     self.history, self.inbox, MarkdownRenderer(),
                                     shown=without_secrets, deleted=self.reminders.rearm,

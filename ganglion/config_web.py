@@ -102,3 +102,12 @@ class WebConfig(_Section):
     @property
     def is_loopback(self) -> bool:
         return is_loopback_bind(self.host)
+
+    def local_url(self, port: int) -> str:
+        """Where this machine reaches the server (a wildcard bind on 127.0.0.1)."""
+        host = self.host
+        if host in ("", "0.0.0.0", "::", "localhost"):
+            host = "127.0.0.1"
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{port}"

@@ -23,7 +23,7 @@ from ganglion.bus import Bus
 from ganglion.config_web import WebConfig
 from ganglion.durations import duration_text
 from ganglion.llm.endpoints import EndpointPool
-from ganglion.storage.files import WEB_TOKEN
+from ganglion.storage.files import WEB_TOKEN, kept_web_token
 from ganglion.storage.reminders import ReminderStore
 from ganglion.storage.usage import UsageLog
 
@@ -93,19 +93,11 @@ def daemon_address(config: WebConfig, data_dir: Path) -> tuple[str, str]:
         raise NoDaemon("web.enabled is false: /status is served by the web interface")
     if config.port == 0:
         raise NoDaemon("web.port is 0 (any free port): set a fixed port to ask the daemon")
-    host = config.host
-    if host in ("", "0.0.0.0", "::", "localhost"):
-        host = "127.0.0.1"
-    elif ":" in host:
-        host = f"[{host}]"
-    token = config.token
+    token = config.token or kept_web_token(data_dir)
     if not token:
-        try:
-            token = (data_dir / WEB_TOKEN).read_text(encoding="utf-8").strip()
-        except OSError:
-            raise NoDaemon(f"no web token: web.token is empty and {data_dir / WEB_TOKEN} "
-                           "is missing (the daemon writes it at its first start)") from None
-    return f"http://{host}:{config.port}", token
+        raise NoDaemon(f"no web token: web.token is empty and {data_dir / WEB_TOKEN} is "
+                       "missing (the daemon writes it at its first start)")
+    return config.local_url(config.port), token
 
 
 def fetch(url: str, token: str, timeout: float = 5.0) -> dict[str, Any]:

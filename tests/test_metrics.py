@@ -138,6 +138,22 @@ async def test_metrics_and_status_refuse_a_missing_or_wrong_token_and_another_or
     assert await get(app.web.url + "/healthz") == (200, "ok")  # cheap, no token
 
 
+async def test_wrong_tokens_count_alike_on_every_token_checked_endpoint(
+    app_factory: AppFactory
+) -> None:
+    # One throttle for the page's login and the HTTP endpoints: guessing on /status gives
+    # no fresh tries on /upload (nor the other way), and the right token still gets in.
+    app = await app_factory()
+    assert app.web is not None
+    wrong = {"Authorization": "Bearer guess"}
+    assert [(await get(app.web.url + "/status", wrong))[0] for _ in range(3)] == [401] * 3
+    async with aiohttp.ClientSession() as http, http.post(
+            app.web.url + "/upload", data=b"x", headers=wrong) as resp:
+        assert resp.status == 429
+    assert (await get(app.web.url + "/metrics", wrong))[0] == 429
+    assert (await get(app.web.url + "/metrics", AUTH))[0] == 200
+
+
 async def test_the_loopback_metrics_listener_needs_no_token_but_a_loopback_host(
     app_factory: AppFactory,
 ) -> None:

@@ -26,7 +26,13 @@ from ganglion.interfaces.web_conversations import (
     message_frame,
     transcript,
 )
-from ganglion.interfaces.web_guard import Guard, Throttle, add_security_headers
+from ganglion.interfaces.web_guard import (
+    BearerCheck,
+    Guard,
+    Throttle,
+    add_security_headers,
+    bearer_check,
+)
 from ganglion.interfaces.web_login import hello
 from ganglion.interfaces.web_send import Refused, checked_send
 from ganglion.interfaces.web_static import StaticFiles
@@ -78,17 +84,17 @@ class WebInterface:
         shown: Callable[[str], str] = lambda text: text,
         conversations: Conversations | None = None,
         deleted: Deleted | None = None,
-        routes: Callable[[web.Application], None] | None = None,
+        routes: Callable[[web.Application, BearerCheck], None] | None = None,
         media: MediaStore | None = None,
     ) -> None:
         if not token:
             raise ValueError("the web interface needs a non-empty token")
         self.config = config
         self._shown = shown
-        self._routes = routes
-        """Adds the routes of other modules (/status, /metrics: web_status.py)."""
         """A question as the thread's other tabs may see it (a command's secret masked, as
         it is stored once read); the composition root passes the commands' rule."""
+        self._routes = routes
+        """Adds the routes of other modules (/status, /metrics: web_status.py)."""
         self._token = token.encode()
         self._bus = bus
         self._router = router
@@ -97,8 +103,9 @@ class WebInterface:
         self._renderer = renderer
         self._guard = Guard(config)
         self._throttle = Throttle()
-        self._uploads = (Uploads(media, self._token, self._guard, self._throttle)
-                         if media is not None else None)
+        """Failed logins per address, over the WebSocket and the HTTP endpoints alike."""
+        self._check = bearer_check(self._guard, self._token, self._throttle)
+        self._uploads = Uploads(media, self._check) if media is not None else None
         self._tabs: dict[ThreadId, set[Tab]] = {}
         self._sockets: set[web.WebSocketResponse] = set()
         self._streaming: dict[ThreadId, list[str]] = {}
@@ -127,7 +134,7 @@ class WebInterface:
         app.router.add_get("/healthz", _healthz)
         app.router.add_get("/ws", _websocket)
         if self._routes is not None:
-            self._routes(app)
+            self._routes(app, self._check)
         if self._uploads is not None:
             app.router.add_post("/upload", self._uploads.handle)
         runner = web.AppRunner(app, shutdown_timeout=0.5)
@@ -192,12 +199,7 @@ class WebInterface:
 
     @property
     def url(self) -> str:
-        host = self.config.host
-        if host in ("", "0.0.0.0", "::", "localhost"):
-            host = "127.0.0.1"
-        elif ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return self.config.local_url(self.port)
 
     @property
     def login_url(self) -> str:

@@ -12,8 +12,10 @@ turned away at once for a while, with the time to wait (the right token always g
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 
@@ -143,3 +145,41 @@ class Guard:
 async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
+
+
+BearerCheck = Callable[[web.Request], "web.Response | None"]
+"""The refusal of an HTTP request that must carry the web token, or None when it may go on."""
+
+
+def bearer_check(guard: Guard, token: bytes, throttle: Throttle) -> BearerCheck:
+    """The one check of the token-checked HTTP endpoints (/status, /metrics, /upload):
+    another site's browser refused by its Origin (403), the token as ``Authorization:
+    Bearer``, checked before the throttle so the right one always gets in, a wrong one
+    counted by the throttle the WebSocket's logins count in (401), or refused at once while
+    its address waits (429)."""
+
+    def refusal(request: web.Request) -> web.Response | None:
+        remote = request.remote or "unknown"
+        reason = guard.origin_refused(request)
+        if reason is not None:
+            log.warning("web: refused %s from %s: %s", request.path, remote, reason)
+            return _refused(403, reason.replace("WebSocket", "request"))
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+                presented.strip().encode("utf-8", "replace"), token):
+            throttle.succeeded(remote)
+            return None
+        if (wait := throttle.retry_after(remote)) > 0:
+            return _refused(429, f"too many wrong tokens; retry in {math.ceil(wait)} s",
+                            {"Retry-After": str(max(1, math.ceil(wait)))})
+        n = throttle.failed(remote)
+        log.warning("web: refused %s from %s: wrong or missing token (failure %d in a row)",
+                    request.path, remote, n)
+        return _refused(401, "send the web token as 'Authorization: Bearer <token>'",
+                        {"WWW-Authenticate": 'Bearer realm="ganglion"'})
+
+    return refusal
+
+
+def _refused(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)

@@ -2,17 +2,15 @@
 optional loopback listener (``web.metrics_bind``) for a local scraper without one.
 
 The token comes as ``Authorization: Bearer <token>`` (a scraper's and curl's way; never in
-the URL, which proxies log); wrong ones are throttled per address like the WebSocket's
-logins, and a browser request from another site is refused by its ``Origin``. What the
+the URL, which proxies log), checked by the web interface's one check (``web_guard``:
+the Origin, the token, the throttle the WebSocket's logins count in). What the
 answers hold is made elsewhere (``ganglion/status.py``, ``ganglion/metrics.py``): this
 module only knows the callables the composition root hands it.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,7 +18,7 @@ from aiohttp import web
 
 from ganglion.config_web import WebConfig, split_bind
 from ganglion.errors import StartupError
-from ganglion.interfaces.web_guard import Guard, Handler, Throttle, add_security_headers
+from ganglion.interfaces.web_guard import BearerCheck, Guard, Handler, add_security_headers
 
 log = logging.getLogger(__name__)
 
@@ -32,48 +30,20 @@ METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class StatusRoutes:
     """The token-checked /status and /metrics of the web port."""
 
-    def __init__(self, config: WebConfig, token: str, status: Status,
-                 exposition: Exposition) -> None:
-        self._token = token.encode()
-        self._guard = Guard(config)
-        self._throttle = Throttle()
+    def __init__(self, status: Status, exposition: Exposition) -> None:
         self._status = status
         self._exposition = exposition
 
-    def add_to(self, app: web.Application) -> None:
-        """Called by the web interface as it builds its routes."""
-        app.router.add_get("/status", self._checked(self._get_status))
-        app.router.add_get("/metrics", self._checked(self._get_metrics))
+    def add_to(self, app: web.Application, check: BearerCheck) -> None:
+        """Called by the web interface as it builds its routes, with its token check."""
 
-    def _checked(self, handler: Handler) -> Handler:
-        async def checked(request: web.Request) -> web.StreamResponse:
-            self._check(request)
-            return await handler(request)
-        return checked
+        def checked(handler: Handler) -> Handler:
+            async def guarded(request: web.Request) -> web.StreamResponse:
+                return check(request) or await handler(request)
+            return guarded
 
-    def _check(self, request: web.Request) -> None:
-        """Raises the refusal: a cross-site browser (403), a missing or wrong token (401), a
-        throttled address (429). The right token always gets in."""
-        remote = request.remote or "unknown"
-        reason = self._guard.origin_refused(request)
-        if reason is not None:
-            log.warning("web: refused %s from %s: %s", request.path, remote, reason)
-            raise web.HTTPForbidden(text="cross-origin request refused")
-        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(
-                presented.strip().encode("utf-8", "replace"), self._token):
-            self._throttle.succeeded(remote)
-            return
-        if (wait := self._throttle.retry_after(remote)) > 0:
-            raise web.HTTPTooManyRequests(
-                text="too many wrong tokens; retry later",
-                headers={"Retry-After": str(max(1, math.ceil(wait)))})
-        n = self._throttle.failed(remote)
-        log.warning("web: refused %s from %s: wrong or missing token (failure %d in a row)",
-                    request.path, remote, n)
-        raise web.HTTPUnauthorized(
-            text="send the web token as 'Authorization: Bearer <token>'",
-            headers={"WWW-Authenticate": 'Bearer realm="ganglion"'})
+        app.router.add_get("/status", checked(self._get_status))
+        app.router.add_get("/metrics", checked(self._get_metrics))
 
     async def _get_status(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(await self._status(),

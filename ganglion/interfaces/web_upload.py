@@ -10,14 +10,13 @@ throttled like the login's.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from ganglion.interfaces.web_guard import Guard, Throttle
+from ganglion.interfaces.web_guard import BearerCheck
 from ganglion.storage.media import MEDIA_ID_LEN, Media, MediaRefused, MediaStore, MediaTooLarge
 
 log = logging.getLogger(__name__)
@@ -36,14 +35,12 @@ def media_json(media: Media) -> dict[str, Any]:
 class Uploads:
     """The upload route of one web server, and the check of a frame's attachments."""
 
-    def __init__(self, store: MediaStore, token: bytes, guard: Guard, throttle: Throttle):
+    def __init__(self, store: MediaStore, check: BearerCheck) -> None:
         self.store = store
-        self._token = token
-        self._guard = guard
-        self._throttle = throttle
+        self._check = check
 
     async def handle(self, request: web.Request) -> web.Response:
-        refused = self._refused(request)
+        refused = self._check(request)
         if refused is not None:
             return refused
         length = request.content_length
@@ -57,26 +54,6 @@ class Uploads:
             return _error(415, str(err))
         log.info("web: stored upload %s (%s, %d bytes)", media.id[:16], media.type, media.bytes)
         return web.json_response(media_json(media))
-
-    def _refused(self, request: web.Request) -> web.Response | None:
-        """401/403/429 for a request that may not upload; None when it may."""
-        reason = self._guard.origin_refused(request)
-        if reason is not None:
-            log.warning("web: refused an upload from %s: %s", request.remote, reason)
-            return _error(403, reason.replace("WebSocket", "request"))
-        addr = request.remote or "unknown"
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(),
-                                                              self._token):
-            self._throttle.succeeded(addr)
-            return None
-        wait = self._throttle.retry_after(addr)
-        if wait > 0:
-            return _error(429, f"too many wrong tokens; try again in {wait:.0f} s",
-                          {"Retry-After": str(max(1, round(wait)))})
-        self._throttle.failed(addr)
-        return _error(401, "upload needs the token: Authorization: Bearer <token>",
-                      {"WWW-Authenticate": "Bearer"})
 
     async def attachments(self, value: object) -> tuple[str, ...]:
         """The ids a ``send`` frame attaches, each an upload of this server; MediaRefused

@@ -109,11 +109,21 @@ def web_token(configured: str, data_dir: Path) -> str:
     """The configured token, else the one kept in data/web_token (generated once, mode 0600)."""
     if configured:
         return configured
-    path = data_dir / WEB_TOKEN
-    if path.is_file():
-        token = path.read_text(encoding="utf-8").strip()
-        if token:
-            return token
+    token = kept_web_token(data_dir)
+    if token:
+        return token
     token = secrets.token_urlsafe(32)
-    atomic_write(path, token + "\n", mode=0o600)
+    atomic_write(_token_path(data_dir), token + "\n", mode=0o600)
     return token
+
+
+def kept_web_token(data_dir: Path) -> str:
+    """The token generated at a first start, "" when there is none (yet)."""
+    try:
+        return _token_path(data_dir).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return ""
+
+
+def _token_path(data_dir: Path) -> Path:
+    return data_dir / WEB_TOKEN
