@@ -28,7 +28,6 @@ from ganglion.tools.registry import ToolFunc, ToolRegistry
 from ganglion.tools.reminders import ReminderTools
 from ganglion.tools.shell import Shell, shell_environment
 from ganglion.tools.web import web_tools
-from ganglion.triggers.reminders import Reminders
 from ganglion.turn.budget import fixed_tokens, schema_tokens
 from ganglion.untrusted import neutralise
 
@@ -76,9 +75,9 @@ def fixed_prompt_tokens(loaded: LoadedConfig) -> int:
     registry = ToolRegistry()
     for func in [*funcs, *web_tools(loaded.config.tools.web)[0]]:
         registry.add(func)
-    # Only the reminder tools' signatures count here: an instance that is never run, as the
-    # real one needs the scheduler and the bus of a started App.
-    for func in ReminderTools(Reminders.__new__(Reminders), 0).tools():
+    # Only the reminder tools' signatures count here (the real ones need the scheduler and
+    # the bus of a started App).
+    for func in ReminderTools.signatures():
         registry.add(func)
     names = sorted(ToolPolicy(loaded.config.tools.policy).offered(registry.names(),
                                                                   can_ask=True))

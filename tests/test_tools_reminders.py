@@ -137,3 +137,19 @@ async def test_autonomous_turns_reach_only_their_own_reminders(app_factory: AppF
     # A task may end itself (a recurring check that is done).
     assert (await call("system:reminder-2", "cancel_reminder", reminder_id=2))[0]
     assert [r.id for r in await app.reminder_store.active()] == [1, 4]
+
+
+async def test_the_schemas_read_off_the_class_are_the_running_tools_schemas(
+    app_factory: AppFactory,
+) -> None:
+    # check-config counts the reminder tools' schemas without a started App: they must be
+    # the very schemas the model is offered.
+    from ganglion.tools.registry import tool_from_function
+    from ganglion.tools.reminders import ReminderTools
+
+    app = await app_factory()
+    running = {n: app.tools.schemas({n})[0] for n in ("set_reminder", "list_reminders",
+                                                        "cancel_reminder")}
+    read_off = {t.name: t.schema() for t in map(tool_from_function,
+                                                 ReminderTools.signatures())}
+    assert read_off == running

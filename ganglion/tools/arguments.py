@@ -77,7 +77,7 @@ def arguments_model(func: Callable[..., Any], docs: Mapping[str, str]) -> type[B
     hints = typing.get_type_hints(func)
     fields: dict[str, Any] = {}
     for name, param in inspect.signature(func).parameters.items():
-        if name == "ctx":
+        if name in ("ctx", "self"):  # who runs it; a method read off its class
             continue
         default = ... if param.default is inspect.Parameter.empty else param.default
         fields[name] = (hints[name], Field(default, description=docs.get(name)))

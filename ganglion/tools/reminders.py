@@ -29,6 +29,9 @@ MAX_AHEAD_MINUTES = 10 * 366 * 24 * 60
 _DATE_ONLY = re.compile(r"\A\d{4}-\d{2}-\d{2}\Z")
 
 
+TOOLS = ("set_reminder", "list_reminders", "cancel_reminder")
+
+
 class ReminderTools:
     """The model's side of ``ganglion.triggers.reminders.Reminders``."""
 
@@ -37,7 +40,13 @@ class ReminderTools:
         self.min_repeat_minutes = min_repeat_minutes
 
     def tools(self) -> list[ToolFunc]:
-        return [self.set_reminder, self.list_reminders, self.cancel_reminder]
+        return [getattr(self, name) for name in TOOLS]
+
+    @staticmethod
+    def signatures() -> list[ToolFunc]:
+        """The tools read off the class: their schemas, for what a prompt costs
+        (``toolbox.fixed_prompt_tokens``), with no scheduler or bus behind them."""
+        return [getattr(ReminderTools, name) for name in TOOLS]
 
     async def set_reminder(
         self,
