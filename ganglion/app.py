@@ -239,7 +239,8 @@ class App:
             # message ids start again, and the homeserver would drop new replies as resends.
             self.matrix = MatrixInterface(cfg.matrix, self.loaded.path(cfg.matrix.store_path),
                                           self.bus, self.router, MarkdownRenderer(),
-                                          tx_prefix=f"ganglion-{await self.db.instance_id()}")
+                                          tx_prefix=f"ganglion-{await self.db.instance_id()}",
+                                          media=self.media)
             self.router.register(self.matrix)
             self.status.matrix = self.matrix
             metrics.read_matrix_lag(self.matrix.sync_lag)

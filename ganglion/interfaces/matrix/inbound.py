@@ -17,6 +17,7 @@ from typing import Any
 from nio import InviteMemberEvent, MegolmEvent, RoomMessageText
 
 from ganglion.config_matrix import MatrixConfig
+from ganglion.interfaces.matrix.attachments import caption_of, is_media
 from ganglion.messages import Inbound, Source, ThreadId, matrix_thread_id
 from ganglion.untrusted import as_data
 
@@ -26,10 +27,10 @@ _REPLY_FALLBACK = re.compile(r"\A(?:>.*\n)+\n")
 def refusal(config: MatrixConfig, event: Any) -> str | None:
     """Why this timeline event is not for the bot (a log line), or None when it is.
 
-    Only text messages and encrypted events (decryptable or not) are considered at all;
-    anything else is refused with an empty reason (nothing worth logging).
+    Only text and media messages and encrypted events (decryptable or not) are considered
+    at all; anything else is refused with an empty reason (nothing worth logging).
     """
-    if not isinstance(event, RoomMessageText | MegolmEvent):
+    if not isinstance(event, RoomMessageText | MegolmEvent) and not is_media(event):
         return ""
     if event.sender == config.user_id:
         return ""
@@ -38,21 +39,24 @@ def refusal(config: MatrixConfig, event: Any) -> str | None:
     return None
 
 
-def to_inbound(room_id: str, event: RoomMessageText) -> Inbound | None:
-    """The Inbound for an allowed text message; None for an edit of an earlier one.
+def to_inbound(room_id: str, event: Any, attachments: tuple[str, ...] = ()) -> Inbound | None:
+    """The Inbound for an allowed text or media message (with the ids of its stored
+    files); None for an edit of an earlier one.
 
-    A message in an ``m.thread`` belongs to that thread's conversation, not the room's.
+    A message in an ``m.thread`` belongs to that thread's conversation, not the room's. A
+    media message's text is its caption, if it has one.
     """
     relates = _relates(event)
     if relates.get("rel_type") == "m.replace":
         return None
-    text = event.body
+    text = caption_of(event) if is_media(event) else event.body
     if "m.in_reply_to" in relates:
         text = strip_reply_fallback(text)
     encrypted = "1" if getattr(event, "decrypted", False) else "0"
-    return Inbound(thread_id=_thread_of(room_id, thread_root(event)), text=text,
+    return Inbound(thread_id=thread_of(room_id, event), text=text,
                    sender=event.sender, source=Source.MATRIX, client_id=event.event_id,
-                   meta={"event_id": event.event_id, "encrypted": encrypted})
+                   meta={"event_id": event.event_id, "encrypted": encrypted},
+                   attachments=attachments)
 
 
 def strip_reply_fallback(text: str) -> str:
@@ -97,9 +101,10 @@ def _relates(event: Any) -> dict[str, Any]:
     return relates if isinstance(relates, dict) else {}
 
 
-def _thread_of(room_id: str, root: str | None) -> ThreadId:
+def thread_of(room_id: str, event: Any) -> ThreadId:
+    """The conversation a message of the room belongs to: its ``m.thread``, or the room."""
     try:
-        return matrix_thread_id(room_id, root)
+        return matrix_thread_id(room_id, thread_root(event))
     except ValueError:  # not an event id: the room's main timeline
         return matrix_thread_id(room_id)
 

@@ -33,6 +33,7 @@ from ganglion.bus import Bus
 from ganglion.config_matrix import MatrixConfig
 from ganglion.errors import StartupError
 from ganglion.interfaces.matrix import inbound, redaction
+from ganglion.interfaces.matrix.attachments import Fetcher, is_media
 from ganglion.interfaces.matrix.catchup import (
     SINCE_INVITE_MAX,
     invite_gap,
@@ -41,6 +42,7 @@ from ganglion.interfaces.matrix.catchup import (
     since_invite,
     split_at_join,
 )
+from ganglion.interfaces.matrix.intake import Intake, NotStored
 from ganglion.interfaces.matrix.keys import NIO_CRYPTO_LOGGER, DecryptionWarnings, WaitingForKeys
 from ganglion.interfaces.matrix.membership import Membership
 from ganglion.interfaces.matrix.replies import with_context
@@ -62,6 +64,7 @@ from ganglion.messages import (
 )
 from ganglion.render import MarkdownRenderer
 from ganglion.router import Router
+from ganglion.storage.media import MediaStore
 
 log = logging.getLogger(__name__)
 
@@ -95,17 +98,14 @@ NOT_STORED_NOTICE = (
 )
 
 
-class NotStored(Exception):
-    """The inbox refused a message (the disk refuses writes): this sync is handled again."""
-
-
 class MatrixInterface:
     """Rooms in, replies out; one sync loop task, owned here and cancelled by ``stop``."""
 
     name = "matrix"
 
     def __init__(self, config: MatrixConfig, store_path: Path, bus: Bus, router: Router,
-                 renderer: MarkdownRenderer, *, tx_prefix: str = "ganglion") -> None:
+                 renderer: MarkdownRenderer, *, tx_prefix: str = "ganglion",
+                 media: MediaStore | None = None) -> None:
         self.config = config
         self.store_path = store_path
         self.bus = bus
@@ -135,6 +135,9 @@ class MatrixInterface:
         self.warnings = DecryptionWarnings()
         self._told_not_stored: set[str] = set()
         """Rooms told that a message waits for the disk; cleared once storing works again."""
+        self.intake = (Intake(Fetcher(media), self._submit, router.broadcast, self._known)
+                       if media is not None else None)
+        """Media events (none without a media store: they are ignored)."""
 
     # -- the router's Interface ------------------------------------------------------------
 
@@ -176,14 +179,16 @@ class MatrixInterface:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, self.sender.stop(), return_exceptions=True)
+        if self.intake is not None:
+            await self.intake.stop()
         self._sync_task = None
         logging.getLogger(NIO_CRYPTO_LOGGER).removeFilter(self.warnings)
         self.warnings.flush()
         self._set_connected(False)
         client, self.client = self.client, None  # what the worker still sends now waits
         if client is not None:
-            if self._since:
-                client.store.save_sync_token(self._since)
+            if since := self._resume_token():
+                client.store.save_sync_token(since)
             await client.close()
 
     async def send(self, out: Outbound) -> bool:
@@ -310,8 +315,8 @@ class MatrixInterface:
                                   getattr(event, "event_id", "?"))
         if self.keys:
             for room_id, waited, event in self.keys.decryptable(client):
-                if isinstance(event, RoomMessageText):
-                    await self._submit(room_id, event, arrived)
+                if isinstance(event, RoomMessageText) or is_media(event):
+                    await self._readable(room_id, event, arrived)
                 self.keys.forget(waited)  # on the bus now (a NotStored keeps it waiting)
         self.warnings.flush()
         await self.membership.settle(client)
@@ -353,9 +358,15 @@ class MatrixInterface:
         at stop. After a crash the bot resumes from a slightly older token: the events it
         then sees again are deduplicated by the bus, so nothing is answered twice.
         """
-        if self.client is not None and self._since:
-            self.client.store.save_sync_token(self._since)
+        if self.client is not None and (since := self._resume_token()):
+            self.client.store.save_sync_token(since)
             self._token_saved = time.monotonic()
+
+    def _resume_token(self) -> str | None:
+        """The token after which every event is on the bus (or dropped): the last sync's,
+        or the one before a media event still on its way."""
+        waiting = self.intake.resume_token() if self.intake is not None else None
+        return waiting or self._since
 
     # -- events in -------------------------------------------------------------------------
 
@@ -369,10 +380,25 @@ class MatrixInterface:
             assert self.client is not None
             await self.keys.add(self.client, room_id, event)
             return
-        await self._submit(room_id, event, arrived)
+        await self._readable(room_id, event, arrived)
 
-    async def _submit(self, room_id: str, event: RoomMessageText, arrived: float) -> None:
-        msg = inbound.to_inbound(room_id, event)
+    async def _readable(self, room_id: str, event: Any, arrived: float) -> None:
+        """A media event, and a message of a thread still waiting for one, go through the
+        intake (downloads off this loop, the thread's order kept); the rest straight in."""
+        if self.intake is None or self.client is None:
+            if not is_media(event):
+                await self._submit(room_id, event, arrived)
+        elif is_media(event) or self.intake.busy(inbound.thread_of(room_id, event)):
+            self.intake.take(self.client, room_id, event, arrived, self._since)
+        else:
+            await self._submit(room_id, event, arrived)
+
+    async def _known(self, thread_id: ThreadId, event_id: str) -> bool:
+        return bool(await self.bus.known(thread_id, [event_id]))
+
+    async def _submit(self, room_id: str, event: Any, arrived: float,
+                      attachments: tuple[str, ...] = ()) -> None:
+        msg = inbound.to_inbound(room_id, event, attachments)
         if msg is None:
             log.info("[%s] ignored an edit of an earlier message", room_id)
             return

@@ -1,0 +1,243 @@
+"""Images, files and voice messages from Matrix against the real Synapse: encrypted and plain
+rooms, sizes checked before and while downloading, hashes, strangers, retries, restarts.
+
+The person's nio client uploads (encrypted with nio's helper in encrypted rooms) and sends
+the media event as Element does; the bot's path to the homeserver goes through a proxy
+(tests/hs_proxy.py) where a test must count, fail or hold its downloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import AppFactory, eventually, merge
+from fake_llm import FakeLLM, image_parts, user_messages
+from hs_proxy import HomeserverProxy, hs_proxy  # noqa: F401  (fixture)
+from matrix_rooms import joined_room, matrix_section, send_content
+from nio import UploadResponse
+from PIL import Image
+from synapse import Human, HumanFactory, MatrixUser, Synapse
+
+from ganglion.app import App
+
+VISION = {"llm": {"vision_models": ["fake-model"]}}
+DOWNLOADS = re.compile(r"^GET /_matrix/(client/v1/)?media/(v3/)?download/")
+
+
+def photo(width: int, height: int) -> bytes:
+    """A PNG of noise (it does not compress: its size is known)."""
+    out = io.BytesIO()
+    Image.frombytes("RGB", (width, height), os.urandom(width * height * 3)).save(out, "PNG")
+    return out.getvalue()
+
+
+async def send_file(human: Human, room: str, data: bytes, *, name: str = "photo.png",
+                    mimetype: str = "image/png", msgtype: str = "m.image",
+                    encrypt: bool = True, caption: str | None = None,
+                    info: dict[str, Any] | None = None,
+                    keys: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+                    ) -> str:
+    """Upload ``data`` (encrypted with nio's helper when ``encrypt``) and send the media
+    event as Element does; ``keys`` replaces parts of the decryption info (a wrong hash)."""
+    resp, decryption = await human.client.upload(io.BytesIO(data), content_type=mimetype,
+                                                 filename=name, encrypt=encrypt,
+                                                 filesize=len(data))
+    assert isinstance(resp, UploadResponse), resp
+    content: dict[str, Any] = {
+        "msgtype": msgtype, "body": caption if caption is not None else name,
+        "filename": name, "info": {"size": len(data), "mimetype": mimetype, **(info or {})},
+        **(extra or {})}
+    if encrypt:
+        assert decryption is not None
+        content["file"] = {"url": resp.content_uri, **decryption, **(keys or {})}
+    else:
+        content["url"] = resp.content_uri
+    return await send_content(human, room, content)
+
+
+async def media_rows(app: App) -> list[dict[str, Any]]:
+    rows = await app.db.fetchall(
+        "SELECT m.id, m.type, m.bytes, o.owner FROM media m"
+        " JOIN media_owners o ON o.media_id = m.id ORDER BY m.created_at")
+    return [dict(r) for r in rows]
+
+
+async def attached(app: App, event_id: str) -> list[str]:
+    rows = await app.db.fetchall(
+        "SELECT r.media_id FROM media_refs r JOIN inbox i ON i.id = r.inbox_id"
+        " WHERE i.client_id = ? ORDER BY r.seq", (event_id,))
+    return [r["media_id"] for r in rows]
+
+
+async def vision_bot(app_factory: AppFactory, synapse: Synapse, bot: MatrixUser,
+                     allowed: list[str], store: Path, **extra: Any) -> App:
+    """A started bot whose model sees images."""
+    app = await app_factory(merge(matrix_section(synapse, bot, allowed, store, **extra),
+                                  VISION))
+    assert app.matrix is not None
+    await asyncio.wait_for(app.matrix.ready.wait(), 20)
+    return app
+
+
+async def bot_behind(proxy: HomeserverProxy, synapse: Synapse, app_factory: AppFactory,
+                     humans: HumanFactory, tmp_path: Path, **media: Any,
+                     ) -> tuple[App, Human, str, MatrixUser]:
+    """A bot whose homeserver is the proxy, a person, and an encrypted room of theirs."""
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    app = await vision_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store",
+                           homeserver=proxy.url)
+    assert app.matrix is not None and app.matrix.intake is not None
+    app.matrix.intake.fetcher.backoff = 0.05
+    for key, value in media.items():
+        setattr(app.matrix.intake.fetcher.store, key, value)
+    human = await humans(person)
+    return app, human, await joined_room(human, bot), bot
+
+
+@pytest.mark.matrix
+async def test_images_in_encrypted_and_plain_rooms_reach_a_vision_model(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
+    humans: HumanFactory, tmp_path: Path,
+) -> None:
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    app = await vision_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
+    human = await humans(person)
+    secret_room = await joined_room(human, bot)
+    plain_room = await joined_room(human, bot, encrypted=False)
+
+    data = photo(64, 48)
+    image = await send_file(human, secret_room, data, caption="what is on this photo?")
+    answer = await human.next_message(secret_room, bot.user_id, 0)
+    assert answer.body == "echo: what is on this photo?"  # the caption is the message text
+    last = user_messages(fake_llm.requests[-1])[-1]
+    [(kind, sent)] = image_parts(last)
+    with Image.open(io.BytesIO(sent)) as seen:
+        assert (kind, seen.size) == ("image/jpeg", (64, 48))
+    media_id = hashlib.sha256(data).hexdigest()  # decrypted: the bytes the person sent
+    assert await attached(app, image) == [media_id]
+    assert await media_rows(app) == [{"id": media_id, "type": "image/png", "bytes": len(data),
+                                      "owner": f"matrix:{person.user_id}"}]
+
+    other = photo(32, 32)
+    plain = await send_file(human, plain_room, other, name="screenshot.png", encrypt=False)
+    await human.next_message(plain_room, bot.user_id, 0)
+    [(_, sent)] = image_parts(user_messages(fake_llm.requests[-1])[-1])
+    with Image.open(io.BytesIO(sent)) as seen:
+        assert seen.size == (32, 32)
+    assert await attached(app, plain) == [hashlib.sha256(other).hexdigest()]
+    rows = await app.db.fetchall("SELECT client_id, text, meta FROM inbox ORDER BY id")
+    assert [(r["client_id"], r["text"], json.loads(r["meta"])["encrypted"]) for r in rows] == [
+        (image, "what is on this photo?", "1"), (plain, "", "0")]
+
+
+@pytest.mark.matrix
+async def test_sizes_are_checked_before_and_while_downloading_and_failures_retried(
+    hs_proxy: HomeserverProxy,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
+    humans: HumanFactory, tmp_path: Path,
+) -> None:
+    app, human, room, bot = await bot_behind(hs_proxy, synapse, app_factory, humans, tmp_path,
+                                             max_bytes=4096)
+    big = photo(64, 64)  # 12 kB of noise
+
+    await send_file(human, room, big, name="big.png")  # says its size: never downloaded
+    told = await human.next_message(room, bot.user_id, 0)
+    assert type(told).__name__ == "RoomMessageNotice"
+    assert told.body == ("big.png is too large (12 kB; the limit is 4 kB, media.max_bytes), "
+                         "so I did not download it.")
+    assert not [r for r in hs_proxy.seen if DOWNLOADS.search(r)]
+
+    await send_file(human, room, big, name="liar.png", info={"size": 1000})
+    told = await human.next_message(room, bot.user_id, 1)
+    assert told.body.startswith("liar.png is too large (more than 4 kB"), told.body
+    assert [r for r in hs_proxy.seen if DOWNLOADS.search(r)]  # refused as it came
+
+    hs_proxy.fail, hs_proxy.fail_times = DOWNLOADS, 2
+    small = photo(8, 8)
+    await send_file(human, room, small, caption="third time lucky")
+    answer = await human.next_message(room, bot.user_id, 2)
+    assert answer.body == "echo: third time lucky"
+    assert len(hs_proxy.failed) == 2
+    assert image_parts(user_messages(fake_llm.requests[-1])[-1])
+
+    hs_proxy.fail, hs_proxy.fail_times = DOWNLOADS, None  # the homeserver keeps failing
+    await send_file(human, room, photo(9, 9), name="never.png")
+    told = await human.next_message(room, bot.user_id, 3)
+    assert told.body.startswith("I could not download never.png after 3 tries: the "
+                                "homeserver answered 502"), told.body
+    assert [r["id"] for r in await media_rows(app)] == [hashlib.sha256(small).hexdigest()]
+
+
+@pytest.mark.matrix
+async def test_a_file_that_fails_its_hash_and_a_strangers_image_are_not_kept(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
+    humans: HumanFactory, tmp_path: Path,
+) -> None:
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    stranger_user = await synapse.register("stranger")
+    app = await vision_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
+    human, stranger = await humans(person), await humans(stranger_user)
+    room = await joined_room(human, bot)
+    await human.invite(room, stranger_user.user_id)
+    await stranger.join(room)
+
+    await send_file(stranger, room, photo(16, 16), caption="look at this")
+    wrong = base64.b64encode(hashlib.sha256(b"something else").digest()).decode().rstrip("=")
+    await send_file(human, room, photo(16, 16), name="tampered.png",
+                    keys={"hashes": {"sha256": wrong}})
+    told = await human.next_message(room, bot.user_id, 0)
+    assert told.body.startswith("I did not keep tampered.png: its content does not match "
+                                "the hash"), told.body
+    await human.send(room, "still there?")
+    assert (await human.next_message(room, bot.user_id, 1)).body == "echo: still there?"
+    assert await media_rows(app) == []
+    # The stranger's image came first, and nothing of it was stored, answered or told.
+    assert len(human.messages_from(room, bot.user_id)) == 2
+    rows = await app.db.fetchall("SELECT sender FROM inbox")
+    assert [r["sender"] for r in rows] == [person.user_id]
+
+
+@pytest.mark.matrix
+async def test_downloads_leave_other_rooms_going_keep_the_order_and_survive_a_restart(
+    hs_proxy: HomeserverProxy,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
+    humans: HumanFactory, tmp_path: Path,
+) -> None:
+    first, human, room, bot = await bot_behind(hs_proxy, synapse, app_factory, humans,
+                                               tmp_path)
+    other = await joined_room(human, bot)
+    hs_proxy.hang = DOWNLOADS  # the homeserver takes the download and never answers
+    data = photo(20, 10)
+    image = await send_file(human, room, data, caption="look")
+    question = await human.send(room, "what is it?")
+    await human.send(other, "meanwhile")
+    assert (await human.next_message(other, bot.user_id, 0)).body == "echo: meanwhile"
+    await eventually(lambda: bool(hs_proxy.hung))
+    # The room's question waits behind its photo (never answered before it).
+    assert human.messages_from(room, bot.user_id) == []
+    rows = await first.db.fetchall("SELECT client_id FROM inbox")
+    assert image not in {r["client_id"] for r in rows}  # not on the bus when it stops
+    await first.stop()
+    hs_proxy.release()
+
+    second = await vision_bot(app_factory, synapse, bot, [human.user.user_id],
+                              tmp_path / "store", homeserver=hs_proxy.url)
+    assert (await human.next_message(room, bot.user_id, 0)).body == "echo: look"
+    assert (await human.next_message(room, bot.user_id, 1)).body == "echo: what is it?"
+    assert image_parts(user_messages(fake_llm.requests[-1])[0])
+    rows = await second.db.fetchall("SELECT client_id FROM inbox WHERE thread_id = ?"
+                                    " ORDER BY id", (room,))
+    assert [r["client_id"] for r in rows] == [image, question]
+    assert await attached(second, image) == [hashlib.sha256(data).hexdigest()]
+    await human.send(other, "and now?")
+    assert (await human.next_message(other, bot.user_id, 1)).body == "echo: and now?"
+    assert len(human.messages_from(room, bot.user_id)) == 2  # each answered once
