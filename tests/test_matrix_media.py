@@ -22,7 +22,7 @@ import pytest
 from conftest import AppFactory, eventually, merge
 from fake_llm import FakeLLM, image_parts, user_messages
 from hs_proxy import HomeserverProxy, hs_proxy  # noqa: F401  (fixture)
-from matrix_rooms import joined_room, matrix_section, send_content
+from matrix_rooms import joined_room, matrix_section, send_content, start_bot
 from nio import UploadResponse
 from PIL import Image
 from synapse import Human, HumanFactory, MatrixUser, Synapse
@@ -184,7 +184,7 @@ async def test_a_file_that_fails_its_hash_and_a_strangers_image_are_not_kept(
 ) -> None:
     bot, person = await synapse.register("bot"), await synapse.register("human")
     stranger_user = await synapse.register("stranger")
-    app = await vision_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
+    app = await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
     human, stranger = await humans(person), await humans(stranger_user)
     room = await joined_room(human, bot)
     await human.invite(room, stranger_user.user_id)
@@ -204,6 +204,16 @@ async def test_a_file_that_fails_its_hash_and_a_strangers_image_are_not_kept(
     assert len(human.messages_from(room, bot.user_id)) == 2
     rows = await app.db.fetchall("SELECT sender FROM inbox")
     assert [r["sender"] for r in rows] == [person.user_id]
+
+    # This model cannot see images: the person is told, and the caption is answered.
+    data = photo(16, 16)
+    await send_file(human, room, data, caption="what is it?")
+    told = await human.next_message(room, bot.user_id, 2)
+    assert told.body.startswith("The current model (fake-model) cannot see images"), told.body
+    answer = await human.next_message(room, bot.user_id, 3)
+    assert answer.body == "echo: what is it?\n[image: 16x16 PNG image, not shown]"
+    assert not image_parts(user_messages(fake_llm.requests[-1])[-1])
+    assert [r["owner"] for r in await media_rows(app)] == [f"matrix:{person.user_id}"]
 
 
 @pytest.mark.matrix

@@ -32,6 +32,7 @@ from nio import (
     RoomMessageText,
 )
 
+from ganglion.interfaces.matrix.attachments import is_media
 from ganglion.interfaces.matrix.session import HomeserverUnavailable, http_status, retryable
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ async def missed_events(client: AsyncClient, room_id: str, prev_batch: str, sinc
         if token is not None:
             log.warning("[%s] more than %d events came while the bot was away; older ones "
                         "are skipped", room_id, MAX_EVENTS)
+    if missed:
+        log.info("[%s] fetched %d event(s) a limited sync left out", room_id, len(missed))
     return missed[::-1]
 
 
@@ -128,12 +131,26 @@ async def invite_gap(client: AsyncClient, room_id: str, prev_batch: str, *,
     return None
 
 
+async def said_since_invite(client: AsyncClient, room_id: str, timeline: Any,
+                            before: list[Any], own_id: str) -> list[Any]:
+    """What the room said between the bot's invite and its join (the first message of a
+    "start chat" comes before the bot joins), bounded; what came before the invite is
+    history, never answered (what of it stays unreadable is one log line:
+    ``DecryptionWarnings``)."""
+    said, found = since_invite(before, own_id)
+    if not found and timeline.limited and timeline.prev_batch:
+        gap = await invite_gap(client, room_id, timeline.prev_batch, own_id=own_id)
+        if gap is not None:
+            said = [*gap, *before]
+    return newest_messages(said, SINCE_INVITE_MAX)
+
+
 def newest_messages(events: list[Any], limit: int) -> list[Any]:
     """``events`` (oldest first) but messages older than the ``limit`` newest ones."""
     kept: list[Any] = []
     messages = 0
     for event in reversed(events):
-        if isinstance(event, RoomMessageText | MegolmEvent):
+        if isinstance(event, RoomMessageText | MegolmEvent) or is_media(event):
             messages += 1
             if messages > limit:
                 break

@@ -34,7 +34,8 @@ Submit = Callable[[str, Any, float, tuple[str, ...]], Awaitable[None]]
 refused it."""
 Tell = Callable[[str, ThreadId], Awaitable[None]]
 """(text, thread) -> a notice stored and delivered (the router's broadcast)."""
-Known = Callable[[ThreadId, str], Awaitable[bool]]
+Known = Callable[[ThreadId, list[str]], Awaitable[set[str]]]
+"""Of these event ids, the ones already on the bus (the bus's ``known``)."""
 
 
 class NotStored(Exception):
@@ -103,7 +104,7 @@ class Intake:
                    arrived: float, *, before: asyncio.Task[None] | None) -> None:
         ids: tuple[str, ...] = ()
         if is_media(event) and inbound.to_inbound(room_id, event) is not None:
-            if await self._known(thread, event.event_id):
+            if await self._known(thread, [event.event_id]):
                 return  # stored before a restart: its file too
             stored = await self._fetch(client, thread, event)
             if stored is None:

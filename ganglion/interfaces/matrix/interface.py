@@ -34,14 +34,7 @@ from ganglion.config_matrix import MatrixConfig
 from ganglion.errors import StartupError
 from ganglion.interfaces.matrix import inbound, redaction
 from ganglion.interfaces.matrix.attachments import Fetcher, is_media
-from ganglion.interfaces.matrix.catchup import (
-    SINCE_INVITE_MAX,
-    invite_gap,
-    missed_events,
-    newest_messages,
-    since_invite,
-    split_at_join,
-)
+from ganglion.interfaces.matrix.catchup import missed_events, said_since_invite, split_at_join
 from ganglion.interfaces.matrix.intake import Intake, NotStored
 from ganglion.interfaces.matrix.keys import NIO_CRYPTO_LOGGER, DecryptionWarnings, WaitingForKeys
 from ganglion.interfaces.matrix.membership import Membership
@@ -86,12 +79,6 @@ TOKEN_SAVE_SECONDS = 30.0
 STOP_TELL_SECONDS = 1.0
 """At stop, how long telling rooms about unreadable messages may take (stored, so a notice
 not sent now is sent at the next start)."""
-UNDECRYPTABLE_NOTICE = (
-    "I could not read a message here: it was encrypted with a key this device never received. "
-    "I asked your devices for the key. If this keeps happening, make sure your client does not "
-    "send only to verified devices (a bot cannot be verified interactively), or invite me to a "
-    "new room."
-)
 NOT_STORED_NOTICE = (
     "I could not store your message: my disk refuses writes. I will read it again by myself "
     "as soon as I can store it; there is no need to send it again."
@@ -131,11 +118,11 @@ class MatrixInterface:
         self.sender.reply_mode = config.reply_mode
         self.sender.event_of = self._event_of
         self.membership = Membership(config)
-        self.keys = WaitingForKeys(self._tell_undecryptable, self._spawn)
+        self.keys = WaitingForKeys(router.broadcast, self._spawn)
         self.warnings = DecryptionWarnings()
         self._told_not_stored: set[str] = set()
         """Rooms told that a message waits for the disk; cleared once storing works again."""
-        self.intake = (Intake(Fetcher(media), self._submit, router.broadcast, self._known)
+        self.intake = (Intake(Fetcher(media), self._submit, router.broadcast, bus.known)
                        if media is not None else None)
         """Media events (none without a media store: they are ignored)."""
 
@@ -298,8 +285,8 @@ class MatrixInterface:
             self.membership.on_members(client, room_id, [*info.state, *info.timeline.events])
             split = split_at_join(info.timeline.events, self.config.user_id)
             if split is not None:  # joined in this sync
-                events = [*await self._since_invite(client, room_id, info.timeline,
-                                                    split[0]), *split[1]]
+                events = [*await said_since_invite(client, room_id, info.timeline, split[0],
+                                                   self.config.user_id), *split[1]]
             else:  # a room the bot was in already
                 events = info.timeline.events
                 if info.timeline.limited and info.timeline.prev_batch and self._since:
@@ -331,25 +318,8 @@ class MatrixInterface:
                       since: str) -> list[Any]:
         """What a limited timeline left out (more came while away than a sync returns)."""
         known = functools.partial(self.bus.known, matrix_thread_id(room_id))
-        missed = await missed_events(client, room_id, prev_batch, since,
-                                     own_id=self.config.user_id, known=known)
-        if missed:
-            log.info("[%s] fetched %d event(s) a limited sync left out", room_id, len(missed))
-        return missed
-
-    async def _since_invite(self, client: TimedClient, room_id: str, timeline: Any,
-                            before: list[Any]) -> list[Any]:
-        """What the room said between the bot's invite and its join (the first message of a
-        "start chat" comes before the bot joins), bounded; what came before the invite is
-        history, never answered (what of it stays unreadable is one log line:
-        ``DecryptionWarnings``)."""
-        said, found = since_invite(before, self.config.user_id)
-        if not found and timeline.limited and timeline.prev_batch:
-            gap = await invite_gap(client, room_id, timeline.prev_batch,
-                                   own_id=self.config.user_id)
-            if gap is not None:
-                said = [*gap, *before]
-        return newest_messages(said, SINCE_INVITE_MAX)
+        return await missed_events(client, room_id, prev_batch, since,
+                                   own_id=self.config.user_id, known=known)
 
     def _save_token(self) -> None:
         """Persist the last fully handled sync token.
@@ -385,16 +355,12 @@ class MatrixInterface:
     async def _readable(self, room_id: str, event: Any, arrived: float) -> None:
         """A media event, and a message of a thread still waiting for one, go through the
         intake (downloads off this loop, the thread's order kept); the rest straight in."""
-        if self.intake is None or self.client is None:
-            if not is_media(event):
-                await self._submit(room_id, event, arrived)
-        elif is_media(event) or self.intake.busy(inbound.thread_of(room_id, event)):
-            self.intake.take(self.client, room_id, event, arrived, self._since)
-        else:
+        intake = self.intake
+        if intake is not None and self.client is not None and (
+                is_media(event) or intake.busy(inbound.thread_of(room_id, event))):
+            intake.take(self.client, room_id, event, arrived, self._since)
+        elif not is_media(event):  # (without a media store, media events are not read)
             await self._submit(room_id, event, arrived)
-
-    async def _known(self, thread_id: ThreadId, event_id: str) -> bool:
-        return bool(await self.bus.known(thread_id, [event_id]))
 
     async def _submit(self, room_id: str, event: Any, arrived: float,
                       attachments: tuple[str, ...] = ()) -> None:
@@ -416,9 +382,6 @@ class MatrixInterface:
             self.sender.receipts.accepted(room_id, event.event_id, stored.id)
             log.debug("[%s] event %s from %s queued as #%d", room_id, event.event_id,
                       event.sender, stored.id)
-
-    async def _tell_undecryptable(self, room_id: str) -> None:
-        await self.router.broadcast(UNDECRYPTABLE_NOTICE, matrix_thread_id(room_id))
 
     async def _event_of(self, inbox_id: int) -> str | None:
         """The Matrix event behind an inbox row (the message an answer answers)."""

@@ -19,6 +19,8 @@ from typing import Any
 from aiohttp import ClientError
 from nio import AsyncClient, LocalProtocolError, MegolmEvent
 
+from ganglion.messages import ThreadId, matrix_thread_id
+
 log = logging.getLogger(__name__)
 
 NIO_CRYPTO_LOGGER = "nio.crypto.log"
@@ -26,14 +28,21 @@ _NO_SESSION = re.compile(r"\AError decrypting megolm event, no session found wit
                          r"id \S+ for room (\S+)\Z")
 MAX_SESSIONS = 100
 """Sessions whose key never comes (and rooms told) are forgotten, oldest first, beyond this."""
+UNDECRYPTABLE_NOTICE = (
+    "I could not read a message here: it was encrypted with a key this device never received. "
+    "I asked your devices for the key. If this keeps happening, make sure your client does not "
+    "send only to verified devices (a bot cannot be verified interactively), or invite me to a "
+    "new room."
+)
 
 
 class WaitingForKeys:
-    def __init__(self, tell: Callable[[str], Awaitable[None]],
+    def __init__(self, broadcast: Callable[[str, ThreadId], Awaitable[None]],
                  spawn: Callable[[Coroutine[Any, Any, Any]], None]) -> None:
         self.grace = 5.0
         """Seconds an undecryptable message may wait for its key before the room is told."""
-        self._tell = tell
+        self._broadcast = broadcast
+        """(text, thread): a notice stored and delivered (the router's)."""
         self._spawn = spawn
         self._waiting: dict[str, list[tuple[str, MegolmEvent]]] = {}
         self._told: dict[tuple[str, str], bool] = {}
@@ -94,7 +103,7 @@ class WaitingForKeys:
         await asyncio.sleep(self.grace)
         if any(r == room_id for r, _ in self._waiting.get(session_id, ())):
             self._told[(room_id, session_id)] = True
-            await self._tell(room_id)
+            await self._broadcast(UNDECRYPTABLE_NOTICE, matrix_thread_id(room_id))
 
     async def tell_the_rest(self) -> None:
         """At stop: the waiting events live in memory only, so the rooms whose grace has not
@@ -102,7 +111,7 @@ class WaitingForKeys:
         rooms = {room_id for session_id, waiting in self._waiting.items()
                  for room_id, _ in waiting if not self._told.get((room_id, session_id))}
         for room_id in sorted(rooms):
-            await self._tell(room_id)
+            await self._broadcast(UNDECRYPTABLE_NOTICE, matrix_thread_id(room_id))
 
 
 async def _request_key(client: AsyncClient, event: MegolmEvent) -> None:
