@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AppFactory, eventually, merge
+from conftest import AppFactory, eventually, eventually_async, merge
 from fake_llm import FakeLLM, image_parts, user_messages
 from hs_proxy import HomeserverProxy, hs_proxy  # noqa: F401  (fixture)
 from matrix_rooms import joined_room, matrix_section, send_content, start_bot
@@ -28,8 +28,14 @@ from PIL import Image
 from synapse import Human, HumanFactory, MatrixUser, Synapse
 
 from ganglion.app import App
+from ganglion.interfaces.matrix.outbound import reply_contents
+from ganglion.messages import Outbound, OutKind, Role, ThreadId
+from ganglion.render import MarkdownRenderer
 
 VISION = {"llm": {"vision_models": ["fake-model"]}}
+OGG_OPUS = b"OggS\x00\x02" + bytes(20) + b"\x01\x13OpusHead\x01\x01"
+"""The head of an Ogg Opus file (the rest may be noise: the store reads the head)."""
+PDF = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n"
 DOWNLOADS = re.compile(r"^GET /_matrix/(client/v1/)?media/(v3/)?download/")
 
 
@@ -66,7 +72,7 @@ async def send_file(human: Human, room: str, data: bytes, *, name: str = "photo.
 
 async def media_rows(app: App) -> list[dict[str, Any]]:
     rows = await app.db.fetchall(
-        "SELECT m.id, m.type, m.bytes, o.owner FROM media m"
+        "SELECT m.id, m.type, m.bytes, m.name, o.owner FROM media m"
         " JOIN media_owners o ON o.media_id = m.id ORDER BY m.created_at")
     return [dict(r) for r in rows]
 
@@ -125,7 +131,7 @@ async def test_images_in_encrypted_and_plain_rooms_reach_a_vision_model(
     media_id = hashlib.sha256(data).hexdigest()  # decrypted: the bytes the person sent
     assert await attached(app, image) == [media_id]
     assert await media_rows(app) == [{"id": media_id, "type": "image/png", "bytes": len(data),
-                                      "owner": f"matrix:{person.user_id}"}]
+                                      "name": "photo.png", "owner": f"matrix:{person.user_id}"}]
 
     other = photo(32, 32)
     plain = await send_file(human, plain_room, other, name="screenshot.png", encrypt=False)
@@ -251,3 +257,51 @@ async def test_downloads_leave_other_rooms_going_keep_the_order_and_survive_a_re
     await human.send(other, "and now?")
     assert (await human.next_message(other, bot.user_id, 1)).body == "echo: and now?"
     assert len(human.messages_from(room, bot.user_id)) == 2  # each answered once
+
+
+@pytest.mark.matrix
+async def test_a_voice_message_and_a_pdf_reach_the_store_with_their_names(
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
+    humans: HumanFactory, tmp_path: Path,
+) -> None:
+    """Needs the voice branch's media store (audio and PDF by content, names): merged here."""
+    bot, person = await synapse.register("bot"), await synapse.register("human")
+    app = await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
+    human = await humans(person)
+    room = await joined_room(human, bot)
+
+    voice = OGG_OPUS + os.urandom(2000)
+    # As Element sends a voice message: m.audio marked MSC3245, its body a label, no filename.
+    said = await send_file(human, room, voice, msgtype="m.audio", mimetype="audio/ogg",
+                           name="Voice message.ogg", info={"duration": 1200},
+                           extra={"org.matrix.msc3245.voice": {},
+                                  "org.matrix.msc1767.audio": {"duration": 1200}})
+    pdf = PDF + os.urandom(500)
+    filed = await send_file(human, room, pdf, msgtype="m.file", mimetype="application/pdf",
+                            name="report.pdf", caption="summarise this please")
+    await eventually_async(lambda: _attached_both(app, said, filed), timeout=30)
+    owner = f"matrix:{person.user_id}"
+    assert await media_rows(app) == [
+        {"id": hashlib.sha256(voice).hexdigest(), "type": "audio/ogg", "bytes": len(voice),
+         "name": "Voice message.ogg", "owner": owner},
+        {"id": hashlib.sha256(pdf).hexdigest(), "type": "application/pdf", "bytes": len(pdf),
+         "name": "report.pdf", "owner": owner}]
+    rows = await app.db.fetchall("SELECT client_id, text FROM inbox ORDER BY id")
+    assert [(r["client_id"], r["text"]) for r in rows] == [
+        (said, ""), (filed, "summarise this please")]
+
+
+async def _attached_both(app: App, *events: str) -> bool:
+    return all([await attached(app, e) for e in events])
+
+
+def test_a_quoted_notice_shows_as_a_quote_in_matrix() -> None:
+    """The worker tells a voice message's transcript as a notice starting with "> ": Matrix
+    clients show it as a quote (a notice, so it never pings)."""
+    out = Outbound(ThreadId("!room:localhost"), OutKind.MESSAGE, "> buy milk and eggs",
+                   role=Role.SYSTEM)
+    [content] = reply_contents(out, MarkdownRenderer())
+    assert content["msgtype"] == "m.notice"
+    assert content["body"] == "> buy milk and eggs"
+    assert content["formatted_body"].startswith("<blockquote>"), content["formatted_body"]
+    assert "buy milk and eggs" in content["formatted_body"]

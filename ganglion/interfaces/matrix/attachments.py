@@ -39,8 +39,11 @@ class Attachment:
 
     msgtype: str
     url: str
+    filename: str | None
+    """The file's name (``filename``, else ``body``: MSC2530), as the sender's client gave
+    it; the media store cleans and keeps it."""
     name: str
-    """The file's name (``filename``, else ``body``), as the sender's client gave it."""
+    """The same on one line, for what the person is told ("the file" without one)."""
     caption: str
     """The message's text: ``body`` when a ``filename`` differs from it (MSC2530), else ""."""
     size: int | None = None
@@ -73,14 +76,15 @@ def attachment_of(event: Any) -> Attachment | str:
     info = content.get("info")
     info = info if isinstance(info, dict) else {}
     body, filename = content.get("body"), content.get("filename")
-    name = filename if isinstance(filename, str) and filename else body
-    name = " ".join(str(name or "").split())[:NAME_CHARS] or "the file"
+    given = filename if isinstance(filename, str) and filename else body
+    given = given if isinstance(given, str) and given else None
+    name = " ".join((given or "").split())[:NAME_CHARS] or "the file"
     if msgtype == "m.video":
         return (f"I cannot take videos ({name}): send an image, a voice message or a file "
                 "(PDF, text, CSV).")
     size = info.get("size")
     common: dict[str, Any] = {
-        "msgtype": msgtype, "name": name, "caption": caption_of(event),
+        "msgtype": msgtype, "filename": given, "name": name, "caption": caption_of(event),
         "size": size if isinstance(size, int) and not isinstance(size, bool) else None,
         "voice": VOICE in content}
     file = content.get("file")
@@ -140,7 +144,7 @@ class Fetcher:
             if body.length is not None and body.length > self.store.max_bytes:
                 raise MediaTooLarge(self.store.too_large(body.length))
             if att.key is None:
-                return await self.store.receive(body.chunks, owner)
+                return await self.store.receive(body.chunks, owner, att.filename)
             ciphertext = await _read_all(body.chunks, self.store.max_bytes)
         try:
             # nio's helper takes the whole ciphertext; it is bounded by media.max_bytes (AES
@@ -152,7 +156,7 @@ class Fetcher:
             raise Refused(f"I did not keep {att.name}: its content does not match the hash "
                           "its message gives (damaged, or changed on the way), or it cannot "
                           "be decrypted with the key it came with.") from None
-        return await self.store.receive(_one(plain), owner)
+        return await self.store.receive(_one(plain), owner, att.filename)
 
 
 async def _read_all(chunks: AsyncIterator[bytes], limit: int) -> bytes:
