@@ -5,8 +5,8 @@ own events and senders outside ``matrix.allowed_users`` never become work (rooms
 ``matrix.allowed_rooms`` are skipped whole, before their events are read); an edit of an
 earlier message is not a new question; the quote a reply carries is left out (the message
 it replies to is given whole, fenced: ``with_quote``); a message in an ``m.thread`` is that
-thread's. The Matrix event id is the message's ``client_id``, so the bus stores each event
-once.
+thread's; a media message's text is its caption (its file comes through ``intake``). The
+Matrix event id is the message's ``client_id``, so the bus stores each event once.
 """
 
 from __future__ import annotations
