@@ -25,6 +25,8 @@ class HomeserverProxy:
         self.fail: re.Pattern[str] | None = None
         """Requests whose ``METHOD path`` matches get ``fail_status`` while this is set."""
         self.fail_status = 502
+        self.fail_errcode: str | None = None
+        """The Matrix error code of a refusal (by default from ``fail_status``)."""
         self.fail_times: int | None = None
         """If set, ``fail`` is cleared after this many refusals."""
         self.failed: list[str] = []
@@ -84,7 +86,8 @@ class HomeserverProxy:
                 if self.fail_times is not None and len(self.failed) >= self.fail_times:
                     self.fail = None
                 self._failures.notify_all()
-            errcode = "M_FORBIDDEN" if self.fail_status == 403 else "M_UNKNOWN"
+            errcode = self.fail_errcode or (
+                "M_FORBIDDEN" if self.fail_status == 403 else "M_UNKNOWN")
             return web.json_response({"errcode": errcode, "error": "proxy: refused"},
                                      status=self.fail_status)
         assert self._session is not None

@@ -23,11 +23,12 @@ from conftest import AppFactory, eventually, eventually_async, merge
 from fake_llm import FakeLLM, image_parts, user_messages
 from hs_proxy import HomeserverProxy, hs_proxy  # noqa: F401  (fixture)
 from matrix_rooms import joined_room, matrix_section, send_content, start_bot
-from nio import UploadResponse
+from nio import Event, UploadResponse
 from PIL import Image
 from synapse import Human, HumanFactory, MatrixUser, Synapse
 
 from ganglion.app import App
+from ganglion.interfaces.matrix.attachments import Attachment, attachment_of, caption_of
 from ganglion.interfaces.matrix.outbound import reply_contents
 from ganglion.messages import Outbound, OutKind, Role, ThreadId
 from ganglion.render import MarkdownRenderer
@@ -305,3 +306,55 @@ def test_a_quoted_notice_shows_as_a_quote_in_matrix() -> None:
     assert content["body"] == "> buy milk and eggs"
     assert content["formatted_body"].startswith("<blockquote>"), content["formatted_body"]
     assert "buy milk and eggs" in content["formatted_body"]
+
+
+@pytest.mark.matrix
+async def test_a_homeserver_without_authenticated_media_is_asked_on_the_legacy_api(
+    hs_proxy: HomeserverProxy,  # noqa: F811
+    synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
+    humans: HumanFactory, tmp_path: Path,
+) -> None:
+    app, human, room, bot = await bot_behind(hs_proxy, synapse, app_factory, humans, tmp_path)
+    # What a homeserver older than Matrix 1.11 answers on the authenticated media API.
+    hs_proxy.fail = re.compile(r"^GET /_matrix/client/v1/media/download/")
+    hs_proxy.fail_status, hs_proxy.fail_errcode = 404, "M_UNRECOGNIZED"
+    await send_file(human, room, photo(12, 12), caption="old server")
+    told = await human.next_message(room, bot.user_id, 0)
+    downloads = [r for r in hs_proxy.seen if DOWNLOADS.search(r)]
+    assert [r.split("/download/")[0] for r in downloads] == [
+        "GET /_matrix/client/v1/media", "GET /_matrix/media/v3"], told.body
+    # This Synapse serves media uploaded since authenticated media came in only on the new
+    # API (enable_authenticated_media), so the legacy one has it not: the person is told.
+    assert told.body == ("I could not download photo.png: the file is not on the homeserver "
+                         "(deleted, or never uploaded). Please send it again.")
+    assert await media_rows(app) == []
+
+
+def media_event(content: dict[str, Any]) -> Any:
+    return Event.parse_event({"type": "m.room.message", "event_id": "$e", "sender": "@a:b",
+                              "origin_server_ts": 1, "content": content})
+
+
+def test_what_a_media_event_says_of_its_file() -> None:
+    plain = media_event({"msgtype": "m.image", "body": "cat.png", "url": "mxc://b/abc",
+                         "info": {"size": 1234}})
+    assert attachment_of(plain) == Attachment(msgtype="m.image", url="mxc://b/abc",
+                                              filename="cat.png", name="cat.png", caption="",
+                                              size=1234)
+    # MSC2530: a body that differs from the filename is the caption.
+    captioned = media_event({"msgtype": "m.file", "body": "read this\nplease",
+                             "filename": "a.pdf", "url": "mxc://b/x", "info": {"size": True}})
+    att = attachment_of(captioned)
+    assert isinstance(att, Attachment)
+    assert (att.filename, att.caption, att.size) == ("a.pdf", "read this\nplease", None)
+    assert caption_of(plain) == ""
+    voice = media_event({"msgtype": "m.audio", "body": "Voice message", "url": "mxc://b/v",
+                         "org.matrix.msc3245.voice": {}})
+    att = attachment_of(voice)
+    assert isinstance(att, Attachment) and att.voice and att.filename == "Voice message"
+    video = media_event({"msgtype": "m.video", "body": "clip.mp4", "url": "mxc://b/c"})
+    assert attachment_of(video) == ("I cannot take videos (clip.mp4): send an image, a voice "
+                                    "message or a file (PDF, text, CSV).")
+    unnamed = media_event({"msgtype": "m.image", "body": "", "url": "mxc://b/d"})
+    att = attachment_of(unnamed)
+    assert isinstance(att, Attachment) and (att.filename, att.name) == (None, "the file")
