@@ -29,7 +29,7 @@ CHUNK = 64 * 1024
 AUTHENTICATED = "/_matrix/client/v1/media/download"
 LEGACY = "/_matrix/media/v3/download"
 _MXC = re.compile(r"\Amxc://([A-Za-z0-9.\-:\[\]]+)/([A-Za-z0-9_\-]+)\Z")
-TIMEOUT = aiohttp.ClientTimeout(total=300, connect=15, sock_read=30)
+TIMEOUT = aiohttp.ClientTimeout(total=600, connect=15, sock_read=30)
 """A stalled homeserver fails the attempt (and is asked again) instead of holding it."""
 
 

@@ -29,6 +29,10 @@ from ganglion.messages import ThreadId
 
 log = logging.getLogger(__name__)
 
+DOWNLOADS_AT_ONCE = 3
+"""Files fetched at the same time; the others wait their turn (an encrypted file is held
+whole in memory to be decrypted: at most this many times ``media.max_bytes``)."""
+
 Submit = Callable[[str, Any, float, tuple[str, ...]], Awaitable[None]]
 """(room id, event, arrived, media ids) -> the message is on the bus; NotStored if the disk
 refused it."""
@@ -58,6 +62,7 @@ class Intake:
         """Event id -> the sync token it came after, for each event not yet on the bus,
         oldest first."""
         self._tasks: set[asyncio.Task[None]] = set()
+        self._downloads = asyncio.Semaphore(DOWNLOADS_AT_ONCE)
 
     def busy(self, thread_id: ThreadId) -> bool:
         """A message of this thread is still on its way: later ones queue behind it."""
@@ -128,11 +133,13 @@ class Intake:
         try:
             if isinstance(att, str):
                 raise Refused(att)
-            media = await self.fetcher.fetch(client, att, owner=f"matrix:{event.sender}")
+            async with self._downloads:
+                media = await self.fetcher.fetch(client, att, owner=f"matrix:{event.sender}")
         except Refused as err:
             log.info("[%s] refused the file of %s: %s", thread, event.event_id, err)
             await self._tell(str(err), thread)
             return None
-        log.info("[%s] stored %s of %s as %s (%s, %d bytes)", thread, att.msgtype,
-                 event.event_id, media.id[:16], media.type, media.bytes)
+        log.info("[%s] stored the %s of %s as %s (%s, %d bytes)", thread,
+                 "voice message" if att.voice else att.msgtype, event.event_id, media.id[:16],
+                 media.type, media.bytes)
         return media.id
