@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from conftest import WEB_TOKEN, AppFactory, connect, daemon_config
 from daemon import Daemon
 from fake_llm import FakeLLM, Reply, tool_results, user_messages
@@ -21,7 +22,8 @@ from pypdf import PdfWriter
 from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 
 from ganglion.app import App
-from ganglion.toolbox import workspace_dir
+from ganglion.toolbox import tool_workspace, workspace_dir
+from ganglion.turn.inbox_files import InboxFiles
 
 HEARD = "hello from a voice note"
 
@@ -164,6 +166,33 @@ async def test_an_stt_server_down_or_failing_is_a_clear_notice_and_the_text_is_a
     await chat.close()
 
 
+async def test_convert_without_ffmpeg_says_so_and_a_wav_needs_no_conversion(
+    app_factory: AppFactory, fake_llm: FakeLLM, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no ffmpeg, wherever this runs
+    app = await app_factory(stt(fake_llm, convert=True))
+    ogg = b"OggS\x00\x02" + bytes(20) + b"\x01\x13OpusHead\x01\x01" + bytes(400)
+    _, voice = await upload(app, ogg)
+    _, recorded = await upload(app, wav())
+    assert (voice["type"], recorded["type"]) == ("audio/ogg", "audio/wav")
+    fake_llm.script(Reply(text="one of two"))
+    chat = await connect(app)
+    await chat.send_raw({"type": "send", "id": "m1",
+                         "attachments": [voice["id"], recorded["id"]]})
+    heard = await chat.reply()
+    assert heard["text"] == f"🎤 “{HEARD}”"  # the WAV went as it was
+    told = await chat.reply()
+    assert "stt.convert is on but ffmpeg is not on PATH" in told["text"]
+    assert (await chat.reply())["text"] == "one of two"
+    (sent,) = fake_llm.transcriptions
+    assert sent.filename == "voice.wav" and sent.data == wav()
+    assert user_messages(fake_llm.requests[-1])[-1]["content"] == (
+        f"[voice message: not transcribed]\n[voice message] {HEARD}")
+    await chat.close()
+
+
 async def test_a_pdf_lands_in_the_workspace_inbox_with_its_text_for_the_file_tools(
     app_factory: AppFactory, fake_llm: FakeLLM
 ) -> None:
@@ -269,3 +298,19 @@ async def test_sigkill_after_the_transcript_reruns_with_it_and_transcribes_once(
     notices = db.execute("SELECT content FROM messages WHERE role = 'notice'").fetchall()
     assert notices == [(f"🎤 “{HEARD}”",)]
     db.close()
+
+
+async def test_a_pdf_reader_past_its_deadline_is_killed_and_the_file_still_saved(
+    app_factory: AppFactory
+) -> None:
+    app = await app_factory()
+    # A deadline no child process can meet (Python alone takes longer to start): the path a
+    # hostile PDF that keeps pypdf busy takes, without needing such a PDF.
+    files = InboxFiles(app.media, tool_workspace(app.loaded), pdf_seconds=0.001)
+    _, info = await upload(app, pdf("slow"), "slow.pdf")
+    (media,) = await app.media.attachable([info["id"]], "web")
+    line = await files.save(media)
+    assert line.startswith("[file: inbox/slow.pdf, ")
+    assert line.endswith("its text could not be read within 0.001 s]")
+    inbox = workspace_dir(app.loaded) / "inbox"
+    assert sorted(p.name for p in inbox.iterdir()) == ["slow.pdf"]

@@ -80,6 +80,9 @@ class Hearing:
                         err.message)
             raise HearingError(f"the speech-to-text server refused it ({err.status_code}: "
                                f"{err.message[:200]})") from None
+        except openai.APIError as err:  # an answer that is not a transcription
+            raise HearingError(f"the speech-to-text server's answer could not be read "
+                               f"({type(err).__name__})") from None
         text = result.text if isinstance(result.text, str) else ""
         return " ".join(text.split())
 
