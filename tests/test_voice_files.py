@@ -22,6 +22,8 @@ from pypdf import PdfWriter
 from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 
 from ganglion.app import App
+from ganglion.config import masked_dump, parse_config, secret_values
+from ganglion.errors import ConfigError
 from ganglion.toolbox import tool_workspace, workspace_dir
 from ganglion.turn.inbox_files import InboxFiles
 
@@ -314,3 +316,12 @@ async def test_a_pdf_reader_past_its_deadline_is_killed_and_the_file_still_saved
     assert line.endswith("its text could not be read within 0.001 s]")
     inbox = workspace_dir(app.loaded) / "inbox"
     assert sorted(p.name for p in inbox.iterdir()) == ["slow.pdf"]
+
+
+def test_the_stt_key_is_a_secret_and_unknown_stt_keys_are_refused() -> None:
+    config = parse_config({"stt": {"base_url": "http://127.0.0.1:9/v1",
+                                   "api_key": "sk-stt-0123456789"}}, env={})
+    assert masked_dump(config)["stt"]["api_key"] == "***"
+    assert "sk-stt-0123456789" in secret_values(config)
+    with pytest.raises(ConfigError, match=r"stt\.timeout"):
+        parse_config({"stt": {"timeout": 5}}, env={})
