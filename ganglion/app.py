@@ -42,7 +42,7 @@ from ganglion.storage.reminders import HeartbeatLedger, ReminderStore
 from ganglion.storage.retention import Retention
 from ganglion.storage.usage import UsageLog
 from ganglion.tool_names import TOOL_NAMES, mcp_server_of
-from ganglion.toolbox import builtin_tools, workspace_dir
+from ganglion.toolbox import builtin_tools, tool_workspace, workspace_dir
 from ganglion.tools.listing import ToolsCommand
 from ganglion.tools.policy import Approvals, ToolPolicy, ToolRunner
 from ganglion.tools.registry import ToolRegistry
@@ -51,6 +51,7 @@ from ganglion.tools.web import web_tools
 from ganglion.triggers import local_zone, new_scheduler, stop_scheduler, zone_clock
 from ganglion.triggers.heartbeat import Heartbeat, HeartbeatReviews
 from ganglion.triggers.reminders import Reminders
+from ganglion.turn.attachments import Attachments
 from ganglion.turn.compaction import Compactor
 from ganglion.turn.memory_flush import MemoryFlush
 from ganglion.turn.title import Titler
@@ -176,6 +177,8 @@ class App:
         self.titler = Titler(self.llm, self.conversations, self.router, summariser,
                              idle=lambda: self.bus.wait_idle())  # noqa: PLW0108 (built below)
         self._stops.append(("titles", self.titler.stop))
+        attachments = Attachments(self.media, cfg.stt, tool_workspace(self.loaded))
+        self._stops.append(("speech to text", attachments.close))
         self.worker = Worker(
             llm=self.llm, history=self.history, router=self.router, files=self.files,
             tools=self.tools, runner=self.tool_runner, commands=self.commands,
@@ -190,6 +193,7 @@ class App:
             on_turn_done=metrics.turn_done,
             vision=Vision(self.media, cfg.llm.sees_images, cfg.media.max_image_pixels,
                           cfg.media.history_images),
+            attachments=attachments,
         )
         self.bus = Bus(self.inbox, self.worker, cfg.bus.max_turns_in_flight)
         metrics.read_queue(self.bus.depth, self.bus.in_flight)

@@ -23,6 +23,7 @@ from ganglion.config_matrix import MatrixConfig
 from ganglion.config_mcp import McpConfig
 from ganglion.config_media import MediaConfig
 from ganglion.config_source import expand_env, expand_tree, loc_text, read_yaml
+from ganglion.config_stt import SttConfig
 from ganglion.config_tools import ToolsConfig
 from ganglion.config_web import WebConfig
 from ganglion.errors import ConfigError
@@ -211,6 +212,7 @@ class Config(_Section):
     mcp: McpConfig = McpConfig()
     tools: ToolsConfig = ToolsConfig()
     media: MediaConfig = MediaConfig()
+    stt: SttConfig = SttConfig()
 
     @field_validator("tools")
     @classmethod
@@ -339,6 +341,7 @@ def secret_values(config: Config) -> list[str]:
     for e in config.llm.endpoints:  # https://user:password@host: all of it, and the password
         values += url_secrets(e.base_url)
     values += url_secrets(config.tools.web.search_url)
+    values += [config.stt.api_key, *url_secrets(config.stt.base_url or "")]
     for server in config.mcp.servers.values():  # env values and headers given literally
         values += server.secrets
         values += url_secrets(server.url or "")

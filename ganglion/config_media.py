@@ -14,7 +14,7 @@ from ganglion.config_base import Section
 
 
 class MediaConfig(Section):
-    """Uploads and what the model is shown of them. See README, "Images"."""
+    """Uploads and what the model is shown of them. See README, "Images, voice and files"."""
 
     max_bytes: Annotated[int, Field(ge=1024, le=1 << 31)] = 20 * 1024 * 1024
     """The largest file accepted; a larger upload is refused (413) as it streams in."""

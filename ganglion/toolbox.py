@@ -38,20 +38,36 @@ def workspace_dir(loaded: LoadedConfig) -> Path:
     return loaded.path(cfg.workspace) if cfg.workspace else loaded.data_dir
 
 
+def tool_workspace(loaded: LoadedConfig) -> Workspace:
+    """The file tools' workspace, its private files hidden (files people send are saved
+    into its inbox/ through it)."""
+    work = workspace_dir(loaded)
+    return Workspace(work, _private(loaded, work), [loaded.source] if loaded.source else [])
+
+
+def _private(loaded: LoadedConfig, work: Path) -> list[str]:
+    """Name patterns the file tools never show nor touch."""
+    config = loaded.config
+    data_dir = loaded.data_dir
+    private = list(config.tools.private_files)
+    # The daemon's own files stay private whatever tools.private_files says; so do the
+    # media store (data/media/: images reach the model as images; the files people send
+    # are copied into the workspace's inbox/, which is theirs).
+    for own in (loaded.path(config.matrix.store_path), data_dir / WEB_TOKEN,
+                data_dir / LOCK_FILE, data_dir / MEDIA_DIR):
+        for root in (work, data_dir):
+            if own.resolve().is_relative_to(root.resolve()):
+                private.append(own.resolve().relative_to(root.resolve()).as_posix())
+    return private
+
+
 def builtin_tools(loaded: LoadedConfig, files: DataFiles) -> tuple[list[ToolFunc], Shell]:
     """The memory, file and shell tools, and the shell (it describes a call for approval)."""
     config = loaded.config
     cfg = config.tools
     data_dir = loaded.data_dir
     work = workspace_dir(loaded)
-    private = list(cfg.private_files)
-    # The daemon's own files stay private whatever tools.private_files says; so do the
-    # files people sent (data/media/: they reach the model as images, not as files).
-    for own in (loaded.path(config.matrix.store_path), data_dir / WEB_TOKEN,
-                data_dir / LOCK_FILE, data_dir / MEDIA_DIR):
-        for root in (work, data_dir):
-            if own.resolve().is_relative_to(root.resolve()):
-                private.append(own.resolve().relative_to(root.resolve()).as_posix())
+    private = _private(loaded, work)
     scripts = data_dir / SCRIPTS_DIR
     shell = Shell(scripts, shell_environment(os.environ, cfg.shell_env,
                                              secret_values(config), scripts),

@@ -26,6 +26,7 @@ from ganglion.storage.files import BASE_PROMPT, HEARTBEATS, MEMORIES, DataFiles
 from ganglion.storage.history import NEW_CONVERSATION, History, NewMessage, StoredMessage
 from ganglion.tools.policy import ToolRunner
 from ganglion.tools.registry import ToolRegistry
+from ganglion.turn.attachments import Attachments
 from ganglion.turn.budget import Calibration, fixed_tokens
 from ganglion.turn.compaction import Compactor, context_size
 from ganglion.turn.journal import StepJournal, tool_steps
@@ -92,6 +93,7 @@ class Worker:
         titles: Titler | None = None,
         on_turn_done: Callable[[float], None] | None = None,
         vision: Vision | None = None,
+        attachments: Attachments | None = None,
     ) -> None:
         self.history = history
         self.on_turn_done = on_turn_done
@@ -118,6 +120,8 @@ class Worker:
         """Asks a web conversation's short title after its first exchange (background)."""
         self.vision = vision
         """Puts the context's images into the prompt (None: no media store, text only)."""
+        self.attachments = attachments
+        """Transcribes a message's voice and saves its files before the turn (None: not)."""
         self.calibration = Calibration()
         self.progress = Progress(router)
         self.journal = StepJournal(history)
@@ -214,7 +218,13 @@ class Worker:
                 return []
             context = light
         else:
-            await self.history.begin_turn(msg, msg.text)
+            ready = (await self.attachments.prepare(msg, await self.history.context(tid))
+                     if self.attachments is not None and msg.attachments else None)
+            await self.history.begin_turn(msg, ready.text if ready else msg.text)
+            for line in ready.notices if ready else ():  # now: the words before the answer
+                await self.router.broadcast(line, tid)
+            if ready is not None and not ready.answer:
+                return []
             context = await self.history.context(tid)
         # A run of this turn that was cut off (crash, restart) resumes after the tool calls
         # it made: they are not made again.
@@ -246,7 +256,8 @@ class Worker:
         new = await self.loop.run(msg, list(seen), new, offer,
                                   allow_empty=reviews is not None,
                                   estimate=overhead + context_size(context))
-        blind = vision.cannot_see(msg.attachments, model) if vision is not None else None
+        blind = (await vision.cannot_see(msg.id, model)
+                 if vision is not None and msg.attachments else None)
         if blind is not None:  # told first, then the answer to the text
             new.insert(0, notice(msg, blind))
         if self.titles is not None and reviews is None:  # the text: the title model may be blind

@@ -1,4 +1,5 @@
-"""A fake OpenAI-compatible HTTP server with scripted replies, for the tests and benchmarks.
+"""A fake OpenAI-compatible HTTP server with scripted replies (and transcriptions), for the
+tests and benchmarks.
 
 Place in the flow: it stands where a real model server stands, on the far side of
 ``ganglion.llm.client``. Replies are queued with ``script()``; with nothing queued it echoes the
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest_asyncio
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 ToolCallSpec = tuple[str, "dict[str, Any] | str"]
 
@@ -94,6 +95,17 @@ def _last_user_text(body: dict[str, Any]) -> str:
     return ""
 
 
+@dataclass(frozen=True)
+class Transcribed:
+    """One audio upload the fake received."""
+
+    model: str
+    filename: str
+    content_type: str
+    data: bytes
+    language: str | None
+
+
 class FakeLLM:
     """An aiohttp server speaking enough of the OpenAI API for Ganglion: chat and models."""
 
@@ -111,6 +123,12 @@ class FakeLLM:
         """Model lists served (GET /models): the daemon's start-up probe, for one."""
         self.models_held: asyncio.Event | None = None
         """When set to an event, model lists are answered only once the test sets it."""
+        self.transcriptions: list[Transcribed] = []
+        """Audio uploads to /audio/transcriptions, in arrival order."""
+        self.transcript = "hello from a voice note"
+        """What every transcription answers."""
+        self.transcription_error: int | None = None
+        """When set, transcriptions are answered with this HTTP status instead."""
         self._script: deque[Reply | ReplyFactory] = deque()
         self.default: ReplyFactory | None = None
         """What answers when nothing is scripted (None: an echo of the last user message)."""
@@ -154,11 +172,13 @@ class FakeLLM:
         self.max_in_flight = self.in_flight
         self.disconnects = 0
         self.model_lists = 0
+        self.transcriptions.clear()
 
     async def start(self, port: int = 0) -> None:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/audio/transcriptions", self._transcribe)
         # handler_cancellation: a client hanging up cancels its handler, as with a real server.
         runner = web.AppRunner(
             app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None
@@ -192,6 +212,28 @@ class FakeLLM:
         self.model_lists += 1
         self._notify()
         return web.json_response({"object": "list", "data": data})
+
+    async def _transcribe(self, request: web.Request) -> web.Response:
+        """OpenAI's transcription upload: a multipart form with "model" and "file" (its
+        filename's extension names the format), "language" optional."""
+        if not request.content_type.startswith("multipart/form-data"):
+            return _error(400, "expected multipart/form-data", "invalid_request_error")
+        fields: dict[str, str] = {}
+        file: tuple[str, str, bytes] | None = None
+        async for part in await request.multipart():
+            assert isinstance(part, BodyPartReader)
+            if part.name == "file":
+                file = (part.filename or "", part.headers.get("Content-Type", ""),
+                        await part.read())
+            elif part.name:
+                fields[part.name] = await part.text()
+        if file is None or not file[2] or not fields.get("model"):
+            return _error(400, "model and file are required", "invalid_request_error")
+        self.transcriptions.append(Transcribed(fields["model"], *file, fields.get("language")))
+        self._notify()
+        if self.transcription_error is not None:
+            return _error(self.transcription_error, "transcription failed", "server_error")
+        return web.json_response({"text": self.transcript})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         try:

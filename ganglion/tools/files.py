@@ -202,8 +202,11 @@ class Workspace:
 
     def write_text(self, path: str, text: str, *, mode: int = 0o600) -> bool:
         """Replace (or create) a file atomically (``replace_in``); True if it was created."""
+        return self.write_bytes(path, text.encode("utf-8"), mode=mode)
+
+    def write_bytes(self, path: str, data: bytes, *, mode: int = 0o600) -> bool:
+        """``write_text`` for bytes (a PDF someone sent)."""
         parts = self.parts(path)
-        data = text.encode("utf-8")
         with self.folder(parts[:-1], create=True) as dfd:
             name = parts[-1]
             try:

@@ -102,15 +102,21 @@ class Vision:
         """media id -> data URL, least recently used first."""
         self._cached = cached
 
-    def cannot_see(self, attachments: Sequence[str], model: str) -> str | None:
+    async def cannot_see(self, inbox_id: int, model: str) -> str | None:
         """The notice for a message with images to a model that cannot see them, or None."""
-        return CANNOT_SEE.format(model=model) if attachments and not self.sees(model) else None
+        if self.sees(model):
+            return None
+        media = (await self.store.of_inboxes([inbox_id])).get(inbox_id, [])
+        return CANNOT_SEE.format(model=model) if any(m.is_image for m in media) else None
 
     async def look(self, context: Sequence[StoredMessage], model: str) -> Looks:
         if not await self.store.any_media():  # a daemon that never saw an image: no query
             return Looks()
         users = [m.inbox_id for m in context if m.role == "user" and m.inbox_id]
-        attached = await self.store.of_inboxes(users) if users else {}
+        # Audio and files reached the model as text (turn/attachments.py): images only here.
+        attached = {i: images for i, media in
+                    (await self.store.of_inboxes(users) if users else {}).items()
+                    if (images := [m for m in media if m.is_image])}
         if not attached:
             return Looks()
         recent = users[-self.history_images:] if self.history_images else []
