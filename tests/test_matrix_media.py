@@ -32,6 +32,7 @@ from ganglion.interfaces.matrix.attachments import Attachment, attachment_of, ca
 from ganglion.interfaces.matrix.outbound import reply_contents
 from ganglion.messages import Outbound, OutKind, Role, ThreadId
 from ganglion.render import MarkdownRenderer
+from ganglion.turn.attachments import HEARD, NOTHING_HEARD
 
 VISION = {"llm": {"vision_models": ["fake-model"]}}
 OGG_OPUS = b"OggS\x00\x02" + bytes(20) + b"\x01\x13OpusHead\x01\x01"
@@ -265,9 +266,13 @@ async def test_a_voice_message_and_a_pdf_reach_the_store_with_their_names(
     synapse: Synapse, app_factory: AppFactory, fake_llm: FakeLLM,
     humans: HumanFactory, tmp_path: Path,
 ) -> None:
-    """Needs the voice branch's media store (audio and PDF by content, names): merged here."""
+    """Needs the voice branch (audio and PDF by content, names, transcription): merged here."""
     bot, person = await synapse.register("bot"), await synapse.register("human")
-    app = await start_bot(app_factory, synapse, bot, [person.user_id], tmp_path / "store")
+    app = await app_factory(merge(
+        matrix_section(synapse, bot, [person.user_id], tmp_path / "store"),
+        {"stt": {"base_url": fake_llm.base_url, "model": "whisper-test"}}))
+    assert app.matrix is not None
+    await asyncio.wait_for(app.matrix.ready.wait(), 20)
     human = await humans(person)
     room = await joined_room(human, bot)
 
@@ -290,22 +295,35 @@ async def test_a_voice_message_and_a_pdf_reach_the_store_with_their_names(
     rows = await app.db.fetchall("SELECT client_id, text FROM inbox ORDER BY id")
     assert [(r["client_id"], r["text"]) for r in rows] == [
         (said, ""), (filed, "summarise this please")]
+    # The transcript is shown as a quote before the answer, which answers the words.
+    heard = await human.next_message(room, bot.user_id, 0)
+    assert type(heard).__name__ == "RoomMessageNotice"
+    assert heard.body == "> 🎤 “hello from a voice note”"
+    assert heard.formatted_body.startswith("<blockquote>")
+    answer = await human.next_message(room, bot.user_id, 1)
+    assert answer.body == "echo: [voice message] hello from a voice note"
+    assert [t.model for t in fake_llm.transcriptions] == ["whisper-test"]
 
 
 async def _attached_both(app: App, *events: str) -> bool:
     return all([await attached(app, e) for e in events])
 
 
-def test_a_quoted_notice_shows_as_a_quote_in_matrix() -> None:
-    """The worker tells a voice message's transcript as a notice starting with "> ": Matrix
-    clients show it as a quote (a notice, so it never pings)."""
-    out = Outbound(ThreadId("!room:localhost"), OutKind.MESSAGE, "> buy milk and eggs",
-                   role=Role.SYSTEM)
-    [content] = reply_contents(out, MarkdownRenderer())
+def test_a_transcript_notice_shows_as_a_quote_in_matrix() -> None:
+    """The worker tells a voice message's transcript as a notice (turn/attachments.HEARD):
+    Matrix clients show it as a quote, an m.notice (it never pings); other notices as they
+    are."""
+    heard = HEARD.format("buy milk <and> eggs")
+    [content] = reply_contents(Outbound(ThreadId("!room:localhost"), OutKind.MESSAGE, heard,
+                                        role=Role.SYSTEM), MarkdownRenderer())
     assert content["msgtype"] == "m.notice"
-    assert content["body"] == "> buy milk and eggs"
+    assert content["body"] == f"> {heard}"
     assert content["formatted_body"].startswith("<blockquote>"), content["formatted_body"]
-    assert "buy milk and eggs" in content["formatted_body"]
+    assert "buy milk &lt;and&gt; eggs" in content["formatted_body"]
+    for other in (NOTHING_HEARD, "The current model (x) cannot see images."):
+        [content] = reply_contents(Outbound(ThreadId("!room:localhost"), OutKind.MESSAGE,
+                                            other, role=Role.SYSTEM), MarkdownRenderer())
+        assert content["body"] == other
 
 
 @pytest.mark.matrix

@@ -11,6 +11,7 @@ import asyncio
 import html
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,6 +24,9 @@ MAX_CONTENT_BYTES = 40_000
 """An event may hold 64 KiB once encrypted (base64 adds a third): longer replies are split."""
 CHUNK_CHARS = 12_000
 TOOL_CALL_CHARS = 160
+HEARD = re.compile(r"\A🎤 “[^\n]*”\Z")
+"""A voice message's transcript as the worker tells it (``turn/attachments.py``'s HEARD,
+one line): shown in a room as a quote, so it reads as the person's words, not the bot's."""
 
 
 def reply_contents(out: Outbound, renderer: MarkdownRenderer) -> list[dict[str, Any]]:
@@ -31,6 +35,8 @@ def reply_contents(out: Outbound, renderer: MarkdownRenderer) -> list[dict[str, 
         return [tool_notice(out.text)]
     notice = out.role is Role.SYSTEM  # notices never ping
     text = out.text
+    if notice and HEARD.match(text):
+        text = "> " + text  # Markdown's quote: "> " in the body, <blockquote> in the HTML
     contents = [_content(text, notice, renderer)]
     if len(json.dumps(contents[0])) > MAX_CONTENT_BYTES:
         contents = [_content(part, notice, renderer) for part in split_text(text, CHUNK_CHARS)]
