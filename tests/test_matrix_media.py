@@ -53,13 +53,16 @@ async def send_file(human: Human, room: str, data: bytes, *, name: str = "photo.
                     encrypt: bool = True, caption: str | None = None,
                     info: dict[str, Any] | None = None,
                     keys: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
-                    ) -> str:
+                    hold: HomeserverProxy | None = None) -> str:
     """Upload ``data`` (encrypted with nio's helper when ``encrypt``) and send the media
-    event as Element does; ``keys`` replaces parts of the decryption info (a wrong hash)."""
+    event as Element does; ``keys`` replaces parts of the decryption info (a wrong hash);
+    ``hold``: the proxy holds the downloads of this file."""
     resp, decryption = await human.client.upload(io.BytesIO(data), content_type=mimetype,
                                                  filename=name, encrypt=encrypt,
                                                  filesize=len(data))
     assert isinstance(resp, UploadResponse), resp
+    if hold is not None:
+        hold.hang = re.compile(re.escape(media_id_of(resp.content_uri)))
     content: dict[str, Any] = {
         "msgtype": msgtype, "body": caption if caption is not None else name,
         "filename": name, "info": {"size": len(data), "mimetype": mimetype, **(info or {})},
@@ -70,6 +73,10 @@ async def send_file(human: Human, room: str, data: bytes, *, name: str = "photo.
     else:
         content["url"] = resp.content_uri
     return await send_content(human, room, content)
+
+
+def media_id_of(mxc: str) -> str:
+    return mxc.rsplit("/", 1)[-1]
 
 
 async def media_rows(app: App) -> list[dict[str, Any]]:
@@ -233,13 +240,13 @@ async def test_downloads_leave_other_rooms_going_keep_the_order_and_survive_a_re
     first, human, room, bot = await bot_behind(hs_proxy, synapse, app_factory, humans,
                                                tmp_path)
     other = await joined_room(human, bot)
-    hs_proxy.hang = DOWNLOADS  # the homeserver takes the download and never answers
-    data = photo(20, 10)
-    image = await send_file(human, room, data, caption="look")
+    data = photo(20, 10)  # the homeserver takes its download and never answers
+    image = await send_file(human, room, data, caption="look", hold=hs_proxy)
     question = await human.send(room, "what is it?")
-    await human.send(other, "meanwhile")
+    meanwhile = await send_file(human, other, photo(10, 20), caption="meanwhile")
     assert (await human.next_message(other, bot.user_id, 0)).body == "echo: meanwhile"
-    await eventually(lambda: bool(hs_proxy.hung))
+    await eventually(lambda: len(hs_proxy.hung) == 1)
+    held = hs_proxy.hung[0]
     # The room's question waits behind its photo (never answered before it).
     assert human.messages_from(room, bot.user_id) == []
     rows = await first.db.fetchall("SELECT client_id FROM inbox")
@@ -259,6 +266,12 @@ async def test_downloads_leave_other_rooms_going_keep_the_order_and_survive_a_re
     await human.send(other, "and now?")
     assert (await human.next_message(other, bot.user_id, 1)).body == "echo: and now?"
     assert len(human.messages_from(room, bot.user_id)) == 2  # each answered once
+    # Read again from before the held photo, the other room's (on the bus already) was
+    # not downloaded again, nor answered again; the held one was, once.
+    downloads = [r for r in hs_proxy.seen if DOWNLOADS.search(r)]
+    assert (downloads.count(held), len(downloads)) == (2, 3)
+    assert len(human.messages_from(other, bot.user_id)) == 2
+    assert len(await attached(second, meanwhile)) == 1
 
 
 @pytest.mark.matrix
