@@ -114,8 +114,10 @@ def message_frame(renderer: MarkdownRenderer, mid: int, role: Role, text: str,
 
 
 def transcript(renderer: MarkdownRenderer, rows: Iterable[StoredMessage],
-               shown: Callable[[str], str]) -> list[dict[str, Any]]:
-    """The visible messages of a thread, for the page; ``shown`` masks what was queued."""
+               shown: Callable[[str], str],
+               files: dict[int, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+    """The visible messages of a thread, for the page; ``shown`` masks what was queued,
+    ``files`` are the attachments of user messages by inbox id."""
     entries = []
     for m in rows:
         if m.role not in ROLE_OF or (m.role == "assistant" and not m.content):
@@ -129,6 +131,8 @@ def transcript(renderer: MarkdownRenderer, rows: Iterable[StoredMessage],
             entry["name"] = m.name  # the tool's name, for the collapsed summary
         if cancelled:
             entry["cancelled"] = True
+        if files and m.role == "user" and m.inbox_id in files:
+            entry["attachments"] = files[m.inbox_id]
         entries.append(entry)
     return entries
 

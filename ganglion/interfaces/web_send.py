@@ -24,8 +24,9 @@ def checked_send(frame: dict[str, Any], limit: int) -> tuple[str, str] | Refused
     cid, text = frame.get("id"), frame.get("text")
     if not isinstance(cid, str) or not CLIENT_ID_RE.match(cid):
         return Refused("bad_frame", 'send needs "id": 1 to 64 visible ASCII characters')
-    if not isinstance(text, str) or not text.strip():
-        return Refused("bad_frame", 'send needs "text": a non-empty string', cid)
+    if not isinstance(text, str) or not (text.strip() or frame.get("attachments")):
+        return Refused("bad_frame", 'send needs "text": a non-empty string (or attachments)',
+                       cid)
     try:
         size = len(text.encode("utf-8"))
     except UnicodeEncodeError:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 from aiohttp import BodyPartReader, web
 
 from ganglion.interfaces.web_guard import BearerCheck
+from ganglion.interfaces.web_media import MediaFiles, media_json
 from ganglion.storage.media import MEDIA_ID_LEN, Media, MediaRefused, MediaStore, MediaTooLarge
 
 log = logging.getLogger(__name__)
@@ -27,17 +27,18 @@ CHUNK = 64 * 1024
 MAX_ATTACHMENTS = 10
 
 
-def media_json(media: Media) -> dict[str, Any]:
-    return {"id": media.id, "type": media.type, "bytes": media.bytes,
-            "width": media.width, "height": media.height}
-
-
 class Uploads:
     """The upload route of one web server, and the check of a frame's attachments."""
 
     def __init__(self, store: MediaStore, check: BearerCheck) -> None:
         self.store = store
         self._check = check
+        self.files = MediaFiles(store, check)
+        """GET /media/<id>, and the attachments the page's frames carry."""
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/upload", self.handle)
+        app.router.add_get("/media/{id}", self.files.handle)
 
     async def handle(self, request: web.Request) -> web.Response:
         refused = self._check(request)
@@ -55,19 +56,18 @@ class Uploads:
         log.info("web: stored upload %s (%s, %d bytes)", media.id[:16], media.type, media.bytes)
         return web.json_response(media_json(media))
 
-    async def attachments(self, value: object) -> tuple[str, ...]:
-        """The ids a ``send`` frame attaches, each an upload of this server; MediaRefused
+    async def attachments(self, value: object) -> list[Media]:
+        """What a ``send`` frame attaches, each an upload of this server; MediaRefused
         with what to say otherwise (and then the message is not stored)."""
         if value is None:
-            return ()
+            return []
         if not isinstance(value, list) or not all(
                 isinstance(v, str) and len(v) == MEDIA_ID_LEN for v in value):
             raise MediaRefused('"attachments" must be a list of ids the upload returned')
         if len(value) > MAX_ATTACHMENTS:
             raise MediaRefused(f"at most {MAX_ATTACHMENTS} attachments per message")
         ids = list(dict.fromkeys(v.lower() for v in value))
-        await self.store.attachable(ids, OWNER)
-        return tuple(ids)
+        return await self.store.attachable(ids, OWNER)
 
 
 async def _body(request: web.Request) -> AsyncIterator[bytes]:

@@ -210,3 +210,13 @@ class MediaStore:
                         self.path(r["id"]).unlink()
                     removed += 1
         return removed
+
+    async def readable(self, media_id: str, owner: str) -> Media | None:
+        """The media ``owner`` may read back: what it sent in, or what a stored message
+        attaches (``owner`` is the one person who sees every conversation and room: the
+        web page's). None for anything else."""
+        row = await self.db.fetchone(
+            "SELECT m.* FROM media m WHERE m.id = ?1 AND (EXISTS (SELECT 1 FROM media_owners o"
+            " WHERE o.media_id = m.id AND o.owner = ?2) OR EXISTS (SELECT 1 FROM media_refs r"
+            " WHERE r.media_id = m.id))", (media_id, owner))
+        return _media(row) if row is not None else None
