@@ -34,7 +34,7 @@ from ganglion.interfaces.web_guard import (
     bearer_check,
 )
 from ganglion.interfaces.web_login import hello
-from ganglion.interfaces.web_media import media_json
+from ganglion.interfaces.web_media import attachment_json
 from ganglion.interfaces.web_send import Refused, checked_send
 from ganglion.interfaces.web_static import StaticFiles
 from ganglion.interfaces.web_tab import Tab
@@ -356,7 +356,7 @@ class WebInterface:
             others = [t for t in self._tabs.get(tab.thread_id, ()) if t is not tab]
             pending: dict[str, Any] = {"type": "pending", "id": cid, "text": self._shown(text)}
             if attached:
-                pending["attachments"] = [media_json(m) for m in attached]
+                pending["attachments"] = [attachment_json(m) for m in attached]
             for other in others:
                 other.put(pending)
 

@@ -35,7 +35,7 @@ INLINE = ("image/", "audio/")
 """Shown in the page (a thumbnail, a player); every other type is a download."""
 
 
-def media_json(media: Media) -> dict[str, Any]:
+def attachment_json(media: Media) -> dict[str, Any]:
     """An attachment as the page's frames carry it."""
     return {"id": media.id, "type": media.type, "bytes": media.bytes,
             "width": media.width, "height": media.height, "name": file_name(media)}
@@ -93,7 +93,7 @@ class MediaFiles:
         if not inbox_ids or not await self.store.any_media():
             return {}
         found = await self.store.of_inboxes(inbox_ids)
-        return {inbox_id: [media_json(m) for m in media] for inbox_id, media in found.items()}
+        return {inbox_id: [attachment_json(m) for m in media] for inbox_id, media in found.items()}
 
 
 def _error(status: int, message: str) -> web.Response:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import BodyPartReader, web
 
 from ganglion.interfaces.web_guard import BearerCheck
-from ganglion.interfaces.web_media import MediaFiles, media_json
+from ganglion.interfaces.web_media import MediaFiles
 from ganglion.storage.media import MEDIA_ID_LEN, Media, MediaRefused, MediaStore, MediaTooLarge
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,11 @@ OWNER = "web"
 """Whose uploads these are: a web message may attach only these."""
 CHUNK = 64 * 1024
 MAX_ATTACHMENTS = 10
+
+
+def media_json(media: Media) -> dict[str, Any]:
+    return {"id": media.id, "type": media.type, "bytes": media.bytes,
+            "width": media.width, "height": media.height}
 
 
 class Uploads:
