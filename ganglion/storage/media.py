@@ -3,8 +3,9 @@
 Place in the flow: an interface streams an upload in (``receive``), a message names what it
 attaches (``attachable``, then the inbox stores the references with the message), the worker
 reads them back for the model (``of_inboxes``, ``path``), retention removes old files
-(``prune``). The file's type is what its bytes are (Pillow identifies images), never what
-its name or the client says.
+(``prune``). The file's type is what its bytes are (``storage/media_kinds.py``), never
+what its name or the client says; the name it came with is kept, cleaned, for the turn that
+saves it into the workspace and for the page.
 """
 
 from __future__ import annotations
@@ -21,10 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ganglion.storage.db import Database
+from ganglion.storage.media_kinds import Kind, UnknownType, clean_name, identify, kind_of
 
-IMAGE_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif",
-               "WEBP": "image/webp"}
-"""What Pillow names a format -> the type stored; what else arrives is refused for now."""
 MEDIA_DIR = "media"
 """In the data folder: the files, named by their sha256."""
 MEDIA_ID_LEN = 64
@@ -55,42 +54,36 @@ class Media:
     height: int | None = None
     removed: bool = False
     """Retention removed the file: only this row is left."""
+    name: str | None = None
+    """The name the file last came with (cleaned: ``clean_name``), None when it came
+    without one (a pasted image, a recording)."""
+
+    @property
+    def kind(self) -> str:
+        """"image", "audio" or "file" (PDF, text): how a turn treats it."""
+        return kind_of(self.type)
 
     @property
     def is_image(self) -> bool:
-        return self.type.startswith("image/")
+        return self.kind == "image"
 
     def describe(self) -> str:
         """A short stable description ("1200x800 PNG image"): the same text every time."""
-        kind = self.type.split("/", 1)[-1].upper()
+        sub = self.type.split("/", 1)[-1].upper()
         size = f"{self.width}x{self.height} " if self.width and self.height else ""
-        return f"{size}{kind} image" if self.is_image else f"{kind} file"
+        return f"{size}{sub} image" if self.is_image else f"{sub} {self.kind}"
 
 
 def _media(r: sqlite3.Row) -> Media:
     return Media(r["id"], r["type"], r["bytes"], r["width"], r["height"],
-                 r["removed_at"] is not None)
+                 r["removed_at"] is not None, r["name"])
 
 
-def _identify(path: Path) -> tuple[str, int, int]:
-    """(type, width, height) of an image by its content; MediaRefused for anything else."""
-    # Imported at the first upload: Pillow costs memory a daemon that never sees one keeps.
-    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
-
+def _identify(path: Path, name: str | None) -> Kind:
     try:
-        with Image.open(path) as img:
-            fmt, (width, height) = img.format or "", img.size
-            img.verify()  # the whole file, not only its header (a truncated PNG fails)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
-            Image.DecompressionBombError) as err:
-        raise MediaRefused(
-            "this file is not an image Ganglion can read (PNG, JPEG, GIF or WebP, judged by "
-            f"its content, not its name): {type(err).__name__}") from None
-    kind = IMAGE_TYPES.get(fmt)
-    if kind is None:
-        raise MediaRefused(f"{fmt or 'this'} images are not accepted: send PNG, JPEG, GIF "
-                           "or WebP")
-    return kind, width, height
+        return identify(path, name)
+    except UnknownType as err:
+        raise MediaRefused(str(err)) from None
 
 
 class MediaStore:
@@ -115,10 +108,13 @@ class MediaStore:
     def path(self, media_id: str) -> Path:
         return self.root / media_id
 
-    async def receive(self, chunks: AsyncIterable[bytes], owner: str) -> Media:
+    async def receive(self, chunks: AsyncIterable[bytes], owner: str,
+                      name: str | None = None) -> Media:
         """Store what ``chunks`` yield, checking the size as it comes (a huge body is never
-        held in memory) and the type once whole. Raises MediaTooLarge or MediaRefused, and
-        then nothing is kept."""
+        held in memory) and the type once whole; ``name`` is the file's name as the sender
+        gave it (cleaned here). Raises MediaTooLarge or MediaRefused, and then nothing is
+        kept."""
+        name = clean_name(name)
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = self.root / f".upload-{secrets.token_hex(8)}"
         digest, size = hashlib.sha256(), 0
@@ -135,24 +131,28 @@ class MediaStore:
                 await asyncio.to_thread(os.fsync, out.fileno())
             if size == 0:
                 raise MediaRefused("the upload is empty")
-            kind, width, height = await asyncio.to_thread(_identify, tmp)
+            kind = await asyncio.to_thread(_identify, tmp, name)
             media_id = digest.hexdigest()
             async with self._placing:
                 os.replace(tmp, self.path(media_id))  # the same bytes: one file, kept once
                 now = time.time()
                 async with self.db.transaction() as conn:
+                    # The same bytes again under a new name: the new name is the one kept.
                     await conn.execute(
-                        "INSERT INTO media (id, type, bytes, width, height, created_at,"
-                        " last_used) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
-                        " SET last_used = excluded.last_used, removed_at = NULL",
-                        (media_id, kind, size, width, height, now, now))
+                        "INSERT INTO media (id, type, bytes, width, height, name, created_at,"
+                        " last_used) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO"
+                        " UPDATE SET last_used = excluded.last_used, removed_at = NULL,"
+                        " name = coalesce(excluded.name, media.name)",
+                        (media_id, kind.type, size, kind.width, kind.height, name, now, now))
                     await conn.execute("INSERT OR IGNORE INTO media_owners (media_id, owner)"
                                        " VALUES (?, ?)", (media_id, owner))
                 self._any = True
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
-        return Media(media_id, kind, size, width, height)
+        row = await self.db.fetchone("SELECT name FROM media WHERE id = ?", (media_id,))
+        return Media(media_id, kind.type, size, kind.width, kind.height,
+                     name=row["name"] if row else name)
 
     def too_large(self, size: int, partial: bool = False) -> str:
         what = f"more than {self.max_bytes:,}" if partial else f"{size:,}"

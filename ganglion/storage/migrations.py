@@ -297,4 +297,14 @@ MIGRATIONS: list[Migration] = [  # applied once each, in order; recorded in ``mi
                 AND coalesce(name, '') != 'cancelled'
         """,
     ),
+    Migration(
+        12,
+        "media_names",
+        """
+        -- The name a file last came with (cleaned), for the turn that saves it into the
+        -- workspace and for the page; NULL for a pasted image or a recording. Independent of
+        -- any migration 11: it touches only the media table.
+        ALTER TABLE media ADD COLUMN name TEXT
+        """,
+    ),
 ]
