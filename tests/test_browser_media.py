@@ -10,9 +10,9 @@ import re
 
 import pytest
 from browser_page import Problems, answers, open_page, say
-from conftest import AppFactory, eventually_async
+from conftest import AppFactory, chromium_path, eventually_async
 from fake_llm import FakeLLM, Reply, image_parts, user_messages
-from playwright.async_api import BrowserContext, Page, expect
+from playwright.async_api import Browser, BrowserContext, Page, expect
 from test_media import VISION, photo
 
 from ganglion.app import App
@@ -182,3 +182,56 @@ async def test_a_hostile_file_name_is_shown_as_text(
     await say(page, "named badly")
     await expect(answers(page)).to_have_count(1)
     assert await page.evaluate("typeof window.pwned") == "undefined"
+
+
+async def test_a_voice_message_is_recorded_uploaded_as_webm_and_sent(
+    app_factory: AppFactory, fake_llm: FakeLLM, chromium: Browser, problems: Problems
+) -> None:
+    app = await app_factory()
+    fake_llm.script(Reply(text="heard you"))
+    # Chromium's fake microphone (a beep), allowed without asking.
+    browser = await chromium.browser_type.launch(executable_path=chromium_path(), args=[
+        "--disable-gpu", "--disable-quic", "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream"])
+    try:
+        context = await browser.new_context()
+        context.set_default_timeout(10_000)
+        page = await open_page(context, app, problems)
+        uploads: list[str] = []
+        page.on("request", lambda r: uploads.append(r.url) if "/upload" in r.url else None)
+        # Esc cancels: the bar goes, nothing is uploaded or sent.
+        await page.get_by_role("button", name="Record voice message").click()
+        bar = page.locator("#recording")
+        await expect(bar).to_be_visible()
+        await expect(bar).to_contain_text("Recording 0:0")
+        await page.keyboard.press("Escape")
+        await expect(bar).to_be_hidden()  # the recorder stopped: a kept one would be on its way
+        assert uploads == [] and await inbox_texts(app) == []
+        # Recorded for a second, stopped: uploaded as WebM (Opus) and sent alone.
+        await page.get_by_role("button", name="Record voice message").click()
+        await expect(page.locator("#recording-time")).to_have_text("0:01")
+        await page.get_by_role("button", name="Stop recording and send it").click()
+        await expect(answers(page)).to_have_text(["heard you"])
+        assert len(uploads) == 1 and await inbox_texts(app) == [""]
+        rows = await app.db.fetchall(
+            "SELECT m.id, m.type, m.name FROM media_refs r JOIN media m ON m.id = r.media_id")
+        assert [r["type"] for r in rows] == ["audio/webm"]
+        assert rows[0]["name"].startswith("voice-") and rows[0]["name"].endswith(".webm")
+        stored = (app.data_dir / "media" / rows[0]["id"]).read_bytes()
+        assert stored.startswith(b"\x1a\x45\xdf\xa3") and b"webm" in stored[:64]  # EBML
+        player = page.locator('#log .msg[data-role="user"] audio')
+        await expect(player).to_have_attribute("src", BLOB)
+    finally:
+        await browser.close()
+
+
+async def test_a_blocked_microphone_is_said_plainly(
+    app_factory: AppFactory, context: BrowserContext, problems: Problems
+) -> None:
+    app = await app_factory()
+    page = await open_page(context, app, problems)  # headless, nothing allowed: refused
+    await page.get_by_role("button", name="Record voice message").click()
+    note = page.locator("#attach-note")
+    await expect(note).to_be_visible()
+    await expect(note).to_contain_text("microphone")
+    await expect(page.locator("#recording")).to_be_hidden()

@@ -79,7 +79,7 @@ async def test_the_transcript_and_the_queue_carry_each_messages_attachments(
     await chat.send_raw({"type": "send", "id": "m1", "text": "", "attachments": [info["id"]]})
     queued = await until(other, lambda e: e["type"] == "pending")
     shown = {"id": info["id"], "type": "image/png", "bytes": info["bytes"], "width": 8,
-             "height": 6, "name": f"{info['id'][:12]}.png"}
+             "height": 6, "name": "photo.png"}
     assert queued["attachments"] == [shown]
     assert (await chat.reply())["text"] == "a dot"
     await chat.close()

@@ -31,8 +31,8 @@ reads every conversation and Matrix room)."""
 ID_RE = re.compile(r"\A[0-9a-f]{64}\Z")
 MEDIA_CSP = "default-src 'none'; sandbox; frame-ancestors 'none'; base-uri 'none'"
 """Nothing in a served file runs, loads or frames (an SVG or HTML would find no script)."""
-INLINE = ("image/", "audio/")
-"""Shown in the page (a thumbnail, a player); every other type is a download."""
+INLINE = ("image", "audio")
+"""Kinds shown in the page (a thumbnail, a player); every other file is a download."""
 
 
 def attachment_json(media: Media) -> dict[str, Any]:
@@ -42,11 +42,9 @@ def attachment_json(media: Media) -> dict[str, Any]:
 
 
 def file_name(media: Media) -> str:
-    """The name the file came with (the store keeps it, sanitised), else one from its id."""
-    # Read with getattr: the store adds the name with the audio and file types (issue 15).
-    name = getattr(media, "name", None)
-    if isinstance(name, str) and name:
-        return name
+    """The name the file came with (the store keeps it, cleaned), else one from its id."""
+    if media.name:
+        return media.name
     ext = media.type.split("/", 1)[-1].split(";", 1)[0].split("+", 1)[0]
     return f"{media.id[:12]}.{ext}"
 
@@ -54,7 +52,7 @@ def file_name(media: Media) -> str:
 def disposition(media: Media) -> str:
     """``Content-Disposition``: inline for images and audio, else a download; the name
     quoted (RFC 6266: an ASCII fallback, and the exact name in ``filename*``)."""
-    kind = "inline" if media.type.startswith(INLINE) else "attachment"
+    kind = "inline" if media.kind in INLINE else "attachment"
     name = file_name(media)
     fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\;' else "_"
                        for c in name)

@@ -236,7 +236,7 @@ function render() {
     }
     const x = document.createElement("button");
     x.type = "button";
-    x.className = "chip-remove";
+    x.className = "chip-remove secondary";
     x.textContent = "×";
     x.setAttribute("aria-label", `Remove ${item.name}`);
     x.addEventListener("click", () => remove(item));
