@@ -89,3 +89,41 @@ async def test_the_transcript_and_the_queue_carry_each_messages_attachments(
     user, = [m for m in ready["transcript"] if m["role"] == "user"]
     assert user["attachments"] == [shown]
     await again.close()
+
+
+async def test_a_matrix_rooms_read_view_carries_its_attachments_and_the_page_may_fetch_them(
+    app_factory: AppFactory,
+) -> None:
+    app = await app_factory()
+    _, info = await upload(app, photo(8, 6))
+    await app.db.write("UPDATE media_owners SET owner = 'matrix:@x:y' WHERE media_id = ?",
+                       (info["id"],))  # as the Matrix edge would have stored it
+    await app.db.write("INSERT INTO inbox (thread_id, client_id, source, sender, text,"
+                       " status, created_at) VALUES ('!room:y', 'e1', 'matrix', '@x:y',"
+                       " 'look', 'done', 0)")
+    await app.db.write("INSERT INTO media_refs (inbox_id, seq, media_id) SELECT id, 0, ?"
+                       " FROM inbox WHERE client_id = 'e1'", (info["id"],))
+    await app.db.write("INSERT INTO messages (thread_id, role, content, inbox_id, created_at)"
+                       " SELECT '!room:y', 'user', 'look', id, 0 FROM inbox WHERE client_id"
+                       " = 'e1'")
+    chat = await connect(app)
+    await chat.send_raw({"type": "read", "thread_id": "!room:y"})
+    room = await until(chat, lambda e: e["type"] == "room")
+    user, = room["transcript"]
+    assert [a["id"] for a in user["attachments"]] == [info["id"]]
+    assert (await get_media(app, info["id"]))[0] == 200
+    await chat.close()
+
+
+async def test_a_file_that_is_not_shown_inline_downloads_under_its_quoted_name(
+    app_factory: AppFactory,
+) -> None:
+    app = await app_factory()
+    name = 'tab"le; ré.csv'
+    status, info = await upload(app, b"a,b\n1,2\n", name=name)
+    assert status == 200, info
+    status, body, headers = await get_media(app, info["id"])
+    assert status == 200 and body == b"a,b\n1,2\n"
+    disposition = headers["Content-Disposition"]
+    assert disposition.startswith('attachment; filename="tab_le_ r_.csv"'), disposition
+    assert disposition.endswith("filename*=UTF-8''tab%22le%3B%20r%C3%A9.csv")

@@ -118,7 +118,7 @@ class WebInterface:
         bus.on_cancelled(self._cancelled)
         self.conversations = ConversationFrames(
             conversations or Conversations(history.db), history, bus, renderer, self._to_all,
-            deleted)
+            deleted, self._uploads.files.of_inboxes if self._uploads is not None else None)
 
     # -- the Interface protocol ------------------------------------------------------------
 

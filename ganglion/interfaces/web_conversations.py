@@ -89,6 +89,8 @@ ToAll = Callable[[dict[str, Any]], None]
 """Queue a frame for every open tab (every sidebar shows the change)."""
 Deleted = Callable[[ThreadId], Awaitable[None]]
 """After a conversation was deleted: unschedule its reminders (the composition root's)."""
+Files = Callable[[list[int]], Awaitable[dict[int, list[dict[str, Any]]]]]
+"""The attachments of these inbox messages, for the page (``web_media.MediaFiles``)."""
 
 
 def item(c: Conversation) -> dict[str, Any]:
@@ -142,13 +144,14 @@ class ConversationFrames:
 
     def __init__(self, conversations: Conversations, history: History, bus: Bus,  # noqa: PLR0917
                  renderer: MarkdownRenderer, to_all: ToAll,
-                 deleted: Deleted | None = None) -> None:
+                 deleted: Deleted | None = None, files: Files | None = None) -> None:
         self.conversations = conversations
         self._history = history
         self._bus = bus
         self._renderer = renderer
         self._to_all = to_all
         self._deleted = deleted
+        self._files = files
         self._search_verb = Search(history.db)
 
     async def handle(self, put: Put, raw: dict[str, Any]) -> None:
@@ -175,8 +178,10 @@ class ConversationFrames:
             await self._search(put, frame)
         else:
             rows = await self._history.transcript(ThreadId(frame.thread_id))
+            files = await self._files([m.inbox_id for m in rows if m.inbox_id]) if (
+                self._files is not None) else {}
             put({"type": "room", "thread_id": frame.thread_id,
-                 "transcript": transcript(self._renderer, rows, lambda t: t)})
+                 "transcript": transcript(self._renderer, rows, lambda t: t, files)})
 
     async def _search(self, put: Put, frame: SearchFrame) -> None:
         """The newest hits in the web conversations and Matrix rooms (the owner's page sees
