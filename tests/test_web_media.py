@@ -4,6 +4,8 @@ transcript and the queued messages carry their attachments. Real sockets, real S
 
 from __future__ import annotations
 
+import time
+
 import aiohttp
 from conftest import WEB_TOKEN, AppFactory, connect
 from fake_llm import FakeLLM, Reply
@@ -12,6 +14,8 @@ from wsclient import until
 
 from ganglion.app import App
 from ganglion.interfaces.web_media import MEDIA_CSP
+from ganglion.messages import ThreadId
+from ganglion.storage.retention import Retention
 
 
 async def get_media(app: App, media_id: str, *, token: str | None = WEB_TOKEN,
@@ -85,10 +89,22 @@ async def test_the_transcript_and_the_queue_carry_each_messages_attachments(
     await chat.close()
     await other.close()
     again = await connect(app, chat.thread_id)
-    ready = again.ready
-    user, = [m for m in ready["transcript"] if m["role"] == "user"]
+    user, = [m for m in again.ready["transcript"] if m["role"] == "user"]
     assert user["attachments"] == [shown]
     await again.close()
+    # Retention drops the answered inbox row (and its media_refs): the history message
+    # keeps what it attached.
+    pruned = await Retention(app.db, 1).prune(now=time.time() + 2 * 86_400)
+    assert pruned.inbox == 1
+    assert await app.db.fetchone("SELECT 1 FROM media_refs") is None
+    later = await connect(app, chat.thread_id)
+    user, = [m for m in later.ready["transcript"] if m["role"] == "user"]
+    assert user["attachments"] == [shown]
+    await later.close()
+    # Deleted with its conversation.
+    assert app.web is not None
+    await app.web.conversations.conversations.delete(ThreadId(chat.thread_id))
+    assert await app.db.fetchone("SELECT 1 FROM message_media") is None
 
 
 async def test_a_matrix_rooms_read_view_carries_its_attachments_and_the_page_may_fetch_them(

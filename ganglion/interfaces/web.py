@@ -118,7 +118,7 @@ class WebInterface:
         bus.on_cancelled(self._cancelled)
         self.conversations = ConversationFrames(
             conversations or Conversations(history.db), history, bus, renderer, self._to_all,
-            deleted, self._uploads.files.of_inboxes if self._uploads is not None else None)
+            deleted, self._uploads.files.of_rows if self._uploads is not None else None)
 
     # -- the Interface protocol ------------------------------------------------------------
 
@@ -264,9 +264,10 @@ class WebInterface:
         # A question whose turn has begun is in the transcript already.
         started = {m.inbox_id for m in rows if m.role == "user"}
         waiting = [p for p in await self._inbox.pending_for(tid) if p[0] not in started]
-        files = (await self._uploads.files.of_inboxes([*filter(None, started), *(
-            p[0] for p in waiting)]) if self._uploads is not None else {})
-        entries = transcript(self._renderer, rows, self._shown, files)
+        media = self._uploads.files if self._uploads is not None else None
+        entries = transcript(self._renderer, rows, self._shown,
+                             await media.of_rows(rows) if media else None)
+        files = await media.of_inboxes([p[0] for p in waiting]) if media else {}
         # A long backlog is shown as its newest few and a count: the page stays quick.
         pending = [  # the text may not be masked in the inbox yet
             {"id": cid, "text": self._shown(text)} | ({"attachments": files[iid]} if iid in

@@ -89,8 +89,8 @@ ToAll = Callable[[dict[str, Any]], None]
 """Queue a frame for every open tab (every sidebar shows the change)."""
 Deleted = Callable[[ThreadId], Awaitable[None]]
 """After a conversation was deleted: unschedule its reminders (the composition root's)."""
-Files = Callable[[list[int]], Awaitable[dict[int, list[dict[str, Any]]]]]
-"""The attachments of these inbox messages, for the page (``web_media.MediaFiles``)."""
+Files = Callable[[list[StoredMessage]], Awaitable[dict[int, list[dict[str, Any]]]]]
+"""The attachments of a transcript's messages by message id (``MediaFiles.of_rows``)."""
 
 
 def item(c: Conversation) -> dict[str, Any]:
@@ -119,7 +119,7 @@ def transcript(renderer: MarkdownRenderer, rows: Iterable[StoredMessage],
                shown: Callable[[str], str],
                files: dict[int, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
     """The visible messages of a thread, for the page; ``shown`` masks what was queued,
-    ``files`` are the attachments of user messages by inbox id."""
+    ``files`` are the attachments of user messages by message id."""
     entries = []
     for m in rows:
         if m.role not in ROLE_OF or (m.role == "assistant" and not m.content):
@@ -133,8 +133,8 @@ def transcript(renderer: MarkdownRenderer, rows: Iterable[StoredMessage],
             entry["name"] = m.name  # the tool's name, for the collapsed summary
         if cancelled:
             entry["cancelled"] = True
-        if files and m.role == "user" and m.inbox_id in files:
-            entry["attachments"] = files[m.inbox_id]
+        if files and m.id in files:
+            entry["attachments"] = files[m.id]
         entries.append(entry)
     return entries
 
@@ -178,8 +178,7 @@ class ConversationFrames:
             await self._search(put, frame)
         else:
             rows = await self._history.transcript(ThreadId(frame.thread_id))
-            files = await self._files([m.inbox_id for m in rows if m.inbox_id]) if (
-                self._files is not None) else {}
+            files = await self._files(rows) if self._files is not None else {}
             put({"type": "room", "thread_id": frame.thread_id,
                  "transcript": transcript(self._renderer, rows, lambda t: t, files)})
 

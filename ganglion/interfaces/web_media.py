@@ -21,6 +21,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from ganglion.interfaces.web_guard import BearerCheck
+from ganglion.storage.history import StoredMessage
 from ganglion.storage.media import Media, MediaStore
 
 log = logging.getLogger(__name__)
@@ -86,12 +87,20 @@ class MediaFiles:
         })
 
     async def of_inboxes(self, inbox_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
-        """The attachments of these inbox messages, for the page (none asked for when no
-        file was ever stored)."""
+        """The attachments of these queued messages by inbox id, for the page (none asked
+        for when no file was ever stored)."""
         if not inbox_ids or not await self.store.any_media():
             return {}
         found = await self.store.of_inboxes(inbox_ids)
         return {inbox_id: [attachment_json(m) for m in media] for inbox_id, media in found.items()}
+
+    async def of_rows(self, rows: Sequence[StoredMessage]) -> dict[int, list[dict[str, Any]]]:
+        """The attachments of a transcript's user messages, by message id."""
+        users = [m.id for m in rows if m.role == "user"]
+        if not users or not await self.store.any_media():
+            return {}
+        found = await self.store.of_messages(users)
+        return {mid: [attachment_json(m) for m in media] for mid, media in found.items()}
 
 
 def _error(status: int, message: str) -> web.Response:
