@@ -12,8 +12,8 @@ import pytest
 from browser_page import Problems, answers, open_page, say
 from conftest import AppFactory, chromium_path, eventually_async
 from fake_llm import FakeLLM, Reply, image_parts, user_messages
+from media_page import VISION, photo
 from playwright.async_api import Browser, BrowserContext, Page, expect
-from test_media import VISION, photo
 
 from ganglion.app import App
 

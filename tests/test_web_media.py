@@ -9,7 +9,7 @@ import time
 import aiohttp
 from conftest import WEB_TOKEN, AppFactory, connect
 from fake_llm import FakeLLM, Reply
-from test_media import VISION, photo, upload
+from media_page import VISION, photo, upload
 from wsclient import until
 
 from ganglion.app import App
@@ -136,7 +136,7 @@ async def test_a_file_that_is_not_shown_inline_downloads_under_its_quoted_name(
 ) -> None:
     app = await app_factory()
     name = 'tab"le; ré.csv'
-    status, info = await upload(app, b"a,b\n1,2\n", name=name)
+    status, info = await upload(app, b"a,b\n1,2\n", name=name, raw=True)
     assert status == 200, info
     status, body, headers = await get_media(app, info["id"])
     assert status == 200 and body == b"a,b\n1,2\n"
