@@ -123,7 +123,7 @@ async def test_an_oversized_file_says_413_on_its_chip_and_nothing_is_sent(
     await expect(chip.get_by_role("alert")).to_contain_text("Too large")
     await expect(chip.get_by_role("alert")).to_contain_text("media.max_bytes")
     await say(page, "with the big one")
-    await expect(page.locator("#log")).to_contain_text("Remove the file that was refused")
+    await expect(page.locator("#attach-note")).to_contain_text("Remove the file that was refused")
     await expect(page.get_by_role("textbox", name="Message")).to_have_value("with the big one")
     assert await inbox_texts(app) == [] and fake_llm.requests == []
     # Removed: the text goes alone.

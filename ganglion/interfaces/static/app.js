@@ -89,8 +89,7 @@ function sendFrame(frame) {
   return true;
 }
 
-// An outbox message goes once its files are uploaded (attach.js sends it then).
-function sendEntry(e) { return sendFrame(outboxFrame(e)); }
+function sendEntry(e) { return sendFrame(outboxFrame(e)); } // once its files are uploaded
 
 function connect() {
   clearTimeout(reconnectTimer);
@@ -179,7 +178,7 @@ function handle(f) {
       onReady(f);
       break;
     case "ack": {
-      acked(f.id); // its kept files are not needed any more
+      acked(f.id); // its kept files are no longer needed
       saveOutbox(loadOutbox().filter((e) => e.id !== f.id));
       const el = userBubble(f.id);
       if (el) {
@@ -303,8 +302,7 @@ function sendText(text, files = []) {
 }
 
 actions.answerApproval = sendText;
-initAttach({ sendText, send: (e) => ready && sendEntry(e), bubble: userBubble, notice: addNotice,
-  failed: (id, why) => { store.drop(id); markFailed(id, "failed", why); fail(why); } });
+initAttach({ sendText, send: (e) => ready && sendEntry(e), failed: (id, why) => { store.drop(id); fail(why); } });
 initRecord();
 
 ui.composer.addEventListener("submit", (e) => {

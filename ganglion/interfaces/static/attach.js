@@ -6,6 +6,7 @@
 import { TOKEN_KEY, loadOutbox, randomHex, saveOutbox } from "./local.js";
 import { keep, kept, sweep, unkeep } from "./keep.js";
 import { formatBytes, showAttachments } from "./media.js";
+import { markFailed, userBubble } from "./view.js";
 
 const MAX_FILES = 10; // per message, as the server allows
 const RETRY_FIRST = 1000; // ms before an upload cut off (no answer, 5xx) is tried again
@@ -84,6 +85,7 @@ function start(key, blob, name, item = null) {
 
 function settled(key, media, error) {
   uploads.delete(key);
+  if (error) unkeep(key); // refused: never sent, not kept (a file over media.max_bytes)
   const item = chips.find((c) => c.key === key);
   if (item) {
     item.xhr = null;
@@ -103,13 +105,15 @@ function settled(key, media, error) {
       // would not help); the person attaches another file.
       saveOutbox(outbox.filter((x) => x !== e));
       forget(e);
-      hooks.failed(e.id, `${a.name}: ${error}. The message was not sent.`);
+      const why = `${a.name}: ${error}. The message was not sent.`;
+      markFailed(e.id, "failed", why);
+      hooks.failed(e.id, why);
       continue;
     }
     Object.assign(a, { id: media.id, type: media.type, bytes: media.bytes,
       width: media.width, height: media.height });
     saveOutbox(outbox);
-    const bubble = hooks.bubble(e.id);
+    const bubble = userBubble(e.id);
     if (bubble) showAttachments(bubble, e.attachments);
     if (e.attachments.every((x) => x.id)) hooks.send(e);
   }
@@ -150,6 +154,13 @@ function forget(e) {
 
 // -- the composer's chips ---------------------------------------------------------------------
 
+// A line above the composer (shared with the microphone's): why Send did nothing.
+function say(text) {
+  const note = $("attach-note");
+  note.textContent = text;
+  note.hidden = !text;
+}
+
 function describe(item) {
   return { key: item.key, name: item.name, type: item.media?.type || item.type,
     bytes: item.media?.bytes ?? item.bytes, id: item.media?.id, width: item.media?.width,
@@ -165,9 +176,10 @@ function add(file) {
 }
 
 export function addFiles(files) {
+  say("");
   for (const file of files) {
     if (chips.length >= MAX_FILES) {
-      hooks.notice(`At most ${MAX_FILES} files per message; send these first.`);
+      say(`At most ${MAX_FILES} files per message; send these first.`);
       break;
     }
     chips.push(add(file));
@@ -179,7 +191,7 @@ export function addFiles(files) {
 export function forSend() {
   const bad = chips.find((c) => c.error);
   if (bad) {
-    hooks.notice(`Remove the file that was refused (${bad.name}) before sending.`);
+    say(`Remove the file that was refused (${bad.name}) before sending.`);
     return null;
   }
   return chips.map(describe);
@@ -187,6 +199,7 @@ export function forSend() {
 
 // The composer's files left with their message (their uploads go on).
 export function sent() {
+  say("");
   chips = [];
   render();
 }
@@ -200,6 +213,7 @@ export function sendFile(file) {
 function remove(item) {
   chips = chips.filter((c) => c !== item);
   item.removed = true;
+  say("");
   if (item.xhr) item.xhr.abort();
   unkeep(item.key);
   render();
@@ -281,8 +295,8 @@ function initDrop() {
   });
 }
 
-// hooks: { sendText(text, files), send(entry), bubble(clientId), failed(clientId, why),
-// notice(text) } from app.js.
+// hooks from app.js: { sendText(text, files): a new message; send(entry): an outbox message
+// whose files are all uploaded, if connected; failed(clientId, why): it was not sent }.
 export function initAttach(given) {
   hooks = given;
   const input = $("file-input");
