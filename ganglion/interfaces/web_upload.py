@@ -89,8 +89,16 @@ async def _body(request: web.Request) -> tuple[AsyncIterator[bytes], str | None]
             if part is None:
                 raise MediaRefused("the form holds no file")
             if isinstance(part, BodyPartReader) and (part.filename or part.name == "file"):
-                return _part_chunks(part), part.filename or name
+                return _part_chunks(part), _form_name(part.filename) or name
     return request.content.iter_chunked(CHUNK), name
+
+
+def _form_name(filename: str | None) -> str | None:
+    """A form's file name as the person named it: browsers escape exactly the quote, CR and
+    LF in it (WHATWG multipart/form-data encoding); anything else arrives as it was."""
+    if filename is None:
+        return None
+    return filename.replace("%22", '"').replace("%0D", "\r").replace("%0A", "\n")
 
 
 async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
