@@ -4,10 +4,11 @@ transcript and the queued messages carry their attachments. Real sockets, real S
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import aiohttp
-from conftest import WEB_TOKEN, AppFactory, connect
+from conftest import WEB_TOKEN, AppFactory, connect, eventually
 from fake_llm import FakeLLM, Reply
 from media_page import VISION, photo, upload
 from wsclient import until
@@ -143,3 +144,24 @@ async def test_a_file_that_is_not_shown_inline_downloads_under_its_quoted_name(
     disposition = headers["Content-Disposition"]
     assert disposition.startswith('attachment; filename="tab_le_ r_.csv"'), disposition
     assert disposition.endswith("filename*=UTF-8''tab%22le%3B%20r%C3%A9.csv")
+
+
+async def test_a_tab_joining_sees_a_queued_messages_attachments(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory(VISION)
+    _, info = await upload(app, photo(8, 6))
+    held = asyncio.Event()
+    fake_llm.script(Reply(text="first", held=held), Reply(text="second"))
+    chat = await connect(app)
+    assert (await chat.send("hold on"))["type"] == "ack"
+    await eventually(lambda: len(fake_llm.requests) == 1)  # the first turn is running
+    await chat.send_raw({"type": "send", "id": "m2", "text": "and this",
+                         "attachments": [info["id"]]})
+    await until(chat, lambda e: e["type"] == "ack" and e["id"] == "m2")
+    joined = await connect(app, chat.thread_id)
+    queued, = joined.ready["pending"]
+    assert queued["id"] == "m2" and [a["id"] for a in queued["attachments"]] == [info["id"]]
+    held.set()
+    await joined.close()
+    await chat.close()
