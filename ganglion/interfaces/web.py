@@ -34,7 +34,7 @@ from ganglion.interfaces.web_guard import (
     bearer_check,
 )
 from ganglion.interfaces.web_login import hello
-from ganglion.interfaces.web_media import attachment_json
+from ganglion.interfaces.web_media import attachment_json, with_attachments
 from ganglion.interfaces.web_send import Refused, checked_send
 from ganglion.interfaces.web_static import StaticFiles
 from ganglion.interfaces.web_tab import Tab
@@ -270,8 +270,7 @@ class WebInterface:
         files = await media.of_inboxes([p[0] for p in waiting]) if media else {}
         # A long backlog is shown as its newest few and a count: the page stays quick.
         pending = [  # the text may not be masked in the inbox yet
-            {"id": cid, "text": self._shown(text)} | ({"attachments": files[iid]} if iid in
-                                                      files else {})
+            with_attachments({"id": cid, "text": self._shown(text)}, files.get(iid, []))
             for iid, cid, text in waiting[-PENDING_SHOWN:]
         ]
         tab.start({
@@ -355,9 +354,8 @@ class WebInterface:
             await self.conversations.added(tab.thread_id, self._shown(text))
             # The thread's other tabs show the question too.
             others = [t for t in self._tabs.get(tab.thread_id, ()) if t is not tab]
-            pending: dict[str, Any] = {"type": "pending", "id": cid, "text": self._shown(text)}
-            if attached:
-                pending["attachments"] = [attachment_json(m) for m in attached]
+            pending = with_attachments({"type": "pending", "id": cid, "text": self._shown(text)},
+                                       [attachment_json(m) for m in attached])
             for other in others:
                 other.put(pending)
 

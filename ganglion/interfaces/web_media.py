@@ -42,6 +42,15 @@ def attachment_json(media: Media) -> dict[str, Any]:
             "width": media.width, "height": media.height, "name": file_name(media)}
 
 
+def with_attachments(frame: dict[str, Any], attachments: list[dict[str, Any]]
+                     ) -> dict[str, Any]:
+    """``frame`` with its message's attachments, if it has any (a frame without stays as
+    it was)."""
+    if attachments:
+        frame["attachments"] = attachments
+    return frame
+
+
 def file_name(media: Media) -> str:
     """The name the file came with (the store keeps it, cleaned), else one from its id."""
     if media.name:
