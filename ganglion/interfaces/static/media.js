@@ -36,6 +36,14 @@ export function mediaUrl(id) {
   return got;
 }
 
+// The transcript was cleared: its blob: URLs are let go (a redraw fetches again, from the
+// browser's cache: the responses are immutable).
+export function forgetMedia() {
+  const old = [...urls.values()];
+  urls.clear();
+  for (const got of old) got.then((url) => URL.revokeObjectURL(url), () => {});
+}
+
 function el(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;

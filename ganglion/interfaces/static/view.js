@@ -1,7 +1,7 @@
 // What the chat page shows: the transcript, the answer streaming in, the status, the login.
 // Only this module touches the page's elements; app.js decides what to show and when.
 import { copyButton, decorateCode } from "./code.js";
-import { showAttachments } from "./media.js";
+import { forgetMedia, showAttachments } from "./media.js";
 
 const $ = (id) => document.getElementById(id);
 export const ui = {
@@ -283,6 +283,7 @@ export function dropStream() {
 export function clearView() {
   dropBuffer();
   ui.log.replaceChildren();
+  forgetMedia();
   ui.jump.hidden = true;
   seen = new Set();
   streamEl = null;
