@@ -78,8 +78,10 @@ async def test_a_png_attached_with_the_button_reaches_the_model_and_shows_as_a_t
     app = await app_factory(VISION)
     fake_llm.script(Reply(text="a small picture"))
     page = await open_page(context, app, problems)
-    await expect(page.get_by_role("button", name="Attach")).to_be_visible()
-    await page.locator("#file-input").set_input_files([png_file()])  # what Attach opens
+    async with page.expect_file_chooser() as chooser:  # from the keyboard: Enter on Attach
+        await page.get_by_role("button", name="Attach").press("Enter")
+    assert (await chooser.value).is_multiple()
+    await (await chooser.value).set_files([png_file()])
     chip = page.locator("#attachments .chip")
     await expect(chip).to_contain_text("dot.png")
     await sent_with_image(page, fake_llm, "what is this?")

@@ -112,7 +112,7 @@ function audio(a) {
 }
 
 function file(a) {
-  const button = el("button", "file-chip", label(a));
+  const button = el("button", "file-chip secondary", label(a));
   button.type = "button";
   button.setAttribute("aria-label", `Download ${label(a)}`);
   button.addEventListener("click", () => {
