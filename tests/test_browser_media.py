@@ -5,15 +5,16 @@ sent once after a reload; a hostile name shown as text; the microphone."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 
 import pytest
-from browser_page import Problems, answers, open_page, say
+from browser_page import Problems, answers, open_page, say, web_of
 from conftest import AppFactory, chromium_path, eventually_async
 from fake_llm import FakeLLM, Reply, image_parts, user_messages
 from media_page import VISION, photo
-from playwright.async_api import Browser, BrowserContext, Page, expect
+from playwright.async_api import Browser, BrowserContext, Page, WebSocketRoute, expect
 
 from ganglion.app import App
 
@@ -266,3 +267,41 @@ async def test_a_file_shows_as_a_chip_that_downloads_it_under_its_name(
     got = await download.value
     assert got.suggested_filename == "cities.csv"
     assert (await got.path()).read_bytes() == data
+
+
+async def test_a_message_with_an_uploaded_file_unacknowledged_at_a_reload_is_sent_once(
+    app_factory: AppFactory, fake_llm: FakeLLM, context: BrowserContext, problems: Problems
+) -> None:
+    app = await app_factory(VISION)
+    fake_llm.script(Reply(text="got it"))
+    page = await context.new_page()
+    problems.watch(page)
+    dropped = asyncio.Event()
+    blocking = True
+
+    async def socket(ws: WebSocketRoute) -> None:  # the page's frames, its send ones lost
+        server = ws.connect_to_server()
+
+        def to_server(message: str | bytes) -> None:
+            if blocking and isinstance(message, str) and '"type":"send"' in message:
+                dropped.set()
+            else:
+                server.send(message)
+
+        ws.on_message(to_server)
+
+    await page.route_web_socket("**/ws", socket)
+    await page.goto(web_of(app).login_url)
+    await page.locator("#file-input").set_input_files([png_file()])
+    await expect(page.locator('#attachments .chip[data-state="ready"]')).to_have_count(1)
+    await say(page, "ack lost")
+    await dropped.wait()  # the send frame went and never arrived: no ack
+    bubble = page.locator('#log .msg[data-role="user"][data-status="sending"]')
+    await expect(bubble.locator(".attachments img")).to_have_attribute("src", BLOB)
+    assert await inbox_texts(app) == []
+    blocking = False
+    await page.reload()
+    await expect(answers(page)).to_have_text(["got it"])
+    assert await inbox_texts(app) == ["ack lost"]
+    assert len(image_parts(user_messages(fake_llm.requests[0])[-1])) == 1
+    await expect(page.locator(THUMBS)).to_have_count(1)
