@@ -305,3 +305,23 @@ async def test_a_message_with_an_uploaded_file_unacknowledged_at_a_reload_is_sen
     assert await inbox_texts(app) == ["ack lost"]
     assert len(image_parts(user_messages(fake_llm.requests[0])[-1])) == 1
     await expect(page.locator(THUMBS)).to_have_count(1)
+
+
+async def test_a_message_sent_while_an_earlier_ones_file_uploads_waits_for_it(
+    app_factory: AppFactory, fake_llm: FakeLLM, context: BrowserContext, problems: Problems
+) -> None:
+    app = await app_factory(VISION)
+    fake_llm.script(Reply(text="one"), Reply(text="two"))
+    page = await open_page(context, app, problems)
+    await page.route("**/upload", lambda route: route.abort())  # held up: tried again
+    await page.locator("#file-input").set_input_files([png_file()])
+    await say(page, "first, with a picture")
+    await say(page, "second, text only")
+    await expect(page.locator('#log .msg[data-role="user"][data-status="sending"]')
+                 ).to_have_count(2)
+    await expect(page.locator("#log .file-chip.uploading")).to_have_count(1)
+    assert await inbox_texts(app) == []  # the second did not overtake the first
+    await page.unroute("**/upload")  # the next try gets through
+    await expect(answers(page)).to_have_text(["one", "two"])
+    assert await inbox_texts(app) == ["first, with a picture", "second, text only"]
+    problems.items = [p for p in problems.items if "ERR_FAILED" not in p]

@@ -15,7 +15,10 @@ const $ = (id) => document.getElementById(id);
 
 let chips = []; // the composer's files: { key, name, type, bytes, blob, sent, media, error, xhr }
 const uploads = new Map(); // key -> the upload in progress in this page
+const held = new Set(); // outbox messages that wait for an earlier one's files: order is kept
 let hooks = null;
+
+const uploaded = (e) => (e.attachments || []).every((a) => a.id);
 
 // -- uploading ------------------------------------------------------------------------------
 
@@ -115,7 +118,12 @@ function settled(key, media, error) {
     saveOutbox(outbox);
     const bubble = userBubble(e.id);
     if (bubble) showAttachments(bubble, e.attachments);
-    if (e.attachments.every((x) => x.id)) hooks.send(e);
+    if (uploaded(e)) held.add(e.id);
+  }
+  // In order, up to the first message still uploading: each goes once its turn comes.
+  for (const e of loadOutbox()) {
+    if (!uploaded(e)) break;
+    if (held.has(e.id)) hooks.send(e);
   }
 }
 
@@ -127,6 +135,14 @@ export function outboxFrame(e) {
   const files = e.attachments || [];
   const missing = files.filter((a) => !a.id);
   if (!missing.length) {
+    // A message sent while an earlier one's files upload waits for it (answered in order).
+    const outbox = loadOutbox().filter((x) => x.thread === e.thread);
+    const earlier = outbox.slice(0, Math.max(0, outbox.findIndex((x) => x.id === e.id)));
+    if (!earlier.every(uploaded)) {
+      held.add(e.id);
+      return null;
+    }
+    held.delete(e.id);
     const frame = { type: "send", id: e.id, text: e.text };
     if (files.length) frame.attachments = files.map((a) => a.id);
     return frame;
