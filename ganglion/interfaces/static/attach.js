@@ -13,7 +13,7 @@ const RETRY_FIRST = 1000; // ms before an upload cut off (no answer, 5xx) is tri
 const RETRY_MAX = 15000;
 const $ = (id) => document.getElementById(id);
 
-let chips = []; // the composer's files: { key, name, type, bytes, blob, sent, media, error, xhr }
+let chips = []; // the composer's files: { key, name, type, bytes, blob, media, error, xhr, bar }
 const uploads = new Map(); // key -> the upload in progress in this page
 const held = new Set(); // outbox messages that wait for an earlier one's files: order is kept
 let hooks = null;
@@ -76,10 +76,9 @@ async function upload(blob, name, progress, item) {
 function start(key, blob, name, item = null) {
   if (uploads.has(key)) return;
   const progress = (p) => {
-    if (item) {
-      item.progress = p;
-      render();
-    }
+    if (!item) return;
+    item.progress = p;
+    if (item.bar) item.bar.value = p; // in place: a focused remove button keeps its focus
   };
   const done = upload(blob, name, progress, item).then(
     (media) => settled(key, media, null), (err) => settled(key, null, err.message));
@@ -238,10 +237,12 @@ function remove(item) {
 
 function render() {
   const list = $("attachments");
+  const focused = document.activeElement?.closest("#attachments li")?.dataset.key;
   list.hidden = chips.length === 0;
   list.replaceChildren(...chips.map((item) => {
     const li = document.createElement("li");
     li.className = "chip";
+    li.dataset.key = item.key;
     li.dataset.state = item.error ? "error" : item.media ? "ready" : "uploading";
     const name = document.createElement("span");
     name.className = "chip-name";
@@ -255,6 +256,7 @@ function render() {
       bar.max = 1;
       bar.value = item.progress || 0;
       bar.setAttribute("aria-label", `Uploading ${item.name}`);
+      item.bar = bar;
       li.append(bar);
     }
     if (item.error || item.note) {
@@ -273,6 +275,7 @@ function render() {
     li.append(x);
     return li;
   }));
+  if (focused) list.querySelector(`li[data-key="${focused}"] .chip-remove`)?.focus(); // kept
 }
 
 // -- the page's ways in -----------------------------------------------------------------------
