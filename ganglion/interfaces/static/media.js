@@ -44,6 +44,23 @@ export function forgetMedia() {
   for (const got of old) got.then((url) => URL.revokeObjectURL(url), () => {});
 }
 
+// A file is fetched when its place nears the view: a long transcript of photos does not
+// download them all at once.
+const loads = new WeakMap();
+const seen = new IntersectionObserver((entries) => {
+  for (const entry of entries) {
+    if (!entry.isIntersecting) continue;
+    seen.unobserve(entry.target);
+    loads.get(entry.target)?.();
+    loads.delete(entry.target);
+  }
+}, { rootMargin: "800px 0px" });
+
+function whenNear(node, load) {
+  loads.set(node, load);
+  seen.observe(node);
+}
+
 function el(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
@@ -93,10 +110,10 @@ function image(a) {
   img.alt = a.name || "image";
   if (a.width && a.height) img.style.aspectRatio = `${a.width} / ${a.height}`;
   button.append(img);
-  mediaUrl(a.id).then((url) => {
+  whenNear(button, () => mediaUrl(a.id).then((url) => {
     img.src = url;
     button.addEventListener("click", () => openLarge(url, a.name || "image"));
-  }, (err) => broken(button, err));
+  }, (err) => broken(button, err)));
   return button;
 }
 
@@ -107,7 +124,8 @@ function audio(a) {
   player.preload = "metadata";
   player.setAttribute("aria-label", `Play ${label(a)}`);
   figure.append(player, el("figcaption", "", label(a)));
-  mediaUrl(a.id).then((url) => { player.src = url; }, (err) => broken(figure, err));
+  whenNear(figure, () => mediaUrl(a.id).then((url) => { player.src = url; },
+    (err) => broken(figure, err)));
   return figure;
 }
 
