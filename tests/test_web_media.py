@@ -116,8 +116,8 @@ async def test_a_matrix_rooms_read_view_carries_its_attachments_and_the_page_may
     await app.db.write("UPDATE media_owners SET owner = 'matrix:@x:y' WHERE media_id = ?",
                        (info["id"],))  # as the Matrix edge would have stored it
     await app.db.write("INSERT INTO inbox (thread_id, client_id, source, sender, text,"
-                       " status, created_at) VALUES ('!room:y', 'e1', 'matrix', '@x:y',"
-                       " 'look', 'done', 0)")
+                       " status, created_at, done_at) VALUES ('!room:y', 'e1', 'matrix',"
+                       " '@x:y', 'look', 'done', 0, 0)")
     await app.db.write("INSERT INTO media_refs (inbox_id, seq, media_id) SELECT id, 0, ?"
                        " FROM inbox WHERE client_id = 'e1'", (info["id"],))
     await app.db.write("INSERT INTO messages (thread_id, role, content, inbox_id, created_at)"
@@ -128,6 +128,10 @@ async def test_a_matrix_rooms_read_view_carries_its_attachments_and_the_page_may
     room = await until(chat, lambda e: e["type"] == "room")
     user, = room["transcript"]
     assert [a["id"] for a in user["attachments"]] == [info["id"]]
+    assert (await get_media(app, info["id"]))[0] == 200
+    # Still after retention pruned the room's inbox row: the history message attaches it.
+    assert (await Retention(app.db, 1).prune(now=time.time() + 2 * 86_400)).inbox == 1
+    assert await app.db.fetchone("SELECT 1 FROM media_refs") is None
     assert (await get_media(app, info["id"]))[0] == 200
     await chat.close()
 

@@ -213,12 +213,13 @@ class MediaStore:
 
     async def readable(self, media_id: str, owner: str) -> Media | None:
         """The media ``owner`` may read back: what it sent in, or what a stored message
-        attaches (``owner`` is the one person who sees every conversation and room: the
-        web page's). None for anything else."""
+        attaches, queued or in history (``owner`` is the one person who sees every
+        conversation and room: the web page's). None for anything else."""
         row = await self.db.fetchone(
             "SELECT m.* FROM media m WHERE m.id = ?1 AND (EXISTS (SELECT 1 FROM media_owners o"
             " WHERE o.media_id = m.id AND o.owner = ?2) OR EXISTS (SELECT 1 FROM media_refs r"
-            " WHERE r.media_id = m.id))", (media_id, owner))
+            " WHERE r.media_id = m.id) OR EXISTS (SELECT 1 FROM message_media h"
+            " WHERE h.media_id = m.id))", (media_id, owner))
         return _media(row) if row is not None else None
 
     async def of_messages(self, message_ids: Sequence[int]) -> dict[int, list[Media]]:

@@ -320,7 +320,8 @@ MIGRATIONS: list[Migration] = [  # applied once each, in order; recorded in ``mi
             seq INTEGER NOT NULL,
             media_id TEXT NOT NULL REFERENCES media (id),
             PRIMARY KEY (message_id, seq)
-        ) WITHOUT ROWID
+        ) WITHOUT ROWID;
+        CREATE INDEX message_media_media ON message_media (media_id)
         """,
     ),
 ]
