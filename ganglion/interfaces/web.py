@@ -34,6 +34,7 @@ from ganglion.interfaces.web_guard import (
     bearer_check,
 )
 from ganglion.interfaces.web_login import hello
+from ganglion.interfaces.web_media import attachment_json, with_attachments
 from ganglion.interfaces.web_send import Refused, checked_send
 from ganglion.interfaces.web_static import StaticFiles
 from ganglion.interfaces.web_tab import Tab
@@ -117,7 +118,7 @@ class WebInterface:
         bus.on_cancelled(self._cancelled)
         self.conversations = ConversationFrames(
             conversations or Conversations(history.db), history, bus, renderer, self._to_all,
-            deleted)
+            deleted, self._uploads.files.of_rows if self._uploads is not None else None)
 
     # -- the Interface protocol ------------------------------------------------------------
 
@@ -136,7 +137,7 @@ class WebInterface:
         if self._routes is not None:
             self._routes(app, self._check)
         if self._uploads is not None:
-            app.router.add_post("/upload", self._uploads.handle)
+            self._uploads.add_routes(app)  # POST /upload, GET /media/<id>
         runner = web.AppRunner(app, shutdown_timeout=0.5)
         await runner.setup()
         try:
@@ -260,14 +261,17 @@ class WebInterface:
         partial = "".join(streaming) if streaming is not None else None
         state = self._state.get(tid) or ("thinking" if self._bus.queued(tid) else "idle")
         rows = await self._history.transcript(tid)
-        entries = transcript(self._renderer, rows, self._shown)
         # A question whose turn has begun is in the transcript already.
         started = {m.inbox_id for m in rows if m.role == "user"}
         waiting = [p for p in await self._inbox.pending_for(tid) if p[0] not in started]
+        media = self._uploads.files if self._uploads is not None else None
+        entries = transcript(self._renderer, rows, self._shown,
+                             await media.of_rows(rows) if media else None)
+        files = await media.of_inboxes([p[0] for p in waiting]) if media else {}
         # A long backlog is shown as its newest few and a count: the page stays quick.
-        pending = [
-            {"id": cid, "text": self._shown(text)}  # it may not be masked in the inbox yet
-            for _, cid, text in waiting[-PENDING_SHOWN:]
+        pending = [  # the text may not be masked in the inbox yet
+            with_attachments({"id": cid, "text": self._shown(text)}, files.get(iid, []))
+            for iid, cid, text in waiting[-PENDING_SHOWN:]
         ]
         tab.start({
             "type": "ready",
@@ -328,12 +332,12 @@ class WebInterface:
         cid, text = checked
         try:  # uploads of this server only; refused: nothing is stored
             attached = (await self._uploads.attachments(frame.get("attachments"))
-                        if self._uploads is not None else ())
+                        if self._uploads is not None else [])
         except MediaRefused as err:
             tab.put({"type": "error", "id": cid, "code": "bad_attachment", "message": str(err)})
             return
         inbound = Inbound(tab.thread_id, text, sender="web", source=Source.WEB, client_id=cid,
-                          attachments=attached)
+                          attachments=tuple(m.id for m in attached))
         try:
             _, is_new = await self._bus.submit(inbound)  # stored durably: now it may be acked
         except sqlite3.Error as err:  # the disk refused the write (read-only, full, broken)
@@ -350,7 +354,8 @@ class WebInterface:
             await self.conversations.added(tab.thread_id, self._shown(text))
             # The thread's other tabs show the question too.
             others = [t for t in self._tabs.get(tab.thread_id, ()) if t is not tab]
-            pending = {"type": "pending", "id": cid, "text": self._shown(text)}
+            pending = with_attachments({"type": "pending", "id": cid, "text": self._shown(text)},
+                                       [attachment_json(m) for m in attached])
             for other in others:
                 other.put(pending)
 

@@ -89,6 +89,8 @@ ToAll = Callable[[dict[str, Any]], None]
 """Queue a frame for every open tab (every sidebar shows the change)."""
 Deleted = Callable[[ThreadId], Awaitable[None]]
 """After a conversation was deleted: unschedule its reminders (the composition root's)."""
+Files = Callable[[list[StoredMessage]], Awaitable[dict[int, list[dict[str, Any]]]]]
+"""The attachments of a transcript's messages by message id (``MediaFiles.of_rows``)."""
 
 
 def item(c: Conversation) -> dict[str, Any]:
@@ -114,8 +116,10 @@ def message_frame(renderer: MarkdownRenderer, mid: int, role: Role, text: str,
 
 
 def transcript(renderer: MarkdownRenderer, rows: Iterable[StoredMessage],
-               shown: Callable[[str], str]) -> list[dict[str, Any]]:
-    """The visible messages of a thread, for the page; ``shown`` masks what was queued."""
+               shown: Callable[[str], str],
+               files: dict[int, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+    """The visible messages of a thread, for the page; ``shown`` masks what was queued,
+    ``files`` are the attachments of user messages by message id."""
     entries = []
     for m in rows:
         if m.role not in ROLE_OF or (m.role == "assistant" and not m.content):
@@ -129,6 +133,8 @@ def transcript(renderer: MarkdownRenderer, rows: Iterable[StoredMessage],
             entry["name"] = m.name  # the tool's name, for the collapsed summary
         if cancelled:
             entry["cancelled"] = True
+        if files and m.id in files:
+            entry["attachments"] = files[m.id]
         entries.append(entry)
     return entries
 
@@ -138,13 +144,14 @@ class ConversationFrames:
 
     def __init__(self, conversations: Conversations, history: History, bus: Bus,  # noqa: PLR0917
                  renderer: MarkdownRenderer, to_all: ToAll,
-                 deleted: Deleted | None = None) -> None:
+                 deleted: Deleted | None = None, files: Files | None = None) -> None:
         self.conversations = conversations
         self._history = history
         self._bus = bus
         self._renderer = renderer
         self._to_all = to_all
         self._deleted = deleted
+        self._files = files
         self._search_verb = Search(history.db)
 
     async def handle(self, put: Put, raw: dict[str, Any]) -> None:
@@ -171,8 +178,9 @@ class ConversationFrames:
             await self._search(put, frame)
         else:
             rows = await self._history.transcript(ThreadId(frame.thread_id))
+            files = await self._files(rows) if self._files is not None else {}
             put({"type": "room", "thread_id": frame.thread_id,
-                 "transcript": transcript(self._renderer, rows, lambda t: t)})
+                 "transcript": transcript(self._renderer, rows, lambda t: t, files)})
 
     async def _search(self, put: Put, frame: SearchFrame) -> None:
         """The newest hits in the web conversations and Matrix rooms (the owner's page sees

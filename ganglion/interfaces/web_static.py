@@ -23,6 +23,11 @@ STATIC_FILES = {
     "search.js": "text/javascript; charset=utf-8",
     "search.css": "text/css; charset=utf-8",
     "highlight.min.js": "text/javascript; charset=utf-8",
+    "attach.js": "text/javascript; charset=utf-8",
+    "attach.css": "text/css; charset=utf-8",
+    "keep.js": "text/javascript; charset=utf-8",
+    "media.js": "text/javascript; charset=utf-8",
+    "record.js": "text/javascript; charset=utf-8",
 }
 VENDORED = {"highlight.min.js": "vendor/highlight.js/highlight.min.js"}
 """Served by name, kept under static/vendor/ with their licence (vendor/README.md: how made)."""

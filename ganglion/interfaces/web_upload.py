@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from ganglion.interfaces.web_guard import BearerCheck
+from ganglion.interfaces.web_media import MediaFiles
 from ganglion.storage.media import MEDIA_ID_LEN, Media, MediaRefused, MediaStore, MediaTooLarge
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,12 @@ class Uploads:
     def __init__(self, store: MediaStore, check: BearerCheck) -> None:
         self.store = store
         self._check = check
+        self.files = MediaFiles(store, check)
+        """GET /media/<id>, and the attachments the page's frames carry."""
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/upload", self.handle)
+        app.router.add_get("/media/{id}", self.files.handle)
 
     async def handle(self, request: web.Request) -> web.Response:
         refused = self._check(request)
@@ -56,19 +63,18 @@ class Uploads:
         log.info("web: stored upload %s (%s, %d bytes)", media.id[:16], media.type, media.bytes)
         return web.json_response(media_json(media))
 
-    async def attachments(self, value: object) -> tuple[str, ...]:
-        """The ids a ``send`` frame attaches, each an upload of this server; MediaRefused
+    async def attachments(self, value: object) -> list[Media]:
+        """What a ``send`` frame attaches, each an upload of this server; MediaRefused
         with what to say otherwise (and then the message is not stored)."""
         if value is None:
-            return ()
+            return []
         if not isinstance(value, list) or not all(
                 isinstance(v, str) and len(v) == MEDIA_ID_LEN for v in value):
             raise MediaRefused('"attachments" must be a list of ids the upload returned')
         if len(value) > MAX_ATTACHMENTS:
             raise MediaRefused(f"at most {MAX_ATTACHMENTS} attachments per message")
         ids = list(dict.fromkeys(v.lower() for v in value))
-        await self.store.attachable(ids, OWNER)
-        return tuple(ids)
+        return await self.store.attachable(ids, OWNER)
 
 
 async def _body(request: web.Request) -> tuple[AsyncIterator[bytes], str | None]:
@@ -83,8 +89,16 @@ async def _body(request: web.Request) -> tuple[AsyncIterator[bytes], str | None]
             if part is None:
                 raise MediaRefused("the form holds no file")
             if isinstance(part, BodyPartReader) and (part.filename or part.name == "file"):
-                return _part_chunks(part), part.filename or name
+                return _part_chunks(part), _form_name(part.filename) or name
     return request.content.iter_chunked(CHUNK), name
+
+
+def _form_name(filename: str | None) -> str | None:
+    """A form's file name as the person named it: browsers escape exactly the quote, CR and
+    LF in it (WHATWG multipart/form-data encoding); anything else arrives as it was."""
+    if filename is None:
+        return None
+    return filename.replace("%22", '"').replace("%0D", "\r").replace("%0A", "\n")
 
 
 async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:

@@ -210,3 +210,33 @@ class MediaStore:
                         self.path(r["id"]).unlink()
                     removed += 1
         return removed
+
+    async def readable(self, media_id: str, owner: str) -> Media | None:
+        """The media ``owner`` may read back: what it sent in, or what a stored message
+        attaches, queued or in history (``owner`` is the one person who sees every
+        conversation and room: the web page's). None for anything else."""
+        row = await self.db.fetchone(
+            "SELECT m.* FROM media m WHERE m.id = ?1 AND (EXISTS (SELECT 1 FROM media_owners o"
+            " WHERE o.media_id = m.id AND o.owner = ?2) OR EXISTS (SELECT 1 FROM media_refs r"
+            " WHERE r.media_id = m.id) OR EXISTS (SELECT 1 FROM message_media h"
+            " WHERE h.media_id = m.id))", (media_id, owner))
+        return _media(row) if row is not None else None
+
+    async def of_messages(self, message_ids: Sequence[int]) -> dict[int, list[Media]]:
+        """The attachments of these history messages (user messages), in their order: through
+        their inbox row, or kept for them once retention dropped it (``message_media``)."""
+        out: dict[int, list[Media]] = {}
+        ids = list(dict.fromkeys(message_ids))
+        for start in range(0, len(ids), 500):
+            chunk = tuple(ids[start:start + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = await self.db.fetchall(
+                "SELECT g.message_id, m.* FROM (SELECT h.id AS message_id, r.seq, r.media_id"
+                " FROM messages h JOIN media_refs r ON r.inbox_id = h.inbox_id"
+                f" WHERE h.id IN ({marks}) AND h.role = 'user'"
+                " UNION ALL SELECT message_id, seq, media_id FROM message_media"
+                f" WHERE message_id IN ({marks})) g JOIN media m ON m.id = g.media_id"
+                " ORDER BY g.message_id, g.seq", chunk + chunk)
+            for r in rows:
+                out.setdefault(r["message_id"], []).append(_media(r))
+        return out

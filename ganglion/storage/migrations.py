@@ -307,4 +307,21 @@ MIGRATIONS: list[Migration] = [  # applied once each, in order; recorded in ``mi
         ALTER TABLE media ADD COLUMN name TEXT
         """,
     ),
+    Migration(
+        13,
+        "message_media",
+        """
+        -- What a history message attached, once retention dropped its inbox row (and the
+        -- media_refs with it): the transcript still shows the message's files (or that
+        -- they were removed). Until then the link is messages.inbox_id -> media_refs. Goes
+        -- with its message (a deleted conversation).
+        CREATE TABLE message_media (
+            message_id INTEGER NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            media_id TEXT NOT NULL REFERENCES media (id),
+            PRIMARY KEY (message_id, seq)
+        ) WITHOUT ROWID;
+        CREATE INDEX message_media_media ON message_media (media_id)
+        """,
+    ),
 ]

@@ -123,6 +123,12 @@ class Retention:
             await conn.execute(
                 "INSERT OR IGNORE INTO inbox_pruned (thread_id, client_id)"
                 f" SELECT thread_id, client_id FROM inbox WHERE id IN ({marks})", ids)
+            # The history message keeps what it attached (the transcript shows it).
+            await conn.execute(
+                "INSERT OR IGNORE INTO message_media (message_id, seq, media_id)"
+                " SELECT m.id, r.seq, r.media_id FROM media_refs r JOIN messages m"
+                f" ON m.inbox_id = r.inbox_id AND m.role = 'user' WHERE r.inbox_id IN ({marks})",
+                ids)
             await conn.execute(
                 f"UPDATE messages SET inbox_id = NULL WHERE inbox_id IN ({marks})", ids)
             cur = await conn.execute(f"DELETE FROM turn_steps WHERE inbox_id IN ({marks})", ids)

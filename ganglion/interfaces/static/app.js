@@ -13,6 +13,8 @@ import {
   takeTokenFromFragment,
 } from "./local.js";
 import { initConversations, conversationFrame, roomShown, leaveRoom, roomAfterReady, revealTarget } from "./conversations.js";
+import { initAttach, outboxFrame, acked, forSend, sent } from "./attach.js";
+import { initRecord } from "./record.js";
 
 const BUSY = new Set(["thinking", "summarising", "streaming", "tool", "approval"]);
 // What the status line says for a turn state (any other busy state reads "thinking").
@@ -37,8 +39,7 @@ let retryAfter = 1; // seconds to wait, as the server's last "throttled" refusal
 let maxBytes = 64000;
 let turnState = "idle";
 let failure = null; // what went wrong last (shown as the error state until the next send)
-const store = new StoreRetry(loadOutbox, (e) => sendFrame({ type: "send", id: e.id, text: e.text }),
-  () => ready);
+const store = new StoreRetry(loadOutbox, sendEntry, () => ready);
 
 // -- conversations ------------------------------------------------------------------------
 
@@ -83,10 +84,12 @@ function setTurnState(state) {
 // -- connection ---------------------------------------------------------------------------
 
 function sendFrame(frame) {
-  if (!ws || ws.readyState !== WebSocket.OPEN) return false;
+  if (!frame || !ws || ws.readyState !== WebSocket.OPEN) return false;
   ws.send(JSON.stringify(frame));
   return true;
 }
+
+function sendEntry(e) { return sendFrame(outboxFrame(e)); } // once its files are uploaded
 
 function connect() {
   clearTimeout(reconnectTimer);
@@ -175,6 +178,7 @@ function handle(f) {
       onReady(f);
       break;
     case "ack": {
+      acked(f.id); // its kept files are no longer needed
       saveOutbox(loadOutbox().filter((e) => e.id !== f.id));
       const el = userBubble(f.id);
       if (el) {
@@ -186,7 +190,7 @@ function handle(f) {
       break;
     }
     case "pending":
-      addUser(f.text, f.id, "sent");
+      addUser(f.text, f.id, "sent", f.attachments);
       break;
     case "message":
       addMessage(f);
@@ -216,6 +220,7 @@ function handle(f) {
         refreshStatus();
       } else if (f.id) {
         // Refused for good (too large, malformed): resending would not help.
+        acked(f.id);
         saveOutbox(loadOutbox().filter((e) => e.id !== f.id));
         store.drop(f.id);
         markFailed(f.id, "failed", f.message);
@@ -256,25 +261,26 @@ function onReady(f) {
       addNotice(`${f.pending_hidden} earlier queued messages are not shown here; they are `
         + "answered first, in order (Cancel queued drops them all).");
     }
-    for (const p of f.pending) addUser(p.text, p.id, "sent");
-    for (const e of outbox) addUser(e.text, e.id, "sending");
+    for (const p of f.pending) addUser(p.text, p.id, "sent", p.attachments);
+    for (const e of outbox) addUser(e.text, e.id, "sending", e.attachments);
   });
   if (f.streaming !== null && f.streaming !== undefined) appendDelta(f.streaming);
   setTurnState(f.state);
   if (!revealTarget(threadId)) scrollDown(); // a search hit's message, or the latest
   // Unacknowledged messages go again with the same id: the server keeps each id once.
-  for (const e of outbox) sendFrame({ type: "send", id: e.id, text: e.text });
+  for (const e of outbox) sendEntry(e);
 }
 
 // -- input --------------------------------------------------------------------------------
 
 function sendCurrent() {
-  if (sendText(ui.message.value)) ui.message.value = "";
+  const files = forSend(); // null while a refused file is attached
+  if (files && sendText(ui.message.value, files)) { ui.message.value = ""; sent(); }
 }
 
 // A message to the thread through the outbox (kept until the server acknowledges it).
-function sendText(text) {
-  if (!text.trim()) return false;
+function sendText(text, files = []) {
+  if (!text.trim() && !files.length) return false;
   const size = new TextEncoder().encode(text).length;
   if (size > maxBytes) {
     const fmt = (n) => n.toLocaleString("en-US");
@@ -286,15 +292,18 @@ function sendText(text) {
   failure = null; // something new is under way
   refreshStatus();
   const id = randomHex(16);
-  saveOutbox([...loadOutbox(), { id, text, thread: threadId }]);
-  addUser(text, id, "sending");
-  if (ready) sendFrame({ type: "send", id, text });
+  const entry = { id, text, thread: threadId, attachments: files };
+  saveOutbox([...loadOutbox(), entry]);
+  addUser(text, id, "sending", files);
+  if (ready) sendEntry(entry);
   else noteUnsent();
   touched(threadId);
   return true;
 }
 
 actions.answerApproval = sendText;
+initAttach({ sendText, send: (e) => ready && sendEntry(e), failed: (id, why) => { store.drop(id); fail(why); } });
+initRecord();
 
 ui.composer.addEventListener("submit", (e) => {
   e.preventDefault();

@@ -1,6 +1,7 @@
 // What the chat page shows: the transcript, the answer streaming in, the status, the login.
 // Only this module touches the page's elements; app.js decides what to show and when.
 import { copyButton, decorateCode } from "./code.js";
+import { forgetMedia, showAttachments } from "./media.js";
 
 const $ = (id) => document.getElementById(id);
 export const ui = {
@@ -135,6 +136,7 @@ export function addMessage(m) {
     el.append(body);
   }
   if (m.role === "assistant" || m.role === "system") decorateCode(body);
+  showAttachments(el, m.attachments);
   if (m.role === "assistant" || m.role === "user") footer(el, m.at, m.text);
   if (m.divider) el.classList.add("divider"); // /new: what is above left the model's context
   if (m.cancelled) {
@@ -176,13 +178,14 @@ export function userBubble(clientId) {
   return ui.log.querySelector(`.msg[data-client-id="${CSS.escape(clientId)}"]`);
 }
 
-export function addUser(text, clientId, status) {
+export function addUser(text, clientId, status, attachments) {
   if (userBubble(clientId)) return;
   const [el, body] = bubble("user");
   el.dataset.clientId = clientId;
   el.dataset.status = status;
   body.textContent = text;
   el.append(body);
+  showAttachments(el, attachments);
   footer(el, 0, text);
   place(el, true);
 }
@@ -280,6 +283,7 @@ export function dropStream() {
 export function clearView() {
   dropBuffer();
   ui.log.replaceChildren();
+  forgetMedia();
   ui.jump.hidden = true;
   seen = new Set();
   streamEl = null;
