@@ -77,6 +77,7 @@ class AssistantState:
             "config_path": str(p.config_path) if p.config_path else "",
             "files": await self._files(),
             "max_bytes": p.memory.max_bytes,
+            "new_version": version_of(""),  # what a new skill is saved against
             **await self._reminders(thread_id),
             "tools": [{"name": r.name, "mode": r.mode, "server": r.server,
                        "state": p.masked(r.state)} for r in rows],

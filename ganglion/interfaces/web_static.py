@@ -22,6 +22,8 @@ STATIC_FILES = {
     "code.css": "text/css; charset=utf-8",
     "search.js": "text/javascript; charset=utf-8",
     "search.css": "text/css; charset=utf-8",
+    "settings.js": "text/javascript; charset=utf-8",
+    "settings.css": "text/css; charset=utf-8",
     "highlight.min.js": "text/javascript; charset=utf-8",
 }
 VENDORED = {"highlight.min.js": "vendor/highlight.js/highlight.min.js"}

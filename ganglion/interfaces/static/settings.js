@@ -1,0 +1,434 @@
+// The settings view (#/settings): the memory files (edited, saved against the version they
+// were loaded at), reminders (cancelled after a confirmation), the tools and their policy
+// (read-only), endpoints and the conversation's model, and the token use. Everything the
+// server sends is drawn as text (textContent, a textarea's value), never parsed as HTML.
+// conversations.js hands it the socket and its frames.
+import { conversationHref } from "./sidebar.js";
+
+export const SETTINGS_HASH = "#/settings";
+const $ = (id) => document.getElementById(id);
+const NUM = new Intl.NumberFormat("en-US");
+
+let app = null; // { send(frame): bool, current(): thread id }
+let view = null; // the <section>
+let opener = null; // the element focused before the view opened (focus returns to it)
+const editors = new Map(); // file name -> { text, version, area, note, conflict }
+
+// The skeleton: constant markup, no data in it (data is set as text below).
+const SKELETON = `
+<div class="settings-head">
+  <h2 id="settings-title" tabindex="-1">Settings</h2>
+  <button id="settings-close" type="button" class="secondary" aria-keyshortcuts="Escape">Back to the chat</button>
+</div>
+<p id="settings-status" class="settings-status" role="status" aria-live="polite"></p>
+<section class="settings-part" aria-labelledby="settings-memory">
+  <h3 id="settings-memory">Memory files</h3>
+  <p class="settings-note">What the assistant remembers and reads in every conversation. A save is
+    refused when the assistant changed the file since it was loaded here; your edit is kept.</p>
+  <div id="settings-files"></div>
+  <form id="settings-new-skill" class="settings-inline">
+    <label for="settings-skill-name">New skill</label>
+    <input id="settings-skill-name" type="text" required maxlength="81" autocomplete="off"
+           spellcheck="false" pattern="[A-Za-z0-9][A-Za-z0-9_.\\-]{0,80}"
+           title="Letters, digits, . _ - (it becomes skills/&lt;name&gt;.md)">
+    <button type="submit" class="secondary">Create skill</button>
+  </form>
+</section>
+<section class="settings-part" aria-labelledby="settings-reminders">
+  <h3 id="settings-reminders">Reminders</h3>
+  <p id="settings-reminders-note" class="settings-note"></p>
+  <div class="settings-scroll"><table id="settings-reminder-table" aria-labelledby="settings-reminders">
+    <thead><tr><th scope="col">What</th><th scope="col">Next</th><th scope="col">Repeats</th>
+      <th scope="col">Conversation</th><th scope="col"><span class="visually-hidden">Actions</span></th></tr></thead>
+    <tbody></tbody></table></div>
+</section>
+<section class="settings-part" aria-labelledby="settings-tools">
+  <h3 id="settings-tools">Tools and their policy</h3>
+  <p id="settings-config" class="settings-note"></p>
+  <div class="settings-scroll"><table id="settings-tool-table" aria-labelledby="settings-tools">
+    <thead><tr><th scope="col">Tool</th><th scope="col">Source</th><th scope="col">Mode</th>
+      <th scope="col">State</th></tr></thead>
+    <tbody></tbody></table></div>
+</section>
+<section class="settings-part" aria-labelledby="settings-models">
+  <h3 id="settings-models">Endpoints and models</h3>
+  <div class="settings-inline">
+    <label for="settings-model">Model for this conversation</label>
+    <select id="settings-model"></select>
+  </div>
+  <p id="settings-model-line" class="settings-note"></p>
+  <div class="settings-scroll"><table id="settings-endpoint-table" aria-label="Endpoints">
+    <thead><tr><th scope="col">Endpoint</th><th scope="col">Base URL</th><th scope="col">State</th>
+      <th scope="col">Models</th></tr></thead>
+    <tbody></tbody></table></div>
+  <p id="settings-aliases" class="settings-note"></p>
+</section>
+<section class="settings-part" aria-labelledby="settings-usage">
+  <h3 id="settings-usage">Token use</h3>
+  <div class="settings-scroll"><table id="settings-today">
+    <caption>Today's token use</caption><thead><tr><th scope="col">Model</th><th scope="col">Calls</th><th scope="col">Prompt</th>
+      <th scope="col">Completion</th></tr></thead>
+    <tbody></tbody></table></div>
+  <div class="settings-scroll"><table id="settings-days">
+    <caption>The last 7 days</caption><thead><tr><th scope="col">Day</th><th scope="col">Prompt</th><th scope="col">Completion</th>
+      <th scope="col">Total</th></tr></thead>
+    <tbody></tbody></table></div>
+</section>`;
+
+function cell(text, tag = "td") {
+  const c = document.createElement(tag);
+  c.textContent = text;
+  return c;
+}
+
+function tableRow(...cells) {
+  const tr = document.createElement("tr");
+  tr.append(...cells.map((c) => {
+    if (c instanceof HTMLTableCellElement) return c;
+    if (!(c instanceof Node)) return cell(String(c));
+    const td = document.createElement("td");
+    td.append(c);
+    return td;
+  }));
+  return tr;
+}
+
+function fill(id, rows, empty) {
+  const body = $(id).tBodies[0];
+  if (rows.length === 0) {
+    const td = cell(empty);
+    td.colSpan = $(id).tHead.rows[0].cells.length;
+    td.className = "settings-empty";
+    rows = [tableRow(td)];
+  }
+  body.replaceChildren(...rows);
+}
+
+function say(text) {
+  $("settings-status").textContent = text;
+}
+
+function button(label, name, onClick) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = "secondary";
+  b.textContent = label;
+  if (name) b.setAttribute("aria-label", name);
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+// -- memory files ---------------------------------------------------------------------------
+
+function save(name) {
+  const ed = editors.get(name);
+  const text = ed.area.value;
+  const size = new TextEncoder().encode(text).length;
+  if (size > maxBytes) {
+    ed.note.textContent = `${NUM.format(size)} bytes; the limit is ${NUM.format(maxBytes)} (tools.memory_max_bytes). Not saved.`;
+    return;
+  }
+  if (app.send({ type: "settings_save", name, text, version: ed.version })) ed.note.textContent = "Saving…";
+  else ed.note.textContent = "Not connected: save again once connected.";
+}
+
+let maxBytes = 64000; // tools.memory_max_bytes, from the view
+let emptyVersion = ""; // the version a new file is made from (the view says it)
+
+function editor(file, index) {
+  const box = document.createElement("div");
+  box.className = "memfile";
+  box.dataset.name = file.name;
+  const id = `settings-file-${index}`;
+  const label = document.createElement("label");
+  label.htmlFor = id;
+  label.textContent = file.name;
+  const area = document.createElement("textarea");
+  area.id = id;
+  area.rows = 6;
+  area.spellcheck = false;
+  const note = document.createElement("span");
+  note.className = "file-note";
+  note.setAttribute("role", "status");
+  const actions = document.createElement("div");
+  actions.className = "file-actions";
+  actions.append(button("Save", `Save ${file.name}`, () => save(file.name)));
+  if (file.name.startsWith("skills/")) {
+    actions.append(button("Delete", `Delete ${file.name}`, () => {
+      const ed = editors.get(file.name);
+      if (confirm(`Delete ${file.name}? The assistant loses this skill.`)) {
+        app.send({ type: "settings_delete", name: file.name, version: ed.version });
+      }
+    }));
+  }
+  actions.append(note);
+  const conflict = document.createElement("div");
+  conflict.className = "conflict";
+  conflict.hidden = true;
+  box.append(label, area, actions, conflict);
+  const ed = { text: "", version: "", area, note, conflict };
+  if (file.error) {
+    area.value = "";
+    area.disabled = true;
+    note.textContent = file.error;
+  } else {
+    area.value = file.text;
+    ed.text = file.text;
+    ed.version = file.version;
+  }
+  editors.set(file.name, ed);
+  return box;
+}
+
+function showFiles(files) {
+  // An edit not saved yet stays, with the version it started from (a save then tells
+  // whether the assistant wrote meanwhile).
+  const drafts = new Map();
+  for (const [name, ed] of editors) {
+    if (ed.area.value !== ed.text) drafts.set(name, { value: ed.area.value, version: ed.version, text: ed.text });
+  }
+  editors.clear();
+  $("settings-files").replaceChildren(...files.map(editor));
+  for (const [name, d] of drafts) {
+    const ed = editors.get(name);
+    if (!ed) continue;
+    ed.area.value = d.value;
+    ed.text = d.text;
+    ed.version = d.version;
+    ed.note.textContent = "Not saved yet.";
+  }
+}
+
+function onConflict(f) {
+  const ed = editors.get(f.name);
+  if (!ed) return;
+  const mine = ed.area.value;
+  ed.text = f.text;
+  ed.version = f.version;
+  ed.area.value = f.text; // what the file holds now
+  ed.note.textContent = "Not saved: changed meanwhile.";
+  const p = document.createElement("p");
+  p.setAttribute("role", "alert");
+  p.textContent = f.message;
+  const label = document.createElement("label");
+  const keptId = `${ed.area.id}-mine`;
+  label.htmlFor = keptId;
+  label.textContent = `Your edit of ${f.name} (not saved)`;
+  const kept = document.createElement("textarea");
+  kept.id = keptId;
+  kept.readOnly = true;
+  kept.rows = 4;
+  kept.value = mine;
+  const use = button("Use my edit", `Put my edit of ${f.name} back`, () => {
+    ed.area.value = mine; // saved against the new version: the assistant's change is seen
+    ed.conflict.hidden = true;
+    ed.area.focus();
+  });
+  const copy = button("Copy my edit", `Copy my edit of ${f.name}`, () => {
+    navigator.clipboard?.writeText(mine).catch(() => kept.select());
+  });
+  ed.conflict.replaceChildren(p, label, kept, use, copy);
+  ed.conflict.hidden = false;
+  say(`${f.name} was not saved: it changed meanwhile (see below).`);
+}
+
+// -- the other sections ---------------------------------------------------------------------
+
+function showReminders(f) {
+  $("settings-reminders-note").textContent = f.reminders_total > f.reminders.length
+    ? `The ${f.reminders.length} soonest of ${f.reminders_total}; times in ${f.timezone}.`
+    : `Times in ${f.timezone}.`;
+  fill("settings-reminder-table", f.reminders.map((r) => {
+    const tr = tableRow(
+      r.system ? `${r.text} (a task, shows nothing)` : r.text,
+      r.next_local, r.repeat, r.here ? `${r.title} (this one)` : r.title || "New conversation",
+      button("Cancel", `Cancel reminder #${r.id}`, () => {
+        if (confirm(`Cancel the reminder "${r.text}" (next: ${r.next_local})?`)) {
+          app.send({ type: "settings_cancel_reminder", id: r.id });
+        }
+      }));
+    tr.dataset.id = r.id;
+    return tr;
+  }), "No reminders. Ask the assistant for one in plain words.");
+}
+
+function showTools(f) {
+  $("settings-config").textContent = "Read-only: the config file is the source of truth "
+    + `(tools.policy in ${f.config_path || "the built-in defaults"}; a change takes effect at the next start).`;
+  fill("settings-tool-table", f.tools.map((t) => tableRow(
+    t.name, t.server ? `MCP server ${t.server}` : "built-in", t.mode, t.state || "")), "No tools.");
+}
+
+function showModel(m) {
+  const select = $("settings-model");
+  const names = new Set([...select.options].map((o) => o.value));
+  if (!names.has(m.current)) select.append(new Option(m.current, m.current));
+  select.value = m.chosen ? m.current : "default";
+  $("settings-model-line").textContent = m.chosen
+    ? `This conversation uses ${m.current} (chosen here or with /model).`
+    : `This conversation uses ${m.current}, the default (llm.model).`;
+}
+
+function showModels(f) {
+  const select = $("settings-model");
+  select.replaceChildren(new Option(`Default (${f.model.default})`, "default"),
+    ...f.models.map((name) => new Option(name, name)));
+  showModel(f.model);
+  fill("settings-endpoint-table", f.endpoints.map((e) => tableRow(
+    e.added_by ? `${e.name} (added by ${e.added_by})` : e.name, e.url,
+    e.healthy ? "healthy" : e.problem || "not answering",
+    e.models === null ? "unknown yet" : e.models.join(", ") || "none")), "No endpoints.");
+  $("settings-aliases").textContent = f.aliases.length
+    ? "Aliases: " + f.aliases.map((a) => `${a.alias} → ${a.model}`).join(", ")
+    : "No aliases (/alias adds one).";
+}
+
+function showUsage(u) {
+  fill("settings-today", u.today.models.map((m) => tableRow(
+    m.model, NUM.format(m.calls), NUM.format(m.prompt_tokens), NUM.format(m.completion_tokens))),
+  "No model calls today.");
+  fill("settings-days", u.days.slice().reverse().map((d) => tableRow(
+    d.day, NUM.format(d.prompt_tokens), NUM.format(d.completion_tokens),
+    NUM.format(d.prompt_tokens + d.completion_tokens))), "");
+}
+
+function showView(f) {
+  maxBytes = f.max_bytes;
+  emptyVersion = f.new_version;
+  showFiles(f.files);
+  showReminders(f);
+  showTools(f);
+  showModels(f);
+  showUsage(f.usage);
+  view.setAttribute("aria-busy", "false");
+}
+
+// -- opening and closing --------------------------------------------------------------------
+
+export function settingsOpen() {
+  return view !== null && !view.hidden;
+}
+
+function open() {
+  if (settingsOpen()) return;
+  if (!opener) opener = document.activeElement;
+  if ($("sidebar").classList.contains("open")) $("close-sidebar").click(); // the drawer
+  view.hidden = false;
+  view.parentElement.classList.add("settings-open");
+  view.setAttribute("aria-busy", "true");
+  say("");
+  app.send({ type: "settings" }); // not connected: asked again once ready
+  $("settings-title").focus();
+}
+
+function hide() {
+  if (!settingsOpen()) return;
+  view.hidden = true;
+  view.parentElement.classList.remove("settings-open");
+  const back = opener && opener.isConnected ? opener : $("open-settings");
+  opener = null;
+  back.focus();
+}
+
+function close() {
+  if (location.hash === SETTINGS_HASH) location.hash = conversationHref(app.current());
+  else hide();
+}
+
+function route() {
+  if (location.hash === SETTINGS_HASH) open();
+  else hide();
+}
+
+// A frame for the view: handled here (true), or for the others (false).
+export function settingsFrame(f) {
+  switch (f.type) {
+    case "ready":
+      if (settingsOpen()) queueMicrotask(() => app.send({ type: "settings" }));
+      return false;
+    case "settings":
+      showView(f);
+      return true;
+    case "settings_saved": {
+      const ed = editors.get(f.name);
+      if (ed) {
+        ed.text = f.text;
+        ed.version = f.version;
+        ed.note.textContent = "Saved.";
+        ed.conflict.hidden = true;
+      }
+      say(`Saved ${f.name}.`);
+      return true;
+    }
+    case "settings_conflict":
+      onConflict(f);
+      return true;
+    case "settings_deleted":
+      $("settings-files").querySelector(`[data-name="${CSS.escape(f.name)}"]`)?.remove();
+      editors.delete(f.name);
+      say(`Deleted ${f.name}.`);
+      return true;
+    case "settings_reminder_cancelled":
+      $("settings-reminder-table").querySelector(`tr[data-id="${f.id}"]`)?.remove();
+      say(`Reminder #${f.id} cancelled.`);
+      return true;
+    case "settings_model":
+      showModel(f);
+      say(f.line.replaceAll("`", "")); // /model's answer, in Markdown
+      return true;
+    case "settings_refused": {
+      const ed = f.name ? editors.get(f.name) : null;
+      if (ed) ed.note.textContent = f.message;
+      say(f.message);
+      if (f.action === "model") app.send({ type: "settings" }); // the picker as it is
+      return true;
+    }
+    default:
+      return false;
+  }
+}
+
+// api: { send(frame): bool, current(): thread id }
+export function initSettings(api) {
+  app = api;
+  view = document.createElement("section");
+  view.id = "settings";
+  view.className = "settings";
+  view.hidden = true;
+  view.setAttribute("aria-labelledby", "settings-title");
+  view.innerHTML = SKELETON; // constant: no data from anywhere
+  $("log").closest(".log-wrap").before(view);
+  $("settings-close").addEventListener("click", close);
+  $("open-settings").addEventListener("click", () => {
+    opener = $("open-settings");
+    if (location.hash === SETTINGS_HASH) open();
+    else location.hash = SETTINGS_HASH;
+  });
+  $("settings-model").addEventListener("change", (e) => {
+    app.send({ type: "settings_model", model: e.target.value });
+  });
+  $("settings-new-skill").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const input = $("settings-skill-name");
+    const name = `skills/${input.value.trim().replace(/\.md$/, "")}.md`;
+    if (editors.has(name)) {
+      say(`${name} exists already: edit it above.`);
+      return;
+    }
+    const index = $("settings-files").children.length;
+    $("settings-files").append(editor({ name, text: "", version: emptyVersion }, index));
+    input.value = "";
+    editors.get(name).area.focus();
+    say(`${name} is new: write it, then Save.`);
+  });
+  // Esc leaves the view (before the page's own Esc, which stops an answer).
+  window.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && !e.isComposing && settingsOpen()) {
+      e.preventDefault();
+      e.stopPropagation();
+      close();
+    }
+  }, true);
+  window.addEventListener("hashchange", route);
+  route();
+}
