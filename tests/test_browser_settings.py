@@ -40,7 +40,16 @@ async def test_a_memory_edit_reaches_the_model_and_a_stale_save_is_refused(
     await say(page, "hello")
     await expect(answers(page)).to_have_text(["echo: hello"])
 
-    await open_settings(page)
+    # By keyboard: the sidebar's button, then Tab to the way back, its focus drawn.
+    await page.get_by_role("button", name="Settings").focus()
+    await page.keyboard.press("Enter")
+    await expect(page).to_have_url(re.compile(r"#/settings$"))
+    await expect(page.get_by_role("heading", name="Settings")).to_be_focused()
+    await expect(page.locator("#settings")).to_have_attribute("aria-busy", "false")
+    await page.keyboard.press("Tab")
+    back = page.get_by_role("button", name="Back to the chat")
+    await expect(back).to_be_focused()
+    await expect(back).to_have_css("outline-style", "solid")
     await expect(page.get_by_role("log")).to_be_hidden()
     heartbeats = page.get_by_role("textbox", name="HEARTBEATS.txt", exact=True)
     await expect(heartbeats).to_have_value(hostile)  # as text

@@ -190,6 +190,10 @@ function showFiles(files) {
   editors.clear();
   $("settings-files").replaceChildren(...files.map(editor));
   for (const [name, d] of drafts) {
+    if (!editors.has(name) && d.version === emptyVersion) { // a new skill not saved yet
+      $("settings-files").append(editor({ name, text: "", version: d.version },
+        $("settings-files").children.length));
+    }
     const ed = editors.get(name);
     if (!ed) continue;
     ed.area.value = d.value;
@@ -399,6 +403,7 @@ export function initSettings(api) {
   view.innerHTML = SKELETON; // constant: no data from anywhere
   $("log").closest(".log-wrap").before(view);
   $("settings-close").addEventListener("click", close);
+  $("new-chat").addEventListener("click", close); // after app.js opened the new one
   $("open-settings").addEventListener("click", () => {
     opener = $("open-settings");
     if (location.hash === SETTINGS_HASH) open();
