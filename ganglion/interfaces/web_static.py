@@ -23,6 +23,7 @@ STATIC_FILES = {
     "search.js": "text/javascript; charset=utf-8",
     "search.css": "text/css; charset=utf-8",
     "settings.js": "text/javascript; charset=utf-8",
+    "memfiles.js": "text/javascript; charset=utf-8",
     "settings.css": "text/css; charset=utf-8",
     "highlight.min.js": "text/javascript; charset=utf-8",
 }

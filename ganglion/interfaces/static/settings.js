@@ -1,9 +1,10 @@
-// The settings view (#/settings): the memory files (edited, saved against the version they
-// were loaded at), reminders (cancelled after a confirmation), the tools and their policy
+// The settings view (#/settings), in place of the conversation: the memory files
+// (memfiles.js), reminders (cancelled after a confirmation), the tools and their policy
 // (read-only), endpoints and the conversation's model, and the token use. Everything the
-// server sends is drawn as text (textContent, a textarea's value), never parsed as HTML.
-// conversations.js hands it the socket and its frames.
+// server sends is drawn as text (textContent), never parsed as HTML. conversations.js hands
+// it the socket and its frames.
 import { conversationHref } from "./sidebar.js";
+import { initFiles, showFiles, filesFrame, newSkill } from "./memfiles.js";
 
 export const SETTINGS_HASH = "#/settings";
 const $ = (id) => document.getElementById(id);
@@ -12,7 +13,6 @@ const NUM = new Intl.NumberFormat("en-US");
 let app = null; // { send(frame): bool, current(): thread id }
 let view = null; // the <section>
 let opener = null; // the element focused before the view opened (focus returns to it)
-const editors = new Map(); // file name -> { text, version, area, note, conflict }
 
 // The skeleton: constant markup, no data in it (data is set as text below).
 const SKELETON = `
@@ -118,124 +118,6 @@ function button(label, name, onClick) {
   return b;
 }
 
-// -- memory files ---------------------------------------------------------------------------
-
-function save(name) {
-  const ed = editors.get(name);
-  const text = ed.area.value;
-  const size = new TextEncoder().encode(text).length;
-  if (size > maxBytes) {
-    ed.note.textContent = `${NUM.format(size)} bytes; the limit is ${NUM.format(maxBytes)} (tools.memory_max_bytes). Not saved.`;
-    return;
-  }
-  if (app.send({ type: "settings_save", name, text, version: ed.version })) ed.note.textContent = "Saving…";
-  else ed.note.textContent = "Not connected: save again once connected.";
-}
-
-let maxBytes = 64000; // tools.memory_max_bytes, from the view
-let emptyVersion = ""; // the version a new file is made from (the view says it)
-
-function editor(file, index) {
-  const box = document.createElement("div");
-  box.className = "memfile";
-  box.dataset.name = file.name;
-  const id = `settings-file-${index}`;
-  const label = document.createElement("label");
-  label.htmlFor = id;
-  label.textContent = file.name;
-  const area = document.createElement("textarea");
-  area.id = id;
-  area.rows = 6;
-  area.spellcheck = false;
-  const note = document.createElement("span");
-  note.className = "file-note";
-  note.setAttribute("role", "status");
-  const actions = document.createElement("div");
-  actions.className = "file-actions";
-  actions.append(button("Save", `Save ${file.name}`, () => save(file.name)));
-  if (file.name.startsWith("skills/")) {
-    actions.append(button("Delete", `Delete ${file.name}`, () => {
-      const ed = editors.get(file.name);
-      if (confirm(`Delete ${file.name}? The assistant loses this skill.`)) {
-        app.send({ type: "settings_delete", name: file.name, version: ed.version });
-      }
-    }));
-  }
-  actions.append(note);
-  const conflict = document.createElement("div");
-  conflict.className = "conflict";
-  conflict.hidden = true;
-  box.append(label, area, actions, conflict);
-  const ed = { text: "", version: "", area, note, conflict };
-  if (file.error) {
-    area.value = "";
-    area.disabled = true;
-    note.textContent = file.error;
-  } else {
-    area.value = file.text;
-    ed.text = file.text;
-    ed.version = file.version;
-  }
-  editors.set(file.name, ed);
-  return box;
-}
-
-function showFiles(files) {
-  // An edit not saved yet stays, with the version it started from (a save then tells
-  // whether the assistant wrote meanwhile).
-  const drafts = new Map();
-  for (const [name, ed] of editors) {
-    if (ed.area.value !== ed.text) drafts.set(name, { value: ed.area.value, version: ed.version, text: ed.text });
-  }
-  editors.clear();
-  $("settings-files").replaceChildren(...files.map(editor));
-  for (const [name, d] of drafts) {
-    if (!editors.has(name) && d.version === emptyVersion) { // a new skill not saved yet
-      $("settings-files").append(editor({ name, text: "", version: d.version },
-        $("settings-files").children.length));
-    }
-    const ed = editors.get(name);
-    if (!ed) continue;
-    ed.area.value = d.value;
-    ed.text = d.text;
-    ed.version = d.version;
-    ed.note.textContent = "Not saved yet.";
-  }
-}
-
-function onConflict(f) {
-  const ed = editors.get(f.name);
-  if (!ed) return;
-  const mine = ed.area.value;
-  ed.text = f.text;
-  ed.version = f.version;
-  ed.area.value = f.text; // what the file holds now
-  ed.note.textContent = "Not saved: changed meanwhile.";
-  const p = document.createElement("p");
-  p.setAttribute("role", "alert");
-  p.textContent = f.message;
-  const label = document.createElement("label");
-  const keptId = `${ed.area.id}-mine`;
-  label.htmlFor = keptId;
-  label.textContent = `Your edit of ${f.name} (not saved)`;
-  const kept = document.createElement("textarea");
-  kept.id = keptId;
-  kept.readOnly = true;
-  kept.rows = 4;
-  kept.value = mine;
-  const use = button("Use my edit", `Put my edit of ${f.name} back`, () => {
-    ed.area.value = mine; // saved against the new version: the assistant's change is seen
-    ed.conflict.hidden = true;
-    ed.area.focus();
-  });
-  const copy = button("Copy my edit", `Copy my edit of ${f.name}`, () => {
-    navigator.clipboard?.writeText(mine).catch(() => kept.select());
-  });
-  ed.conflict.replaceChildren(p, label, kept, use, copy);
-  ed.conflict.hidden = false;
-  say(`${f.name} was not saved: it changed meanwhile (see below).`);
-}
-
 // -- the other sections ---------------------------------------------------------------------
 
 function showReminders(f) {
@@ -297,9 +179,7 @@ function showUsage(u) {
 }
 
 function showView(f) {
-  maxBytes = f.max_bytes;
-  emptyVersion = f.new_version;
-  showFiles(f.files);
+  showFiles(f);
   showReminders(f);
   showTools(f);
   showModels(f);
@@ -346,31 +226,13 @@ function route() {
 
 // A frame for the view: handled here (true), or for the others (false).
 export function settingsFrame(f) {
+  if (filesFrame(f)) return true;
   switch (f.type) {
     case "ready":
       if (settingsOpen()) queueMicrotask(() => app.send({ type: "settings" }));
       return false;
     case "settings":
       showView(f);
-      return true;
-    case "settings_saved": {
-      const ed = editors.get(f.name);
-      if (ed) {
-        ed.text = f.text;
-        ed.version = f.version;
-        ed.note.textContent = "Saved.";
-        ed.conflict.hidden = true;
-      }
-      say(`Saved ${f.name}.`);
-      return true;
-    }
-    case "settings_conflict":
-      onConflict(f);
-      return true;
-    case "settings_deleted":
-      $("settings-files").querySelector(`[data-name="${CSS.escape(f.name)}"]`)?.remove();
-      editors.delete(f.name);
-      say(`Deleted ${f.name}.`);
       return true;
     case "settings_reminder_cancelled":
       $("settings-reminder-table").querySelector(`tr[data-id="${f.id}"]`)?.remove();
@@ -381,8 +243,6 @@ export function settingsFrame(f) {
       say(f.line.replaceAll("`", "")); // /model's answer, in Markdown
       return true;
     case "settings_refused": {
-      const ed = f.name ? editors.get(f.name) : null;
-      if (ed) ed.note.textContent = f.message;
       say(f.message);
       if (f.action === "model") app.send({ type: "settings" }); // the picker as it is
       return true;
@@ -395,6 +255,7 @@ export function settingsFrame(f) {
 // api: { send(frame): bool, current(): thread id }
 export function initSettings(api) {
   app = api;
+  initFiles({ send: app.send, say });
   view = document.createElement("section");
   view.id = "settings";
   view.className = "settings";
@@ -414,17 +275,7 @@ export function initSettings(api) {
   });
   $("settings-new-skill").addEventListener("submit", (e) => {
     e.preventDefault();
-    const input = $("settings-skill-name");
-    const name = `skills/${input.value.trim().replace(/\.md$/, "")}.md`;
-    if (editors.has(name)) {
-      say(`${name} exists already: edit it above.`);
-      return;
-    }
-    const index = $("settings-files").children.length;
-    $("settings-files").append(editor({ name, text: "", version: emptyVersion }, index));
-    input.value = "";
-    editors.get(name).area.focus();
-    say(`${name} is new: write it, then Save.`);
+    if (newSkill($("settings-skill-name").value)) $("settings-skill-name").value = "";
   });
   // Esc leaves the view (before the page's own Esc, which stops an answer).
   window.addEventListener("keydown", (e) => {
