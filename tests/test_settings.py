@@ -6,9 +6,10 @@ changed, and no secret in the view."""
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
-from conftest import LLM_KEY, WEB_TOKEN, AppFactory, connect
+from conftest import LLM_KEY, WEB_TOKEN, AppFactory, connect, eventually
 from fake_llm import FakeLLM, Reply, system_of
 from wsclient import ChatClient
 
@@ -134,17 +135,25 @@ async def test_malformed_settings_frames_get_an_error_and_change_nothing(
     await chat.close()
 
 
+MCP_SECRET = "mcp-secret-value-4e1d9b"
+# A server that says its secret as its last words, then dies: its state shows why it is down.
+BLABBER = "import os, sys; sys.stderr.write(os.environ['NOTES_TOKEN']); sys.exit(3)"
+
+
 async def test_the_view_holds_no_secret(app_factory: AppFactory, fake_llm: FakeLLM) -> None:
-    app = await app_factory({
-        "llm": {"endpoints": [{"name": "fake", "base_url": fake_llm.base_url,
-                               "api_key": LLM_KEY, "max_concurrency": 4,
-                               "timeout_seconds": 10}]},
-    })
+    app = await app_factory({"mcp": {"servers": {"notes": {
+        "command": sys.executable, "args": ["-c", BLABBER],
+        "env": {"NOTES_TOKEN": MCP_SECRET}}}}})
+    assert app.mcp is not None
+    mcp = app.mcp
+    await eventually(lambda: any("last words" in s.shown() for s in mcp.states()), 20)
     chat = await connect(app)
     await chat.ask("hello")  # a call: usage rows, and the models are known
     view = await answer(chat, {"type": "settings"})
     text = json.dumps(view)
-    assert LLM_KEY not in text and WEB_TOKEN not in text
+    assert LLM_KEY not in text and WEB_TOKEN not in text and MCP_SECRET not in text
+    [notes] = [t for t in view["tools"] if t["server"] == "notes"]
+    assert notes["name"] == "notes__*" and "last words: ***" in notes["state"]
     assert "api_key" not in text
     assert [e["name"] for e in view["endpoints"]] == ["fake"]
     assert view["endpoints"][0]["url"] == fake_llm.base_url
