@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from conftest import LLM_KEY, WEB_TOKEN, AppFactory, connect, eventually
@@ -159,4 +160,26 @@ async def test_the_view_holds_no_secret(app_factory: AppFactory, fake_llm: FakeL
     assert view["endpoints"][0]["url"] == fake_llm.base_url
     assert view["model"] == {"current": "fake-model", "chosen": False, "default": "fake-model"}
     assert {t["name"]: t["mode"] for t in view["tools"]}["memory_append"] == "on"
+    await chat.close()
+
+
+async def test_a_linked_skill_is_neither_written_nor_deleted_through(
+    app_factory: AppFactory, tmp_path: Path
+) -> None:
+    # The memory tools never follow a link out of data/; the page's saves are theirs.
+    app = await app_factory()
+    outside = tmp_path / "outside.md"
+    outside.write_text("# Not ours\n")
+    (app.data_dir / "skills" / "linked.md").symlink_to(outside)
+    chat = await connect(app)
+    view = await answer(chat, {"type": "settings"})
+    assert "symbolic link" in files_of(view)["skills/linked.md"]["error"]
+    version = version_of("# Not ours\n")
+    for frame in ({"type": "settings_save", "name": "skills/linked.md", "text": "x",
+                   "version": version},
+                  {"type": "settings_delete", "name": "skills/linked.md", "version": version}):
+        got = await answer(chat, frame)
+        assert got["type"] == "settings_refused" and "symbolic link" in got["message"], got
+    assert outside.read_text() == "# Not ours\n"
+    assert (app.data_dir / "skills" / "linked.md").is_symlink()
     await chat.close()

@@ -52,8 +52,9 @@ function editor(file) {
   note.setAttribute("role", "status");
   const actions = document.createElement("div");
   actions.className = "file-actions";
-  actions.append(button("Save", `Save ${file.name}`, () => save(file.name)));
-  if (file.name.startsWith("skills/")) {
+  // A file it could not load (too large, a link) is shown with why, and left alone.
+  if (!file.error) actions.append(button("Save", `Save ${file.name}`, () => save(file.name)));
+  if (file.name.startsWith("skills/") && !file.error) {
     actions.append(button("Delete", `Delete ${file.name}`, () => {
       const ed = editors.get(file.name);
       if (confirm(`Delete ${file.name}? The assistant loses this skill.`)) {
