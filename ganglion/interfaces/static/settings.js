@@ -139,8 +139,11 @@ function showReminders(f) {
 }
 
 function showTools(f) {
-  $("settings-config").textContent = "Read-only: the config file is the source of truth "
-    + `(tools.policy in ${f.config_path || "the built-in defaults"}; a change takes effect at the next start).`;
+  $("settings-config").textContent = f.config_path
+    ? `Read-only: the config file is the source of truth (tools.policy in ${f.config_path}; `
+      + "a change takes effect at the next start)."
+    : "Read-only: the config file is the source of truth; this daemon runs without one "
+      + "(the defaults), so tools.policy in a config.yaml would change these.";
   fill("settings-tool-table", f.tools.map((t) => tableRow(
     t.name, t.server ? `MCP server ${t.server}` : "built-in", t.mode, t.state || "")), "No tools.");
 }
