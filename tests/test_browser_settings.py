@@ -191,6 +191,6 @@ async def test_at_phone_width_settings_open_from_the_drawer_without_sideways_scr
         assert await page.evaluate("document.querySelector('.app').scrollWidth"
                                    " <= document.querySelector('.app').clientWidth")
         await page.keyboard.press("Escape")
-        await expect(page.get_by_role("textbox", name="Message")).to_be_visible()
+        await expect(page.get_by_role("textbox", name="Message")).to_be_focused()
     finally:
         await ctx.close()

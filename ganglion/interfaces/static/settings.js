@@ -212,7 +212,10 @@ function hide() {
   if (!settingsOpen()) return;
   view.hidden = true;
   view.parentElement.classList.remove("settings-open");
-  const back = opener && opener.isConnected ? opener : $("open-settings");
+  // Back where the person was; the message box when that is gone or hidden (the drawer).
+  const shown = opener && opener !== document.body
+    && opener.checkVisibility?.({ visibilityProperty: true });
+  const back = shown ? opener : $("message");
   opener = null;
   back.focus();
 }
