@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from ganglion.access import Access
+from ganglion.assistant_state import AssistantState, StateParts
 from ganglion.bus import Bus
 from ganglion.commands import CommandTable, Rank
 from ganglion.config import LoadedConfig, secret_values
@@ -29,10 +30,7 @@ from ganglion.status import StatusReport
 from ganglion.storage.catalog import Catalog
 from ganglion.storage.conversations import Conversations
 from ganglion.storage.db import Database, MigrationFailed
-from ganglion.storage.files import (
-    DataFiles,
-    web_token,
-)
+from ganglion.storage.files import DataFiles, web_token
 from ganglion.storage.history import History
 from ganglion.storage.inbox import Inbox
 from ganglion.storage.lock import DataFolderInUse, DataLock
@@ -42,7 +40,7 @@ from ganglion.storage.reminders import HeartbeatLedger, ReminderStore
 from ganglion.storage.retention import Retention
 from ganglion.storage.usage import UsageLog
 from ganglion.tool_names import TOOL_NAMES, mcp_server_of
-from ganglion.toolbox import builtin_tools, tool_workspace, workspace_dir
+from ganglion.toolbox import builtin_tools, memory_tools, tool_workspace, workspace_dir
 from ganglion.tools.listing import ToolsCommand
 from ganglion.tools.policy import Approvals, ToolPolicy, ToolRunner
 from ganglion.tools.registry import ToolRegistry
@@ -230,7 +228,7 @@ class App:
                                     self.history, self.inbox, MarkdownRenderer(),
                                     shown=without_secrets, deleted=self.reminders.rearm,
                                     conversations=self.conversations, routes=status.add_to,
-                                    media=self.media)
+                                    media=self.media, settings=self._assistant_state())
             self.router.register(self.web)
             await self.web.start()
             self._stops.append(("web", self.web.stop))
@@ -288,6 +286,15 @@ class App:
         thread = await self.heartbeat_ledger.owner_thread(0.0, self.config.matrix.owner)
         if thread is not None:
             await self.router.broadcast(text, thread)
+
+    def _assistant_state(self) -> AssistantState:
+        """What the page's settings view reads and changes, through the parts' own verbs."""
+        mcp = self.mcp
+        return AssistantState(StateParts(
+            self.files, memory_tools(self.loaded, self.files), self.reminders,
+            self.conversations, self.tool_runner, lambda: mcp.states() if mcp is not None else [],
+            self.endpoints, self.model_commands, self.usage, self.clock,
+            self.secret_mask.masked, self.loaded.source))
 
     def _add_tools(self) -> None:
         """Memory, file, shell and web tools (their policy is applied by the ToolRunner)."""

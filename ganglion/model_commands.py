@@ -149,15 +149,25 @@ class ModelCommands:
         if not args:
             return (self._thread_line(tid) + " Change it with `/model <number|name|alias>`; "
                     "`/model default` goes back to llm.model.")
-        if args.lower() in ("default", "reset"):
+        return await self.set_model(tid, args, msg.sender)
+
+    async def set_model(self, tid: ThreadId, ref: str, by: str) -> str:
+        """``/model <ref>``'s effect (the settings page's picker calls it too): the thread's
+        model from a number, name or alias, or "default"; the reply's line. UnknownModel
+        (an InputRejected) says what to do when nothing matches."""
+        if ref.lower() in ("default", "reset"):
             await self.catalog.set_thread_model(tid, None)
             self._thread_models.pop(tid, None)
             return self._thread_line(tid)
-        name = self.pool.resolve(args)
+        name = self.pool.resolve(ref)
         await self.catalog.set_thread_model(tid, name)
         self._thread_models[tid] = name
-        log.info("[%s] model set to %s by %s", tid, name, msg.sender)
+        log.info("[%s] model set to %s by %s", tid, name, by)
         return self._thread_line(tid)
+
+    def chosen(self, thread_id: ThreadId) -> str | None:
+        """The thread's /model choice; None when it uses llm.model."""
+        return self._thread_models.get(thread_id)
 
     async def _ask(self, msg: Inbound, args: str) -> str:
         request = parse_ask(args)

@@ -41,18 +41,19 @@ def workspace_dir(loaded: LoadedConfig) -> Path:
 def tool_workspace(loaded: LoadedConfig) -> Workspace:
     """The file tools' workspace, its private files hidden (files people send are saved
     into its inbox/ through it)."""
-    work = workspace_dir(loaded)
-    return Workspace(work, _private(loaded, work), [loaded.source] if loaded.source else [])
+    return Workspace(workspace_dir(loaded), _private(loaded),
+                     [loaded.source] if loaded.source else [])
 
 
-def _private(loaded: LoadedConfig, work: Path) -> list[str]:
-    """Name patterns the file tools never show nor touch."""
+def _private(loaded: LoadedConfig) -> list[str]:
+    """The name patterns the file and memory tools never touch: tools.private_files and the
+    daemon's own files (the Matrix store, the web token, the lock, and data/media/: images
+    reach the model as images; the files people send are copied into the workspace's
+    inbox/, which is theirs)."""
     config = loaded.config
     data_dir = loaded.data_dir
+    work = workspace_dir(loaded)
     private = list(config.tools.private_files)
-    # The daemon's own files stay private whatever tools.private_files says; so do the
-    # media store (data/media/: images reach the model as images; the files people send
-    # are copied into the workspace's inbox/, which is theirs).
     for own in (loaded.path(config.matrix.store_path), data_dir / WEB_TOKEN,
                 data_dir / LOCK_FILE, data_dir / MEDIA_DIR):
         for root in (work, data_dir):
@@ -61,23 +62,26 @@ def _private(loaded: LoadedConfig, work: Path) -> list[str]:
     return private
 
 
+def memory_tools(loaded: LoadedConfig, files: DataFiles) -> MemoryTools:
+    """The memory tools over data/; the settings page saves through another made here (the
+    same per-file locks of ``files``, the same checks and size cap)."""
+    config_file = [loaded.source] if loaded.source else []  # wherever it lies
+    return MemoryTools(files, Workspace(loaded.data_dir, _private(loaded), config_file),
+                       max_bytes=loaded.config.tools.memory_max_bytes)
+
+
 def builtin_tools(loaded: LoadedConfig, files: DataFiles) -> tuple[list[ToolFunc], Shell]:
     """The memory, file and shell tools, and the shell (it describes a call for approval)."""
     config = loaded.config
     cfg = config.tools
-    data_dir = loaded.data_dir
-    work = workspace_dir(loaded)
-    private = _private(loaded, work)
-    scripts = data_dir / SCRIPTS_DIR
+    scripts = loaded.data_dir / SCRIPTS_DIR
     shell = Shell(scripts, shell_environment(os.environ, cfg.shell_env,
                                              secret_values(config), scripts),
                   timeout_seconds=cfg.shell_timeout_seconds,
                   max_output_bytes=cfg.shell_max_output_bytes)
-    config_file = [loaded.source] if loaded.source else []  # wherever it lies
-    memory = MemoryTools(files, Workspace(data_dir, private, config_file),
-                         max_bytes=cfg.memory_max_bytes)
-    file_tools = FileTools(Workspace(work, private, config_file), files,
-                           max_read_bytes=cfg.max_read_bytes, max_write_bytes=cfg.max_write_bytes)
+    memory = memory_tools(loaded, files)
+    file_tools = FileTools(tool_workspace(loaded), files, max_read_bytes=cfg.max_read_bytes,
+                           max_write_bytes=cfg.max_write_bytes)
     return [*memory.tools(), *file_tools.tools(), *shell.tools()], shell
 
 

@@ -51,6 +51,8 @@ NEVER: dict[str, set[str]] = {
     "turn": {"interfaces", "triggers", "worker", "app", "cli"},
     "tools": {"interfaces", "worker", "turn", "llm", "app", "cli"},
     "llm": {"interfaces", "triggers", "worker", "turn", "tools", "app", "cli"},
+    # the settings view's verbs are handed to the web edge, which never imports them
+    "assistant_state": {"interfaces", "worker", "turn", "app", "cli"},
 }
 
 

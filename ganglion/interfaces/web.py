@@ -36,6 +36,7 @@ from ganglion.interfaces.web_guard import (
 from ganglion.interfaces.web_login import hello
 from ganglion.interfaces.web_media import attachment_json, with_attachments
 from ganglion.interfaces.web_send import Refused, checked_send
+from ganglion.interfaces.web_settings import SETTINGS_KINDS, Settings, SettingsFrames
 from ganglion.interfaces.web_static import StaticFiles
 from ganglion.interfaces.web_tab import Tab
 from ganglion.interfaces.web_upload import Uploads
@@ -57,7 +58,7 @@ from ganglion.storage.media import MediaRefused, MediaStore
 
 log = logging.getLogger(__name__)
 
-FRAME_TYPES = ", ".join(["send", "stop", "cancel", *sorted(KINDS)])
+FRAME_TYPES = ", ".join(["send", "stop", "cancel", *sorted(KINDS), *sorted(SETTINGS_KINDS)])
 PENDING_SHOWN = 100
 """Queued messages a joining tab is shown (the newest); it is told how many more wait."""
 
@@ -87,6 +88,7 @@ class WebInterface:
         deleted: Deleted | None = None,
         routes: Callable[[web.Application, BearerCheck], None] | None = None,
         media: MediaStore | None = None,
+        settings: Settings | None = None,
     ) -> None:
         if not token:
             raise ValueError("the web interface needs a non-empty token")
@@ -107,6 +109,7 @@ class WebInterface:
         """Failed logins per address, over the WebSocket and the HTTP endpoints alike."""
         self._check = bearer_check(self._guard, self._token, self._throttle)
         self._uploads = Uploads(media, self._check) if media is not None else None
+        self._settings = SettingsFrames(settings) if settings is not None else None
         self._tabs: dict[ThreadId, set[Tab]] = {}
         self._sockets: set[web.WebSocketResponse] = set()
         self._streaming: dict[ThreadId, list[str]] = {}
@@ -305,10 +308,12 @@ class WebInterface:
             await self._on_send(tab, frame)
         elif kind == "stop":
             self._bus.cancel_turn(tab.thread_id)
-        elif kind == "cancel" or (isinstance(kind, str) and kind in KINDS):
+        elif kind == "cancel" or (isinstance(kind, str) and kind in KINDS | SETTINGS_KINDS):
             try:
                 if kind == "cancel":  # the queued messages; each tab marks them (_cancelled)
                     await self._bus.cancel_queued(tab.thread_id)
+                elif kind in SETTINGS_KINDS and self._settings is not None:
+                    await self._settings.handle(tab.put, tab.thread_id, frame)
                 else:
                     await self.conversations.handle(tab.put, frame)
             except sqlite3.Error as err:  # the disk refused: say so, keep the socket

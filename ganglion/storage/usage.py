@@ -71,6 +71,16 @@ class Stats:
     other_threads: Group
 
 
+@dataclass(frozen=True, slots=True)
+class ModelUse:
+    """One model's LLM calls in a span of time (the settings page's "token use")."""
+
+    model: str
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
 _TALLY = (
     "SELECT {key} AS key, SUM(kind = 'message') AS messages,"
     " SUM(prompt_tokens + completion_tokens) AS tokens FROM usage"
@@ -167,6 +177,17 @@ class UsageLog:
             "SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS n FROM usage"
             " WHERE kind = 'call' AND at >= ?", (start,))
         return int(row["n"]) if row else 0
+
+    async def by_model(self, start: float, end: float) -> list[ModelUse]:
+        """The LLM calls of every account from ``start`` until ``end``, per model, most
+        tokens first."""
+        rows = await self.db.fetchall(
+            "SELECT model, COUNT(*) AS calls, SUM(prompt_tokens) AS prompt,"
+            " SUM(completion_tokens) AS completion FROM usage"
+            " WHERE kind = 'call' AND at >= ? AND at < ? GROUP BY model"
+            " ORDER BY SUM(prompt_tokens + completion_tokens) DESC, model", (start, end))
+        return [ModelUse(str(r["model"] or "?"), int(r["calls"]), int(r["prompt"] or 0),
+                         int(r["completion"] or 0)) for r in rows]
 
     async def stats(self, account: str, thread_id: str, *, top: int = 5,
                     apart: tuple[str, ...] = ()) -> Stats:

@@ -222,6 +222,19 @@ class Workspace:
             replace_in(dfd, name, data, mode)
         return old is None
 
+    def remove(self, path: str) -> None:
+        """Delete a regular file (a folder or a link is refused, never followed)."""
+        parts = self.parts(path)
+        with self.folder(parts[:-1]) as dfd:
+            try:
+                st = os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                raise Missing(f"{path} does not exist") from None
+            if not stat.S_ISREG(st.st_mode):
+                raise BadArguments(f"{path} is not a regular file")
+            self._check_not_private(path, st)
+            os.unlink(parts[-1], dir_fd=dfd)
+
     def list(self, path: str) -> list[str]:
         parts = self.parts(path, allow_root=True)
         hidden = self._private_ids()

@@ -5,11 +5,16 @@ writes, no links followed) under ``DataFiles.lock``, so every change to one file
 in turn and two threads appending at once both land. The prompt notices the change through
 the file's new stat (inode, mtime, ctime, size: ``DataFiles.read``) and re-reads only that
 file.
+
+The settings page edits the same files through ``load``, ``rewrite_if`` and ``remove_if``:
+the same lock, checks, size cap and atomic write, plus a version (a hash of the text the edit
+started from) so that an edit never overwrites what the assistant wrote meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 
 from ganglion.errors import BadArguments, ToolError
@@ -32,6 +37,22 @@ def memory_file(name: str) -> str:
         return name
     raise BadArguments(f"{name!r} is not a memory file: use MEMORIES.txt, HEARTBEATS.txt, "
                        "skills/<name>.md or scripts/<name> (letters, digits, . _ -)")
+
+
+def version_of(text: str) -> str:
+    """The version an edit starts from: a hash of the file's text ("" for a missing file)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+class Conflict(ToolError):
+    """The file no longer holds the version the edit started from; ``text`` is what it holds."""
+
+    def __init__(self, name: str, text: str) -> None:
+        super().__init__(f"{name} was changed meanwhile (by the assistant, or on disk), so your "
+                         "edit was not saved. Its new text is shown; your edit is kept beside "
+                         "it: merge the two and save again.")
+        self.name = name
+        self.text = text
 
 
 class MemoryTools:
@@ -130,3 +151,31 @@ class MemoryTools:
         async with self.files.lock(name):
             size = await self._write(name, text)
         return f"Rewrote {name} ({size})."
+
+    # -- the settings page's edits ------------------------------------------------------
+
+    async def load(self, file: str) -> str:
+        """A memory file's text ("" when missing), for the settings page."""
+        return await self._read(memory_file(file), missing_ok=True)
+
+    async def rewrite_if(self, file: str, text: str, version: str) -> str:
+        """``memory_rewrite`` when the file still holds the text of ``version`` (a new file:
+        the version of ""), else Conflict; returns the new version."""
+        name = memory_file(file)
+        async with self.files.lock(name):
+            current = await self._read(name, missing_ok=True)
+            if version_of(current) != version:
+                raise Conflict(name, current)
+            await self._write(name, text)
+        return version_of(text)
+
+    async def remove_if(self, file: str, version: str) -> None:
+        """Delete a skill that still holds the text of ``version``, else Conflict."""
+        name = memory_file(file)
+        if not name.startswith(_FOLDERS[0]):
+            raise BadArguments(f"{name} cannot be deleted: only a skill can (empty it instead)")
+        async with self.files.lock(name):
+            current = await self._read(name)
+            if version_of(current) != version:
+                raise Conflict(name, current)
+            await asyncio.to_thread(self.workspace.remove, name)

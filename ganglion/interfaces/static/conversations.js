@@ -3,6 +3,7 @@
 import { ui, clearView, batch, addNotice, addMessage, setStatus, scrollDown } from "./view.js";
 import { initSidebar, showList, upsert, forget, titleOf, setCurrent, conversationHref } from "./sidebar.js";
 import { initSearch, showResults, revealTarget } from "./search.js";
+import { initSettings, settingsFrame } from "./settings.js";
 
 let app = null; // { send, current, open, openNew } from app.js
 let room = null; // the Matrix room shown instead of this tab's conversation, if any
@@ -62,6 +63,7 @@ export function roomAfterReady() {
 
 // A frame for the list or a room: handled here (true), or for app.js (false).
 export function conversationFrame(f) {
+  if (settingsFrame(f)) return true;
   if (room !== null && WAITS_FOR_THE_ROOM.has(f.type)) return true;
   switch (f.type) {
     case "conversations":
@@ -99,6 +101,7 @@ export function conversationFrame(f) {
 export function initConversations(api) {
   app = api;
   initSearch({ send: app.send, open: openHit });
+  initSettings({ send: app.send, current: app.current });
   initSidebar({
     open(tid) {
       if (tid === app.current() && room !== null) app.open(tid); // the address did not change

@@ -33,7 +33,8 @@ export function loadThread() {
 
 export function showInAddress(threadId) {
   sessionStorage.setItem(THREAD_KEY, threadId);
-  if (location.hash !== conversationHref(threadId)) {
+  // The settings view's address stays (it names the view; the thread is this tab's).
+  if (location.hash !== conversationHref(threadId) && location.hash !== "#/settings") {
     history.replaceState(null, "", location.pathname + location.search + conversationHref(threadId));
   }
 }
