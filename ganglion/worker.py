@@ -24,6 +24,7 @@ from ganglion.messages import Inbound, Source, ThreadId, is_matrix_thread, matri
 from ganglion.router import Router
 from ganglion.storage.files import BASE_PROMPT, HEARTBEATS, MEMORIES, DataFiles
 from ganglion.storage.history import NEW_CONVERSATION, History, NewMessage, StoredMessage
+from ganglion.storage.redo import regenerates
 from ganglion.tools.policy import ToolRunner
 from ganglion.tools.registry import ToolRegistry
 from ganglion.turn.budget import Calibration, fixed_tokens
@@ -214,7 +215,8 @@ class Worker:
                 return []
             context = light
         else:
-            await self.history.begin_turn(msg, msg.text)
+            if not regenerates(msg):  # a regenerate answers the question history holds
+                await self.history.begin_turn(msg, msg.text)
             context = await self.history.context(tid)
         # A run of this turn that was cut off (crash, restart) resumes after the tool calls
         # it made: they are not made again.
