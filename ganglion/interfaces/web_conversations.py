@@ -129,6 +129,8 @@ def transcript(renderer: MarkdownRenderer, rows: Iterable[StoredMessage],
             entry["name"] = m.name  # the tool's name, for the collapsed summary
         if cancelled:
             entry["cancelled"] = True
+        if m.replaced:  # regenerated or edited: shown collapsed
+            entry["replaced"] = m.replaced
         entries.append(entry)
     return entries
 
