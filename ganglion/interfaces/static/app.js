@@ -12,6 +12,7 @@ import {
   TOKEN_KEY, randomHex, newThread, loadThread, showInAddress, loadOutbox, saveOutbox,
   takeTokenFromFragment,
 } from "./local.js";
+import { initRedo, redoFrame } from "./edit.js";
 import { initConversations, conversationFrame, roomShown, leaveRoom, roomAfterReady, revealTarget } from "./conversations.js";
 
 const BUSY = new Set(["thinking", "summarising", "streaming", "tool", "approval"]);
@@ -170,6 +171,7 @@ function reconnectNow() {
 
 function handle(f) {
   if (conversationFrame(f)) return; // the list, a room, or what waits while a room is shown
+  if (redoFrame(f)) return; // regenerate and edit: their answers, what they replaced
   switch (f.type) {
     case "ready":
       onReady(f);
@@ -362,6 +364,8 @@ initConversations({
     openThread(newThread());
   },
 });
+
+initRedo({ send: sendFrame, thread: () => threadId });
 
 ui.loginForm.addEventListener("submit", (e) => {
   e.preventDefault();

@@ -137,6 +137,7 @@ export function addMessage(m) {
   if (m.role === "assistant" || m.role === "system") decorateCode(body);
   if (m.role === "assistant" || m.role === "user") footer(el, m.at, m.text);
   if (m.divider) el.classList.add("divider"); // /new: what is above left the model's context
+  if (m.replaced) el.dataset.replaced = m.replaced; // regenerated or edited: edit.js collapses it
   if (m.cancelled) {
     el.dataset.status = "cancelled";
     setNote(el, CANCELLED_NOTE);
