@@ -94,6 +94,10 @@ async def test_edit_and_resend_answers_the_new_text_and_keeps_the_old_exchange_a
     await expect(page.locator('#log .msg[data-role="user"]')).to_have_text(
         ["hello there", "about cats"])
     await edit.click()
+    await box.fill("/new")  # refused: the words stay in the editor, the reason is said
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.locator("#log .notice")).to_contain_text("an edit cannot be a command")
+    await expect(box).to_have_value("/new")
     await box.fill("about <b>dogs</b>")
     await page.get_by_role("button", name="Save").click()
     for tab in (page, other):
@@ -114,3 +118,19 @@ async def test_edit_and_resend_answers_the_new_text_and_keeps_the_old_exchange_a
     await edited.first.get_by_role("button", name="Edited").click()
     await expect(edited.first.locator(".body")).to_have_text("about cats")
     assert await page.locator("#log b").count() == 0
+
+
+async def test_a_failed_answer_is_tried_again_with_regenerate(
+    app_factory: AppFactory, fake_llm: FakeLLM, context: BrowserContext, problems: Problems
+) -> None:
+    app = await app_factory()
+    fake_llm.script(Reply(status=400))
+    page = await open_page(context, app, problems)
+    await say(page, "try me")
+    failed = page.locator('#log .msg[data-role="system"][data-id]')
+    await expect(failed).to_have_count(1)
+    await expect(page.locator("#status")).to_have_text("error")
+    await failed.get_by_role("button", name="Regenerate").click()
+    await expect(page.locator(STANDING)).to_have_text(["echo: try me"])
+    await expect(page.locator('#log .msg[data-replaced="regenerated"]')).to_have_count(1)
+    await expect(page.locator("#status")).to_have_text("ready")

@@ -83,6 +83,26 @@ async def test_regenerate_keeps_the_old_answer_as_replaced_and_the_model_no_long
         await tab.close()
 
 
+async def test_a_commands_answer_after_the_exchange_stays_and_the_new_answer_follows_it(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    """/model (here /help) between an answer and Regenerate: the command's answer is no part
+    of the exchange replaced."""
+    app = await app_factory()
+    chat = await connect(app)
+    answer = await chat.ask("which model?")
+    helped = await chat.ask("/help")
+    fake_llm.script(Reply(text="a new answer"))
+    assert (await redo(chat, {"type": "regenerate", "id": "r1", "after": helped["id"]}))[
+        "type"] == "ack"
+    replaced = await until(chat, lambda e: e["type"] == "replaced")
+    assert replaced["ids"] == [answer["id"]]
+    assert (await chat.reply())["text"] == "a new answer"
+    assert [(r[0], r[2]) for r in await rows(app, chat.thread_id)] == [
+        ("user", None), ("assistant", "regenerated"), ("notice", None), ("assistant", None)]
+    await chat.close()
+
+
 async def test_edit_and_resend_replaces_the_question_and_its_answer(
     app_factory: AppFactory, fake_llm: FakeLLM
 ) -> None:

@@ -29,9 +29,12 @@ HOW = {REGENERATE: "regenerated", EDIT: "edited"}
 SHOWN = ("visible = 1 AND replaced IS NULL AND role != 'summary'"
          " AND NOT (role = 'assistant' AND content = '')")
 """The rows a page draws (see web_conversations.transcript) and has not seen replaced."""
-LOOKS_LIKE_COMMAND = re.compile(r"\A\s*[/!][A-Za-z_]+(\s|\Z)")
+LOOKS_LIKE_COMMAND = re.compile(r"\A\s*[/!][A-Za-z][A-Za-z0-9_]*(\s|\Z)")
+"""What ``commands.parse_command`` reads as a command (``/etc/hosts`` is none)."""
 BUSY = ("a turn of this conversation is running or waiting: wait for the answer, or Stop "
         "it first; nothing was changed")
+
+NO_ANSWER = "regenerate: the last message has no answer yet; nothing was changed"
 
 
 def regenerates(msg: Inbound) -> bool:
@@ -103,12 +106,14 @@ class Redo:
             _check(kind, question, last["id"] if last else None, after)
             assert question is not None
             qid = question["id"]
-            first = qid + 1 if kind == REGENERATE else qid
-            async with conn.execute(
-                "UPDATE messages SET replaced = ?, in_context = 0 WHERE thread_id = ?"
-                " AND id >= ? AND replaced IS NULL AND coalesce(name, '') != 'cancelled'"
-                " RETURNING id", (HOW[kind], tid, first)) as cur:
-                replaced = sorted(r["id"] for r in await cur.fetchall())
+            replaced = await _exchange(conn, tid, question)
+            if kind == REGENERATE:
+                replaced.remove(qid)
+                if not replaced:  # only other turns' rows after it (a command's answer)
+                    raise RedoRefused("not_last", NO_ANSWER)
+            marks = ",".join("?" * len(replaced))
+            await conn.execute(f"UPDATE messages SET replaced = ?, in_context = 0"
+                               f" WHERE id IN ({marks})", (HOW[kind], *replaced))
             client_ids: list[str] = []
             if kind == EDIT and question["inbox_id"] is not None:
                 row = await _one(conn, "SELECT client_id FROM inbox WHERE id = ?",
@@ -139,12 +144,26 @@ def _check(kind: str, question: aiosqlite.Row | None, last: int | None, after: i
         raise RedoRefused("not_last", f"{what}: the conversation has a newer message than "
                                       "the one you see; nothing was changed")
     if kind == REGENERATE and last == question["id"]:
-        raise RedoRefused("not_last", "regenerate: the last message has no answer yet; "
-                                      "nothing was changed")
+        raise RedoRefused("not_last", NO_ANSWER)
     if not question["in_context"]:
         raise RedoRefused("not_last", f"{what}: that exchange is no longer in the model's "
                                       "context (/new or a summary came after it); send a new "
                                       "message instead; nothing was changed")
+
+
+async def _exchange(conn: aiosqlite.Connection, tid: str, question: aiosqlite.Row) -> list[int]:
+    """The question and what answered it: its turn's rows, an earlier regenerate's, notices
+    of no turn (a summary's). Another turn's rows after it stay: a command's answer (/model
+    before a regenerate), a reminder that fired."""
+    async with conn.execute(
+            "SELECT m.id, m.inbox_id, i.meta FROM messages m LEFT JOIN inbox i"
+            " ON i.id = m.inbox_id WHERE m.thread_id = ? AND m.id >= ?"
+            " AND m.replaced IS NULL AND coalesce(m.name, '') != 'cancelled' ORDER BY m.id",
+            (tid, question["id"])) as cur:
+        rows = await cur.fetchall()
+    return [r["id"] for r in rows
+            if r["inbox_id"] in (None, question["inbox_id"])
+            or json.loads(r["meta"] or "{}").get(REDO) == REGENERATE]
 
 
 async def _one(conn: aiosqlite.Connection, sql: str,

@@ -36,8 +36,11 @@ function lastExchange() {
   const later = (el) => el.classList.contains("divider")
     || (el.dataset.role === "user" && el.dataset.status !== "cancelled");
   if (after.some(later)) return {};
-  const answers = after.filter((el) => el.dataset.role === "assistant" && el.dataset.id && live(el));
-  return { question: all[q], answer: answers[answers.length - 1] };
+  const shown = after.filter((el) => el.dataset.id && live(el) && !el.classList.contains("approval"));
+  // The answer, or what its turn said instead (a failure: Regenerate then tries again).
+  const answer = shown.filter((el) => el.dataset.role === "assistant").pop()
+    || shown.filter((el) => el.dataset.role === "system").pop();
+  return { question: all[q], answer };
 }
 
 function idle() {
@@ -82,8 +85,8 @@ function refresh() {
   }
 }
 
-function send(frame) {
-  pending = { frame, thread: api.thread() };
+function send(frame, el = null) {
+  pending = { frame, thread: api.thread(), el };
   if (!api.send(frame)) pending = null;
   refresh();
 }
@@ -94,13 +97,13 @@ function regenerate() {
 
 // The question's text in place, editable; Save sends it as an edit, Cancel (or Esc) leaves
 // it as it was.
-function openEditor(el) {
+function openEditor(el, text = null) {
   const body = el.querySelector(".body");
   const form = document.createElement("form");
   form.className = "edit-form";
   const box = document.createElement("textarea");
   box.setAttribute("aria-label", "Edit message");
-  box.value = body.textContent;
+  box.value = text ?? body.textContent;
   box.rows = Math.min(8, box.value.split("\n").length + 1);
   const save = document.createElement("button");
   save.textContent = "Save";
@@ -120,7 +123,7 @@ function openEditor(el) {
     if (!box.value.trim()) return;
     const text = box.value;
     close();
-    send({ type: "edit", id: randomHex(16), after: lastShownId(), text });
+    send({ type: "edit", id: randomHex(16), after: lastShownId(), text }, el);
   });
   box.addEventListener("keydown", (e) => {
     if (e.key === "Escape") {
@@ -178,8 +181,15 @@ export function redoFrame(f) {
     return false;
   }
   if (!pending || f.id !== pending.frame.id || (f.type !== "ack" && f.type !== "error")) return false;
+  const { frame, el } = pending;
   pending = null;
-  if (f.type === "error") addNotice(f.message);
+  if (f.type === "error") {
+    addNotice(f.message);
+    // A refused edit's words are not lost: the editor opens again with them.
+    if (el && el.isConnected && !el.dataset.replaced && !el.querySelector(".edit-form")) {
+      openEditor(el, frame.text);
+    }
+  }
   refresh();
   return true;
 }
