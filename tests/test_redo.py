@@ -6,13 +6,16 @@ change nothing, and a SIGKILL after the acknowledgement is answered once after r
 from __future__ import annotations
 
 import asyncio
+import io
 import sqlite3
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from conftest import AppFactory, connect, daemon_config, eventually
 from daemon import Daemon
-from fake_llm import FakeLLM, Reply
+from fake_llm import FakeLLM, Reply, image_parts, user_messages
+from PIL import Image
 from wsclient import ChatClient, until
 
 from ganglion.app import App
@@ -131,6 +134,35 @@ async def test_edit_and_resend_replaces_the_question_and_its_answer(
     assert [m.content for m in context][-2:] == ["about dogs", "echo: about dogs"]
     await chat.close()
     await other.close()
+
+
+async def test_an_edit_keeps_the_questions_picture_and_a_regenerate_sees_it_too(
+    app_factory: AppFactory, fake_llm: FakeLLM
+) -> None:
+    app = await app_factory({"llm": {"vision_models": ["fake-model"]}})
+    assert app.web is not None
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(out, "PNG")
+    form = aiohttp.FormData()
+    form.add_field("file", out.getvalue(), filename="red.png", content_type="image/png")
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{app.web.url}/upload", data=form,
+            headers={"Authorization": f"Bearer {app.web_token}"}) as resp:
+        media = (await resp.json())["id"]
+    chat = await connect(app)
+    await chat.send_raw({"type": "send", "id": "q1", "text": "what colour?",
+                         "attachments": [media]})
+    answer = await chat.reply()
+    await redo(chat, {"type": "edit", "id": "e1", "after": answer["id"],
+                      "text": "which colour is it?"})
+    answer = await chat.reply()
+    last = user_messages(fake_llm.requests[-1])[-1]
+    assert last["content"][0] == {"type": "text", "text": "which colour is it?"}
+    assert len(image_parts(last)) == 1
+    await redo(chat, {"type": "regenerate", "id": "r1", "after": answer["id"]})
+    await chat.reply()
+    assert len(image_parts(user_messages(fake_llm.requests[-1])[-1])) == 1
+    await chat.close()
 
 
 async def test_editing_the_first_message_retitles_a_conversation_titled_by_its_words(

@@ -128,9 +128,10 @@ class Redo:
             assert cur.lastrowid is not None
             stored = replace(msg, id=cur.lastrowid, text=text)
             retitled = False
-            if kind == EDIT and question["inbox_id"] is not None:
-                stored = replace(stored, attachments=await _attachments(
-                    conn, question["inbox_id"], cur.lastrowid))
+            if kind == EDIT:
+                if question["inbox_id"] is not None:
+                    stored = replace(stored, attachments=await _attachments(
+                        conn, question["inbox_id"], cur.lastrowid))
                 retitled = await _retitle(conn, tid, qid, text)
         return Redone(stored, True, replaced, client_ids, retitled)
 
