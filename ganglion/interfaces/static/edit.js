@@ -33,8 +33,9 @@ function lastExchange() {
   while (q >= 0 && !(all[q].dataset.role === "user" && live(all[q]))) q -= 1;
   if (q < 0) return {};
   const after = all.slice(q + 1);
+  // A later question still on its way (not one cancelled or refused for good), or /new.
   const later = (el) => el.classList.contains("divider")
-    || (el.dataset.role === "user" && el.dataset.status !== "cancelled");
+    || (el.dataset.role === "user" && !["cancelled", "failed"].includes(el.dataset.status));
   if (after.some(later)) return {};
   const shown = after.filter((el) => el.dataset.id && live(el) && !el.classList.contains("approval"));
   // The answer, or what its turn said instead (a failure: Regenerate then tries again).
