@@ -99,6 +99,11 @@ class Bus:
                 self._dispatch(msg)
         return stored
 
+    def accepted(self, msg: Inbound) -> None:
+        """Queue ``msg``, stored durably by a storage verb of its own (a regenerate, in one
+        transaction with the answer it replaces) as ``submit`` stores the others."""
+        self._dispatch(msg)
+
     async def known(self, thread_id: ThreadId, client_ids: list[str]) -> set[str]:
         """Of these client ids, the ones already submitted in this thread."""
         return await self.inbox.known(thread_id, client_ids)

@@ -24,6 +24,7 @@ from ganglion.messages import Inbound, Source, ThreadId, is_matrix_thread, matri
 from ganglion.router import Router
 from ganglion.storage.files import BASE_PROMPT, HEARTBEATS, MEMORIES, DataFiles
 from ganglion.storage.history import NEW_CONVERSATION, History, NewMessage, StoredMessage
+from ganglion.storage.redo import REDO, regenerates
 from ganglion.tools.policy import ToolRunner
 from ganglion.tools.registry import ToolRegistry
 from ganglion.turn.attachments import Attachments
@@ -218,9 +219,12 @@ class Worker:
                 return []
             context = light
         else:
+            redo = REDO in msg.meta  # its files were made text when first asked
             ready = (await self.attachments.prepare(msg, await self.history.context(tid))
-                     if self.attachments is not None and msg.attachments else None)
-            await self.history.begin_turn(msg, ready.text if ready else msg.text)
+                     if self.attachments is not None and msg.attachments and not redo
+                     else None)
+            if not regenerates(msg):  # a regenerate answers the question history holds
+                await self.history.begin_turn(msg, ready.text if ready else msg.text)
             for line in ready.notices if ready else ():  # now: the words before the answer
                 await self.router.broadcast(line, tid)
             if ready is not None and not ready.answer:

@@ -47,6 +47,16 @@ class ChatClient:
                 return event
             self.events.put_nowait(event)  # keep for the caller, in order
 
+    async def request(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """Send a frame that carries an ``id`` and wait for its ack or error (returns it)."""
+        assert self._ws is not None
+        await self._ws.send_json(frame)
+        while True:
+            event = await self._receive(10)
+            if event.get("type") in ("ack", "error") and event.get("id") == frame.get("id"):
+                return event
+            self.events.put_nowait(event)  # keep for the caller, in order
+
     async def send_raw(self, data: Any) -> None:
         assert self._ws is not None
         await self._ws.send_json(data)

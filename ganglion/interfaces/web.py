@@ -35,6 +35,8 @@ from ganglion.interfaces.web_guard import (
 )
 from ganglion.interfaces.web_login import hello
 from ganglion.interfaces.web_media import attachment_json, with_attachments
+from ganglion.interfaces.web_redo import KINDS as REDO_KINDS
+from ganglion.interfaces.web_redo import RedoFrames
 from ganglion.interfaces.web_send import Refused, checked_send
 from ganglion.interfaces.web_settings import SETTINGS_KINDS, Settings, SettingsFrames
 from ganglion.interfaces.web_static import StaticFiles
@@ -55,10 +57,12 @@ from ganglion.storage.conversations import Conversations
 from ganglion.storage.history import History
 from ganglion.storage.inbox import Inbox
 from ganglion.storage.media import MediaRefused, MediaStore
+from ganglion.storage.redo import Redo
 
 log = logging.getLogger(__name__)
 
-FRAME_TYPES = ", ".join(["send", "stop", "cancel", *sorted(KINDS), *sorted(SETTINGS_KINDS)])
+FRAME_TYPES = ", ".join(["send", "stop", "cancel", *sorted(KINDS | REDO_KINDS),
+                        *sorted(SETTINGS_KINDS)])
 PENDING_SHOWN = 100
 """Queued messages a joining tab is shown (the newest); it is told how many more wait."""
 
@@ -122,6 +126,8 @@ class WebInterface:
         self.conversations = ConversationFrames(
             conversations or Conversations(history.db), history, bus, renderer, self._to_all,
             deleted, self._uploads.files.of_rows if self._uploads is not None else None)
+        self._redo = RedoFrames(Redo(history.db, history), bus, config.max_message_bytes,
+                                self._to_thread, self.conversations.changed)
 
     # -- the Interface protocol ------------------------------------------------------------
 
@@ -320,6 +326,8 @@ class WebInterface:
                 log.error("[%s] web: %s failed: %s", tab.thread_id, kind, err)
                 tab.put({"type": "error", "code": "not_stored",
                          "message": f"{kind}: the database refused it ({err}); try again"})
+        elif isinstance(kind, str) and kind in REDO_KINDS:  # regenerate, edit
+            await self._redo.handle(tab.thread_id, tab.put, frame)
         elif kind == "hello":
             self._bad_frame(tab, "already logged in: hello is only the first frame")
         else:
@@ -372,10 +380,12 @@ class WebInterface:
             for tab in list(tabs):
                 tab.put(frame)
 
-    def _cancelled(self, thread_id: ThreadId, msgs: list[Inbound]) -> None:
-        frame = {"type": "cancelled", "ids": [m.client_id for m in msgs]}
+    def _to_thread(self, thread_id: ThreadId, frame: dict[str, Any]) -> None:
         for tab in list(self._tabs.get(thread_id, ())):
             tab.put(frame)
+
+    def _cancelled(self, thread_id: ThreadId, msgs: list[Inbound]) -> None:
+        self._to_thread(thread_id, {"type": "cancelled", "ids": [m.client_id for m in msgs]})
 
     def _bad_frame(self, tab: Tab, reason: str, cid: str | None = None) -> None:
         frame: dict[str, Any] = {"type": "error", "code": "bad_frame", "message": reason}

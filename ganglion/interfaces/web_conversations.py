@@ -135,6 +135,8 @@ def transcript(renderer: MarkdownRenderer, rows: Iterable[StoredMessage],
             entry["cancelled"] = True
         if files and m.id in files:
             entry["attachments"] = files[m.id]
+        if m.replaced:  # regenerated or edited: shown collapsed
+            entry["replaced"] = m.replaced
         entries.append(entry)
     return entries
 

@@ -37,6 +37,8 @@ class StoredMessage:
     tokens: int = 0
     created_at: float = 0.0
     inbox_id: int | None = None
+    replaced: str | None = None
+    """'regenerated' or 'edited' (``storage/redo.py``): shown collapsed, out of the context."""
 
 
 @dataclass(slots=True)
@@ -68,6 +70,7 @@ def row_to_message(r: Any) -> StoredMessage:
         tokens=r["tokens"],
         created_at=r["created_at"],
         inbox_id=r["inbox_id"],
+        replaced=r["replaced"],
     )
 
 

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 from ganglion.messages import Inbound, Source, ThreadId
 from ganglion.storage.db import Database
+from ganglion.storage.redo import REDO, REGENERATE
 
 NOT_PRUNED = ("NOT EXISTS (SELECT 1 FROM inbox_pruned WHERE thread_id = ?1"
               " AND client_id = ?2)")
@@ -126,13 +127,15 @@ class Inbox:
         ]
 
     async def pending_for(self, thread_id: ThreadId) -> list[tuple[int, str, str]]:
-        """(id, client_id, text) of this thread's unanswered messages, for a reconnecting tab."""
+        """(id, client_id, text) of this thread's unanswered messages, for a reconnecting tab
+        (not a regenerate's: it asks again what history shows already)."""
         rows = await self.db.fetchall(
-            "SELECT id, client_id, text FROM inbox WHERE status = 'pending' AND thread_id = ?"
-            " ORDER BY id",
+            "SELECT id, client_id, text, meta FROM inbox WHERE status = 'pending'"
+            " AND thread_id = ? ORDER BY id",
             (thread_id,),
         )
-        return [(r["id"], r["client_id"], r["text"]) for r in rows]
+        return [(r["id"], r["client_id"], r["text"]) for r in rows
+                if json.loads(r["meta"]).get(REDO) != REGENERATE]
 
     async def cancel(self, inbox_ids: Sequence[int]) -> list[tuple[int, str]]:
         """Mark these queued messages answered without running them (the person cancelled

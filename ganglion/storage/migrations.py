@@ -298,6 +298,51 @@ MIGRATIONS: list[Migration] = [  # applied once each, in order; recorded in ``mi
         """,
     ),
     Migration(
+        11,
+        "replaced",
+        """
+        -- Regenerate and edit-and-resend (the web page): the answer they replace, or the
+        -- edited question and its answer, stay in history and in the transcript, shown
+        -- collapsed as 'regenerated' or 'edited'; they leave the model's context (their
+        -- in_context is set to 0 with it) and search (below: what stands is found, not a
+        -- rejected answer or a corrected question).
+        ALTER TABLE messages ADD COLUMN replaced TEXT
+            CHECK (replaced IS NULL OR replaced IN ('regenerated', 'edited'));
+        DROP TRIGGER messages_fts_insert;
+        DROP TRIGGER messages_fts_delete;
+        DROP TRIGGER messages_fts_update_old;
+        DROP TRIGGER messages_fts_update_new;
+        CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages
+            WHEN new.role IN ('user', 'assistant') AND new.visible = 1 AND new.content != ''
+                AND coalesce(new.name, '') != 'cancelled' AND new.replaced IS NULL
+        BEGIN
+            INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+        END;
+        CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages
+            WHEN old.role IN ('user', 'assistant') AND old.visible = 1 AND old.content != ''
+                AND coalesce(old.name, '') != 'cancelled' AND old.replaced IS NULL
+        BEGIN
+            INSERT INTO messages_fts (messages_fts, rowid, content)
+                VALUES ('delete', old.id, old.content);
+        END;
+        CREATE TRIGGER messages_fts_update_old
+            AFTER UPDATE OF role, content, visible, name, replaced ON messages
+            WHEN old.role IN ('user', 'assistant') AND old.visible = 1 AND old.content != ''
+                AND coalesce(old.name, '') != 'cancelled' AND old.replaced IS NULL
+        BEGIN
+            INSERT INTO messages_fts (messages_fts, rowid, content)
+                VALUES ('delete', old.id, old.content);
+        END;
+        CREATE TRIGGER messages_fts_update_new
+            AFTER UPDATE OF role, content, visible, name, replaced ON messages
+            WHEN new.role IN ('user', 'assistant') AND new.visible = 1 AND new.content != ''
+                AND coalesce(new.name, '') != 'cancelled' AND new.replaced IS NULL
+        BEGIN
+            INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+        END
+        """,
+    ),
+    Migration(
         12,
         "media_names",
         """

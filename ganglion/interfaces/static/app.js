@@ -12,6 +12,7 @@ import {
   TOKEN_KEY, randomHex, newThread, loadThread, showInAddress, loadOutbox, saveOutbox,
   takeTokenFromFragment,
 } from "./local.js";
+import { initRedo, redoFrame } from "./edit.js";
 import { initConversations, conversationFrame, roomShown, leaveRoom, roomAfterReady, revealTarget } from "./conversations.js";
 import { initAttach, outboxFrame, acked, forSend, sent } from "./attach.js";
 import { initRecord } from "./record.js";
@@ -173,6 +174,7 @@ function reconnectNow() {
 
 function handle(f) {
   if (conversationFrame(f)) return; // the list, a room, or what waits while a room is shown
+  if (redoFrame(f)) return; // regenerate and edit: their answers, what they replaced
   switch (f.type) {
     case "ready":
       onReady(f);
@@ -371,6 +373,8 @@ initConversations({
     openThread(newThread());
   },
 });
+
+initRedo({ send: sendFrame, thread: () => threadId });
 
 ui.loginForm.addEventListener("submit", (e) => {
   e.preventDefault();

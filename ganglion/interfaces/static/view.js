@@ -139,6 +139,7 @@ export function addMessage(m) {
   showAttachments(el, m.attachments);
   if (m.role === "assistant" || m.role === "user") footer(el, m.at, m.text);
   if (m.divider) el.classList.add("divider"); // /new: what is above left the model's context
+  if (m.replaced) el.dataset.replaced = m.replaced; // regenerated or edited: edit.js collapses it
   if (m.cancelled) {
     el.dataset.status = "cancelled";
     setNote(el, CANCELLED_NOTE);
