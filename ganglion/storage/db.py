@@ -1,4 +1,4 @@
-"""The SQLite connection: explicit pragmas, numbered migrations, serialised write transactions."""
+"""The SQLite backend: explicit pragmas, numbered migrations, serialised write transactions."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from typing import Any
 
 import aiosqlite
 
+from ganglion.storage.backend import Backend, Cursor
+from ganglion.storage.backend import MigrationFailed as MigrationFailed  # tests, app
 from ganglion.storage.migrations import MIGRATIONS, Migration
 from ganglion.storage.snapshot import snapshot
 
@@ -25,22 +27,9 @@ BACKUPS_DIR = "backups"
 """In the data folder: the copies taken before an upgrade's migrations."""
 
 
-class MigrationFailed(Exception):
-    """A migration failed: it was rolled back, so the database is as it was before it."""
-
-    def __init__(self, migration: Migration, error: sqlite3.Error, copy: Path | None) -> None:
-        self.copy = copy
-        where = f"; a copy from before the upgrade is at {copy}" if copy else ""
-        super().__init__(
-            f"migration {migration.number:04d}_{migration.name} failed: {error}. It was rolled "
-            f"back: the database holds what it held before that migration{where}. Run the "
-            "version of Ganglion that made it, or report the error")
-
-
-
-
-class Database:
-    """One aiosqlite connection per file. Writes go through ``transaction()``, one at a time.
+class Database(Backend):
+    """SQLite: one aiosqlite connection per file. Writes go through ``transaction()``, one
+    at a time.
 
     Reads take the same lock: on one connection, a read between the statements of another
     coroutine's open transaction would see its uncommitted rows, rows that a rollback then
@@ -52,6 +41,8 @@ class Database:
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
         self.conn = conn
         self.path = path
+        self.dialect = "sqlite"
+        self.where = path.name
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -120,8 +111,8 @@ class Database:
         self,
         sql: str,
         params: tuple[object, ...] = (),
-        then: Callable[[aiosqlite.Cursor], None] | None = None,
-    ) -> aiosqlite.Cursor:
+        then: Callable[[Cursor], None] | None = None,
+    ) -> Cursor:
         """One statement, committed on its own (SQLite makes a lone statement atomic): a third
         of the round trips of BEGIN, statement, COMMIT. Waits for any open transaction.
 
@@ -153,11 +144,6 @@ class Database:
             row: sqlite3.Row | None = await cur.fetchone()
             return row
 
-    async def instance_id(self) -> str:
-        """This database's own random id, made with it (see migration 5)."""
-        row = await self.fetchone("SELECT id FROM instance")
-        return str(row["id"]) if row else "0"
-
     async def _migrate(self, migrations: list[Migration]) -> None:
         await self.conn.execute(
             "CREATE TABLE IF NOT EXISTS migrations ("
@@ -178,7 +164,7 @@ class Database:
                         "INSERT INTO migrations (number, name, applied_at) "
                         "VALUES (?, ?, unixepoch())", (m.number, m.name))
             except sqlite3.Error as err:
-                raise MigrationFailed(m, err, copy) from err
+                raise MigrationFailed(m.number, m.name, err, copy) from err
 
     async def _copy_before(self, first: Migration) -> Path:
         """A snapshot of the database in data/backups/, named for the migration it precedes."""

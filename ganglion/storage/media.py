@@ -20,7 +20,7 @@ from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ganglion.storage.db import Database
+from ganglion.storage.backend import Backend
 
 IMAGE_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif",
                "WEBP": "image/webp"}
@@ -96,7 +96,7 @@ def _identify(path: Path) -> tuple[str, int, int]:
 class MediaStore:
     """Files under ``root`` named by their sha256, owner-only; their rows in conversation.db."""
 
-    def __init__(self, db: Database, root: Path, max_bytes: int) -> None:
+    def __init__(self, db: Backend, root: Path, max_bytes: int) -> None:
         self.db = db
         self.root = root
         self.max_bytes = max_bytes
@@ -146,8 +146,9 @@ class MediaStore:
                         " last_used) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
                         " SET last_used = excluded.last_used, removed_at = NULL",
                         (media_id, kind, size, width, height, now, now))
-                    await conn.execute("INSERT OR IGNORE INTO media_owners (media_id, owner)"
-                                       " VALUES (?, ?)", (media_id, owner))
+                    await conn.execute("INSERT INTO media_owners (media_id, owner)"
+                                       " VALUES (?, ?) ON CONFLICT DO NOTHING",
+                                       (media_id, owner))
                 self._any = True
         finally:
             with contextlib.suppress(FileNotFoundError):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ganglion.messages import ThreadId
-from ganglion.storage.db import Database
+from ganglion.storage.backend import Backend
 
 MARK_START, MARK_END = "\x02", "\x03"
 """What snippet() puts around a match (characters a person does not type); ``parts`` splits
@@ -52,7 +52,7 @@ def parts(snippet: str) -> list[tuple[str, bool]]:
 
 
 class Search:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Backend) -> None:
         self.db = db
 
     async def search(self, query: str, limit: int = 20) -> list[Hit]:

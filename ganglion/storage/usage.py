@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from ganglion.storage.db import Database
+from ganglion.storage.backend import Backend
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +72,7 @@ class Stats:
 
 
 _TALLY = (
-    "SELECT {key} AS key, SUM(kind = 'message') AS messages,"
+    "SELECT {key} AS key, SUM(CASE WHEN kind = 'message' THEN 1 ELSE 0 END) AS messages,"
     " SUM(prompt_tokens + completion_tokens) AS tokens FROM usage"
 )
 
@@ -88,7 +88,7 @@ def payer_row(payer: Payer) -> tuple[str, str, str, str]:
 
 
 class UsageLog:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Backend) -> None:
         self.db = db
 
     async def admit(
@@ -201,7 +201,8 @@ class UsageLog:
 
     async def _group(self, key: str, where: str, params: tuple[object, ...]) -> Group:
         row = await self.db.fetchone(
-            f"SELECT COUNT(DISTINCT {key}) AS n, SUM(kind = 'message') AS messages,"
+            f"SELECT COUNT(DISTINCT {key}) AS n,"
+            " SUM(CASE WHEN kind = 'message' THEN 1 ELSE 0 END) AS messages,"
             f" SUM(prompt_tokens + completion_tokens) AS tokens FROM usage WHERE {where}",
             params)
         if row is None:
