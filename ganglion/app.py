@@ -14,6 +14,7 @@ from ganglion.access import Access
 from ganglion.bus import Bus
 from ganglion.commands import CommandTable, Rank
 from ganglion.config import LoadedConfig, secret_values
+from ganglion.config_database import shown_database
 from ganglion.errors import StartupError
 from ganglion.interfaces.web import WebInterface
 from ganglion.interfaces.web_status import MetricsListener, StatusRoutes
@@ -26,9 +27,10 @@ from ganglion.model_commands import ModelCommands, without_secrets
 from ganglion.render import MarkdownRenderer
 from ganglion.router import Router
 from ganglion.status import StatusReport
+from ganglion.storage.backend import Backend, DatabaseInUse, MigrationFailed, StorageError
 from ganglion.storage.catalog import Catalog
+from ganglion.storage.connect import hold_database, open_database
 from ganglion.storage.conversations import Conversations
-from ganglion.storage.db import Database, MigrationFailed
 from ganglion.storage.files import (
     DataFiles,
     web_token,
@@ -108,6 +110,18 @@ class App:
             self.stuck = await self.stop()
             raise
 
+    async def _open_database(self) -> Backend:
+        """database.url's database, migrated; on PostgreSQL held by this daemon alone (the
+        data folder's lock does not reach a database other machines can open)."""
+        url = self.config.database.url
+        where = shown_database(url)
+        try:
+            if self.config.database.is_postgres:
+                self._stops.append(("database lock", await hold_database(url, where)))
+            return await open_database(url, self.data_dir, where)
+        except (MigrationFailed, DatabaseInUse, StorageError) as err:
+            raise StartupError(str(err)) from None
+
     async def _start(self) -> None:
         started = time.monotonic()
         cfg = self.config
@@ -123,10 +137,7 @@ class App:
         self._stops.append(("data folder lock", _released(lock)))
         self.files.ensure_layout()
 
-        try:
-            self.db = await Database.open(self.data_dir / "conversation.db")
-        except MigrationFailed as err:
-            raise StartupError(str(err)) from None
+        self.db = await self._open_database()
         self._stops.append(("database", self.db.close))
         self.inbox = Inbox(self.db)
         self.history = History(self.db)

@@ -4,9 +4,10 @@ differ ask ``dialect``."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Coroutine, Generator, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal, Protocol
 
@@ -19,6 +20,14 @@ class StorageError(sqlite3.Error):
     A subclass of ``sqlite3.Error`` on purpose: every place that already says "the disk
     refused a write" for SQLite says it for PostgreSQL too, without knowing the driver.
     """
+
+
+class DatabaseUnreachable(StorageError):
+    """The server could not be reached or refused the login; the text says which."""
+
+
+class DatabaseInUse(Exception):
+    """Another daemon holds this database (PostgreSQL's advisory lock)."""
 
 
 class MigrationFailed(Exception):
@@ -100,3 +109,49 @@ class Backend(ABC):
         """This database's own random id, made with it (see migration 5)."""
         row = await self.fetchone("SELECT id FROM instance")
         return str(row["id"]) if row else "0"
+
+
+async def to_the_end(
+    work: Coroutine[Any, Any, None],
+) -> tuple[BaseException | None, asyncio.CancelledError | None]:
+    """Await ``work`` to its end even when the caller is cancelled meanwhile.
+
+    Returns the error ``work`` raised, if any, and the cancel that arrived meanwhile, if any:
+    the caller passes the cancel on once it has settled what ``work`` left behind.
+    """
+    task = asyncio.ensure_future(work)
+    cancel: asyncio.CancelledError | None = None
+    while True:
+        try:
+            await asyncio.shield(task)
+            return None, cancel
+        except asyncio.CancelledError as err:
+            if task.cancelled():  # the task itself (a loop shutting down): nothing to wait for
+                raise
+            cancel = err  # and wait on: the statement runs anyway
+        except Exception as err:
+            return err, cancel
+
+
+def pass_on(error: BaseException | None, cancel: asyncio.CancelledError | None) -> None:
+    """Raise what ``to_the_end`` reported: the cancel first (the caller asked to stop)."""
+    if cancel is not None:
+        raise cancel from error
+    if error is not None:
+        raise error
+
+
+def split_sql(sql: str) -> list[str]:
+    """The statements of a script, one by one: split at each ";" that ends a statement (a
+    trigger's body holds several, so a piece is joined to the next until SQLite says the
+    statement is complete)."""
+    statements, pending = [], ""
+    for piece in sql.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending.strip())
+            pending = ""
+    if pending.strip(" \n;"):
+        statements.append(pending.strip())
+    return statements

@@ -212,7 +212,7 @@ class History:
         """What the user sees of this thread, oldest first (the last ``limit`` messages)."""
         rows = await self.db.fetchall(
             "SELECT * FROM (SELECT * FROM messages WHERE thread_id = ? AND visible = 1"
-            " ORDER BY id DESC LIMIT ?) ORDER BY id",
+            " ORDER BY id DESC LIMIT ?) AS recent ORDER BY id",
             (thread_id, limit),
         )
         return [row_to_message(r) for r in rows]

@@ -1,8 +1,10 @@
 """Full-text search over the visible history (SQLite FTS5, kept in step by migration 10's
-triggers): plain words in, the newest matching messages out, each with a marked snippet."""
+triggers; PostgreSQL's tsvector with a GIN index): plain words in, the newest matching
+messages out, each with a marked snippet."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ganglion.messages import ThreadId
@@ -13,6 +15,11 @@ MARK_START, MARK_END = "\x02", "\x03"
 on them, so the page marks matches with nodes of its own, never by parsing stored text."""
 SNIPPET_TOKENS = 16
 MAX_TERMS = 32
+
+
+SEARCHABLE = ("role IN ('user', 'assistant') AND visible = 1 AND content != ''"
+              " AND coalesce(name, '') != 'cancelled'")
+"""The rows migration 10 indexes (PostgreSQL's index is partial on exactly this)."""
 
 
 class EmptyQuery(ValueError):
@@ -39,6 +46,22 @@ def match_expression(query: str) -> str:
     return " ".join('"' + t.replace('"', '""') + '"' for t in terms)
 
 
+def window(marked: str, tokens: int = SNIPPET_TOKENS) -> str:
+    """About ``tokens`` words of a marked text around its first match, "…" where cut (as
+    FTS5's snippet())."""
+    pieces = re.split(r"(\s+)", marked)
+    words = pieces[::2]
+    if len(words) <= tokens:
+        return marked
+    first = next((i for i, w in enumerate(words) if MARK_START in w), 0)
+    start = max(0, min(first - tokens // 4, len(words) - tokens))
+    end = start + tokens
+    text = "".join(pieces[2 * start:2 * end - 1])
+    if text.count(MARK_START) > text.count(MARK_END):  # a match cut in two: close it
+        text += MARK_END
+    return ("…" if start else "") + text + ("…" if end < len(words) else "")
+
+
 def parts(snippet: str) -> list[tuple[str, bool]]:
     """A snippet as (text, matched) pieces, in order; empty pieces dropped."""
     out: list[tuple[str, bool]] = []
@@ -57,6 +80,8 @@ class Search:
 
     async def search(self, query: str, limit: int = 20) -> list[Hit]:
         """The newest ``limit`` visible messages holding every word of ``query``."""
+        if self.db.dialect == "postgres":
+            return await self._search_postgres(query, limit)
         expression = match_expression(query)
         # The inner query walks the index newest first and stops at the limit: snippets
         # and the join cost only the rows returned, however many match.
@@ -66,5 +91,25 @@ class Search:
             "  FROM messages_fts WHERE messages_fts MATCH ? ORDER BY rowid DESC LIMIT ?) f"
             " JOIN messages m ON m.id = f.rowid ORDER BY m.id DESC",
             (MARK_START, MARK_END, SNIPPET_TOKENS, expression, max(1, limit)))
-        return [Hit(ThreadId(r["thread_id"]), r["id"], r["role"], r["snip"], r["created_at"])
-                for r in rows]
+        return [Hit(ThreadId(r["thread_id"]), r["id"], r["role"], window(r["snip"]),
+                    r["created_at"]) for r in rows]
+
+    async def _search_postgres(self, query: str, limit: int) -> list[Hit]:
+        """The same contract on PostgreSQL: each term a phrase that must occur (a term
+        of several words, "e-mail", is those words in a row, as in FTS5), newest first."""
+        terms = query.split()[:MAX_TERMS]
+        if not terms:
+            raise EmptyQuery("search: the query is empty; type a word to look for")
+        matched = " && ".join(f"phraseto_tsquery('simple', ?{i + 2})"
+                              for i in range(len(terms)))
+        rows = await self.db.fetchall(
+            # The whole text marked, cut to a snippet here (ts_headline's own cut drops
+            # the punctuation at its ends, which FTS5's snippet keeps).
+            "SELECT thread_id, id, role, created_at, ts_headline('simple', content, q,"
+            f" 'StartSel={MARK_START}, StopSel={MARK_END}, HighlightAll=true') AS snip"
+            f" FROM messages, (SELECT {matched} AS q) AS query"
+            f" WHERE {SEARCHABLE} AND to_tsvector('simple', content) @@ q"
+            " ORDER BY id DESC LIMIT ?1",
+            (max(1, limit), *terms))
+        return [Hit(ThreadId(r["thread_id"]), r["id"], r["role"], window(r["snip"]),
+                    r["created_at"]) for r in rows]
