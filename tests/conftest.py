@@ -320,8 +320,11 @@ def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -
     return cluster.new_database()
 
 
+OpenDb = Callable[..., Awaitable[Backend]]
+
+
 @pytest.fixture
-def open_db(database_url: str, tmp_path: Path) -> Callable[..., Awaitable[Backend]]:
+def open_db(database_url: str, tmp_path: Path) -> OpenDb:
     """``await open_db()``: this test's database, migrated (``migrations=`` to stop early)."""
 
     async def open_(**kwargs: Any) -> Backend:
