@@ -7,8 +7,8 @@ import hashlib
 
 import asyncpg
 
-from ganglion.storage.backend import DatabaseInUse, DatabaseUnreachable, StorageError
-from ganglion.storage.postgres import CONNECTION_LOST
+from ganglion.storage.backend import DatabaseInUse, StorageError
+from ganglion.storage.postgres import CONNECTION_LOST, unreachable
 
 
 def lock_key(database: str) -> int:
@@ -32,8 +32,7 @@ class PgLock:
         try:
             conn = await asyncpg.connect(self.url, timeout=10)
         except (asyncpg.PostgresError, *CONNECTION_LOST, TimeoutError) as err:
-            raise DatabaseUnreachable(
-                f"cannot reach PostgreSQL at {self.where}: {type(err).__name__}") from None
+            raise unreachable(err, self.where) from None
         try:
             name = await conn.fetchval("SELECT current_database()")
             key = lock_key(name)

@@ -110,23 +110,8 @@ class PostgresDatabase(Backend):
         try:
             pool = await asyncpg.create_pool(url, min_size=1, max_size=POOL_SIZE,
                                              timeout=10, command_timeout=None)
-        except asyncpg.InvalidPasswordError:
-            raise DatabaseUnreachable(
-                f"PostgreSQL at {where} refused the login: check the user and password in "
-                "database.url") from None
-        except asyncpg.InvalidCatalogNameError:
-            raise DatabaseUnreachable(
-                f"PostgreSQL at {where}: the database does not exist; create it "
-                "(createdb) or fix database.url") from None
-        except asyncpg.InvalidAuthorizationSpecificationError as err:
-            raise DatabaseUnreachable(
-                f"PostgreSQL at {where} refused the login: {err}") from None
-        except (*CONNECTION_LOST, TimeoutError) as err:
-            raise DatabaseUnreachable(
-                f"cannot reach PostgreSQL at {where}: {type(err).__name__}: {err}; is the "
-                "server running, and are the host and port in database.url right?") from None
-        except asyncpg.PostgresError as err:
-            raise DatabaseUnreachable(f"PostgreSQL at {where}: {err}") from None
+        except (asyncpg.PostgresError, *CONNECTION_LOST, TimeoutError) as err:
+            raise unreachable(err, where) from None
         db = cls(pool, where)
         try:
             await db._migrate(MIGRATIONS if migrations is None else migrations)
@@ -174,16 +159,17 @@ class PostgresDatabase(Backend):
                 try:
                     yield PgConn(self, conn)
                 except BaseException:
-                    await to_the_end(_quietly(conn.execute("ROLLBACK")))
+                    pass_on(*await to_the_end(_quietly(conn.execute("ROLLBACK"))))
                     raise
                 error, cancel = await to_the_end(_control(conn, "COMMIT"))
                 if error is None and after_commit is not None:
                     after_commit()
                 if error is not None and not conn.is_closed():
-                    await to_the_end(_quietly(conn.execute("ROLLBACK")))
+                    _, late = await to_the_end(_quietly(conn.execute("ROLLBACK")))
+                    cancel = cancel or late
                 pass_on(_wrapped(error), cancel)
             finally:
-                await to_the_end(_release(self.pool, conn))
+                pass_on(*await to_the_end(_release(self.pool, conn)))
 
     async def _begin(self) -> asyncpg.Connection:
         """A connection inside BEGIN; a dropped one is replaced (nothing was done on it)."""
@@ -193,10 +179,10 @@ class PostgresDatabase(Backend):
                 await conn.execute("BEGIN")
                 return conn
             except CONNECTION_LOST as err:
-                await to_the_end(_release(self.pool, conn))
+                pass_on(*await to_the_end(_release(self.pool, conn)))
                 await self._lost(err, attempt)
             except BaseException:
-                await to_the_end(_release(self.pool, conn))
+                pass_on(*await to_the_end(_release(self.pool, conn)))
                 raise
         raise AssertionError("unreachable")  # _lost raises at the last attempt
 
@@ -234,7 +220,7 @@ class PostgresDatabase(Backend):
                     raise
                 await self._lost(cause, attempt)
             finally:
-                await to_the_end(_release(self.pool, conn))
+                pass_on(*await to_the_end(_release(self.pool, conn)))
         raise AssertionError("unreachable")
 
     async def write(self, sql: str, params: tuple[object, ...] = (),
@@ -277,6 +263,25 @@ class PostgresDatabase(Backend):
                 raise MigrationFailed(m.number, m.name, err) from err
 
 
+def unreachable(err: BaseException, where: str) -> DatabaseUnreachable:
+    """What a failed connect says: the cause named plainly, the password never shown."""
+    if isinstance(err, asyncpg.InvalidPasswordError):
+        return DatabaseUnreachable(
+            f"PostgreSQL at {where} refused the login: check the user and password in "
+            "database.url")
+    if isinstance(err, asyncpg.InvalidCatalogNameError):
+        return DatabaseUnreachable(
+            f"PostgreSQL at {where}: the database does not exist; create it (createdb) or "
+            "fix database.url")
+    if isinstance(err, asyncpg.InvalidAuthorizationSpecificationError):
+        return DatabaseUnreachable(f"PostgreSQL at {where} refused the login: {err}")
+    if isinstance(err, asyncpg.PostgresError):
+        return DatabaseUnreachable(f"PostgreSQL at {where}: {err}")
+    return DatabaseUnreachable(
+        f"cannot reach PostgreSQL at {where}: {type(err).__name__}: {err}; is the server "
+        "running, and are the host and port in database.url right?")
+
+
 def _rowcount(tag: str) -> int:
     """The rows a command changed, from its tag (``UPDATE 3``, ``INSERT 0 1``)."""
     last = tag.rsplit(" ", 1)[-1]
@@ -311,5 +316,7 @@ async def _quietly(work: Awaitable[object]) -> None:
 
 
 async def _release(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+    """Back to the pool, to its end: a cancel that arrives meanwhile is passed on after
+    (``pass_on``), never dropped."""
     with contextlib.suppress(*CONNECTION_LOST):
         await pool.release(conn)

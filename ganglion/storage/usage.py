@@ -181,14 +181,19 @@ class UsageLog:
         threads = await self._tallies(
             _TALLY.format(key="thread_id") + " GROUP BY thread_id"
             " ORDER BY tokens DESC, messages DESC, thread_id LIMIT ?", (top,))
-        mine = await self._tally(_TALLY.format(key="account") + " WHERE account = ?", (account,))
+        # Grouped by the one key they pick: PostgreSQL shows no column outside an aggregate
+        # or the GROUP BY (no rows: no group, the zero tally).
+        mine = await self._tally(
+            _TALLY.format(key="account") + " WHERE account = ? GROUP BY account", (account,))
         here = await self._tally(
-            _TALLY.format(key="thread_id") + " WHERE thread_id = ?", (thread_id,))
+            _TALLY.format(key="thread_id") + " WHERE thread_id = ? GROUP BY thread_id",
+            (thread_id,))
         named: list[Tally] = []
         for other in apart:
             if other != account:
                 tally = await self._tally(
-                    _TALLY.format(key="account") + " WHERE account = ?", (other,))
+                    _TALLY.format(key="account") + " WHERE account = ? GROUP BY account",
+                    (other,))
                 named.append(Tally(other, tally.messages, tally.tokens))
         known = (account, *apart)
         others = await self._group(
