@@ -30,7 +30,7 @@ from ganglion.storage.backend import (
     split_sql,
     to_the_end,
 )
-from ganglion.storage.dialect import Translated, postgres_ddl, translate
+from ganglion.storage.dialect import Translated, placeholders, postgres_ddl, translate
 from ganglion.storage.migrations import MIGRATIONS, Migration
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,8 @@ class PgConn:
         args = [tuple(p) for p in parameters]
         if args:
             with _storage_errors():
-                await self._conn.executemany(self._db._translated(sql).text, args)
+                # Placeholders only: no RETURNING id (executemany returns no rows).
+                await self._conn.executemany(placeholders(sql), args)
 
 
 class PostgresDatabase(Backend):
