@@ -4,6 +4,7 @@ PostgreSQL says to use pg_dump instead of archiving the files without the databa
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -113,3 +114,18 @@ def test_backup_on_postgres_says_to_use_pg_dump(tmp_path: Path, pg_cluster: Clus
         assert "the database is PostgreSQL" in done.stderr and "pg_dump" in done.stderr
         assert PASSWORD not in done.stderr
     assert not (tmp_path / "b.tar.gz").exists()
+
+
+def test_doctor_checks_the_postgres_server(tmp_path: Path, pg_cluster: Cluster) -> None:
+    config = tmp_path / "config.yaml"
+    for url, ok, said in ((pg_cluster.new_database(), True, "PostgreSQL 1"),
+                          (pg_cluster.url(password="wrong-Pw-77"), False, "refused the login")):
+        config.write_text(yaml.safe_dump({"paths": {"data_dir": "data", "log_dir": "logs"},
+                                          "database": {"url": url}}))
+        done = subprocess.run([sys.executable, "-m", "ganglion", "doctor", "--json",
+                               "--config", str(config)], capture_output=True, text=True,
+                              timeout=120)
+        [check] = [c for c in json.loads(done.stdout)["checks"] if c["name"] == "database"]
+        assert check["ok"] is ok and said in check["detail"], check
+        assert "no tables yet" in check["detail"] or not ok
+        assert PASSWORD not in done.stdout and "wrong-Pw-77" not in done.stdout

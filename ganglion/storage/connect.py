@@ -41,3 +41,7 @@ async def hold_database(url: str, where: str) -> Callable[[], Awaitable[None]]:
     return lock.release
 
 
+async def probe_database(url: str, where: str) -> str:
+    """A PostgreSQL server's version and messages, for ``ganglion doctor``."""
+    from ganglion.storage.pglock import probe  # noqa: PLC0415  (as above)
+    return await probe(url, where)

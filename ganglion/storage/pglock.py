@@ -61,3 +61,21 @@ class PgLock:
             with contextlib.suppress(*CONNECTION_LOST, asyncpg.PostgresError):
                 await self._conn.close(timeout=5)
             self._conn = None
+
+
+async def probe(url: str, where: str) -> str:
+    """What ``ganglion doctor`` says of a reachable server: its version and the messages
+    held (DatabaseUnreachable, naming the cause, when it cannot connect). Changes nothing."""
+    try:
+        conn = await asyncpg.connect(url, timeout=10)
+    except (asyncpg.PostgresError, *CONNECTION_LOST, TimeoutError) as err:
+        raise unreachable(err, where) from None
+    try:
+        version = await conn.fetchval("SHOW server_version")
+        has = await conn.fetchval("SELECT to_regclass('messages') IS NOT NULL")
+        held = await conn.fetchval("SELECT count(*) FROM messages") if has else None
+    finally:
+        await conn.close()
+    return (f"{where}: PostgreSQL {version}, "
+            + (f"{held:,} messages" if held is not None else "no tables yet (made at first "
+               "start)"))
