@@ -104,8 +104,9 @@ class Cluster:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def start_cluster() -> Cluster:
-    """initdb, then start: a cluster that is stopped and removed at exit (also on Ctrl-C)."""
+def start_cluster(durable: bool = False) -> Cluster:
+    """initdb, then start: a cluster that is stopped and removed at exit (also on Ctrl-C).
+    ``durable``: each commit synced to disk, as SQLite's are (for benchmarks)."""
     bin_ = bindir()
     folder = Path(tempfile.mkdtemp(prefix="ganglion-pg-"))
     if os.getuid() == 0:
@@ -125,7 +126,9 @@ def start_cluster() -> Cluster:
         with (folder / "data" / "postgresql.conf").open("a") as conf:
             # A throw-away cluster: durability buys nothing (a daemon is killed in the
             # tests, never this server without a clean stop).
-            conf.write("fsync = off\nfull_page_writes = off\nmax_connections = 300\n")
+            conf.write("max_connections = 300\n")
+            if not durable:
+                conf.write("fsync = off\nfull_page_writes = off\n")
         cluster.start()
     except subprocess.CalledProcessError as err:
         cluster.close()
