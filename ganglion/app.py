@@ -205,7 +205,8 @@ class App:
         self.bus = Bus(self.inbox, self.worker, cfg.bus.max_turns_in_flight)
         metrics.read_queue(self.bus.depth, self.bus.in_flight)
         self.status = StatusReport(self.bus, self.endpoints, self.reminder_store, self.usage,
-                                   self.clock, self.secret_mask.masked, started=started)
+                                   self.clock, self.secret_mask.masked, started=started,
+                                   database=self.db.where)
         # Immediate: the messages it drops wait in the lane it would otherwise wait in.
         self.commands.add("cancel", "/cancel", "drop the messages waiting for an answer in "
                           "this conversation (Stop ends the one being answered)",

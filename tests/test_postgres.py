@@ -17,6 +17,7 @@ from ganglion.config import ConfigError, parse_config
 from ganglion.messages import Inbound, Source, ThreadId
 from ganglion.storage.history import History, NewMessage
 from ganglion.storage.inbox import Inbox
+from ganglion.storage.migrations import MIGRATIONS, Migration
 from ganglion.storage.reminders import HeartbeatLedger
 from ganglion.storage.usage import Payer, UsageLog
 
@@ -202,3 +203,31 @@ async def test_a_cancel_is_never_swallowed_wherever_it_lands(open_db: OpenDb) ->
                     await task
     finally:
         await db.close()
+
+
+async def test_a_plain_migration_runs_on_both_and_once(open_db: OpenDb) -> None:
+    """What another branch adds as migration 11+ (a CREATE TABLE with SQLite's types, an
+    ALTER TABLE) needs no PostgreSQL text of its own; a second open applies nothing."""
+    extra = Migration(99, "plain", """
+        CREATE TABLE notes (
+            id INTEGER PRIMARY KEY,
+            thread_id TEXT NOT NULL,
+            at REAL NOT NULL,
+            body BLOB
+        );
+        ALTER TABLE conversations ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX notes_thread ON notes (thread_id)
+        """)
+    for _ in range(2):
+        db = await open_db(migrations=[*MIGRATIONS, extra])
+        try:
+            cur = await db.write("INSERT INTO notes (thread_id, at, body) VALUES (?, ?, ?)",
+                                 (TID, 1234567890.123456, b"\x00\x01"))
+            assert cur.rowcount == 1 and cur.lastrowid is not None
+            row = await db.fetchone("SELECT at, body FROM notes WHERE id = ?", (cur.lastrowid,))
+            assert (row["at"], bytes(row["body"])) == (1234567890.123456, b"\x00\x01")
+            assert await db.fetchall("SELECT pinned FROM conversations") == []
+            applied = await db.fetchall("SELECT number FROM migrations ORDER BY number")
+            assert [r["number"] for r in applied][-1] == 99
+        finally:
+            await db.close()
