@@ -8,13 +8,14 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from conftest import AppFactory, OpenDb, connect, daemon_config
+from conftest import AppFactory, OpenDb, connect, daemon_config, eventually_async
 from daemon import Daemon, free_port
 from fake_llm import FakeLLM, Reply
 from pg_cluster import PASSWORD, USER, Cluster
 
 from ganglion.config import ConfigError, parse_config
 from ganglion.messages import Inbound, Source, ThreadId
+from ganglion.storage.backend import Backend
 from ganglion.storage.history import History, NewMessage
 from ganglion.storage.inbox import Inbox
 from ganglion.storage.migrations import MIGRATIONS, Migration
@@ -82,7 +83,8 @@ async def test_a_server_restart_during_a_turn_loses_nothing(
     request: pytest.FixtureRequest,
 ) -> None:
     """The server restarts while the model answers: every pooled connection is gone. The
-    turn's end is stored on a new connection, once; the next turn runs as usual."""
+    turn's end is stored on a new connection, once; the next turn runs as usual, and the
+    database's lock (one daemon per database) is held again."""
     app = await app_factory({"database": {"url": pg_cluster.new_database()}})
     chat = await connect(app)
     held = asyncio.Event()
@@ -101,7 +103,15 @@ async def test_a_server_restart_during_a_turn_loses_nothing(
         "SELECT content FROM messages WHERE role = 'assistant' ORDER BY id")
     assert [r["content"] for r in answers] == ["Answered after the restart.",
                                                "And the next one."]
+    # The restart dropped the lock's connection too: the daemon holds the lock again.
+    await eventually_async(lambda: locks_held(app.db), 10)
     await chat.close()
+
+
+async def locks_held(db: Backend) -> bool:
+    row = await db.fetchone("SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory'"
+                            " AND granted")
+    return bool(row["n"] == 1)
 
 
 def test_the_database_url_shape_is_checked_and_the_environment_fills_it() -> None:
