@@ -192,8 +192,10 @@ class PostgresDatabase(Backend):
             try:
                 conn: asyncpg.Connection = await self.pool.acquire()
                 return conn
-            except CONNECTION_LOST as err:
+            except (*CONNECTION_LOST, TimeoutError) as err:  # a new connection: not yet
                 await self._lost(err, attempt)
+            except asyncpg.PostgresError as err:  # a login refused since the start
+                raise unreachable(err, self.where) from err
         raise AssertionError("unreachable")
 
     async def _lost(self, err: BaseException, attempt: int) -> None:
