@@ -203,7 +203,7 @@ class PostgresDatabase(Backend):
         caller tries again after a pause, or gives up with StorageError at the last try."""
         log.warning("PostgreSQL at %s: connection lost (%s: %s); reconnecting", self.where,
                     type(err).__name__, err)
-        self.pool.expire_connections()
+        await self.pool.expire_connections()
         if attempt + 1 >= RETRIES:
             raise StorageError(f"PostgreSQL at {self.where} is unreachable: {err}") from err
         await asyncio.sleep(0.1 * 2 ** attempt)  # a restarting server: 3 s in all
