@@ -241,3 +241,27 @@ async def test_a_plain_migration_runs_on_both_and_once(open_db: OpenDb) -> None:
             assert [r["number"] for r in applied][-1] == 99
         finally:
             await db.close()
+
+
+async def test_a_message_sent_while_the_server_is_down_is_refused_then_stored_once(
+    app_factory: AppFactory, fake_llm: FakeLLM, pg_cluster: Cluster,
+) -> None:
+    """The server down: the tab is told its message was not stored (and why, in the words
+    of this database, not the data folder's); once the server is back, the page's resend
+    of the same id is stored and answered once."""
+    app = await app_factory({"database": {"url": pg_cluster.new_database()}})
+    chat = await connect(app)
+    fake_llm.script(Reply(text="Stored now."))
+    await asyncio.to_thread(pg_cluster.stop)
+    try:
+        refused = await chat.send("while it is down", client_id="m1")
+        assert refused["type"] == "error" and refused["code"] == "not_stored", refused
+        assert "The database server refused it or cannot be reached" in refused["message"]
+        assert PASSWORD not in refused["message"]
+    finally:
+        await asyncio.to_thread(pg_cluster.start)
+    assert (await chat.send("while it is down", client_id="m1"))["type"] == "ack"
+    assert (await chat.reply(15))["text"] == "Stored now."
+    rows = await app.db.fetchall("SELECT client_id, status FROM inbox")
+    assert [tuple(r) for r in rows] == [("m1", "done")]
+    await chat.close()

@@ -22,6 +22,13 @@ class StorageError(sqlite3.Error):
     """
 
 
+def why_refused(err: sqlite3.Error) -> str:
+    """What a person is told a refused write means, for the database in use."""
+    if isinstance(err, StorageError):
+        return "The database server refused it or cannot be reached"
+    return "The data folder refuses writes (full or read-only?)"
+
+
 class DatabaseUnreachable(StorageError):
     """The server could not be reached or refused the login; the text says which."""
 
