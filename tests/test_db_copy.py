@@ -129,3 +129,21 @@ def test_doctor_checks_the_postgres_server(tmp_path: Path, pg_cluster: Cluster) 
         assert check["ok"] is ok and said in check["detail"], check
         assert "no tables yet" in check["detail"] or not ok
         assert PASSWORD not in done.stdout and "wrong-Pw-77" not in done.stdout
+
+
+def test_check_config_shows_the_database_url_without_its_password(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    url = "postgresql://ganglion:Hidden-pw-5521@db.example.org:5432/ganglion"
+    config.write_text(yaml.safe_dump({"database": {"url": url}}))
+    done = subprocess.run([sys.executable, "-m", "ganglion", "--config", str(config),
+                           "check-config"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "postgresql://ganglion:***@db.example.org:5432/ganglion" in done.stdout
+    assert "Hidden-pw-5521" not in done.stdout + done.stderr
+    bad = url.replace("5432", "port")
+    config.write_text(yaml.safe_dump({"database": {"url": bad}}))
+    done = subprocess.run([sys.executable, "-m", "ganglion", "--config", str(config),
+                           "check-config"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "database.url: Value error, the port must be a number" \
+        in done.stderr, done.stderr
+    assert "Hidden-pw-5521" not in done.stdout + done.stderr
