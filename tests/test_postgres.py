@@ -16,10 +16,12 @@ from pg_cluster import PASSWORD, USER, Cluster
 from ganglion.config import ConfigError, parse_config
 from ganglion.messages import Inbound, Source, ThreadId
 from ganglion.storage.backend import Backend
+from ganglion.storage.conversations import Conversations
 from ganglion.storage.history import History, NewMessage
 from ganglion.storage.inbox import Inbox
 from ganglion.storage.migrations import MIGRATIONS, Migration
 from ganglion.storage.reminders import HeartbeatLedger
+from ganglion.storage.search import Search
 from ganglion.storage.usage import Payer, UsageLog
 
 TID = ThreadId("web_" + "ab" * 16)
@@ -265,3 +267,22 @@ async def test_a_message_sent_while_the_server_is_down_is_refused_then_stored_on
     rows = await app.db.fetchall("SELECT client_id, status FROM inbox")
     assert [tuple(r) for r in rows] == [("m1", "done")]
     await chat.close()
+
+
+async def test_an_older_database_is_upgraded_with_its_rows_on_both(open_db: OpenDb) -> None:
+    """A database from before the conversation list and search (migrations 8 and 10 run
+    on rows already there): the web thread is listed, titled by its first message, and its
+    history is found."""
+    old = await open_db(migrations=[m for m in MIGRATIONS if m.number < 8])
+    try:
+        msg, _ = await Inbox(old).add(web("c1", "Where did I put the parsnips?"))
+        await History(old).begin_turn(msg, msg.text)
+    finally:
+        await old.close()
+    db = await open_db()
+    try:
+        [listed] = await Conversations(db).listed()
+        assert (listed.thread_id, listed.title) == (TID, "Where did I put the parsnips?")
+        assert [h.thread_id for h in await Search(db).search("parsnips")] == [TID]
+    finally:
+        await db.close()
