@@ -15,6 +15,7 @@ from ganglion.assistant_state import AssistantState, StateParts
 from ganglion.bus import Bus
 from ganglion.commands import CommandTable, Rank
 from ganglion.config import LoadedConfig, secret_values
+from ganglion.config_database import shown_database
 from ganglion.errors import StartupError
 from ganglion.interfaces.web import WebInterface
 from ganglion.interfaces.web_status import MetricsListener, StatusRoutes
@@ -27,9 +28,10 @@ from ganglion.model_commands import ModelCommands, without_secrets
 from ganglion.render import MarkdownRenderer
 from ganglion.router import Router
 from ganglion.status import StatusReport
+from ganglion.storage.backend import Backend, DatabaseInUse, MigrationFailed, StorageError
 from ganglion.storage.catalog import Catalog
+from ganglion.storage.connect import hold_database, open_database
 from ganglion.storage.conversations import Conversations
-from ganglion.storage.db import Database, MigrationFailed
 from ganglion.storage.files import DataFiles, web_token
 from ganglion.storage.history import History
 from ganglion.storage.inbox import Inbox
@@ -107,6 +109,18 @@ class App:
             self.stuck = await self.stop()
             raise
 
+    async def _open_database(self) -> Backend:
+        """database.url's database, migrated; on PostgreSQL held by this daemon alone (the
+        data folder's lock does not reach a database other machines can open)."""
+        url = self.config.database.url
+        where = shown_database(url)
+        try:
+            if self.config.database.is_postgres:
+                self._stops.append(("database lock", await hold_database(url, where)))
+            return await open_database(url, self.data_dir, where)
+        except (MigrationFailed, DatabaseInUse, StorageError) as err:
+            raise StartupError(str(err)) from None
+
     async def _start(self) -> None:
         started = time.monotonic()
         cfg = self.config
@@ -122,10 +136,7 @@ class App:
         self._stops.append(("data folder lock", _released(lock)))
         self.files.ensure_layout()
 
-        try:
-            self.db = await Database.open(self.data_dir / "conversation.db")
-        except MigrationFailed as err:
-            raise StartupError(str(err)) from None
+        self.db = await self._open_database()
         self._stops.append(("database", self.db.close))
         self.inbox = Inbox(self.db)
         self.history = History(self.db)
@@ -196,7 +207,8 @@ class App:
         self.bus = Bus(self.inbox, self.worker, cfg.bus.max_turns_in_flight)
         metrics.read_queue(self.bus.depth, self.bus.in_flight)
         self.status = StatusReport(self.bus, self.endpoints, self.reminder_store, self.usage,
-                                   self.clock, self.secret_mask.masked, started=started)
+                                   self.clock, self.secret_mask.masked, started=started,
+                                   database=self.db.where)
         # Immediate: the messages it drops wait in the lane it would otherwise wait in.
         self.commands.add("cancel", "/cancel", "drop the messages waiting for an answer in "
                           "this conversation (Stop ends the one being answered)",

@@ -28,6 +28,7 @@ from typing import Any
 
 from ganglion import __version__
 from ganglion.config import LoadedConfig, secret_values
+from ganglion.config_database import shown_database
 from ganglion.storage.db import BACKUPS_DIR
 from ganglion.storage.files import WEB_TOKEN
 from ganglion.storage.lock import LOCK_FILE, DataFolderInUse, DataLock
@@ -45,8 +46,22 @@ class BackupError(Exception):
     """What went wrong, said plainly (exit status 1)."""
 
 
+ON_POSTGRES = (
+    "the database is PostgreSQL ({where}): `ganglion backup` and `restore` hold SQLite "
+    "files only, and an archive without the database would not be a backup. Back up the "
+    "database with pg_dump (pg_dump -Fc -f ganglion.dump '<database.url>'; pg_restore "
+    "puts it back) and the data folder's files (memory, skills, Matrix keys) with any file "
+    "backup, or copy the database into a SQLite file first (`ganglion db copy`)")
+
+
+def _refuse_postgres(loaded: LoadedConfig) -> None:
+    if loaded.config.database.is_postgres:
+        raise BackupError(ON_POSTGRES.format(where=shown_database(loaded.config.database.url)))
+
+
 def backup(loaded: LoadedConfig, target: Path, *, with_secrets: bool) -> dict[str, Any]:
     """Write the archive to ``target`` (atomically: a temporary file renamed); its manifest."""
+    _refuse_postgres(loaded)
     data_dir = loaded.data_dir
     if not (data_dir / DATABASE).is_file():
         raise BackupError(f"{data_dir / DATABASE} does not exist: nothing to back up (is "
@@ -95,6 +110,7 @@ def backup(loaded: LoadedConfig, target: Path, *, with_secrets: bool) -> dict[st
 def restore(loaded: LoadedConfig, source: Path) -> dict[str, Any]:
     """Unpack the archive into the configured data folder, which must be empty, with no
     daemon on it; the database checked and counted against the manifest."""
+    _refuse_postgres(loaded)
     data_dir = loaded.data_dir
     store = loaded.path(loaded.config.matrix.store_path)
     store_outside = not store.resolve().is_relative_to(data_dir.resolve())

@@ -90,6 +90,15 @@ def _parser() -> argparse.ArgumentParser:
         "restore", parents=[after],
         help="unpack a backup into an empty data folder (the daemon stopped)")
     restore.add_argument("file", type=Path, help="the archive `ganglion backup` wrote")
+    database = sub.add_parser("db", parents=[after], help="the database: copy it")
+    db_copy = database.add_subparsers(dest="db_command", metavar="DB_COMMAND",
+                                      required=True).add_parser(
+        "copy", parents=[after], help="copy every row into an empty database (SQLite or "
+                                      "PostgreSQL, either way), the daemon stopped")
+    db_copy.add_argument("--from", dest="source", required=True, metavar="URL",
+                         help="sqlite:///PATH (relative to the data folder) or postgresql://...")
+    db_copy.add_argument("--to", dest="target", required=True, metavar="URL",
+                         help="an empty database, same forms")
     status = sub.add_parser(
         "status", parents=[after],
         help="ask the running daemon how it is: queue, endpoints, Matrix, reminders, tokens")
@@ -114,6 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(loaded)
     if args.command in ("backup", "restore"):
         return _backup_or_restore(loaded, args)
+    if args.command == "db":
+        from ganglion.db_copy import run_copy  # noqa: PLC0415  (the drivers: only for this)
+
+        return run_copy(loaded, args.source, args.target)
     if args.command == "status":
         return _status(loaded, as_json=args.json)
     if args.command == "service":

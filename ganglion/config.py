@@ -19,6 +19,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from ganglion.config_base import Section as _Section
+from ganglion.config_database import DatabaseConfig, shown_database, url_password
 from ganglion.config_matrix import MatrixConfig
 from ganglion.config_mcp import McpConfig
 from ganglion.config_media import MediaConfig
@@ -213,6 +214,7 @@ class Config(_Section):
     tools: ToolsConfig = ToolsConfig()
     media: MediaConfig = MediaConfig()
     stt: SttConfig = SttConfig()
+    database: DatabaseConfig = DatabaseConfig()
 
     @field_validator("tools")
     @classmethod
@@ -260,6 +262,8 @@ def _shown_input(value: Any) -> str | None:
     if isinstance(value, dict | list):
         return None
     if isinstance(value, str) and "//" in value and "@" in value:
+        if url_password(value):
+            return repr(shown_database(value))
         if not url_credentials(value):  # a URL too odd to find the credentials in
             return None
         value = shown_url(value)
@@ -297,8 +301,15 @@ def parse_config(raw: Any, env: dict[str, str] | None = None) -> Config:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError("config error: <top>: the file must be a mapping of sections")
+    env = dict(os.environ) if env is None else env
+    database = raw.get("database")
+    if env.get("DATABASE_URL") and (database is None or (
+            isinstance(database, dict) and "url" not in database)):
+        # The environment's URL when the config names none (the convention of hosts that
+        # provision a database); a database.url in the file wins.
+        raw = {**raw, "database": {**(database or {}), "url": env["DATABASE_URL"]}}
     try:
-        expanded = expand_tree(raw, dict(os.environ) if env is None else env, (), Config)
+        expanded = expand_tree(raw, env, (), Config)
         return Config.model_validate(expanded)
     except ValidationError as err:
         raise ConfigError(_format_error(err)) from None
@@ -342,6 +353,7 @@ def secret_values(config: Config) -> list[str]:
         values += url_secrets(e.base_url)
     values += url_secrets(config.tools.web.search_url)
     values += [config.stt.api_key, *url_secrets(config.stt.base_url or "")]
+    values.append(url_password(config.database.url))
     for server in config.mcp.servers.values():  # env values and headers given literally
         values += server.secrets
         values += url_secrets(server.url or "")
@@ -368,6 +380,8 @@ def masked_dump(config: Config) -> dict[str, Any]:
             return [mask(v) for v in node]
         if isinstance(node, str) and url_credentials(node):  # an endpoint's or MCP server's
             return shown_url(node)
+        if isinstance(node, str) and url_password(node):  # database.url
+            return shown_database(node)
         return node
 
     result: dict[str, Any] = mask(config.model_dump(mode="json"))

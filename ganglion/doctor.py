@@ -22,8 +22,11 @@ from typing import Any
 import aiohttp
 
 from ganglion.config import LoadedConfig, secret_values
+from ganglion.config_database import shown_database
 from ganglion.errors import StartupError
 from ganglion.llm.endpoints import EndpointPool
+from ganglion.storage.backend import StorageError
+from ganglion.storage.connect import probe_database, sqlite_path
 from ganglion.storage.lock import DataFolderInUse, DataLock
 from ganglion.storage.snapshot import check as check_database
 from ganglion.triggers import local_zone
@@ -49,7 +52,8 @@ async def diagnose(loaded: LoadedConfig) -> list[Check]:
     cfg = loaded.config
     checks = [Check("config", True, f"{loaded.source or 'built-in defaults (no file)'} is valid")]
     checks += _folders(loaded)
-    checks.append(_database(loaded.data_dir / "conversation.db"))
+    checks.append(await _postgres(loaded) if cfg.database.is_postgres else
+                  _database(sqlite_path(cfg.database.url, loaded.data_dir) or Path()))
     checks.append(await _web_port(loaded))
     checks += await _endpoints(loaded)
     if cfg.matrix.enabled:
@@ -81,6 +85,15 @@ def _folders(loaded: LoadedConfig) -> list[Check]:
         else:
             out.append(Check(name, True, f"{where}: writable, {free / 2**30:.1f} GiB free"))
     return out
+
+
+async def _postgres(loaded: LoadedConfig) -> Check:
+    where = shown_database(loaded.config.database.url)
+    try:
+        return Check("database", True, await probe_database(loaded.config.database.url, where))
+    except StorageError as err:
+        return Check("database", False, str(err),
+                     "start the server, or fix database.url (host, port, user, password)")
 
 
 def _database(path: Path) -> Check:

@@ -51,6 +51,8 @@ class StatusReport:
     matrix: MatrixSync | None = None
     started: float = 0.0
     """When (monotonic) the daemon started."""
+    database: str = ""
+    """The database as it may be shown: a file's name, or a URL with its password masked."""
 
     async def report(self) -> dict[str, Any]:
         now = self.clock()
@@ -77,6 +79,7 @@ class StatusReport:
             "turns_in_flight": self.bus.in_flight(),
             "endpoints": endpoints,
             "matrix": matrix,
+            "database": self.database,
             "reminders_pending": await self.reminders.count_active(),
             "tokens_today": await self.usage.all_tokens_since(midnight),
         }
@@ -138,6 +141,8 @@ def text(status: dict[str, Any]) -> str:
     matrix = status["matrix"]
     lines.append("Matrix: off" if matrix is None else
                  f"Matrix: {matrix['state']}, last sync {matrix['lag_seconds']:.0f} s ago")
+    if status.get("database"):
+        lines.append(f"database: {status['database']}")
     lines.append(f"reminders pending: {status['reminders_pending']}")
     lines.append(f"tokens today: {status['tokens_today']:,}")
     return "\n".join(lines)

@@ -22,6 +22,7 @@ from ganglion.llm.client import LLMClient
 from ganglion.llm.prompt import PromptInputs, build_messages, fixed_texts
 from ganglion.messages import Inbound, Source, ThreadId, is_matrix_thread, matrix_room_of
 from ganglion.router import Router
+from ganglion.storage.backend import why_refused
 from ganglion.storage.files import BASE_PROMPT, HEARTBEATS, MEMORIES, DataFiles
 from ganglion.storage.history import NEW_CONVERSATION, History, NewMessage, StoredMessage
 from ganglion.storage.redo import REDO, regenerates
@@ -163,9 +164,8 @@ class Worker:
         except sqlite3.Error as err:  # the disk refused a write: say so, not "crashed"
             log.error("[%s] turn failed: the database refused a write: %s", tid, err)
             new = [*await self.journal.kept(msg, or_none=True), notice(
-                msg, f"I could not write to my database ({err}). The data folder refuses "
-                     "writes (full or read-only?); once that is fixed, please send your "
-                     "message again.")]
+                msg, f"I could not write to my database ({err}). {why_refused(err)}; once "
+                     "that is fixed, please send your message again.")]
         except Exception as err:
             log.exception("[%s] turn crashed", tid)
             new = [*await self.journal.kept(msg, or_none=True), notice(msg, CRASHED.format(

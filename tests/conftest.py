@@ -17,6 +17,8 @@ import pytest
 import pytest_asyncio
 from browser_page import Problems
 from fake_llm import FakeLLM, fake_llm, fake_llm_factory  # noqa: F401  (fixtures)
+from pg_cluster import PASSWORD as PG_PASSWORD
+from pg_cluster import Cluster, PostgresUnavailable, start_cluster
 from playwright.async_api import Browser, BrowserContext, async_playwright
 from secret_scan import SecretScan
 from synapse import Human, HumanFactory, MatrixUser, Synapse, SynapseUnavailable, install
@@ -25,12 +27,14 @@ from wsclient import ChatClient
 from ganglion.app import App
 from ganglion.config import LoadedConfig, parse_config, secret_values
 from ganglion.logs import NOISY, SecretMask, file_handler, set_levels
+from ganglion.storage.backend import Backend
+from ganglion.storage.connect import open_database
 
 WEB_TOKEN = "test-web-token-5a1f0c9e7d"
 LLM_KEY = "sk-test-llm-key-93c1b7e2"
 RUNTIME_KEY = "sk-runtime-Key-4f9a2c7e1b"
 """The key test_endpoints adds with /add_endpoint."""
-TEST_SECRETS = (WEB_TOKEN, LLM_KEY, RUNTIME_KEY)
+TEST_SECRETS = (WEB_TOKEN, LLM_KEY, RUNTIME_KEY, PG_PASSWORD)
 
 
 @pytest.fixture(autouse=True)
@@ -171,16 +175,19 @@ class DaemonLog:
 
 @pytest_asyncio.fixture
 async def app_factory(
-    tmp_path: Path, fake_llm: FakeLLM, secret_scan: SecretScan  # noqa: F811
+    tmp_path: Path, fake_llm: FakeLLM, secret_scan: SecretScan,  # noqa: F811
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[AppFactory]:
     """``await app_factory({...overrides})``: a started App on the fake LLM; stopped after.
     It logs as the daemon does (see DaemonLog); its secrets and log folder join the test's
-    secret scan."""
+    secret scan. A test that asks for ``database_url`` runs its Apps on that database."""
     apps: list[App] = []
     logs = DaemonLog()
+    database = ({"database": {"url": request.getfixturevalue("database_url")}}
+                if "database_url" in request.fixturenames else {})
 
     async def make(overrides: dict[str, Any] | None = None, **kwargs: Any) -> App:
-        raw = merge(base_config(tmp_path, fake_llm), overrides or {})
+        raw = merge(merge(base_config(tmp_path, fake_llm), database), overrides or {})
         app = App(LoadedConfig(parse_config(raw, env={}), None, tmp_path), **kwargs)
         logs.add(app)
         secret_scan.add(*secret_values(app.config))
@@ -278,3 +285,50 @@ async def problems() -> AsyncIterator[Problems]:
     found = Problems()
     yield found
     assert found.items == []
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """One PostgreSQL cluster for the session (tests/pg_cluster.py), started at the first
+    test that needs it; each test takes a database of its own (``database_url``)."""
+    try:
+        cluster = start_cluster()
+    except (PostgresUnavailable, OSError, subprocess.SubprocessError) as err:
+        skip_or_fail(f"PostgreSQL is not available: {err}")
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+BACKENDS = ("sqlite", "postgres")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Which database the test runs on: it runs once on each."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """``database.url`` for this test: a file in its data folder, or a fresh database."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'data' / 'conversation.db'}"
+    cluster: Cluster = request.getfixturevalue("pg_cluster")
+    return cluster.new_database()
+
+
+OpenDb = Callable[..., Awaitable[Backend]]
+
+
+@pytest.fixture
+def open_db(database_url: str, tmp_path: Path) -> OpenDb:
+    """``await open_db()``: this test's database, migrated (``migrations=`` to stop early)."""
+
+    async def open_(**kwargs: Any) -> Backend:
+        return await open_database(database_url, tmp_path / "data", "the test database",
+                                   **kwargs)
+
+    return open_

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
-from conftest import eventually
+from conftest import OpenDb, eventually
 
 from ganglion.bus import RUNNER_DEATHS_PER_MESSAGE, Bus
 from ganglion.messages import Inbound, Source, ThreadId
-from ganglion.storage.db import Database
+from ganglion.storage.backend import Backend
 from ganglion.storage.inbox import Inbox
 
 
@@ -73,17 +72,17 @@ def inbound(thread: str, text: str, cid: str | None = None) -> Inbound:
     return Inbound(ThreadId(thread), text, "tester", Source.WEB, cid or text)
 
 
-async def make_bus(tmp_path: Path, handler: RecordingHandler, cap: int) -> tuple[Bus, Database]:
-    db = await Database.open(tmp_path / "bus.db")
+async def make_bus(open_db: OpenDb, handler: RecordingHandler, cap: int) -> tuple[Bus, Backend]:
+    db = await open_db()
     handler.inbox = Inbox(db)
     bus = Bus(handler.inbox, handler, cap)
     await bus.start()
     return bus, db
 
 
-async def test_order_within_a_thread_and_no_overlap(tmp_path: Path) -> None:
+async def test_order_within_a_thread_and_no_overlap(open_db: OpenDb) -> None:
     handler = RecordingHandler(delay=0.005)
-    bus, db = await make_bus(tmp_path, handler, cap=8)
+    bus, db = await make_bus(open_db, handler, cap=8)
     for i in range(20):
         await bus.submit(inbound("web_" + "a" * 16, f"m{i}"))
     await asyncio.wait_for(bus.wait_idle(), 10)
@@ -93,10 +92,10 @@ async def test_order_within_a_thread_and_no_overlap(tmp_path: Path) -> None:
     await db.close()
 
 
-async def test_threads_run_concurrently_up_to_the_cap(tmp_path: Path) -> None:
+async def test_threads_run_concurrently_up_to_the_cap(open_db: OpenDb) -> None:
     handler = RecordingHandler()
     handler.gate = asyncio.Event()  # turns end when the test says, not after a delay
-    bus, db = await make_bus(tmp_path, handler, cap=3)
+    bus, db = await make_bus(open_db, handler, cap=3)
     for i in range(9):
         await bus.submit(inbound(f"web_{i:016x}", "hi"))
     await handler.until(lambda: handler.running == 3)
@@ -108,11 +107,11 @@ async def test_threads_run_concurrently_up_to_the_cap(tmp_path: Path) -> None:
     await db.close()
 
 
-async def test_fifo_admission_across_threads(tmp_path: Path) -> None:
+async def test_fifo_admission_across_threads(open_db: OpenDb) -> None:
     """A burst of 50 threads starts in arrival order; a thread with a backlog goes to the back."""
     handler = RecordingHandler()
     handler.gate = asyncio.Event()
-    bus, db = await make_bus(tmp_path, handler, cap=4)
+    bus, db = await make_bus(open_db, handler, cap=4)
     busy = "web_" + "f" * 16
     for i in range(5):  # one thread with a backlog, submitted first
         await bus.submit(inbound(busy, f"busy{i}"))
@@ -129,9 +128,9 @@ async def test_fifo_admission_across_threads(tmp_path: Path) -> None:
     await db.close()
 
 
-async def test_duplicate_client_id_is_stored_and_run_once(tmp_path: Path) -> None:
+async def test_duplicate_client_id_is_stored_and_run_once(open_db: OpenDb) -> None:
     handler = RecordingHandler()
-    bus, db = await make_bus(tmp_path, handler, cap=2)
+    bus, db = await make_bus(open_db, handler, cap=2)
     first, new1 = await bus.submit(inbound("web_" + "b" * 16, "hello", cid="c1"))
     again, new2 = await bus.submit(inbound("web_" + "b" * 16, "hello", cid="c1"))
     assert new1 and not new2 and first.id == again.id
@@ -141,10 +140,10 @@ async def test_duplicate_client_id_is_stored_and_run_once(tmp_path: Path) -> Non
     await db.close()
 
 
-async def test_unanswered_messages_are_recovered_once_at_start(tmp_path: Path) -> None:
+async def test_unanswered_messages_are_recovered_once_at_start(open_db: OpenDb) -> None:
     handler = RecordingHandler()
     handler.gate = asyncio.Event()  # never opened: the turn is running when we stop
-    bus, db = await make_bus(tmp_path, handler, cap=2)
+    bus, db = await make_bus(open_db, handler, cap=2)
     await bus.submit(inbound("web_" + "c" * 16, "before stop"))
     await handler.until(lambda: bool(handler.started))
     assert handler.started == [("web_" + "c" * 16, "before stop")]
@@ -152,14 +151,14 @@ async def test_unanswered_messages_are_recovered_once_at_start(tmp_path: Path) -
     await db.close()
 
     handler2 = RecordingHandler()
-    bus2, db2 = await make_bus(tmp_path, handler2, cap=2)
+    bus2, db2 = await make_bus(open_db, handler2, cap=2)
     await asyncio.wait_for(bus2.wait_idle(), 10)
     assert handler2.finished == [("web_" + "c" * 16, "before stop")]
     await bus2.stop()
     await db2.close()
 
     handler3 = RecordingHandler()  # answered now: nothing to redo
-    db3 = await Database.open(tmp_path / "bus.db")
+    db3 = await open_db()
     handler3.inbox = Inbox(db3)
     bus3 = Bus(handler3.inbox, handler3, 2)
     assert await bus3.start() == 0  # the recovery had its chance, and found nothing
@@ -169,10 +168,10 @@ async def test_unanswered_messages_are_recovered_once_at_start(tmp_path: Path) -
     await db3.close()
 
 
-async def test_user_stop_cancels_only_that_turn(tmp_path: Path) -> None:
+async def test_user_stop_cancels_only_that_turn(open_db: OpenDb) -> None:
     handler = RecordingHandler()
     handler.gate = asyncio.Event()
-    bus, db = await make_bus(tmp_path, handler, cap=4)
+    bus, db = await make_bus(open_db, handler, cap=4)
     a, b = "web_" + "d" * 16, "web_" + "e" * 16
     await bus.submit(inbound(a, "long"))
     await bus.submit(inbound(b, "other"))
@@ -190,10 +189,10 @@ async def test_user_stop_cancels_only_that_turn(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("cap", [1, 5])
-async def test_stop_is_prompt_with_turns_running(tmp_path: Path, cap: int) -> None:
+async def test_stop_is_prompt_with_turns_running(open_db: OpenDb, cap: int) -> None:
     handler = RecordingHandler()
     handler.gate = asyncio.Event()
-    bus, db = await make_bus(tmp_path, handler, cap=cap)
+    bus, db = await make_bus(open_db, handler, cap=cap)
     for i in range(10):
         await bus.submit(inbound(f"web_{i:016x}", "wait"))
     await handler.until(lambda: handler.running == cap)  # the stop finds turns running
@@ -203,10 +202,10 @@ async def test_stop_is_prompt_with_turns_running(tmp_path: Path, cap: int) -> No
     await db.close()
 
 
-async def test_control_messages_do_not_wait_behind_the_running_turn(tmp_path: Path) -> None:
+async def test_control_messages_do_not_wait_behind_the_running_turn(open_db: OpenDb) -> None:
     handler = RecordingHandler()
     handler.gate = asyncio.Event()
-    bus, db = await make_bus(tmp_path, handler, cap=2)
+    bus, db = await make_bus(open_db, handler, cap=2)
     thread = "web_" + "9" * 16
     await bus.submit(inbound(thread, "needs approval"))
     await handler.until(lambda: len(handler.started) == 1)
@@ -244,11 +243,11 @@ def deaths(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 
 
 async def test_a_runner_that_dies_is_logged_and_replaced_and_its_message_runs_again(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    open_db: OpenDb, caplog: pytest.LogCaptureFixture
 ) -> None:
     handler = DyingOnStop(deaths=1)
     handler.gate = asyncio.Event()
-    bus, db = await make_bus(tmp_path, handler, cap=3)
+    bus, db = await make_bus(open_db, handler, cap=3)
     a = ThreadId("web_" + "a" * 16)
     await bus.submit(inbound(a, "long"))
     await bus.submit(inbound(a, "after"))  # waits in its lane behind "long"
@@ -280,11 +279,11 @@ async def test_a_runner_that_dies_is_logged_and_replaced_and_its_message_runs_ag
 
 
 async def test_a_message_that_keeps_killing_runners_waits_for_the_next_start(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    open_db: OpenDb, caplog: pytest.LogCaptureFixture
 ) -> None:
     handler = DyingOnStop(deaths=RUNNER_DEATHS_PER_MESSAGE)
     handler.gate = asyncio.Event()
-    bus, db = await make_bus(tmp_path, handler, cap=2)
+    bus, db = await make_bus(open_db, handler, cap=2)
     a = ThreadId("web_" + "b" * 16)
     await bus.submit(inbound(a, "poison"))
     for n in range(1, RUNNER_DEATHS_PER_MESSAGE + 1):

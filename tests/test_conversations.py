@@ -29,7 +29,7 @@ async def listing(chat: ChatClient) -> dict[str, Any]:
 
 
 async def test_conversations_are_listed_newest_first_and_titled_by_their_first_words(
-    app_factory: AppFactory,
+    app_factory: AppFactory, database_url: str
 ) -> None:
     app = await app_factory()
     first = await connect(app)
@@ -48,7 +48,7 @@ async def test_conversations_are_listed_newest_first_and_titled_by_their_first_w
 
 
 async def test_rename_and_archive_reach_every_tab_and_a_malformed_frame_changes_nothing(
-    app_factory: AppFactory,
+    app_factory: AppFactory, database_url: str
 ) -> None:
     app = await app_factory()
     chat = await connect(app)
@@ -88,7 +88,7 @@ async def test_rename_and_archive_reach_every_tab_and_a_malformed_frame_changes_
 
 
 async def test_delete_removes_everything_of_the_conversation_and_unschedules_its_reminders(
-    app_factory: AppFactory, fake_llm: FakeLLM
+    app_factory: AppFactory, fake_llm: FakeLLM, database_url: str
 ) -> None:
     app = await app_factory()
     chat = await connect(app)
@@ -123,7 +123,7 @@ async def test_delete_removes_everything_of_the_conversation_and_unschedules_its
 
 
 async def test_matrix_rooms_are_listed_and_read_but_not_writable(
-    app_factory: AppFactory,
+    app_factory: AppFactory, database_url: str
 ) -> None:
     app = await app_factory()
     room = ThreadId("!room:example.org")

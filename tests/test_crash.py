@@ -20,7 +20,6 @@ import json
 import random
 import re
 import secrets
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from daemon import Daemon
 from fake_llm import FakeLLM, Reply, _last_user_text
 from matrix_rooms import matrix_section
 from synapse import HumanFactory, Synapse
+from sync_db import SyncDb
 
 SEED = 7
 TABS = 20
@@ -95,15 +95,11 @@ class Tab:
             assert not (frame.get("id") == cid and frame.get("type") == "error"), frame
 
 
-def db_rows(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(db, timeout=10)
-    try:
-        return list(conn.execute(sql, params))
-    finally:
-        conn.close()
+def db_rows(db: SyncDb, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    return db.rows(sql, params)
 
 
-def settled(db: Path, acked: int) -> bool:
+def settled(db: SyncDb, acked: int) -> bool:
     """All acked messages stored and answered, all one-shot reminders fired."""
     [(web, pending)] = db_rows(db, "SELECT count(*) FILTER (WHERE source = 'web'),"
                                    " count(*) FILTER (WHERE status != 'done') FROM inbox")
@@ -112,12 +108,12 @@ def settled(db: Path, acked: int) -> bool:
     return web >= acked and pending == 0 and active == 0
 
 
-def idle(db: Path) -> bool:
+def idle(db: SyncDb) -> bool:
     [(pending,)] = db_rows(db, "SELECT count(*) FROM inbox WHERE status != 'done'")
     return pending == 0
 
 
-def the_one_answer(db: Path, inbox_id: int) -> str:
+def the_one_answer(db: SyncDb, inbox_id: int) -> str:
     """The single assistant message answering an inbox row (an error notice is no answer)."""
     rows = db_rows(db, "SELECT role, content FROM messages WHERE inbox_id = ?"
                        " AND role IN ('assistant', 'notice')", (inbox_id,))
@@ -125,24 +121,20 @@ def the_one_answer(db: Path, inbox_id: int) -> str:
     return str(rows[0][1])
 
 
-def add_reminders(db: Path, thread: str, begin: float) -> tuple[list[int], int]:
+def add_reminders(db: SyncDb, thread: str, begin: float) -> tuple[list[int], int]:
     """The one-shots of REMINDER_DELAYS and one every EVERY seconds; returns their ids."""
-    with sqlite3.connect(db) as conn:
-        ids = [conn.execute(
-            "INSERT INTO reminders (thread_id, text, next_at, created_by, created_at)"
-            " VALUES (?, ?, ?, 'test', ?)",
-            (thread, f"reminder {i}", begin + delay, begin)).lastrowid
-            for i, delay in enumerate(REMINDER_DELAYS)]
-        every = conn.execute(
-            "INSERT INTO reminders (thread_id, text, next_at, every_seconds, created_by,"
-            " created_at) VALUES (?, 'every time', ?, ?, 'test', ?)",
-            (thread, begin + EVERY_FIRST, EVERY, begin)).lastrowid
-    conn.close()
-    assert every is not None and None not in ids
-    return [int(i) for i in ids if i is not None], int(every)
+    ids = [db.insert(
+        "INSERT INTO reminders (thread_id, text, next_at, created_by, created_at)"
+        " VALUES (?, ?, ?, 'test', ?)", (thread, f"reminder {i}", begin + delay, begin))
+        for i, delay in enumerate(REMINDER_DELAYS)]
+    every = db.insert(
+        "INSERT INTO reminders (thread_id, text, next_at, every_seconds, created_by,"
+        " created_at) VALUES (?, 'every time', ?, ?, 'test', ?)",
+        (thread, begin + EVERY_FIRST, EVERY, begin))
+    return ids, every
 
 
-def check_recurring(db: Path, rid: int, first: float, until: float) -> int:
+def check_recurring(db: SyncDb, rid: int, first: float, until: float) -> int:
     """Each period of the interval reminder up to ``until`` fired once: by its own firing, or
     counted in a late one's "and N more times since" when the daemon was down for it; no due
     time fired twice. Returns the number of firings."""
@@ -173,12 +165,12 @@ async def kill_and_restart(d: Daemon, rng: random.Random) -> None:
 
 
 async def test_sigkill_under_load_loses_nothing_and_answers_everything_once(
-    tmp_path: Path, fake_llm: FakeLLM
+    tmp_path: Path, fake_llm: FakeLLM, database_url: str
 ) -> None:
     rng = random.Random(SEED)
     fake_llm.script(*[slow_echo] * (TABS * MESSAGES_PER_TAB * 3))
-    d = Daemon(tmp_path, daemon_config(fake_llm))
-    db = tmp_path / "data" / "conversation.db"
+    d = Daemon(tmp_path, daemon_config(fake_llm, database={"url": database_url}))
+    db = SyncDb(database_url, tmp_path / "data")
     d.start()
     try:
         await d.wait_ready()  # creates the database; stopped cleanly to add the reminders
@@ -203,10 +195,8 @@ async def test_sigkill_under_load_loses_nothing_and_answers_everything_once(
             acked = [cid for tab in tabs for cid in tab.acked]
             while not settled(db, len(acked)):  # noqa: ASYNC110  (the DB is the state)
                 await asyncio.sleep(0.1)
-            with sqlite3.connect(db) as conn:  # the interval reminder ends here
-                conn.execute("UPDATE reminders SET status = 'cancelled', next_at = NULL"
-                             " WHERE id = ?", (every,))
-            conn.close()
+            db.execute("UPDATE reminders SET status = 'cancelled', next_at = NULL"  # it ends
+                       " WHERE id = ?", (every,))
             cancelled = time.time()
             await asyncio.sleep(0.3)  # a firing under way when it was cancelled ends
             while not idle(db):  # noqa: ASYNC110
@@ -245,7 +235,8 @@ async def test_sigkill_under_load_loses_nothing_and_answers_everything_once(
         fired = check_recurring(db, every, begin + EVERY_FIRST, cancelled)
         assert fired >= 5, fired
         for path in sorted((tmp_path / "data").glob("*.db")):
-            assert db_rows(path, "PRAGMA integrity_check") == [("ok",)], path
+            assert SyncDb(f"sqlite:///{path}", path.parent).rows(
+                "PRAGMA integrity_check") == [("ok",)], path
         print(f"kills at {kills} s; {sum(t.reconnects for t in tabs)} reconnects;"
               f" {fake_llm.disconnects} model calls cut by a kill; {fired} interval firings")
     finally:
@@ -264,7 +255,7 @@ async def test_sigkill_with_matrix_rooms_answers_every_accepted_message_once(
               **matrix_section(synapse, bot, [person.user_id], Path("data/matrix-store"),
                                owner=person.user_id)}
     d = Daemon(tmp_path, config)
-    db = tmp_path / "data" / "conversation.db"
+    db = SyncDb("sqlite:///conversation.db", tmp_path / "data")
     d.start()
     try:
         await d.wait_ready()
@@ -311,6 +302,7 @@ async def test_sigkill_with_matrix_rooms_answers_every_accepted_message_once(
         files = sorted((tmp_path / "data").rglob("*.db"))
         assert any("matrix-store" in str(p) for p in files), files
         for path in files:
-            assert db_rows(path, "PRAGMA integrity_check") == [("ok",)], path
+            assert SyncDb(f"sqlite:///{path}", path.parent).rows(
+                "PRAGMA integrity_check") == [("ok",)], path
     finally:
         d.kill()

@@ -73,7 +73,7 @@ async def media_rows(app: App) -> int:
 
 
 async def test_an_uploaded_photo_reaches_a_vision_model_downscaled_upright_without_exif(
-    app_factory: AppFactory, fake_llm: FakeLLM
+    app_factory: AppFactory, fake_llm: FakeLLM, database_url: str
 ) -> None:
     app = await app_factory({**VISION, "media": {"max_image_pixels": 20_000}})
     # Orientation 6: the camera was turned; the picture is 400 wide as stored, 400 high as seen.
@@ -210,7 +210,7 @@ async def test_upload_needs_the_token_and_the_pages_origin(app_factory: AppFacto
 
 
 async def test_unknown_or_foreign_attachments_are_refused_and_nothing_is_stored(
-    app_factory: AppFactory, fake_llm: FakeLLM
+    app_factory: AppFactory, fake_llm: FakeLLM, database_url: str
 ) -> None:
     app = await app_factory()
     _, info = await upload(app, photo(8, 8))
@@ -230,7 +230,7 @@ async def test_unknown_or_foreign_attachments_are_refused_and_nothing_is_stored(
 
 
 async def test_retention_removes_old_unreferenced_files_and_keeps_a_pending_ones(
-    app_factory: AppFactory,
+    app_factory: AppFactory, database_url: str
 ) -> None:
     app = await app_factory({"media": {"keep_days": 1}})
     _, old = await upload(app, photo(10, 10))

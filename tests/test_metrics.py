@@ -14,7 +14,15 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import LLM_KEY, WEB_TOKEN, AppFactory, connect, daemon_config, eventually
+from conftest import (
+    LLM_KEY,
+    PG_PASSWORD,
+    WEB_TOKEN,
+    AppFactory,
+    connect,
+    daemon_config,
+    eventually,
+)
 from daemon import Daemon, free_port
 from fake_llm import FakeLLM, Reply
 from hs_proxy import HomeserverProxy, hs_proxy  # noqa: F401  (fixture)
@@ -57,7 +65,7 @@ async def status_of(app: App) -> dict[str, Any]:
 
 
 async def test_metrics_count_turns_tokens_and_the_failed_endpoint(
-    app_factory: AppFactory, fake_llm: FakeLLM
+    app_factory: AppFactory, fake_llm: FakeLLM, database_url: str
 ) -> None:
     app = await app_factory()
     chat = await connect(app)
@@ -84,6 +92,10 @@ async def test_metrics_count_turns_tokens_and_the_failed_endpoint(
     assert endpoint["last_failure"] and endpoint["cooling_seconds"] > 0
     raw = json.dumps(status)
     assert LLM_KEY not in raw and WEB_TOKEN not in raw
+    # The database it runs on, its password masked.
+    assert status["database"] == ("conversation.db" if database_url.startswith("sqlite")
+                                  else database_url.replace(PG_PASSWORD, "***"))
+    assert PG_PASSWORD not in raw
     await chat.close()
 
 

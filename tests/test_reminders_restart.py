@@ -29,6 +29,7 @@ from reminder_helpers import (
     set_by_model,
     tool_results,
 )
+from sync_db import SyncDb
 
 from ganglion.messages import Inbound, Source, ThreadId
 from ganglion.storage.db import Database
@@ -36,7 +37,7 @@ from ganglion.storage.reminders import NewReminder, ReminderStore
 
 
 async def test_a_firing_resubmitted_after_a_crash_is_not_delivered_twice(
-    app_factory: AppFactory, fake_llm: FakeLLM
+    app_factory: AppFactory, fake_llm: FakeLLM, database_url: str
 ) -> None:
     """The crash window: submitted to the bus, the row not yet advanced."""
     app = await app_factory(FAST)
@@ -58,7 +59,7 @@ async def test_a_firing_resubmitted_after_a_crash_is_not_delivered_twice(
 
 
 async def test_a_recurring_firing_caught_in_the_crash_window_leaves_no_time_uncounted(
-    app_factory: AppFactory, fake_llm: FakeLLM
+    app_factory: AppFactory, fake_llm: FakeLLM, database_url: str
 ) -> None:
     """The crash window of an hourly reminder, the start 3.5 hours later: the firing stored
     before the crash is sent as it was (it counted one time); the three times since are
@@ -93,7 +94,7 @@ async def test_a_recurring_firing_caught_in_the_crash_window_leaves_no_time_unco
 
 
 async def test_a_recurring_reminder_missed_while_stopped_fires_once_for_all_it_missed(
-    app_factory: AppFactory, fake_llm: FakeLLM
+    app_factory: AppFactory, fake_llm: FakeLLM, database_url: str
 ) -> None:
     app = await app_factory(FAST)
     chat = await connect(app)
@@ -268,7 +269,7 @@ async def test_a_firing_recovered_after_a_crash_and_now_late_is_marked_late(
 
 
 async def test_a_batch_of_firings_with_one_stored_before_delivers_only_the_new_ones(
-    app_factory: AppFactory, fake_llm: FakeLLM
+    app_factory: AppFactory, fake_llm: FakeLLM, database_url: str
 ) -> None:
     """One inbox write for a batch (``INSERT ... RETURNING``), a firing already stored in it
     (the crash window) taken from the stored row: each new firing runs once, under its own
@@ -304,12 +305,12 @@ async def test_a_batch_of_firings_with_one_stored_before_delivers_only_the_new_o
 
 
 async def test_a_turn_killed_after_its_tool_ran_resumes_without_running_it_again(
-    tmp_path: Path, fake_llm: FakeLLM
+    tmp_path: Path, fake_llm: FakeLLM, database_url: str
 ) -> None:
     """The model set a reminder, then the daemon died before the turn's answer was stored.
     The re-run turn resumes after the call: one reminder, and the model sees its result."""
-    data = tmp_path / "data"
-    async with Daemon(tmp_path, daemon_config(fake_llm)) as d:
+    db = SyncDb(database_url, tmp_path / "data")
+    async with Daemon(tmp_path, daemon_config(fake_llm, database={"url": database_url})) as d:
         chat = await d.connect()
         fake_llm.script(Reply(tool_calls=[("set_reminder", {"text": "Stretch",
                                                              "in_minutes": 30})]),
@@ -333,29 +334,29 @@ async def test_a_turn_killed_after_its_tool_ran_resumes_without_running_it_again
         while "Done: I will remind you." not in answers:
             answers.append((await chat.reply(10))["text"])
         await chat.close()
-    with sqlite3.connect(data / "conversation.db") as conn:
-        reminders = conn.execute("SELECT text FROM reminders").fetchall()
-        steps = conn.execute("SELECT count(*) FROM turn_steps").fetchone()[0]
+    reminders = db.rows("SELECT text FROM reminders")
+    [(steps,)] = db.rows("SELECT count(*) FROM turn_steps")
     assert reminders == [("Stretch",)]
     assert steps == 0  # the finished turn's steps are gone
 
 
-def steps_kept(db: Path) -> int:
-    with closing(sqlite3.connect(db)) as conn:
-        return int(conn.execute("SELECT count(*) FROM turn_steps").fetchone()[0])
+def steps_kept(db: SyncDb) -> int:
+    [(steps,)] = db.rows("SELECT count(*) FROM turn_steps")
+    return int(steps)
 
 
 async def test_a_turn_killed_twice_mid_tool_resumes_with_its_exchange_whole_and_in_order(
-    tmp_path: Path, fake_llm: FakeLLM
+    tmp_path: Path, fake_llm: FakeLLM, database_url: str
 ) -> None:
     """First killed during a shell call (its result never came), then killed again after a
     second call: the third run sees every call followed by its own result."""
-    config = daemon_config(fake_llm, tools={"policy": {"shell": "on"}})
+    config = daemon_config(fake_llm, tools={"policy": {"shell": "on"}},
+                           database={"url": database_url})
     async with Daemon(tmp_path, config) as d:
         chat = await d.connect()
         fake_llm.script(Reply(tool_calls=[("shell", {"command": "sleep 30"})]))
         assert (await chat.send("nap, then note it"))["type"] == "ack"
-        data = tmp_path / "data" / "conversation.db"
+        data = SyncDb(database_url, tmp_path / "data")
         # The call is kept before its shell starts; killed now, whether the shell has started
         # or not, the call gets the same cut-off result.
         await eventually(lambda: steps_kept(data) > 0, 10)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sqlite3
 import time
 import weakref
 from pathlib import Path
 
 import pytest
-from conftest import AppFactory, eventually
+from conftest import AppFactory, OpenDb, eventually
 
 from ganglion.config import ConfigError, parse_config
 from ganglion.messages import Inbound, Source, ThreadId
+from ganglion.storage.backend import Backend
 from ganglion.storage.db import Database
 from ganglion.storage.files import DataFiles
 from ganglion.storage.history import History, NewMessage
@@ -29,7 +29,7 @@ def web(client_id: str, text: str) -> Inbound:
                    meta={"tab": "t1"})
 
 
-async def answer(db: Database, client_id: str, text: str) -> Inbound:
+async def answer(db: Backend, client_id: str, text: str) -> Inbound:
     """A message stored, answered and its answer delivered, through the storage verbs."""
     msg, new = await Inbox(db).add(web(client_id, text))
     assert new
@@ -44,20 +44,20 @@ async def answer(db: Database, client_id: str, text: str) -> Inbound:
     return msg
 
 
-async def inbox_rows(db: Database) -> list[tuple[str, str, str, str]]:
+async def inbox_rows(db: Backend) -> list[tuple[str, str, str, str]]:
     rows = await db.fetchall("SELECT client_id, text, meta, status FROM inbox ORDER BY id")
     return [tuple(r) for r in rows]  # type: ignore[misc]
 
 
-async def pruned_keys(db: Database) -> list[tuple[str, str]]:
+async def pruned_keys(db: Backend) -> list[tuple[str, str]]:
     rows = await db.fetchall("SELECT thread_id, client_id FROM inbox_pruned ORDER BY 2")
     return [tuple(r) for r in rows]  # type: ignore[misc]
 
 
 async def test_old_rows_are_pruned_and_what_exactly_once_and_history_need_stays(
-    tmp_path: Path,
+    open_db: OpenDb,
 ) -> None:
-    db = await Database.open(tmp_path / "conversation.db")
+    db = await open_db()
     try:
         answered = await answer(db, "c1", "hello")
         # A step left by a run that lost the race to answer (finish_turn drops its own).
@@ -106,7 +106,7 @@ async def test_pruning_goes_in_small_batches_each_committed_on_its_own(tmp_path:
     """Never one long transaction: each batch commits on its own (the outbox's in one
     statement, the inbox's in one short transaction), so a turn waits for one batch at
     most."""
-    db = await Database.open(tmp_path / "conversation.db")
+    db = await Database.open(tmp_path / "conversation.db")  # SQLite's trace shows each statement
     try:
         for i in range(25):
             await answer(db, f"c{i}", f"message {i}")
@@ -130,8 +130,8 @@ async def test_pruning_goes_in_small_batches_each_committed_on_its_own(tmp_path:
         await db.close()
 
 
-async def test_keep_days_null_keeps_everything(tmp_path: Path) -> None:
-    db = await Database.open(tmp_path / "conversation.db")
+async def test_keep_days_null_keeps_everything(open_db: OpenDb) -> None:
+    db = await open_db()
     try:
         await answer(db, "c1", "hello")
         retention = Retention(db, keep_days=None)
@@ -143,8 +143,8 @@ async def test_keep_days_null_keeps_everything(tmp_path: Path) -> None:
         await db.close()
 
 
-async def test_pruning_runs_at_start_and_then_once_a_day(tmp_path: Path) -> None:
-    db = await Database.open(tmp_path / "conversation.db")
+async def test_pruning_runs_at_start_and_then_once_a_day(open_db: OpenDb) -> None:
+    db = await open_db()
     asked: asyncio.Queue[float] = asyncio.Queue()
     next_day = asyncio.Event()
 
@@ -169,11 +169,11 @@ async def test_pruning_runs_at_start_and_then_once_a_day(tmp_path: Path) -> None
         await db.close()
 
 
-async def test_the_app_prunes_at_start(tmp_path: Path, app_factory: AppFactory) -> None:
+async def test_the_app_prunes_at_start(tmp_path: Path, app_factory: AppFactory,
+                                       open_db: OpenDb) -> None:
     """The composition root starts the retention task: a row answered long ago goes (its key
     kept) soon after start, and the log says what went."""
-    path = tmp_path / "data" / "conversation.db"
-    db = await Database.open(path)
+    db = await open_db()
     await answer(db, "c1", "long ago")
     await db.write("UPDATE inbox SET done_at = 0")
     await db.write("UPDATE outbox SET delivered_at = 0")
@@ -188,8 +188,7 @@ async def test_the_app_prunes_at_start(tmp_path: Path, app_factory: AppFactory) 
     assert await inbox_rows(app.db) == []
     assert await pruned_keys(app.db) == [(TID, "c1")]
     assert await app.db.fetchall("SELECT id FROM outbox") == []
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT count(*) FROM messages").fetchone() == (2,)
+    assert (await app.db.fetchone("SELECT count(*) AS n FROM messages"))["n"] == 2
 
 
 async def test_per_file_locks_do_not_accumulate(tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ def marked(hit: dict[str, Any]) -> list[str]:
 
 
 async def test_hits_across_conversations_newest_first_with_the_match_marked(
-    app_factory: AppFactory, fake_llm: FakeLLM
+    database_url: str, app_factory: AppFactory, fake_llm: FakeLLM
 ) -> None:
     app = await app_factory()
     fake_llm.script(Reply(text="Parsnips keep well in a cool cellar."),
@@ -64,7 +64,7 @@ async def test_hits_across_conversations_newest_first_with_the_match_marked(
 
 
 async def test_a_hostile_query_finds_the_literal_words_and_never_errs(
-    app_factory: AppFactory, fake_llm: FakeLLM
+    database_url: str, app_factory: AppFactory, fake_llm: FakeLLM
 ) -> None:
     app = await app_factory()
     fake_llm.script(Reply(text="ok"))
@@ -89,7 +89,7 @@ async def test_a_hostile_query_finds_the_literal_words_and_never_errs(
 
 
 async def test_a_deleted_conversation_is_gone_from_results_and_tool_results_never_show(
-    app_factory: AppFactory, fake_llm: FakeLLM
+    database_url: str, app_factory: AppFactory, fake_llm: FakeLLM
 ) -> None:
     app = await app_factory()
     fake_llm.script(Reply(text="Kohlrabi is crisp."), Reply(text="Kohlrabi again."))
@@ -110,7 +110,7 @@ async def test_a_deleted_conversation_is_gone_from_results_and_tool_results_neve
     await kept.close()
 
 
-async def test_a_matrix_rooms_message_is_found(app_factory: AppFactory) -> None:
+async def test_a_matrix_rooms_message_is_found(app_factory: AppFactory, database_url: str) -> None:
     app = await app_factory()
     room = ThreadId("!room:example.org")
     await app.history.finish_turn(room, None, [NewMessage("user", "the rutabaga order"),

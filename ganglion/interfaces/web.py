@@ -53,6 +53,7 @@ from ganglion.messages import (
 )
 from ganglion.render import MarkdownRenderer
 from ganglion.router import Router
+from ganglion.storage.backend import why_refused
 from ganglion.storage.conversations import Conversations
 from ganglion.storage.history import History
 from ganglion.storage.inbox import Inbox
@@ -358,8 +359,8 @@ class WebInterface:
             tab.put({
                 "type": "error", "id": cid, "code": "not_stored",
                 "message": f"Could not store your message ({err}), so it was not sent. "
-                "The data folder refuses writes (full or read-only?); the page keeps it and "
-                "will send it again by itself until it is stored.",
+                f"{why_refused(err)}; the page keeps it and will send it again by itself "
+                "until it is stored.",
             })
             return
         tab.put({"type": "ack", "id": cid, "duplicate": not is_new})

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ganglion.messages import ThreadId
-from ganglion.storage.db import Database
+from ganglion.storage.backend import Backend
 
 THREAD_MODEL_KEY = "model"
 """The thread_settings key holding a thread's chosen model name."""
@@ -40,7 +40,7 @@ class Alias:
 class Catalog:
     """Verb methods over the endpoints, models, endpoint_models, aliases tables."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Backend) -> None:
         self.db = db
 
     # -- endpoints added at run time ---------------------------------------------------------
@@ -122,7 +122,7 @@ class Catalog:
     async def set_alias(self, alias: str, model: str, created_by: str) -> None:
         """Aliases ignore case (``Fast`` and ``fast`` are one): the new spelling replaces."""
         async with self.db.transaction() as conn:
-            await conn.execute("DELETE FROM aliases WHERE alias = ? COLLATE NOCASE", (alias,))
+            await conn.execute("DELETE FROM aliases WHERE lower(alias) = lower(?)", (alias,))
             await conn.execute(
                 "INSERT INTO aliases (alias, model, created_by, created_at) VALUES (?, ?, ?, ?)",
                 (alias, model, created_by, time.time()),
@@ -130,7 +130,7 @@ class Catalog:
 
     async def remove_alias(self, alias: str) -> bool:
         async with self.db.transaction() as conn:
-            cur = await conn.execute("DELETE FROM aliases WHERE alias = ? COLLATE NOCASE",
+            cur = await conn.execute("DELETE FROM aliases WHERE lower(alias) = lower(?)",
                                      (alias,))
             return cur.rowcount > 0
 

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 
 from ganglion.messages import ThreadId
-from ganglion.storage.db import Database
+from ganglion.storage.backend import Backend
 
 TITLE_CHARS = 80
 """The longest title kept (a person's, the model's or the first words)."""
@@ -49,7 +49,7 @@ class Contents:
 
 
 class Conversations:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Backend) -> None:
         self.db = db
         self._known: set[ThreadId] | None = None
         """The listed threads: a message in a known one costs no write (read once, then
@@ -82,11 +82,16 @@ class Conversations:
 
     async def listed(self) -> list[Conversation]:
         """Every conversation, newest activity first (a reply counts as activity too)."""
+        # SQLite's two-argument max() is PostgreSQL's greatest(); a tie goes to the newer
+        # conversation: SQLite's rowid is the order they were listed in.
+        sqlite = self.db.dialect == "sqlite"
         rows = await self.db.fetchall(
-            "SELECT c.thread_id, c.title, c.title_by, c.archived, max(c.last_active, coalesce("
+            f"SELECT c.thread_id, c.title, c.title_by, c.archived,"
+            f" {'max' if sqlite else 'greatest'}(c.last_active, coalesce("
             "(SELECT m.created_at FROM messages m WHERE m.thread_id = c.thread_id"
             " AND m.visible = 1 ORDER BY m.id DESC LIMIT 1), 0)) AS last_active"
-            " FROM conversations c ORDER BY last_active DESC, c.rowid DESC")
+            " FROM conversations c ORDER BY last_active DESC,"
+            f" {'c.rowid DESC' if sqlite else 'c.created_at DESC, c.thread_id DESC'}")
         return [_conversation(r) for r in rows]
 
     async def titles(self, thread_ids: set[ThreadId]) -> dict[ThreadId, str]:
@@ -102,7 +107,7 @@ class Conversations:
         """The Matrix rooms with a visible history, newest activity first (read-only)."""
         rows = await self.db.fetchall(
             "SELECT thread_id, max(created_at) AS last_active FROM messages"
-            " WHERE visible = 1 AND thread_id GLOB '!*' GROUP BY thread_id"
+            " WHERE visible = 1 AND substr(thread_id, 1, 1) = '!' GROUP BY thread_id"
             " ORDER BY last_active DESC")
         return [(ThreadId(r["thread_id"]), float(r["last_active"])) for r in rows]
 

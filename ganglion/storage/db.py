@@ -1,4 +1,4 @@
-"""The SQLite connection: explicit pragmas, numbered migrations, serialised write transactions."""
+"""The SQLite backend: explicit pragmas, numbered migrations, serialised write transactions."""
 
 from __future__ import annotations
 
@@ -8,15 +8,24 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import aiosqlite
 
+from ganglion.storage.backend import (
+    Backend,
+    Cursor,
+    MigrationFailed,
+    pass_on,
+    split_sql,
+    to_the_end,
+)
 from ganglion.storage.migrations import MIGRATIONS, Migration
 from ganglion.storage.snapshot import snapshot
+
+__all__ = ["BACKUPS_DIR", "Database", "MigrationFailed"]
 
 log = logging.getLogger(__name__)
 
@@ -25,22 +34,9 @@ BACKUPS_DIR = "backups"
 """In the data folder: the copies taken before an upgrade's migrations."""
 
 
-class MigrationFailed(Exception):
-    """A migration failed: it was rolled back, so the database is as it was before it."""
-
-    def __init__(self, migration: Migration, error: sqlite3.Error, copy: Path | None) -> None:
-        self.copy = copy
-        where = f"; a copy from before the upgrade is at {copy}" if copy else ""
-        super().__init__(
-            f"migration {migration.number:04d}_{migration.name} failed: {error}. It was rolled "
-            f"back: the database holds what it held before that migration{where}. Run the "
-            "version of Ganglion that made it, or report the error")
-
-
-
-
-class Database:
-    """One aiosqlite connection per file. Writes go through ``transaction()``, one at a time.
+class Database(Backend):
+    """SQLite: one aiosqlite connection per file. Writes go through ``transaction()``, one
+    at a time.
 
     Reads take the same lock: on one connection, a read between the statements of another
     coroutine's open transaction would see its uncommitted rows, rows that a rollback then
@@ -52,6 +48,8 @@ class Database:
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
         self.conn = conn
         self.path = path
+        self.dialect = "sqlite"
+        self.where = path.name
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -90,28 +88,28 @@ class Database:
         meanwhile: the rows are there, so what mirrors them (a cache) must be updated.
         """
         async with self._lock:
-            error, cancel = await _to_the_end(self._control("BEGIN IMMEDIATE"))
+            error, cancel = await to_the_end(self._control("BEGIN IMMEDIATE"))
             if error is not None or cancel is not None:
                 await self._roll_back()  # a BEGIN that succeeded after its caller left
-                _pass_on(error, cancel)
+                pass_on(error, cancel)
             try:
                 yield self.conn
             except BaseException:
                 await self._roll_back()
                 raise
-            error, cancel = await _to_the_end(self._control("COMMIT"))
+            error, cancel = await to_the_end(self._control("COMMIT"))
             if error is None and after_commit is not None:
                 after_commit()
             if error is not None:
                 await self._roll_back()  # a COMMIT that failed may leave it open (SQLITE_BUSY)
-            _pass_on(error, cancel)
+            pass_on(error, cancel)
 
     async def _roll_back(self) -> None:
         """ROLLBACK when a transaction is open (SQLite ends one by itself on some errors)."""
         if not self.conn.in_transaction:
             return
-        error, cancel = await _to_the_end(self._control("ROLLBACK"))
-        _pass_on(error, cancel)
+        error, cancel = await to_the_end(self._control("ROLLBACK"))
+        pass_on(error, cancel)
 
     async def _control(self, sql: str) -> None:
         await self.conn.execute(sql)  # no rows to read: one trip to aiosqlite's thread
@@ -120,8 +118,8 @@ class Database:
         self,
         sql: str,
         params: tuple[object, ...] = (),
-        then: Callable[[aiosqlite.Cursor], None] | None = None,
-    ) -> aiosqlite.Cursor:
+        then: Callable[[Cursor], None] | None = None,
+    ) -> Cursor:
         """One statement, committed on its own (SQLite makes a lone statement atomic): a third
         of the round trips of BEGIN, statement, COMMIT. Waits for any open transaction.
 
@@ -136,10 +134,10 @@ class Database:
                 await cursor.close()  # rowcount and lastrowid stay readable
                 result.append(cursor)
 
-            error, cancel = await _to_the_end(run())
+            error, cancel = await to_the_end(run())
             if error is None and then is not None:
                 then(result[0])
-            _pass_on(error, cancel)
+            pass_on(error, cancel)
             return result[0]
 
     async def fetchall(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
@@ -152,11 +150,6 @@ class Database:
         async with self._lock, self.conn.execute(sql, params) as cur:
             row: sqlite3.Row | None = await cur.fetchone()
             return row
-
-    async def instance_id(self) -> str:
-        """This database's own random id, made with it (see migration 5)."""
-        row = await self.fetchone("SELECT id FROM instance")
-        return str(row["id"]) if row else "0"
 
     async def _migrate(self, migrations: list[Migration]) -> None:
         await self.conn.execute(
@@ -172,13 +165,13 @@ class Database:
             log.info("applying migration %04d_%s to %s", m.number, m.name, self.path.name)
             try:
                 async with self.transaction() as conn:
-                    for statement in _split_sql(m.sql):
+                    for statement in split_sql(m.sql):
                         await conn.execute(statement)
                     await conn.execute(
                         "INSERT INTO migrations (number, name, applied_at) "
                         "VALUES (?, ?, unixepoch())", (m.number, m.name))
             except sqlite3.Error as err:
-                raise MigrationFailed(m, err, copy) from err
+                raise MigrationFailed(m.number, m.name, err, copy) from err
 
     async def _copy_before(self, first: Migration) -> Path:
         """A snapshot of the database in data/backups/, named for the migration it precedes."""
@@ -189,52 +182,6 @@ class Database:
         log.warning("%s is about to be upgraded (migration %04d_%s on): a copy from before is "
                     "at %s", self.path.name, first.number, first.name, target)
         return target
-
-
-async def _to_the_end(
-    work: Coroutine[Any, Any, None],
-) -> tuple[BaseException | None, asyncio.CancelledError | None]:
-    """Await ``work`` to its end even when the caller is cancelled meanwhile.
-
-    Returns the error ``work`` raised, if any, and the cancel that arrived meanwhile, if any:
-    the caller passes the cancel on once it has settled what ``work`` left behind.
-    """
-    task = asyncio.ensure_future(work)
-    cancel: asyncio.CancelledError | None = None
-    while True:
-        try:
-            await asyncio.shield(task)
-            return None, cancel
-        except asyncio.CancelledError as err:
-            if task.cancelled():  # the task itself (a loop shutting down): nothing to wait for
-                raise
-            cancel = err  # and wait on: the statement runs anyway
-        except Exception as err:
-            return err, cancel
-
-
-def _pass_on(error: BaseException | None, cancel: asyncio.CancelledError | None) -> None:
-    """Raise what ``_to_the_end`` reported: the cancel first (the caller asked to stop)."""
-    if cancel is not None:
-        raise cancel from error
-    if error is not None:
-        raise error
-
-
-def _split_sql(sql: str) -> list[str]:
-    """The statements of a script, one by one: split at each ";" that ends a statement (a
-    trigger's body holds several, so a piece is joined to the next until SQLite says the
-    statement is complete)."""
-    statements, pending = [], ""
-    for piece in sql.split(";"):
-        pending += piece + ";"
-        if sqlite3.complete_statement(pending):
-            if pending.strip(" \n;"):
-                statements.append(pending.strip())
-            pending = ""
-    if pending.strip(" \n;"):
-        statements.append(pending.strip())
-    return statements
 
 
 def _create_private(path: Path) -> None:

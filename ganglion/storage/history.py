@@ -10,10 +10,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import aiosqlite
-
 from ganglion.messages import Inbound, ThreadId
-from ganglion.storage.db import Database
+from ganglion.storage.backend import Backend, Cursor
 from ganglion.tokens import message_tokens
 
 log = logging.getLogger(__name__)
@@ -75,7 +73,7 @@ def row_to_message(r: Any) -> StoredMessage:
 
 
 class History:
-    def __init__(self, db: Database, cached_threads: int = 256) -> None:
+    def __init__(self, db: Backend, cached_threads: int = 256) -> None:
         self.db = db
         # The context of recently active threads, kept in step with every write below: a turn
         # reads its context without a query proportional to the whole history.
@@ -88,7 +86,7 @@ class History:
         """Put the inbound's user message into history (once, even when a turn is re-run)."""
         now, tokens = time.time(), message_tokens(content)
 
-        def cache(cur: aiosqlite.Cursor) -> None:  # also when a Stop landed meanwhile
+        def cache(cur: Cursor) -> None:  # also when a Stop landed meanwhile
             if cur.rowcount == 1 and cur.lastrowid is not None:
                 self._append(StoredMessage(cur.lastrowid, msg.thread_id, "user", content,
                                            tokens=tokens, created_at=now, inbox_id=msg.id))
@@ -103,7 +101,8 @@ class History:
         """One message of a running turn's tool exchange, kept as it happens."""
         stepped = await self._inbox_ids_with_steps()
         await self.db.write(
-            "INSERT OR REPLACE INTO turn_steps (inbox_id, seq, message) VALUES (?, ?, ?)",
+            "INSERT INTO turn_steps (inbox_id, seq, message) VALUES (?, ?, ?)"
+            " ON CONFLICT (inbox_id, seq) DO UPDATE SET message = excluded.message",
             (inbox_id, seq, json.dumps(asdict(message))),
             then=lambda _: stepped.add(inbox_id),  # a re-run must find the step, Stop or not
         )
@@ -216,7 +215,7 @@ class History:
         """What the user sees of this thread, oldest first (the last ``limit`` messages)."""
         rows = await self.db.fetchall(
             "SELECT * FROM (SELECT * FROM messages WHERE thread_id = ? AND visible = 1"
-            " ORDER BY id DESC LIMIT ?) ORDER BY id",
+            " ORDER BY id DESC LIMIT ?) AS recent ORDER BY id",
             (thread_id, limit),
         )
         return [row_to_message(r) for r in rows]

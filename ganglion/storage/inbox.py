@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from ganglion.messages import Inbound, Source, ThreadId
-from ganglion.storage.db import Database
+from ganglion.storage.backend import Backend
 from ganglion.storage.redo import REDO, REGENERATE
 
 NOT_PRUNED = ("NOT EXISTS (SELECT 1 FROM inbox_pruned WHERE thread_id = ?1"
@@ -17,7 +17,7 @@ NOT_PRUNED = ("NOT EXISTS (SELECT 1 FROM inbox_pruned WHERE thread_id = ?1"
 
 
 class Inbox:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Backend) -> None:
         self.db = db
 
     async def add(self, msg: Inbound) -> tuple[Inbound, bool]:
@@ -29,7 +29,9 @@ class Inbox:
         """
         insert = (
             "INSERT INTO inbox (thread_id, client_id, source, sender, text, system, meta,"
-            f" created_at) SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE {NOT_PRUNED}"
+            # Typed: PostgreSQL reads an untyped parameter in a SELECT list as text.
+            " created_at) SELECT ?, ?, ?, ?, ?, CAST(? AS INTEGER), ?,"
+            f" CAST(? AS DOUBLE PRECISION) WHERE {NOT_PRUNED}"
             " ON CONFLICT (thread_id, client_id) DO NOTHING")
         params = (msg.thread_id, msg.client_id, msg.source.value, msg.sender, msg.text,
                   int(msg.system), json.dumps(msg.meta), time.time())
@@ -63,7 +65,8 @@ class Inbox:
             for m in chunk:
                 params += [m.thread_id, m.client_id, m.source.value, m.sender, m.text,
                            int(m.system), json.dumps(m.meta), now]
-            rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+            rows = ", ".join(["(?, ?, ?, ?, ?, CAST(? AS INTEGER), ?,"
+                              " CAST(? AS DOUBLE PRECISION))"] * len(chunk))
             async with self.db.transaction() as conn, conn.execute(
                 "INSERT INTO inbox (thread_id, client_id, source, sender, text, system,"
                 f" meta, created_at) SELECT * FROM (VALUES {rows}) AS v WHERE NOT EXISTS"
@@ -106,9 +109,13 @@ class Inbox:
 
     async def pending(self) -> list[Inbound]:
         """Accepted but unanswered messages, oldest first (recovered at start)."""
+        attachments = (
+            "(SELECT json_group_array(media_id) FROM (SELECT media_id FROM media_refs r"
+            " WHERE r.inbox_id = i.id ORDER BY seq))" if self.db.dialect == "sqlite" else
+            "(SELECT coalesce(json_agg(media_id ORDER BY seq), '[]')::text FROM media_refs r"
+            " WHERE r.inbox_id = i.id)")
         rows = await self.db.fetchall(
-            "SELECT i.*, (SELECT json_group_array(media_id) FROM (SELECT media_id FROM"
-            " media_refs r WHERE r.inbox_id = i.id ORDER BY seq)) AS attachments"
+            f"SELECT i.*, {attachments} AS attachments"
             " FROM inbox i WHERE status = 'pending' ORDER BY id"
         )
         return [

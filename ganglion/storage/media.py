@@ -21,7 +21,7 @@ from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ganglion.storage.db import Database
+from ganglion.storage.backend import Backend
 from ganglion.storage.media_kinds import Kind, UnknownType, clean_name, identify, kind_of
 
 MEDIA_DIR = "media"
@@ -89,7 +89,7 @@ def _identify(path: Path, name: str | None) -> Kind:
 class MediaStore:
     """Files under ``root`` named by their sha256, owner-only; their rows in conversation.db."""
 
-    def __init__(self, db: Database, root: Path, max_bytes: int) -> None:
+    def __init__(self, db: Backend, root: Path, max_bytes: int) -> None:
         self.db = db
         self.root = root
         self.max_bytes = max_bytes
@@ -144,8 +144,9 @@ class MediaStore:
                         " UPDATE SET last_used = excluded.last_used, removed_at = NULL,"
                         " name = coalesce(excluded.name, media.name)",
                         (media_id, kind.type, size, kind.width, kind.height, name, now, now))
-                    await conn.execute("INSERT OR IGNORE INTO media_owners (media_id, owner)"
-                                       " VALUES (?, ?)", (media_id, owner))
+                    await conn.execute("INSERT INTO media_owners (media_id, owner)"
+                                       " VALUES (?, ?) ON CONFLICT DO NOTHING",
+                                       (media_id, owner))
                 self._any = True
         finally:
             with contextlib.suppress(FileNotFoundError):

@@ -10,6 +10,9 @@ class Migration:
     number: int
     name: str
     sql: str
+    """SQLite's text; PostgreSQL runs it too, its column types translated (dialect.py)."""
+    postgres: str | None = None
+    """PostgreSQL's own text, where SQLite's does not translate (FTS5, randomblob)."""
 
 
 MIGRATIONS: list[Migration] = [  # applied once each, in order; recorded in ``migrations``
@@ -162,6 +165,11 @@ MIGRATIONS: list[Migration] = [  # applied once each, in order; recorded in ``mi
         CREATE TABLE instance (id TEXT NOT NULL);
         INSERT INTO instance (id) VALUES (lower(hex(randomblob(6))))
         """,
+        postgres="""
+        CREATE TABLE instance (id TEXT NOT NULL);
+        INSERT INTO instance (id)
+            VALUES (substr(md5(random()::text || clock_timestamp()::text), 1, 12))
+        """,
     ),
     Migration(
         6,
@@ -212,6 +220,21 @@ MIGRATIONS: list[Migration] = [  # applied once each, in order; recorded in ``mi
         INSERT INTO conversations (thread_id, title, created_at, last_active)
             SELECT thread_id, substr(text, 1, 200), min(created_at), max(created_at)
             FROM inbox WHERE thread_id GLOB 'web_*' AND system = 0 GROUP BY thread_id
+        """,
+        postgres="""
+        CREATE TABLE conversations (
+            thread_id TEXT PRIMARY KEY,
+            title TEXT NOT NULL,
+            title_by TEXT NOT NULL DEFAULT 'words' CHECK (title_by IN ('words', 'model', 'person')),
+            archived BIGINT NOT NULL DEFAULT 0,
+            created_at DOUBLE PRECISION NOT NULL,
+            last_active DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX conversations_recent ON conversations (last_active);
+        INSERT INTO conversations (thread_id, title, created_at, last_active)
+            SELECT thread_id, substr(min(text), 1, 200), min(created_at), max(created_at)
+            FROM inbox WHERE substr(thread_id, 1, 4) = 'web_' AND system = 0
+            GROUP BY thread_id
         """,
     ),
     Migration(
@@ -296,6 +319,14 @@ MIGRATIONS: list[Migration] = [  # applied once each, in order; recorded in ``mi
             WHERE role IN ('user', 'assistant') AND visible = 1 AND content != ''
                 AND coalesce(name, '') != 'cancelled'
         """,
+        # PostgreSQL: an expression index over the same rows (storage/search.py's
+        # SEARCHABLE), which the server keeps in step with every write by itself. 'simple':
+        # words lower-cased, not stemmed, as FTS5's unicode61.
+        postgres="""
+        CREATE INDEX messages_search ON messages USING GIN (to_tsvector('simple', content))
+            WHERE role IN ('user', 'assistant') AND visible = 1 AND content != ''
+                AND coalesce(name, '') != 'cancelled'
+        """,
     ),
     Migration(
         11,
@@ -340,6 +371,12 @@ MIGRATIONS: list[Migration] = [  # applied once each, in order; recorded in ``mi
         BEGIN
             INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
         END
+        """,
+        # No triggers to mend there: search reads messages itself (storage/search.py), its
+        # query leaving replaced rows out.
+        postgres="""
+        ALTER TABLE messages ADD COLUMN replaced TEXT
+            CHECK (replaced IS NULL OR replaced IN ('regenerated', 'edited'))
         """,
     ),
     Migration(

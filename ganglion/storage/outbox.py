@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 
 from ganglion.messages import ThreadId
-from ganglion.storage.db import Database
+from ganglion.storage.backend import Backend
 from ganglion.storage.history import StoredMessage, row_to_message
 
 
 class Outbox:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Backend) -> None:
         self.db = db
 
     async def pending(self, thread_id: ThreadId) -> list[tuple[int, StoredMessage]]:

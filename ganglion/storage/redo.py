@@ -13,12 +13,11 @@ import json
 import re
 import time
 from dataclasses import dataclass, replace
-
-import aiosqlite
+from typing import Any
 
 from ganglion.messages import Inbound
+from ganglion.storage.backend import Backend, Conn
 from ganglion.storage.conversations import clean_title, first_words
-from ganglion.storage.db import Database
 from ganglion.storage.history import History
 
 REDO = "redo"
@@ -66,7 +65,7 @@ class Redone:
 
 
 class Redo:
-    def __init__(self, db: Database, history: History) -> None:
+    def __init__(self, db: Backend, history: History) -> None:
         self.db = db
         self._history = history
 
@@ -136,7 +135,7 @@ class Redo:
         return Redone(stored, True, replaced, client_ids, retitled)
 
 
-def _check(kind: str, question: aiosqlite.Row | None, last: int | None, after: int) -> None:
+def _check(kind: str, question: Any | None, last: int | None, after: int) -> None:
     """Refuse what the person cannot mean (see ``Redo.submit``)."""
     what = "regenerate" if kind == REGENERATE else "edit"
     if question is None:
@@ -152,7 +151,7 @@ def _check(kind: str, question: aiosqlite.Row | None, last: int | None, after: i
                                       "message instead; nothing was changed")
 
 
-async def _exchange(conn: aiosqlite.Connection, tid: str, question: aiosqlite.Row) -> list[int]:
+async def _exchange(conn: Conn, tid: str, question: Any) -> list[int]:
     """The question and what answered it: its turn's rows, an earlier regenerate's, notices
     of no turn (a summary's). Another turn's rows after it stay: a command's answer (/model
     before a regenerate), a reminder that fired."""
@@ -167,13 +166,13 @@ async def _exchange(conn: aiosqlite.Connection, tid: str, question: aiosqlite.Ro
             or json.loads(r["meta"] or "{}").get(REDO) == REGENERATE]
 
 
-async def _one(conn: aiosqlite.Connection, sql: str,
-               params: tuple[object, ...]) -> aiosqlite.Row | None:
+async def _one(conn: Conn, sql: str,
+               params: tuple[object, ...]) -> Any | None:
     async with conn.execute(sql, params) as cur:
         return await cur.fetchone()
 
 
-async def _attachments(conn: aiosqlite.Connection, old: int, new: int) -> tuple[str, ...]:
+async def _attachments(conn: Conn, old: int, new: int) -> tuple[str, ...]:
     """The edited question's files go with its new text."""
     await conn.execute("INSERT INTO media_refs (inbox_id, seq, media_id)"
                        " SELECT ?, seq, media_id FROM media_refs WHERE inbox_id = ?",
@@ -183,7 +182,7 @@ async def _attachments(conn: aiosqlite.Connection, old: int, new: int) -> tuple[
         return tuple(r["media_id"] for r in await cur.fetchall())
 
 
-async def _retitle(conn: aiosqlite.Connection, tid: str, question: int, text: str) -> bool:
+async def _retitle(conn: Conn, tid: str, question: int, text: str) -> bool:
     """The first message edited: a conversation still titled by its first words is titled
     by the new ones (its old words are no longer what it asked)."""
     cur = await conn.execute(

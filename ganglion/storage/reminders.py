@@ -20,7 +20,7 @@ from typing import Any
 from ganglion.durations import duration_text
 from ganglion.messages import ThreadId
 from ganglion.storage.atomic import atomic_write
-from ganglion.storage.db import Database
+from ganglion.storage.backend import Backend
 
 ACTIVE, DONE, CANCELLED = "active", "done", "cancelled"
 MIRROR_MAX = 5000
@@ -82,7 +82,7 @@ def repeat_text(r: Reminder) -> str:
 class ReminderStore:
     """Plain SQL behind verbs; ``write_mirror`` rewrites data/reminders.json atomically."""
 
-    def __init__(self, db: Database, mirror: Path, tz: tzinfo) -> None:
+    def __init__(self, db: Backend, mirror: Path, tz: tzinfo) -> None:
         self.db = db
         self.mirror = mirror
         self.tz = tz
@@ -127,10 +127,9 @@ class ReminderStore:
 
     async def active(self, limit: int = -1) -> list[Reminder]:
         """Every active reminder (or the first ``limit``), soonest first."""
-        rows = await self.db.fetchall(
-            "SELECT * FROM reminders WHERE status = 'active' ORDER BY next_at, id LIMIT ?",
-            (limit,),
-        )
+        sql = "SELECT * FROM reminders WHERE status = 'active' ORDER BY next_at, id"
+        rows = await (self.db.fetchall(sql + " LIMIT ?", (limit,)) if limit >= 0
+                      else self.db.fetchall(sql))
         return [_row(r) for r in rows]
 
     async def count_active(self) -> int:
@@ -248,7 +247,7 @@ class ReminderStore:
 class HeartbeatLedger:
     """Tokens spent by heartbeat reviews per local day, and which threads to review."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Backend) -> None:
         self.db = db
 
     async def add(self, day: str, tokens: int) -> int:
@@ -256,8 +255,9 @@ class HeartbeatLedger:
         async with self.db.transaction() as conn:
             await conn.execute(
                 "INSERT INTO heartbeat_usage (day, tokens, reviews) VALUES (?, ?, 1)"
-                " ON CONFLICT (day) DO UPDATE SET tokens = tokens + excluded.tokens,"
-                " reviews = reviews + 1",
+                " ON CONFLICT (day) DO UPDATE SET"
+                " tokens = heartbeat_usage.tokens + excluded.tokens,"
+                " reviews = heartbeat_usage.reviews + 1",
                 (day, tokens),
             )
             async with conn.execute(

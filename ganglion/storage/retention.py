@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from ganglion.storage.db import Database
+from ganglion.storage.backend import Backend
 from ganglion.storage.media import MediaStore
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class Retention:
 
     def __init__(
         self,
-        db: Database,
+        db: Backend,
         keep_days: int | None,
         *,
         batch: int = BATCH,
@@ -121,14 +121,15 @@ class Retention:
         marks = ",".join("?" * len(ids))
         async with self.db.transaction() as conn:
             await conn.execute(
-                "INSERT OR IGNORE INTO inbox_pruned (thread_id, client_id)"
-                f" SELECT thread_id, client_id FROM inbox WHERE id IN ({marks})", ids)
+                "INSERT INTO inbox_pruned (thread_id, client_id)"
+                f" SELECT thread_id, client_id FROM inbox WHERE id IN ({marks})"
+                " ON CONFLICT DO NOTHING", ids)
             # The history message keeps what it attached (the transcript shows it).
             await conn.execute(
-                "INSERT OR IGNORE INTO message_media (message_id, seq, media_id)"
+                "INSERT INTO message_media (message_id, seq, media_id)"
                 " SELECT m.id, r.seq, r.media_id FROM media_refs r JOIN messages m"
-                f" ON m.inbox_id = r.inbox_id AND m.role = 'user' WHERE r.inbox_id IN ({marks})",
-                ids)
+                f" ON m.inbox_id = r.inbox_id AND m.role = 'user' WHERE r.inbox_id IN ({marks})"
+                " ON CONFLICT DO NOTHING", ids)
             await conn.execute(
                 f"UPDATE messages SET inbox_id = NULL WHERE inbox_id IN ({marks})", ids)
             cur = await conn.execute(f"DELETE FROM turn_steps WHERE inbox_id IN ({marks})", ids)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from ganglion.storage.db import Database
+from ganglion.storage.backend import Backend
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +82,7 @@ class ModelUse:
 
 
 _TALLY = (
-    "SELECT {key} AS key, SUM(kind = 'message') AS messages,"
+    "SELECT {key} AS key, SUM(CASE WHEN kind = 'message' THEN 1 ELSE 0 END) AS messages,"
     " SUM(prompt_tokens + completion_tokens) AS tokens FROM usage"
 )
 
@@ -98,7 +98,7 @@ def payer_row(payer: Payer) -> tuple[str, str, str, str]:
 
 
 class UsageLog:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Backend) -> None:
         self.db = db
 
     async def admit(
@@ -202,14 +202,19 @@ class UsageLog:
         threads = await self._tallies(
             _TALLY.format(key="thread_id") + " GROUP BY thread_id"
             " ORDER BY tokens DESC, messages DESC, thread_id LIMIT ?", (top,))
-        mine = await self._tally(_TALLY.format(key="account") + " WHERE account = ?", (account,))
+        # Grouped by the one key they pick: PostgreSQL shows no column outside an aggregate
+        # or the GROUP BY (no rows: no group, the zero tally).
+        mine = await self._tally(
+            _TALLY.format(key="account") + " WHERE account = ? GROUP BY account", (account,))
         here = await self._tally(
-            _TALLY.format(key="thread_id") + " WHERE thread_id = ?", (thread_id,))
+            _TALLY.format(key="thread_id") + " WHERE thread_id = ? GROUP BY thread_id",
+            (thread_id,))
         named: list[Tally] = []
         for other in apart:
             if other != account:
                 tally = await self._tally(
-                    _TALLY.format(key="account") + " WHERE account = ?", (other,))
+                    _TALLY.format(key="account") + " WHERE account = ? GROUP BY account",
+                    (other,))
                 named.append(Tally(other, tally.messages, tally.tokens))
         known = (account, *apart)
         others = await self._group(
@@ -222,7 +227,8 @@ class UsageLog:
 
     async def _group(self, key: str, where: str, params: tuple[object, ...]) -> Group:
         row = await self.db.fetchone(
-            f"SELECT COUNT(DISTINCT {key}) AS n, SUM(kind = 'message') AS messages,"
+            f"SELECT COUNT(DISTINCT {key}) AS n,"
+            " SUM(CASE WHEN kind = 'message' THEN 1 ELSE 0 END) AS messages,"
             f" SUM(prompt_tokens + completion_tokens) AS tokens FROM usage WHERE {where}",
             params)
         if row is None:
