@@ -194,10 +194,11 @@ async def test_a_hostile_file_name_is_shown_as_text(
     assert await page.evaluate("typeof window.pwned") == "undefined"
 
 
-async def test_a_voice_message_is_recorded_uploaded_as_webm_and_sent(
+async def test_a_voice_message_is_recorded_uploaded_as_webm_transcribed_and_answered(
     app_factory: AppFactory, fake_llm: FakeLLM, chromium: Browser, problems: Problems
 ) -> None:
-    app = await app_factory()
+    app = await app_factory({"stt": {"base_url": fake_llm.base_url, "model": "whisper-test"}})
+    fake_llm.transcript = "a beep from the fake microphone"
     fake_llm.script(Reply(text="heard you"))
     # Chromium's fake microphone (a beep), allowed without asking.
     browser = await chromium.browser_type.launch(executable_path=chromium_path(), args=[
@@ -223,6 +224,14 @@ async def test_a_voice_message_is_recorded_uploaded_as_webm_and_sent(
         await page.get_by_role("button", name="Stop recording and send it").click()
         await expect(answers(page)).to_have_text(["heard you"])
         assert len(uploads) == 1 and await inbox_texts(app) == [""]
+        # The server transcribed the recording as it came, showed the words under it, and
+        # the model read them as the message.
+        [heard] = fake_llm.transcriptions
+        assert heard.model == "whisper-test" and heard.data.startswith(b"\x1a\x45\xdf\xa3")
+        await expect(page.locator('#log .msg[data-role="system"]').last).to_contain_text(
+            "a beep from the fake microphone")
+        user_text = fake_llm.requests[-1]["messages"][-1]["content"]
+        assert "[voice message] a beep from the fake microphone" in str(user_text)
         rows = await app.db.fetchall(
             "SELECT m.id, m.type, m.name FROM media_refs r JOIN media m ON m.id = r.media_id")
         assert [r["type"] for r in rows] == ["audio/webm"]
