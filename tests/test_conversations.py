@@ -104,9 +104,13 @@ async def test_delete_removes_everything_of_the_conversation_and_unschedules_its
     fake_llm.script(Reply(hang=True))
     await app.bus.submit(Inbound(tid, "runs", "web", Source.WEB, "r1"))
     await app.bus.submit(Inbound(tid, "waits", "web", Source.WEB, "r2"))
+    # Counted once the first is running (its question is in history then): counted while
+    # it was still starting, the question was there or not by chance.
+    await fake_llm.wait_until(lambda: any(
+        r["messages"][-1].get("content") == "runs" for r in fake_llm.requests))
     await chat.send_raw({"type": "contents", "thread_id": tid})
     contents = await frame_of(chat, "contents")
-    assert (contents["messages"], contents["pending"], contents["reminders"]) == (3, 2, 2)
+    assert (contents["messages"], contents["pending"], contents["reminders"]) == (4, 2, 2)
 
     await chat.send_raw({"type": "delete", "thread_id": tid})
     assert (await frame_of(second_tab, "conversation_deleted"))["thread_id"] == tid
