@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
 from ganglion.bus import Bus
+from ganglion.interfaces.web_send import malformed
 from ganglion.messages import Role, ThreadId, is_web_thread
 from ganglion.render import MarkdownRenderer
 from ganglion.router import ROLE_OF
@@ -160,10 +161,7 @@ class ConversationFrames:
         try:
             frame = FRAMES.validate_python(raw)
         except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"][1:]) or "frame"
-            put({"type": "error", "code": "bad_frame",
-                 "message": f"{raw.get('type')}: {where}: {first['msg']}; nothing was changed"})
+            put({"type": "error", "code": "bad_frame", "message": malformed(raw.get("type"), err)})
             return
         if isinstance(frame, ListFrame):
             put(await self.listing())

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
 from ganglion.bus import Bus
-from ganglion.interfaces.web_send import CLIENT_ID_RE, Refused, checked_send
+from ganglion.interfaces.web_send import CLIENT_ID_RE, Refused, checked_send, malformed
 from ganglion.messages import Inbound, Source, ThreadId
 from ganglion.storage.redo import EDIT, HOW, REDO, REGENERATE, Redo, RedoRefused
 
@@ -69,10 +69,7 @@ class RedoFrames:
         try:
             frame = FRAMES.validate_python(raw)
         except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"][1:]) or "frame"
-            self._refuse(put, "bad_frame", f"{kind}: {where}: {first['msg']}; nothing was "
-                                           "changed", cid)
+            self._refuse(put, "bad_frame", malformed(kind, err), cid)
             return
         text = ""
         if isinstance(frame, EditFrame):  # the same checks as a message sent anew

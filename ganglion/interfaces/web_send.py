@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 CLIENT_ID_RE = re.compile(r"\A[\x21-\x7e]{1,64}\Z")
 """The id the page gives a message (it makes a resend recognisable)."""
 
@@ -17,6 +19,13 @@ class Refused:
     code: str
     message: str
     cid: str | None = None
+
+
+def malformed(kind: object, err: ValidationError) -> str:
+    """What a tab is told of a frame its schema refused: the frame, the field, the why."""
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"][1:]) or "frame"
+    return f"{kind}: {where}: {first['msg']}; nothing was changed"
 
 
 def checked_send(frame: dict[str, Any], limit: int) -> tuple[str, str] | Refused:

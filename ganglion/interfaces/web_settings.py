@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
+from ganglion.interfaces.web_send import malformed
 from ganglion.messages import ThreadId
 
 log = logging.getLogger(__name__)
@@ -103,10 +104,7 @@ class SettingsFrames:
         try:
             frame = FRAMES.validate_python(raw)
         except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"][1:]) or "frame"
-            put({"type": "error", "code": "bad_frame",
-                 "message": f"{raw.get('type')}: {where}: {first['msg']}; nothing was changed"})
+            put({"type": "error", "code": "bad_frame", "message": malformed(raw.get("type"), err)})
             return
         if isinstance(frame, ViewFrame):
             answer = await self.settings.view(thread_id)
