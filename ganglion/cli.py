@@ -240,7 +240,13 @@ async def _serve(loaded: LoadedConfig, mask: SecretMask) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, signals.received, sig.name)
 
-    app = App(loaded, secret_mask=mask)
+    try:
+        return await _serve_app(App(loaded, secret_mask=mask), loaded, stop)
+    finally:
+        _ignore_late_signals(loop)
+
+
+async def _serve_app(app: App, loaded: LoadedConfig, stop: asyncio.Event) -> int:
     source = loaded.source or (
         "none (built-in defaults; create config.yaml from config.yaml.example)")
     log.info("ganglion %s starting; config: %s; data: %s", __version__, source, loaded.data_dir)
@@ -257,6 +263,22 @@ async def _serve(loaded: LoadedConfig, mask: SecretMask) -> int:
     notify("READY=1", "STATUS=running")
     await stop.wait()
     return _stopped(await app.stop())
+
+
+def _ignore_late_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """The stop is done: from here a SIGINT or SIGTERM is ignored. A duplicate of the one
+    that stopped us (``uv run`` forwards its copy late; a group kill reaches every process)
+    could otherwise land after the loop let go of its handlers, and the exiting process
+    would die of it (status 130 or -15, not 0). Blocked while the handler changes, so no
+    signal finds the default action in between."""
+    watched = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+    try:
+        for sig in watched:
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
 
 
 def _announce_web(web: WebInterface, loaded: LoadedConfig) -> None:

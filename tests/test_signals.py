@@ -64,8 +64,8 @@ async def test_a_signal_to_the_process_group_is_one_clean_stop(
             assert text.count(f"{sig.name} received: stopping") == run, f"run {run}\n{text}"
             assert text.count(" ganglion: stopped\n") == run, f"run {run}\n{text}"
             assert "exiting at once" not in text, f"run {run}\n{text}"
-        # The group's copies did arrive twice, and were taken as one.
-        assert "the same stop" in d.text()
+        # uv's forwarded copy arrives during the stop ("the same stop") or after it (ignored
+        # then): which one is timing; both are proven apart in the test below.
     finally:
         d.kill()
 
@@ -98,3 +98,33 @@ async def test_the_login_url_goes_to_a_terminal(tmp_path: Path, fake_llm: FakeLL
         os.close(main)
         d.kill()
     assert WEB_TOKEN not in (tmp_path / "logs" / "ganglion.log").read_text()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_a_duplicate_signal_while_the_process_exits_changes_nothing(
+    tmp_path: Path, fake_llm: FakeLLM, sig: signal.Signals
+) -> None:
+    """A duplicate of the stopping signal that lands after the loop let go of its handlers
+    (uv's forwarded copy came 0.2 s late in CI, after a 30 ms stop) must not kill the exiting
+    process: the signal is sent again and again until the process is gone, so one lands in
+    every phase of the exit, and the status is still 0 (it was 130: KeyboardInterrupt, or
+    death by SIGTERM, once the loop had closed)."""
+    d = Daemon(tmp_path, daemon_config(fake_llm))
+    d.start()
+    await d.wait_ready()
+    assert d.proc is not None
+    d.proc.send_signal(sig)
+    sent = 1
+    while d.proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            d.proc.send_signal(sig)
+            sent += 1
+        # Every 0.5 ms: into every phase of the exit, yet not so many that the stop takes
+        # past the window in which a duplicate is one (a signal later exits at once).
+        await asyncio.sleep(0.0005)
+    text = d.text()
+    assert "exiting at once" not in text, "the signals were not duplicates: space them"
+    assert sent > 1, "the process exited before a duplicate was sent"
+    assert d.proc.returncode == 0, f"status {d.proc.returncode} after {sent} signals\n{text}"
+    assert "stopped" in text
+    assert "the same stop" in text  # those during the stop were taken as the one stop
